@@ -1,0 +1,38 @@
+# Provides the imported target Arrow::arrow_shared.
+# A system Arrow C++ (find_package(Arrow CONFIG)) wins; otherwise the headers and libarrow shipped
+# inside the pyarrow wheel of SHMARROW_PYTHON are used, so the C++ tools and the Python side load
+# the same libarrow.
+find_package(Arrow CONFIG QUIET)
+if(Arrow_FOUND)
+  message(STATUS "shmarrow: using system Arrow ${Arrow_VERSION}")
+  return()
+endif()
+
+if(NOT EXISTS "${SHMARROW_PYTHON}")
+  message(FATAL_ERROR "shmarrow: no system Arrow C++ and no Python at SHMARROW_PYTHON="
+                      "'${SHMARROW_PYTHON}'. Run scripts/bootstrap.sh first.")
+endif()
+execute_process(
+  COMMAND "${SHMARROW_PYTHON}" -c
+          "import pyarrow as pa; print(pa.get_include()); print(pa.get_library_dirs()[0]); print(pa.__version__)"
+  OUTPUT_VARIABLE _pa_out RESULT_VARIABLE _pa_rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT _pa_rc EQUAL 0)
+  message(FATAL_ERROR "shmarrow: '${SHMARROW_PYTHON}' cannot import pyarrow")
+endif()
+string(REPLACE "\n" ";" _pa_lines "${_pa_out}")
+list(GET _pa_lines 0 SHMARROW_ARROW_INCLUDE)
+list(GET _pa_lines 1 SHMARROW_ARROW_LIBDIR)
+list(GET _pa_lines 2 SHMARROW_PYARROW_VERSION)
+# The wheel ships versioned names only (libarrow.so.2600); pick the one matching its major version.
+string(REGEX MATCH "^[0-9]+" _pa_major "${SHMARROW_PYARROW_VERSION}")
+set(_libarrow "${SHMARROW_ARROW_LIBDIR}/libarrow.so.${_pa_major}00")
+if(NOT EXISTS "${_libarrow}")
+  message(FATAL_ERROR "shmarrow: ${_libarrow} not found in the pyarrow wheel")
+endif()
+add_library(Arrow::arrow_shared SHARED IMPORTED GLOBAL)
+set_target_properties(Arrow::arrow_shared PROPERTIES
+  IMPORTED_LOCATION "${_libarrow}"
+  INTERFACE_INCLUDE_DIRECTORIES "${SHMARROW_ARROW_INCLUDE}"
+  INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=1")
+set(CMAKE_BUILD_RPATH "${SHMARROW_ARROW_LIBDIR}")
+message(STATUS "shmarrow: using Arrow C++ from pyarrow ${SHMARROW_PYARROW_VERSION} (${SHMARROW_ARROW_LIBDIR})")

@@ -1,0 +1,132 @@
+#include "arena.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace shmarrow::internal {
+namespace {
+constexpr int64_t kCommitChunk = int64_t{2} << 20;
+
+int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+// Zero-byte allocations get this address, as Arrow's own pools do: never in the arena, never freed.
+alignas(kArenaAlignment) uint8_t zero_size_area[1];
+}  // namespace
+
+arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int64_t capacity) {
+  if (capacity <= 0) return arrow::Status::Invalid("arena capacity must be positive, got ", capacity);
+  capacity = AlignUp(capacity, kCommitChunk);
+  ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name));
+  ARROW_RETURN_NOT_OK(memfd.Resize(capacity));
+  ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), capacity));
+  return std::unique_ptr<Arena>(new Arena(std::move(memfd), std::move(mapping), capacity));
+}
+
+int64_t Arena::front() const {
+  std::lock_guard lock(mutex_);
+  return front_;
+}
+
+arrow::Status Arena::CommitUpTo(int64_t end) {
+  if (end <= committed_) return arrow::Status::OK();
+  const int64_t new_committed = std::min(AlignUp(end, kCommitChunk), capacity_);
+  ARROW_RETURN_NOT_OK(memfd_.Commit(committed_, new_committed - committed_));
+  committed_ = new_committed;
+  return arrow::Status::OK();
+}
+
+arrow::Result<int64_t> Arena::Reserve(int64_t size, int64_t alignment) {
+  if (size < 0) return arrow::Status::Invalid("negative arena reservation: ", size);
+  alignment = std::max(alignment, kArenaAlignment);
+  if (alignment & (alignment - 1)) {
+    return arrow::Status::Invalid("arena alignment ", alignment, " is not a power of two");
+  }
+  std::lock_guard lock(mutex_);
+  if (sealed_) return arrow::Status::Invalid("arena is sealed: no allocation after Finish()");
+  const int64_t offset = AlignUp(front_, alignment);
+  if (size > capacity_ - offset) {
+    return arrow::Status::OutOfMemory("shared-memory arena full: ", size, " bytes requested at offset ",
+                                      offset, ", capacity ", capacity_,
+                                      " (raise the writer's capacity option)");
+  }
+  ARROW_RETURN_NOT_OK(CommitUpTo(offset + size));
+  front_ = offset + size;
+  return offset;
+}
+
+bool Arena::ResizeLastInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
+  std::lock_guard lock(mutex_);
+  if (sealed_) return false;
+  if (new_size <= old_size && offset + old_size != front_) return true;  // shrink: keep the block
+  if (offset + old_size != front_ || new_size > capacity_ - offset) return false;
+  if (!CommitUpTo(offset + new_size).ok()) return false;
+  front_ = offset + new_size;
+  return true;
+}
+
+void Arena::ReleaseIfLast(int64_t offset, int64_t size) {
+  std::lock_guard lock(mutex_);
+  if (!sealed_ && offset + size == front_) front_ = offset;
+}
+
+arrow::Result<UniqueFd> Arena::SealAt(int64_t size) {
+  std::lock_guard lock(mutex_);
+  if (sealed_) return arrow::Status::Invalid("arena already sealed");
+  if (size < front_ || size > capacity_) {
+    return arrow::Status::Invalid("cannot seal arena at ", size, ": front is at ", front_);
+  }
+  sealed_ = true;
+  ARROW_RETURN_NOT_OK(mapping_.RemapReadOnlyPrivate(memfd_.fd(), size));
+  ARROW_RETURN_NOT_OK(memfd_.Resize(size));
+  ARROW_RETURN_NOT_OK(memfd_.AddSeals(kImmutableSeals));
+  // The producer keeps reading its batches through the private mapping; the sealed fd goes out.
+  return std::move(memfd_).TakeFd();
+}
+
+void ArenaPool::Account(int64_t delta) {
+  const int64_t now = bytes_allocated_.fetch_add(delta) + delta;
+  int64_t peak = max_memory_.load();
+  while (now > peak && !max_memory_.compare_exchange_weak(peak, now)) {
+  }
+  if (delta > 0) total_allocated_.fetch_add(delta);
+}
+
+arrow::Status ArenaPool::Allocate(int64_t size, int64_t alignment, uint8_t** out) {
+  if (size == 0) {
+    *out = zero_size_area;
+    return arrow::Status::OK();
+  }
+  ARROW_ASSIGN_OR_RAISE(int64_t offset, arena_->Reserve(size, alignment));
+  *out = arena_->base() + offset;
+  num_allocations_.fetch_add(1);
+  Account(size);
+  return arrow::Status::OK();
+}
+
+arrow::Status ArenaPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                                    uint8_t** ptr) {
+  if (old_size == 0 || *ptr == zero_size_area) return Allocate(new_size, alignment, ptr);
+  if (new_size == 0) {
+    Free(*ptr, old_size, alignment);
+    *ptr = zero_size_area;
+    return arrow::Status::OK();
+  }
+  if (arena_->ResizeLastInPlace(arena_->OffsetOf(*ptr), old_size, new_size)) {
+    Account(new_size - old_size);
+    return arrow::Status::OK();
+  }
+  uint8_t* moved = nullptr;
+  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &moved));
+  std::memcpy(moved, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
+  Free(*ptr, old_size, alignment);
+  *ptr = moved;
+  return arrow::Status::OK();
+}
+
+void ArenaPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
+  if (size == 0 || buffer == zero_size_area) return;
+  arena_->ReleaseIfLast(arena_->OffsetOf(buffer), size);
+  Account(-size);
+}
+
+}  // namespace shmarrow::internal

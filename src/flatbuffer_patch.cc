@@ -1,0 +1,97 @@
+#include "flatbuffer_patch.h"
+
+#include <arrow/status.h>
+
+#include <cstring>
+
+namespace shmarrow::internal {
+namespace {
+
+// Field slots, in declaration order of Message.fbs.
+constexpr int kMessageHeaderType = 1;
+constexpr int kMessageHeader = 2;
+constexpr int kMessageBodyLength = 3;
+constexpr int kDictionaryBatchData = 1;
+constexpr int kRecordBatchBuffers = 2;
+constexpr int64_t kBufferStructSize = 16;
+
+class FlatbufferView {
+ public:
+  FlatbufferView(const uint8_t* data, int64_t size) : data_(data), size_(size) {}
+
+  template <typename T>
+  arrow::Result<T> Read(int64_t at) const {
+    if (at < 0 || at > size_ - static_cast<int64_t>(sizeof(T))) {
+      return arrow::Status::Invalid("flatbuffer read of ", sizeof(T), " bytes at offset ", at,
+                                    " is outside the ", size_, "-byte message");
+    }
+    T value;
+    std::memcpy(&value, data_ + at, sizeof(T));
+    return value;
+  }
+
+  /// Offset of field `slot` of the table at `table`, or -1 if the field is absent.
+  arrow::Result<int64_t> Field(int64_t table, int slot) const {
+    ARROW_ASSIGN_OR_RAISE(auto vtable_delta, Read<int32_t>(table));
+    const int64_t vtable = table - vtable_delta;
+    ARROW_ASSIGN_OR_RAISE(auto vtable_size, Read<uint16_t>(vtable));
+    const int64_t entry = 4 + 2 * static_cast<int64_t>(slot);
+    if (entry + 2 > vtable_size) return -1;
+    ARROW_ASSIGN_OR_RAISE(auto field_delta, Read<uint16_t>(vtable + entry));
+    return field_delta == 0 ? -1 : table + field_delta;
+  }
+
+  /// Follows the uoffset stored at `at` (tables, vectors).
+  arrow::Result<int64_t> Deref(int64_t at) const {
+    ARROW_ASSIGN_OR_RAISE(auto delta, Read<uint32_t>(at));
+    return at + static_cast<int64_t>(delta);
+  }
+
+  int64_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_;
+  int64_t size_;
+};
+
+}  // namespace
+
+arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int64_t size) {
+  FlatbufferView fb(flatbuffer, size);
+  MessageFields out;
+  ARROW_ASSIGN_OR_RAISE(int64_t message, fb.Deref(0));
+
+  ARROW_ASSIGN_OR_RAISE(int64_t type_at, fb.Field(message, kMessageHeaderType));
+  if (type_at >= 0) {
+    ARROW_ASSIGN_OR_RAISE(auto type, fb.Read<uint8_t>(type_at));
+    out.header_type = static_cast<MessageHeaderType>(type);
+  }
+  ARROW_ASSIGN_OR_RAISE(out.body_length_at, fb.Field(message, kMessageBodyLength));
+  if (out.body_length_at >= 0) ARROW_RETURN_NOT_OK(fb.Read<int64_t>(out.body_length_at).status());
+
+  if (out.header_type != MessageHeaderType::kRecordBatch &&
+      out.header_type != MessageHeaderType::kDictionaryBatch) {
+    return out;
+  }
+  ARROW_ASSIGN_OR_RAISE(int64_t header_at, fb.Field(message, kMessageHeader));
+  if (header_at < 0) return arrow::Status::Invalid("IPC message has a batch type but no header");
+  ARROW_ASSIGN_OR_RAISE(int64_t record_batch, fb.Deref(header_at));
+  if (out.header_type == MessageHeaderType::kDictionaryBatch) {
+    ARROW_ASSIGN_OR_RAISE(int64_t data_at, fb.Field(record_batch, kDictionaryBatchData));
+    if (data_at < 0) return arrow::Status::Invalid("DictionaryBatch message without data");
+    ARROW_ASSIGN_OR_RAISE(record_batch, fb.Deref(data_at));
+  }
+  ARROW_ASSIGN_OR_RAISE(int64_t buffers_field, fb.Field(record_batch, kRecordBatchBuffers));
+  if (buffers_field < 0) return out;  // no buffers at all
+  ARROW_ASSIGN_OR_RAISE(int64_t vector, fb.Deref(buffers_field));
+  ARROW_ASSIGN_OR_RAISE(auto count, fb.Read<uint32_t>(vector));
+  out.buffers_at = vector + 4;
+  out.num_buffers = count;
+  if (out.num_buffers > (fb.size() - out.buffers_at) / kBufferStructSize) {
+    return arrow::Status::Invalid("flatbuffer claims ", count, " buffers at offset ", out.buffers_at,
+                                  " but the message has ", fb.size(), " bytes");
+  }
+  return out;
+}
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,69 @@
+#include "mapping.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "errno_status.h"
+
+namespace shmarrow::internal {
+namespace {
+int64_t PageSize() {
+  static const int64_t page = ::sysconf(_SC_PAGESIZE);
+  return page;
+}
+int64_t RoundUpToPage(int64_t n) { return (n + PageSize() - 1) / PageSize() * PageSize(); }
+}  // namespace
+
+arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* what) {
+  if (size <= 0) return arrow::Status::Invalid("cannot map fd ", fd, ": size ", size);
+  void* addr = ::mmap(nullptr, static_cast<size_t>(size), prot, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (addr == MAP_FAILED) {
+    // ENOMEM here is usually vm.max_map_count or the address-space limit, not RAM.
+    return ErrnoStatus(errno, "mmap(fd ", fd, ", ", size, " bytes, ", what,
+                       ") failed (ENOMEM: vm.max_map_count or RLIMIT_AS reached?)");
+  }
+  return Mapping(static_cast<uint8_t*>(addr), size);
+}
+
+arrow::Result<Mapping> Mapping::MapWritable(int fd, int64_t size) {
+  return Map(fd, size, PROT_READ | PROT_WRITE, "read-write");
+}
+
+arrow::Result<Mapping> Mapping::MapReadOnly(int fd, int64_t size) {
+  return Map(fd, size, PROT_READ, "read-only");
+}
+
+Mapping& Mapping::operator=(Mapping&& other) noexcept {
+  if (this != &other) {
+    Unmap();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+arrow::Status Mapping::RemapReadOnlyPrivate(int fd, int64_t keep) {
+  const int64_t kept = RoundUpToPage(keep);
+  if (kept > 0) {
+    void* addr = ::mmap(data_, static_cast<size_t>(kept), PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+    if (addr == MAP_FAILED) {
+      return ErrnoStatus(errno, "mmap(MAP_FIXED read-only remap of fd ", fd, ", ", kept, " bytes)");
+    }
+  }
+  if (kept < size_) {
+    if (::munmap(data_ + kept, static_cast<size_t>(size_ - kept)) != 0) {
+      return ErrnoStatus(errno, "munmap of the arena tail (", size_ - kept, " bytes)");
+    }
+  }
+  size_ = kept;
+  if (kept == 0) data_ = nullptr;
+  return arrow::Status::OK();
+}
+
+void Mapping::Unmap() noexcept {
+  if (data_ != nullptr) ::munmap(data_, static_cast<size_t>(size_));
+  data_ = nullptr;
+  size_ = 0;
+}
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,75 @@
+#include "memfd.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "errno_status.h"
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U  // Linux 6.3; older headers lack the name
+#endif
+
+namespace shmarrow::internal {
+
+arrow::Result<Memfd> Memfd::Create(const std::string& name) {
+  const unsigned base_flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  int fd = ::memfd_create(name.c_str(), base_flags | MFD_NOEXEC_SEAL);
+  if (fd < 0 && errno == EINVAL) fd = ::memfd_create(name.c_str(), base_flags);
+  if (fd < 0) return ErrnoStatus(errno, "memfd_create('", name, "')");
+  return Memfd(UniqueFd(fd));
+}
+
+arrow::Status Memfd::Resize(int64_t size) {
+  if (RetryOnEintr([&] { return ::ftruncate(fd_.get(), size); }) != 0) {
+    return ErrnoStatus(errno, "ftruncate(memfd fd ", fd_.get(), ", ", size, ")");
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Status Memfd::Commit(int64_t offset, int64_t length) {
+  if (RetryOnEintr([&] { return ::fallocate(fd_.get(), 0, offset, length); }) != 0) {
+    return ErrnoStatus(errno, "fallocate(memfd fd ", fd_.get(), ", offset ", offset,
+                       ", length ", length, "): shared memory exhausted?");
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Status Memfd::AddSeals(int seals) {
+  if (::fcntl(fd_.get(), F_ADD_SEALS, seals) != 0) {
+    return ErrnoStatus(errno, "fcntl(fd ", fd_.get(), ", F_ADD_SEALS, ", SealNames(seals), ")");
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Result<int> GetSeals(int fd) {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0) {
+    if (errno == EINVAL) {
+      return arrow::Status::Invalid("fd ", fd, " is not a memfd (F_GET_SEALS unsupported)");
+    }
+    return ErrnoStatus(errno, "fcntl(fd ", fd, ", F_GET_SEALS)");
+  }
+  return seals;
+}
+
+std::string SealNames(int mask) {
+  static constexpr struct {
+    int bit;
+    const char* name;
+  } kNames[] = {{F_SEAL_SEAL, "F_SEAL_SEAL"},
+                {F_SEAL_SHRINK, "F_SEAL_SHRINK"},
+                {F_SEAL_GROW, "F_SEAL_GROW"},
+                {F_SEAL_WRITE, "F_SEAL_WRITE"},
+                {F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE"}};
+  std::string out;
+  for (const auto& seal : kNames) {
+    if (mask & seal.bit) {
+      if (!out.empty()) out += '|';
+      out += seal.name;
+    }
+  }
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,48 @@
+// An anonymous shared-memory file (memfd) that can be sized, committed and sealed.
+#pragma once
+
+#include <arrow/result.h>
+#include <arrow/status.h>
+
+#include <cstdint>
+#include <string>
+
+#include "shmarrow/unique_fd.h"
+
+namespace shmarrow::internal {
+
+/// Seals a consumer requires before it maps a memfd it did not create: the file can neither shrink
+/// (no SIGBUS) nor grow nor change, and the seals themselves are final.
+inline constexpr int kImmutableSeals = 0x0001 /*F_SEAL_SEAL*/ | 0x0002 /*F_SEAL_SHRINK*/ |
+                                       0x0004 /*F_SEAL_GROW*/ | 0x0008 /*F_SEAL_WRITE*/;
+
+class Memfd {
+ public:
+  /// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL), falling back to no
+  /// MFD_NOEXEC_SEAL on kernels older than 6.3 (which reject it with EINVAL).
+  [[nodiscard]] static arrow::Result<Memfd> Create(const std::string& name);
+
+  Memfd(Memfd&&) noexcept = default;
+  Memfd& operator=(Memfd&&) noexcept = default;
+
+  [[nodiscard]] int fd() const { return fd_.get(); }
+  [[nodiscard]] UniqueFd TakeFd() && { return std::move(fd_); }
+
+  /// ftruncate: sets the file size (sparse; no memory is used until committed or touched).
+  [[nodiscard]] arrow::Status Resize(int64_t size);
+  /// fallocate: backs [offset, offset+length) with memory now, so running out of memory is an
+  /// error here instead of a SIGBUS at the first write through a mapping.
+  [[nodiscard]] arrow::Status Commit(int64_t offset, int64_t length);
+  [[nodiscard]] arrow::Status AddSeals(int seals);
+
+ private:
+  explicit Memfd(UniqueFd fd) : fd_(std::move(fd)) {}
+  UniqueFd fd_;
+};
+
+/// F_GET_SEALS of any fd; EINVAL (not a memfd/shmem file) becomes an error naming the fd.
+[[nodiscard]] arrow::Result<int> GetSeals(int fd);
+/// Human-readable list of the seals in `mask`, e.g. "F_SEAL_SHRINK|F_SEAL_WRITE".
+std::string SealNames(int mask);
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,177 @@
+#include "payload_placement.h"
+
+#include <arrow/buffer.h>
+
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "flatbuffer_patch.h"
+
+namespace shmarrow::internal {
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "Arrow IPC metadata is little-endian; shmarrow writes it with native stores");
+
+constexpr uint32_t kContinuation = 0xFFFFFFFF;
+constexpr int64_t kPrefixSize = 8;  // continuation marker + int32 metadata length
+constexpr int64_t kBufferStructSize = 16;
+
+int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+template <typename T>
+void Store(uint8_t* base, int64_t at, T value) {
+  std::memcpy(base + at, &value, sizeof(T));
+}
+template <typename T>
+T Load(const uint8_t* base, int64_t at) {
+  T value;
+  std::memcpy(&value, base + at, sizeof(T));
+  return value;
+}
+
+}  // namespace
+
+arrow::Status ArenaPayloadWriter::WritePayload(const arrow::ipc::IpcPayload& payload) {
+  using arrow::ipc::MessageType;
+  switch (payload.type) {
+    case MessageType::SCHEMA:
+      if (last_.prefix_at >= 0) {
+        return arrow::Status::Invalid("a shared stream carries one schema; got a second one");
+      }
+      return PlaceSchema(payload);
+    case MessageType::DICTIONARY_BATCH:
+      ++stats_->dictionary_batches;
+      return PlaceBatch(payload);
+    case MessageType::RECORD_BATCH:
+      ++stats_->record_batches;
+      return PlaceBatch(payload);
+    default:
+      return arrow::Status::NotImplemented("IPC message type ", static_cast<int>(payload.type),
+                                           " cannot be placed in a shared stream");
+  }
+}
+
+int64_t ArenaPayloadWriter::WriteMessagePrefix(int64_t at, int64_t region_size,
+                                               const arrow::Buffer& metadata) {
+  uint8_t* base = arena_->base();
+  Store<uint32_t>(base, at, kContinuation);
+  Store<int32_t>(base, at + 4, static_cast<int32_t>(region_size - kPrefixSize));
+  std::memcpy(base + at + kPrefixSize, metadata.data(), static_cast<size_t>(metadata.size()));
+  const int64_t padding_at = at + kPrefixSize + metadata.size();
+  std::memset(base + padding_at, 0, static_cast<size_t>(at + region_size - padding_at));
+  stats_->metadata_bytes += region_size;
+  return at + kPrefixSize;
+}
+
+arrow::Status ArenaPayloadWriter::ExtendLastMessageTo(int64_t end) {
+  if (end < last_.body_start) {
+    return arrow::Status::Invalid("cannot end the last message at ", end, ": its body starts at ",
+                                  last_.body_start);
+  }
+  if (last_.body_length_at >= 0) {
+    Store<int64_t>(arena_->base(), last_.body_length_at, end - last_.body_start);
+    return arrow::Status::OK();
+  }
+  // No body: the metadata padding grows instead (metadata_size counts its padding).
+  const int64_t metadata_size = end - last_.prefix_at - kPrefixSize;
+  if (metadata_size > std::numeric_limits<int32_t>::max()) {
+    return arrow::Status::CapacityError("a message without body would need ", metadata_size,
+                                        " bytes of padding (over 2 GiB of arena used by no batch)");
+  }
+  Store<int32_t>(arena_->base(), last_.prefix_at + 4, static_cast<int32_t>(metadata_size));
+  last_.body_start = end;
+  return arrow::Status::OK();
+}
+
+arrow::Status ArenaPayloadWriter::ReserveGap(int64_t size) {
+  ARROW_ASSIGN_OR_RAISE(gap_.at, arena_->Reserve(size));
+  gap_.size = size;
+  return ExtendLastMessageTo(gap_.at);
+}
+
+arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payload) {
+  const int64_t region = AlignUp(kPrefixSize + payload.metadata->size(), kArenaAlignment);
+  ARROW_ASSIGN_OR_RAISE(int64_t at, arena_->Reserve(region));
+  WriteMessagePrefix(at, region, *payload.metadata);
+  last_ = {at, at + region, -1};
+  return ReserveGap(gap_size_);
+}
+
+arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& payload) {
+  const arrow::Buffer& metadata = *payload.metadata;
+  if (kPrefixSize + AlignUp(metadata.size(), 8) > gap_.size) {
+    // The reserved gap is too small for this message: take a fitting one at the front. The old
+    // gap and whatever lies before the new one become part of the previous message's body.
+    ARROW_RETURN_NOT_OK(ReserveGap(AlignUp(kPrefixSize + metadata.size(), kArenaAlignment)));
+  }
+  const Region region = gap_;
+  const int64_t body_start = region.at + region.size;
+
+  // Where each body buffer will be, as an offset from the body start.
+  std::vector<int64_t> offsets(payload.body_buffers.size(), 0);
+  for (size_t i = 0; i < payload.body_buffers.size(); ++i) {
+    const auto& buffer = payload.body_buffers[i];
+    if (buffer == nullptr || buffer->size() == 0) continue;
+    if (!buffer->is_cpu()) {
+      return arrow::Status::NotImplemented("body buffer ", i, " is not in CPU memory");
+    }
+    const int64_t at = arena_->Contains(buffer->data(), buffer->size())
+                           ? arena_->OffsetOf(buffer->data())
+                           : -1;
+    if (at >= body_start && (at - body_start) % 8 == 0) {
+      offsets[i] = at - body_start;
+      stats_->bytes_in_place += buffer->size();
+      continue;
+    }
+    ARROW_ASSIGN_OR_RAISE(int64_t copy_at, arena_->Reserve(buffer->size()));
+    std::memcpy(arena_->base() + copy_at, buffer->data(), static_cast<size_t>(buffer->size()));
+    offsets[i] = copy_at - body_start;
+    stats_->bytes_copied += buffer->size();
+  }
+
+  // The next gap goes after everything allocated so far; this message's body reaches it.
+  ARROW_ASSIGN_OR_RAISE(int64_t next_gap_at, arena_->Reserve(gap_size_));
+
+  const int64_t flatbuffer_at = WriteMessagePrefix(region.at, region.size, metadata);
+  uint8_t* flatbuffer = arena_->base() + flatbuffer_at;
+  ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, metadata.size()));
+  if (fields.num_buffers != static_cast<int64_t>(offsets.size())) {
+    return arrow::Status::Invalid("IPC metadata lists ", fields.num_buffers, " buffers, payload has ",
+                                  offsets.size());
+  }
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const int64_t entry = fields.buffers_at + static_cast<int64_t>(i) * kBufferStructSize;
+    const auto& buffer = payload.body_buffers[i];
+    const int64_t length = buffer == nullptr ? 0 : buffer->size();
+    if (Load<int64_t>(flatbuffer, entry + 8) != length) {
+      return arrow::Status::Invalid("IPC metadata gives buffer ", i, " length ",
+                                    Load<int64_t>(flatbuffer, entry + 8), ", payload has ", length);
+    }
+    Store<int64_t>(flatbuffer, entry, offsets[i]);
+  }
+  if (fields.body_length_at < 0 && payload.body_length > 0) {
+    return arrow::Status::Invalid("IPC metadata has no bodyLength for a ", payload.body_length,
+                                  "-byte body");
+  }
+  last_ = {region.at, body_start,
+           fields.body_length_at < 0 ? -1 : flatbuffer_at + fields.body_length_at};
+  ARROW_RETURN_NOT_OK(ExtendLastMessageTo(next_gap_at));
+  gap_ = {next_gap_at, gap_size_};
+  return arrow::Status::OK();
+}
+
+arrow::Status ArenaPayloadWriter::Close() {
+  // The end-of-stream marker takes the unused gap when nothing was allocated after it.
+  arena_->ReleaseIfLast(gap_.at, gap_.size);
+  ARROW_RETURN_NOT_OK(ReserveGap(kPrefixSize));
+  Store<uint32_t>(arena_->base(), gap_.at, kContinuation);
+  Store<int32_t>(arena_->base(), gap_.at + 4, 0);
+  stats_->metadata_bytes += kPrefixSize;
+  stream_end_ = gap_.at + kPrefixSize;
+  return arrow::Status::OK();
+}
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,121 @@
+#include "shmarrow/shared_stream.h"
+
+#include <arrow/array.h>
+#include <arrow/io/memory.h>
+#include <arrow/ipc/reader.h>
+#include <sys/stat.h>
+
+#include "errno_status.h"
+#include "mapping.h"
+#include "memfd.h"
+
+namespace shmarrow {
+namespace {
+
+/// The read-only mapping as an Arrow buffer: it owns the Mapping, and every slice of it (each
+/// column buffer of each batch) keeps it, so the memory outlives whoever still points into it.
+class MappedBuffer final : public arrow::Buffer {
+ public:
+  explicit MappedBuffer(internal::Mapping mapping)
+      : arrow::Buffer(mapping.data(), mapping.size()), mapping_(std::move(mapping)) {}
+
+ private:
+  internal::Mapping mapping_;
+};
+
+/// Runs the chosen validation on each batch before it is handed out.
+class ValidatingReader final : public arrow::RecordBatchReader {
+ public:
+  ValidatingReader(std::shared_ptr<arrow::ipc::RecordBatchStreamReader> inner,
+                   Validation validation)
+      : inner_(std::move(inner)), validation_(validation) {}
+
+  std::shared_ptr<arrow::Schema> schema() const override { return inner_->schema(); }
+
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
+    ARROW_RETURN_NOT_OK(inner_->ReadNext(batch));
+    if (*batch == nullptr) return arrow::Status::OK();
+    auto status = validation_ == Validation::kFull ? (*batch)->ValidateFull() : (*batch)->Validate();
+    if (!status.ok()) {
+      batch->reset();
+      return status.WithMessage("record batch ", index_, " is invalid: ", status.message());
+    }
+    ++index_;
+    return arrow::Status::OK();
+  }
+
+  arrow::Status Close() override { return inner_->Close(); }
+
+ private:
+  std::shared_ptr<arrow::ipc::RecordBatchStreamReader> inner_;
+  Validation validation_;
+  int64_t index_ = 0;
+};
+
+bool DataInside(const SharedStream& stream, const arrow::ArrayData& data) {
+  for (const auto& buffer : data.buffers) {
+    if (buffer != nullptr && buffer->size() > 0 && !stream.Contains(buffer->data(), buffer->size())) {
+      return false;
+    }
+  }
+  for (const auto& child : data.child_data) {
+    if (!DataInside(stream, *child)) return false;
+  }
+  return data.dictionary == nullptr || DataInside(stream, *data.dictionary);
+}
+
+}  // namespace
+
+arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
+                                                                const SharedStreamOptions& options) {
+  const int raw = fd.get();
+  auto seals = internal::GetSeals(raw);
+  if (options.require_seals) {
+    ARROW_RETURN_NOT_OK(seals.status());
+    const int missing = internal::kImmutableSeals & ~*seals;
+    if (missing != 0) {
+      return arrow::Status::Invalid("memfd fd ", raw, " is not sealed against change: missing ",
+                                    internal::SealNames(missing));
+    }
+  }
+  struct stat st {};
+  if (::fstat(raw, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", raw, ")");
+  if (!S_ISREG(st.st_mode)) {
+    return arrow::Status::Invalid("fd ", raw, " is not a regular file (st_mode 0", std::oct,
+                                  st.st_mode, ")");
+  }
+  if (st.st_size <= 0) return arrow::Status::Invalid("memfd fd ", raw, " is empty");
+  // The size comes from the file itself; with F_SEAL_SHRINK it cannot change under the mapping.
+  ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(raw, st.st_size));
+
+  std::shared_ptr<SharedStream> stream(new SharedStream());
+  stream->buffer_ = std::make_shared<MappedBuffer>(std::move(mapping));
+  stream->inode_ = st.st_ino;
+  stream->device_ = st.st_dev;
+  stream->seals_ = seals.ok() ? *seals : 0;
+  stream->validation_ = options.validation;
+  return stream;  // the fd closes here: the mapping keeps the memory
+}
+
+bool SharedStream::Contains(const void* address, int64_t length) const {
+  auto addr = reinterpret_cast<uintptr_t>(address);
+  auto begin = reinterpret_cast<uintptr_t>(buffer_->data());
+  const auto size = static_cast<uintptr_t>(buffer_->size());
+  return addr >= begin && length >= 0 && addr - begin <= size &&
+         static_cast<uintptr_t>(length) <= size - (addr - begin);
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> SharedStream::OpenReader() const {
+  auto source = std::make_shared<arrow::io::BufferReader>(buffer_);
+  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(source));
+  return std::make_shared<ValidatingReader>(std::move(reader), validation_);
+}
+
+bool AllBuffersInside(const SharedStream& stream, const arrow::RecordBatch& batch) {
+  for (const auto& column : batch.column_data()) {
+    if (!DataInside(stream, *column)) return false;
+  }
+  return true;
+}
+
+}  // namespace shmarrow

@@ -1,0 +1,66 @@
+// AF_UNIX sockets and SCM_RIGHTS fd passing, with every edge of sendmsg/recvmsg handled.
+#pragma once
+
+#include <arrow/result.h>
+#include <arrow/status.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shmarrow/unique_fd.h"
+
+namespace shmarrow::internal {
+
+/// Linux caps one SCM_RIGHTS message at 253 fds (SCM_MAX_FD).
+inline constexpr int kMaxFdsPerMessage = 253;
+
+struct PeerCredentials {
+  int pid = 0;
+  unsigned uid = 0;
+  unsigned gid = 0;
+};
+
+/// What one recvmsg returned: the bytes and the fds that came with them (already owned).
+struct Received {
+  int64_t bytes = 0;
+  std::vector<UniqueFd> fds;
+};
+
+class UnixSocket {
+ public:
+  /// Binds and listens. `path` starting with '@' names the abstract namespace. A stale socket
+  /// file left by a dead producer is replaced; any other existing file is an error.
+  [[nodiscard]] static arrow::Result<UnixSocket> Listen(const std::string& path, int type,
+                                                        unsigned mode);
+  /// Connects, retrying for up to `wait_ms` while nobody listens yet (ENOENT, ECONNREFUSED).
+  [[nodiscard]] static arrow::Result<UnixSocket> Connect(const std::string& path, int type,
+                                                         int wait_ms);
+
+  UnixSocket(UnixSocket&&) noexcept = default;
+  UnixSocket& operator=(UnixSocket&&) noexcept = default;
+  ~UnixSocket();
+
+  [[nodiscard]] int fd() const { return fd_.get(); }
+
+  /// Waits up to `timeout_ms` (-1: forever) for a connection. Returns an empty socket on timeout.
+  [[nodiscard]] arrow::Result<UnixSocket> Accept(int timeout_ms);
+  [[nodiscard]] arrow::Result<PeerCredentials> Peer() const;
+
+  /// Sends all of `data` with `fds` attached to its first byte; partial sends and EINTR continue.
+  [[nodiscard]] arrow::Status Send(std::span<const uint8_t> data, std::span<const int> fds);
+  /// One recvmsg with room for `max_fds` fds (MSG_CMSG_CLOEXEC). Truncated control data, unknown
+  /// control messages or more fds than expected are errors, and every fd received is closed.
+  [[nodiscard]] arrow::Result<Received> Receive(std::span<uint8_t> data, int max_fds,
+                                                int timeout_ms);
+
+ private:
+  UnixSocket(UniqueFd fd, std::string unlink_path)
+      : fd_(std::move(fd)), unlink_path_(std::move(unlink_path)) {}
+
+  UniqueFd fd_;
+  std::string unlink_path_;  // the listening socket's file, removed with it
+};
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,35 @@
+// A small option parser for the shmarrow subcommands: "--name value" and "--flag".
+#pragma once
+
+#include <arrow/result.h>
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace shmarrow::cli {
+
+class Args {
+ public:
+  /// `flags` take no value; every other "--name" takes the next argument.
+  [[nodiscard]] static arrow::Result<Args> Parse(const std::vector<std::string>& argv,
+                                                 const std::set<std::string>& flags);
+
+  [[nodiscard]] bool Flag(const std::string& name);
+  [[nodiscard]] std::string String(const std::string& name, const std::string& fallback);
+  [[nodiscard]] arrow::Result<int64_t> Int(const std::string& name, int64_t fallback);
+  [[nodiscard]] arrow::Result<double> Double(const std::string& name, double fallback);
+  /// Positional arguments, in order.
+  [[nodiscard]] const std::vector<std::string>& positional() const { return positional_; }
+  /// Fails naming any option that was given but never asked for (a typo, or not for this command).
+  [[nodiscard]] arrow::Status CheckAllUsed() const;
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::set<std::string> used_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace shmarrow::cli

@@ -1,0 +1,86 @@
+#include "report.h"
+
+#include <arrow/array.h>
+#include <arrow/scalar.h>
+#include <arrow/type.h>
+
+#include <cstdio>
+#include <ostream>
+#include <string>
+
+namespace shmarrow::cli {
+namespace {
+
+std::string RenderSchema(const arrow::Schema& schema) {
+  std::string out;
+  for (int i = 0; i < schema.num_fields(); ++i) {
+    if (i) out += ", ";
+    out += schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
+  }
+  return out;
+}
+
+// The formatting both consumers share: null, true/false, integers in decimal, floats as C's %g,
+// strings verbatim, anything else as Arrow prints the scalar.
+std::string RenderValue(const arrow::Array& array, int64_t i) {
+  if (array.IsNull(i)) return "null";
+  switch (array.type_id()) {
+    case arrow::Type::BOOL:
+      return static_cast<const arrow::BooleanArray&>(array).Value(i) ? "true" : "false";
+    case arrow::Type::FLOAT:
+    case arrow::Type::DOUBLE: {
+      const double value = array.type_id() == arrow::Type::FLOAT
+                               ? static_cast<const arrow::FloatArray&>(array).Value(i)
+                               : static_cast<const arrow::DoubleArray&>(array).Value(i);
+      char text[64];
+      std::snprintf(text, sizeof(text), "%g", value);
+      return text;
+    }
+    case arrow::Type::STRING:
+      return std::string(static_cast<const arrow::StringArray&>(array).GetView(i));
+    case arrow::Type::LARGE_STRING:
+      return std::string(static_cast<const arrow::LargeStringArray&>(array).GetView(i));
+    default: {
+      auto scalar = array.GetScalar(i);
+      return scalar.ok() ? (*scalar)->ToString() : "?";
+    }
+  }
+}
+
+}  // namespace
+
+void Report::Add(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  rows_ += batch->num_rows();
+  if (head_rows_ < kHeadRows && batch->num_rows() > 0) {
+    head_.push_back(batch->Slice(0, std::min(batch->num_rows(), kHeadRows - head_rows_)));
+    head_rows_ += head_.back()->num_rows();
+  }
+}
+
+void Report::Print(std::ostream& out) const {
+  const std::string schema = RenderSchema(*schema_);
+  out << "RecordBatch schema: " << schema << "\n";
+  for (const auto& field : schema_->fields()) {
+    out << "Column name: " << field->name() << "\n";
+    out << "Column Arrow type: " << field->type()->ToString() << "\n";
+  }
+  out << "== Arrow Table Summary ==\n";
+  out << "Schema      : " << schema << "\n";
+  out << "Num Columns : " << schema_->num_fields() << "\n";
+  out << "Num Rows    : " << rows_ << "\n\n";
+  out << "== First " << kHeadRows << " Rows ==\n";
+  for (int i = 0; i < schema_->num_fields(); ++i) {
+    out << (i ? "\t" : "") << schema_->field(i)->name();
+  }
+  out << "\n" << std::string(40, '-') << "\n";
+  for (const auto& batch : head_) {
+    for (int64_t row = 0; row < batch->num_rows(); ++row) {
+      for (int c = 0; c < batch->num_columns(); ++c) {
+        out << (c ? "\t" : "") << RenderValue(*batch->column(c), row);
+      }
+      out << "\n";
+    }
+  }
+}
+
+}  // namespace shmarrow::cli
