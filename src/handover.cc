@@ -12,6 +12,7 @@ namespace shmarrow {
 arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions& options) {
   ARROW_ASSIGN_OR_RAISE(auto listener, internal::UnixSocket::Listen(socket_path, SOCK_STREAM,
                                                                     options.socket_mode));
+  if (options.on_listening) options.on_listening();
   const std::array<uint8_t, 1> byte{'F'};
   const std::array<int, 1> fds{fd};
   for (int served = 0; served < options.clients;) {

@@ -1,5 +1,6 @@
 #include "shmarrow/stream_writer.h"
 
+#include <arrow/array/util.h>
 #include <arrow/buffer.h>
 #include <arrow/ipc/writer.h>
 
@@ -16,8 +17,12 @@ using internal::kArenaAlignment;
 // varies, may still need more; placement then takes a larger gap (see ArenaPayloadWriter).
 arrow::Result<int64_t> MetadataGapSize(const arrow::Schema& schema,
                                        const arrow::ipc::IpcWriteOptions& options) {
-  ARROW_ASSIGN_OR_RAISE(auto empty, arrow::RecordBatch::MakeEmpty(
-                                        std::make_shared<arrow::Schema>(schema)));
+  arrow::ArrayVector columns;
+  for (const auto& field : schema.fields()) {
+    ARROW_ASSIGN_OR_RAISE(auto column, arrow::MakeArrayOfNull(field->type(), 0));
+    columns.push_back(std::move(column));
+  }
+  auto empty = arrow::RecordBatch::Make(std::make_shared<arrow::Schema>(schema), 0, columns);
   arrow::ipc::IpcPayload payload;
   ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*empty, options, &payload));
   const int64_t needed = 8 + payload.metadata->size() + 64;

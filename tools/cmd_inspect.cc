@@ -24,6 +24,7 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadAll(const std::string& path, b
   ARROW_ASSIGN_OR_RAISE(auto file, arrow::io::ReadableFile::Open(path));
   ARROW_ASSIGN_OR_RAISE(auto magic, file->ReadAt(0, sizeof(kFileMagic) - 1));
   *is_file = magic->ToString() == kFileMagic;
+  ARROW_RETURN_NOT_OK(file->Seek(0));  // ReadAt leaves the implicit position undefined
   auto options = arrow::ipc::IpcReadOptions::Defaults();
   std::shared_ptr<arrow::RecordBatchReader> reader;
   if (*is_file) {

@@ -14,21 +14,42 @@
 namespace shmarrow::cli {
 namespace {
 
-/// Opens an Arrow IPC file (or stream) whose reads allocate from `pool`, so that republishing
-/// the batches needs no copy.
-arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenIpc(const std::string& path,
-                                                                 arrow::MemoryPool* pool) {
-  ARROW_ASSIGN_OR_RAISE(auto file, arrow::io::ReadableFile::Open(path, pool));
-  auto options = arrow::ipc::IpcReadOptions::Defaults();
-  options.memory_pool = pool;
-  auto as_file = arrow::ipc::RecordBatchFileReader::Open(file, options);
-  if (as_file.ok()) {
-    ARROW_ASSIGN_OR_RAISE(auto batches, (*as_file)->ToRecordBatches());
-    return arrow::RecordBatchReader::Make(std::move(batches), (*as_file)->schema());
+/// Batches of an Arrow IPC file or stream, read one at a time into `pool`: each batch's body
+/// lands in the arena right before it is published, so republishing copies nothing.
+class IpcSource {
+ public:
+  static arrow::Result<IpcSource> Open(const std::string& path, arrow::MemoryPool* pool) {
+    IpcSource source;
+    ARROW_ASSIGN_OR_RAISE(auto file, arrow::io::ReadableFile::Open(path, pool));
+    auto options = arrow::ipc::IpcReadOptions::Defaults();
+    options.memory_pool = pool;
+    auto as_file = arrow::ipc::RecordBatchFileReader::Open(file, options);
+    if (as_file.ok()) {
+      source.file_ = *as_file;
+      source.schema_ = source.file_->schema();
+      return source;
+    }
+    ARROW_RETURN_NOT_OK(file->Seek(0));
+    ARROW_ASSIGN_OR_RAISE(source.stream_, arrow::ipc::RecordBatchStreamReader::Open(file, options));
+    source.schema_ = source.stream_->schema();
+    return source;
   }
-  ARROW_RETURN_NOT_OK(file->Seek(0));
-  return arrow::ipc::RecordBatchStreamReader::Open(file, options);
-}
+
+  const std::shared_ptr<arrow::Schema>& schema() const { return schema_; }
+
+  /// The next batch, or nullptr at the end.
+  arrow::Result<std::shared_ptr<arrow::RecordBatch>> Next() {
+    if (stream_ != nullptr) return stream_->Next();
+    if (next_ >= file_->num_record_batches()) return nullptr;
+    return file_->ReadRecordBatch(next_++);
+  }
+
+ private:
+  std::shared_ptr<arrow::Schema> schema_;
+  std::shared_ptr<arrow::ipc::RecordBatchFileReader> file_;
+  std::shared_ptr<arrow::RecordBatchReader> stream_;
+  int next_ = 0;
+};
 
 }  // namespace
 
@@ -55,8 +76,8 @@ arrow::Status RunSend(Args& args) {
   if (from.empty()) {
     ARROW_ASSIGN_OR_RAISE(schema, ParseSchemaSpec(spec));
   } else {
-    ARROW_ASSIGN_OR_RAISE(auto probe, OpenIpc(from, arrow::default_memory_pool()));
-    schema = probe->schema();
+    ARROW_ASSIGN_OR_RAISE(auto probe, IpcSource::Open(from, arrow::default_memory_pool()));
+    schema = probe.schema();
   }
   ARROW_ASSIGN_OR_RAISE(auto writer, SharedStreamWriter::Open(schema, writer_options));
   StreamSummary summary(schema);
@@ -71,9 +92,9 @@ arrow::Status RunSend(Args& args) {
       ARROW_RETURN_NOT_OK(publish(batch));
     }
   } else {
-    ARROW_ASSIGN_OR_RAISE(auto reader, OpenIpc(from, writer->pool()));
+    ARROW_ASSIGN_OR_RAISE(auto source, IpcSource::Open(from, writer->pool()));
     for (;;) {
-      ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
+      ARROW_ASSIGN_OR_RAISE(auto batch, source.Next());
       if (batch == nullptr) break;
       ARROW_RETURN_NOT_OK(publish(batch));
     }
@@ -83,22 +104,24 @@ arrow::Status RunSend(Args& args) {
   struct stat st {};
   ::fstat(sealed.fd.get(), &st);
   const auto& stats = writer->stats();
+  std::ostringstream announcement;
   if (json) {
-    std::ostringstream extra;
-    extra << "\"memfd\":{\"inode\":" << st.st_ino << ",\"bytes\":" << sealed.size
-          << "},\"placement\":{\"bytes_in_place\":" << stats.bytes_in_place
-          << ",\"bytes_copied\":" << stats.bytes_copied
-          << ",\"metadata_bytes\":" << stats.metadata_bytes << "},\"socket\":" << JsonQuote(socket);
-    std::cout << summary.ToJson(extra.str()) << std::endl;
+    announcement << summary.ToJson(
+        "\"memfd\":{\"inode\":" + std::to_string(st.st_ino) + ",\"bytes\":" +
+        std::to_string(sealed.size) + "},\"placement\":{\"bytes_in_place\":" +
+        std::to_string(stats.bytes_in_place) + ",\"bytes_copied\":" +
+        std::to_string(stats.bytes_copied) + ",\"metadata_bytes\":" +
+        std::to_string(stats.metadata_bytes) + "},\"socket\":" + JsonQuote(socket));
   } else {
-    std::cerr << "shmarrow send: " << summary.batches() << " batches, " << summary.rows()
-              << " rows in a sealed " << sealed.size << "-byte memfd (" << stats.bytes_copied
-              << " body bytes copied); serving " << clients << " client(s) on " << socket
-              << std::endl;
+    announcement << "shmarrow send: " << summary.batches() << " batches, " << summary.rows()
+                 << " rows in a sealed " << sealed.size << "-byte memfd (" << stats.bytes_copied
+                 << " body bytes copied); serving " << clients << " client(s) on " << socket;
   }
   ServeOptions serve;
   serve.clients = static_cast<int>(clients);
   serve.accept_timeout_ms = static_cast<int>(accept_timeout_ms);
+  // Announced once consumers can connect, so a script may start them as soon as it reads it.
+  serve.on_listening = [&] { (json ? std::cout : std::cerr) << announcement.str() << std::endl; };
   return ServeFd(socket, sealed.fd.get(), serve);
 }
 

@@ -8,6 +8,7 @@
 #include <arrow/result.h>
 #include <arrow/status.h>
 
+#include <functional>
 #include <string>
 
 #include "shmarrow/unique_fd.h"
@@ -26,6 +27,8 @@ struct ServeOptions {
   unsigned socket_mode = 0600;
   /// Only peers with the producer's uid get the fd (SO_PEERCRED); others are disconnected.
   bool same_uid_only = true;
+  /// Called once the socket listens: the moment a consumer can connect (e.g. to announce it).
+  std::function<void()> on_listening;
 };
 
 /// Listens on `socket_path` ("@name" for the abstract namespace), serves `fd` to each client, and
