@@ -10,6 +10,15 @@
 
 namespace shmarrow::internal {
 
+/// True when [p, p+length) lies inside [begin, begin+size); overflow-safe.
+inline bool RangeContains(const void* begin, int64_t size, const void* p, int64_t length) {
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  const auto start = reinterpret_cast<uintptr_t>(begin);
+  return addr >= start && length >= 0 && size >= 0 &&
+         addr - start <= static_cast<uintptr_t>(size) &&
+         static_cast<uintptr_t>(length) <= static_cast<uintptr_t>(size) - (addr - start);
+}
+
 class Mapping {
  public:
   /// MAP_SHARED, read-write: the producer's view of an arena it fills.
@@ -28,10 +37,7 @@ class Mapping {
   [[nodiscard]] uint8_t* data() const { return data_; }
   [[nodiscard]] int64_t size() const { return size_; }
   [[nodiscard]] bool Contains(const void* p, int64_t length) const {
-    auto addr = reinterpret_cast<uintptr_t>(p);
-    auto begin = reinterpret_cast<uintptr_t>(data_);
-    return addr >= begin && length >= 0 && addr - begin <= static_cast<uintptr_t>(size_) &&
-           static_cast<uintptr_t>(length) <= static_cast<uintptr_t>(size_) - (addr - begin);
+    return RangeContains(data_, size_, p, length);
   }
 
   /// Replaces the writable shared view with a private read-only view of the same file pages at the

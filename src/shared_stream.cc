@@ -4,6 +4,7 @@
 #include <arrow/io/memory.h>
 #include <arrow/ipc/reader.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "errno_status.h"
 #include "mapping.h"
@@ -66,13 +67,31 @@ bool DataInside(const SharedStream& stream, const arrow::ArrayData& data) {
 
 }  // namespace
 
+namespace {
+
+/// The content of an unsealed fd, read into private memory: the producer can no longer affect it.
+arrow::Result<std::shared_ptr<arrow::Buffer>> CopyFile(int fd, int64_t size) {
+  ARROW_ASSIGN_OR_RAISE(auto copy, arrow::AllocateBuffer(size));
+  int64_t done = 0;
+  while (done < size) {
+    const ssize_t n = internal::RetryOnEintr(
+        [&] { return ::pread(fd, copy->mutable_data() + done, size - done, done); });
+    if (n < 0) return internal::ErrnoStatus(errno, "pread(fd ", fd, ", offset ", done, ")");
+    if (n == 0) break;  // shrunk meanwhile: keep what was there
+    done += n;
+  }
+  return arrow::SliceBuffer(std::shared_ptr<arrow::Buffer>(std::move(copy)), 0, done);
+}
+
+}  // namespace
+
 arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
                                                                 const SharedStreamOptions& options) {
   const int raw = fd.get();
   auto seals = internal::GetSeals(raw);
+  const int missing = internal::kImmutableSeals & ~(seals.ok() ? *seals : 0);
   if (options.require_seals) {
     ARROW_RETURN_NOT_OK(seals.status());
-    const int missing = internal::kImmutableSeals & ~*seals;
     if (missing != 0) {
       return arrow::Status::Invalid("memfd fd ", raw, " is not sealed against change: missing ",
                                     internal::SealNames(missing));
@@ -85,24 +104,25 @@ arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
                                   st.st_mode, ")");
   }
   if (st.st_size <= 0) return arrow::Status::Invalid("memfd fd ", raw, " is empty");
-  // The size comes from the file itself; with F_SEAL_SHRINK it cannot change under the mapping.
-  ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(raw, st.st_size));
 
   std::shared_ptr<SharedStream> stream(new SharedStream());
-  stream->buffer_ = std::make_shared<MappedBuffer>(std::move(mapping));
   stream->inode_ = st.st_ino;
   stream->device_ = st.st_dev;
   stream->seals_ = seals.ok() ? *seals : 0;
   stream->validation_ = options.validation;
+  stream->mapped_ = missing == 0;
+  if (stream->mapped_) {
+    // The size comes from the file itself; with F_SEAL_SHRINK it cannot change under the mapping.
+    ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(raw, st.st_size));
+    stream->buffer_ = std::make_shared<MappedBuffer>(std::move(mapping));
+  } else {
+    ARROW_ASSIGN_OR_RAISE(stream->buffer_, CopyFile(raw, st.st_size));
+  }
   return stream;  // the fd closes here: the mapping keeps the memory
 }
 
 bool SharedStream::Contains(const void* address, int64_t length) const {
-  auto addr = reinterpret_cast<uintptr_t>(address);
-  auto begin = reinterpret_cast<uintptr_t>(buffer_->data());
-  const auto size = static_cast<uintptr_t>(buffer_->size());
-  return addr >= begin && length >= 0 && addr - begin <= size &&
-         static_cast<uintptr_t>(length) <= size - (addr - begin);
+  return internal::RangeContains(buffer_->data(), buffer_->size(), address, length);
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> SharedStream::OpenReader() const {

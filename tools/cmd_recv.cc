@@ -30,13 +30,18 @@ arrow::Status RunRecv(Args& args) {
   ARROW_ASSIGN_OR_RAISE(int64_t wait_ms, args.Int("--wait-ms", 0));
   const std::string validate = args.String("--validate", "full");
   const bool json = args.Flag("--json");
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
   SharedStreamOptions options;
+  options.require_seals = !args.Flag("--allow-unsealed");
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
   if (validate == "basic") options.validation = Validation::kBasic;
   else if (validate != "full") return arrow::Status::Invalid("--validate takes full or basic");
 
   ARROW_ASSIGN_OR_RAISE(UniqueFd fd, ReceiveFd(socket, static_cast<int>(wait_ms)));
   ARROW_ASSIGN_OR_RAISE(auto stream, SharedStream::Open(std::move(fd), options));
+  if (!stream->mapped()) {
+    std::cerr << "shmarrow recv: the memfd is not sealed; its " << stream->size()
+              << " bytes were copied into private memory (--allow-unsealed)" << std::endl;
+  }
   ARROW_ASSIGN_OR_RAISE(auto reader, stream->OpenReader());
 
   StreamSummary summary(reader->schema());

@@ -19,6 +19,7 @@ constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
              --json (print a summary of what is served)
   recv     receive a stream and print a report
              --socket PATH  --wait-ms N (0)  --validate full|basic (full)  --json
+             --allow-unsealed (copy an unsealed memfd into private memory instead of refusing)
   inspect  validate an Arrow IPC file or stream on disk
              FILE  --json
 )";
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::vector<std::string> rest(argv + 2, argv + argc);
-  auto args = shmarrow::cli::Args::Parse(rest, {"--json"});
+  auto args = shmarrow::cli::Args::Parse(rest, {"--json", "--allow-unsealed"});
   if (!args.ok()) {
     std::cerr << "shmarrow " << command << ": " << args.status().message() << "\n";
     return 2;

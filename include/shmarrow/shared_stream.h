@@ -21,8 +21,9 @@ enum class Validation {
 };
 
 struct SharedStreamOptions {
-  /// Refuse fds without F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE|F_SEAL_SEAL. Turning it off is only
-  /// safe when the producer is trusted not to shrink (SIGBUS) or rewrite the file.
+  /// Refuse fds without F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE|F_SEAL_SEAL. When false, an fd
+  /// lacking them is not mapped but copied into private memory with pread: a producer that later
+  /// shrinks or rewrites the file can then neither crash the consumer (SIGBUS) nor change its data.
   bool require_seals = true;
   Validation validation = Validation::kFull;
 };
@@ -43,6 +44,8 @@ class SharedStream {
   [[nodiscard]] uint64_t inode() const { return inode_; }
   [[nodiscard]] uint64_t device() const { return device_; }
   [[nodiscard]] int seals() const { return seals_; }
+  /// False when the content was copied because the fd was not sealed (require_seals = false).
+  [[nodiscard]] bool mapped() const { return mapped_; }
   /// True when [address, address+length) lies inside this mapping.
   [[nodiscard]] bool Contains(const void* address, int64_t length = 0) const;
 
@@ -55,6 +58,7 @@ class SharedStream {
   uint64_t inode_ = 0;
   uint64_t device_ = 0;
   int seals_ = 0;
+  bool mapped_ = true;
   Validation validation_ = Validation::kFull;
 };
 
