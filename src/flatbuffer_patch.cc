@@ -94,4 +94,31 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
   return out;
 }
 
+arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t size,
+                                                 std::span<const int64_t> offsets,
+                                                 std::span<const int64_t> lengths) {
+  ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, size));
+  if (fields.num_buffers != static_cast<int64_t>(offsets.size())) {
+    return arrow::Status::Invalid("IPC metadata lists ", fields.num_buffers, " buffers, payload has ",
+                                  offsets.size());
+  }
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    uint8_t* entry = flatbuffer + fields.buffers_at + static_cast<int64_t>(i) * kBufferStructSize;
+    int64_t recorded;
+    std::memcpy(&recorded, entry + 8, sizeof recorded);
+    if (recorded != lengths[i]) {
+      return arrow::Status::Invalid("IPC metadata gives buffer ", i, " length ", recorded,
+                                    ", payload has ", lengths[i]);
+    }
+    std::memcpy(entry, &offsets[i], sizeof offsets[i]);
+  }
+  return fields;
+}
+
+void SetBodyLength(uint8_t* flatbuffer, const MessageFields& fields, int64_t body_length) {
+  if (fields.body_length_at >= 0) {
+    std::memcpy(flatbuffer + fields.body_length_at, &body_length, sizeof body_length);
+  }
+}
+
 }  // namespace shmarrow::internal

@@ -9,6 +9,7 @@
 #include <arrow/result.h>
 
 #include <cstdint>
+#include <span>
 
 namespace shmarrow::internal {
 
@@ -33,5 +34,15 @@ struct MessageFields {
 /// Every read is checked against `size`; malformed input gives Invalid naming the offset.
 [[nodiscard]] arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer,
                                                                int64_t size);
+
+/// Points a record or dictionary batch message at where its buffers really are: checks that the
+/// i-th Buffer struct's length equals lengths[i] (what Arrow's writer recorded) and sets its offset
+/// to offsets[i]. Returns the located fields, for SetBodyLength.
+[[nodiscard]] arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t size,
+                                                                std::span<const int64_t> offsets,
+                                                                std::span<const int64_t> lengths);
+
+/// Stores Message.bodyLength (which must be present: it is absent only for an empty body).
+void SetBodyLength(uint8_t* flatbuffer, const MessageFields& fields, int64_t body_length);
 
 }  // namespace shmarrow::internal

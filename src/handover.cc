@@ -39,6 +39,10 @@ arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms) {
   // The producer sends right after accepting; a silent peer must not hang the consumer forever.
   constexpr int kReplyTimeoutMs = 30000;
   ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(byte, 1, kReplyTimeoutMs));
+  if (received.bytes < 0) {
+    return arrow::Status::IOError("producer at '", socket_path, "' sent nothing within ",
+                                  kReplyTimeoutMs, " ms");
+  }
   if (received.bytes == 0) {
     return arrow::Status::IOError("producer at '", socket_path,
                                   "' closed the connection before sending an fd");

@@ -19,8 +19,9 @@ arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* 
   void* addr = ::mmap(nullptr, static_cast<size_t>(size), prot, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (addr == MAP_FAILED) {
     // ENOMEM here is usually vm.max_map_count or the address-space limit, not RAM.
-    return ErrnoStatus(errno, "mmap(fd ", fd, ", ", size, " bytes, ", what,
-                       ") failed (ENOMEM: vm.max_map_count or RLIMIT_AS reached?)");
+    const int err = errno;
+    return ErrnoStatus(err, "mmap(fd ", fd, ", ", size, " bytes, ", what, ")",
+                       err == ENOMEM ? ": vm.max_map_count or RLIMIT_AS reached?" : "");
   }
   return Mapping(static_cast<uint8_t*>(addr), size);
 }

@@ -17,19 +17,12 @@ static_assert(std::endian::native == std::endian::little,
 
 constexpr uint32_t kContinuation = 0xFFFFFFFF;
 constexpr int64_t kPrefixSize = 8;  // continuation marker + int32 metadata length
-constexpr int64_t kBufferStructSize = 16;
 
 int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
 
 template <typename T>
 void Store(uint8_t* base, int64_t at, T value) {
   std::memcpy(base + at, &value, sizeof(T));
-}
-template <typename T>
-T Load(const uint8_t* base, int64_t at) {
-  T value;
-  std::memcpy(&value, base + at, sizeof(T));
-  return value;
 }
 
 }  // namespace
@@ -111,13 +104,15 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
   const int64_t body_start = region.at + region.size;
 
   // Where each body buffer will be, as an offset from the body start.
-  std::vector<int64_t> offsets(payload.body_buffers.size(), 0);
-  for (size_t i = 0; i < payload.body_buffers.size(); ++i) {
+  const size_t count = payload.body_buffers.size();
+  std::vector<int64_t> offsets(count, 0), lengths(count, 0);
+  for (size_t i = 0; i < count; ++i) {
     const auto& buffer = payload.body_buffers[i];
     if (buffer == nullptr || buffer->size() == 0) continue;
     if (!buffer->is_cpu()) {
       return arrow::Status::NotImplemented("body buffer ", i, " is not in CPU memory");
     }
+    lengths[i] = buffer->size();
     const int64_t at = arena_->Contains(buffer->data(), buffer->size())
                            ? arena_->OffsetOf(buffer->data())
                            : -1;
@@ -136,22 +131,8 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
   ARROW_ASSIGN_OR_RAISE(int64_t next_gap_at, arena_->Reserve(gap_size_));
 
   const int64_t flatbuffer_at = WriteMessagePrefix(region.at, region.size, metadata);
-  uint8_t* flatbuffer = arena_->base() + flatbuffer_at;
-  ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, metadata.size()));
-  if (fields.num_buffers != static_cast<int64_t>(offsets.size())) {
-    return arrow::Status::Invalid("IPC metadata lists ", fields.num_buffers, " buffers, payload has ",
-                                  offsets.size());
-  }
-  for (size_t i = 0; i < offsets.size(); ++i) {
-    const int64_t entry = fields.buffers_at + static_cast<int64_t>(i) * kBufferStructSize;
-    const auto& buffer = payload.body_buffers[i];
-    const int64_t length = buffer == nullptr ? 0 : buffer->size();
-    if (Load<int64_t>(flatbuffer, entry + 8) != length) {
-      return arrow::Status::Invalid("IPC metadata gives buffer ", i, " length ",
-                                    Load<int64_t>(flatbuffer, entry + 8), ", payload has ", length);
-    }
-    Store<int64_t>(flatbuffer, entry, offsets[i]);
-  }
+  ARROW_ASSIGN_OR_RAISE(auto fields, RewriteBufferOffsets(arena_->base() + flatbuffer_at,
+                                                          metadata.size(), offsets, lengths));
   if (fields.body_length_at < 0 && payload.body_length > 0) {
     return arrow::Status::Invalid("IPC metadata has no bodyLength for a ", payload.body_length,
                                   "-byte body");

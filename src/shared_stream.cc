@@ -8,21 +8,11 @@
 
 #include "errno_status.h"
 #include "mapping.h"
+#include "shared_stream_internal.h"
 #include "memfd.h"
 
 namespace shmarrow {
 namespace {
-
-/// The read-only mapping as an Arrow buffer: it owns the Mapping, and every slice of it (each
-/// column buffer of each batch) keeps it, so the memory outlives whoever still points into it.
-class MappedBuffer final : public arrow::Buffer {
- public:
-  explicit MappedBuffer(internal::Mapping mapping)
-      : arrow::Buffer(mapping.data(), mapping.size()), mapping_(std::move(mapping)) {}
-
- private:
-  internal::Mapping mapping_;
-};
 
 /// Runs the chosen validation on each batch before it is handed out.
 class ValidatingReader final : public arrow::RecordBatchReader {
@@ -36,13 +26,9 @@ class ValidatingReader final : public arrow::RecordBatchReader {
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
     ARROW_RETURN_NOT_OK(inner_->ReadNext(batch));
     if (*batch == nullptr) return arrow::Status::OK();
-    auto status = validation_ == Validation::kFull ? (*batch)->ValidateFull() : (*batch)->Validate();
-    if (!status.ok()) {
-      batch->reset();
-      return status.WithMessage("record batch ", index_, " is invalid: ", status.message());
-    }
-    ++index_;
-    return arrow::Status::OK();
+    auto status = internal::ValidateBatch(**batch, validation_, index_++);
+    if (!status.ok()) batch->reset();
+    return status;
   }
 
   arrow::Status Close() override { return inner_->Close(); }
@@ -114,7 +100,7 @@ arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
   if (stream->mapped_) {
     // The size comes from the file itself; with F_SEAL_SHRINK it cannot change under the mapping.
     ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(raw, st.st_size));
-    stream->buffer_ = std::make_shared<MappedBuffer>(std::move(mapping));
+    stream->buffer_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
   } else {
     ARROW_ASSIGN_OR_RAISE(stream->buffer_, CopyFile(raw, st.st_size));
   }
@@ -126,10 +112,26 @@ bool SharedStream::Contains(const void* address, int64_t length) const {
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> SharedStream::OpenReader() const {
-  auto source = std::make_shared<arrow::io::BufferReader>(buffer_);
-  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(source));
-  return std::make_shared<ValidatingReader>(std::move(reader), validation_);
+  return internal::OpenValidatedStream(buffer_, validation_);
 }
+
+namespace internal {
+
+arrow::Status ValidateBatch(const arrow::RecordBatch& batch, Validation validation,
+                            int64_t index) {
+  auto status = validation == Validation::kFull ? batch.ValidateFull() : batch.Validate();
+  return status.ok() ? status
+                     : status.WithMessage("record batch ", index, " is invalid: ", status.message());
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenValidatedStream(
+    std::shared_ptr<arrow::Buffer> source, Validation validation) {
+  auto input = std::make_shared<arrow::io::BufferReader>(std::move(source));
+  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(input));
+  return std::make_shared<ValidatingReader>(std::move(reader), validation);
+}
+
+}  // namespace internal
 
 bool AllBuffersInside(const SharedStream& stream, const arrow::RecordBatch& batch) {
   for (const auto& column : batch.column_data()) {

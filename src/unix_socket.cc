@@ -131,7 +131,7 @@ arrow::Status UnixSocket::Send(std::span<const uint8_t> data, std::span<const in
   if (!fds.empty() && data.empty()) {
     return arrow::Status::Invalid("fds must travel with at least one data byte");
   }
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
   size_t sent = 0;
   while (sent < data.size() || (data.empty() && sent == 0)) {
     iovec iov{const_cast<uint8_t*>(data.data() + sent), data.size() - sent};
@@ -158,28 +158,56 @@ arrow::Status UnixSocket::Send(std::span<const uint8_t> data, std::span<const in
   return arrow::Status::OK();
 }
 
+arrow::Result<bool> UnixSocket::TrySendDatagram(std::span<const uint8_t> data,
+                                               std::span<const int> fds) {
+  if (fds.size() > static_cast<size_t>(kMaxFdsPerMessage)) {
+    return arrow::Status::Invalid("cannot send ", fds.size(), " fds in one message");
+  }
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
+  iovec iov{const_cast<uint8_t*>(data.data()), data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  const ssize_t n =
+      RetryOnEintr([&] { return ::sendmsg(fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL); });
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  if (n < 0) return ErrnoStatus(errno, "sendmsg(fd ", fd(), ", ", data.size(), " bytes)");
+  if (static_cast<size_t>(n) != data.size()) {
+    return arrow::Status::IOError("datagram of ", data.size(), " bytes sent as ", n);
+  }
+  return true;
+}
+
 arrow::Result<Received> UnixSocket::Receive(std::span<uint8_t> data, int max_fds, int timeout_ms) {
   if (max_fds < 0 || max_fds > kMaxFdsPerMessage) {
     return arrow::Status::Invalid("cannot receive ", max_fds, " fds in one message");
   }
   ARROW_ASSIGN_OR_RAISE(bool ready, WaitFor(fd(), POLLIN, timeout_ms));
-  if (!ready) {
-    return arrow::Status::IOError("no message from the peer within ", timeout_ms, " ms (fd ",
-                                  fd(), ")");
-  }
+  if (!ready) return Received{};
   // Room for one more fd than allowed, so that a peer sending too many is detected, not truncated.
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFdsPerMessage + 1))];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFdsPerMessage + 1))] = {};
   iovec iov{data.data(), data.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = CMSG_SPACE(sizeof(int) * (max_fds + 1));
-  const ssize_t n = RetryOnEintr([&] { return ::recvmsg(fd(), &msg, MSG_CMSG_CLOEXEC); });
+  const ssize_t n =
+      RetryOnEintr([&] { return ::recvmsg(fd(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); });
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Received{};
   if (n < 0) return ErrnoStatus(errno, "recvmsg(fd ", fd(), ")");
 
   Received out;
-  out.bytes = n;
+  out.bytes = std::min<ssize_t>(n, static_cast<ssize_t>(data.size()));
   bool unexpected_control = false;
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
     if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
@@ -192,6 +220,10 @@ arrow::Result<Received> UnixSocket::Receive(std::span<uint8_t> data, int max_fds
     } else {
       unexpected_control = true;
     }
+  }
+  if (msg.msg_flags & MSG_TRUNC) {
+    return arrow::Status::IOError("message on fd ", fd(), " is longer than ", data.size(),
+                                  " bytes (MSG_TRUNC)");
   }
   if (msg.msg_flags & MSG_CTRUNC) {
     return arrow::Status::IOError("control data truncated (MSG_CTRUNC) on fd ", fd(),

@@ -24,7 +24,8 @@ struct PeerCredentials {
 
 /// What one recvmsg returned: the bytes and the fds that came with them (already owned).
 struct Received {
-  int64_t bytes = 0;
+  /// -1: nothing arrived in time; 0: the peer closed the connection.
+  int64_t bytes = -1;
   std::vector<UniqueFd> fds;
 };
 
@@ -38,6 +39,8 @@ class UnixSocket {
   [[nodiscard]] static arrow::Result<UnixSocket> Connect(const std::string& path, int type,
                                                          int wait_ms);
 
+  /// Wraps an already connected socket (accepted elsewhere, or one end of a socketpair).
+  explicit UnixSocket(UniqueFd fd) : fd_(std::move(fd)) {}
   UnixSocket(UnixSocket&&) noexcept = default;
   UnixSocket& operator=(UnixSocket&&) noexcept = default;
   ~UnixSocket();
@@ -50,8 +53,13 @@ class UnixSocket {
 
   /// Sends all of `data` with `fds` attached to its first byte; partial sends and EINTR continue.
   [[nodiscard]] arrow::Status Send(std::span<const uint8_t> data, std::span<const int> fds);
+  /// One sendmsg of a whole datagram (SOCK_SEQPACKET) with `fds`, never blocking: false when the
+  /// socket buffer is full (EAGAIN), an error when the peer is gone.
+  [[nodiscard]] arrow::Result<bool> TrySendDatagram(std::span<const uint8_t> data,
+                                                    std::span<const int> fds);
   /// One recvmsg with room for `max_fds` fds (MSG_CMSG_CLOEXEC). Truncated control data, unknown
-  /// control messages or more fds than expected are errors, and every fd received is closed.
+  /// control messages, more fds than expected or a datagram longer than `data` (MSG_TRUNC) are
+  /// errors, and every fd received is closed. `timeout_ms` 0 polls, -1 waits forever.
   [[nodiscard]] arrow::Result<Received> Receive(std::span<uint8_t> data, int max_fds,
                                                 int timeout_ms);
 

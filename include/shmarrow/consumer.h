@@ -1,0 +1,85 @@
+// Consumer: receives a producer's stream of record batches and reads them in place.
+#pragma once
+
+#include <arrow/record_batch.h>
+#include <arrow/result.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmarrow/shared_stream.h"
+
+namespace shmarrow {
+
+enum class SchemaMatch {
+  /// The producer's schema must equal the expected one (names, types, nullability, order).
+  kExact,
+  /// Every expected field must exist in the producer's schema with the same type.
+  kSubset,
+};
+
+struct ConsumerOptions {
+  /// Keep retrying to connect for this long while no producer listens yet.
+  int connect_wait_ms = 0;
+  /// Fail a blocking read after this long without any message (-1: wait forever).
+  int read_timeout_ms = -1;
+  /// Fall behind by losing the oldest batches (counted in dropped()) instead of holding the
+  /// producer back.
+  bool lossy = false;
+  /// Start with the oldest batches the producer still has, instead of the next one published.
+  bool start_at_oldest = false;
+  /// Cap on batches held at once (credits); 0 takes the producer's limit.
+  int max_in_flight = 0;
+  /// Projection: only these columns, served without copying. Empty: all.
+  std::vector<std::string> columns;
+  /// Refuse producers whose schema does not match.
+  std::shared_ptr<arrow::Schema> expect_schema;
+  SchemaMatch match = SchemaMatch::kExact;
+  /// How much of every batch is checked before it is returned.
+  Validation validation = Validation::kFull;
+};
+
+struct ConsumerStats {
+  int64_t batches = 0;
+  int64_t dropped = 0;
+  int64_t schema_changes = 0;
+  int64_t released = 0;
+};
+
+/// Connects to a Producer (SOCK_SEQPACKET) — or, for a producer of the single hand-over
+/// (`shmarrow send` without --mode, ServeFd), receives its one sealed stream — and reads the
+/// batches in place. A batch, its arrays, buffers and slices stay valid as long as any of them
+/// lives; when the last one dies the producer is told it may reuse the memory.
+///
+/// ReadNext blocks; fd() and TryNext() serve event loops. Not thread-safe, except that batches
+/// may be released from any thread.
+class Consumer : public arrow::RecordBatchReader {
+ public:
+  [[nodiscard]] static arrow::Result<std::shared_ptr<Consumer>> Connect(
+      const std::string& address, const ConsumerOptions& options = {});
+
+  /// The current schema (changes when the producer announces a new one; each batch carries its own).
+  std::shared_ptr<arrow::Schema> schema() const override = 0;
+  /// Next batch; nullptr at end of stream. An error if the producer went away without ending.
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override = 0;
+
+  enum class Poll { kBatch, kPending, kEnd };
+  /// Non-blocking: takes what has arrived; kBatch fills `batch`.
+  [[nodiscard]] virtual arrow::Result<Poll> TryNext(std::shared_ptr<arrow::RecordBatch>* batch) = 0;
+  /// Becomes readable when TryNext may have something (for poll/epoll).
+  [[nodiscard]] virtual int fd() const = 0;
+
+  /// Sends a request to the producer's handler; the reader yields its answer. Several requests
+  /// may be in flight at once.
+  [[nodiscard]] virtual arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> Request(
+      std::string_view request) = 0;
+
+  [[nodiscard]] virtual ConsumerStats stats() const = 0;
+  /// "ring", "sealed" or "handover" (the single hand-over).
+  [[nodiscard]] virtual std::string mode() const = 0;
+};
+
+}  // namespace shmarrow

@@ -1,0 +1,512 @@
+#include "shmarrow/consumer.h"
+
+#include <arrow/buffer.h>
+#include <arrow/io/memory.h>
+#include <arrow/ipc/reader.h>
+#include <arrow/util/io_util.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <variant>
+
+#include "errno_status.h"
+#include "mapping.h"
+#include "memfd.h"
+#include "protocol.h"
+#include "schema_match.h"
+#include "shared_stream_internal.h"
+#include "shmarrow/handover.h"
+#include "unix_socket.h"
+
+namespace shmarrow {
+namespace {
+
+namespace proto = internal::protocol;
+using internal::UnixSocket;
+
+constexpr int kHandshakeTimeoutMs = 10000;
+constexpr uint32_t kMaxMetadata = 1 << 20;
+
+/// The socket, shared by the consumer and every batch it handed out: a batch dying on any thread
+/// tells the producer through it, even after the Consumer object is gone.
+class Channel {
+ public:
+  explicit Channel(UnixSocket socket) : socket_(std::move(socket)) {}
+
+  int fd() const { return socket_.fd(); }
+  UnixSocket& socket() { return socket_; }
+
+  /// One Release message (one syscall) per batch; if the socket is full it waits for the next
+  /// Flush, done by the consumer's next read.
+  void Release(uint64_t sequence) {
+    std::lock_guard lock(mutex_);
+    unsent_.push_back(sequence);
+    FlushLocked();
+  }
+  void Flush() {
+    std::lock_guard lock(mutex_);
+    FlushLocked();
+  }
+  arrow::Status Send(std::span<const uint8_t> message) {
+    std::lock_guard lock(mutex_);
+    ARROW_ASSIGN_OR_RAISE(bool sent, socket_.TrySendDatagram(message, {}));
+    if (!sent) return arrow::Status::IOError("socket to the producer is full");
+    return arrow::Status::OK();
+  }
+  int64_t released() const {
+    std::lock_guard lock(mutex_);
+    return released_;
+  }
+
+ private:
+  void FlushLocked() {
+    if (unsent_.empty()) return;
+    auto sent = socket_.TrySendDatagram(proto::EncodeRelease(writer_, unsent_), {});
+    if (sent.ok() && !*sent) return;  // full: try again later
+    // Sent, or the producer is gone (then there is nobody left to tell).
+    released_ += static_cast<int64_t>(unsent_.size());
+    unsent_.clear();
+  }
+
+  UnixSocket socket_;
+  mutable std::mutex mutex_;
+  proto::Writer writer_;
+  std::vector<uint64_t> unsent_;
+  int64_t released_ = 0;
+};
+
+/// The memory of one received batch, as seen by Arrow: the ring (or the batch's memfd) as a
+/// buffer whose last reference tells the producer the batch is released.
+class LeaseBuffer final : public arrow::Buffer {
+ public:
+  LeaseBuffer(const std::shared_ptr<arrow::Buffer>& region, uint64_t sequence,
+              std::shared_ptr<Channel> channel)
+      : arrow::Buffer(region, 0, region->size()),
+        sequence_(sequence),
+        channel_(std::move(channel)) {}
+  ~LeaseBuffer() override { channel_->Release(sequence_); }
+
+ private:
+  uint64_t sequence_;
+  std::shared_ptr<Channel> channel_;
+};
+
+struct EndOfStream {};
+/// What a stream delivers, in order.
+using Event = std::variant<std::shared_ptr<arrow::RecordBatch>, std::shared_ptr<arrow::Schema>,
+                           EndOfStream, arrow::Status>;
+
+struct StreamState {
+  std::shared_ptr<arrow::Schema> schema;
+  std::deque<Event> events;
+};
+
+class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<ConsumerImpl> {
+ public:
+  explicit ConsumerImpl(ConsumerOptions options) : options_(std::move(options)) {}
+  ~ConsumerImpl() override;
+
+  arrow::Status Handshake(const std::string& address, UnixSocket socket);
+  arrow::Status OpenHandover(const std::string& address);
+
+  std::shared_ptr<arrow::Schema> schema() const override { return schema_; }
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
+    return Next(0, options_.read_timeout_ms, batch);
+  }
+  arrow::Result<Poll> TryNext(std::shared_ptr<arrow::RecordBatch>* batch) override;
+  int fd() const override { return channel_ != nullptr ? channel_->fd() : -1; }
+  arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> Request(
+      std::string_view request) override;
+  ConsumerStats stats() const override {
+    ConsumerStats out = stats_;
+    out.released = channel_ != nullptr ? channel_->released() : 0;
+    return out;
+  }
+  std::string mode() const override { return mode_; }
+
+  /// Next event of `stream`, pumping the socket for up to timeout_ms (-1: forever).
+  arrow::Status Next(uint32_t stream, int timeout_ms, std::shared_ptr<arrow::RecordBatch>* batch);
+  std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return streams_[stream].schema; }
+
+ private:
+  /// Receives and handles one message; false if none arrived within timeout_ms.
+  arrow::Result<bool> Pump(int timeout_ms);
+  arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
+  arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> Materialize(
+      const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds);
+  arrow::Result<std::shared_ptr<arrow::RecordBatch>> Project(
+      std::shared_ptr<arrow::RecordBatch> batch);
+
+  const ConsumerOptions options_;
+  std::string mode_ = "handover";
+  std::shared_ptr<Channel> channel_;
+  std::shared_ptr<arrow::Buffer> ring_;  // ring mode: the whole ring, mapped read-only
+  std::shared_ptr<arrow::Schema> schema_;
+  std::map<uint32_t, StreamState> streams_;  // 0: the published stream; else request ids
+  std::shared_ptr<arrow::RecordBatchReader> handover_;
+  arrow::Status fatal_;
+  uint32_t next_request_ = 1;
+  ConsumerStats stats_;
+  std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
+  proto::Writer writer_;
+};
+
+/// The answer to one request, read through the consumer that sent it.
+class ResponseReader final : public arrow::RecordBatchReader {
+ public:
+  ResponseReader(std::shared_ptr<ConsumerImpl> consumer, uint32_t stream, int timeout_ms)
+      : consumer_(std::move(consumer)), stream_(stream), timeout_ms_(timeout_ms) {}
+  std::shared_ptr<arrow::Schema> schema() const override {
+    return consumer_->StreamSchema(stream_);
+  }
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
+    return consumer_->Next(stream_, timeout_ms_, batch);
+  }
+
+ private:
+  std::shared_ptr<ConsumerImpl> consumer_;
+  uint32_t stream_;
+  int timeout_ms_;
+};
+
+ConsumerImpl::~ConsumerImpl() {
+  if (channel_ == nullptr) return;
+  // Say Bye: the producer stops sending, and keeps only what batches still alive here hold until
+  // they are released (the channel outlives this object for them).
+  (void)channel_->Send(proto::EncodeBye(writer_));
+}
+
+arrow::Status ConsumerImpl::OpenHandover(const std::string& address) {
+  ARROW_ASSIGN_OR_RAISE(UniqueFd fd, ReceiveFd(address, options_.connect_wait_ms));
+  SharedStreamOptions stream_options;
+  stream_options.validation = options_.validation;
+  ARROW_ASSIGN_OR_RAISE(auto stream, SharedStream::Open(std::move(fd), stream_options));
+  ARROW_ASSIGN_OR_RAISE(handover_, stream->OpenReader());
+  schema_ = handover_->schema();
+  if (options_.expect_schema != nullptr) {
+    ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
+  }
+  if (!options_.columns.empty()) {
+    ARROW_ASSIGN_OR_RAISE(auto indices, internal::ProjectionIndices(*schema_, options_.columns));
+    schema_ = internal::ProjectSchema(*schema_, indices);
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket socket) {
+  channel_ = std::make_shared<Channel>(std::move(socket));
+  proto::Hello hello;
+  if (options_.lossy) hello.flags |= proto::kHelloLossy;
+  if (options_.start_at_oldest) hello.flags |= proto::kHelloStartAtOldest;
+  if (options_.match == SchemaMatch::kSubset) hello.flags |= proto::kHelloSchemaSubset;
+  hello.max_in_flight = static_cast<uint32_t>(std::max(0, options_.max_in_flight));
+  hello.columns = options_.columns;
+  if (options_.expect_schema != nullptr) {
+    ARROW_ASSIGN_OR_RAISE(hello.required_schema,
+                          internal::SerializeSchema(*options_.expect_schema));
+  }
+  ARROW_RETURN_NOT_OK(channel_->Send(proto::Encode(writer_, hello)));
+
+  ARROW_ASSIGN_OR_RAISE(auto received,
+                        channel_->socket().Receive(receive_buffer_, 1, kHandshakeTimeoutMs));
+  if (received.bytes < 0) {
+    return arrow::Status::IOError("producer at '", address, "' did not answer the handshake within ",
+                                  kHandshakeTimeoutMs, " ms");
+  }
+  if (received.bytes == 0) {
+    return arrow::Status::IOError("producer at '", address, "' closed the connection during the ",
+                                  "handshake");
+  }
+  proto::Reader reader(std::span<const uint8_t>(receive_buffer_.data(), received.bytes));
+  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
+  if (header.type == proto::Type::kError) {
+    ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
+    return arrow::Status::Invalid("producer at '", address, "' refused: ", error.message);
+  }
+  if (header.type != proto::Type::kWelcome) {
+    return arrow::Status::Invalid("protocol: expected Welcome, got ", proto::TypeName(header.type));
+  }
+  ARROW_ASSIGN_OR_RAISE(auto welcome, proto::DecodeWelcome(reader));
+  if (welcome.major != proto::kMajorVersion) {
+    return arrow::Status::Invalid("producer speaks protocol ", welcome.major, ".", welcome.minor,
+                                  "; this consumer speaks ", proto::kMajorVersion, ".",
+                                  proto::kMinorVersion, " (major versions must match)");
+  }
+  ARROW_ASSIGN_OR_RAISE(schema_, internal::DeserializeSchema(welcome.schema));
+  if (options_.expect_schema != nullptr && options_.columns.empty()) {
+    ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
+  }
+  streams_[0].schema = schema_;
+  if (welcome.mode == proto::Mode::kSealed) {
+    mode_ = "sealed";
+    if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
+    return arrow::Status::OK();
+  }
+  mode_ = "ring";
+  if (received.fds.size() != 1) {
+    return arrow::Status::Invalid("protocol: ring Welcome carries ", received.fds.size(),
+                                  " fds, expected 1");
+  }
+  const int ring_fd = received.fds[0].get();
+  ARROW_ASSIGN_OR_RAISE(int seals, internal::GetSeals(ring_fd));
+  constexpr int kNoResize = 0x0002 /*SHRINK*/ | 0x0004 /*GROW*/;
+  constexpr int kNoWrites = 0x0008 /*WRITE*/ | 0x0010 /*FUTURE_WRITE*/;
+  if ((seals & kNoResize) != kNoResize || (seals & kNoWrites) == 0) {
+    return arrow::Status::Invalid("ring memfd fd ", ring_fd, " lacks seals: has ",
+                                  internal::SealNames(seals),
+                                  ", needs F_SEAL_SHRINK|F_SEAL_GROW and a write seal");
+  }
+  struct stat st {};
+  if (::fstat(ring_fd, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", ring_fd, ")");
+  ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(ring_fd, st.st_size));
+  ring_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
+  return arrow::Status::OK();
+}
+
+arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
+  channel_->Flush();
+  ARROW_ASSIGN_OR_RAISE(auto received,
+                        channel_->socket().Receive(receive_buffer_, 1, timeout_ms));
+  if (received.bytes < 0) return false;
+  if (received.bytes == 0) {
+    fatal_ = arrow::Status::IOError(
+        "producer closed the connection without ending the stream (did it die?)");
+    return true;
+  }
+  auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
+  if (!status.ok()) fatal_ = status;
+  return true;
+}
+
+arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds) {
+  proto::Reader reader(std::span<const uint8_t>(data, static_cast<size_t>(size)));
+  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
+  if (header.type != proto::Type::kBatch && !fds.empty()) {
+    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " carried ",
+                                  fds.size(), " fds");
+  }
+  if (header.stream != 0 && streams_.count(header.stream) == 0) {
+    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type),
+                                  " for unknown stream ", header.stream);
+  }
+  StreamState& stream = streams_[header.stream];
+  switch (header.type) {
+    case proto::Type::kBatch: {
+      ARROW_ASSIGN_OR_RAISE(auto message, proto::DecodeBatch(reader));
+      ARROW_ASSIGN_OR_RAISE(auto batches, Materialize(message, header.stream, fds));
+      stats_.dropped += static_cast<int64_t>(message.dropped);
+      for (auto& batch : batches) stream.events.emplace_back(std::move(batch));
+      return arrow::Status::OK();
+    }
+    case proto::Type::kSchema: {
+      ARROW_ASSIGN_OR_RAISE(auto bytes, proto::DecodeSchema(reader));
+      ARROW_ASSIGN_OR_RAISE(stream.schema, internal::DeserializeSchema(bytes));
+      stream.events.emplace_back(stream.schema);
+      return arrow::Status::OK();
+    }
+    case proto::Type::kEnd:
+      ARROW_RETURN_NOT_OK(reader.ExpectEnd("End"));
+      stream.events.emplace_back(EndOfStream{});
+      return arrow::Status::OK();
+    case proto::Type::kError: {
+      ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
+      auto status = arrow::Status::IOError("producer: ", error.message);
+      if (header.stream == 0) return status;  // fatal
+      stream.events.emplace_back(status);
+      return arrow::Status::OK();
+    }
+    default:
+      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
+                                    " from a producer");
+  }
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
+    std::shared_ptr<arrow::RecordBatch> batch) {
+  if (options_.columns.empty()) return batch;
+  ARROW_ASSIGN_OR_RAISE(auto indices, internal::ProjectionIndices(*batch->schema(), options_.columns));
+  return batch->SelectColumns(indices);
+}
+
+arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Materialize(
+    const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds) {
+  std::vector<std::shared_ptr<arrow::RecordBatch>> out;
+  if (mode_ == "sealed") {
+    if (fds.size() != 1) {
+      return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
+                                    fds.size(), " fds, expected 1");
+    }
+    SharedStreamOptions stream_options;
+    stream_options.validation = options_.validation;
+    auto opened = SharedStream::Open(std::move(fds[0]), stream_options);
+    if (!opened.ok()) {  // released all the same: the producer may reuse it
+      channel_->Release(message.sequence);
+      return opened.status().WithMessage("batch ", message.sequence, ": ",
+                                         opened.status().message());
+    }
+    auto lease = std::make_shared<LeaseBuffer>((*opened)->buffer(), message.sequence, channel_);
+    ARROW_ASSIGN_OR_RAISE(auto reader, internal::OpenValidatedStream(lease, options_.validation));
+    lease.reset();
+    for (;;) {
+      ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
+      if (batch == nullptr) break;
+      if (stream == 0) {
+        ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+      }
+      out.push_back(std::move(batch));
+    }
+    return out;
+  }
+  if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
+  auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
+  const auto ring_size = static_cast<uint64_t>(ring_->size());
+  if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
+      message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
+    return arrow::Status::Invalid("protocol: batch ", message.sequence, " metadata at [",
+                                  message.metadata_offset, ", +", message.metadata_length,
+                                  ") is outside the ", ring_size, "-byte ring");
+  }
+  // The metadata is copied out of the ring before Arrow parses and checks it, so the producer
+  // cannot change it between the check and the use.
+  ARROW_ASSIGN_OR_RAISE(auto metadata, arrow::AllocateBuffer(message.metadata_length));
+  std::memcpy(metadata->mutable_data(), ring_->data() + message.metadata_offset,
+              message.metadata_length);
+  arrow::io::BufferReader body(lease);
+  lease.reset();
+  const auto& schema = streams_[stream].schema;
+  ARROW_ASSIGN_OR_RAISE(auto batch,
+                        arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
+                                                    arrow::ipc::IpcReadOptions::Defaults(), &body));
+  ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
+                                              static_cast<int64_t>(message.sequence)));
+  out.push_back(std::move(batch));
+  return out;
+}
+
+arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
+                                 std::shared_ptr<arrow::RecordBatch>* batch) {
+  batch->reset();
+  if (handover_ != nullptr) {
+    ARROW_RETURN_NOT_OK(handover_->ReadNext(batch));
+    if (*batch != nullptr) {
+      ARROW_ASSIGN_OR_RAISE(*batch, Project(std::move(*batch)));
+      ++stats_.batches;
+    }
+    return arrow::Status::OK();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto& events = streams_[stream].events;
+    while (!events.empty()) {
+      Event event = std::move(events.front());
+      if (std::holds_alternative<EndOfStream>(event)) return arrow::Status::OK();  // stays queued
+      events.pop_front();
+      if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&event)) {
+        if (stream == 0) {
+          schema_ = options_.columns.empty()
+                        ? *schema
+                        : internal::ProjectSchema(
+                              **schema, internal::ProjectionIndices(**schema, options_.columns)
+                                            .ValueOr(std::vector<int>{}));
+          ++stats_.schema_changes;
+        }
+        continue;
+      }
+      if (auto* status = std::get_if<arrow::Status>(&event)) {
+        streams_.erase(stream);
+        return *status;
+      }
+      *batch = std::get<std::shared_ptr<arrow::RecordBatch>>(std::move(event));
+      ++stats_.batches;
+      return arrow::Status::OK();
+    }
+    if (!fatal_.ok()) return fatal_;
+    int wait = -1;
+    if (timeout_ms >= 0) {
+      wait = static_cast<int>(std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                 deadline - std::chrono::steady_clock::now())
+                 .count()));
+    }
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(wait));
+    if (!got && timeout_ms >= 0 && std::chrono::steady_clock::now() >= deadline) {
+      return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
+    }
+  }
+}
+
+arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::RecordBatch>* batch) {
+  if (handover_ != nullptr) {
+    ARROW_RETURN_NOT_OK(Next(0, 0, batch));
+    return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+  }
+  for (;;) {  // take everything that has arrived, without blocking
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
+    if (!got || !fatal_.ok()) break;
+  }
+  auto& events = streams_[0].events;
+  if (events.empty()) {
+    if (!fatal_.ok()) return fatal_;
+    return Poll::kPending;
+  }
+  ARROW_RETURN_NOT_OK(Next(0, 0, batch));
+  if (*batch != nullptr) return Poll::kBatch;
+  return streams_[0].events.empty() ? Poll::kPending : Poll::kEnd;
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
+    std::string_view request) {
+  if (channel_ == nullptr) {
+    return arrow::Status::NotImplemented("the single hand-over has no requests");
+  }
+  const uint32_t stream = next_request_++;
+  streams_[stream];
+  ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRequest(writer_, stream, request)));
+  // The answer starts with its schema, or with an error.
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(options_.read_timeout_ms < 0 ? kHandshakeTimeoutMs * 6
+                                                                               : options_.read_timeout_ms);
+  while (streams_[stream].schema == nullptr) {
+    auto& events = streams_[stream].events;
+    if (!events.empty()) {
+      if (auto* status = std::get_if<arrow::Status>(&events.front())) {
+        auto error = *status;
+        streams_.erase(stream);
+        return error;
+      }
+      break;  // ended without batches
+    }
+    if (!fatal_.ok()) return fatal_;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return arrow::Status::IOError("no answer to request ", stream, " in time");
+    }
+    ARROW_RETURN_NOT_OK(Pump(100).status());
+  }
+  if (streams_[stream].schema == nullptr) streams_[stream].schema = arrow::schema({});
+  return std::make_shared<ResponseReader>(shared_from_this(), stream, options_.read_timeout_ms);
+}
+
+}  // namespace
+
+arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
+                                                           const ConsumerOptions& options) {
+  auto consumer = std::make_shared<ConsumerImpl>(options);
+  auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, options.connect_wait_ms);
+  if (!socket.ok()) {
+    // A stream socket there: a producer of the single hand-over.
+    if (arrow::internal::ErrnoFromStatus(socket.status()) == EPROTOTYPE) {
+      ARROW_RETURN_NOT_OK(consumer->OpenHandover(address));
+      return consumer;
+    }
+    return socket.status();
+  }
+  ARROW_RETURN_NOT_OK(consumer->Handshake(address, std::move(*socket)));
+  return consumer;
+}
+
+}  // namespace shmarrow

@@ -1,0 +1,942 @@
+#include "shmarrow/producer.h"
+
+#include <arrow/buffer.h>
+#include <arrow/ipc/writer.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "errno_status.h"
+#include "flatbuffer_patch.h"
+#include "protocol.h"
+#include "ring.h"
+#include "schema_match.h"
+#include "shmarrow/stream_writer.h"
+#include "unix_socket.h"
+
+namespace shmarrow {
+namespace {
+
+namespace proto = internal::protocol;
+using internal::UnixSocket;
+
+constexpr int64_t kRingBlocks = 1 << 16;
+constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
+constexpr int kSocketBuffer = 1 << 20;
+
+/// Where a batch's Message flatbuffer lies in the ring.
+struct RingLocation {
+  int64_t offset = 0;
+  int64_t length = 0;
+};
+
+/// One published batch, shared by every consumer it went to. It pins the batch's memory: in ring
+/// mode the buffers (and their ring blocks) are freed when the last holder drops it.
+struct Published {
+  // Sealed mode: the arena the producer's batch lives in (declared first: destroyed after the
+  // batch, whose buffers return to it), and the sealed memfd.
+  std::unique_ptr<SharedStreamWriter> writer;
+  std::unique_ptr<SharedStreamWriter> retired_loan;
+  UniqueFd memfd;
+  uint64_t sequence = 0;
+  std::shared_ptr<arrow::RecordBatch> batch;
+  // Ring mode: metadata per projection (key: column indices; empty = all), and copied buffers.
+  std::map<std::vector<int>, RingLocation> locations;
+  std::vector<std::shared_ptr<arrow::Buffer>> ring_blocks;
+  int64_t bytes_copied = 0;
+};
+
+/// A message waiting for its turn on one connection (order matters: a schema goes before the
+/// batches that use it).
+struct Outgoing {
+  proto::Type type = proto::Type::kBatch;
+  uint32_t stream = 0;
+  std::shared_ptr<Published> batch;                 // kBatch
+  std::shared_ptr<const arrow::Schema> schema;      // kSchema
+  proto::Error error;                               // kError
+};
+
+struct Connection {
+  UnixSocket socket;
+  uint32_t id = 0;
+  bool welcomed = false;
+  bool lossy = false;
+  size_t credits = 0;
+  std::vector<std::string> projection_names;
+  std::vector<int> projection;  // indices in the current schema; empty = all columns
+  std::deque<Outgoing> pending;
+  size_t pending_batches = 0;
+  std::unordered_map<uint64_t, std::shared_ptr<Published>> held;
+  uint64_t dropped_unreported = 0;
+  bool waiting_writable = false;
+  bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
+  bool dead = false;
+  std::string death;  // why it was dropped
+  std::vector<uint32_t> open_requests;
+
+  explicit Connection(UnixSocket s) : socket(std::move(s)) {}
+  /// Attached: receives what is published.
+  bool active() const { return welcomed && !detached && !dead; }
+};
+
+class ProducerImpl;
+
+class ResponseWriterImpl final : public ResponseWriter {
+ public:
+  ResponseWriterImpl(ProducerImpl* producer, uint32_t connection, uint32_t stream)
+      : producer_(producer), connection_(connection), stream_(stream) {}
+  arrow::MemoryPool* pool() override;
+  arrow::Status Write(const std::shared_ptr<arrow::RecordBatch>& batch) override;
+
+ private:
+  ProducerImpl* producer_;
+  uint32_t connection_;
+  uint32_t stream_;
+  std::shared_ptr<arrow::Schema> announced_;
+  std::unique_ptr<SharedStreamWriter> loan_;
+  friend class ProducerImpl;
+};
+
+class ProducerImpl final : public Producer, public std::enable_shared_from_this<ProducerImpl> {
+ public:
+  ProducerImpl(std::string address, std::shared_ptr<arrow::Schema> schema, ProducerOptions options)
+      : address_(std::move(address)), options_(std::move(options)), schema_(std::move(schema)) {}
+  ~ProducerImpl() override { Close(); }
+
+  arrow::Status Start();
+
+  arrow::MemoryPool* pool() override;
+  arrow::Status Publish(const std::shared_ptr<arrow::RecordBatch>& batch) override;
+  arrow::Status ChangeSchema(std::shared_ptr<arrow::Schema> schema) override;
+  arrow::Status End() override;
+  void SetRequestHandler(RequestHandler handler) override {
+    std::lock_guard lock(mutex_);
+    handler_ = std::move(handler);
+  }
+  arrow::Status WaitForConsumers(int count, int timeout_ms) override;
+  arrow::Status WaitUntilDrained(int timeout_ms) override;
+  ProducerStats stats() const override;
+  std::shared_ptr<arrow::Schema> schema() const override {
+    std::lock_guard lock(mutex_);
+    return schema_;
+  }
+  void Close() override;
+
+  // Shared with ResponseWriterImpl.
+  /// Puts the batch in shared memory. For the published stream (`for_stream0`), ring mode also
+  /// writes the metadata of every projection consumers asked for.
+  arrow::Result<std::shared_ptr<Published>> Prepare(const std::shared_ptr<arrow::RecordBatch>& batch,
+                                                    std::unique_ptr<SharedStreamWriter>* loan,
+                                                    bool for_stream0);
+  arrow::Result<std::unique_ptr<SharedStreamWriter>> NewLoan(
+      const std::shared_ptr<arrow::Schema>& schema);
+  arrow::Status SendResponse(uint32_t connection, uint32_t stream,
+                             std::shared_ptr<const arrow::Schema> new_schema,
+                             std::shared_ptr<Published> batch);
+  arrow::MemoryPool* ring_pool() { return ring_pool_.get(); }
+
+ private:
+  template <typename Predicate>
+  arrow::Status WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms, Predicate ready,
+                        const std::string& what);
+  bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
+  int64_t ActiveConsumers() const {
+    int64_t count = 0;
+    for (const auto& [id, c] : connections_) count += c->active();
+    return count;
+  }
+  void Enqueue(Connection& c, Outgoing out);
+  void Pump(Connection& c);
+  arrow::Result<bool> SendOne(Connection& c, const Outgoing& out);
+  arrow::Result<RingLocation> LocateFor(Published& p, const std::vector<int>& projection);
+  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
+  arrow::Result<RingLocation> PlaceInRing(Published& p, const std::vector<int>& projection,
+                                          internal::RingPool* pool);
+  void Kill(Connection& c, const std::string& why, proto::ErrorCode code);
+  void Reap();
+
+  void IoLoop();
+  void AcceptAll();
+  void ReadFrom(Connection& c);
+  arrow::Status Handle(Connection& c, const uint8_t* data, int64_t size);
+  arrow::Status Handshake(Connection& c, const proto::Hello& hello);
+  void StartRequest(Connection& c, uint32_t stream, std::string request);
+
+  const std::string address_;
+  const ProducerOptions options_;
+  // Destroyed last: everything below may hold memory of the ring.
+  std::unique_ptr<internal::Ring> ring_;
+  std::unique_ptr<internal::RingPool> ring_pool_;         // waits per block_timeout_ms
+  std::unique_ptr<internal::RingPool> ring_pool_nowait_;  // for work under mutex_
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::shared_ptr<arrow::Schema> schema_;
+  std::unique_ptr<SharedStreamWriter> loan_;  // sealed mode: where pool() builds the next batch
+  std::map<uint32_t, std::unique_ptr<Connection>> connections_;
+  std::deque<std::shared_ptr<Published>> retained_;
+  uint64_t next_sequence_ = 1;
+  uint32_t next_connection_ = 1;
+  bool ended_ = false;
+  bool closed_ = false;
+  RequestHandler handler_;
+  ProducerStats stats_;
+  proto::Writer writer_;  // encodes under mutex_
+  std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
+  std::vector<uint64_t> released_;
+
+  std::unique_ptr<UnixSocket> listener_;
+  UniqueFd epoll_;
+  UniqueFd wake_;
+  std::thread io_thread_;
+  std::mutex requests_mutex_;
+  std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> requests_;
+};
+
+
+arrow::Status ProducerImpl::Start() {
+  if (options_.mode == MemoryMode::kRing) {
+    ARROW_ASSIGN_OR_RAISE(ring_, internal::Ring::Create(options_.name, options_.ring_size,
+                                                        kRingBlocks));
+    ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
+    ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
+  }
+  ARROW_ASSIGN_OR_RAISE(auto listener,
+                        UnixSocket::Listen(address_, SOCK_SEQPACKET, options_.socket_mode));
+  listener_ = std::make_unique<UnixSocket>(std::move(listener));
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) return internal::ErrnoStatus(errno, "epoll_create1");
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_) return internal::ErrnoStatus(errno, "eventfd");
+  for (auto [fd, tag] : {std::pair{listener_->fd(), uint64_t{0}}, {wake_.get(), uint64_t{1}}}) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u64 = tag;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
+      return internal::ErrnoStatus(errno, "epoll_ctl(ADD fd ", fd, ")");
+    }
+  }
+  io_thread_ = std::thread([this] { IoLoop(); });
+  return arrow::Status::OK();
+}
+
+arrow::Result<std::unique_ptr<SharedStreamWriter>> ProducerImpl::NewLoan(
+    const std::shared_ptr<arrow::Schema>& schema) {
+  WriterOptions writer_options;
+  writer_options.capacity = kSealedCapacity;
+  writer_options.name = options_.name;
+  return SharedStreamWriter::Open(schema, writer_options);
+}
+
+arrow::MemoryPool* ProducerImpl::pool() {
+  if (ring_pool_ != nullptr) return ring_pool_.get();
+  std::lock_guard lock(mutex_);
+  if (loan_ == nullptr) {
+    auto loan = NewLoan(schema_);
+    if (!loan.ok()) return nullptr;
+    loan_ = std::move(*loan);
+  }
+  return loan_->pool();
+}
+
+arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
+                                                      const std::vector<int>& projection,
+                                                      internal::RingPool* pool) {
+  std::shared_ptr<arrow::RecordBatch> target = p.batch;
+  if (!projection.empty()) {
+    ARROW_ASSIGN_OR_RAISE(target, p.batch->SelectColumns(projection));
+  }
+  arrow::ipc::IpcPayload payload;
+  ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
+      *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+  const size_t count = payload.body_buffers.size();
+  std::vector<int64_t> offsets(count, 0), lengths(count, 0);
+  for (size_t i = 0; i < count; ++i) {
+    const auto& buffer = payload.body_buffers[i];
+    if (buffer == nullptr || buffer->size() == 0) continue;
+    lengths[i] = buffer->size();
+    if (ring_->Contains(buffer->data(), buffer->size()) &&
+        ring_->OffsetOf(buffer->data()) % 8 == 0) {
+      offsets[i] = ring_->OffsetOf(buffer->data());
+      continue;
+    }
+    ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> copy,
+                          arrow::AllocateBuffer(buffer->size(), pool));
+    std::memcpy(copy->mutable_data(), buffer->data(), static_cast<size_t>(buffer->size()));
+    offsets[i] = ring_->OffsetOf(copy->data());
+    p.ring_blocks.push_back(std::move(copy));
+    p.bytes_copied += buffer->size();
+  }
+  ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> metadata,
+                        arrow::AllocateBuffer(payload.metadata->size(), pool));
+  std::memcpy(metadata->mutable_data(), payload.metadata->data(),
+              static_cast<size_t>(payload.metadata->size()));
+  // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
+  ARROW_ASSIGN_OR_RAISE(auto fields,
+                        internal::RewriteBufferOffsets(metadata->mutable_data(), metadata->size(),
+                                                       offsets, lengths));
+  internal::SetBodyLength(metadata->mutable_data(), fields, ring_->size());
+  const RingLocation location{ring_->OffsetOf(metadata->data()), metadata->size()};
+  p.ring_blocks.push_back(std::move(metadata));
+  return location;
+}
+
+arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
+    const std::shared_ptr<arrow::RecordBatch>& batch, std::unique_ptr<SharedStreamWriter>* loan,
+    bool for_stream0) {
+  auto published = std::make_shared<Published>();
+  published->batch = batch;
+  if (ring_ != nullptr) {
+    std::vector<std::vector<int>> projections;
+    if (for_stream0) {
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, c] : connections_) {
+        if (c->active() && !c->projection.empty()) projections.push_back(c->projection);
+      }
+    }
+    ARROW_ASSIGN_OR_RAISE(published->locations[{}],
+                          PlaceInRing(*published, {}, ring_pool_.get()));
+    for (const auto& projection : projections) {
+      if (published->locations.count(projection)) continue;
+      ARROW_ASSIGN_OR_RAISE(published->locations[projection],
+                            PlaceInRing(*published, projection, ring_pool_.get()));
+    }
+    return published;
+  }
+  std::unique_ptr<SharedStreamWriter> writer = std::move(*loan);
+  if (writer == nullptr || !writer->schema()->Equals(*batch->schema())) {
+    // The batch may live in the mismatched loan's arena: that arena lives as long as the batch.
+    published->retired_loan = std::move(writer);
+    ARROW_ASSIGN_OR_RAISE(writer, NewLoan(batch->schema()));
+  }
+  ARROW_RETURN_NOT_OK(writer->WriteRecordBatch(*batch));
+  ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());
+  published->memfd = std::move(sealed.fd);
+  published->bytes_copied = writer->stats().bytes_copied;
+  published->writer = std::move(writer);
+  return published;
+}
+
+template <typename Predicate>
+arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
+                                    Predicate ready, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!ready()) {
+    if (closed_) return arrow::Status::Cancelled("producer closed while waiting for ", what);
+    if (timeout_ms == 0) return arrow::Status::IOError("no ", what, " (not waiting: fail fast)");
+    if (timeout_ms < 0) {
+      changed_.wait(lock);
+    } else if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !ready()) {
+      return arrow::Status::IOError("no ", what, " within ", timeout_ms, " ms");
+    }
+  }
+  return arrow::Status::OK();
+}
+
+bool ProducerImpl::HasRoom() const {
+  for (const auto& [id, c] : connections_) {
+    if (c->active() && !c->lossy && c->pending_batches >= c->credits) return false;
+  }
+  return true;
+}
+
+arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  std::unique_ptr<SharedStreamWriter> loan;
+  {
+    std::unique_lock lock(mutex_);
+    if (closed_) return arrow::Status::Invalid("producer is closed");
+    if (ended_) return arrow::Status::Invalid("the stream has ended; nothing more can be published");
+    if (!batch->schema()->Equals(*schema_, /*check_metadata=*/false)) {
+      return arrow::Status::Invalid("batch schema ", internal::DescribeSchema(*batch->schema()),
+                                    " differs from the announced schema ",
+                                    internal::DescribeSchema(*schema_),
+                                    "; call ChangeSchema first");
+    }
+    // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
+    ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
+                                "room: a consumer is a full backlog behind"));
+    loan = std::move(loan_);
+  }
+  ARROW_ASSIGN_OR_RAISE(auto published, Prepare(batch, &loan, /*for_stream0=*/true));
+  std::lock_guard lock(mutex_);
+  published->sequence = next_sequence_++;
+  stats_.published++;
+  stats_.bytes_copied += published->bytes_copied;
+  for (auto& [id, c] : connections_) {
+    if (!c->active()) continue;
+    Outgoing out;
+    out.batch = published;
+    Enqueue(*c, std::move(out));
+    Pump(*c);
+  }
+  if (options_.retain > 0) {
+    retained_.push_back(published);
+    if (retained_.size() > static_cast<size_t>(options_.retain)) retained_.pop_front();
+  }
+  Reap();
+  return arrow::Status::OK();
+}
+
+arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) {
+  if (schema == nullptr) return arrow::Status::Invalid("ChangeSchema needs a schema");
+  if (ring_ != nullptr) {
+    for (const auto& field : schema->fields()) {
+      if (field->type()->id() == arrow::Type::DICTIONARY) {
+        return arrow::Status::NotImplemented("dictionary field '", field->name(),
+                                             "' in ring mode: use sealed mode");
+      }
+    }
+  }
+  std::lock_guard lock(mutex_);
+  if (ended_ || closed_) return arrow::Status::Invalid("the stream has ended");
+  schema_ = std::move(schema);
+  loan_.reset();
+  for (auto& [id, c] : connections_) {
+    if (!c->active()) continue;
+    Outgoing out;
+    out.type = proto::Type::kSchema;
+    out.schema = schema_;
+    Enqueue(*c, std::move(out));
+    Pump(*c);
+  }
+  Reap();
+  return arrow::Status::OK();
+}
+
+arrow::Status ProducerImpl::End() {
+  std::lock_guard lock(mutex_);
+  if (ended_) return arrow::Status::OK();
+  ended_ = true;
+  for (auto& [id, c] : connections_) {
+    if (!c->active()) continue;
+    Outgoing out;
+    out.type = proto::Type::kEnd;
+    Enqueue(*c, std::move(out));
+    Pump(*c);
+  }
+  Reap();
+  return arrow::Status::OK();
+}
+
+void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
+  const bool is_batch = out.type == proto::Type::kBatch;
+  c.pending.push_back(std::move(out));
+  if (!is_batch) return;
+  ++c.pending_batches;
+  if (!c.lossy) return;
+  // A lossy consumer loses its oldest queued batches instead of holding the producer back.
+  while (c.pending_batches > c.credits) {
+    auto oldest = std::find_if(c.pending.begin(), c.pending.end(), [](const Outgoing& o) {
+      return o.type == proto::Type::kBatch && o.stream == 0;
+    });
+    if (oldest == c.pending.end()) break;
+    c.pending.erase(oldest);
+    --c.pending_batches;
+    ++c.dropped_unreported;
+    ++stats_.dropped;
+  }
+}
+
+arrow::Result<RingLocation> ProducerImpl::LocateFor(Published& p,
+                                                    const std::vector<int>& projection) {
+  auto it = p.locations.find(projection);
+  if (it != p.locations.end()) return it->second;
+  // A projection first seen after the batch was prepared (a late joiner): placed now, without
+  // waiting, since the mutex is held.
+  ARROW_ASSIGN_OR_RAISE(auto location, PlaceInRing(p, projection, ring_pool_nowait_.get()));
+  p.locations[projection] = location;
+  return location;
+}
+
+arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
+  std::span<const uint8_t> bytes;
+  int fd = -1;
+  switch (out.type) {
+    case proto::Type::kBatch: {
+      proto::Batch message;
+      message.sequence = out.batch->sequence;
+      message.dropped = c.dropped_unreported;
+      if (ring_ != nullptr) {
+        static const std::vector<int> kAllColumns;
+        ARROW_ASSIGN_OR_RAISE(auto location,
+                              LocateFor(*out.batch, out.stream == 0 ? c.projection : kAllColumns));
+        message.metadata_offset = static_cast<uint64_t>(location.offset);
+        message.metadata_length = static_cast<uint32_t>(location.length);
+      } else {
+        fd = out.batch->memfd.get();
+      }
+      bytes = proto::Encode(writer_, out.stream, message);
+      break;
+    }
+    case proto::Type::kSchema: {
+      std::shared_ptr<arrow::Schema> schema = std::const_pointer_cast<arrow::Schema>(out.schema);
+      if (out.stream == 0 && !c.projection_names.empty()) {
+        // The projection follows the new schema from here on.
+        ARROW_ASSIGN_OR_RAISE(c.projection,
+                              internal::ProjectionIndices(*schema, c.projection_names));
+        schema = internal::ProjectSchema(*schema, c.projection);
+      }
+      ARROW_ASSIGN_OR_RAISE(auto serialized, internal::SerializeSchema(*schema));
+      bytes = proto::EncodeSchema(writer_, out.stream, serialized);
+      break;
+    }
+    case proto::Type::kEnd:
+      bytes = proto::EncodeEnd(writer_, out.stream);
+      break;
+    default:
+      bytes = proto::Encode(writer_, out.stream, out.error);
+      break;
+  }
+  std::span<const int> fds;
+  if (fd >= 0) fds = std::span<const int>(&fd, 1);
+  return c.socket.TrySendDatagram(bytes, fds);
+}
+
+void ProducerImpl::Pump(Connection& c) {
+  if (c.dead || c.waiting_writable) return;
+  while (!c.pending.empty()) {
+    const Outgoing& out = c.pending.front();
+    const bool is_batch = out.type == proto::Type::kBatch;
+    if (is_batch && c.held.size() >= c.credits) break;  // out of credits until a release
+    auto sent = SendOne(c, out);
+    if (!sent.ok()) {
+      const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
+                                                  : proto::ErrorCode::kLimit;
+      Kill(c, sent.status().message(), code);
+      return;
+    }
+    if (!*sent) {  // socket buffer full: continue when it is writable
+      c.waiting_writable = true;
+      epoll_event event{};
+      event.events = EPOLLIN | EPOLLOUT;
+      event.data.u64 = c.id + 1;
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+      return;
+    }
+    if (is_batch) {
+      c.held.emplace(out.batch->sequence, out.batch);
+      --c.pending_batches;
+      c.dropped_unreported = 0;
+    }
+    c.pending.pop_front();
+  }
+  changed_.notify_all();
+}
+
+void ProducerImpl::Kill(Connection& c, const std::string& why, proto::ErrorCode code) {
+  if (c.dead) return;
+  c.dead = true;
+  c.death = why;
+  proto::Error error{code, why};
+  (void)c.socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  ::shutdown(c.socket.fd(), SHUT_RDWR);
+}
+
+void ProducerImpl::Reap() {
+  bool any = false;
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    if (it->second->dead) {
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
+      it = connections_.erase(it);  // what it held is released here
+      any = true;
+    } else {
+      ++it;
+    }
+  }
+  if (any) changed_.notify_all();
+}
+
+void ProducerImpl::IoLoop() {
+  epoll_event events[64];
+  for (;;) {
+    const int n = ::epoll_wait(epoll_.get(), events, 64, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = events[i].data.u64;
+      if (tag == 1) {
+        uint64_t ignored;
+        (void)::read(wake_.get(), &ignored, sizeof ignored);
+        std::lock_guard lock(mutex_);
+        if (closed_) return;
+        continue;
+      }
+      if (tag == 0) {
+        AcceptAll();
+        continue;
+      }
+      std::lock_guard lock(mutex_);
+      auto it = connections_.find(static_cast<uint32_t>(tag - 1));
+      if (it == connections_.end() || it->second->dead) continue;
+      Connection& c = *it->second;
+      if (events[i].events & EPOLLOUT) {
+        c.waiting_writable = false;
+        epoll_event event{};
+        event.events = EPOLLIN;
+        event.data.u64 = tag;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+        Pump(c);
+      }
+      if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+    }
+    std::lock_guard lock(mutex_);
+    Reap();
+  }
+}
+
+void ProducerImpl::AcceptAll() {
+  for (;;) {
+    auto accepted = listener_->Accept(0);
+    if (!accepted.ok() || accepted->fd() < 0) return;
+    UnixSocket socket = std::move(*accepted);
+    auto peer = socket.Peer();
+    const bool allowed =
+        peer.ok() && (options_.allow_any_uid || peer->uid == ::geteuid() ||
+                      std::find(options_.allowed_uids.begin(), options_.allowed_uids.end(),
+                                peer->uid) != options_.allowed_uids.end());
+    std::lock_guard lock(mutex_);
+    if (!allowed) {
+      ++stats_.consumers_refused;
+      proto::Error error{proto::ErrorCode::kRefused,
+                         "uid " + (peer.ok() ? std::to_string(peer->uid) : std::string("?")) +
+                             " may not connect to this producer"};
+      (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
+      continue;
+    }
+    const int size = kSocketBuffer;
+    ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    auto c = std::make_unique<Connection>(std::move(socket));
+    c->id = next_connection_++;
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u64 = c->id + 1;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->socket.fd(), &event) != 0) continue;
+    connections_.emplace(c->id, std::move(c));
+  }
+}
+
+void ProducerImpl::ReadFrom(Connection& c) {
+  while (!c.dead) {
+    auto received = c.socket.Receive(receive_buffer_, /*max_fds=*/0, /*timeout_ms=*/0);
+    if (!received.ok()) {
+      Kill(c, received.status().message(), proto::ErrorCode::kProtocol);
+      return;
+    }
+    if (received->bytes < 0) return;  // drained
+    if (received->bytes == 0) {       // the consumer went away: what it held returns
+      c.dead = true;
+      return;
+    }
+    auto status = Handle(c, receive_buffer_.data(), received->bytes);
+    if (!status.ok()) Kill(c, status.message(), proto::ErrorCode::kProtocol);
+  }
+}
+
+arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t size) {
+  proto::Reader reader(std::span<const uint8_t>(data, static_cast<size_t>(size)));
+  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
+  if (!c.welcomed) {
+    if (header.type != proto::Type::kHello) {
+      return arrow::Status::Invalid("protocol: expected Hello, got ", proto::TypeName(header.type));
+    }
+    ARROW_ASSIGN_OR_RAISE(auto hello, proto::DecodeHello(reader));
+    return Handshake(c, hello);
+  }
+  switch (header.type) {
+    case proto::Type::kRelease: {
+      released_.clear();
+      ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
+      for (uint64_t sequence : released_) {
+        if (c.held.erase(sequence) == 0) {
+          return arrow::Status::Invalid("protocol: released batch ", sequence,
+                                        ", which this consumer does not hold");
+        }
+      }
+      if (c.detached && c.held.empty()) c.dead = true;
+      Pump(c);
+      changed_.notify_all();
+      return arrow::Status::OK();
+    }
+    case proto::Type::kRequest: {
+      if (header.stream == 0) return arrow::Status::Invalid("protocol: Request on stream 0");
+      ARROW_ASSIGN_OR_RAISE(auto request, proto::DecodeRequest(reader));
+      StartRequest(c, header.stream, std::move(request));
+      return arrow::Status::OK();
+    }
+    case proto::Type::kBye:
+      c.detached = true;
+      c.pending.clear();
+      c.pending_batches = 0;
+      c.dead = c.held.empty();
+      changed_.notify_all();
+      return arrow::Status::OK();
+    default:
+      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
+                                    " from a consumer");
+  }
+}
+
+arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) {
+  if (hello.major != proto::kMajorVersion) {
+    Kill(c,
+         "protocol version " + std::to_string(hello.major) + "." + std::to_string(hello.minor) +
+             " is not supported: this producer speaks " + std::to_string(proto::kMajorVersion) +
+             "." + std::to_string(proto::kMinorVersion) + " (major versions must match)",
+         proto::ErrorCode::kVersion);
+    return arrow::Status::OK();
+  }
+  const int64_t welcomed = ActiveConsumers();
+  if (welcomed >= options_.max_consumers) {
+    Kill(c, "producer already serves " + std::to_string(welcomed) + " consumers (limit " +
+                std::to_string(options_.max_consumers) + ")",
+         proto::ErrorCode::kLimit);
+    return arrow::Status::OK();
+  }
+  auto refuse = [&](const arrow::Status& status) {
+    Kill(c, status.message(), proto::ErrorCode::kSchemaMismatch);
+    return arrow::Status::OK();
+  };
+  if (!hello.required_schema.empty()) {
+    ARROW_ASSIGN_OR_RAISE(auto expected, internal::DeserializeSchema(hello.required_schema));
+    const auto match =
+        hello.flags & proto::kHelloSchemaSubset ? SchemaMatch::kSubset : SchemaMatch::kExact;
+    auto status = internal::CheckSchema(*expected, *schema_, match);
+    if (!status.ok()) return refuse(status);
+  }
+  std::shared_ptr<arrow::Schema> schema = schema_;
+  if (!hello.columns.empty()) {
+    auto indices = internal::ProjectionIndices(*schema_, hello.columns);
+    if (!indices.ok()) return refuse(indices.status());
+    c.projection = *indices;
+    c.projection_names = hello.columns;
+    schema = internal::ProjectSchema(*schema_, c.projection);
+  }
+  c.lossy = hello.flags & proto::kHelloLossy;
+  c.credits = static_cast<size_t>(options_.max_in_flight);
+  if (hello.max_in_flight > 0) c.credits = std::min<size_t>(c.credits, hello.max_in_flight);
+
+  proto::Welcome welcome;
+  welcome.features = hello.features & proto::kAllFeatures;
+  welcome.mode = ring_ != nullptr ? proto::Mode::kRing : proto::Mode::kSealed;
+  welcome.consumer_id = c.id;
+  welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;
+  welcome.max_consumers = static_cast<uint32_t>(options_.max_consumers);
+  welcome.max_in_flight = static_cast<uint32_t>(c.credits);
+  ARROW_ASSIGN_OR_RAISE(welcome.schema, internal::SerializeSchema(*schema));
+  UniqueFd ring_fd;
+  if (ring_ != nullptr) {
+    ARROW_ASSIGN_OR_RAISE(ring_fd, ring_->ConsumerFd());
+  }
+  const int fd = ring_fd.get();
+  std::span<const int> fds;
+  if (fd >= 0) fds = std::span<const int>(&fd, 1);
+  ARROW_ASSIGN_OR_RAISE(bool sent, c.socket.TrySendDatagram(proto::Encode(writer_, welcome), fds));
+  if (!sent) return arrow::Status::IOError("consumer's socket is full during the handshake");
+  c.welcomed = true;
+  ++stats_.consumers_total;
+  if (hello.flags & proto::kHelloStartAtOldest) {
+    for (const auto& published : retained_) {
+      Outgoing out;
+      out.batch = published;
+      Enqueue(c, std::move(out));
+    }
+  }
+  if (ended_) {
+    Outgoing out;
+    out.type = proto::Type::kEnd;
+    Enqueue(c, std::move(out));
+  }
+  Pump(c);
+  changed_.notify_all();
+  return arrow::Status::OK();
+}
+
+void ProducerImpl::StartRequest(Connection& c, uint32_t stream, std::string request) {
+  Outgoing refusal;
+  refusal.type = proto::Type::kError;
+  refusal.stream = stream;
+  refusal.error.code = proto::ErrorCode::kHandler;
+  if (!handler_) {
+    refusal.error.message = "this producer has no request handler";
+  } else if (std::count(c.open_requests.begin(), c.open_requests.end(), stream) > 0) {
+    refusal.error.message = "request " + std::to_string(stream) + " is already in flight";
+  }
+  if (!refusal.error.message.empty()) {
+    Enqueue(c, std::move(refusal));
+    Pump(c);
+    return;
+  }
+  c.open_requests.push_back(stream);
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread worker([this, handler = handler_, connection = c.id, stream,
+                      request = std::move(request), done] {
+    ResponseWriterImpl response(this, connection, stream);
+    const arrow::Status status = handler(request, response);
+    std::lock_guard lock(mutex_);
+    auto it = connections_.find(connection);
+    if (it != connections_.end() && !it->second->dead) {
+      Connection& requester = *it->second;
+      std::erase(requester.open_requests, stream);
+      Outgoing out;
+      out.stream = stream;
+      out.type = status.ok() ? proto::Type::kEnd : proto::Type::kError;
+      out.error = {proto::ErrorCode::kHandler, status.ToString()};
+      Enqueue(requester, std::move(out));
+      Pump(requester);
+    }
+    *done = true;
+  });
+  std::lock_guard lock(requests_mutex_);
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    if (*it->second) {
+      it->first.join();
+      it = requests_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  requests_.emplace_back(std::move(worker), std::move(done));
+}
+
+arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
+                                         std::shared_ptr<const arrow::Schema> new_schema,
+                                         std::shared_ptr<Published> batch) {
+  std::unique_lock lock(mutex_);
+  auto find = [&]() -> Connection* {
+    auto it = connections_.find(connection);
+    return it == connections_.end() || !it->second->active() ? nullptr : it->second.get();
+  };
+  ARROW_RETURN_NOT_OK(WaitFor(
+      lock, options_.block_timeout_ms,
+      [&] {
+        Connection* c = find();
+        return c == nullptr || c->pending_batches < c->credits;
+      },
+      "room: the requester is a full backlog behind"));
+  Connection* c = find();
+  if (c == nullptr) return arrow::Status::Cancelled("the requesting consumer went away");
+  batch->sequence = next_sequence_++;
+  stats_.bytes_copied += batch->bytes_copied;
+  if (new_schema != nullptr) {
+    Outgoing out;
+    out.type = proto::Type::kSchema;
+    out.stream = stream;
+    out.schema = std::move(new_schema);
+    Enqueue(*c, std::move(out));
+  }
+  Outgoing out;
+  out.stream = stream;
+  out.batch = std::move(batch);
+  Enqueue(*c, std::move(out));
+  Pump(*c);
+  return arrow::Status::OK();
+}
+
+arrow::MemoryPool* ResponseWriterImpl::pool() {
+  if (producer_->ring_pool() != nullptr) return producer_->ring_pool();
+  if (loan_ == nullptr) {
+    auto loan = producer_->NewLoan(producer_->schema());
+    if (!loan.ok()) return nullptr;
+    loan_ = std::move(*loan);
+  }
+  return loan_->pool();
+}
+
+arrow::Status ResponseWriterImpl::Write(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  ARROW_ASSIGN_OR_RAISE(auto published, producer_->Prepare(batch, &loan_, /*for_stream0=*/false));
+  std::shared_ptr<const arrow::Schema> new_schema;
+  if (announced_ == nullptr || !announced_->Equals(*batch->schema())) {
+    announced_ = batch->schema();
+    new_schema = announced_;
+  }
+  return producer_->SendResponse(connection_, stream_, std::move(new_schema),
+                                 std::move(published));
+}
+
+arrow::Status ProducerImpl::WaitForConsumers(int count, int timeout_ms) {
+  std::unique_lock lock(mutex_);
+  return WaitFor(lock, timeout_ms, [&] { return ActiveConsumers() >= count; },
+                 std::to_string(count) + " consumers");
+}
+
+arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
+  std::unique_lock lock(mutex_);
+  return WaitFor(
+      lock, timeout_ms,
+      [&] {
+        for (const auto& [id, c] : connections_) {
+          if (!c->dead && (!c->held.empty() || c->pending_batches > 0)) {
+            return false;
+          }
+        }
+        return true;
+      },
+      "drain: consumers still hold batches");
+}
+
+ProducerStats ProducerImpl::stats() const {
+  std::lock_guard lock(mutex_);
+  ProducerStats out = stats_;
+  out.consumers = ActiveConsumers();
+  out.in_flight = 0;
+  for (const auto& [id, c] : connections_) {
+    out.in_flight += static_cast<int64_t>(c->held.size() + c->pending_batches);
+  }
+  out.ring_bytes_in_use = ring_ != nullptr ? ring_->bytes_in_use() : 0;
+  return out;
+}
+
+void ProducerImpl::Close() {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    if (epoll_) {
+      for (auto& [id, c] : connections_) Kill(*c, "producer closed", proto::ErrorCode::kShutdown);
+    }
+    changed_.notify_all();
+  }
+  if (wake_) {
+    const uint64_t one = 1;
+    (void)::write(wake_.get(), &one, sizeof one);
+  }
+  if (io_thread_.joinable()) io_thread_.join();
+  if (ring_ != nullptr) ring_->Close();  // allocations blocked on a full ring give up
+  {
+    std::lock_guard lock(requests_mutex_);
+    for (auto& [thread, done] : requests_) thread.join();
+    requests_.clear();
+  }
+  std::lock_guard lock(mutex_);
+  connections_.clear();
+  retained_.clear();
+  loan_.reset();
+  listener_.reset();  // removes the socket file
+}
+
+}  // namespace
+
+arrow::Result<std::shared_ptr<Producer>> Producer::Listen(const std::string& address,
+                                                          std::shared_ptr<arrow::Schema> schema,
+                                                          const ProducerOptions& options) {
+  if (schema == nullptr) return arrow::Status::Invalid("Producer needs a schema");
+  auto producer = std::make_shared<ProducerImpl>(address, schema, options);
+  ARROW_RETURN_NOT_OK(producer->ChangeSchema(schema));  // checks the schema fits the mode
+  ARROW_RETURN_NOT_OK(producer->Start());
+  return producer;
+}
+
+}  // namespace shmarrow

@@ -1,0 +1,229 @@
+#include "protocol.h"
+
+namespace shmarrow::internal::protocol {
+
+const char* TypeName(Type type) {
+  switch (type) {
+    case Type::kHello: return "Hello";
+    case Type::kWelcome: return "Welcome";
+    case Type::kBatch: return "Batch";
+    case Type::kRelease: return "Release";
+    case Type::kSchema: return "Schema";
+    case Type::kEnd: return "End";
+    case Type::kError: return "Error";
+    case Type::kRequest: return "Request";
+    case Type::kBye: return "Bye";
+  }
+  return "unknown";
+}
+
+Writer& Writer::Start(Type type, uint32_t stream) {
+  buffer_.clear();
+  U32(kMagic);
+  U16(static_cast<uint16_t>(type));
+  U16(0);  // flags, reserved
+  U32(stream);
+  return U32(0);  // payload length, filled in by Finish
+}
+
+Writer& Writer::Put(const void* data, size_t size) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  buffer_.insert(buffer_.end(), bytes, bytes + size);
+  return *this;
+}
+
+Writer& Writer::Bytes(std::string_view bytes) {
+  U32(static_cast<uint32_t>(bytes.size()));
+  return Put(bytes.data(), bytes.size());
+}
+
+std::span<const uint8_t> Writer::Finish() {
+  const auto payload = static_cast<uint32_t>(buffer_.size() - kHeaderSize);
+  std::memcpy(buffer_.data() + 12, &payload, sizeof payload);
+  return buffer_;
+}
+
+arrow::Result<Header> Reader::ReadHeader() {
+  if (data_.size() < kHeaderSize) {
+    return arrow::Status::Invalid("protocol: ", data_.size(), "-byte message is shorter than the ",
+                                  kHeaderSize, "-byte header");
+  }
+  ARROW_ASSIGN_OR_RAISE(auto magic, U32("magic"));
+  if (magic != kMagic) {
+    return arrow::Status::Invalid("protocol: bad magic 0x", std::hex, magic, " (expected 0x",
+                                  kMagic, ")");
+  }
+  Header header;
+  ARROW_ASSIGN_OR_RAISE(auto type, U16("type"));
+  ARROW_ASSIGN_OR_RAISE(auto flags, U16("flags"));
+  ARROW_ASSIGN_OR_RAISE(header.stream, U32("stream"));
+  ARROW_ASSIGN_OR_RAISE(auto length, U32("length"));
+  if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kBye)) {
+    return arrow::Status::Invalid("protocol: unknown message type ", type);
+  }
+  if (flags != 0) return arrow::Status::Invalid("protocol: unknown header flags ", flags);
+  if (length != data_.size() - kHeaderSize) {
+    return arrow::Status::Invalid("protocol: header announces ", length, " payload bytes, the ",
+                                  "message has ", data_.size() - kHeaderSize);
+  }
+  header.type = static_cast<Type>(type);
+  return header;
+}
+
+arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length) {
+  ARROW_ASSIGN_OR_RAISE(auto length, U32(field));
+  if (length > max_length || length > data_.size() - position_) {
+    return arrow::Status::Invalid("protocol: field '", field, "' claims ", length,
+                                  " bytes at byte ", position_, "; ", data_.size() - position_,
+                                  " remain, limit ", max_length);
+  }
+  std::string out(reinterpret_cast<const char*>(data_.data() + position_), length);
+  position_ += length;
+  return out;
+}
+
+arrow::Status Reader::ExpectEnd(const char* message) const {
+  if (position_ != data_.size()) {
+    return arrow::Status::Invalid("protocol: ", data_.size() - position_,
+                                  " unexpected trailing bytes in ", message);
+  }
+  return arrow::Status::OK();
+}
+
+namespace {
+constexpr uint32_t kMaxColumns = 4096;
+constexpr uint32_t kMaxName = 4096;
+}  // namespace
+
+std::span<const uint8_t> Encode(Writer& w, const Hello& m) {
+  w.Start(Type::kHello, 0).U16(m.major).U16(m.minor).U32(m.features).U32(m.flags);
+  w.U32(m.max_in_flight).U32(static_cast<uint32_t>(m.columns.size()));
+  for (const auto& column : m.columns) w.Bytes(column);
+  return w.Bytes(m.required_schema).Finish();
+}
+
+arrow::Result<Hello> DecodeHello(Reader& r) {
+  Hello m;
+  ARROW_ASSIGN_OR_RAISE(m.major, r.U16("major"));
+  ARROW_ASSIGN_OR_RAISE(m.minor, r.U16("minor"));
+  if (m.major != kMajorVersion) return m;  // the rest may differ in another major version
+  ARROW_ASSIGN_OR_RAISE(m.features, r.U32("features"));
+  ARROW_ASSIGN_OR_RAISE(m.flags, r.U32("flags"));
+  ARROW_ASSIGN_OR_RAISE(m.max_in_flight, r.U32("max_in_flight"));
+  ARROW_ASSIGN_OR_RAISE(auto count, r.U32("column count"));
+  if (count > kMaxColumns) {
+    return arrow::Status::Invalid("protocol: Hello asks for ", count, " columns (limit ",
+                                  kMaxColumns, ")");
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    ARROW_ASSIGN_OR_RAISE(auto name, r.Bytes("column name", kMaxName));
+    m.columns.push_back(std::move(name));
+  }
+  ARROW_ASSIGN_OR_RAISE(m.required_schema, r.Bytes("required schema", kMaxMessageSize));
+  if (m.minor == kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Hello"));
+  return m;  // a newer minor version may append fields: they are ignored
+}
+
+std::span<const uint8_t> Encode(Writer& w, const Welcome& m) {
+  w.Start(Type::kWelcome, 0).U16(m.major).U16(m.minor).U32(m.features);
+  w.U32(static_cast<uint32_t>(m.mode)).U32(m.consumer_id).U64(m.ring_size);
+  w.U32(m.max_consumers).U32(m.max_in_flight).U32(m.max_message_size);
+  return w.Bytes(m.schema).Finish();
+}
+
+arrow::Result<Welcome> DecodeWelcome(Reader& r) {
+  Welcome m;
+  ARROW_ASSIGN_OR_RAISE(m.major, r.U16("major"));
+  ARROW_ASSIGN_OR_RAISE(m.minor, r.U16("minor"));
+  if (m.major != kMajorVersion) return m;
+  ARROW_ASSIGN_OR_RAISE(m.features, r.U32("features"));
+  ARROW_ASSIGN_OR_RAISE(auto mode, r.U32("mode"));
+  if (mode > static_cast<uint32_t>(Mode::kRing)) {
+    return arrow::Status::Invalid("protocol: unknown memory mode ", mode);
+  }
+  m.mode = static_cast<Mode>(mode);
+  ARROW_ASSIGN_OR_RAISE(m.consumer_id, r.U32("consumer_id"));
+  ARROW_ASSIGN_OR_RAISE(m.ring_size, r.U64("ring_size"));
+  ARROW_ASSIGN_OR_RAISE(m.max_consumers, r.U32("max_consumers"));
+  ARROW_ASSIGN_OR_RAISE(m.max_in_flight, r.U32("max_in_flight"));
+  ARROW_ASSIGN_OR_RAISE(m.max_message_size, r.U32("max_message_size"));
+  ARROW_ASSIGN_OR_RAISE(m.schema, r.Bytes("schema", kMaxMessageSize));
+  if (m.minor == kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Welcome"));
+  return m;
+}
+
+std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Batch& m) {
+  w.Start(Type::kBatch, stream).U64(m.sequence).U64(m.dropped);
+  return w.U64(m.metadata_offset).U32(m.metadata_length).Finish();
+}
+
+arrow::Result<Batch> DecodeBatch(Reader& r) {
+  Batch m;
+  ARROW_ASSIGN_OR_RAISE(m.sequence, r.U64("sequence"));
+  ARROW_ASSIGN_OR_RAISE(m.dropped, r.U64("dropped"));
+  ARROW_ASSIGN_OR_RAISE(m.metadata_offset, r.U64("metadata_offset"));
+  ARROW_ASSIGN_OR_RAISE(m.metadata_length, r.U32("metadata_length"));
+  ARROW_RETURN_NOT_OK(r.ExpectEnd("Batch"));
+  return m;
+}
+
+std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequences) {
+  w.Start(Type::kRelease, 0).U32(static_cast<uint32_t>(sequences.size()));
+  for (uint64_t sequence : sequences) w.U64(sequence);
+  return w.Finish();
+}
+
+arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out) {
+  ARROW_ASSIGN_OR_RAISE(auto count, r.U32("count"));
+  if (count > max_count) {
+    return arrow::Status::Invalid("protocol: Release of ", count, " batches (limit ", max_count,
+                                  ")");
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    ARROW_ASSIGN_OR_RAISE(auto sequence, r.U64("sequence"));
+    out->push_back(sequence);
+  }
+  return r.ExpectEnd("Release");
+}
+
+std::span<const uint8_t> EncodeSchema(Writer& w, uint32_t stream, std::string_view schema) {
+  return w.Start(Type::kSchema, stream).Bytes(schema).Finish();
+}
+
+arrow::Result<std::string> DecodeSchema(Reader& r) {
+  ARROW_ASSIGN_OR_RAISE(auto schema, r.Bytes("schema", kMaxMessageSize));
+  ARROW_RETURN_NOT_OK(r.ExpectEnd("Schema"));
+  return schema;
+}
+
+std::span<const uint8_t> EncodeEnd(Writer& w, uint32_t stream) {
+  return w.Start(Type::kEnd, stream).Finish();
+}
+
+std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Error& m) {
+  w.Start(Type::kError, stream).U32(static_cast<uint32_t>(m.code));
+  return w.Bytes(m.message.substr(0, kMaxMessageSize / 2)).Finish();
+}
+
+arrow::Result<Error> DecodeError(Reader& r) {
+  Error m;
+  ARROW_ASSIGN_OR_RAISE(auto code, r.U32("code"));
+  m.code = static_cast<ErrorCode>(code);
+  ARROW_ASSIGN_OR_RAISE(m.message, r.Bytes("message", kMaxMessageSize));
+  ARROW_RETURN_NOT_OK(r.ExpectEnd("Error"));
+  return m;
+}
+
+std::span<const uint8_t> EncodeRequest(Writer& w, uint32_t stream, std::string_view request) {
+  return w.Start(Type::kRequest, stream).Bytes(request).Finish();
+}
+
+arrow::Result<std::string> DecodeRequest(Reader& r) {
+  ARROW_ASSIGN_OR_RAISE(auto request, r.Bytes("request", kMaxMessageSize));
+  ARROW_RETURN_NOT_OK(r.ExpectEnd("Request"));
+  return request;
+}
+
+std::span<const uint8_t> EncodeBye(Writer& w) { return w.Start(Type::kBye, 0).Finish(); }
+
+}  // namespace shmarrow::internal::protocol

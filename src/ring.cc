@@ -1,0 +1,186 @@
+#include "ring.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "errno_status.h"
+
+namespace shmarrow::internal {
+namespace {
+
+constexpr int64_t kHeaderSize = 64;  // keeps the block's data 64-byte aligned
+constexpr uint32_t kHeaderMagic = 0x52494E47;
+
+struct BlockHeader {
+  uint32_t magic;
+  uint32_t slot;
+};
+
+int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+alignas(64) uint8_t zero_size_area[1];
+
+}  // namespace
+
+arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64_t size,
+                                                  int64_t max_blocks) {
+  if (size < 4096 || max_blocks < 1) {
+    return arrow::Status::Invalid("ring of ", size, " bytes / ", max_blocks, " blocks is too small");
+  }
+  size = AlignUp(size, 4096);
+  ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name));
+  ARROW_RETURN_NOT_OK(memfd.Resize(size));
+  // Commit it all now: running out of shared memory is an error here, never a SIGBUS later.
+  ARROW_RETURN_NOT_OK(memfd.Commit(0, size));
+  ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), size));
+  // The producer's writable mapping exists; from now on nobody else can map it writable or write
+  // through an fd, and its size is fixed.
+  ARROW_RETURN_NOT_OK(memfd.AddSeals(0x0010 /*F_SEAL_FUTURE_WRITE*/ | 0x0002 /*F_SEAL_SHRINK*/ |
+                                     0x0004 /*F_SEAL_GROW*/ | 0x0001 /*F_SEAL_SEAL*/));
+  return std::unique_ptr<Ring>(new Ring(std::move(memfd), std::move(mapping), max_blocks));
+}
+
+Ring::~Ring() = default;
+
+arrow::Result<UniqueFd> Ring::ConsumerFd() const {
+  const std::string path = "/proc/self/fd/" + std::to_string(memfd_.fd());
+  UniqueFd read_only(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (read_only) return read_only;
+  // No /proc: the seals alone keep consumers from writing.
+  UniqueFd copy(::fcntl(memfd_.fd(), F_DUPFD_CLOEXEC, 0));
+  if (!copy) return ErrnoStatus(errno, "dup of ring memfd fd ", memfd_.fd());
+  return copy;
+}
+
+void Ring::Close() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  space_freed_.notify_all();
+}
+
+int64_t Ring::FindSpace(int64_t need) const {
+  const int64_t size = mapping_.size();
+  if (count_ == 0) return need <= size ? 0 : -1;
+  if (count_ == blocks_.size()) return -1;
+  const int64_t tail = blocks_[first_].start;
+  const int64_t head = blocks_[(first_ + count_ - 1) % blocks_.size()].end;
+  if (head > tail) {  // live blocks in [tail, head)
+    if (head + need <= size) return head;
+    return need <= tail ? 0 : -1;  // wrap; [head, size) waits until the tail passes it
+  }
+  return head + need <= tail ? head : -1;  // wrapped: live in [tail, size) and [0, head)
+}
+
+arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
+  const int64_t need = kHeaderSize + AlignUp(size, 64);
+  if (need > mapping_.size()) {
+    return arrow::Status::OutOfMemory("allocation of ", size, " bytes can never fit the ",
+                                      mapping_.size(), "-byte ring (raise the ring size)");
+  }
+  std::unique_lock lock(mutex_);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  auto full = [&] {
+    return arrow::Status::OutOfMemory(
+        "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", mapping_.size(),
+        " bytes held by ", count_, " blocks after waiting ", wait_ms,
+        " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
+  };
+  int64_t at;
+  while ((at = FindSpace(need)) < 0) {
+    if (closed_) return arrow::Status::Cancelled("ring closed");
+    if (wait_ms == 0) return full();
+    if (wait_ms < 0) {
+      space_freed_.wait(lock);
+    } else if (space_freed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+               FindSpace(need) < 0) {
+      return full();
+    }
+  }
+  const size_t slot = (first_ + count_) % blocks_.size();
+  blocks_[slot] = Block{at, at + need, false};
+  ++count_;
+  bytes_in_use_ += need;
+  const BlockHeader header{kHeaderMagic, static_cast<uint32_t>(slot)};
+  std::memcpy(base() + at, &header, sizeof header);
+  return at + kHeaderSize;
+}
+
+bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
+  std::lock_guard lock(mutex_);
+  if (count_ == 0) return false;
+  Block& last = newest();
+  if (last.start + kHeaderSize != offset) return new_size <= old_size;  // shrink keeps the block
+  const int64_t end = offset + AlignUp(new_size, 64);
+  const bool wrapped = count_ > 1 && last.start < oldest().start;
+  const int64_t limit = wrapped ? oldest().start : mapping_.size();
+  if (end > limit) return false;
+  bytes_in_use_ += end - last.end;
+  last.end = end;
+  return true;
+}
+
+void Ring::Free(int64_t offset) {
+  BlockHeader header;
+  std::memcpy(&header, base() + offset - kHeaderSize, sizeof header);
+  std::lock_guard lock(mutex_);
+  if (header.magic != kHeaderMagic || header.slot >= blocks_.size()) return;  // not ours
+  Block& block = blocks_[header.slot];
+  block.freed = true;
+  bytes_in_use_ -= block.end - block.start;
+  while (count_ > 0 && oldest().freed) {
+    first_ = (first_ + 1) % blocks_.size();
+    --count_;
+  }
+  space_freed_.notify_all();
+}
+
+int64_t Ring::bytes_in_use() const {
+  std::lock_guard lock(mutex_);
+  return bytes_in_use_;
+}
+
+int64_t Ring::live_blocks() const {
+  std::lock_guard lock(mutex_);
+  return static_cast<int64_t>(count_);
+}
+
+arrow::Status RingPool::Allocate(int64_t size, int64_t /*alignment: always 64*/, uint8_t** out) {
+  if (size == 0) {
+    *out = zero_size_area;
+    return arrow::Status::OK();
+  }
+  ARROW_ASSIGN_OR_RAISE(int64_t offset, ring_->Allocate(size, wait_ms_));
+  *out = ring_->base() + offset;
+  bytes_allocated_ += size;
+  total_allocated_ += size;
+  ++num_allocations_;
+  return arrow::Status::OK();
+}
+
+arrow::Status RingPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                                   uint8_t** ptr) {
+  if (old_size == 0 || *ptr == zero_size_area) return Allocate(new_size, alignment, ptr);
+  if (ring_->ResizeInPlace(ring_->OffsetOf(*ptr), old_size, new_size)) {
+    bytes_allocated_ += new_size - old_size;
+    if (new_size > old_size) total_allocated_ += new_size - old_size;
+    return arrow::Status::OK();
+  }
+  uint8_t* moved = nullptr;
+  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &moved));
+  std::memcpy(moved, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
+  Free(*ptr, old_size, alignment);
+  *ptr = moved;
+  return arrow::Status::OK();
+}
+
+void RingPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
+  if (size == 0 || buffer == zero_size_area) return;
+  ring_->Free(ring_->OffsetOf(buffer));
+  bytes_allocated_ -= size;
+}
+
+}  // namespace shmarrow::internal

@@ -1,0 +1,103 @@
+// Ring mode's shared memory: one memfd per producer, allocated circularly and reused as batches
+// are released.
+#pragma once
+
+#include <arrow/memory_pool.h>
+#include <arrow/result.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "mapping.h"
+#include "memfd.h"
+#include "shmarrow/unique_fd.h"
+
+namespace shmarrow::internal {
+
+/// Allocation is circular: blocks are handed out at the head and come back, in any order, when
+/// their last reference dies; the space before the oldest live block is reused once everything
+/// older than it is free. Each block starts with a 64-byte header naming its slot, so a free is
+/// O(1) and nothing is allocated on the heap per block. A full ring blocks the allocating thread
+/// until space is released (back-pressure) for up to `wait_ms`, or fails at once when it is 0.
+class Ring {
+ public:
+  [[nodiscard]] static arrow::Result<std::unique_ptr<Ring>> Create(const std::string& name,
+                                                                  int64_t size,
+                                                                  int64_t max_blocks);
+  ~Ring();
+
+  [[nodiscard]] uint8_t* base() const { return mapping_.data(); }
+  [[nodiscard]] int64_t size() const { return mapping_.size(); }
+  [[nodiscard]] bool Contains(const void* p, int64_t length) const {
+    return mapping_.Contains(p, length);
+  }
+  [[nodiscard]] int64_t OffsetOf(const void* p) const {
+    return static_cast<const uint8_t*>(p) - mapping_.data();
+  }
+  /// An fd for consumers: opened read-only (through /proc/self/fd) where possible, and the memfd
+  /// is sealed against future writes, shrinking and growing, so no consumer can write into it.
+  [[nodiscard]] arrow::Result<UniqueFd> ConsumerFd() const;
+
+  /// Makes blocked and future allocations fail (shutdown).
+  void Close();
+
+  /// Waits for space up to `wait_ms`: -1 forever, 0 not at all.
+  [[nodiscard]] arrow::Result<int64_t> Allocate(int64_t size, int wait_ms);
+  [[nodiscard]] bool ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size);
+  void Free(int64_t offset);
+
+  [[nodiscard]] int64_t bytes_in_use() const;
+  [[nodiscard]] int64_t live_blocks() const;
+
+ private:
+  struct Block {
+    int64_t start = 0;  // header offset
+    int64_t end = 0;
+    bool freed = false;
+  };
+  Ring(Memfd memfd, Mapping mapping, int64_t max_blocks)
+      : memfd_(std::move(memfd)), mapping_(std::move(mapping)), blocks_(max_blocks) {}
+  /// Where a block of `need` bytes fits now, or -1.
+  int64_t FindSpace(int64_t need) const;
+  Block& oldest() { return blocks_[first_]; }
+  Block& newest() { return blocks_[(first_ + count_ - 1) % blocks_.size()]; }
+
+  Memfd memfd_;
+  Mapping mapping_;
+  mutable std::mutex mutex_;
+  std::condition_variable space_freed_;
+  std::vector<Block> blocks_;  // circular, in allocation order
+  size_t first_ = 0;
+  size_t count_ = 0;
+  int64_t bytes_in_use_ = 0;
+  bool closed_ = false;
+};
+
+/// arrow::MemoryPool over a Ring: builders write straight into ring mode's shared memory.
+class RingPool final : public arrow::MemoryPool {
+ public:
+  /// Allocations wait up to `wait_ms` for a full ring to drain (see Ring::Allocate).
+  RingPool(Ring* ring, int wait_ms) : ring_(ring), wait_ms_(wait_ms) {}
+
+  arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override;
+  arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                           uint8_t** ptr) override;
+  void Free(uint8_t* buffer, int64_t size, int64_t alignment) override;
+
+  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
+  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
+  int64_t num_allocations() const override { return num_allocations_.load(); }
+  std::string backend_name() const override { return "shmarrow-ring"; }
+
+ private:
+  Ring* ring_;
+  const int wait_ms_;
+  std::atomic<int64_t> bytes_allocated_{0};
+  std::atomic<int64_t> total_allocated_{0};
+  std::atomic<int64_t> num_allocations_{0};
+};
+
+}  // namespace shmarrow::internal

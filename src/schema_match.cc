@@ -1,0 +1,89 @@
+#include "schema_match.h"
+
+#include <arrow/buffer.h>
+#include <arrow/io/memory.h>
+#include <arrow/ipc/dictionary.h>
+#include <arrow/ipc/reader.h>
+#include <arrow/ipc/writer.h>
+#include <arrow/type.h>
+
+namespace shmarrow::internal {
+
+std::string DescribeSchema(const arrow::Schema& schema) {
+  std::string out;
+  for (int i = 0; i < schema.num_fields(); ++i) {
+    if (i) out += ", ";
+    out += schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
+  }
+  return "(" + out + ")";
+}
+
+arrow::Status CheckSchema(const arrow::Schema& expected, const arrow::Schema& actual,
+                          SchemaMatch match) {
+  std::string problems;
+  auto note = [&](const std::string& problem) {
+    problems += (problems.empty() ? "" : "; ") + problem;
+  };
+  if (match == SchemaMatch::kExact && expected.num_fields() != actual.num_fields()) {
+    note("expected " + std::to_string(expected.num_fields()) + " fields, producer has " +
+         std::to_string(actual.num_fields()));
+  }
+  for (int i = 0; i < expected.num_fields(); ++i) {
+    const auto& want = *expected.field(i);
+    if (match == SchemaMatch::kExact) {
+      if (i >= actual.num_fields()) break;
+      const auto& have = *actual.field(i);
+      if (!want.Equals(have)) {
+        note("field " + std::to_string(i) + ": expected '" + want.ToString() +
+             "', producer has '" + have.ToString() + "'");
+      }
+      continue;
+    }
+    const auto have = actual.GetFieldByName(want.name());
+    if (have == nullptr) {
+      note("field '" + want.name() + ": " + want.type()->ToString() + "' is missing");
+    } else if (!have->type()->Equals(*want.type())) {
+      note("field '" + want.name() + "': expected " + want.type()->ToString() + ", producer has " +
+           have->type()->ToString());
+    }
+  }
+  if (problems.empty()) return arrow::Status::OK();
+  return arrow::Status::Invalid("schema mismatch (", match == SchemaMatch::kExact ? "exact" : "subset",
+                                "): ", problems, ". Expected ", DescribeSchema(expected),
+                                ", producer has ", DescribeSchema(actual));
+}
+
+arrow::Result<std::vector<int>> ProjectionIndices(const arrow::Schema& schema,
+                                                  const std::vector<std::string>& names) {
+  std::vector<int> indices;
+  for (const auto& name : names) {
+    const int index = schema.GetFieldIndex(name);
+    if (index < 0) {
+      return arrow::Status::Invalid("projection asks for column '", name,
+                                    "', which the schema ", DescribeSchema(schema),
+                                    " lacks (or has more than once)");
+    }
+    indices.push_back(index);
+  }
+  return indices;
+}
+
+std::shared_ptr<arrow::Schema> ProjectSchema(const arrow::Schema& schema,
+                                             const std::vector<int>& indices) {
+  arrow::FieldVector fields;
+  for (int index : indices) fields.push_back(schema.field(index));
+  return arrow::schema(std::move(fields), schema.metadata());
+}
+
+arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema) {
+  ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::ipc::SerializeSchema(schema));
+  return buffer->ToString();
+}
+
+arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(const std::string& bytes) {
+  arrow::io::BufferReader reader(std::make_shared<arrow::Buffer>(bytes));
+  arrow::ipc::DictionaryMemo memo;
+  return arrow::ipc::ReadSchema(&reader, &memo);
+}
+
+}  // namespace shmarrow::internal

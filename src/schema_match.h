@@ -1,0 +1,36 @@
+// Schema checks shared by producer and consumer, and the schema's wire form.
+#pragma once
+
+#include <arrow/result.h>
+#include <arrow/type_fwd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shmarrow/consumer.h"
+
+namespace shmarrow::internal {
+
+/// OK when `actual` satisfies `expected`; otherwise Invalid naming the fields and types on both
+/// sides, e.g. "field 'a': expected int64, producer has int32".
+[[nodiscard]] arrow::Status CheckSchema(const arrow::Schema& expected, const arrow::Schema& actual,
+                                        SchemaMatch match);
+
+/// Column indices of `names` in `schema`; an error names a missing column and the schema.
+[[nodiscard]] arrow::Result<std::vector<int>> ProjectionIndices(
+    const arrow::Schema& schema, const std::vector<std::string>& names);
+
+/// The fields at `indices`, in that order, with the schema's metadata.
+std::shared_ptr<arrow::Schema> ProjectSchema(const arrow::Schema& schema,
+                                             const std::vector<int>& indices);
+
+/// The schema as an encapsulated Arrow IPC Schema message, and back.
+[[nodiscard]] arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema);
+[[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(
+    const std::string& bytes);
+
+/// "a: int32, b: string"
+std::string DescribeSchema(const arrow::Schema& schema);
+
+}  // namespace shmarrow::internal
