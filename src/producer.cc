@@ -245,7 +245,8 @@ arrow::MemoryPool* ProducerImpl::pool() {
   std::lock_guard lock(mutex_);
   if (loan_ == nullptr) {
     auto loan = NewLoan(schema_);
-    if (!loan.ok()) return nullptr;
+    // Without a fresh memfd the batch is built on the heap; Publish then copies it in once.
+    if (!loan.ok()) return arrow::default_memory_pool();
     loan_ = std::move(*loan);
   }
   return loan_->pool();
@@ -849,7 +850,7 @@ arrow::MemoryPool* ResponseWriterImpl::pool() {
   if (producer_->ring_pool() != nullptr) return producer_->ring_pool();
   if (loan_ == nullptr) {
     auto loan = producer_->NewLoan(producer_->schema());
-    if (!loan.ok()) return nullptr;
+    if (!loan.ok()) return arrow::default_memory_pool();  // copied in at Write
     loan_ = std::move(*loan);
   }
   return loan_->pool();
