@@ -171,32 +171,51 @@ def buffers_inside(batch: pa.RecordBatch, region: pa.Buffer) -> bool:
                for column in batch.columns for buf in _buffers(column))
 
 
-def receive(args: argparse.Namespace) -> str:
-    """Everything but the error handling; returns what to print on stdout."""
-    with connect(args.socket, args.wait_ms, args.timeout_ms) as sock:
-        fd = receive_fd(sock, args.timeout_ms)
+def receive_region(socket_path: str, wait_ms: int = 0, timeout_ms: int = 30000,
+                   allow_unsealed: bool = False):
+    """Receives the producer's memfd, checks it and maps it read-only.
+
+    Returns ``(region, stat, seals)``: ``region`` is a ``pyarrow.Buffer`` over the mapping (or over a
+    private copy with ``allow_unsealed`` when the memfd is not sealed)."""
+    with connect(socket_path, wait_ms, timeout_ms) as sock:
+        fd = receive_fd(sock, timeout_ms)
     try:
-        seals = read_seals(fd, args.allow_unsealed)
+        seals = read_seals(fd, allow_unsealed)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RecvError(f"fd {fd} is not a regular file (st_mode 0{st.st_mode:o})")
         # The size comes from the file itself; sealed against shrinking, it stays valid.
         if st.st_size <= 0:
             raise RecvError(f"memfd fd {fd} is empty")
-        if args.allow_unsealed:
+        if allow_unsealed:
             print(f"{PROG}: warning: --allow-unsealed: reading a private copy of the "
                   f"{st.st_size} bytes instead of mapping them (seals: {seal_names(seals)})",
                   file=sys.stderr)
-            region = private_copy(fd, st.st_size)
-        else:
-            try:
-                mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            except (OSError, ValueError) as e:
-                raise RecvError(f"cannot map memfd fd {fd} ({st.st_size} bytes): {e}") from None
-            region = pa.py_buffer(mapping)  # no copy: Arrow buffers point into the mapping
+            return private_copy(fd, st.st_size), st, seals
+        try:
+            mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        except (OSError, ValueError) as e:
+            raise RecvError(f"cannot map memfd fd {fd} ({st.st_size} bytes): {e}") from None
+        return pa.py_buffer(mapping), st, seals  # no copy: Arrow buffers point into the mapping
     finally:
         os.close(fd)  # the mapping (or the copy) keeps the memory
 
+
+def open_stream(socket_path: str, wait_ms: int = 0, timeout_ms: int = 30000,
+                allow_unsealed: bool = False) -> pa.RecordBatchStreamReader:
+    """Receives a producer's sealed stream and returns a reader over it: the batches' buffers are
+    the shared memory itself. Raises ``RecvError`` naming what is wrong with bad input."""
+    region, _, _ = receive_region(socket_path, wait_ms, timeout_ms, allow_unsealed)
+    try:
+        return pa.ipc.open_stream(region)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise RecvError(f"invalid Arrow IPC stream: {e}") from None
+
+
+def receive(args: argparse.Namespace) -> str:
+    """Everything but the error handling; returns what to print on stdout."""
+    region, st, seals = receive_region(args.socket, args.wait_ms, args.timeout_ms,
+                                       args.allow_unsealed)
     try:
         reader = pa.ipc.open_stream(region)
         summary = StreamSummary(reader.schema)

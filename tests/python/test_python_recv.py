@@ -457,3 +457,24 @@ def test_cpp_and_python_reports_agree_beyond_plain_types(procs, sock_path, tmp_p
     assert procs.finish(sender)[0] == 0
     assert py.returncode == 0 and cpp.returncode == 0, (py.stderr, cpp.stderr)
     assert py.stdout == cpp.stdout
+
+
+def test_open_stream_reads_in_place_and_rejects_unsealed(serve, sock_path):
+    import shmarrow.recv
+
+    producer = serve(sock_path, "--rows", "1000", "--batches", "3")
+    reader = shmarrow.recv.open_stream(sock_path, timeout_ms=int(TIMEOUT_S * 1000))
+    table = reader.read_all()
+    producer.finish()
+    assert table.num_rows == 3000
+    table.validate(full=True)
+    maps = open("/proc/self/maps").read().splitlines()
+    address = table.column(0).chunk(0).buffers()[1].address
+    owner = [line for line in maps
+             if int(line.split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16)]
+    assert len(owner) == 1 and "memfd:" in owner[0] and owner[0].split()[1].startswith("r")
+
+    producer = serve(sock_path, "--corrupt", "unsealed")
+    with pytest.raises(shmarrow.recv.RecvError, match="missing F_SEAL"):
+        shmarrow.recv.open_stream(sock_path, timeout_ms=int(TIMEOUT_S * 1000))
+    producer.finish()
