@@ -2,10 +2,18 @@
 # A system Arrow C++ (find_package(Arrow CONFIG)) wins; otherwise the headers and libarrow shipped
 # inside the pyarrow wheel of SHMARROW_PYTHON are used, so the C++ tools and the Python side load
 # the same libarrow.
-find_package(Arrow CONFIG QUIET)
-if(Arrow_FOUND)
-  message(STATUS "shmarrow: using system Arrow ${Arrow_VERSION}")
-  return()
+# The Python extension (SHMARROW_BUILD_PYTHON) must share pyarrow's libarrow: no system Arrow then.
+# Built by scikit-build-core (pip install .), the pyarrow is the build environment's, importable by
+# the Python running the build.
+if(DEFINED SKBUILD AND DEFINED Python_EXECUTABLE)
+  set(SHMARROW_PYTHON "${Python_EXECUTABLE}")
+endif()
+if(NOT SHMARROW_BUILD_PYTHON)
+  find_package(Arrow CONFIG QUIET)
+  if(Arrow_FOUND)
+    message(STATUS "shmarrow: using system Arrow ${Arrow_VERSION}")
+    return()
+  endif()
 endif()
 
 if(NOT EXISTS "${SHMARROW_PYTHON}")

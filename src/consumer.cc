@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "errno_status.h"
+#include "handover_internal.h"
 #include "mapping.h"
 #include "memfd.h"
 #include "protocol.h"
@@ -112,7 +113,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   ~ConsumerImpl() override;
 
   arrow::Status Handshake(const std::string& address, UnixSocket socket);
-  arrow::Status OpenHandover(const std::string& address);
+  /// `connected`: a SOCK_STREAM connection to the producer already made (else connects).
+  arrow::Status OpenHandover(const std::string& address, UnixSocket* connected = nullptr);
 
   std::shared_ptr<arrow::Schema> schema() const override { return schema_; }
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
@@ -128,6 +130,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
     return out;
   }
   std::string mode() const override { return mode_; }
+  std::shared_ptr<SharedStream> handover_stream() const override { return handover_stream_; }
 
   /// Next event of `stream`, pumping the socket for up to timeout_ms (-1: forever).
   arrow::Status Next(uint32_t stream, int timeout_ms, std::shared_ptr<arrow::RecordBatch>* batch);
@@ -149,6 +152,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<arrow::Schema> schema_;
   std::map<uint32_t, StreamState> streams_;  // 0: the published stream; else request ids
   std::shared_ptr<arrow::RecordBatchReader> handover_;
+  std::shared_ptr<SharedStream> handover_stream_;
   arrow::Status fatal_;
   uint32_t next_request_ = 1;
   ConsumerStats stats_;
@@ -181,12 +185,18 @@ ConsumerImpl::~ConsumerImpl() {
   (void)channel_->Send(proto::EncodeBye(writer_));
 }
 
-arrow::Status ConsumerImpl::OpenHandover(const std::string& address) {
-  ARROW_ASSIGN_OR_RAISE(UniqueFd fd, ReceiveFd(address, options_.connect_wait_ms));
+arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket* connected) {
+  UniqueFd fd;
+  if (connected != nullptr) {
+    ARROW_ASSIGN_OR_RAISE(fd, internal::ReceiveHandedOverFd(*connected, address));
+  } else {
+    ARROW_ASSIGN_OR_RAISE(fd, ReceiveFd(address, options_.connect_wait_ms));
+  }
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
-  ARROW_ASSIGN_OR_RAISE(auto stream, SharedStream::Open(std::move(fd), stream_options));
-  ARROW_ASSIGN_OR_RAISE(handover_, stream->OpenReader());
+  stream_options.require_seals = options_.require_seals;
+  ARROW_ASSIGN_OR_RAISE(handover_stream_, SharedStream::Open(std::move(fd), stream_options));
+  ARROW_ASSIGN_OR_RAISE(handover_, handover_stream_->OpenReader());
   schema_ = handover_->schema();
   if (options_.expect_schema != nullptr) {
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
@@ -210,15 +220,24 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     ARROW_ASSIGN_OR_RAISE(hello.required_schema,
                           internal::SerializeSchema(*options_.expect_schema));
   }
-  ARROW_RETURN_NOT_OK(channel_->Send(proto::Encode(writer_, hello)));
-
-  ARROW_ASSIGN_OR_RAISE(auto received,
-                        channel_->socket().Receive(receive_buffer_, 1, kHandshakeTimeoutMs));
+  // A producer that refuses this consumer (another uid) sends why and closes at once, maybe
+  // before the Hello arrived: the send may then fail, and the receive report ECONNRESET before
+  // the datagram queued ahead of the reset (the kernel reports a pending socket error first,
+  // once). The reason is still there to read.
+  const arrow::Status hello_sent = channel_->Send(proto::Encode(writer_, hello));
+  auto receiving = channel_->socket().Receive(receive_buffer_, 1, kHandshakeTimeoutMs);
+  if (!receiving.ok() && arrow::internal::ErrnoFromStatus(receiving.status()) == ECONNRESET) {
+    receiving = channel_->socket().Receive(receive_buffer_, 1, 0);
+  }
+  if (!receiving.ok()) return hello_sent.ok() ? receiving.status() : hello_sent;
+  auto received = std::move(*receiving);
   if (received.bytes < 0) {
+    ARROW_RETURN_NOT_OK(hello_sent);
     return arrow::Status::IOError("producer at '", address, "' did not answer the handshake within ",
                                   kHandshakeTimeoutMs, " ms");
   }
   if (received.bytes == 0) {
+    ARROW_RETURN_NOT_OK(hello_sent);
     return arrow::Status::IOError("producer at '", address, "' closed the connection during the ",
                                   "handshake");
   }
@@ -496,17 +515,35 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
 arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
                                                            const ConsumerOptions& options) {
   auto consumer = std::make_shared<ConsumerImpl>(options);
-  auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, options.connect_wait_ms);
-  if (!socket.ok()) {
-    // A stream socket there: a producer of the single hand-over.
-    if (arrow::internal::ErrnoFromStatus(socket.status()) == EPROTOTYPE) {
+  // A producer of the single hand-over listens on a SOCK_STREAM socket instead. Connecting to
+  // its filesystem socket with the wrong type fails with EPROTOTYPE; abstract names are looked
+  // up per socket type, so there it is ECONNREFUSED, as when nobody listens: try a stream
+  // connection too (that connection then receives the hand-over, consuming no extra client).
+  const bool abstract = !address.empty() && address[0] == '@';
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options.connect_wait_ms);
+  for (;;) {
+    auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, 0);
+    if (socket.ok()) {
+      ARROW_RETURN_NOT_OK(consumer->Handshake(address, std::move(*socket)));
+      return consumer;
+    }
+    const int err = arrow::internal::ErrnoFromStatus(socket.status());
+    if (err == EPROTOTYPE) {
       ARROW_RETURN_NOT_OK(consumer->OpenHandover(address));
       return consumer;
     }
-    return socket.status();
+    if (abstract && err == ECONNREFUSED) {
+      auto stream = UnixSocket::Connect(address, SOCK_STREAM, 0);
+      if (stream.ok()) {
+        ARROW_RETURN_NOT_OK(consumer->OpenHandover(address, &*stream));
+        return consumer;
+      }
+    }
+    const bool nobody_listens = err == ENOENT || err == ECONNREFUSED;
+    if (!nobody_listens || std::chrono::steady_clock::now() >= deadline) return socket.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ARROW_RETURN_NOT_OK(consumer->Handshake(address, std::move(*socket)));
-  return consumer;
 }
 
 }  // namespace shmarrow

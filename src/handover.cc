@@ -5,6 +5,7 @@
 
 #include <array>
 
+#include "handover_internal.h"
 #include "unix_socket.h"
 
 namespace shmarrow {
@@ -32,9 +33,8 @@ arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions
   return arrow::Status::OK();
 }
 
-arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms) {
-  ARROW_ASSIGN_OR_RAISE(auto socket,
-                        internal::UnixSocket::Connect(socket_path, SOCK_STREAM, wait_ms));
+arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& socket,
+                                                      const std::string& socket_path) {
   std::array<uint8_t, 1> byte{};
   // The producer sends right after accepting; a silent peer must not hang the consumer forever.
   constexpr int kReplyTimeoutMs = 30000;
@@ -51,6 +51,12 @@ arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms) {
     return arrow::Status::IOError("message from '", socket_path, "' carried no fd");
   }
   return std::move(received.fds.front());
+}
+
+arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms) {
+  ARROW_ASSIGN_OR_RAISE(auto socket,
+                        internal::UnixSocket::Connect(socket_path, SOCK_STREAM, wait_ms));
+  return internal::ReceiveHandedOverFd(socket, socket_path);
 }
 
 }  // namespace shmarrow

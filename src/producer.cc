@@ -1,6 +1,7 @@
 #include "shmarrow/producer.h"
 
 #include <arrow/buffer.h>
+#include <arrow/extension_type.h>
 #include <arrow/ipc/writer.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
@@ -42,13 +44,107 @@ struct RingLocation {
   int64_t length = 0;
 };
 
+/// Sealed mode: the arena one batch is built in (a SharedStreamWriter, sealed when published).
+struct Loan {
+  explicit Loan(std::unique_ptr<SharedStreamWriter> w) : writer(std::move(w)) {}
+  std::unique_ptr<SharedStreamWriter> writer;
+};
+
+/// Sealed mode's pool(): allocations go to the arena of the loan in use, and each allocation
+/// keeps its loan alive until it is freed. A batch built in pool() may so outlive its
+/// publication (the caller keeps it after every consumer released it), a schema change or a
+/// failed Publish, and its buffers still free into a live arena. A pool lives as long as its
+/// producer (the rule of every arrow::MemoryPool: free its buffers before it dies).
+class LoanPool final : public arrow::MemoryPool {
+ public:
+  /// Allocations go to `loan`'s arena from now on (nullptr: allocations fail).
+  void Use(std::shared_ptr<Loan> loan) {
+    std::shared_ptr<Loan> previous;
+    std::lock_guard lock(mutex_);
+    previous = std::exchange(current_, std::move(loan));
+  }
+
+  arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override {
+    std::lock_guard lock(mutex_);
+    if (current_ == nullptr) {
+      return arrow::Status::Invalid("no batch is being built: call Producer::pool() again");
+    }
+    ARROW_RETURN_NOT_OK(current_->writer->pool()->Allocate(size, alignment, out));
+    if (size > 0) owners_[*out] = current_;
+    Account(size);
+    return arrow::Status::OK();
+  }
+
+  arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                           uint8_t** ptr) override {
+    std::shared_ptr<Loan> owner;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = owners_.find(*ptr);
+      if (old_size > 0 && it != owners_.end()) {
+        owner = it->second;
+        uint8_t* before = *ptr;
+        ARROW_RETURN_NOT_OK(owner->writer->pool()->Reallocate(old_size, new_size, alignment, ptr));
+        owners_.erase(before);
+        if (new_size > 0) owners_[*ptr] = owner;
+        Account(new_size - old_size);
+        return arrow::Status::OK();
+      }
+    }
+    return Allocate(new_size, alignment, ptr);  // from nothing (a zero-size allocation)
+  }
+
+  void Free(uint8_t* buffer, int64_t size, int64_t alignment) override {
+    std::shared_ptr<Loan> owner;  // destroyed after the lock is released (maybe the arena too)
+    std::lock_guard lock(mutex_);
+    auto it = owners_.find(buffer);
+    if (size == 0 || it == owners_.end()) return;  // a zero-size allocation
+    owner = std::move(it->second);
+    owners_.erase(it);
+    owner->writer->pool()->Free(buffer, size, alignment);
+    Account(-size);
+  }
+
+  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
+  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
+  int64_t num_allocations() const override { return num_allocations_.load(); }
+  std::string backend_name() const override { return "shmarrow-sealed-loans"; }
+
+ private:
+  void Account(int64_t delta) {
+    bytes_allocated_ += delta;
+    if (delta > 0) {
+      total_allocated_ += delta;
+      ++num_allocations_;
+    }
+  }
+
+  std::mutex mutex_;
+  std::shared_ptr<Loan> current_;
+  std::unordered_map<uint8_t*, std::shared_ptr<Loan>> owners_;
+  std::atomic<int64_t> bytes_allocated_{0};
+  std::atomic<int64_t> total_allocated_{0};
+  std::atomic<int64_t> num_allocations_{0};
+};
+
+/// True when `type` is or contains (nested, or as an extension's storage) a dictionary.
+bool HasDictionary(const arrow::DataType& type) {
+  if (type.id() == arrow::Type::DICTIONARY) return true;
+  if (type.id() == arrow::Type::EXTENSION) {
+    return HasDictionary(*static_cast<const arrow::ExtensionType&>(type).storage_type());
+  }
+  for (const auto& child : type.fields()) {
+    if (HasDictionary(*child->type())) return true;
+  }
+  return false;
+}
+
 /// One published batch, shared by every consumer it went to. It pins the batch's memory: in ring
 /// mode the buffers (and their ring blocks) are freed when the last holder drops it.
 struct Published {
-  // Sealed mode: the arena the producer's batch lives in (declared first: destroyed after the
-  // batch, whose buffers return to it), and the sealed memfd.
-  std::unique_ptr<SharedStreamWriter> writer;
-  std::unique_ptr<SharedStreamWriter> retired_loan;
+  // Sealed mode: the arena the batch was written to, and its sealed memfd. (The batch's own
+  // buffers keep their arena alive through the LoanPool they were allocated from.)
+  std::shared_ptr<Loan> loan;
   UniqueFd memfd;
   uint64_t sequence = 0;
   std::shared_ptr<arrow::RecordBatch> batch;
@@ -77,8 +173,12 @@ struct Connection {
   std::vector<std::string> projection_names;
   std::vector<int> projection;  // indices in the current schema; empty = all columns
   std::deque<Outgoing> pending;
-  size_t pending_batches = 0;
+  // Stream 0 and the answers to requests have credits of their own (`credits` each): a consumer
+  // waiting for an answer while it leaves stream 0 unread must still get it.
+  size_t pending_batches = 0;    // stream 0
+  size_t pending_responses = 0;  // batches answering requests
   std::unordered_map<uint64_t, std::shared_ptr<Published>> held;
+  std::unordered_set<uint64_t> held_responses;  // the sequences in `held` answering requests
   uint64_t dropped_unreported = 0;
   bool waiting_writable = false;
   bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
@@ -97,6 +197,7 @@ class ResponseWriterImpl final : public ResponseWriter {
  public:
   ResponseWriterImpl(ProducerImpl* producer, uint32_t connection, uint32_t stream)
       : producer_(producer), connection_(connection), stream_(stream) {}
+  ~ResponseWriterImpl() override;
   arrow::MemoryPool* pool() override;
   arrow::Status Write(const std::shared_ptr<arrow::RecordBatch>& batch) override;
 
@@ -105,7 +206,8 @@ class ResponseWriterImpl final : public ResponseWriter {
   uint32_t connection_;
   uint32_t stream_;
   std::shared_ptr<arrow::Schema> announced_;
-  std::unique_ptr<SharedStreamWriter> loan_;
+  std::shared_ptr<Loan> loan_;
+  LoanPool* lane_ = nullptr;  // sealed mode: borrowed from the producer while this lives
   friend class ProducerImpl;
 };
 
@@ -138,10 +240,12 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   /// Puts the batch in shared memory. For the published stream (`for_stream0`), ring mode also
   /// writes the metadata of every projection consumers asked for.
   arrow::Result<std::shared_ptr<Published>> Prepare(const std::shared_ptr<arrow::RecordBatch>& batch,
-                                                    std::unique_ptr<SharedStreamWriter>* loan,
+                                                    std::shared_ptr<Loan>* loan,
                                                     bool for_stream0);
-  arrow::Result<std::unique_ptr<SharedStreamWriter>> NewLoan(
-      const std::shared_ptr<arrow::Schema>& schema);
+  arrow::Result<std::shared_ptr<Loan>> NewLoan(const std::shared_ptr<arrow::Schema>& schema);
+  /// Sealed mode: a LoanPool for one request handler's answers, and back.
+  LoanPool* AcquireLane();
+  void ReleaseLane(LoanPool* lane);
   arrow::Status SendResponse(uint32_t connection, uint32_t stream,
                              std::shared_ptr<const arrow::Schema> new_schema,
                              std::shared_ptr<Published> batch);
@@ -180,11 +284,17 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   std::unique_ptr<internal::Ring> ring_;
   std::unique_ptr<internal::RingPool> ring_pool_;         // waits per block_timeout_ms
   std::unique_ptr<internal::RingPool> ring_pool_nowait_;  // for work under mutex_
+  // Sealed mode's pools, destroyed after everything below (batches built in them may be held
+  // there): the published stream's, and those lent to request handlers.
+  LoanPool stream_lane_;
+  std::mutex lanes_mutex_;
+  std::vector<std::unique_ptr<LoanPool>> lanes_;
+  std::vector<LoanPool*> free_lanes_;
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::shared_ptr<arrow::Schema> schema_;
-  std::unique_ptr<SharedStreamWriter> loan_;  // sealed mode: where pool() builds the next batch
+  std::shared_ptr<Loan> loan_;  // sealed mode: where pool() builds the next batch
   std::map<uint32_t, std::unique_ptr<Connection>> connections_;
   std::deque<std::shared_ptr<Published>> retained_;
   uint64_t next_sequence_ = 1;
@@ -232,12 +342,30 @@ arrow::Status ProducerImpl::Start() {
   return arrow::Status::OK();
 }
 
-arrow::Result<std::unique_ptr<SharedStreamWriter>> ProducerImpl::NewLoan(
+arrow::Result<std::shared_ptr<Loan>> ProducerImpl::NewLoan(
     const std::shared_ptr<arrow::Schema>& schema) {
   WriterOptions writer_options;
   writer_options.capacity = kSealedCapacity;
   writer_options.name = options_.name;
-  return SharedStreamWriter::Open(schema, writer_options);
+  ARROW_ASSIGN_OR_RAISE(auto writer, SharedStreamWriter::Open(schema, writer_options));
+  return std::make_shared<Loan>(std::move(writer));
+}
+
+LoanPool* ProducerImpl::AcquireLane() {
+  std::lock_guard lock(lanes_mutex_);
+  if (free_lanes_.empty()) {
+    lanes_.push_back(std::make_unique<LoanPool>());
+    free_lanes_.push_back(lanes_.back().get());
+  }
+  LoanPool* lane = free_lanes_.back();
+  free_lanes_.pop_back();
+  return lane;
+}
+
+void ProducerImpl::ReleaseLane(LoanPool* lane) {
+  lane->Use(nullptr);
+  std::lock_guard lock(lanes_mutex_);
+  free_lanes_.push_back(lane);
 }
 
 arrow::MemoryPool* ProducerImpl::pool() {
@@ -248,8 +376,9 @@ arrow::MemoryPool* ProducerImpl::pool() {
     // Without a fresh memfd the batch is built on the heap; Publish then copies it in once.
     if (!loan.ok()) return arrow::default_memory_pool();
     loan_ = std::move(*loan);
+    stream_lane_.Use(loan_);
   }
-  return loan_->pool();
+  return &stream_lane_;
 }
 
 arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
@@ -295,7 +424,7 @@ arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
 }
 
 arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
-    const std::shared_ptr<arrow::RecordBatch>& batch, std::unique_ptr<SharedStreamWriter>* loan,
+    const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>* loan,
     bool for_stream0) {
   auto published = std::make_shared<Published>();
   published->batch = batch;
@@ -304,7 +433,12 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
     if (for_stream0) {
       std::lock_guard lock(mutex_);
       for (const auto& [id, c] : connections_) {
-        if (c->active() && !c->projection.empty()) projections.push_back(c->projection);
+        if (!c->active() || c->projection_names.empty()) continue;
+        // By name, in this batch's schema: c->projection indexes the schema last sent to c, which
+        // is older while a Schema message waits in c's queue. (A consumer whose columns this
+        // schema lacks is dropped when that Schema message is sent.)
+        auto indices = internal::ProjectionIndices(*batch->schema(), c->projection_names);
+        if (indices.ok()) projections.push_back(*std::move(indices));
       }
     }
     ARROW_ASSIGN_OR_RAISE(published->locations[{}],
@@ -316,17 +450,17 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
     }
     return published;
   }
-  std::unique_ptr<SharedStreamWriter> writer = std::move(*loan);
-  if (writer == nullptr || !writer->schema()->Equals(*batch->schema())) {
-    // The batch may live in the mismatched loan's arena: that arena lives as long as the batch.
-    published->retired_loan = std::move(writer);
-    ARROW_ASSIGN_OR_RAISE(writer, NewLoan(batch->schema()));
+  std::shared_ptr<Loan> taken = std::move(*loan);
+  if (taken == nullptr || !taken->writer->schema()->Equals(*batch->schema())) {
+    // Written to a fresh arena (copied in); the batch's buffers keep theirs alive.
+    ARROW_ASSIGN_OR_RAISE(taken, NewLoan(batch->schema()));
   }
-  ARROW_RETURN_NOT_OK(writer->WriteRecordBatch(*batch));
-  ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());
+  SharedStreamWriter& writer = *taken->writer;
+  ARROW_RETURN_NOT_OK(writer.WriteRecordBatch(*batch));
+  ARROW_ASSIGN_OR_RAISE(auto sealed, writer.Finish());
   published->memfd = std::move(sealed.fd);
-  published->bytes_copied = writer->stats().bytes_copied;
-  published->writer = std::move(writer);
+  published->bytes_copied = writer.stats().bytes_copied;
+  published->loan = std::move(taken);
   return published;
 }
 
@@ -354,7 +488,7 @@ bool ProducerImpl::HasRoom() const {
 }
 
 arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& batch) {
-  std::unique_ptr<SharedStreamWriter> loan;
+  std::shared_ptr<Loan> loan;
   {
     std::unique_lock lock(mutex_);
     if (closed_) return arrow::Status::Invalid("producer is closed");
@@ -392,9 +526,10 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
 
 arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) {
   if (schema == nullptr) return arrow::Status::Invalid("ChangeSchema needs a schema");
-  if (ring_ != nullptr) {
+  // options_, not ring_: Listen checks the first schema here before Start() creates the ring.
+  if (options_.mode == MemoryMode::kRing) {
     for (const auto& field : schema->fields()) {
-      if (field->type()->id() == arrow::Type::DICTIONARY) {
+      if (HasDictionary(*field->type())) {
         return arrow::Status::NotImplemented("dictionary field '", field->name(),
                                              "' in ring mode: use sealed mode");
       }
@@ -433,8 +568,13 @@ arrow::Status ProducerImpl::End() {
 
 void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
   const bool is_batch = out.type == proto::Type::kBatch;
+  const bool stream0 = out.stream == 0;
   c.pending.push_back(std::move(out));
   if (!is_batch) return;
+  if (!stream0) {
+    ++c.pending_responses;
+    return;
+  }
   ++c.pending_batches;
   if (!c.lossy) return;
   // A lossy consumer loses its oldest queued batches instead of holding the producer back.
@@ -507,10 +647,25 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
 
 void ProducerImpl::Pump(Connection& c) {
   if (c.dead || c.waiting_writable) return;
-  while (!c.pending.empty()) {
-    const Outgoing& out = c.pending.front();
+  // Streams are independent: a stream out of credits waits until a release, and with it
+  // everything after it on that stream (its order is kept), while the other streams go on.
+  std::vector<uint32_t> blocked;
+  for (auto it = c.pending.begin(); it != c.pending.end();) {
+    const Outgoing& out = *it;
+    if (std::find(blocked.begin(), blocked.end(), out.stream) != blocked.end()) {
+      ++it;
+      continue;
+    }
     const bool is_batch = out.type == proto::Type::kBatch;
-    if (is_batch && c.held.size() >= c.credits) break;  // out of credits until a release
+    if (is_batch) {
+      const size_t holding = out.stream == 0 ? c.held.size() - c.held_responses.size()
+                                             : c.held_responses.size();
+      if (holding >= c.credits) {  // out of credits until a release
+        blocked.push_back(out.stream);
+        ++it;
+        continue;
+      }
+    }
     auto sent = SendOne(c, out);
     if (!sent.ok()) {
       const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
@@ -528,10 +683,15 @@ void ProducerImpl::Pump(Connection& c) {
     }
     if (is_batch) {
       c.held.emplace(out.batch->sequence, out.batch);
-      --c.pending_batches;
+      if (out.stream == 0) {
+        --c.pending_batches;
+      } else {
+        c.held_responses.insert(out.batch->sequence);
+        --c.pending_responses;
+      }
       c.dropped_unreported = 0;
     }
-    c.pending.pop_front();
+    it = c.pending.erase(it);
   }
   changed_.notify_all();
 }
@@ -661,6 +821,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       released_.clear();
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
+        c.held_responses.erase(sequence);
         if (c.held.erase(sequence) == 0) {
           return arrow::Status::Invalid("protocol: released batch ", sequence,
                                         ", which this consumer does not hold");
@@ -681,6 +842,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       c.detached = true;
       c.pending.clear();
       c.pending_batches = 0;
+      c.pending_responses = 0;
       c.dead = c.held.empty();
       changed_.notify_all();
       return arrow::Status::OK();
@@ -710,20 +872,42 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     Kill(c, status.message(), proto::ErrorCode::kSchemaMismatch);
     return arrow::Status::OK();
   };
+  std::shared_ptr<arrow::Schema> expected;
+  const auto match =
+      hello.flags & proto::kHelloSchemaSubset ? SchemaMatch::kSubset : SchemaMatch::kExact;
   if (!hello.required_schema.empty()) {
-    ARROW_ASSIGN_OR_RAISE(auto expected, internal::DeserializeSchema(hello.required_schema));
-    const auto match =
-        hello.flags & proto::kHelloSchemaSubset ? SchemaMatch::kSubset : SchemaMatch::kExact;
+    ARROW_ASSIGN_OR_RAISE(expected, internal::DeserializeSchema(hello.required_schema));
     auto status = internal::CheckSchema(*expected, *schema_, match);
     if (!status.ok()) return refuse(status);
   }
-  std::shared_ptr<arrow::Schema> schema = schema_;
   if (!hello.columns.empty()) {
     auto indices = internal::ProjectionIndices(*schema_, hello.columns);
     if (!indices.ok()) return refuse(indices.status());
-    c.projection = *indices;
+  }
+  // Retained batches to replay (start at oldest): they may predate a schema change, so the
+  // consumer is welcomed with the schema of the first one and told of each change in between.
+  // Only the newest run of batches whose schema suits this consumer is replayed.
+  std::vector<std::shared_ptr<Published>> replay;
+  if (hello.flags & proto::kHelloStartAtOldest) {
+    for (const auto& published : retained_) {
+      const auto& schema = *published->batch->schema();
+      const bool suits =
+          (expected == nullptr || internal::CheckSchema(*expected, schema, match).ok()) &&
+          (hello.columns.empty() || internal::ProjectionIndices(schema, hello.columns).ok());
+      if (suits) {
+        replay.push_back(published);
+      } else {
+        replay.clear();
+      }
+    }
+  }
+  const std::shared_ptr<arrow::Schema> first_schema =
+      replay.empty() ? schema_ : replay.front()->batch->schema();
+  std::shared_ptr<arrow::Schema> schema = first_schema;
+  if (!hello.columns.empty()) {
+    ARROW_ASSIGN_OR_RAISE(c.projection, internal::ProjectionIndices(*first_schema, hello.columns));
     c.projection_names = hello.columns;
-    schema = internal::ProjectSchema(*schema_, c.projection);
+    schema = internal::ProjectSchema(*first_schema, c.projection);
   }
   c.lossy = hello.flags & proto::kHelloLossy;
   c.credits = static_cast<size_t>(options_.max_in_flight);
@@ -748,13 +932,22 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
   if (!sent) return arrow::Status::IOError("consumer's socket is full during the handshake");
   c.welcomed = true;
   ++stats_.consumers_total;
-  if (hello.flags & proto::kHelloStartAtOldest) {
-    for (const auto& published : retained_) {
-      Outgoing out;
-      out.batch = published;
-      Enqueue(c, std::move(out));
-    }
+  std::shared_ptr<arrow::Schema> announced = first_schema;
+  auto announce = [&](const std::shared_ptr<arrow::Schema>& next) {
+    if (next->Equals(*announced, /*check_metadata=*/false)) return;
+    announced = next;
+    Outgoing out;
+    out.type = proto::Type::kSchema;
+    out.schema = next;
+    Enqueue(c, std::move(out));
+  };
+  for (const auto& published : replay) {
+    announce(published->batch->schema());
+    Outgoing out;
+    out.batch = published;
+    Enqueue(c, std::move(out));
   }
+  announce(schema_);
   if (ended_) {
     Outgoing out;
     out.type = proto::Type::kEnd;
@@ -824,7 +1017,7 @@ arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
       lock, options_.block_timeout_ms,
       [&] {
         Connection* c = find();
-        return c == nullptr || c->pending_batches < c->credits;
+        return c == nullptr || c->pending_responses < c->credits;
       },
       "room: the requester is a full backlog behind"));
   Connection* c = find();
@@ -846,14 +1039,20 @@ arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
   return arrow::Status::OK();
 }
 
+ResponseWriterImpl::~ResponseWriterImpl() {
+  if (lane_ != nullptr) producer_->ReleaseLane(lane_);
+}
+
 arrow::MemoryPool* ResponseWriterImpl::pool() {
   if (producer_->ring_pool() != nullptr) return producer_->ring_pool();
   if (loan_ == nullptr) {
     auto loan = producer_->NewLoan(producer_->schema());
     if (!loan.ok()) return arrow::default_memory_pool();  // copied in at Write
     loan_ = std::move(*loan);
+    if (lane_ == nullptr) lane_ = producer_->AcquireLane();
+    lane_->Use(loan_);
   }
-  return loan_->pool();
+  return lane_;
 }
 
 arrow::Status ResponseWriterImpl::Write(const std::shared_ptr<arrow::RecordBatch>& batch) {
@@ -879,7 +1078,7 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
       lock, timeout_ms,
       [&] {
         for (const auto& [id, c] : connections_) {
-          if (!c->dead && (!c->held.empty() || c->pending_batches > 0)) {
+          if (!c->dead && (!c->held.empty() || c->pending_batches + c->pending_responses > 0)) {
             return false;
           }
         }
@@ -894,7 +1093,8 @@ ProducerStats ProducerImpl::stats() const {
   out.consumers = ActiveConsumers();
   out.in_flight = 0;
   for (const auto& [id, c] : connections_) {
-    out.in_flight += static_cast<int64_t>(c->held.size() + c->pending_batches);
+    out.in_flight +=
+        static_cast<int64_t>(c->held.size() + c->pending_batches + c->pending_responses);
   }
   out.ring_bytes_in_use = ring_ != nullptr ? ring_->bytes_in_use() : 0;
   return out;

@@ -89,6 +89,7 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
         " bytes held by ", count_, " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
+  if (closed_) return arrow::Status::Cancelled("ring closed");
   int64_t at;
   while ((at = FindSpace(need)) < 0) {
     if (closed_) return arrow::Status::Cancelled("ring closed");

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "errno_status.h"
 
@@ -57,8 +58,27 @@ arrow::Result<bool> WaitFor(int fd, short events, int timeout_ms) {
 
 }  // namespace
 
-UnixSocket::~UnixSocket() {
-  if (!unlink_path_.empty()) ::unlink(unlink_path_.c_str());
+UnixSocket::~UnixSocket() { RemoveOwnFile(); }
+
+UnixSocket& UnixSocket::operator=(UnixSocket&& other) noexcept {
+  if (this != &other) {
+    RemoveOwnFile();
+    fd_ = std::move(other.fd_);
+    unlink_path_ = std::exchange(other.unlink_path_, {});
+    unlink_device_ = other.unlink_device_;
+    unlink_inode_ = other.unlink_inode_;
+  }
+  return *this;
+}
+
+void UnixSocket::RemoveOwnFile() noexcept {
+  if (unlink_path_.empty()) return;
+  struct stat st {};
+  if (::lstat(unlink_path_.c_str(), &st) == 0 && st.st_dev == unlink_device_ &&
+      st.st_ino == unlink_inode_) {
+    ::unlink(unlink_path_.c_str());
+  }
+  unlink_path_.clear();
 }
 
 arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, unsigned mode) {
@@ -78,6 +98,12 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
     return ErrnoStatus(errno, "bind('", path, "')");
   }
   UnixSocket socket(std::move(fd), abstract ? "" : path);
+  if (!abstract) {
+    struct stat bound {};
+    if (::lstat(path.c_str(), &bound) != 0) return ErrnoStatus(errno, "lstat('", path, "')");
+    socket.unlink_device_ = bound.st_dev;
+    socket.unlink_inode_ = bound.st_ino;
+  }
   if (!abstract && ::chmod(path.c_str(), mode) != 0) {
     return ErrnoStatus(errno, "chmod('", path, "', 0", std::oct, mode, ")");
   }

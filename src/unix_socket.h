@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shmarrow/unique_fd.h"
@@ -41,8 +42,13 @@ class UnixSocket {
 
   /// Wraps an already connected socket (accepted elsewhere, or one end of a socketpair).
   explicit UnixSocket(UniqueFd fd) : fd_(std::move(fd)) {}
-  UnixSocket(UnixSocket&&) noexcept = default;
-  UnixSocket& operator=(UnixSocket&&) noexcept = default;
+  UnixSocket(UnixSocket&& other) noexcept
+      : fd_(std::move(other.fd_)),
+        unlink_path_(std::exchange(other.unlink_path_, {})),
+        unlink_device_(other.unlink_device_),
+        unlink_inode_(other.unlink_inode_) {}
+  /// Closes this socket first, as the destructor would (its socket file included).
+  UnixSocket& operator=(UnixSocket&& other) noexcept;
   ~UnixSocket();
 
   [[nodiscard]] int fd() const { return fd_.get(); }
@@ -66,9 +72,15 @@ class UnixSocket {
  private:
   UnixSocket(UniqueFd fd, std::string unlink_path)
       : fd_(std::move(fd)), unlink_path_(std::move(unlink_path)) {}
+  /// Removes the listening socket's file, unless another producer has replaced it since.
+  void RemoveOwnFile() noexcept;
 
   UniqueFd fd_;
   std::string unlink_path_;  // the listening socket's file, removed with it
+  // The identity of that file when it was bound: a file bound at the same path by a later
+  // producer (which replaced ours) is not ours to remove.
+  uint64_t unlink_device_ = 0;
+  uint64_t unlink_inode_ = 0;
 };
 
 }  // namespace shmarrow::internal

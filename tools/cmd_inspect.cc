@@ -51,7 +51,7 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadAll(const std::string& path, b
 arrow::Status RunInspect(Args& args) {
   const bool json = args.Flag("--json");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed());
-  if (args.positional().size() != 1) return arrow::Status::Invalid("inspect takes one FILE");
+  if (args.positional().size() != 1) return UsageError("inspect takes one FILE");
   const std::string& path = args.positional()[0];
 
   std::vector<std::shared_ptr<arrow::RecordBatch>> batches;

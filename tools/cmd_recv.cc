@@ -1,11 +1,17 @@
+#include <chrono>
+#include <cstdint>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "commands.h"
+#include "data_gen.h"
 #include "report.h"
+#include "shmarrow/consumer.h"
 #include "shmarrow/handover.h"
 #include "shmarrow/shared_stream.h"
 #include "shmarrow/summary.h"
+#include "summary_by_name.h"
 
 namespace shmarrow::cli {
 namespace {
@@ -23,46 +29,115 @@ std::string SealList(int seals) {
   return out.empty() ? "none" : out;
 }
 
+arrow::Result<std::vector<std::string>> SplitColumns(const std::string& list) {
+  std::vector<std::string> names;
+  std::stringstream items(list);
+  std::string name;
+  while (std::getline(items, name, ',')) {
+    if (name.empty()) return UsageError("--columns '" + list + "' has an empty column name");
+    names.push_back(name);
+  }
+  if (names.empty()) return UsageError("--columns needs at least one column name");
+  return names;
+}
+
 }  // namespace
 
 arrow::Status RunRecv(Args& args) {
   const std::string socket = args.String("--socket", kDefaultSocketPath);
   ARROW_ASSIGN_OR_RAISE(int64_t wait_ms, args.Int("--wait-ms", 0));
+  ARROW_ASSIGN_OR_RAISE(int64_t timeout_ms, args.Int("--timeout-ms", -1));
   const std::string validate = args.String("--validate", "full");
   const bool json = args.Flag("--json");
-  SharedStreamOptions options;
+  ConsumerOptions options;
   options.require_seals = !args.Flag("--allow-unsealed");
+  options.lossy = args.Flag("--lossy");
+  options.start_at_oldest = args.Flag("--from-oldest");
+  ARROW_ASSIGN_OR_RAISE(int64_t max_in_flight, args.Int("--max-in-flight", 0));
+  const bool has_columns = args.Has("--columns");
+  const std::string columns = args.String("--columns", "");
+  const bool has_expect = args.Has("--expect-schema");
+  const std::string expect = args.String("--expect-schema", "");
+  const bool subset = args.Flag("--schema-subset");
+  ARROW_ASSIGN_OR_RAISE(int64_t delay_ms, args.Int("--delay-ms", 0));
+  const bool has_request = args.Has("--request");
+  const std::string request = args.String("--request", "");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed());
-  if (validate == "basic") options.validation = Validation::kBasic;
-  else if (validate != "full") return arrow::Status::Invalid("--validate takes full or basic");
 
-  ARROW_ASSIGN_OR_RAISE(UniqueFd fd, ReceiveFd(socket, static_cast<int>(wait_ms)));
-  ARROW_ASSIGN_OR_RAISE(auto stream, SharedStream::Open(std::move(fd), options));
-  if (!stream->mapped()) {
-    std::cerr << "shmarrow recv: the memfd is not sealed; its " << stream->size()
+  if (validate == "basic") options.validation = Validation::kBasic;
+  else if (validate != "full") return UsageError("--validate takes full or basic");
+  if (wait_ms < 0 || wait_ms > INT32_MAX || timeout_ms < -1 || timeout_ms > INT32_MAX) {
+    return UsageError("need --wait-ms >= 0 and --timeout-ms >= -1 (-1: wait forever)");
+  }
+  if (max_in_flight < 0 || max_in_flight > INT32_MAX || delay_ms < 0) {
+    return UsageError("need --max-in-flight >= 0 (0: the producer's limit) and --delay-ms >= 0");
+  }
+  if (subset && !has_expect) return UsageError("--schema-subset needs --expect-schema");
+  options.connect_wait_ms = static_cast<int>(wait_ms);
+  options.read_timeout_ms = static_cast<int>(timeout_ms);
+  options.max_in_flight = static_cast<int>(max_in_flight);
+  if (has_request) {
+    // Only the answer is read: hold the stream's batches as little as possible, so that this
+    // consumer does not hold the producer back while it waits.
+    options.lossy = true;
+    if (max_in_flight == 0) options.max_in_flight = 1;
+  }
+  if (has_columns) {
+    ARROW_ASSIGN_OR_RAISE(options.columns, SplitColumns(columns));
+  }
+  if (has_expect) {
+    auto expected = ParseSchemaSpec(expect);
+    if (!expected.ok()) return UsageError("--expect-schema: " + expected.status().message());
+    options.expect_schema = *expected;
+    options.match = subset ? SchemaMatch::kSubset : SchemaMatch::kExact;
+  }
+
+  ARROW_ASSIGN_OR_RAISE(auto consumer, Consumer::Connect(socket, options));
+  const auto handover = consumer->handover_stream();
+  if (handover != nullptr && !handover->mapped()) {
+    std::cerr << "shmarrow recv: the memfd is not sealed; its " << handover->size()
               << " bytes were copied into private memory (--allow-unsealed)" << std::endl;
   }
-  ARROW_ASSIGN_OR_RAISE(auto reader, stream->OpenReader());
 
-  StreamSummary summary(reader->schema());
+  // The stream, or the answer to a request.
+  std::shared_ptr<arrow::RecordBatchReader> reader = consumer;
+  if (has_request) {
+    ARROW_ASSIGN_OR_RAISE(reader, consumer->Request(request));
+  }
+  SummaryByName summary(reader->schema());
   Report report(reader->schema());
   bool in_mapping = true;
   for (;;) {
-    ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ARROW_RETURN_NOT_OK(reader->ReadNext(&batch));
     if (batch == nullptr) break;
-    in_mapping = in_mapping && AllBuffersInside(*stream, *batch);
-    summary.Add(*batch);
+    if (handover != nullptr) in_mapping = in_mapping && AllBuffersInside(*handover, *batch);
+    ARROW_RETURN_NOT_OK(summary.Add(*batch));
     report.Add(batch);
+    // A deliberately slow consumer holds each batch while it "works".
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
-  if (json) {
-    std::ostringstream extra;
-    extra << "\"memfd\":{\"inode\":" << stream->inode() << ",\"bytes\":" << stream->size()
-          << ",\"seals\":\"" << SealList(stream->seals())
-          << "\"},\"buffers_in_mapping\":" << (in_mapping ? "true" : "false");
-    std::cout << summary.ToJson(extra.str()) << std::endl;
-  } else {
+  // After a schema change, the stream's last schema.
+  summary.SetSchema(reader->schema());
+  report.SetSchema(reader->schema());
+
+  if (!json) {
     report.Print(std::cout);
+    return arrow::Status::OK();
   }
+  std::ostringstream extra;
+  if (handover != nullptr) {
+    // The single hand-over: the same members as always (and as python -m shmarrow.recv).
+    extra << "\"memfd\":{\"inode\":" << handover->inode() << ",\"bytes\":" << handover->size()
+          << ",\"seals\":\"" << SealList(handover->seals())
+          << "\"},\"buffers_in_mapping\":" << (in_mapping ? "true" : "false");
+  } else {
+    const auto stats = consumer->stats();
+    extra << "\"mode\":" << JsonQuote(consumer->mode()) << ",\"dropped\":" << stats.dropped
+          << ",\"schema_changes\":" << stats.schema_changes;
+    if (has_request) extra << ",\"request\":" << JsonQuote(request);
+  }
+  std::cout << summary.ToJson(extra.str()) << std::endl;
   return arrow::Status::OK();
 }
 

@@ -14,13 +14,66 @@
 namespace shmarrow::cli {
 namespace {
 
+/// A file whose asynchronous reads happen synchronously, in the caller's thread. Arrow's IPC
+/// readers read through ReadAsync; the default runs the read on Arrow's IO thread pool, whose
+/// worker may drop the result buffer (allocated from the arena's pool) after the arena is gone,
+/// even at exit. Here every buffer read has only the owners the caller can see.
+class SyncReadFile final : public arrow::io::RandomAccessFile {
+ public:
+  explicit SyncReadFile(std::shared_ptr<arrow::io::RandomAccessFile> file)
+      : file_(std::move(file)) {}
+
+  arrow::Status Close() override { return file_->Close(); }
+  bool closed() const override { return file_->closed(); }
+  arrow::Result<int64_t> Tell() const override { return file_->Tell(); }
+  arrow::Status Seek(int64_t position) override { return file_->Seek(position); }
+  arrow::Result<int64_t> GetSize() override { return file_->GetSize(); }
+  arrow::Result<int64_t> Read(int64_t nbytes, void* out) override {
+    return file_->Read(nbytes, out);
+  }
+  arrow::Result<std::shared_ptr<arrow::Buffer>> Read(int64_t nbytes) override {
+    return file_->Read(nbytes);
+  }
+  arrow::Result<int64_t> ReadAt(int64_t position, int64_t nbytes, bool allow_short_read,
+                                void* out) override {
+    return file_->ReadAt(position, nbytes, allow_short_read, out);
+  }
+  arrow::Result<int64_t> ReadAt(int64_t position, int64_t nbytes, void* out) override {
+    return file_->ReadAt(position, nbytes, out);
+  }
+  arrow::Result<std::shared_ptr<arrow::Buffer>> ReadAt(int64_t position, int64_t nbytes,
+                                                       bool allow_short_read) override {
+    return file_->ReadAt(position, nbytes, allow_short_read);
+  }
+  arrow::Result<std::shared_ptr<arrow::Buffer>> ReadAt(int64_t position,
+                                                       int64_t nbytes) override {
+    return file_->ReadAt(position, nbytes);
+  }
+  arrow::Future<std::shared_ptr<arrow::Buffer>> ReadAsync(const arrow::io::IOContext&,
+                                                          int64_t position, int64_t nbytes,
+                                                          bool allow_short_read) override {
+    return arrow::Future<std::shared_ptr<arrow::Buffer>>::MakeFinished(
+        file_->ReadAt(position, nbytes, allow_short_read));
+  }
+  arrow::Future<std::shared_ptr<arrow::Buffer>> ReadAsync(const arrow::io::IOContext&,
+                                                          int64_t position,
+                                                          int64_t nbytes) override {
+    return arrow::Future<std::shared_ptr<arrow::Buffer>>::MakeFinished(
+        file_->ReadAt(position, nbytes));
+  }
+
+ private:
+  std::shared_ptr<arrow::io::RandomAccessFile> file_;
+};
+
 /// Batches of an Arrow IPC file or stream, read one at a time into `pool`: each batch's body
 /// lands in the arena right before it is published, so republishing copies nothing.
 class IpcSource {
  public:
   static arrow::Result<IpcSource> Open(const std::string& path, arrow::MemoryPool* pool) {
     IpcSource source;
-    ARROW_ASSIGN_OR_RAISE(auto file, arrow::io::ReadableFile::Open(path, pool));
+    ARROW_ASSIGN_OR_RAISE(auto readable, arrow::io::ReadableFile::Open(path, pool));
+    auto file = std::make_shared<SyncReadFile>(std::move(readable));
     auto options = arrow::ipc::IpcReadOptions::Defaults();
     options.memory_pool = pool;
     auto as_file = arrow::ipc::RecordBatchFileReader::Open(file, options);
@@ -54,6 +107,13 @@ class IpcSource {
 }  // namespace
 
 arrow::Status RunSend(Args& args) {
+  if (args.Has("--mode")) {
+    const std::string mode = args.String("--mode", "");
+    if (mode != "ring" && mode != "sealed") {
+      return UsageError("--mode takes ring or sealed (leave it out for the single hand-over)");
+    }
+    return RunPublish(args, mode);
+  }
   const std::string socket = args.String("--socket", kDefaultSocketPath);
   ARROW_ASSIGN_OR_RAISE(int64_t rows, args.Int("--rows", 100));
   ARROW_ASSIGN_OR_RAISE(int64_t batches, args.Int("--batches", 1));
@@ -68,13 +128,15 @@ arrow::Status RunSend(Args& args) {
   const bool json = args.Flag("--json");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed());
   if (rows < 0 || batches < 1 || clients < 1 || !(null_fraction >= 0 && null_fraction <= 1)) {
-    return arrow::Status::Invalid("need --rows >= 0, --batches >= 1, --clients >= 1 and "
-                                  "--null-fraction in [0, 1]");
+    return UsageError("need --rows >= 0, --batches >= 1, --clients >= 1 and "
+                      "--null-fraction in [0, 1]");
   }
 
   std::shared_ptr<arrow::Schema> schema;
   if (from.empty()) {
-    ARROW_ASSIGN_OR_RAISE(schema, ParseSchemaSpec(spec));
+    auto parsed = ParseSchemaSpec(spec);
+    if (!parsed.ok()) return UsageError("--schema: " + parsed.status().message());
+    schema = *parsed;
   } else {
     ARROW_ASSIGN_OR_RAISE(auto probe, IpcSource::Open(from, arrow::default_memory_pool()));
     schema = probe.schema();

@@ -51,9 +51,13 @@ std::string RenderValue(const arrow::Array& array, int64_t i) {
 
 void Report::Add(const std::shared_ptr<arrow::RecordBatch>& batch) {
   rows_ += batch->num_rows();
-  if (head_rows_ < kHeadRows && batch->num_rows() > 0) {
-    head_.push_back(batch->Slice(0, std::min(batch->num_rows(), kHeadRows - head_rows_)));
-    head_rows_ += head_.back()->num_rows();
+  for (int64_t row = 0; row < batch->num_rows() && static_cast<int64_t>(head_.size()) < kHeadRows;
+       ++row) {
+    std::string line;
+    for (int c = 0; c < batch->num_columns(); ++c) {
+      line += (c ? "\t" : "") + RenderValue(*batch->column(c), row);
+    }
+    head_.push_back(std::move(line));
   }
 }
 
@@ -73,14 +77,7 @@ void Report::Print(std::ostream& out) const {
     out << (i ? "\t" : "") << schema_->field(i)->name();
   }
   out << "\n" << std::string(40, '-') << "\n";
-  for (const auto& batch : head_) {
-    for (int64_t row = 0; row < batch->num_rows(); ++row) {
-      for (int c = 0; c < batch->num_columns(); ++c) {
-        out << (c ? "\t" : "") << RenderValue(*batch->column(c), row);
-      }
-      out << "\n";
-    }
-  }
+  for (const auto& line : head_) out << line << "\n";
 }
 
 }  // namespace shmarrow::cli

@@ -40,6 +40,9 @@ struct ConsumerOptions {
   SchemaMatch match = SchemaMatch::kExact;
   /// How much of every batch is checked before it is returned.
   Validation validation = Validation::kFull;
+  /// Single hand-over only: refuse an unsealed memfd (true), or read a private copy of it
+  /// (SharedStreamOptions::require_seals).
+  bool require_seals = true;
 };
 
 struct ConsumerStats {
@@ -80,6 +83,9 @@ class Consumer : public arrow::RecordBatchReader {
   [[nodiscard]] virtual ConsumerStats stats() const = 0;
   /// "ring", "sealed" or "handover" (the single hand-over).
   [[nodiscard]] virtual std::string mode() const = 0;
+  /// The single hand-over's memfd (inode, size, seals, whether it was mapped; AllBuffersInside);
+  /// nullptr in ring and sealed modes.
+  [[nodiscard]] virtual std::shared_ptr<SharedStream> handover_stream() const { return nullptr; }
 };
 
 }  // namespace shmarrow
