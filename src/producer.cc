@@ -1077,8 +1077,9 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
   return WaitFor(
       lock, timeout_ms,
       [&] {
+        Reap();  // a connection that just died returns what it held now, not on the I/O thread
         for (const auto& [id, c] : connections_) {
-          if (!c->dead && (!c->held.empty() || c->pending_batches + c->pending_responses > 0)) {
+          if (!c->held.empty() || c->pending_batches + c->pending_responses > 0) {
             return false;
           }
         }
