@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "pool_util.h"
+
 namespace shmarrow::internal {
 namespace {
 constexpr int64_t kCommitChunk = int64_t{2} << 20;
@@ -115,12 +117,7 @@ arrow::Status ArenaPool::Reallocate(int64_t old_size, int64_t new_size, int64_t 
     Account(new_size - old_size);
     return arrow::Status::OK();
   }
-  uint8_t* moved = nullptr;
-  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &moved));
-  std::memcpy(moved, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
-  Free(*ptr, old_size, alignment);
-  *ptr = moved;
-  return arrow::Status::OK();
+  return MoveToNewBlock(this, old_size, new_size, alignment, ptr);
 }
 
 void ArenaPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {

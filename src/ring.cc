@@ -8,6 +8,7 @@
 #include <string>
 
 #include "errno_status.h"
+#include "pool_util.h"
 
 namespace shmarrow::internal {
 namespace {
@@ -170,12 +171,7 @@ arrow::Status RingPool::Reallocate(int64_t old_size, int64_t new_size, int64_t a
     if (new_size > old_size) total_allocated_ += new_size - old_size;
     return arrow::Status::OK();
   }
-  uint8_t* moved = nullptr;
-  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &moved));
-  std::memcpy(moved, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
-  Free(*ptr, old_size, alignment);
-  *ptr = moved;
-  return arrow::Status::OK();
+  return MoveToNewBlock(this, old_size, new_size, alignment, ptr);
 }
 
 void RingPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {

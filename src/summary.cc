@@ -145,27 +145,36 @@ std::optional<uint64_t> StreamSummary::checksum(int i) const {
   return columns_[i].checksum;
 }
 
-std::string StreamSummary::ToJson(const std::string& extra) const {
+std::string SummaryJson(const arrow::Schema& schema, int64_t batches, int64_t rows,
+                        const std::string& columns, const std::string& extra) {
   std::ostringstream out;
   out << "{\"schema\":[";
-  for (int i = 0; i < schema_->num_fields(); ++i) {
-    const auto& field = *schema_->field(i);
+  for (int i = 0; i < schema.num_fields(); ++i) {
+    const auto& field = *schema.field(i);
     out << (i ? "," : "") << "{\"name\":" << JsonQuote(field.name())
         << ",\"type\":" << JsonQuote(field.type()->ToString())
         << ",\"nullable\":" << (field.nullable() ? "true" : "false") << "}";
   }
-  out << "],\"batches\":" << batches_ << ",\"rows\":" << rows_ << ",\"columns\":[";
-  for (int i = 0; i < schema_->num_fields(); ++i) {
-    const auto& field = *schema_->field(i);
-    out << (i ? "," : "") << "{\"name\":" << JsonQuote(field.name())
-        << ",\"type\":" << JsonQuote(field.type()->ToString())
-        << ",\"null_count\":" << columns_[i].null_count << ",\"checksum\":"
-        << (columns_[i].supported ? JsonQuote(Hex(columns_[i].checksum)) : "null") << "}";
-  }
-  out << "]";
+  out << "],\"batches\":" << batches << ",\"rows\":" << rows << ",\"columns\":[" << columns << "]";
   if (!extra.empty()) out << "," << extra;
   out << "}";
   return out.str();
+}
+
+std::string ColumnJson(const arrow::Field& field, int64_t null_count,
+                       std::optional<uint64_t> checksum) {
+  return "{\"name\":" + JsonQuote(field.name()) + ",\"type\":" +
+         JsonQuote(field.type()->ToString()) + ",\"null_count\":" + std::to_string(null_count) +
+         ",\"checksum\":" + (checksum ? JsonQuote(Hex(*checksum)) : "null") + "}";
+}
+
+std::string StreamSummary::ToJson(const std::string& extra) const {
+  std::string columns;
+  for (int i = 0; i < schema_->num_fields(); ++i) {
+    if (i) columns += ",";
+    columns += ColumnJson(*schema_->field(i), columns_[i].null_count, checksum(i));
+  }
+  return SummaryJson(*schema_, batches_, rows_, columns, extra);
 }
 
 }  // namespace shmarrow

@@ -37,6 +37,18 @@ arrow::Result<UniqueFd> NewSocket(int type) {
   return fd;
 }
 
+/// Puts `fds` in one SCM_RIGHTS control message of `msg`, using `control` (room for 253 fds).
+void AttachFds(msghdr* msg, char* control, std::span<const int> fds) {
+  if (fds.empty()) return;
+  msg->msg_control = control;
+  msg->msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* cmsg = CMSG_FIRSTHDR(msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+}
+
 /// poll() for `events`; false on timeout. EINTR restarts the wait with the time that is left.
 arrow::Result<bool> WaitFor(int fd, short events, int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -164,15 +176,7 @@ arrow::Status UnixSocket::Send(std::span<const uint8_t> data, std::span<const in
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    if (sent == 0 && !fds.empty()) {  // the fds ride on the first byte only
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-      cmsg->cmsg_level = SOL_SOCKET;
-      cmsg->cmsg_type = SCM_RIGHTS;
-      cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-    }
+    if (sent == 0) AttachFds(&msg, control, fds);  // the fds ride on the first byte only
     const ssize_t n = RetryOnEintr([&] { return ::sendmsg(fd(), &msg, MSG_NOSIGNAL); });
     if (n < 0) {
       return ErrnoStatus(errno, "sendmsg(fd ", fd(), ", ", data.size() - sent, " bytes, ",
@@ -194,15 +198,7 @@ arrow::Result<bool> UnixSocket::TrySendDatagram(std::span<const uint8_t> data,
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
+  AttachFds(&msg, control, fds);
   const ssize_t n =
       RetryOnEintr([&] { return ::sendmsg(fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL); });
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;

@@ -75,12 +75,8 @@ arrow::Status ServeRequest(Producer& producer, std::string_view request, Respons
 }  // namespace
 
 arrow::Status RunPublish(Args& args, const std::string& mode) {
-  const std::string socket = args.String("--socket", kDefaultSocketPath);
-  ARROW_ASSIGN_OR_RAISE(int64_t rows, args.Int("--rows", 100));
-  ARROW_ASSIGN_OR_RAISE(int64_t batches, args.Int("--batches", 1));
-  const std::string spec = args.String("--schema", "rand:int32");
-  ARROW_ASSIGN_OR_RAISE(double null_fraction, args.Double("--null-fraction", 0.0));
-  ARROW_ASSIGN_OR_RAISE(int64_t seed, args.Int("--seed", 1));
+  ARROW_ASSIGN_OR_RAISE(auto generator_options, ParseGeneratorOptions(args));
+  const auto& [socket, rows, batches, spec, null_fraction, seed] = generator_options;
   ProducerOptions options;
   ARROW_ASSIGN_OR_RAISE(options.ring_size, args.Bytes("--ring-size", options.ring_size));
   ARROW_ASSIGN_OR_RAISE(double rate, args.Double("--rate", 0));

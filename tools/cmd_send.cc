@@ -114,12 +114,8 @@ arrow::Status RunSend(Args& args) {
     }
     return RunPublish(args, mode);
   }
-  const std::string socket = args.String("--socket", kDefaultSocketPath);
-  ARROW_ASSIGN_OR_RAISE(int64_t rows, args.Int("--rows", 100));
-  ARROW_ASSIGN_OR_RAISE(int64_t batches, args.Int("--batches", 1));
-  const std::string spec = args.String("--schema", "rand:int32");
-  ARROW_ASSIGN_OR_RAISE(double null_fraction, args.Double("--null-fraction", 0.0));
-  ARROW_ASSIGN_OR_RAISE(int64_t seed, args.Int("--seed", 1));
+  ARROW_ASSIGN_OR_RAISE(auto generator_options, ParseGeneratorOptions(args));
+  const auto& [socket, rows, batches, spec, null_fraction, seed] = generator_options;
   const std::string from = args.String("--from", "");
   ARROW_ASSIGN_OR_RAISE(int64_t clients, args.Int("--clients", 1));
   ARROW_ASSIGN_OR_RAISE(int64_t accept_timeout_ms, args.Int("--accept-timeout-ms", -1));

@@ -5,7 +5,22 @@
 
 #include <sstream>
 
+#include "cli_args.h"
+#include "shmarrow/handover.h"
+
 namespace shmarrow::cli {
+
+arrow::Result<GeneratorOptions> ParseGeneratorOptions(Args& args) {
+  GeneratorOptions options;
+  options.socket = args.String("--socket", kDefaultSocketPath);
+  ARROW_ASSIGN_OR_RAISE(options.rows, args.Int("--rows", options.rows));
+  ARROW_ASSIGN_OR_RAISE(options.batches, args.Int("--batches", options.batches));
+  options.schema_spec = args.String("--schema", options.schema_spec);
+  ARROW_ASSIGN_OR_RAISE(options.null_fraction, args.Double("--null-fraction", 0.0));
+  ARROW_ASSIGN_OR_RAISE(int64_t seed, args.Int("--seed", 1));
+  options.seed = static_cast<uint64_t>(seed);
+  return options;
+}
 
 arrow::Result<std::shared_ptr<arrow::Schema>> ParseSchemaSpec(const std::string& spec) {
   arrow::FieldVector fields;

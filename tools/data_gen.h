@@ -12,6 +12,19 @@
 
 namespace shmarrow::cli {
 
+class Args;
+
+/// The options every producing subcommand shares: where, and what to generate.
+struct GeneratorOptions {
+  std::string socket;
+  int64_t rows = 100;
+  int64_t batches = 1;
+  std::string schema_spec = "rand:int32";
+  double null_fraction = 0;
+  uint64_t seed = 1;
+};
+[[nodiscard]] arrow::Result<GeneratorOptions> ParseGeneratorOptions(Args& args);
+
 /// "name:type[,name:type...]" with types int32, int64, float64, utf8, bool.
 [[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> ParseSchemaSpec(const std::string& spec);
 

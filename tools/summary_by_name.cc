@@ -5,19 +5,12 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <sstream>
 
 namespace shmarrow::cli {
 namespace {
 
 constexpr uint64_t kNullHash = 0x9E3779B97F4A7C15ULL;  // docs/protocol.md
 constexpr int64_t kPaddingChunk = 1 << 16;
-
-std::string Hex(uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(value));
-  return text;
-}
 
 /// Names of `schema`'s fields made unique by occurrence: "a", "b", "a" -> keys a#0, b#0, a#1.
 template <typename OnField>
@@ -81,15 +74,7 @@ arrow::Status SummaryByName::Add(const arrow::RecordBatch& batch) {
 }
 
 std::string SummaryByName::ToJson(const std::string& extra) const {
-  std::ostringstream out;
-  out << "{\"schema\":[";
-  for (int i = 0; i < schema_->num_fields(); ++i) {
-    const auto& field = *schema_->field(i);
-    out << (i ? "," : "") << "{\"name\":" << JsonQuote(field.name())
-        << ",\"type\":" << JsonQuote(field.type()->ToString())
-        << ",\"nullable\":" << (field.nullable() ? "true" : "false") << "}";
-  }
-  out << "],\"batches\":" << batches_ << ",\"rows\":" << rows_ << ",\"columns\":[";
+  std::string columns;
   ForEachKeyed(*schema_, [&](int i, const std::string& name, int occurrence) {
     const auto& field = *schema_->field(i);
     int64_t null_count = 0;
@@ -102,14 +87,10 @@ std::string SummaryByName::ToJson(const std::string& extra) const {
     } else {
       checksum = StreamSummary(arrow::schema({schema_->field(i)})).checksum(0);  // no rows yet
     }
-    out << (i ? "," : "") << "{\"name\":" << JsonQuote(field.name())
-        << ",\"type\":" << JsonQuote(field.type()->ToString()) << ",\"null_count\":" << null_count
-        << ",\"checksum\":" << (checksum ? JsonQuote(Hex(*checksum)) : "null") << "}";
+    if (i) columns += ",";
+    columns += ColumnJson(field, null_count, checksum);
   });
-  out << "]";
-  if (!extra.empty()) out << "," << extra;
-  out << "}";
-  return out.str();
+  return SummaryJson(*schema_, batches_, rows_, columns, extra);
 }
 
 }  // namespace shmarrow::cli

@@ -48,4 +48,12 @@ class StreamSummary {
 /// JSON string literal (quoted, escaped).
 [[nodiscard]] std::string JsonQuote(const std::string& text);
 
+/// The summary's JSON around already-formatted parts: the schema from `schema`, the counts, the
+/// `columns` array members (see ColumnJson) and `extra` members.
+[[nodiscard]] std::string SummaryJson(const arrow::Schema& schema, int64_t batches, int64_t rows,
+                                      const std::string& columns, const std::string& extra);
+/// One member of the "columns" array.
+[[nodiscard]] std::string ColumnJson(const arrow::Field& field, int64_t null_count,
+                                     std::optional<uint64_t> checksum);
+
 }  // namespace shmarrow
