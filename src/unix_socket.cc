@@ -103,7 +103,17 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
       if (!S_ISSOCK(st.st_mode)) {
         return arrow::Status::IOError("refusing to replace '", path, "': it is not a socket");
       }
-      ::unlink(path.c_str());  // a dead producer's socket
+      // Only a dead producer's socket is replaced. The probe uses SOCK_SEQPACKET: a live stream
+      // socket answers EPROTOTYPE without accepting (and so without spending one of its clients).
+      ARROW_ASSIGN_OR_RAISE(UniqueFd probe, NewSocket(SOCK_SEQPACKET));
+      const int rc = RetryOnEintr([&] {
+        return ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address.first),
+                         address.second);
+      });
+      if (rc == 0 || errno != ECONNREFUSED) {
+        return arrow::Status::IOError("address '", path, "' is in use: a producer listens there");
+      }
+      ::unlink(path.c_str());
     }
   }
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address.first), address.second) != 0) {

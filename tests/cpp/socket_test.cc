@@ -576,25 +576,45 @@ TEST(UnixSocket, PeerCredentialsAreOurs) {
   EXPECT_EQ(peer.pid, ::getpid());
 }
 
-// A second producer on the same path replaces the first one's socket file. When the first one
-// then finishes, it must not remove the file that now belongs to the second: consumers would be
-// told that nobody listens while the second producer waits for them.
-TEST(UnixSocket, ListenerRemovesOnlyItsOwnSocketFile) {
-  const std::string path = test_util::UniqueTempPath("owner");
+// A live producer's socket is never taken over; a dead one's (left behind by a crash) is.
+TEST(UnixSocket, ListenRefusesALiveSocketAndReplacesAStaleOne) {
+  const std::string path = test_util::UniqueTempPath("live");
   {
     ASSERT_OK_AND_ASSIGN(auto first, UnixSocket::Listen(path, SOCK_STREAM, 0600));
-    struct stat first_st {}, second_st {};
-    ASSERT_EQ(::lstat(path.c_str(), &first_st), 0);
-    ASSERT_OK_AND_ASSIGN(auto second, UnixSocket::Listen(path, SOCK_STREAM, 0600));
-    ASSERT_EQ(::lstat(path.c_str(), &second_st), 0);
-    EXPECT_NE(first_st.st_ino, second_st.st_ino);
-    { UnixSocket finished = std::move(first); }
-    EXPECT_TRUE(PathExists(path)) << "the first listener removed the second one's socket file";
+    EXPECT_ERROR_CONTAINS(UnixSocket::Listen(path, SOCK_STREAM, 0600).status(), "in use");
+    EXPECT_ERROR_CONTAINS(UnixSocket::Listen(path, SOCK_SEQPACKET, 0600).status(), "in use");
+  }
+  // A stale socket file: bound, then its process went away without removing it.
+  UniqueFd stale(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(stale.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  stale.reset();
+  ASSERT_TRUE(PathExists(path));
+  {
+    ASSERT_OK_AND_ASSIGN(auto replacement, UnixSocket::Listen(path, SOCK_STREAM, 0600));
     ASSERT_OK_AND_ASSIGN(auto client, UnixSocket::Connect(path, SOCK_STREAM, 0));
-    ASSERT_OK_AND_ASSIGN(auto accepted, second.Accept(5000));
+    ASSERT_OK_AND_ASSIGN(auto accepted, replacement.Accept(5000));
     EXPECT_GE(accepted.fd(), 0);
   }
-  EXPECT_FALSE(PathExists(path)) << "the second listener left its socket file behind";
+  EXPECT_FALSE(PathExists(path)) << "the listener left its socket file behind";
+}
+
+// A listener removes its socket file only while the file is still its own: if something else
+// replaced it meanwhile, that file stays.
+TEST(UnixSocket, ListenerRemovesOnlyItsOwnSocketFile) {
+  const std::string path = test_util::UniqueTempPath("owner");
+  ASSERT_OK_AND_ASSIGN(auto first, UnixSocket::Listen(path, SOCK_STREAM, 0600));
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  UniqueFd other(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(other.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  { UnixSocket finished = std::move(first); }
+  EXPECT_TRUE(PathExists(path)) << "the first listener removed a socket file that is not its own";
+  ::unlink(path.c_str());
 }
 
 // Move-assigning over a listener closes it like destruction does: its socket file goes too.
