@@ -25,13 +25,17 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha
-want=$(sha256sum requirements.txt python/pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages (requirements.txt)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e python
   echo "$want" > "$stamp"
 fi
+# The shmarrow package itself (pure-Python modules and the compiled binding), rebuilt
+# incrementally in build-python/ whenever the sources changed.
+echo "bootstrap: building the Python package"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+  -e . -C build-dir=build-python
 
 build_type=${SHMARROW_BUILD_TYPE:-RelWithDebInfo}
 if [ ! -f build/build.ninja ]; then

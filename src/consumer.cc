@@ -137,6 +137,10 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return streams_[stream].schema; }
 
  private:
+  /// Takes the next queued event of `stream` without receiving: true with `batch` set for a batch,
+  /// true with `batch` null at the end, false when nothing decisive is queued (schema changes
+  /// are applied on the way); an error event is returned as the error.
+  arrow::Result<bool> TakeQueued(uint32_t stream, std::shared_ptr<arrow::RecordBatch>* batch);
   /// Receives and handles one message; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
@@ -420,30 +424,8 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
-    auto& events = streams_[stream].events;
-    while (!events.empty()) {
-      Event event = std::move(events.front());
-      if (std::holds_alternative<EndOfStream>(event)) return arrow::Status::OK();  // stays queued
-      events.pop_front();
-      if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&event)) {
-        if (stream == 0) {
-          schema_ = options_.columns.empty()
-                        ? *schema
-                        : internal::ProjectSchema(
-                              **schema, internal::ProjectionIndices(**schema, options_.columns)
-                                            .ValueOr(std::vector<int>{}));
-          ++stats_.schema_changes;
-        }
-        continue;
-      }
-      if (auto* status = std::get_if<arrow::Status>(&event)) {
-        streams_.erase(stream);
-        return *status;
-      }
-      *batch = std::get<std::shared_ptr<arrow::RecordBatch>>(std::move(event));
-      ++stats_.batches;
-      return arrow::Status::OK();
-    }
+    ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(stream, batch));
+    if (decided) return arrow::Status::OK();
     if (!fatal_.ok()) return fatal_;
     int wait = -1;
     if (timeout_ms >= 0) {
@@ -459,7 +441,38 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
   }
 }
 
+arrow::Result<bool> ConsumerImpl::TakeQueued(uint32_t stream,
+                                             std::shared_ptr<arrow::RecordBatch>* batch) {
+  auto& events = streams_[stream].events;
+  while (!events.empty()) {
+    Event event = std::move(events.front());
+    if (std::holds_alternative<EndOfStream>(event)) return true;  // stays queued: end is final
+    events.pop_front();
+    if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&event)) {
+      if (stream == 0) {
+        schema_ = options_.columns.empty()
+                      ? *schema
+                      : internal::ProjectSchema(
+                            **schema, internal::ProjectionIndices(**schema, options_.columns)
+                                          .ValueOr(std::vector<int>{}));
+        ++stats_.schema_changes;
+      }
+      continue;
+    }
+    if (auto* status = std::get_if<arrow::Status>(&event)) {
+      const arrow::Status error = *status;
+      streams_.erase(stream);
+      return error;
+    }
+    *batch = std::get<std::shared_ptr<arrow::RecordBatch>>(std::move(event));
+    ++stats_.batches;
+    return true;
+  }
+  return false;
+}
+
 arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::RecordBatch>* batch) {
+  batch->reset();
   if (handover_ != nullptr) {
     ARROW_RETURN_NOT_OK(Next(0, 0, batch));
     return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
@@ -468,14 +481,10 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
     if (!got || !fatal_.ok()) break;
   }
-  auto& events = streams_[0].events;
-  if (events.empty()) {
-    if (!fatal_.ok()) return fatal_;
-    return Poll::kPending;
-  }
-  ARROW_RETURN_NOT_OK(Next(0, 0, batch));
-  if (*batch != nullptr) return Poll::kBatch;
-  return streams_[0].events.empty() ? Poll::kPending : Poll::kEnd;
+  ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
+  if (decided) return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+  if (!fatal_.ok()) return fatal_;
+  return Poll::kPending;
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(

@@ -5,3 +5,27 @@ per-column checksums the C++ library computes too, so both ends of a hand-over c
 """
 
 __version__ = "0.1.0"
+
+# The compiled binding (shmarrow._native, built by `pip install .` at the repository root):
+# Producer and Consumer of the C++ library. Without it, the pure-Python modules above still work;
+# its names then raise ImportError saying why it is missing.
+# extend_path: a checkout's python/ first on sys.path still finds an installed extension.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+_NATIVE_NAMES = (
+    "Allocation", "ClosedError", "Consumer", "InvalidError", "Producer", "RefusedError",
+    "RequestError", "ShmarrowError", "ShmarrowMemoryError", "ShmarrowOSError",
+    "ShmarrowTimeoutError", "StreamError", "UnsupportedError",
+)
+try:
+    from ._native_api import (  # noqa: F401
+        Allocation, ClosedError, Consumer, InvalidError, Producer, RefusedError, RequestError,
+        ShmarrowError, ShmarrowMemoryError, ShmarrowOSError, ShmarrowTimeoutError, StreamError,
+        UnsupportedError,
+    )
+except ImportError as _native_error:  # no extension: keep the pure-Python package usable
+    _native_import_error = _native_error
+
+    def __getattr__(name):
+        if name in _NATIVE_NAMES:
+            raise ImportError(f"shmarrow.{name} is unavailable: {_native_import_error}")
+        raise AttributeError(f"module 'shmarrow' has no attribute {name!r}")

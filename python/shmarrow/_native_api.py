@@ -1,0 +1,584 @@
+"""Producer and Consumer: shmarrow's C++ library for Python (the compiled extension ``_native``).
+
+A :class:`Producer` publishes Arrow record batches to any number of :class:`Consumer` processes on
+the same host through shared memory (memfd); a consumer receives ``pyarrow.RecordBatch`` objects
+whose buffers *are* that shared memory — nothing is copied on the way. A batch's memory returns to
+the producer when the last Python object over it (batch, array, buffer, numpy view) is freed.
+
+Both ends speak the Arrow PyCapsule interface: a Consumer is an ``__arrow_c_stream__`` source
+(``pyarrow.RecordBatchReader.from_stream``, polars, duckdb read it without copying) and
+``Producer.publish`` takes anything exporting ``__arrow_c_array__``/``__arrow_c_stream__`` (pyarrow,
+polars, ...) or a pandas DataFrame.
+
+Blocking calls release the GIL. Reading, connecting and the producer's waits wake at least every
+100 ms on the main thread to run signal handlers, so Ctrl-C (KeyboardInterrupt) interrupts them;
+publish()/allocate() waiting for room and request() waiting for its answer are bounded by
+block_timeout and timeout instead. Failures raise :class:`ShmarrowError` subclasses carrying the
+library's message.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Optional, Union
+
+import pyarrow as pa  # first: shmarrow._native uses the libarrow that pyarrow loads
+
+try:
+    from . import _native
+except ImportError as _error:
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}._native") is None:
+        raise ImportError("the compiled extension shmarrow._native is not installed: build it "
+                          "with `pip install .` at the repository root") from _error
+    raise
+from ._native import Allocation
+
+__all__ = [
+    "Allocation",
+    "ClosedError",
+    "Consumer",
+    "InvalidError",
+    "Producer",
+    "RefusedError",
+    "RequestError",
+    "ShmarrowError",
+    "ShmarrowMemoryError",
+    "ShmarrowOSError",
+    "ShmarrowTimeoutError",
+    "StreamError",
+    "UnsupportedError",
+]
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+class ShmarrowError(Exception):
+    """Base class of every error raised by shmarrow's Producer and Consumer."""
+
+
+class InvalidError(ShmarrowError, ValueError):
+    """Invalid input: a schema that does not match, an unknown projection column, a batch that
+    does not fit the producer's schema, a call that is not allowed now (publish after end())."""
+
+
+class RefusedError(ShmarrowError, ConnectionError):
+    """The producer refused this consumer (its consumer limit, the uid, or a schema or projection
+    it cannot serve); the message says why."""
+
+
+class StreamError(ShmarrowError, ConnectionError):
+    """The producer went away without ending the stream, or ended it with an error."""
+
+
+class RequestError(ShmarrowError, RuntimeError):
+    """A request failed at the producer: its handler raised (the message carries the exception)
+    or it has none."""
+
+
+class ShmarrowTimeoutError(ShmarrowError, TimeoutError):
+    """Nothing happened within the timeout: a read, a wait, or room to publish (block_timeout)."""
+
+
+class ClosedError(ShmarrowError, RuntimeError):
+    """The Producer or Consumer is closed."""
+
+
+class UnsupportedError(ShmarrowError, NotImplementedError):
+    """Something the library does not support (dictionary columns in ring mode, ...)."""
+
+
+class ShmarrowMemoryError(ShmarrowError, MemoryError):
+    """Shared memory could not be had (an allocation larger than the ring, ...)."""
+
+
+class ShmarrowOSError(ShmarrowError, OSError):
+    """A system call failed. With an errno, the exception is also the matching builtin subclass:
+    no producer at the address is ``ConnectionRefusedError`` or ``FileNotFoundError``."""
+
+
+_os_error_classes: dict = {}
+
+# Messages of the library's timeouts that come as I/O errors.
+_TIMEOUT_MESSAGE = re.compile(r"^no .*(within -?\d+ ms|\(not waiting: fail fast\)|in time)$")
+
+
+def _os_error(err: int, message: str) -> ShmarrowOSError:
+    builtin = type(OSError(err, ""))
+    cls = ShmarrowOSError
+    if builtin is not OSError:
+        cls = _os_error_classes.get(builtin)
+        if cls is None:
+            cls = type("Shmarrow" + builtin.__name__, (ShmarrowOSError, builtin),
+                       {"__module__": __name__, "__doc__": builtin.__doc__})
+            _os_error_classes[builtin] = cls
+    return cls(err, message)
+
+
+def _error_from_status(kind: str, err: int, message: str, context: str) -> ShmarrowError:
+    """The exception for a failure of the C++ library (called by shmarrow._native)."""
+    if err:
+        return _os_error(err, message)
+    if kind == "timeout":
+        return ShmarrowTimeoutError(message)
+    if kind in ("cancelled", "closed"):
+        return ClosedError(message)
+    if kind == "io":
+        if _TIMEOUT_MESSAGE.match(message):
+            return ShmarrowTimeoutError(message)
+        if context == "request":
+            return RequestError(message)
+        if message.startswith("producer"):
+            return StreamError(message)
+        return ShmarrowOSError(message)
+    if kind == "out_of_memory":
+        if message.startswith("ring full"):
+            return ShmarrowTimeoutError(message)  # the ring stayed full for block_timeout
+        return ShmarrowMemoryError(message)
+    if kind == "not_implemented":
+        return UnsupportedError(message)
+    if " refused: " in message:
+        return RefusedError(message)
+    if kind in ("invalid", "type", "key", "index", "capacity", "serialization", "already_exists"):
+        return InvalidError(message)
+    return ShmarrowError(message)
+
+
+_native._set_error_factory(_error_from_status)
+
+
+# ---- conversions ----------------------------------------------------------------------------------
+
+def _milliseconds(seconds: Optional[float], name: str) -> int:
+    """Seconds (None: forever) as the library's milliseconds (-1: forever)."""
+    if seconds is None:
+        return -1
+    if seconds < 0 or math.isnan(seconds):
+        raise ValueError(f"{name} must be >= 0 seconds, or None (forever); got {seconds!r}")
+    return min(2**31 - 1, math.ceil(seconds * 1000))
+
+
+def _schema_capsule(schema: Any, name: str) -> Any:
+    if hasattr(schema, "__arrow_c_schema__"):
+        return schema.__arrow_c_schema__()
+    raise TypeError(f"{name} must be a pyarrow.Schema (or export __arrow_c_schema__), "
+                    f"not {type(schema).__name__}")
+
+
+def _is_pandas(data: Any) -> bool:
+    cls = type(data)
+    return cls.__name__ == "DataFrame" and cls.__module__.partition(".")[0] == "pandas"
+
+
+def _is_iterable(data: Any) -> bool:
+    return isinstance(data, Iterable) and not isinstance(
+        data, (str, bytes, bytearray, memoryview, dict))
+
+
+def _castable(source: pa.Schema, target: pa.Schema) -> bool:
+    """Whether data of ``source`` differs from ``target`` only in types (same names)."""
+    return not source.equals(target) and source.names == target.names
+
+
+def _as_batch(data: Any, schema: Optional[pa.Schema] = None) -> pa.RecordBatch:
+    if isinstance(data, pa.RecordBatch):
+        return data
+    if _is_pandas(data):
+        return pa.RecordBatch.from_pandas(data, schema=schema, preserve_index=False)
+    if hasattr(data, "__arrow_c_array__"):
+        return pa.record_batch(data)
+    raise TypeError(f"expected a record batch, not {type(data).__name__}")
+
+
+def _as_reader(data: Any, schema: Optional[pa.Schema] = None) -> pa.RecordBatchReader:
+    """Anything publishable as a RecordBatchReader (lazily: a generator is read as it goes)."""
+    if isinstance(data, pa.RecordBatchReader):
+        return data
+    if _is_pandas(data) or hasattr(data, "__arrow_c_array__"):
+        batch = _as_batch(data, schema)
+        return pa.RecordBatchReader.from_batches(batch.schema, [batch])
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(data)
+    if _is_iterable(data):
+        items = iter(data)
+        first = next(items, None)
+        if first is None:
+            return pa.RecordBatchReader.from_batches(schema or pa.schema([]), [])
+        first = _as_batch(first, schema)
+        rest = (_as_batch(item, schema) for item in items)
+        return pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], rest))
+    raise TypeError("expected a RecordBatch, Table, RecordBatchReader, an object exporting "
+                    "__arrow_c_array__ or __arrow_c_stream__, a pandas DataFrame, or an iterable "
+                    f"of batches; not {type(data).__name__}")
+
+
+# ---- Consumer ---------------------------------------------------------------------------------
+
+class Consumer:
+    """Receives the stream of a :class:`Producer` (or of ``shmarrow send``) at ``address``.
+
+    Iterating yields ``pyarrow.RecordBatch`` objects over the shared memory itself; iteration ends
+    when the producer ends the stream. A batch is released to the producer when the last Python
+    object over it is gone (``del`` it; ``gc.collect()`` if it is in a reference cycle).
+
+    :param address: the producer's socket: a path, or ``"@name"`` (abstract namespace).
+    :param lossy: fall behind by losing the oldest batches (counted in :attr:`dropped`) instead of
+        holding the producer back.
+    :param start_at_oldest: start with the oldest batches the producer retains (its ``retain``).
+    :param max_in_flight: batches this consumer may hold at once; 0: the producer's limit.
+    :param columns: projection: only these columns (no copy). None: all.
+    :param expect_schema: refuse a producer whose schema does not match (``schema_match``).
+    :param schema_match: ``"exact"`` (equal schemas) or ``"subset"`` (every expected field exists
+        with the same type).
+    :param validate: ``"full"`` (``ValidateFull`` on every batch: offsets, UTF-8, bounds) or
+        ``"basic"`` (structure only; for producers you trust).
+    :param connect_timeout: seconds to keep retrying while nobody listens yet (None: forever).
+    :param timeout: seconds a blocking read waits for a message before raising
+        :class:`ShmarrowTimeoutError` (None: forever).
+    :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
+    :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
+        (:class:`ShmarrowOSError` subclasses).
+    """
+
+    def __init__(self, address: str, *, lossy: bool = False, start_at_oldest: bool = False,
+                 max_in_flight: int = 0, columns: Optional[Iterable[str]] = None,
+                 expect_schema: Optional[pa.Schema] = None, schema_match: str = "exact",
+                 validate: str = "full", connect_timeout: Optional[float] = 0.0,
+                 timeout: Optional[float] = None):
+        if schema_match not in ("exact", "subset"):
+            raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
+        if validate not in ("full", "basic"):
+            raise ValueError(f"validate must be 'full' or 'basic', not {validate!r}")
+        if max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be >= 0, not {max_in_flight}")
+        if isinstance(columns, str):
+            raise TypeError("columns must be a list of names, not a string")
+        self.address = address
+        self._timeout_ms = _milliseconds(timeout, "timeout")
+        expect = None if expect_schema is None else _schema_capsule(expect_schema, "expect_schema")
+        self._native = _native._Consumer(
+            address, lossy, start_at_oldest, max_in_flight, list(columns or []), expect,
+            schema_match == "subset", validate == "full",
+            _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms)
+
+    # -- reading
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        capsules = self._native.next(self._timeout_ms)
+        if capsules is None:
+            raise StopIteration
+        return pa.RecordBatch._import_from_c_capsule(*capsules)
+
+    def read_next_batch(self, timeout: Optional[float] = None) -> Optional[pa.RecordBatch]:
+        """The next batch, waiting up to ``timeout`` seconds (None: the consumer's timeout);
+        None at the end of the stream."""
+        timeout_ms = self._timeout_ms if timeout is None else _milliseconds(timeout, "timeout")
+        capsules = self._native.next(timeout_ms)
+        return None if capsules is None else pa.RecordBatch._import_from_c_capsule(*capsules)
+
+    def try_next(self) -> Optional[pa.RecordBatch]:
+        """The next batch if one has arrived, else None at once (then :attr:`ended` tells
+        whether the stream is over). For event loops, with :meth:`fileno`."""
+        capsules = self._native.try_next()
+        return None if capsules is None else pa.RecordBatch._import_from_c_capsule(*capsules)
+
+    @property
+    def ended(self) -> bool:
+        """True once the end of the stream has been read."""
+        return self._native.ended
+
+    def fileno(self) -> int:
+        """A file descriptor that becomes readable when :meth:`try_next` may have a batch (for
+        select/poll/selectors/asyncio's add_reader). Level-triggered; -1 once closed."""
+        return self._native.fileno()
+
+    def read_all(self) -> pa.Table:
+        """The rest of the stream as a ``pyarrow.Table`` (its chunks are the received batches:
+        no copy)."""
+        batches = list(self)
+        if not batches:
+            return self.schema.empty_table()
+        schema = batches[0].schema
+        if any(not b.schema.equals(schema) for b in batches[1:]):
+            raise InvalidError("the producer changed the schema during the stream: a Table has "
+                               "one schema (iterate the Consumer to see each batch's)")
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def request(self, data: Union[bytes, str]) -> pa.RecordBatchReader:
+        """Sends ``data`` to the producer's request handler; returns a reader of its answer.
+
+        The wait for the answer (the consumer's ``timeout``; None: up to 60 s for its first
+        batch) releases the GIL but is not interrupted by Ctrl-C, and other threads' use of this
+        consumer waits meanwhile.
+
+        :raises RequestError: the handler raised (its message) or the producer has none.
+        """
+        if isinstance(data, str):
+            data = data.encode()
+        capsule = self._native.request(bytes(data))
+        return pa.RecordBatchReader._import_from_c_capsule(capsule)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """The Arrow PyCapsule stream interface: the rest of the stream, without copying.
+
+        The stream has today's schema; if the producer changes it, reading fails (iterate the
+        Consumer to follow schema changes). Reads honour ``timeout``. Ctrl-C during a read on the
+        main thread makes it fail with the reading library's error ("interrupted by a signal")
+        and raises KeyboardInterrupt as soon as Python code runs again; libraries that read on
+        threads of their own (duckdb) cannot be interrupted: bound them with ``timeout``.
+        """
+        capsule = self._native.stream(self._timeout_ms)
+        if requested_schema is None:
+            return capsule
+        # Casting (a copy) only when the requested schema differs: pyarrow does it.
+        reader = pa.RecordBatchReader._import_from_c_capsule(capsule)
+        return reader.__arrow_c_stream__(requested_schema)
+
+    # -- state
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The current schema (after a projection: the projected one)."""
+        return pa.Schema._import_from_c_capsule(self._native.schema())
+
+    @property
+    def mode(self) -> str:
+        """``"ring"``, ``"sealed"`` or ``"handover"`` (``shmarrow send`` without ``--mode``)."""
+        return self._native.mode
+
+    @property
+    def stats(self) -> dict:
+        """``{"batches", "dropped", "schema_changes", "released"}``."""
+        return self._native.stats()
+
+    @property
+    def dropped(self) -> int:
+        """Batches lost so far (lossy consumers)."""
+        return self._native.stats()["dropped"]
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def close(self) -> None:
+        """Detaches from the producer. Batches already received stay valid."""
+        self._native.close()
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.mode
+        return f"<shmarrow.Consumer {self.address!r} {state}>"
+
+
+# ---- Producer ---------------------------------------------------------------------------------
+
+_open_producers: "weakref.WeakSet[Producer]" = weakref.WeakSet()
+_open_producers_lock = threading.Lock()
+
+
+@atexit.register
+def _close_producers_at_exit() -> None:
+    # Before the interpreter finalizes: the producers' threads may still need the GIL.
+    with _open_producers_lock:
+        producers = list(_open_producers)
+    for producer in producers:
+        producer.close()
+
+
+class Producer:
+    """Publishes a stream of record batches to any number of :class:`Consumer` (and
+    ``shmarrow recv``) processes, listening at ``address``.
+
+    :param address: the socket: a path, or ``"@name"`` (abstract namespace).
+    :param schema: the stream's schema (``change_schema`` announces another).
+    :param mode: ``"ring"`` (one shared ring; consumers trust this producer) or ``"sealed"``
+        (every batch is its own sealed memfd: for consumers that do not trust it).
+    :param ring_size: ring mode: bytes of shared memory for batches in flight.
+    :param block_timeout: seconds ``publish`` (and ``allocate``, in ring mode) wait for room when
+        a consumer is behind or the ring is full: None forever, 0 fail at once
+        (:class:`ShmarrowTimeoutError`).
+    :param max_consumers: consumers served at once; more are refused (:class:`RefusedError`).
+    :param max_in_flight: batches a consumer may hold unreleased.
+    :param retain: published batches kept for consumers that join later with
+        ``start_at_oldest``.
+    :param socket_mode: file mode of a filesystem socket.
+    :param allow_any_uid: serve every user (else only this uid and ``allowed_uids``).
+    :param allowed_uids: other uids allowed to connect.
+    :param name: memfd name (shows in /proc/PID/maps as ``memfd:NAME``).
+    """
+
+    def __init__(self, address: str, schema: pa.Schema, *, mode: str = "ring",
+                 ring_size: int = 64 << 20, block_timeout: Optional[float] = None,
+                 max_consumers: int = 64, max_in_flight: int = 64, retain: int = 0,
+                 socket_mode: int = 0o600, allow_any_uid: bool = False,
+                 allowed_uids: Iterable[int] = (), name: str = "shmarrow"):
+        if mode not in ("ring", "sealed"):
+            raise ValueError(f"mode must be 'ring' or 'sealed', not {mode!r}")
+        for option, value in (("ring_size", ring_size), ("max_consumers", max_consumers),
+                              ("max_in_flight", max_in_flight)):
+            if value <= 0:
+                raise ValueError(f"{option} must be > 0, not {value}")
+        if retain < 0:
+            raise ValueError(f"retain must be >= 0, not {retain}")
+        self._native = _native._Producer(
+            address, _schema_capsule(schema, "schema"), mode == "ring", ring_size,
+            _milliseconds(block_timeout, "block_timeout"), max_consumers, max_in_flight, retain,
+            socket_mode, list(allowed_uids), allow_any_uid, name)
+        with _open_producers_lock:
+            _open_producers.add(self)
+
+    # -- publishing
+
+    def publish(self, data: Any) -> None:
+        """Sends ``data`` to every attached consumer: a ``pyarrow.RecordBatch`` or ``Table``,
+        anything exporting ``__arrow_c_array__`` (one batch) or ``__arrow_c_stream__`` (each of
+        its batches: polars DataFrames, RecordBatchReaders, ...), a pandas DataFrame (converted
+        to the producer's schema), or an iterable of those.
+
+        Buffers inside memory from :meth:`allocate` are published where they are; others are
+        copied into shared memory once (``stats["bytes_copied"]``). Data whose columns have the
+        producer's names but other types (polars exports ``string_view``) is cast to the
+        producer's schema first (a copy of those columns). Waits for room per ``block_timeout``.
+
+        The wait for room releases the GIL but is not interrupted by Ctrl-C: bound it with
+        ``block_timeout``.
+
+        :raises InvalidError: the batch's schema differs from the producer's.
+        :raises ShmarrowTimeoutError: no room within ``block_timeout``.
+        """
+        schema = self.schema
+        if _is_pandas(data):
+            data = pa.RecordBatch.from_pandas(data, schema=schema, preserve_index=False)
+        if hasattr(data, "__arrow_c_array__"):
+            batch = data if isinstance(data, pa.RecordBatch) else pa.record_batch(data)
+            if _castable(batch.schema, schema):
+                batch = batch.cast(schema)
+            self._native.publish_batch(*batch.__arrow_c_array__())
+        elif hasattr(data, "__arrow_c_stream__"):
+            reader = pa.RecordBatchReader.from_stream(data)
+            if _castable(reader.schema, schema):
+                reader = reader.cast(schema)
+            self._native.publish_stream(reader.__arrow_c_stream__())
+        elif _is_iterable(data):
+            for item in data:
+                self.publish(item)
+        else:
+            raise TypeError("publish() takes a RecordBatch, Table, an object exporting "
+                            "__arrow_c_array__ or __arrow_c_stream__, a pandas DataFrame, or an "
+                            f"iterable of those; not {type(data).__name__}")
+
+    def allocate(self, nbytes: int) -> Allocation:
+        """``nbytes`` of shared memory to build a batch in (64-byte aligned): fill numpy arrays
+        made with ``numpy.frombuffer(allocation, dtype)``, wrap them with
+        ``pyarrow.py_buffer``/``pyarrow.Array.from_buffers``, and publish: nothing is copied
+        (``stats["bytes_copied"]`` stays 0).
+
+        Ring mode: taken from the ring, waiting per ``block_timeout`` when it is full (not
+        interrupted by Ctrl-C). Sealed mode: made in the arena of the next batch published
+        (allocate after the previous ``publish``). See :class:`Allocation` for when not to write.
+        """
+        return self._native.allocate(nbytes)
+
+    def change_schema(self, schema: pa.Schema) -> None:
+        """Announces a new schema; consumers see it before the next batch."""
+        self._native.change_schema(_schema_capsule(schema, "schema"))
+
+    def end(self) -> None:
+        """Ends the stream: consumers finish iterating after the batches published before."""
+        self._native.end()
+
+    def set_request_handler(
+            self, handler: Optional[Callable[[bytes], Any]]) -> None:
+        """Answers consumers' :meth:`Consumer.request` calls: ``handler(request: bytes)`` returns
+        what to send back — anything :meth:`publish` takes, a RecordBatchReader or generator of
+        batches, or None for an empty answer. An exception becomes a :class:`RequestError` at
+        the requester, with its message. The handler runs on a thread of the producer (one per
+        request), holding the GIL while it runs. None removes the handler."""
+        if handler is None:
+            self._native.set_request_handler(None)
+            return
+
+        def answer(request: bytes) -> Any:
+            result = handler(request)
+            if result is None:
+                return None
+            return _as_reader(result).__arrow_c_stream__()
+
+        self._native.set_request_handler(answer)
+
+    # -- waiting
+
+    def wait_for_consumers(self, count: int = 1, timeout: Optional[float] = None) -> None:
+        """Waits until ``count`` consumers are attached.
+
+        :raises ShmarrowTimeoutError: not within ``timeout`` seconds (None: forever).
+        """
+        self._native.wait_for_consumers(count, _milliseconds(timeout, "timeout"))
+
+    def wait_until_drained(self, timeout: Optional[float] = None) -> None:
+        """Waits until no consumer holds or has queued any batch (all released, or gone).
+
+        :raises ShmarrowTimeoutError: not within ``timeout`` seconds (None: forever).
+        """
+        self._native.wait_until_drained(_milliseconds(timeout, "timeout"))
+
+    # -- state
+
+    @property
+    def stats(self) -> dict:
+        """``{"published", "bytes_copied", "consumers", "consumers_total",
+        "consumers_refused", "dropped", "in_flight", "ring_bytes_in_use"}``."""
+        return self._native.stats()
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.Schema._import_from_c_capsule(self._native.schema())
+
+    @property
+    def mode(self) -> str:
+        """``"ring"`` or ``"sealed"``."""
+        return self._native.mode
+
+    @property
+    def address(self) -> str:
+        return self._native.address
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def close(self) -> None:
+        """Stops serving (consumers still attached get an error) and removes the socket.
+        Memory from :meth:`allocate` stays valid in ring mode."""
+        self._native.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Ends the stream (when leaving without an exception), then closes. Call
+        :meth:`wait_until_drained` first when consumers must read everything."""
+        try:
+            if exc_type is None and not self.closed:
+                self.end()
+        finally:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.mode
+        return f"<shmarrow.Producer {self.address!r} {state}>"

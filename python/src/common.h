@@ -1,0 +1,159 @@
+// Helpers shared by the binding's parts: errors, Arrow C data interface capsules, signals, polling.
+//
+// Rules every part follows (they keep the GIL and the library's threads from deadlocking):
+// - Every call into shmarrow::Producer or shmarrow::Consumer is made with the GIL released. The
+//   producer's I/O thread may free batches whose buffers belong to Python objects (their release
+//   takes the GIL) while it holds the producer's lock, so a thread holding the GIL must never wait
+//   for that lock.
+// - A binding lock (ConsumerState::mutex, ProducerState::mutex) is never held while the GIL is
+//   being acquired.
+// - Blocking waits are slices of at most kSliceMs; between slices pending signals are handled, so
+//   Ctrl-C interrupts them.
+#pragma once
+
+#include <Python.h>
+#include <arrow/c/abi.h>
+#include <arrow/record_batch.h>
+#include <arrow/result.h>
+#include <arrow/status.h>
+#include <nanobind/nanobind.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace shmarrow::python {
+
+namespace nb = nanobind;
+
+/// Longest a blocking call waits without looking at pending signals.
+inline constexpr int kSliceMs = 100;
+
+// ---- errors --------------------------------------------------------------------------------------
+
+/// The Python callable (set by shmarrow._native_api) that turns (kind, errno, message, context)
+/// into the exception to raise. Without one, RuntimeError is raised.
+void SetErrorFactory(nb::handle factory);
+
+/// Raises the Python exception for `status` (a ShmarrowError subclass chosen by its code, errno and
+/// message). `context` names the operation ("connect", "publish", "request", ...).
+[[noreturn]] void ThrowStatus(const arrow::Status& status, const char* context);
+
+/// Raises an exception of a kind the library has no status code for: "timeout", "closed",
+/// "invalid".
+[[noreturn]] void ThrowKind(const char* kind, const std::string& message, const char* context);
+
+inline void CheckOk(const arrow::Status& status, const char* context) {
+  if (!status.ok()) ThrowStatus(status, context);
+}
+
+template <typename T>
+T ValueOrThrow(arrow::Result<T> result, const char* context) {
+  if (!result.ok()) ThrowStatus(result.status(), context);
+  return std::move(result).ValueUnsafe();
+}
+
+// ---- Arrow C data interface capsules (names from the Arrow PyCapsule interface) -----------------
+
+nb::object SchemaCapsule(const arrow::Schema& schema);
+/// (arrow_schema capsule, arrow_array capsule) of a record batch: the array shares the batch's
+/// buffers (no copy) and keeps the batch alive until it is released.
+nb::tuple BatchCapsules(const std::shared_ptr<arrow::RecordBatch>& batch);
+nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader);
+
+std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule);
+/// Moves the structs out of the capsules (the capsules are then spent).
+std::shared_ptr<arrow::RecordBatch> ImportBatchCapsules(nb::handle schema, nb::handle array);
+std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule);
+
+// ---- signals -------------------------------------------------------------------------------------
+
+/// Records which thread is Python's main thread (signal handlers run only there).
+void InitMainThread();
+bool OnMainThread();
+
+/// Holds the GIL: raises the pending signal handler's exception (KeyboardInterrupt) if any.
+inline void RaiseIfSignalled() {
+  if (PyErr_CheckSignals() != 0) throw nb::python_error();
+}
+
+/// For C++ readers called by other libraries, maybe without the GIL: on Python's main thread,
+/// runs pending signal handlers; when one raised, returns Cancelled and, for KeyboardInterrupt,
+/// re-arms it (PyErr_SetInterrupt) so that Python raises it as soon as control returns there.
+/// Never takes the GIL on other threads.
+arrow::Status CheckSignalsFromCpp();
+
+// ---- the GIL ------------------------------------------------------------------------------------
+
+/// Releases the GIL for its scope (as nb::gil_scoped_release), but when the interpreter is
+/// finalizing, a thread other than the main one does not take it back: it parks for good. (Taking
+/// it back would end the thread by unwinding through C++ frames that cannot be unwound: a daemon
+/// thread still iterating a Consumer at exit would abort the process.)
+class ReleaseGil {
+ public:
+  ReleaseGil() : state_(PyEval_SaveThread()) {}
+  ~ReleaseGil();
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+/// PyGILState_Ensure for threads Python does not know (the producer's), with the same care.
+PyGILState_STATE EnsureGil();
+
+// ---- time and polling ----------------------------------------------------------------------------
+
+using Clock = std::chrono::steady_clock;
+
+/// Deadline for a timeout in ms (-1: none).
+class Deadline {
+ public:
+  explicit Deadline(int64_t timeout_ms)
+      : forever_(timeout_ms < 0),
+        at_(Clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms)) {}
+  bool forever() const { return forever_; }
+  bool passed() const { return !forever_ && Clock::now() >= at_; }
+  /// Milliseconds to wait now: at most `slice`, never past the deadline.
+  int Slice(int slice = kSliceMs) const {
+    if (forever_) return slice;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(at_ - Clock::now()).count();
+    return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(slice, left)));
+  }
+
+ private:
+  bool forever_;
+  Clock::time_point at_;
+};
+
+/// Waits up to timeout_ms for `fd` to become readable (or for a signal). fd < 0: just sleeps.
+void WaitReadable(int fd, int timeout_ms);
+
+/// Calls `step(slice_ms)` with the GIL released until it returns true (done) or `deadline` has
+/// passed (then returns false). On Python's main thread the GIL is taken back after each slice
+/// (at most kSliceMs) to run signal handlers: a KeyboardInterrupt is raised from here. Other
+/// threads, where Python runs no signal handlers, wait without taking the GIL back.
+template <typename Step>
+bool RepeatInterruptibly(const Deadline& deadline, Step&& step) {
+  const bool main = OnMainThread();
+  for (;;) {
+    bool done = false;
+    bool passed = false;
+    {
+      ReleaseGil release;
+      for (;;) {
+        done = step(deadline.Slice());
+        if (done) break;
+        passed = deadline.passed();
+        if (passed || main) break;
+      }
+    }
+    if (done) return true;
+    if (passed) return false;
+    RaiseIfSignalled();
+  }
+}
+
+}  // namespace shmarrow::python

@@ -1,0 +1,312 @@
+// shmarrow._native._Consumer: shmarrow::Consumer for Python.
+//
+// Reads never block inside the library: a blocking read is TryNext, then poll() on the consumer's
+// socket for at most kSliceMs with the GIL released, then a look at pending signals, again. Batches
+// leave as Arrow C data interface capsules over the shared memory itself (no copy); the memory
+// returns to the producer when the last Python object over a batch is freed.
+#include <arrow/type.h>
+#include <arrow/util/io_util.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <mutex>
+#include <string_view>
+
+#include "bindings.h"
+#include "common.h"
+#include "shmarrow/consumer.h"
+#include "shmarrow/unique_fd.h"
+
+namespace shmarrow::python {
+namespace {
+
+/// What the Python object and every reader exported from it share. Consumer is not thread-safe:
+/// every use takes `mutex` (with the GIL released).
+struct ConsumerState {
+  std::mutex mutex;
+  std::shared_ptr<Consumer> consumer;  // null once closed
+  std::string mode;
+  int poll_fd = -1;          // readable when TryNext may have something; -1: never waits
+  UniqueFd always_readable;  // the single hand-over has no socket: fileno() gives this eventfd
+  bool ended = false;
+
+  enum class Step { kBatch, kEnd, kPending };
+
+  /// Takes what has arrived, without blocking. Call without the GIL.
+  arrow::Result<Step> Take(std::shared_ptr<arrow::RecordBatch>* batch) {
+    std::lock_guard lock(mutex);
+    batch->reset();
+    if (consumer == nullptr) return arrow::Status::Cancelled("the consumer is closed");
+    if (ended) return Step::kEnd;
+    ARROW_ASSIGN_OR_RAISE(auto polled, consumer->TryNext(batch));
+    switch (polled) {
+      case Consumer::Poll::kBatch:
+        return Step::kBatch;
+      case Consumer::Poll::kEnd:
+        ended = true;
+        return Step::kEnd;
+      default:
+        return Step::kPending;
+    }
+  }
+};
+
+std::string TimeoutMessage(int64_t timeout_ms) {
+  return "no message from the producer within " + std::to_string(timeout_ms) + " ms";
+}
+
+/// The consumer as an arrow::RecordBatchReader for __arrow_c_stream__: the same interruptible
+/// loop, for readers (pyarrow, polars, duckdb) that call it with or without the GIL.
+class StreamReader final : public arrow::RecordBatchReader {
+ public:
+  StreamReader(std::shared_ptr<ConsumerState> state, std::shared_ptr<arrow::Schema> schema,
+               int64_t timeout_ms)
+      : state_(std::move(state)), schema_(std::move(schema)), timeout_ms_(timeout_ms) {}
+
+  std::shared_ptr<arrow::Schema> schema() const override { return schema_; }
+
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
+    const Deadline deadline(timeout_ms_);
+    for (;;) {
+      ARROW_ASSIGN_OR_RAISE(auto step, state_->Take(batch));
+      if (step == ConsumerState::Step::kBatch) {
+        if (!(*batch)->schema()->Equals(*schema_)) {
+          const auto changed = (*batch)->schema()->ToString();
+          batch->reset();
+          return arrow::Status::Invalid(
+              "the producer changed the schema to {", changed,
+              "}; an exported Arrow stream has a single schema (iterate the Consumer instead)");
+        }
+        return arrow::Status::OK();
+      }
+      if (step == ConsumerState::Step::kEnd) return arrow::Status::OK();
+      ARROW_RETURN_NOT_OK(CheckSignalsFromCpp());
+      if (deadline.passed()) return arrow::Status::IOError(TimeoutMessage(timeout_ms_));
+      WaitReadable(state_->poll_fd, deadline.Slice());
+    }
+  }
+
+ private:
+  std::shared_ptr<ConsumerState> state_;
+  std::shared_ptr<arrow::Schema> schema_;
+  int64_t timeout_ms_;
+};
+
+/// The answer to a request, read under the consumer's lock.
+class ResponseReader final : public arrow::RecordBatchReader {
+ public:
+  ResponseReader(std::shared_ptr<ConsumerState> state,
+                 std::shared_ptr<arrow::RecordBatchReader> inner)
+      : state_(std::move(state)), schema_(inner->schema()), inner_(std::move(inner)) {}
+
+  std::shared_ptr<arrow::Schema> schema() const override { return schema_; }
+
+  arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
+    std::lock_guard lock(state_->mutex);
+    if (state_->consumer == nullptr) return arrow::Status::Cancelled("the consumer is closed");
+    return inner_->ReadNext(batch);
+  }
+
+ private:
+  std::shared_ptr<ConsumerState> state_;
+  std::shared_ptr<arrow::Schema> schema_;
+  std::shared_ptr<arrow::RecordBatchReader> inner_;
+};
+
+class PyConsumer {
+ public:
+  PyConsumer(const std::string& address, ConsumerOptions options, int64_t connect_timeout_ms)
+      : state_(std::make_shared<ConsumerState>()) {
+    const Deadline deadline(connect_timeout_ms);
+    arrow::Result<std::shared_ptr<Consumer>> connected;
+    RepeatInterruptibly(deadline, [&](int slice) {
+      options.connect_wait_ms = slice;  // the library retries while nobody listens
+      connected = Consumer::Connect(address, options);
+      if (connected.ok()) return true;
+      const int err = arrow::internal::ErrnoFromStatus(connected.status());
+      return err != ENOENT && err != ECONNREFUSED;  // another failure: done
+    });
+    state_->consumer = ValueOrThrow(std::move(connected), "connect");
+    state_->mode = state_->consumer->mode();
+    state_->poll_fd = state_->consumer->fd();
+    if (state_->poll_fd < 0) {
+      // The single hand-over: everything is there already, so "readable" is always true.
+      state_->always_readable.reset(::eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK));
+    }
+  }
+
+  ~PyConsumer() {
+    ReleaseGil release;  // Bye, and whatever the last batches' release does
+    state_.reset();
+  }
+
+  /// Blocks (interruptibly) for the next batch: (schema capsule, array capsule), or None at the
+  /// end of the stream.
+  nb::object Next(int64_t timeout_ms) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    arrow::Result<ConsumerState::Step> step;
+    const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
+      step = state_->Take(&batch);
+      if (!step.ok() || *step != ConsumerState::Step::kPending) return true;
+      WaitReadable(state_->poll_fd, slice);
+      return false;
+    });
+    if (!done) ThrowKind("timeout", TimeoutMessage(timeout_ms), "read");
+    if (!step.ok()) ThrowStatus(step.status(), "read");
+    if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
+    return nb::none();
+  }
+
+  /// Never blocks: capsules of the next batch, or None (nothing yet, or the end: see ended).
+  nb::object TryNext() {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    arrow::Result<ConsumerState::Step> step;
+    {
+      ReleaseGil release;
+      step = state_->Take(&batch);
+    }
+    if (!step.ok()) ThrowStatus(step.status(), "read");
+    if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
+    return nb::none();
+  }
+
+  bool ended() {
+    ReleaseGil release;
+    std::lock_guard lock(state_->mutex);
+    return state_->ended;
+  }
+
+  int fileno() {
+    ReleaseGil release;
+    std::lock_guard lock(state_->mutex);
+    if (state_->consumer == nullptr) return -1;
+    return state_->always_readable ? state_->always_readable.get() : state_->poll_fd;
+  }
+
+  nb::object Schema() {
+    std::shared_ptr<arrow::Schema> schema;
+    {
+      ReleaseGil release;
+      std::lock_guard lock(state_->mutex);
+      if (state_->consumer != nullptr) schema = state_->consumer->schema();
+    }
+    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "schema");
+    return SchemaCapsule(*schema);
+  }
+
+  nb::dict Stats() {
+    ConsumerStats stats;
+    bool open = false;
+    {
+      ReleaseGil release;
+      std::lock_guard lock(state_->mutex);
+      if (state_->consumer != nullptr) {
+        stats = state_->consumer->stats();
+        open = true;
+      }
+    }
+    if (!open) ThrowKind("closed", "the consumer is closed", "stats");
+    nb::dict out;
+    out["batches"] = stats.batches;
+    out["dropped"] = stats.dropped;
+    out["schema_changes"] = stats.schema_changes;
+    out["released"] = stats.released;
+    return out;
+  }
+
+  const std::string& mode() const { return state_->mode; }
+
+  bool closed() {
+    ReleaseGil release;
+    std::lock_guard lock(state_->mutex);
+    return state_->consumer == nullptr;
+  }
+
+  /// Sends `request` to the producer's handler; returns a stream capsule of the answer.
+  nb::object Request(nb::bytes request) {
+    const std::string text(request.c_str(), request.size());
+    arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> answer;
+    {
+      ReleaseGil release;
+      std::lock_guard lock(state_->mutex);
+      if (state_->consumer == nullptr) {
+        answer = arrow::Status::Cancelled("the consumer is closed");
+      } else {
+        answer = state_->consumer->Request(text);
+      }
+    }
+    auto reader = ValueOrThrow(std::move(answer), "request");
+    return StreamCapsule(std::make_shared<ResponseReader>(state_, std::move(reader)));
+  }
+
+  /// The stream as an ArrowArrayStream capsule (the schema is today's).
+  nb::object Stream(int64_t timeout_ms) {
+    std::shared_ptr<arrow::Schema> schema;
+    {
+      ReleaseGil release;
+      std::lock_guard lock(state_->mutex);
+      if (state_->consumer != nullptr) schema = state_->consumer->schema();
+    }
+    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "export");
+    return StreamCapsule(std::make_shared<StreamReader>(state_, std::move(schema), timeout_ms));
+  }
+
+  void Close() {
+    ReleaseGil release;
+    std::shared_ptr<Consumer> consumer;
+    {
+      std::lock_guard lock(state_->mutex);
+      consumer = std::move(state_->consumer);
+    }
+    consumer.reset();  // says Bye (unless an answer being read still holds it)
+  }
+
+ private:
+  std::shared_ptr<ConsumerState> state_;
+};
+
+}  // namespace
+
+void BindConsumer(nb::module_& m) {
+  nb::class_<PyConsumer>(m, "_Consumer",
+                         "shmarrow::Consumer (use shmarrow.Consumer, which wraps it)")
+      .def(
+          "__init__",
+          [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
+             int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
+             bool subset, bool validate_full, int64_t connect_timeout_ms,
+             int64_t read_timeout_ms) {
+            ConsumerOptions options;
+            options.lossy = lossy;
+            options.start_at_oldest = start_at_oldest;
+            options.max_in_flight = max_in_flight;
+            options.columns = std::move(columns);
+            if (!expect_schema.is_none()) options.expect_schema = ImportSchemaCapsule(expect_schema);
+            options.match = subset ? SchemaMatch::kSubset : SchemaMatch::kExact;
+            options.validation = validate_full ? Validation::kFull : Validation::kBasic;
+            options.read_timeout_ms = static_cast<int>(read_timeout_ms);
+            new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
+          },
+          nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
+          nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
+          nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
+          nb::arg("read_timeout_ms"))
+      .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
+           "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
+           "interruptibly; raises a timeout error after timeout_ms (-1: never).")
+      .def("try_next", &PyConsumer::TryNext,
+           "Next batch's capsules if one has arrived, else None (see ended).")
+      .def_prop_ro("ended", &PyConsumer::ended)
+      .def("fileno", &PyConsumer::fileno)
+      .def("schema", &PyConsumer::Schema)
+      .def("stats", &PyConsumer::Stats)
+      .def_prop_ro("mode", &PyConsumer::mode)
+      .def_prop_ro("closed", &PyConsumer::closed)
+      .def("request", &PyConsumer::Request, nb::arg("request"))
+      .def("stream", &PyConsumer::Stream, nb::arg("timeout_ms"))
+      .def("close", &PyConsumer::Close);
+}
+
+}  // namespace shmarrow::python
