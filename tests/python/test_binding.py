@@ -870,3 +870,40 @@ def test_timeouts(producer):
     with pytest.raises(ShmarrowTimeoutError, match="in flight"):
         p.wait_until_drained(timeout=0.2)
     assert consumer.read_next_batch(timeout=1).equals(make_batch(0))
+
+
+# What the library says about each kind of bad input from a producer of the single hand-over
+# (tests/python/seedlike_sender.py); None: Arrow's own message about the broken stream.
+HANDOVER_BAD_INPUT = {
+    "no-fd": "carried no fd",
+    "two-fds": "sent 2 fds",
+    "five-fds": "fds",
+    "pipe": "not a memfd",
+    "regular-file": "not a memfd",
+    "unsealed": "missing F_SEAL",
+    "writable": "missing F_SEAL_SEAL|F_SEAL_WRITE",
+    "truncated": None,
+    "garbage": None,
+    "close-early": "closed the connection before sending an fd",
+    "short-file": None,
+    "empty": "is empty",
+}
+
+
+def test_every_bad_input_mode_is_covered():
+    from seedlike_sender import CORRUPT_MODES
+
+    assert set(HANDOVER_BAD_INPUT) == set(CORRUPT_MODES)
+
+
+@pytest.mark.parametrize("mode", sorted(HANDOVER_BAD_INPUT))
+def test_bad_input_raises_a_clear_exception(serve, sock_path, mode):
+    producer = serve(sock_path, "--corrupt", mode)
+    with pytest.raises(ShmarrowError) as raised:
+        with Consumer(sock_path, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S) as consumer:
+            consumer.read_all()
+    producer.finish()
+    message = str(raised.value)
+    assert message and "\n" not in message.strip()
+    if HANDOVER_BAD_INPUT[mode] is not None:
+        assert HANDOVER_BAD_INPUT[mode] in message
