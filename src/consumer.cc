@@ -14,6 +14,7 @@
 #include <thread>
 #include <variant>
 
+#include "deadline.h"
 #include "errno_status.h"
 #include "handover_internal.h"
 #include "mapping.h"
@@ -422,20 +423,13 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     }
     return arrow::Status::OK();
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  const internal::Deadline deadline(timeout_ms);
   for (;;) {
     ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(stream, batch));
     if (decided) return arrow::Status::OK();
     if (!fatal_.ok()) return fatal_;
-    int wait = -1;
-    if (timeout_ms >= 0) {
-      wait = static_cast<int>(std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::milliseconds>(
-                 deadline - std::chrono::steady_clock::now())
-                 .count()));
-    }
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(wait));
-    if (!got && timeout_ms >= 0 && std::chrono::steady_clock::now() >= deadline) {
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(deadline.remaining_ms()));
+    if (!got && deadline.expired()) {
       return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
     }
   }
@@ -496,9 +490,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
   streams_[stream];
   ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRequest(writer_, stream, request)));
   // The answer starts with its schema, or with an error.
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(options_.read_timeout_ms < 0 ? kHandshakeTimeoutMs * 6
-                                                                               : options_.read_timeout_ms);
+  const internal::Deadline deadline(options_.read_timeout_ms < 0 ? kHandshakeTimeoutMs * 6
+                                                                 : options_.read_timeout_ms);
   while (streams_[stream].schema == nullptr) {
     auto& events = streams_[stream].events;
     if (!events.empty()) {
@@ -510,7 +503,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
       break;  // ended without batches
     }
     if (!fatal_.ok()) return fatal_;
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (deadline.expired()) {
       return arrow::Status::IOError("no answer to request ", stream, " in time");
     }
     ARROW_RETURN_NOT_OK(Pump(100).status());
@@ -529,8 +522,7 @@ arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& ad
   // up per socket type, so there it is ECONNREFUSED, as when nobody listens: try a stream
   // connection too (that connection then receives the hand-over, consuming no extra client).
   const bool abstract = !address.empty() && address[0] == '@';
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(options.connect_wait_ms);
+  const internal::Deadline deadline(options.connect_wait_ms);
   for (;;) {
     auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, 0);
     if (socket.ok()) {
@@ -550,7 +542,7 @@ arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& ad
       }
     }
     const bool nobody_listens = err == ENOENT || err == ECONNREFUSED;
-    if (!nobody_listens || std::chrono::steady_clock::now() >= deadline) return socket.status();
+    if (!nobody_listens || deadline.expired()) return socket.status();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

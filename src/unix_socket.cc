@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "deadline.h"
 #include "errno_status.h"
 
 namespace shmarrow::internal {
@@ -51,17 +52,10 @@ void AttachFds(msghdr* msg, char* control, std::span<const int> fds) {
 
 /// poll() for `events`; false on timeout. EINTR restarts the wait with the time that is left.
 arrow::Result<bool> WaitFor(int fd, short events, int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  const Deadline deadline(timeout_ms);
   for (;;) {
-    int left = -1;
-    if (timeout_ms >= 0) {
-      left = static_cast<int>(std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::milliseconds>(
-                 deadline - std::chrono::steady_clock::now())
-                 .count()));
-    }
     pollfd pfd{fd, events, 0};
-    const int rc = ::poll(&pfd, 1, left);
+    const int rc = ::poll(&pfd, 1, deadline.remaining_ms());
     if (rc > 0) return true;
     if (rc == 0) return false;
     if (errno != EINTR) return ErrnoStatus(errno, "poll(fd ", fd, ")");
@@ -135,7 +129,7 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
 
 arrow::Result<UnixSocket> UnixSocket::Connect(const std::string& path, int type, int wait_ms) {
   ARROW_ASSIGN_OR_RAISE(auto address, MakeAddress(path));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  const Deadline deadline(wait_ms);
   for (;;) {
     ARROW_ASSIGN_OR_RAISE(UniqueFd fd, NewSocket(type));
     if (RetryOnEintr([&] {
@@ -146,7 +140,7 @@ arrow::Result<UnixSocket> UnixSocket::Connect(const std::string& path, int type,
     }
     const int err = errno;
     const bool nobody_listens = err == ENOENT || err == ECONNREFUSED;
-    if (!nobody_listens || std::chrono::steady_clock::now() >= deadline) {
+    if (!nobody_listens || deadline.expired()) {
       return ErrnoStatus(err, "connect('", path, "')",
                          nobody_listens ? ": no producer is listening" : "");
     }
