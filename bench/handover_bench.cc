@@ -1,0 +1,646 @@
+// handover_bench: the C++ side of bench/run (see docs/benchmarks.md).
+//
+//   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
+//   handover_bench latency    --transport ring|uds --iters N [--warmup W]
+//   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
+//   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M
+//   handover_bench heap       --transport ring|sealed --batches M
+//
+// Every mode forks its consumer process(es) first thing in main(), before Arrow or the library
+// start any thread; the processes meet on an abstract socket (shmarrow) or a socketpair (uds).
+// Each process prints one JSON line on stdout with a "role" key; bench/run parses them. Times are
+// CLOCK_MONOTONIC nanoseconds, one clock for every process of the host: the producer writes its
+// publish time into the batch (column 0, row 0) and the consumer subtracts it from the moment it
+// holds a readable batch. Iterations are paced: the producer waits until the consumer has
+// released the batch (shmarrow: WaitUntilDrained; uds: a one-byte pong) before the next one.
+#include <arrow/api.h>
+#include <arrow/io/file.h>
+#include <arrow/ipc/api.h>
+#include <dlfcn.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmarrow/consumer.h"
+#include "shmarrow/producer.h"
+
+namespace {
+
+int64_t NowNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+struct Args {
+  std::string command;
+  std::map<std::string, std::string> kv;
+  std::string Get(const std::string& key, const std::string& def) const {
+    auto it = kv.find(key);
+    return it == kv.end() ? def : it->second;
+  }
+  int64_t Int(const std::string& key, int64_t def) const {
+    auto it = kv.find(key);
+    return it == kv.end() ? def : std::stoll(it->second);
+  }
+};
+
+Args Parse(int argc, char** argv) {
+  Args a;
+  if (argc > 1) a.command = argv[1];
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k.rfind("--", 0) == 0) k = k.substr(2);
+    a.kv[k] = argv[i + 1];
+  }
+  return a;
+}
+
+// Peak resident set of this process (kB), from /proc/self/status.
+int64_t VmHwmKb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+using Counter = long long (*)();
+long long HeapCalls() {
+  static auto fn = reinterpret_cast<Counter>(::dlsym(RTLD_DEFAULT, "malloc_counter_calls"));
+  return fn != nullptr ? fn() : -1;
+}
+long long HeapBytes() {
+  static auto fn = reinterpret_cast<Counter>(::dlsym(RTLD_DEFAULT, "malloc_counter_bytes"));
+  return fn != nullptr ? fn() : -1;
+}
+
+std::string Samples(const std::vector<int64_t>& v) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? "," : "") << v[i];
+  out << "]";
+  return out.str();
+}
+
+void Emit(const std::string& json) {
+  std::fwrite(json.data(), 1, json.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+}
+
+int Fail(const std::string& role, const arrow::Status& st) {
+  std::cerr << "handover_bench " << role << ": " << st.ToString() << std::endl;
+  return 1;
+}
+
+// Forks `n` children running `child(i)`; the parent runs `parent()`, then waits for them.
+int ForkRun(int n, const std::function<int(int)>& child, const std::function<int()>& parent) {
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      std::perror("fork");
+      return 1;
+    }
+    if (pid == 0) {
+      int rc = child(i);
+      std::fflush(stdout);
+      std::_Exit(rc);
+    }
+    pids.push_back(pid);
+  }
+  int rc = parent();
+  for (pid_t pid : pids) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) rc = rc ? rc : 2;
+  }
+  return rc;
+}
+
+std::string Address(const char* what) {
+  return "@shmarrow-bench-" + std::string(what) + "-" + std::to_string(::getpid());
+}
+
+// A batch of one int64 column of bytes/8 rows (values i), its buffer allocated from `pool`.
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeColumns(arrow::MemoryPool* pool,
+                                                              int64_t bytes, int cols) {
+  const int64_t rows = std::max<int64_t>(1, bytes / 8 / cols);
+  std::vector<std::shared_ptr<arrow::Array>> arrays;
+  std::vector<std::shared_ptr<arrow::Field>> fields;
+  for (int c = 0; c < cols; ++c) {
+    ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(rows * 8, pool));
+    auto* v = reinterpret_cast<int64_t*>(buffer->mutable_data());
+    for (int64_t i = 0; i < rows; ++i) v[i] = i + c;
+    arrays.push_back(arrow::MakeArray(arrow::ArrayData::Make(
+        arrow::int64(), rows, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
+    fields.push_back(arrow::field("c" + std::to_string(c), arrow::int64()));
+  }
+  return arrow::RecordBatch::Make(arrow::schema(fields), rows, arrays);
+}
+
+std::shared_ptr<arrow::Schema> ColumnsSchema(int cols) {
+  std::vector<std::shared_ptr<arrow::Field>> fields;
+  for (int c = 0; c < cols; ++c) fields.push_back(arrow::field("c" + std::to_string(c), arrow::int64()));
+  return arrow::schema(fields);
+}
+
+// The small batch: 1 row, 3 columns (int64 t, int64 id, float64 value).
+std::shared_ptr<arrow::Schema> SmallSchema() {
+  static const auto schema = arrow::schema({arrow::field("t", arrow::int64()), arrow::field("id", arrow::int64()),
+                        arrow::field("value", arrow::float64())});
+  return schema;
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* pool, int64_t id) {
+  std::vector<std::shared_ptr<arrow::Array>> arrays;
+  for (int c = 0; c < 3; ++c) {
+    ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(8, pool));
+    if (c == 2) {
+      *reinterpret_cast<double*>(buffer->mutable_data()) = static_cast<double>(id) * 0.5;
+    } else {
+      *reinterpret_cast<int64_t*>(buffer->mutable_data()) = id;
+    }
+    arrays.push_back(arrow::MakeArray(arrow::ArrayData::Make(
+        c == 2 ? arrow::float64() : arrow::int64(), 1,
+        {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
+  }
+  return arrow::RecordBatch::Make(SmallSchema(), 1, arrays);
+}
+
+int64_t* FirstValue(const arrow::RecordBatch& batch) {
+  return const_cast<int64_t*>(batch.column_data(0)->GetValues<int64_t>(1));
+}
+
+int64_t ReadStamp(const arrow::RecordBatch& batch) {
+  return batch.column_data(0)->GetValues<int64_t>(1)[0];
+}
+
+// ---- shmarrow producer/consumer (ring, sealed) ----------------------------------------------------
+
+arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::string& address,
+                                                                 std::shared_ptr<arrow::Schema> schema,
+                                                                 const std::string& transport,
+                                                                 int64_t bytes_in_flight) {
+  shmarrow::ProducerOptions options;
+  options.mode = transport == "sealed" ? shmarrow::MemoryMode::kSealed : shmarrow::MemoryMode::kRing;
+  options.ring_size = std::max<int64_t>(int64_t{16} << 20, bytes_in_flight * 2 + (int64_t{16} << 20));
+  return shmarrow::Producer::Listen(address, std::move(schema), options);
+}
+
+arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address) {
+  shmarrow::ConsumerOptions options;
+  options.connect_wait_ms = 20000;
+  options.read_timeout_ms = 120000;
+  // For experiments only (bench/run always uses the default, full validation).
+  if (const char* v = std::getenv("SHMARROW_BENCH_VALIDATION"); v != nullptr && std::string(v) == "basic") {
+    options.validation = shmarrow::Validation::kBasic;
+  }
+  return shmarrow::Consumer::Connect(address, options);
+}
+
+// Consumer loop shared by handover and latency: read until end, record now - stamp.
+arrow::Status ShmConsume(const std::string& address, int64_t warmup, std::vector<int64_t>* samples) {
+  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+  int64_t n = 0;
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ARROW_RETURN_NOT_OK(consumer->ReadNext(&batch));
+    const int64_t t1 = NowNs();
+    if (batch == nullptr) break;
+    const int64_t t0 = ReadStamp(*batch);
+    if (n++ >= warmup) samples->push_back(t1 - t0);
+  }
+  return arrow::Status::OK();
+}
+
+// ---- UNIX socket Arrow IPC stream ----------------------------------------------------------------
+
+// Arrow's file streams lseek at open, which a socket refuses: these are the plain read/write ones.
+class SocketOutputStream final : public arrow::io::OutputStream {
+ public:
+  explicit SocketOutputStream(int fd) : fd_(fd) {}
+  arrow::Status Close() override {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    return arrow::Status::OK();
+  }
+  bool closed() const override { return fd_ < 0; }
+  arrow::Result<int64_t> Tell() const override { return position_; }
+  arrow::Status Write(const void* data, int64_t nbytes) override {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (nbytes > 0) {
+      const ssize_t n = ::write(fd_, p, static_cast<size_t>(nbytes));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return arrow::Status::IOError("socket write: ", std::strerror(errno));
+      p += n;
+      nbytes -= n;
+      position_ += n;
+    }
+    return arrow::Status::OK();
+  }
+  using arrow::io::OutputStream::Write;
+
+ private:
+  int fd_;
+  int64_t position_ = 0;
+};
+
+class SocketInputStream final : public arrow::io::InputStream {
+ public:
+  explicit SocketInputStream(int fd) : fd_(fd) {}
+  arrow::Status Close() override {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    return arrow::Status::OK();
+  }
+  bool closed() const override { return fd_ < 0; }
+  arrow::Result<int64_t> Tell() const override { return position_; }
+  arrow::Result<int64_t> Read(int64_t nbytes, void* out) override {
+    auto* p = static_cast<uint8_t*>(out);
+    int64_t done = 0;
+    while (done < nbytes) {
+      const ssize_t n = ::read(fd_, p + done, static_cast<size_t>(nbytes - done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return arrow::Status::IOError("socket read: ", std::strerror(errno));
+      if (n == 0) break;
+      done += n;
+    }
+    position_ += done;
+    return done;
+  }
+  arrow::Result<std::shared_ptr<arrow::Buffer>> Read(int64_t nbytes) override {
+    ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateResizableBuffer(nbytes));
+    ARROW_ASSIGN_OR_RAISE(int64_t n, Read(nbytes, buffer->mutable_data()));
+    ARROW_RETURN_NOT_OK(buffer->Resize(n, false));
+    return std::shared_ptr<arrow::Buffer>(std::move(buffer));
+  }
+
+ private:
+  int fd_;
+  int64_t position_ = 0;
+};
+
+arrow::Status UdsProduce(int fd, std::shared_ptr<arrow::Schema> schema,
+                         const std::function<arrow::Result<std::shared_ptr<arrow::RecordBatch>>(int64_t)>& make,
+                         int64_t iters) {
+  const int pong = ::dup(fd);
+  auto out = std::make_shared<SocketOutputStream>(fd);
+  ARROW_ASSIGN_OR_RAISE(auto writer, arrow::ipc::MakeStreamWriter(out, schema));
+  for (int64_t i = 0; i < iters; ++i) {
+    ARROW_ASSIGN_OR_RAISE(auto batch, make(i));
+    FirstValue(*batch)[0] = NowNs();
+    ARROW_RETURN_NOT_OK(writer->WriteRecordBatch(*batch));
+    char byte = 0;
+    if (::read(pong, &byte, 1) != 1) return arrow::Status::IOError("no pong");
+  }
+  ARROW_RETURN_NOT_OK(writer->Close());
+  ARROW_RETURN_NOT_OK(out->Close());
+  ::close(pong);
+  return arrow::Status::OK();
+}
+
+arrow::Status UdsConsume(int fd, int64_t warmup, std::vector<int64_t>* samples) {
+  const int pong = ::dup(fd);
+  auto in = std::make_shared<SocketInputStream>(fd);
+  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(in));
+  int64_t n = 0;
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ARROW_RETURN_NOT_OK(reader->ReadNext(&batch));
+    const int64_t t1 = NowNs();
+    if (batch == nullptr) break;
+    if (n++ >= warmup) samples->push_back(t1 - ReadStamp(*batch));
+    batch.reset();
+    char byte = 1;
+    if (::write(pong, &byte, 1) != 1) return arrow::Status::IOError("pong failed");
+  }
+  ::close(pong);
+  return arrow::Status::OK();
+}
+
+// ---- modes ---------------------------------------------------------------------------------------
+
+// Hand-over (and small-batch latency, which is the same loop with 1-row batches).
+// settle_ms: the producer pauses that long between building a batch and publishing it (the
+// consumer sits idle meanwhile), the control for idle wake-up cost.
+int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
+             int64_t warmup, int settle_ms) {
+  const bool small = kind == "latency";
+  auto schema = small ? SmallSchema() : ColumnsSchema(1);
+  auto make_in = [&](arrow::MemoryPool* pool, int64_t i) {
+    return small ? MakeSmall(pool, i) : MakeColumns(pool, bytes, 1);
+  };
+  auto emit = [&](const std::vector<int64_t>& samples) {
+    Emit("{\"role\":\"consumer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
+         "\",\"bytes\":" + std::to_string(bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
+         ",\"samples_ns\":" + Samples(samples) + "}");
+  };
+  const int64_t total = iters + warmup;
+
+  if (transport == "ring" || transport == "sealed") {
+    const std::string address = Address(kind.c_str());
+    return ForkRun(
+        1,
+        [&](int) {
+          std::vector<int64_t> samples;
+          auto st = ShmConsume(address, warmup, &samples);
+          if (!st.ok()) return Fail("consumer", st);
+          emit(samples);
+          return 0;
+        },
+        [&]() {
+          auto st = [&]() -> arrow::Status {
+            ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, schema, transport, bytes));
+            ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
+            for (int64_t i = 0; i < total; ++i) {
+              std::shared_ptr<arrow::RecordBatch> batch;
+              ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
+              if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
+              FirstValue(*batch)[0] = NowNs();
+              ARROW_RETURN_NOT_OK(producer->Publish(batch));
+              batch.reset();
+              ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+            }
+            ARROW_RETURN_NOT_OK(producer->End());
+            ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+            Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+            producer->Close();
+            return arrow::Status::OK();
+          }();
+          return st.ok() ? 0 : Fail("producer", st);
+        });
+  }
+  if (transport == "uds") {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      std::perror("socketpair");
+      return 1;
+    }
+    return ForkRun(
+        1,
+        [&](int) {
+          ::close(sv[0]);
+          std::vector<int64_t> samples;
+          auto st = UdsConsume(sv[1], warmup, &samples);
+          if (!st.ok()) return Fail("consumer", st);
+          emit(samples);
+          return 0;
+        },
+        [&]() {
+          ::close(sv[1]);
+          auto st = [&]() -> arrow::Status {
+            // Built once, on the heap (Arrow's default pool); only the stamp changes.
+            std::shared_ptr<arrow::RecordBatch> batch;
+            ARROW_ASSIGN_OR_RAISE(batch, make_in(arrow::default_memory_pool(), 0));
+            ARROW_RETURN_NOT_OK(UdsProduce(
+                sv[0], schema, [&](int64_t) -> arrow::Result<std::shared_ptr<arrow::RecordBatch>> { return batch; },
+                total));
+            Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+            return arrow::Status::OK();
+          }();
+          return st.ok() ? 0 : Fail("producer", st);
+        });
+  }
+  if (transport == "inproc") {
+    // The single-process limit: a batch handed from one thread to another through a one-slot
+    // queue (mutex + condition variable); the consumer thread blocks waiting like ReadNext does.
+    std::mutex mu;
+    std::condition_variable cv;
+    std::shared_ptr<arrow::RecordBatch> slot;
+    bool done = false, taken = true;
+    std::vector<int64_t> samples;
+    std::thread consumer([&] {
+      int64_t n = 0;
+      for (;;) {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return slot != nullptr || done; });
+        const int64_t t1 = NowNs();
+        if (slot == nullptr) break;
+        if (n++ >= warmup) samples.push_back(t1 - ReadStamp(*slot));
+        slot.reset();
+        taken = true;
+        cv.notify_all();
+      }
+    });
+    auto batch = make_in(arrow::default_memory_pool(), 0).ValueOrDie();
+    for (int64_t i = 0; i < total; ++i) {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return taken; });
+      taken = false;
+      FirstValue(*batch)[0] = NowNs();
+      slot = batch;
+      cv.notify_all();
+    }
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return taken; });
+      done = true;
+      cv.notify_all();
+    }
+    consumer.join();
+    emit(samples);
+    return 0;
+  }
+  std::cerr << "unknown transport " << transport << std::endl;
+  return 1;
+}
+
+// End-to-end: build `cols` int64 columns of `bytes` in all, consumer sums every value.
+int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
+  auto sum_batch = [](const arrow::RecordBatch& batch) {
+    int64_t sum = 0;
+    for (int c = 0; c < batch.num_columns(); ++c) {
+      const int64_t* v = batch.column_data(c)->GetValues<int64_t>(1);
+      for (int64_t i = 0; i < batch.num_rows(); ++i) sum += v[i];
+    }
+    return sum;
+  };
+  if (mode == "one") {
+    std::vector<int64_t> samples;
+    int64_t check = 0;
+    for (int64_t it = 0; it < iters; ++it) {
+      const int64_t t0 = NowNs();
+      auto batch = MakeColumns(arrow::default_memory_pool(), bytes, cols).ValueOrDie();
+      check += sum_batch(*batch);
+      samples.push_back(NowNs() - t0);
+    }
+    Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"one\",\"bytes\":" + std::to_string(bytes) +
+         ",\"check\":" + std::to_string(check) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
+         ",\"samples_ns\":" + Samples(samples) + "}");
+    return 0;
+  }
+  // Two processes, ring mode: the producer takes t0 before building and stores it in column 0,
+  // row 0 (whose value is 0) after the build; the consumer subtracts it from its sum (so the sum
+  // stays checkable) and from the time it finished summing.
+  const std::string address = Address("e2e");
+  return ForkRun(
+      1,
+      [&](int) {
+        auto st = [&]() -> arrow::Status {
+          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+          std::vector<int64_t> samples;
+          int64_t check = 0;
+          for (;;) {
+            std::shared_ptr<arrow::RecordBatch> batch;
+            ARROW_RETURN_NOT_OK(consumer->ReadNext(&batch));
+            if (batch == nullptr) break;
+            const int64_t t0 = ReadStamp(*batch);
+            check += sum_batch(*batch) - t0;  // row 0 of column 0 was 0 before the stamp
+            samples.push_back(NowNs() - t0);
+          }
+          Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"two\",\"bytes\":" +
+               std::to_string(bytes) + ",\"check\":" + std::to_string(check) +
+               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + ",\"samples_ns\":" + Samples(samples) +
+               "}");
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("consumer", st);
+      },
+      [&]() {
+        auto st = [&]() -> arrow::Status {
+          ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, ColumnsSchema(cols), "ring", bytes));
+          ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
+          for (int64_t it = 0; it < iters; ++it) {
+            const int64_t t0 = NowNs();
+            std::shared_ptr<arrow::RecordBatch> batch;
+            ARROW_ASSIGN_OR_RAISE(batch, MakeColumns(producer->pool(), bytes, cols));
+            FirstValue(*batch)[0] = t0;
+            ARROW_RETURN_NOT_OK(producer->Publish(batch));
+            batch.reset();
+            ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+          }
+          ARROW_RETURN_NOT_OK(producer->End());
+          ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+          Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+          producer->Close();
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("producer", st);
+      });
+}
+
+// Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
+// and touch its first and last value; the producer publishes `batches` as fast as credits allow.
+int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
+              int64_t batches) {
+  const bool small = bytes <= 0;
+  auto schema = small ? SmallSchema() : ColumnsSchema(1);
+  const std::string address = Address(kind.c_str());
+  return ForkRun(
+      consumers,
+      [&](int index) {
+        auto st = [&]() -> arrow::Status {
+          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+          int64_t n = 0, touch = 0, first_ns = 0;
+          for (;;) {
+            std::shared_ptr<arrow::RecordBatch> batch;
+            ARROW_RETURN_NOT_OK(consumer->ReadNext(&batch));
+            if (batch == nullptr) break;
+            if (n == 0) first_ns = NowNs();
+            const int64_t* v = batch->column_data(0)->GetValues<int64_t>(1);
+            touch += v[0] + v[batch->num_rows() - 1];
+            ++n;
+          }
+          const int64_t end_ns = NowNs();
+          consumer.reset();
+          Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
+               ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
+               ",\"end_ns\":" + std::to_string(end_ns) + ",\"touch\":" + std::to_string(touch) +
+               ",\"heap_calls\":" + std::to_string(HeapCalls()) +
+               ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
+               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("consumer", st);
+      },
+      [&]() {
+        auto st = [&]() -> arrow::Status {
+          ARROW_ASSIGN_OR_RAISE(auto producer,
+                                ListenProducer(address, schema, transport, std::max<int64_t>(bytes, 1 << 20) * 4));
+          ARROW_RETURN_NOT_OK(producer->WaitForConsumers(consumers, 20000));
+          const int64_t start_ns = NowNs();
+          // Heap used while the bench builds each batch (Arrow's objects for buffers, arrays and
+          // the batch), told apart from what publishing costs.
+          long long build_calls = 0, build_bytes = 0;
+          for (int64_t i = 0; i < batches; ++i) {
+            const long long calls0 = HeapCalls(), bytes0 = HeapBytes();
+            std::shared_ptr<arrow::RecordBatch> batch;
+            if (small) {
+              ARROW_ASSIGN_OR_RAISE(batch, MakeSmall(producer->pool(), i));
+            } else {
+              ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(bytes / 8 * 8, producer->pool()));
+              auto* v = reinterpret_cast<int64_t*>(buffer->mutable_data());
+              v[0] = i;
+              v[bytes / 8 - 1] = i;  // the rest is left as the ring had it: not what is measured
+              batch = arrow::RecordBatch::Make(
+                  schema, bytes / 8,
+                  {arrow::MakeArray(arrow::ArrayData::Make(
+                      arrow::int64(), bytes / 8, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0))});
+            }
+            build_calls += HeapCalls() - calls0;
+            build_bytes += HeapBytes() - bytes0;
+            ARROW_RETURN_NOT_OK(producer->Publish(batch));
+          }
+          ARROW_RETURN_NOT_OK(producer->End());
+          const int64_t published_ns = NowNs();
+          ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+          const auto stats = producer->stats();
+          producer->Close();
+          producer.reset();
+          Emit("{\"role\":\"producer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
+               "\",\"consumers\":" + std::to_string(consumers) + ",\"bytes\":" + std::to_string(bytes) +
+               ",\"batches\":" + std::to_string(batches) + ",\"start_ns\":" + std::to_string(start_ns) +
+               ",\"published_ns\":" + std::to_string(published_ns) +
+               ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
+               ",\"heap_calls\":" + std::to_string(HeapCalls()) +
+               ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
+               ",\"build_calls\":" + std::to_string(build_calls) +
+               ",\"build_bytes\":" + std::to_string(build_bytes) +
+               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("producer", st);
+      });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = Parse(argc, argv);
+  if (a.command == "handover" || a.command == "latency") {
+    return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
+                    a.Int("warmup", a.command == "latency" ? 100 : 1),
+                    static_cast<int>(a.Int("settle-ms", 0)));
+  }
+  if (a.command == "e2e") {
+    return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),
+                  a.Int("iters", 3));
+  }
+  if (a.command == "throughput" || a.command == "heap") {
+    return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
+                     a.Int("bytes", 0), a.Int("batches", 10000));
+  }
+  std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
+  return 2;
+}

@@ -1,0 +1,72 @@
+"""bench/run --quick: every measurement runs and yields sane numbers (never a speed threshold)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("SHMARROW_BUILD", ROOT / "build"))
+BINARY = BUILD / "bench" / "handover_bench"
+COUNTER = BUILD / "tests" / "proof" / "libmalloc_counter.so"
+
+pytestmark = pytest.mark.skipif(not os.access(BINARY, os.X_OK) or not COUNTER.exists(),
+                                reason=f"{BINARY} or {COUNTER} not built")
+
+
+def _positive(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _finite_nonneg(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def test_bench_quick(tmp_path):
+    pytest.importorskip("matplotlib")
+    env = dict(os.environ, SHMARROW_BUILD=str(BUILD))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["errors"] == []
+
+    transports = {"ring", "sealed", "uds", "devshm", "flight", "inproc"}
+    sizes = {1 << 10, 1 << 20, 16 << 20}
+    seen = {(r["transport"], r["bytes"]) for r in results["handover"]}
+    assert seen == {(t, s) for t in transports for s in sizes}
+    for r in results["handover"]:
+        assert r["n"] > 0
+        for key in ("min", "median", "p99", "max"):
+            assert _positive(r[key]), r
+
+    assert results["idle_control"] and all(_positive(r["median"]) for r in results["idle_control"])
+
+    e2e = results["e2e"]
+    for mode in ("one", "two"):
+        assert _positive(e2e[mode]["median"]) and e2e[mode]["n"] > 0
+    assert _positive(e2e["ratio"]) and e2e["checks_equal"]
+
+    for t in ("ring", "uds"):
+        lat = results["latency"][t]
+        assert lat["n"] > 0 and all(_positive(lat[k]) for k in ("median", "p99", "p999"))
+
+    assert {(r["consumers"], r["batch_bytes"]) for r in results["throughput"]} == {
+        (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
+    for r in results["throughput"]:
+        assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
+
+    assert {h["transport"] for h in results["heap"]} == {"ring", "sealed"}
+    for h in results["heap"]:
+        for key, value in h.items():
+            if key.endswith("_per_batch"):
+                assert _finite_nonneg(value), (key, value)
+            elif key.endswith("_kb"):
+                assert _positive(value), (key, value)
+
+    assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
+    for name in ("latest.md", "handover.png", "latency.png", "throughput.png"):
+        assert (tmp_path / name).stat().st_size > 0
