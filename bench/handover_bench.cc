@@ -19,6 +19,8 @@
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,10 +104,23 @@ std::string Samples(const std::vector<int64_t>& v) {
   return out.str();
 }
 
+// One JSON line on stdout. Producer and consumers share the pipe, and a line longer than PIPE_BUF
+// would interleave with another process's. flock keeps each line whole, on a descriptor opened
+// afresh: a lock belongs to an open file description, which fork shares, so the inherited
+// stdout itself could not exclude the other processes.
 void Emit(const std::string& json) {
-  std::fwrite(json.data(), 1, json.size(), stdout);
-  std::fputc('\n', stdout);
   std::fflush(stdout);
+  const std::string line = json + "\n";
+  const shmarrow::UniqueFd own(::open("/proc/self/fd/1", O_WRONLY | O_CLOEXEC));
+  const int out = own ? own.get() : STDOUT_FILENO;
+  ::flock(out, LOCK_EX);
+  for (size_t done = 0; done < line.size();) {
+    const ssize_t n = ::write(out, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::flock(out, LOCK_UN);
 }
 
 int Fail(const std::string& role, const arrow::Status& st) {
