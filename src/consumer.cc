@@ -16,6 +16,7 @@
 
 #include "deadline.h"
 #include "errno_status.h"
+#include "flatbuffer_patch.h"
 #include "handover_internal.h"
 #include "mapping.h"
 #include "memfd.h"
@@ -272,6 +273,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     return arrow::Status::OK();
   }
   mode_ = "ring";
+  ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema_));
   if (received.fds.size() != 1) {
     return arrow::Status::Invalid("protocol: ring Welcome carries ", received.fds.size(),
                                   " fds, expected 1");
@@ -329,7 +331,9 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     }
     case proto::Type::kSchema: {
       ARROW_ASSIGN_OR_RAISE(auto bytes, proto::DecodeSchema(reader));
-      ARROW_ASSIGN_OR_RAISE(stream.schema, internal::DeserializeSchema(bytes));
+      ARROW_ASSIGN_OR_RAISE(auto schema, internal::DeserializeSchema(bytes));
+      if (mode_ == "ring") ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema));
+      stream.schema = std::move(schema);
       stream.events.emplace_back(stream.schema);
       return arrow::Status::OK();
     }
@@ -400,6 +404,10 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
   ARROW_ASSIGN_OR_RAISE(auto metadata, arrow::AllocateBuffer(message.metadata_length));
   std::memcpy(metadata->mutable_data(), ring_->data() + message.metadata_offset,
               message.metadata_length);
+  // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
+  if (auto plain = internal::CheckNotCompressed(metadata->data(), metadata->size()); !plain.ok()) {
+    return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
+  }
   arrow::io::BufferReader body(lease);
   lease.reset();
   const auto& schema = streams_[stream].schema;

@@ -3,6 +3,7 @@
 #include <arrow/status.h>
 
 #include <cstring>
+#include <string_view>
 
 namespace shmarrow::internal {
 namespace {
@@ -13,6 +14,7 @@ constexpr int kMessageHeader = 2;
 constexpr int kMessageBodyLength = 3;
 constexpr int kDictionaryBatchData = 1;
 constexpr int kRecordBatchBuffers = 2;
+constexpr int kRecordBatchCompression = 3;
 constexpr int64_t kBufferStructSize = 16;
 
 class FlatbufferView {
@@ -81,6 +83,8 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
     if (data_at < 0) return arrow::Status::Invalid("DictionaryBatch message without data");
     ARROW_ASSIGN_OR_RAISE(record_batch, fb.Deref(data_at));
   }
+  ARROW_ASSIGN_OR_RAISE(int64_t compression_field, fb.Field(record_batch, kRecordBatchCompression));
+  out.compressed = compression_field >= 0;
   ARROW_ASSIGN_OR_RAISE(int64_t buffers_field, fb.Field(record_batch, kRecordBatchBuffers));
   if (buffers_field < 0) return out;  // no buffers at all
   ARROW_ASSIGN_OR_RAISE(int64_t vector, fb.Deref(buffers_field));
@@ -92,6 +96,19 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
                                   " but the message has ", fb.size(), " bytes");
   }
   return out;
+}
+
+arrow::Status CheckNotCompressed(const uint8_t* flatbuffer, int64_t size) {
+  ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, size));
+  static constexpr std::string_view kExperimental = "ARROW:experimental_compression";
+  const std::string_view bytes(reinterpret_cast<const char*>(flatbuffer), static_cast<size_t>(size));
+  const bool batch = fields.header_type == MessageHeaderType::kRecordBatch ||
+                     fields.header_type == MessageHeaderType::kDictionaryBatch;
+  if (fields.compressed || (batch && bytes.find(kExperimental) != std::string_view::npos)) {
+    return arrow::Status::Invalid("IPC message declares body compression, which shmarrow never ",
+                                  "writes: refused (decompression would allocate what it claims)");
+  }
+  return arrow::Status::OK();
 }
 
 arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t size,

@@ -28,12 +28,21 @@ struct MessageFields {
   /// Byte offset of the first Buffer{int64 offset, int64 length} struct; the structs are contiguous.
   int64_t buffers_at = -1;
   int64_t num_buffers = 0;
+  /// The batch declares body compression (RecordBatch.compression). shmarrow never writes it, and a
+  /// consumer refuses it: decompression allocates whatever size each buffer claims.
+  bool compressed = false;
 };
 
 /// Locates the fields in `flatbuffer` (the Message, without the continuation/length prefix).
 /// Every read is checked against `size`; malformed input gives Invalid naming the offset.
 [[nodiscard]] arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer,
                                                                int64_t size);
+
+/// OK unless the Message declares body compression (RecordBatch.compression, or the pre-1.0
+/// "ARROW:experimental_compression" custom metadata). Consumers call it on every message a peer
+/// sent before Arrow reads it: shmarrow never compresses, and Arrow's decompression allocates the
+/// size each buffer claims (a few bytes of input could ask for gigabytes). Malformed input: Invalid.
+[[nodiscard]] arrow::Status CheckNotCompressed(const uint8_t* flatbuffer, int64_t size);
 
 /// Points a record or dictionary batch message at where its buffers really are: checks that the
 /// i-th Buffer struct's length equals lengths[i] (what Arrow's writer recorded) and sets its offset

@@ -1,7 +1,6 @@
 #include "shmarrow/producer.h"
 
 #include <arrow/buffer.h>
-#include <arrow/extension_type.h>
 #include <arrow/ipc/writer.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -126,18 +125,6 @@ class LoanPool final : public arrow::MemoryPool {
   std::atomic<int64_t> total_allocated_{0};
   std::atomic<int64_t> num_allocations_{0};
 };
-
-/// True when `type` is or contains (nested, or as an extension's storage) a dictionary.
-bool HasDictionary(const arrow::DataType& type) {
-  if (type.id() == arrow::Type::DICTIONARY) return true;
-  if (type.id() == arrow::Type::EXTENSION) {
-    return HasDictionary(*static_cast<const arrow::ExtensionType&>(type).storage_type());
-  }
-  for (const auto& child : type.fields()) {
-    if (HasDictionary(*child->type())) return true;
-  }
-  return false;
-}
 
 /// One published batch, shared by every consumer it went to. It pins the batch's memory: in ring
 /// mode the buffers (and their ring blocks) are freed when the last holder drops it.
@@ -528,11 +515,9 @@ arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) 
   if (schema == nullptr) return arrow::Status::Invalid("ChangeSchema needs a schema");
   // options_, not ring_: Listen checks the first schema here before Start() creates the ring.
   if (options_.mode == MemoryMode::kRing) {
-    for (const auto& field : schema->fields()) {
-      if (HasDictionary(*field->type())) {
-        return arrow::Status::NotImplemented("dictionary field '", field->name(),
-                                             "' in ring mode: use sealed mode");
-      }
+    auto no_dictionaries = internal::CheckNoDictionaries(*schema);
+    if (!no_dictionaries.ok()) {
+      return arrow::Status::NotImplemented(no_dictionaries.message(), ": use sealed mode");
     }
   }
   std::lock_guard lock(mutex_);

@@ -5,6 +5,7 @@
 #include <arrow/ipc/dictionary.h>
 #include <arrow/ipc/reader.h>
 #include <arrow/ipc/writer.h>
+#include <arrow/extension_type.h>
 #include <arrow/type.h>
 
 namespace shmarrow::internal {
@@ -73,6 +74,29 @@ std::shared_ptr<arrow::Schema> ProjectSchema(const arrow::Schema& schema,
   arrow::FieldVector fields;
   for (int index : indices) fields.push_back(schema.field(index));
   return arrow::schema(std::move(fields), schema.metadata());
+}
+
+namespace {
+bool HasDictionary(const arrow::DataType& type) {
+  if (type.id() == arrow::Type::DICTIONARY) return true;
+  if (type.id() == arrow::Type::EXTENSION) {
+    return HasDictionary(*static_cast<const arrow::ExtensionType&>(type).storage_type());
+  }
+  for (const auto& child : type.fields()) {
+    if (HasDictionary(*child->type())) return true;
+  }
+  return false;
+}
+}  // namespace
+
+arrow::Status CheckNoDictionaries(const arrow::Schema& schema) {
+  for (const auto& field : schema.fields()) {
+    if (HasDictionary(*field->type())) {
+      return arrow::Status::Invalid("field '", field->name(), "' (", field->type()->ToString(),
+                                    ") is or contains a dictionary, which ring mode cannot carry");
+    }
+  }
+  return arrow::Status::OK();
 }
 
 arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema) {

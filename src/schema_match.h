@@ -25,6 +25,11 @@ namespace shmarrow::internal {
 std::shared_ptr<arrow::Schema> ProjectSchema(const arrow::Schema& schema,
                                              const std::vector<int>& indices);
 
+/// OK when no field of `schema` is or contains (nested, or as an extension's storage) a dictionary;
+/// otherwise Invalid naming the field. Ring mode carries no dictionary batches, so a consumer must
+/// refuse such a schema: Arrow's ReadRecordBatch without dictionaries dereferences a null memo.
+[[nodiscard]] arrow::Status CheckNoDictionaries(const arrow::Schema& schema);
+
 /// The schema as an encapsulated Arrow IPC Schema message, and back.
 [[nodiscard]] arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema);
 [[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(

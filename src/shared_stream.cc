@@ -2,11 +2,13 @@
 
 #include <arrow/array.h>
 #include <arrow/io/memory.h>
+#include <arrow/ipc/message.h>
 #include <arrow/ipc/reader.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "errno_status.h"
+#include "flatbuffer_patch.h"
 #include "mapping.h"
 #include "shared_stream_internal.h"
 #include "memfd.h"
@@ -37,6 +39,25 @@ class ValidatingReader final : public arrow::RecordBatchReader {
   std::shared_ptr<arrow::ipc::RecordBatchStreamReader> inner_;
   Validation validation_;
   int64_t index_ = 0;
+};
+
+/// Arrow's message reader, refusing messages that declare body compression before Arrow reads them.
+class UncompressedMessageReader final : public arrow::ipc::MessageReader {
+ public:
+  explicit UncompressedMessageReader(std::unique_ptr<arrow::ipc::MessageReader> inner)
+      : inner_(std::move(inner)) {}
+
+  arrow::Result<std::unique_ptr<arrow::ipc::Message>> ReadNextMessage() override {
+    ARROW_ASSIGN_OR_RAISE(auto message, inner_->ReadNextMessage());
+    if (message != nullptr) {
+      const auto& metadata = *message->metadata();
+      ARROW_RETURN_NOT_OK(internal::CheckNotCompressed(metadata.data(), metadata.size()));
+    }
+    return message;
+  }
+
+ private:
+  std::unique_ptr<arrow::ipc::MessageReader> inner_;
 };
 
 bool DataInside(const SharedStream& stream, const arrow::ArrayData& data) {
@@ -127,7 +148,11 @@ arrow::Status ValidateBatch(const arrow::RecordBatch& batch, Validation validati
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenValidatedStream(
     std::shared_ptr<arrow::Buffer> source, Validation validation) {
   auto input = std::make_shared<arrow::io::BufferReader>(std::move(source));
-  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(input));
+  ARROW_ASSIGN_OR_RAISE(auto reader,
+                        arrow::ipc::RecordBatchStreamReader::Open(
+                            std::make_unique<UncompressedMessageReader>(
+                                arrow::ipc::MessageReader::Open(std::move(input))),
+                            arrow::ipc::IpcReadOptions::Defaults()));
   return std::make_shared<ValidatingReader>(std::move(reader), validation);
 }
 

@@ -1,0 +1,144 @@
+// Writes the seed corpora of the fuzz targets: fuzz_make_seeds OUT_DIR creates
+// OUT_DIR/{protocol,flatbuffer,stream,ring}_fuzz/ with one file per seed, all generated here:
+// every protocol message type encoded with proto::Writer, and small Arrow IPC streams and messages
+// of the fixture schemas. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <arrow/util/compression.h>
+
+#include "fixtures.h"
+#include "protocol.h"
+#include "schema_match.h"
+
+namespace fs = std::filesystem;
+namespace proto = shmarrow::internal::protocol;
+using shmarrow::fuzz::Check;
+using shmarrow::fuzz::Unwrap;
+
+namespace {
+
+fs::path out_dir;
+
+void Write(const std::string& target, const std::string& name, const void* data, size_t size) {
+  const fs::path dir = out_dir / target;
+  fs::create_directories(dir);
+  std::ofstream(dir / name, std::ios::binary).write(static_cast<const char*>(data),
+                                                   static_cast<std::streamsize>(size));
+}
+void Write(const std::string& target, const std::string& name, std::span<const uint8_t> bytes) {
+  Write(target, name, bytes.data(), bytes.size());
+}
+void Write(const std::string& target, const std::string& name, const arrow::Buffer& buffer) {
+  Write(target, name, buffer.data(), static_cast<size_t>(buffer.size()));
+}
+
+std::shared_ptr<arrow::RecordBatch> DictionaryBatch() {
+  arrow::Int32Builder i;
+  arrow::StringDictionaryBuilder d;
+  for (int row = 0; row < 4; ++row) {
+    Check(i.Append(row), "i");
+    Check(d.Append(row % 2 == 0 ? "even" : "odd"), "d");
+  }
+  std::shared_ptr<arrow::Array> ia, da;
+  Check(i.Finish(&ia), "i");
+  Check(d.Finish(&da), "d");
+  return arrow::RecordBatch::Make(shmarrow::fuzz::DictionarySchema(), 4, {ia, da});
+}
+
+arrow::ipc::IpcWriteOptions Compressed() {
+  auto options = arrow::ipc::IpcWriteOptions::Defaults();
+  options.codec = Unwrap(arrow::util::Codec::Create(arrow::Compression::LZ4_FRAME), "codec");
+  return options;
+}
+
+std::shared_ptr<arrow::Buffer> Stream(const std::shared_ptr<arrow::Schema>& schema,
+                                      const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches,
+                                      const arrow::ipc::IpcWriteOptions& options =
+                                          arrow::ipc::IpcWriteOptions::Defaults()) {
+  auto sink = Unwrap(arrow::io::BufferOutputStream::Create(), "sink");
+  auto writer = Unwrap(arrow::ipc::MakeStreamWriter(sink, schema, options), "writer");
+  for (const auto& batch : batches) Check(writer->WriteRecordBatch(*batch), "write");
+  Check(writer->Close(), "close");
+  return Unwrap(sink->Finish(), "finish");
+}
+
+void ProtocolSeeds(const std::string& schema_bytes) {
+  proto::Writer w;
+  proto::Hello hello;
+  Write("protocol_fuzz", "hello-plain", proto::Encode(w, hello));
+  hello.flags = proto::kHelloLossy | proto::kHelloSchemaSubset;
+  hello.max_in_flight = 8;
+  hello.columns = {"i", "s"};
+  hello.required_schema = schema_bytes;
+  Write("protocol_fuzz", "hello-full", proto::Encode(w, hello));
+  proto::Welcome welcome;
+  welcome.schema = schema_bytes;
+  welcome.max_consumers = 4;
+  welcome.max_in_flight = 16;
+  Write("protocol_fuzz", "welcome-sealed", proto::Encode(w, welcome));
+  welcome.mode = proto::Mode::kRing;
+  welcome.ring_size = 1 << 26;
+  Write("protocol_fuzz", "welcome-ring", proto::Encode(w, welcome));
+  Write("protocol_fuzz", "batch-sealed", proto::Encode(w, 0, proto::Batch{7, 0, 0, 0}));
+  Write("protocol_fuzz", "batch-ring", proto::Encode(w, 0, proto::Batch{9, 2, 4096, 312}));
+  const uint64_t sequences[] = {1, 2, 3};
+  Write("protocol_fuzz", "release", proto::EncodeRelease(w, sequences));
+  Write("protocol_fuzz", "schema", proto::EncodeSchema(w, 5, schema_bytes));
+  Write("protocol_fuzz", "end", proto::EncodeEnd(w, 5));
+  Write("protocol_fuzz", "error", proto::Encode(w, 5, proto::Error{proto::ErrorCode::kHandler, "no"}));
+  Write("protocol_fuzz", "request", proto::EncodeRequest(w, 5, "SELECT 1"));
+  Write("protocol_fuzz", "bye", proto::EncodeBye(w));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
+    return 2;
+  }
+  out_dir = argv[1];
+  auto canonical = shmarrow::fuzz::CanonicalBatch();
+  auto dictionary = DictionaryBatch();
+  ProtocolSeeds(Unwrap(shmarrow::internal::SerializeSchema(*canonical->schema()), "schema"));
+
+  // Sealed-mode memfd contents: whole IPC streams.
+  auto ring_stream = Stream(canonical->schema(), {canonical, canonical->Slice(2, 3)});
+  auto dict_stream = Stream(dictionary->schema(), {dictionary, dictionary->Slice(1, 2)});
+  auto empty_stream = Stream(canonical->schema(), {});
+  Write("stream_fuzz", "ring-schema", *ring_stream);
+  Write("stream_fuzz", "dictionary", *dict_stream);
+  Write("stream_fuzz", "empty", *empty_stream);
+  // Regression: compressed bodies are refused before Arrow allocates their claimed sizes.
+  Write("stream_fuzz", "regression-compressed", *Stream(canonical->schema(), {canonical}, Compressed()));
+
+  // Message flatbuffers (schema, dictionary batch, record batches) out of those streams.
+  int index = 0;
+  for (const auto& stream : {ring_stream, dict_stream}) {
+    auto reader = arrow::ipc::MessageReader::Open(std::make_shared<arrow::io::BufferReader>(stream));
+    for (;;) {
+      auto message = Unwrap(reader->ReadNextMessage(), "message");
+      if (message == nullptr) break;
+      Write("flatbuffer_fuzz", "message-" + std::to_string(index++), *message->metadata());
+    }
+  }
+
+  // Ring: selector byte + record batch flatbuffer whose buffers lie in the fixed ring.
+  auto ring_seed = [](uint8_t selector, const arrow::Buffer& metadata, const std::string& name) {
+    std::string bytes(1, static_cast<char>(selector));
+    bytes.append(reinterpret_cast<const char*>(metadata.data()), static_cast<size_t>(metadata.size()));
+    Write("ring_fuzz", name, bytes.data(), bytes.size());
+  };
+  ring_seed(0, *shmarrow::fuzz::Encode(*canonical).metadata, "canonical");
+  ring_seed(0, *shmarrow::fuzz::Encode(*canonical->Slice(0, 0)).metadata, "empty");
+  // Regressions: a dictionary schema (null DictionaryMemo crash) and a compressed body (allocation
+  // of the claimed uncompressed sizes), both refused by the consumer since.
+  ring_seed(1, *shmarrow::fuzz::Encode(*dictionary).metadata, "regression-dictionary");
+  auto compressed = Unwrap(arrow::ipc::SerializeRecordBatch(*canonical, Compressed()), "compress");
+  arrow::io::BufferReader compressed_reader(compressed);
+  auto compressed_message = Unwrap(arrow::ipc::ReadMessage(&compressed_reader), "message");
+  ring_seed(0, *compressed_message->metadata(), "regression-compressed");
+  return 0;
+}
