@@ -1177,18 +1177,31 @@ TEST_P(ProducerConsumerTest, FdLimitWhileReceivingIsAClearError) {
   EXPECT_OK(PublishPooled(*producer, 2));
 }
 
-TEST(ProducerRingBackPressure, FullRingFailsFastWithoutBlockTimeout) {
-  const std::string address = NextAddress();
-  const auto schema = arrow::schema({arrow::field("a", arrow::int64())});
+// A ring producer with a 64 KiB ring (one int64 column "a") and one attached consumer.
+struct SmallRing {
+  std::shared_ptr<arrow::Schema> schema = arrow::schema({arrow::field("a", arrow::int64())});
   ProducerOptions options;
-  options.mode = MemoryMode::kRing;
-  options.ring_size = 64 * 1024;
-  options.block_timeout_ms = 0;
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, schema, options));
+  std::shared_ptr<Producer> producer;
+  std::shared_ptr<Consumer> consumer;
+};
+
+arrow::Result<SmallRing> MakeSmallRing(int block_timeout_ms) {
+  SmallRing ring;
+  const std::string address = NextAddress();
+  ring.options.mode = MemoryMode::kRing;
+  ring.options.ring_size = 64 * 1024;
+  ring.options.block_timeout_ms = block_timeout_ms;
+  ARROW_ASSIGN_OR_RAISE(ring.producer, Producer::Listen(address, ring.schema, ring.options));
   ConsumerOptions consumer_options;
   consumer_options.read_timeout_ms = kTimeoutMs;
-  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, consumer_options));
-  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  ARROW_ASSIGN_OR_RAISE(ring.consumer, Consumer::Connect(address, consumer_options));
+  ARROW_RETURN_NOT_OK(ring.producer->WaitForConsumers(1, kTimeoutMs));
+  return ring;
+}
+
+TEST(ProducerRingBackPressure, FullRingFailsFastWithoutBlockTimeout) {
+  ASSERT_OK_AND_ASSIGN(auto ring, MakeSmallRing(0));
+  auto& [schema, options, producer, consumer] = ring;
 
   std::vector<BatchPtr> held;
   arrow::Status failure;
@@ -1218,17 +1231,8 @@ TEST(ProducerRingBackPressure, FullRingFailsFastWithoutBlockTimeout) {
 }
 
 TEST(ProducerRingBackPressure, PublishWaitsForAReleaseFromAnotherThread) {
-  const std::string address = NextAddress();
-  const auto schema = arrow::schema({arrow::field("a", arrow::int64())});
-  ProducerOptions options;
-  options.mode = MemoryMode::kRing;
-  options.ring_size = 64 * 1024;
-  options.block_timeout_ms = 2000;
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, schema, options));
-  ConsumerOptions consumer_options;
-  consumer_options.read_timeout_ms = kTimeoutMs;
-  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, consumer_options));
-  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  ASSERT_OK_AND_ASSIGN(auto ring, MakeSmallRing(2000));
+  auto& [schema, options, producer, consumer] = ring;
 
   // Fill the ring with batches the consumer holds, until the next one cannot fit.
   std::vector<BatchPtr> held;
