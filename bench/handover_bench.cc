@@ -234,6 +234,15 @@ arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::st
   return shmarrow::Consumer::Connect(address, options);
 }
 
+// Ends the stream, waits until every consumer let go, reports the producer's peak RSS.
+arrow::Status FinishProducer(shmarrow::Producer& producer) {
+  ARROW_RETURN_NOT_OK(producer.End());
+  ARROW_RETURN_NOT_OK(producer.WaitUntilDrained(120000));
+  Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+  producer.Close();
+  return arrow::Status::OK();
+}
+
 // Consumer loop shared by handover and latency: read until end, record now - stamp.
 arrow::Status ShmConsume(const std::string& address, int64_t warmup, std::vector<int64_t>* samples) {
   ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
@@ -397,11 +406,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
               batch.reset();
               ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
             }
-            ARROW_RETURN_NOT_OK(producer->End());
-            ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
-            Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
-            producer->Close();
-            return arrow::Status::OK();
+            return FinishProducer(*producer);
           }();
           return st.ok() ? 0 : Fail("producer", st);
         });
@@ -545,11 +550,7 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
             batch.reset();
             ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
           }
-          ARROW_RETURN_NOT_OK(producer->End());
-          ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
-          Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
-          producer->Close();
-          return arrow::Status::OK();
+          return FinishProducer(*producer);
         }();
         return st.ok() ? 0 : Fail("producer", st);
       });

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "schema_match.h"
 #include "shmarrow/shared_stream.h"
 #include "shmarrow/stream_writer.h"
 #include "test_util.h"
@@ -43,24 +44,6 @@ std::vector<std::string> CorpusFiles() {
   std::sort(files.begin(), files.end());
   if (files.empty()) files.push_back(kAbsent);
   return files;
-}
-
-bool HasDictionary(const arrow::DataType& type) {
-  if (type.id() == arrow::Type::DICTIONARY) return true;
-  if (type.id() == arrow::Type::EXTENSION) {
-    return HasDictionary(*static_cast<const arrow::ExtensionType&>(type).storage_type());
-  }
-  for (const auto& child : type.fields()) {
-    if (HasDictionary(*child->type())) return true;
-  }
-  return false;
-}
-
-bool HasDictionary(const arrow::Schema& schema) {
-  for (const auto& field : schema.fields()) {
-    if (HasDictionary(*field->type())) return true;
-  }
-  return false;
 }
 
 /// Every batch of an IPC file, read with Arrow's defaults (heap).
@@ -134,7 +117,7 @@ TEST_P(Corpus, RoundTripsThroughSharedMemory) {
 
   const PlacementStats& stats = writer->stats();
   const bool compressed = GetParam().find("compression") != std::string::npos;
-  const bool dictionaries = HasDictionary(*schema);
+  const bool dictionaries = !internal::CheckNoDictionaries(*schema).ok();
   RecordProperty("bytes_copied", std::to_string(stats.bytes_copied));
   RecordProperty("bytes_in_place", std::to_string(stats.bytes_in_place));
   std::cout << "[corpus] " << GetParam() << ": batches=" << stats.record_batches
