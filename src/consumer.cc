@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <variant>
 
 #include "deadline.h"
@@ -44,10 +45,36 @@ class Channel {
   int fd() const { return socket_.fd(); }
   UnixSocket& socket() { return socket_; }
 
+  /// Notes that a batch arrived. A producer may not send a sequence this consumer still holds
+  /// (its Release would be ambiguous), nor more batches than the credits of their stream (the
+  /// published stream, or the answers to requests): each would cost memory, and in sealed mode a
+  /// mapping and an fd, without bound.
+  arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits) {
+    std::lock_guard lock(mutex_);
+    if (held_.count(sequence) != 0) {
+      return arrow::Status::Invalid("protocol: batch ", sequence,
+                                    " arrived while this consumer still holds batch ", sequence);
+    }
+    size_t& count = response ? held_responses_ : held_published_;
+    if (count >= credits) {
+      return arrow::Status::Invalid("protocol: batch ", sequence, " is beyond this consumer's ",
+                                    credits, " credits (it holds ", count, " batches of ",
+                                    response ? "answers to requests" : "the published stream",
+                                    ")");
+    }
+    held_.emplace(sequence, response);
+    ++count;
+    return arrow::Status::OK();
+  }
+
   /// One Release message (one syscall) per batch; if the socket is full it waits for the next
   /// Flush, done by the consumer's next read.
   void Release(uint64_t sequence) {
     std::lock_guard lock(mutex_);
+    if (auto it = held_.find(sequence); it != held_.end()) {
+      --(it->second ? held_responses_ : held_published_);
+      held_.erase(it);
+    }
     unsent_.push_back(sequence);
     FlushLocked();
   }
@@ -81,6 +108,9 @@ class Channel {
   proto::Writer writer_;
   std::vector<uint64_t> unsent_;
   int64_t released_ = 0;
+  std::unordered_map<uint64_t, bool> held_;  // sequence → answers a request
+  size_t held_published_ = 0;
+  size_t held_responses_ = 0;
 };
 
 /// The memory of one received batch, as seen by Arrow: the ring (or the batch's memfd) as a
@@ -160,6 +190,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<arrow::RecordBatchReader> handover_;
   std::shared_ptr<SharedStream> handover_stream_;
   arrow::Status fatal_;
+  uint32_t credits_ = 0;  // batches held at once, per stream class (from Welcome)
   uint32_t next_request_ = 1;
   ConsumerStats stats_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
@@ -267,6 +298,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
   }
   streams_[0].schema = schema_;
+  credits_ = welcome.max_in_flight;
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
@@ -369,6 +401,7 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
                                     fds.size(), " fds, expected 1");
     }
+    ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
     SharedStreamOptions stream_options;
     stream_options.validation = options_.validation;
     auto opened = SharedStream::Open(std::move(fds[0]), stream_options);
@@ -391,6 +424,7 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
     return out;
   }
   if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
+  ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
   auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
