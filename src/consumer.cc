@@ -411,15 +411,22 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
                                          opened.status().message());
     }
     auto lease = std::make_shared<LeaseBuffer>((*opened)->buffer(), message.sequence, channel_);
-    ARROW_ASSIGN_OR_RAISE(auto reader, internal::OpenValidatedStream(lease, options_.validation));
-    lease.reset();
-    for (;;) {
-      ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
-      if (batch == nullptr) break;
-      if (stream == 0) {
-        ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+    const int64_t size = lease->size();
+    const arrow::Status read = [&]() -> arrow::Status {
+      ARROW_ASSIGN_OR_RAISE(auto reader,
+                            internal::OpenValidatedStream(std::move(lease), options_.validation));
+      for (;;) {
+        ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
+        if (batch == nullptr) return arrow::Status::OK();
+        if (stream == 0) {
+          ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+        }
+        out.push_back(std::move(batch));
       }
-      out.push_back(std::move(batch));
+    }();
+    if (!read.ok()) {  // Arrow's message names a buffer or an offset, not the batch
+      return read.WithMessage("batch ", message.sequence, " (a sealed memfd of ", size,
+                              " bytes): ", read.message());
     }
     return out;
   }
@@ -445,9 +452,15 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
   arrow::io::BufferReader body(lease);
   lease.reset();
   const auto& schema = streams_[stream].schema;
-  ARROW_ASSIGN_OR_RAISE(auto batch,
-                        arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
-                                                    arrow::ipc::IpcReadOptions::Defaults(), &body));
+  auto read = arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
+                                          arrow::ipc::IpcReadOptions::Defaults(), &body);
+  if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
+    return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
+                                     message.metadata_offset, ", +", message.metadata_length,
+                                     ") of the ", ring_size, "-byte ring): ",
+                                     read.status().message());
+  }
+  std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
   ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
                                               static_cast<int64_t>(message.sequence)));
   out.push_back(std::move(batch));
