@@ -494,6 +494,9 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
     ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
                                 "room: a consumer is a full backlog behind"));
     loan = std::move(loan_);
+    // The lane stops pointing at this arena (allocations in it keep it alive): once the batch
+    // is released everywhere its memory returns, without waiting for the next pool() call.
+    stream_lane_.Use(nullptr);
   }
   ARROW_ASSIGN_OR_RAISE(auto published, Prepare(batch, &loan, /*for_stream0=*/true));
   std::lock_guard lock(mutex_);
