@@ -782,18 +782,6 @@ void ProducerImpl::AcceptAll() {
       (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
       continue;
     }
-    // max_consumers only counts consumers past the handshake: without a bound of their own,
-    // connections that never say Hello would hold an fd each here, as many as a peer opens.
-    const auto waiting = std::count_if(connections_.begin(), connections_.end(),
-                                       [](const auto& e) { return !e.second->welcomed; });
-    if (waiting >= options_.max_consumers) {
-      proto::Error error{proto::ErrorCode::kLimit,
-                         "producer already has " + std::to_string(waiting) +
-                             " connections that have not said Hello (limit " +
-                             std::to_string(options_.max_consumers) + ")"};
-      (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
-      continue;
-    }
     const int size = kSocketBuffer;
     ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     auto c = std::make_unique<Connection>(std::move(socket));
