@@ -235,10 +235,15 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
       ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, CrashSchema(), Options()));
       const int fds_listening = test_util::CountOpenFds() - 2;  // less the Go() pipes
       const int maps_listening = CountMemfdMappings();
+      // The survivor first, so that the stream starts only once it is attached.
       survivor.Go();
+      ASSERT_OK(producer->WaitForConsumers(1, kWaitMs));
       victim.Go();
-      if (kill_at == 0) victim.Kill();
-      ASSERT_OK(producer->WaitForConsumers(kill_at == 0 ? 1 : 2, kWaitMs));
+      if (kill_at == 0) {
+        victim.Kill();  // wherever it is in connecting
+      } else {
+        ASSERT_OK(producer->WaitForConsumers(2, kWaitMs));
+      }
       std::thread killer([&] {
         (void)victim.WaitForSteps(kill_at, kWaitMs);
         victim.Kill();
