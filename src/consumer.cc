@@ -18,6 +18,7 @@
 #include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
+#include "flight_internal.h"
 #include "handover_internal.h"
 #include "mapping.h"
 #include "memfd.h"
@@ -571,6 +572,9 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
 
 arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
                                                            const ConsumerOptions& options) {
+  if (internal::flight::IsFlightAddress(address)) {
+    return internal::flight::ConnectFlight(address, options);
+  }
   auto consumer = std::make_shared<ConsumerImpl>(options);
   // A producer of the single hand-over listens on a SOCK_STREAM socket instead. Connecting to
   // its filesystem socket with the wrong type fails with EPROTOTYPE; abstract names are looked
