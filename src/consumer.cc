@@ -174,6 +174,10 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   /// true with `batch` null at the end, false when nothing decisive is queued (schema changes
   /// are applied on the way); an error event is returned as the error.
   arrow::Result<bool> TakeQueued(uint32_t stream, std::shared_ptr<arrow::RecordBatch>* batch);
+  /// One datagram from the producer. A producer that closes with datagrams of ours unread (it
+  /// died, or refused us) resets the connection: the kernel reports ECONNRESET once, ahead of
+  /// the datagrams still queued for us, which the next read returns (then end of file).
+  arrow::Result<internal::Received> Receive(int timeout_ms);
   /// Receives and handles one message; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
@@ -259,14 +263,9 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
                           internal::SerializeSchema(*options_.expect_schema));
   }
   // A producer that refuses this consumer (another uid) sends why and closes at once, maybe
-  // before the Hello arrived: the send may then fail, and the receive report ECONNRESET before
-  // the datagram queued ahead of the reset (the kernel reports a pending socket error first,
-  // once). The reason is still there to read.
+  // before the Hello arrived: the send may then fail, but the reason is still there to read.
   const arrow::Status hello_sent = channel_->Send(proto::Encode(writer_, hello));
-  auto receiving = channel_->socket().Receive(receive_buffer_, 1, kHandshakeTimeoutMs);
-  if (!receiving.ok() && arrow::internal::ErrnoFromStatus(receiving.status()) == ECONNRESET) {
-    receiving = channel_->socket().Receive(receive_buffer_, 1, 0);
-  }
+  auto receiving = Receive(kHandshakeTimeoutMs);
   if (!receiving.ok()) return hello_sent.ok() ? receiving.status() : hello_sent;
   auto received = std::move(*receiving);
   if (received.bytes < 0) {
@@ -327,10 +326,17 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   return arrow::Status::OK();
 }
 
+arrow::Result<internal::Received> ConsumerImpl::Receive(int timeout_ms) {
+  auto received = channel_->socket().Receive(receive_buffer_, 1, timeout_ms);
+  if (!received.ok() && arrow::internal::ErrnoFromStatus(received.status()) == ECONNRESET) {
+    return channel_->socket().Receive(receive_buffer_, 1, 0);
+  }
+  return received;
+}
+
 arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   channel_->Flush();
-  ARROW_ASSIGN_OR_RAISE(auto received,
-                        channel_->socket().Receive(receive_buffer_, 1, timeout_ms));
+  ARROW_ASSIGN_OR_RAISE(auto received, Receive(timeout_ms));
   if (received.bytes < 0) return false;
   if (received.bytes == 0) {
     fatal_ = arrow::Status::IOError(
