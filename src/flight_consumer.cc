@@ -279,9 +279,8 @@ class FlightConsumer final : public Consumer {
 /// Same-host upgrade: the bridge's producer through shared memory, when the bridge advertises a
 /// socket that is the same file here and its producer accepts this process.
 arrow::Result<std::shared_ptr<Consumer>> Upgrade(const std::string& address,
-                                                 fl::ResultStream& results,
+                                                 const fl::Result* result,
                                                  const ConsumerOptions& options) {
-  ARROW_ASSIGN_OR_RAISE(auto result, results.Next());
   if (result == nullptr || result->body == nullptr) {
     return arrow::Status::Invalid("the bridge at '", address, "' advertised no socket");
   }
@@ -299,16 +298,23 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(const std::string& addres
   ARROW_ASSIGN_OR_RAISE(auto connection, OpenClient(location, options));
   const bool bridge_stream = parsed.path.empty();
   if (bridge_stream && options.remote.upgrade_to_shared_memory && IsLoopbackHost(parsed.host)) {
-    auto results = FirstCall(address, options.connect_wait_ms, [&] {
-      return connection.client->DoAction(connection.call,
-                                         fl::Action{std::string(kSocketAction), nullptr});
-    });
-    if (!results.ok() && arrow::internal::ErrnoFromStatus(results.status()) == ECONNREFUSED) {
-      return results.status();  // nobody answers
+    // The call is made when its first result is read.
+    auto advertised = FirstCall(address, options.connect_wait_ms,
+                                [&]() -> arrow::Result<std::unique_ptr<fl::Result>> {
+                                  ARROW_ASSIGN_OR_RAISE(
+                                      auto results,
+                                      connection.client->DoAction(
+                                          connection.call,
+                                          fl::Action{std::string(kSocketAction), nullptr}));
+                                  return results->Next();
+                                });
+    if (!advertised.ok() &&
+        arrow::internal::ErrnoFromStatus(advertised.status()) == ECONNREFUSED) {
+      return advertised.status();  // nobody answers
     }
     // Any refusal (not a bridge, not advertised, another host, another uid) stays on Flight.
-    if (results.ok()) {
-      auto upgraded = Upgrade(address, **results, options);
+    if (advertised.ok()) {
+      auto upgraded = Upgrade(address, advertised->get(), options);
       if (upgraded.ok()) return upgraded;
     }
   }

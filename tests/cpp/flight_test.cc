@@ -1,0 +1,258 @@
+// The Flight bridge and the Flight consumer in one process: the same checksums as a shared-memory
+// consumer, the same-host upgrade and its refusal, requests as tickets, and every refusal (unknown
+// ticket, bad token, nobody listening, a non-loopback address) as a clear error. Remote clients in
+// other processes, one killed midway, are in tests/python/test_flight.py.
+#include <arrow/api.h>
+#include <arrow/flight/client.h>
+#include <arrow/util/io_util.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+
+#include <string>
+#include <vector>
+
+#include "shmarrow/consumer.h"
+#include "shmarrow/flight.h"
+#include "shmarrow/producer.h"
+#include "shmarrow/summary.h"
+#include "test_util.h"
+
+namespace shmarrow {
+namespace {
+
+constexpr int kTimeoutMs = 20000;
+constexpr int kBatches = 20;
+
+std::shared_ptr<arrow::Schema> Schema() {
+  return arrow::schema({arrow::field("id", arrow::int64()), arrow::field("name", arrow::utf8())});
+}
+
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeBatch(arrow::MemoryPool* pool, int seed) {
+  arrow::Int64Builder ids(pool);
+  arrow::StringBuilder names(pool);
+  for (int i = 0; i < 500; ++i) {
+    ARROW_RETURN_NOT_OK(ids.Append(int64_t{seed} * 1000 + i));
+    ARROW_RETURN_NOT_OK(names.Append("row-" + std::to_string(seed * 7 + i)));
+  }
+  ARROW_ASSIGN_OR_RAISE(auto id_array, ids.Finish());
+  ARROW_ASSIGN_OR_RAISE(auto name_array, names.Finish());
+  return arrow::RecordBatch::Make(Schema(), 500, {id_array, name_array});
+}
+
+/// Reads to the end; the checksums of both columns.
+arrow::Result<std::vector<uint64_t>> Checksums(arrow::RecordBatchReader& reader) {
+  StreamSummary summary(reader.schema());
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ARROW_RETURN_NOT_OK(reader.ReadNext(&batch));
+    if (batch == nullptr) break;
+    summary.Add(*batch);
+  }
+  if (summary.batches() != kBatches) {
+    return arrow::Status::Invalid("read ", summary.batches(), " batches, expected ", kBatches);
+  }
+  return std::vector<uint64_t>{*summary.checksum(0), *summary.checksum(1)};
+}
+
+ConsumerOptions Remote(bool upgrade) {
+  ConsumerOptions options;
+  options.read_timeout_ms = kTimeoutMs;
+  options.remote.upgrade_to_shared_memory = upgrade;
+  return options;
+}
+
+class FlightTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    socket_ = test_util::UniqueTempPath("flight");
+    ASSERT_OK_AND_ASSIGN(producer_, Producer::Listen(socket_, Schema()));
+  }
+  void TearDown() override {
+    if (producer_ != nullptr) producer_->Close();
+  }
+
+  arrow::Result<std::unique_ptr<FlightBridge>> StartBridge(FlightBridgeOptions options = {}) {
+    options.socket = socket_;
+    return FlightBridge::Start(options);
+  }
+
+  /// Publishes the batches once `consumers` are attached, then ends the stream.
+  void PublishAll(int consumers) {
+    ASSERT_OK(producer_->WaitForConsumers(consumers, kTimeoutMs));
+    for (int seed = 0; seed < kBatches; ++seed) {
+      ASSERT_OK_AND_ASSIGN(auto batch, MakeBatch(producer_->pool(), seed));
+      ASSERT_OK(producer_->Publish(batch));
+    }
+    ASSERT_OK(producer_->End());
+  }
+
+  std::string socket_;
+  std::shared_ptr<Producer> producer_;
+};
+
+TEST_F(FlightTest, RemoteConsumerReadsTheChecksumsOfALocalOne) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  EXPECT_EQ(bridge->location(), "grpc://127.0.0.1:" + std::to_string(bridge->port()));
+  ASSERT_OK_AND_ASSIGN(auto local, Consumer::Connect(socket_, Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  EXPECT_EQ(remote->mode(), "flight");
+  EXPECT_TRUE(remote->schema()->Equals(*Schema()));
+  std::vector<uint64_t> remote_sums;
+  std::thread reader([&] {
+    auto sums = Checksums(*remote);
+    ASSERT_OK(sums);
+    remote_sums = *sums;
+  });
+  PublishAll(2);  // the local consumer and the bridge's, for the remote one
+  ASSERT_OK_AND_ASSIGN(auto local_sums, Checksums(*local));
+  reader.join();
+  EXPECT_EQ(remote_sums, local_sums);
+  EXPECT_EQ(remote->stats().batches, kBatches);
+  local.reset();
+  remote.reset();
+  ASSERT_OK(producer_->WaitUntilDrained(kTimeoutMs));
+  EXPECT_EQ(producer_->stats().in_flight, 0);
+  EXPECT_EQ(bridge->stats().batches_sent, kBatches);
+}
+
+TEST_F(FlightTest, FdAndTryNextServePollLoops) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  ASSERT_GE(remote->fd(), 0);
+  std::shared_ptr<arrow::RecordBatch> batch;
+  ASSERT_OK_AND_ASSIGN(auto polled, remote->TryNext(&batch));
+  EXPECT_EQ(polled, Consumer::Poll::kPending);  // nothing published yet
+  PublishAll(1);
+  StreamSummary summary(remote->schema());
+  for (;;) {
+    pollfd readable{remote->fd(), POLLIN, 0};
+    ASSERT_EQ(::poll(&readable, 1, kTimeoutMs), 1);
+    ASSERT_OK_AND_ASSIGN(polled, remote->TryNext(&batch));
+    if (polled == Consumer::Poll::kEnd) break;
+    if (polled == Consumer::Poll::kBatch) summary.Add(*batch);
+  }
+  EXPECT_EQ(summary.batches(), kBatches);
+}
+
+TEST_F(FlightTest, SameHostUpgradeReadsSharedMemoryUnlessRefused) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto upgraded, Consumer::Connect(bridge->location(), Remote(true)));
+  EXPECT_EQ(upgraded->mode(), "ring");
+  // "localhost" is loopback too.
+  ASSERT_OK_AND_ASSIGN(
+      auto by_name,
+      Consumer::Connect("grpc://localhost:" + std::to_string(bridge->port()), Remote(true)));
+  EXPECT_EQ(by_name->mode(), "ring");
+
+  FlightBridgeOptions quiet;
+  quiet.advertise_socket = false;
+  ASSERT_OK_AND_ASSIGN(auto silent_bridge, StartBridge(quiet));
+  ASSERT_OK_AND_ASSIGN(auto stays, Consumer::Connect(silent_bridge->location(), Remote(true)));
+  EXPECT_EQ(stays->mode(), "flight");
+  PublishAll(3);
+  ASSERT_OK_AND_ASSIGN(auto upgraded_sums, Checksums(*upgraded));
+  ASSERT_OK_AND_ASSIGN(auto by_name_sums, Checksums(*by_name));
+  ASSERT_OK_AND_ASSIGN(auto flight_sums, Checksums(*stays));
+  EXPECT_EQ(upgraded_sums, flight_sums);
+  EXPECT_EQ(by_name_sums, flight_sums);
+}
+
+TEST_F(FlightTest, RequestsAreTickets) {
+  producer_->SetRequestHandler([](std::string_view request, ResponseWriter& response) {
+    if (request != "two") return arrow::Status::Invalid("only 'two' is known, not '", request, "'");
+    for (int seed = 0; seed < 2; ++seed) {
+      ARROW_ASSIGN_OR_RAISE(auto batch, MakeBatch(response.pool(), seed));
+      ARROW_RETURN_NOT_OK(response.Write(batch));
+    }
+    return arrow::Status::OK();
+  });
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto answer, remote->Request("two"));
+  ASSERT_OK_AND_ASSIGN(auto table, answer->ToTable());
+  EXPECT_EQ(table->num_rows(), 1000);
+  EXPECT_ERROR_CONTAINS(remote->Request("three").status(), "only 'two' is known, not 'three'");
+
+  FlightBridgeOptions no_requests;
+  no_requests.serve_requests = false;
+  ASSERT_OK_AND_ASSIGN(auto closed_bridge, StartBridge(no_requests));
+  ASSERT_OK_AND_ASSIGN(auto other, Consumer::Connect(closed_bridge->location(), Remote(false)));
+  EXPECT_ERROR_CONTAINS(other->Request("two").status(), "unknown ticket 'request:two'");
+}
+
+TEST_F(FlightTest, UnknownTicketsDescriptorsAndActionsAreRefused) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto location, arrow::flight::Location::Parse(bridge->location()));
+  ASSERT_OK_AND_ASSIGN(auto client, arrow::flight::FlightClient::Connect(location));
+  EXPECT_ERROR_CONTAINS(client->DoGet(arrow::flight::Ticket{"other\x01"}).status(),
+                        "unknown ticket 'other\\x01'");
+  EXPECT_ERROR_CONTAINS(
+      client->GetFlightInfo(arrow::flight::FlightDescriptor::Path({"etc", "passwd"})).status(),
+      "unknown descriptor");
+  // The action's call is made when its first result is read.
+  ASSERT_OK_AND_ASSIGN(auto results, client->DoAction(arrow::flight::Action{"shutdown", nullptr}));
+  EXPECT_ERROR_CONTAINS(results->Next().status(), "unknown action 'shutdown'");
+  // The one flight it describes is the producer's stream.
+  ASSERT_OK_AND_ASSIGN(auto info,
+                       client->GetFlightInfo(arrow::flight::FlightDescriptor::Path({"stream"})));
+  arrow::ipc::DictionaryMemo memo;
+  ASSERT_OK_AND_ASSIGN(auto schema, info->GetSchema(&memo));
+  EXPECT_TRUE(schema->Equals(*Schema()));
+  EXPECT_EQ(bridge->stats().calls_refused, 3);
+}
+
+TEST_F(FlightTest, TokenIsRequired) {
+  FlightBridgeOptions guarded;
+  guarded.token = "s3cret";
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge(guarded));
+  auto wrong = Remote(false);
+  wrong.remote.token = "guess";
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), wrong).status(),
+                        "missing or wrong bearer token");
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(false)).status(),
+                        "missing or wrong bearer token");
+  // A client without the token learns nothing of the socket either: no upgrade.
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(true)).status(),
+                        "missing or wrong bearer token");
+  auto right = Remote(false);
+  right.remote.token = "s3cret";
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(bridge->location(), right));
+  EXPECT_EQ(consumer->mode(), "flight");
+}
+
+TEST_F(FlightTest, NobodyListeningIsConnectionRefused) {
+  std::string gone;
+  {
+    ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+    gone = bridge->location();
+  }
+  auto status = Consumer::Connect(gone, Remote(true)).status();
+  EXPECT_ERROR_CONTAINS(status, "no Flight server answers at '" + gone + "'");
+  EXPECT_EQ(arrow::internal::ErrnoFromStatus(status), ECONNREFUSED);
+  // A bridge whose producer is gone says so.
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  producer_->Close();
+  producer_.reset();
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(false)).status(),
+                        "shmarrow bridge: the producer at '" + socket_ + "'");
+}
+
+TEST_F(FlightTest, BadBridgeOptionsAreRefused) {
+  FlightBridgeOptions options;
+  options.listen = "grpc://0.0.0.0:0";
+  EXPECT_ERROR_CONTAINS(StartBridge(options).status(), "is not a loopback address");
+  options.listen = "grpc+tls://127.0.0.1:0";
+  EXPECT_ERROR_CONTAINS(StartBridge(options).status(), "grpc+tls needs a certificate");
+  options.listen = "grpc://127.0.0.1:0";
+  options.tls_cert_pem = "x";
+  EXPECT_ERROR_CONTAINS(StartBridge(options).status(), "is not grpc+tls://");
+  options = {};
+  options.listen = "http://127.0.0.1:0";
+  EXPECT_ERROR_CONTAINS(StartBridge(options).status(), "is not a Flight address");
+  options = {};
+  options.socket = "grpc://127.0.0.1:1";
+  EXPECT_ERROR_CONTAINS(FlightBridge::Start(options).status(), "must be a UNIX socket");
+}
+
+}  // namespace
+}  // namespace shmarrow
