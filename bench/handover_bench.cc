@@ -1,10 +1,11 @@
 // handover_bench: the C++ side of bench/run (see docs/benchmarks.md).
 //
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
-//   handover_bench latency    --transport ring|uds --iters N [--warmup W]
+//   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M
 //   handover_bench heap       --transport ring|sealed --batches M
+//   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
 //
 // Every mode forks its consumer process(es) first thing in main(), before Arrow or the library
 // start any thread; the processes meet on an abstract socket (shmarrow) or a socketpair (uds).
@@ -15,6 +16,8 @@
 // released the batch (shmarrow: WaitUntilDrained; uds: a one-byte pong) before the next one.
 #include <arrow/api.h>
 #include <arrow/io/file.h>
+#include <arrow/io/memory.h>
+#include <arrow/util/bit_util.h>
 #include <arrow/ipc/api.h>
 #include <dlfcn.h>
 #include <sys/resource.h>
@@ -223,10 +226,12 @@ arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::str
   return shmarrow::Producer::Listen(address, std::move(schema), options);
 }
 
-arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address) {
+arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address,
+                                                                   int busy_poll_us = 0) {
   shmarrow::ConsumerOptions options;
   options.connect_wait_ms = 20000;
   options.read_timeout_ms = 120000;
+  options.busy_poll_us = busy_poll_us;
   // For experiments only (bench/run always uses the default, full validation).
   if (const char* v = std::getenv("SHMARROW_BENCH_VALIDATION"); v != nullptr && std::string(v) == "basic") {
     options.validation = shmarrow::Validation::kBasic;
@@ -244,8 +249,9 @@ arrow::Status FinishProducer(shmarrow::Producer& producer) {
 }
 
 // Consumer loop shared by handover and latency: read until end, record now - stamp.
-arrow::Status ShmConsume(const std::string& address, int64_t warmup, std::vector<int64_t>* samples) {
-  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_poll_us,
+                         std::vector<int64_t>* samples) {
+  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
   int64_t n = 0;
   for (;;) {
     std::shared_ptr<arrow::RecordBatch> batch;
@@ -292,7 +298,8 @@ class SocketOutputStream final : public arrow::io::OutputStream {
 
 class SocketInputStream final : public arrow::io::InputStream {
  public:
-  explicit SocketInputStream(int fd) : fd_(fd) {}
+  /// busy: spin on non-blocking reads instead of sleeping in read().
+  SocketInputStream(int fd, bool busy) : fd_(fd), busy_(busy) {}
   arrow::Status Close() override {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -304,8 +311,9 @@ class SocketInputStream final : public arrow::io::InputStream {
     auto* p = static_cast<uint8_t*>(out);
     int64_t done = 0;
     while (done < nbytes) {
-      const ssize_t n = ::read(fd_, p + done, static_cast<size_t>(nbytes - done));
-      if (n < 0 && errno == EINTR) continue;
+      const ssize_t n = ::recv(fd_, p + done, static_cast<size_t>(nbytes - done),
+                               busy_ ? MSG_DONTWAIT : 0);
+      if (n < 0 && (errno == EINTR || (busy_ && errno == EAGAIN))) continue;
       if (n < 0) return arrow::Status::IOError("socket read: ", std::strerror(errno));
       if (n == 0) break;
       done += n;
@@ -322,6 +330,7 @@ class SocketInputStream final : public arrow::io::InputStream {
 
  private:
   int fd_;
+  bool busy_;
   int64_t position_ = 0;
 };
 
@@ -344,9 +353,9 @@ arrow::Status UdsProduce(int fd, std::shared_ptr<arrow::Schema> schema,
   return arrow::Status::OK();
 }
 
-arrow::Status UdsConsume(int fd, int64_t warmup, std::vector<int64_t>* samples) {
+arrow::Status UdsConsume(int fd, int64_t warmup, bool busy, std::vector<int64_t>* samples) {
   const int pong = ::dup(fd);
-  auto in = std::make_shared<SocketInputStream>(fd);
+  auto in = std::make_shared<SocketInputStream>(fd, busy);
   ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(in));
   int64_t n = 0;
   for (;;) {
@@ -369,7 +378,7 @@ arrow::Status UdsConsume(int fd, int64_t warmup, std::vector<int64_t>* samples) 
 // settle_ms: the producer pauses that long between building a batch and publishing it (the
 // consumer sits idle meanwhile), the control for idle wake-up cost.
 int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
-             int64_t warmup, int settle_ms) {
+             int64_t warmup, int settle_ms, int busy_poll_us) {
   const bool small = kind == "latency";
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   auto make_in = [&](arrow::MemoryPool* pool, int64_t i) {
@@ -377,7 +386,8 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
   };
   auto emit = [&](const std::vector<int64_t>& samples) {
     Emit("{\"role\":\"consumer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
-         "\",\"bytes\":" + std::to_string(bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
+         "\",\"bytes\":" + std::to_string(bytes) + ",\"busy_poll_us\":" + std::to_string(busy_poll_us) +
+         ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
          ",\"samples_ns\":" + Samples(samples) + "}");
   };
   const int64_t total = iters + warmup;
@@ -388,7 +398,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
         1,
         [&](int) {
           std::vector<int64_t> samples;
-          auto st = ShmConsume(address, warmup, &samples);
+          auto st = ShmConsume(address, warmup, busy_poll_us, &samples);
           if (!st.ok()) return Fail("consumer", st);
           emit(samples);
           return 0;
@@ -422,7 +432,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
         [&](int) {
           ::close(sv[0]);
           std::vector<int64_t> samples;
-          auto st = UdsConsume(sv[1], warmup, &samples);
+          auto st = UdsConsume(sv[1], warmup, busy_poll_us > 0, &samples);
           if (!st.ok()) return Fail("consumer", st);
           emit(samples);
           return 0;
@@ -640,6 +650,44 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       });
 }
 
+// Arrow's own heap allocations for the small batch, in one process and without shmarrow: the
+// producer side's GetRecordBatchPayload (what Publish asks of Arrow's writer), and the consumer
+// side's ReadRecordBatch plus ValidateFull (what a consumer asks of Arrow's reader). The floor
+// under the "heap" figures while batches are Arrow objects.
+int RunHeapFloor(int64_t batches) {
+  auto st = [&]() -> arrow::Status {
+    ARROW_ASSIGN_OR_RAISE(auto batch, MakeSmall(arrow::default_memory_pool(), 1));
+    arrow::ipc::IpcPayload first;
+    ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &first));
+    ARROW_ASSIGN_OR_RAISE(auto body, arrow::AllocateBuffer(first.body_length));
+    int64_t at = 0;
+    for (const auto& buffer : first.body_buffers) {
+      if (buffer == nullptr) continue;
+      std::memcpy(body->mutable_data() + at, buffer->data(), static_cast<size_t>(buffer->size()));
+      at += arrow::bit_util::RoundUpToMultipleOf8(buffer->size());
+    }
+    const std::shared_ptr<arrow::Buffer> body_shared(std::move(body));
+    const long long write0 = HeapCalls();
+    for (int64_t i = 0; i < batches; ++i) {
+      arrow::ipc::IpcPayload payload;
+      ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+    }
+    const long long write_calls = HeapCalls() - write0;
+    const long long read0 = HeapCalls();
+    for (int64_t i = 0; i < batches; ++i) {
+      arrow::io::BufferReader reader(body_shared);
+      ARROW_ASSIGN_OR_RAISE(auto read, arrow::ipc::ReadRecordBatch(*first.metadata, SmallSchema(), nullptr,
+                                                                   arrow::ipc::IpcReadOptions::Defaults(), &reader));
+      ARROW_RETURN_NOT_OK(read->ValidateFull());
+    }
+    const long long read_calls = HeapCalls() - read0;
+    Emit("{\"role\":\"floor\",\"batches\":" + std::to_string(batches) +
+         ",\"write_calls\":" + std::to_string(write_calls) + ",\"read_calls\":" + std::to_string(read_calls) + "}");
+    return arrow::Status::OK();
+  }();
+  return st.ok() ? 0 : Fail("floor", st);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -647,12 +695,14 @@ int main(int argc, char** argv) {
   if (a.command == "handover" || a.command == "latency") {
     return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
                     a.Int("warmup", a.command == "latency" ? 100 : 1),
-                    static_cast<int>(a.Int("settle-ms", 0)));
+                    static_cast<int>(a.Int("settle-ms", 0)),
+                    static_cast<int>(a.Int("busy-poll-us", 0)));
   }
   if (a.command == "e2e") {
     return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),
                   a.Int("iters", 3));
   }
+  if (a.command == "heap-floor") return RunHeapFloor(a.Int("batches", 10000));
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000));

@@ -32,6 +32,7 @@ void EveryDecoder(std::span<const uint8_t> payload) {
   { proto::Reader r(payload); (void)proto::DecodeHello(r); }
   { proto::Reader r(payload); (void)proto::DecodeWelcome(r); }
   { proto::Reader r(payload); (void)proto::DecodeBatch(r); }
+  { proto::Reader r(payload); std::vector<proto::Batch> out; (void)proto::DecodeBatches(r, proto::kMaxRun, &out); }
   { proto::Reader r(payload); std::vector<uint64_t> out; (void)proto::DecodeRelease(r, 4096, &out); }
   { proto::Reader r(payload); (void)proto::DecodeSchema(r); }
   { proto::Reader r(payload); (void)proto::DecodeError(r); }
@@ -74,6 +75,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case proto::Type::kBatch: {
       auto m = proto::DecodeBatch(reader);
       if (m.ok()) Same(proto::Encode(w, stream, *m), input, "Batch");
+      break;
+    }
+    case proto::Type::kBatches: {
+      std::vector<proto::Batch> run;
+      if (proto::DecodeBatches(reader, proto::kMaxRun, &run).ok()) {
+        Same(proto::EncodeBatches(w, stream, run), input, "Batches");
+      }
       break;
     }
     case proto::Type::kRelease: {

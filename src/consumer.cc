@@ -44,12 +44,20 @@ class Channel {
   int fd() const { return socket_.fd(); }
   UnixSocket& socket() { return socket_; }
 
-  /// One Release message (one syscall) per batch; if the socket is full it waits for the next
-  /// Flush, done by the consumer's next read.
+  /// Tells the producer at once — or, while deferring, with the next `flush_at` releases, or when
+  /// the consumer catches up. If the socket is full it waits for the next Flush.
   void Release(uint64_t sequence) {
     std::lock_guard lock(mutex_);
     unsent_.push_back(sequence);
-    FlushLocked();
+    if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+  }
+  /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
+  /// then answers several batches. Stopping sends what waits.
+  void SetDeferring(bool deferring, size_t flush_at) {
+    std::lock_guard lock(mutex_);
+    deferring_ = deferring;
+    flush_at_ = std::max<size_t>(flush_at, 1);
+    if (!deferring_) FlushLocked();
   }
   void Flush() {
     std::lock_guard lock(mutex_);
@@ -68,18 +76,23 @@ class Channel {
 
  private:
   void FlushLocked() {
-    if (unsent_.empty()) return;
-    auto sent = socket_.TrySendDatagram(proto::EncodeRelease(writer_, unsent_), {});
-    if (sent.ok() && !*sent) return;  // full: try again later
-    // Sent, or the producer is gone (then there is nobody left to tell).
-    released_ += static_cast<int64_t>(unsent_.size());
-    unsent_.clear();
+    while (!unsent_.empty()) {
+      const size_t count = std::min<size_t>(unsent_.size(), proto::kMaxRun);
+      std::span<const uint64_t> chunk(unsent_.data() + unsent_.size() - count, count);
+      auto sent = socket_.TrySendDatagram(proto::EncodeRelease(writer_, chunk), {});
+      if (sent.ok() && !*sent) return;  // full: try again later
+      // Sent, or the producer is gone (then there is nobody left to tell).
+      released_ += static_cast<int64_t>(count);
+      unsent_.resize(unsent_.size() - count);
+    }
   }
 
   UnixSocket socket_;
   mutable std::mutex mutex_;
   proto::Writer writer_;
   std::vector<uint64_t> unsent_;
+  bool deferring_ = false;
+  size_t flush_at_ = 1;
   int64_t released_ = 0;
 };
 
@@ -145,9 +158,14 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Result<bool> TakeQueued(uint32_t stream, std::shared_ptr<arrow::RecordBatch>* batch);
   /// Receives and handles one message; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
+  /// After a batch was taken: releases are deferred while more batches wait to be read here
+  /// (looking for the next one first if the consumer was behind), and sent otherwise.
+  void SettleReleases();
+  bool HasQueuedBatch() const;
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
-  arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> Materialize(
-      const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds);
+  /// Appends the batches `message` describes to `events`.
+  arrow::Status Materialize(const proto::Batch& message, uint32_t stream,
+                            std::vector<UniqueFd>& fds, std::deque<Event>* events);
   arrow::Result<std::shared_ptr<arrow::RecordBatch>> Project(
       std::shared_ptr<arrow::RecordBatch> batch);
 
@@ -164,6 +182,12 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   ConsumerStats stats_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   proto::Writer writer_;
+  bool batch_runs_ = false;  // negotiated: Batches messages may arrive
+  std::vector<proto::Batch> run_;
+  // The last receive found a message already waiting: the consumer is behind the producer.
+  bool behind_ = false;
+  size_t release_batch_ = 1;  // releases per Release message while behind
+  std::vector<uint8_t> metadata_scratch_;  // ring mode: the private copy of a batch's metadata
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -186,6 +210,7 @@ class ResponseReader final : public arrow::RecordBatchReader {
 
 ConsumerImpl::~ConsumerImpl() {
   if (channel_ == nullptr) return;
+  channel_->SetDeferring(false, 1);  // batches still alive release themselves one by one
   // Say Bye: the producer stops sending, and keeps only what batches still alive here hold until
   // they are released (the channel outlives this object for them).
   (void)channel_->Send(proto::EncodeBye(writer_));
@@ -267,6 +292,9 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
   }
   streams_[0].schema = schema_;
+  batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
+                welcome.mode == proto::Mode::kRing;
+  release_batch_ = std::max<size_t>(1, welcome.max_in_flight / 4);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
@@ -295,10 +323,17 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
 }
 
 arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
-  channel_->Flush();
-  ARROW_ASSIGN_OR_RAISE(auto received,
-                        channel_->socket().Receive(receive_buffer_, 1, timeout_ms));
-  if (received.bytes < 0) return false;
+  UnixSocket& socket = channel_->socket();
+  ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(receive_buffer_, 1, 0));
+  behind_ = received.bytes >= 0;
+  if (!behind_) {
+    channel_->SetDeferring(false, release_batch_);  // caught up: the producer hears of everything
+    if (timeout_ms == 0) return false;
+    ARROW_ASSIGN_OR_RAISE(bool ready, socket.WaitReadable(timeout_ms));
+    if (!ready) return false;
+    ARROW_ASSIGN_OR_RAISE(received, socket.Receive(receive_buffer_, 1, 0));
+    if (received.bytes < 0) return false;
+  }
   if (received.bytes == 0) {
     fatal_ = arrow::Status::IOError(
         "producer closed the connection without ending the stream (did it die?)");
@@ -307,6 +342,24 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
   if (!status.ok()) fatal_ = status;
   return true;
+}
+
+bool ConsumerImpl::HasQueuedBatch() const {
+  for (const auto& [id, stream] : streams_) {
+    for (const Event& event : stream.events) {
+      if (std::holds_alternative<std::shared_ptr<arrow::RecordBatch>>(event)) return true;
+    }
+  }
+  return false;
+}
+
+void ConsumerImpl::SettleReleases() {
+  if (channel_ == nullptr) return;
+  if (behind_ && fatal_.ok() && !HasQueuedBatch()) {
+    auto prefetched = Pump(0);
+    if (!prefetched.ok()) fatal_ = prefetched.status();
+  }
+  channel_->SetDeferring(HasQueuedBatch(), release_batch_);
 }
 
 arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds) {
@@ -324,9 +377,23 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   switch (header.type) {
     case proto::Type::kBatch: {
       ARROW_ASSIGN_OR_RAISE(auto message, proto::DecodeBatch(reader));
-      ARROW_ASSIGN_OR_RAISE(auto batches, Materialize(message, header.stream, fds));
       stats_.dropped += static_cast<int64_t>(message.dropped);
-      for (auto& batch : batches) stream.events.emplace_back(std::move(batch));
+      return Materialize(message, header.stream, fds, &stream.events);
+    }
+    case proto::Type::kBatches: {
+      if (!batch_runs_) {
+        return arrow::Status::Invalid("protocol: Batches message, but batch runs were not agreed");
+      }
+      ARROW_RETURN_NOT_OK(proto::DecodeBatches(reader, proto::kMaxRun, &run_));
+      for (size_t i = 0; i < run_.size(); ++i) {
+        stats_.dropped += static_cast<int64_t>(run_[i].dropped);
+        auto status = Materialize(run_[i], header.stream, fds, &stream.events);
+        if (!status.ok()) {
+          // The producer may reuse what this consumer will never read.
+          for (size_t j = i + 1; j < run_.size(); ++j) channel_->Release(run_[j].sequence);
+          return status;
+        }
+      }
       return arrow::Status::OK();
     }
     case proto::Type::kSchema: {
@@ -361,9 +428,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
   return batch->SelectColumns(indices);
 }
 
-arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Materialize(
-    const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds) {
-  std::vector<std::shared_ptr<arrow::RecordBatch>> out;
+arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
+                                        std::vector<UniqueFd>& fds, std::deque<Event>* events) {
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
@@ -386,9 +452,9 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
       if (stream == 0) {
         ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
       }
-      out.push_back(std::move(batch));
+      events->emplace_back(std::move(batch));
     }
-    return out;
+    return arrow::Status::OK();
   }
   if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
   auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
@@ -400,24 +466,28 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
                                   ") is outside the ", ring_size, "-byte ring");
   }
   // The metadata is copied out of the ring before Arrow parses and checks it, so the producer
-  // cannot change it between the check and the use.
-  ARROW_ASSIGN_OR_RAISE(auto metadata, arrow::AllocateBuffer(message.metadata_length));
-  std::memcpy(metadata->mutable_data(), ring_->data() + message.metadata_offset,
+  // cannot change it between the check and the use. (Arrow keeps nothing of it: the batch
+  // points into the body only, so one private buffer serves every batch.)
+  if (metadata_scratch_.size() < message.metadata_length) {
+    metadata_scratch_.resize(std::max<size_t>(message.metadata_length, 4096));
+  }
+  std::memcpy(metadata_scratch_.data(), ring_->data() + message.metadata_offset,
               message.metadata_length);
+  const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
-  if (auto plain = internal::CheckNotCompressed(metadata->data(), metadata->size()); !plain.ok()) {
+  if (auto plain = internal::CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
     return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
   }
   arrow::io::BufferReader body(lease);
   lease.reset();
   const auto& schema = streams_[stream].schema;
   ARROW_ASSIGN_OR_RAISE(auto batch,
-                        arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
+                        arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                                     arrow::ipc::IpcReadOptions::Defaults(), &body));
   ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
                                               static_cast<int64_t>(message.sequence)));
-  out.push_back(std::move(batch));
-  return out;
+  events->emplace_back(std::move(batch));
+  return arrow::Status::OK();
 }
 
 arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
@@ -432,11 +502,19 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     return arrow::Status::OK();
   }
   const internal::Deadline deadline(timeout_ms);
+  // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency.
+  const auto spin_until = std::chrono::steady_clock::now() +
+                          std::chrono::microseconds(std::max(0, options_.busy_poll_us));
   for (;;) {
     ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(stream, batch));
-    if (decided) return arrow::Status::OK();
+    if (decided) {
+      SettleReleases();
+      return arrow::Status::OK();
+    }
     if (!fatal_.ok()) return fatal_;
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(deadline.remaining_ms()));
+    const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
+    if (spin) continue;
     if (!got && deadline.expired()) {
       return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
     }
@@ -484,7 +562,10 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     if (!got || !fatal_.ok()) break;
   }
   ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
-  if (decided) return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+  if (decided) {
+    SettleReleases();
+    return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+  }
   if (!fatal_.ok()) return fatal_;
   return Poll::kPending;
 }

@@ -17,7 +17,6 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
@@ -41,6 +40,12 @@ constexpr int kSocketBuffer = 1 << 20;
 struct RingLocation {
   int64_t offset = 0;
   int64_t length = 0;
+};
+
+/// A batch's Message flatbuffer written into the ring (for all columns or one projection).
+struct Placement {
+  RingLocation location;
+  internal::RingBlock metadata;
 };
 
 /// Sealed mode: the arena one batch is built in (a SharedStreamWriter, sealed when published).
@@ -135,9 +140,11 @@ struct Published {
   UniqueFd memfd;
   uint64_t sequence = 0;
   std::shared_ptr<arrow::RecordBatch> batch;
-  // Ring mode: metadata per projection (key: column indices; empty = all), and copied buffers.
-  std::map<std::vector<int>, RingLocation> locations;
-  std::vector<std::shared_ptr<arrow::Buffer>> ring_blocks;
+  // Ring mode: the metadata for all columns, for each projection (column indices) consumers
+  // asked for, and the buffers that had to be copied into the ring.
+  Placement all_columns;
+  std::vector<std::pair<std::vector<int>, Placement>> projected;
+  std::vector<std::shared_ptr<arrow::Buffer>> copies;
   int64_t bytes_copied = 0;
 };
 
@@ -151,11 +158,46 @@ struct Outgoing {
   proto::Error error;                               // kError
 };
 
+/// The batches one consumer holds (sent, not released yet): at most about twice its credits, so
+/// a flat list, which allocates nothing once it has grown.
+class HeldBatches {
+ public:
+  void Add(uint64_t sequence, std::shared_ptr<Published> batch, bool response) {
+    entries_.push_back({sequence, std::move(batch), response});
+    responses_ += response;
+  }
+  /// False if `sequence` is not held.
+  bool Remove(uint64_t sequence) {
+    auto it = std::find_if(entries_.begin(), entries_.end(),
+                           [&](const Entry& e) { return e.sequence == sequence; });
+    if (it == entries_.end()) return false;
+    responses_ -= it->response;
+    *it = std::move(entries_.back());  // the order does not matter
+    entries_.pop_back();
+    return true;
+  }
+  size_t size() const { return entries_.size(); }
+  bool empty() const { return entries_.empty(); }
+  /// Held answers to requests, and held batches of the published stream.
+  size_t responses() const { return responses_; }
+  size_t published() const { return entries_.size() - responses_; }
+
+ private:
+  struct Entry {
+    uint64_t sequence;
+    std::shared_ptr<Published> batch;
+    bool response;
+  };
+  std::vector<Entry> entries_;
+  size_t responses_ = 0;
+};
+
 struct Connection {
   UnixSocket socket;
   uint32_t id = 0;
   bool welcomed = false;
   bool lossy = false;
+  bool batch_runs = false;  // ring mode, negotiated: a backlog goes out as one Batches message
   size_t credits = 0;
   std::vector<std::string> projection_names;
   std::vector<int> projection;  // indices in the current schema; empty = all columns
@@ -164,8 +206,7 @@ struct Connection {
   // waiting for an answer while it leaves stream 0 unread must still get it.
   size_t pending_batches = 0;    // stream 0
   size_t pending_responses = 0;  // batches answering requests
-  std::unordered_map<uint64_t, std::shared_ptr<Published>> held;
-  std::unordered_set<uint64_t> held_responses;  // the sequences in `held` answering requests
+  HeldBatches held;
   uint64_t dropped_unreported = 0;
   bool waiting_writable = false;
   bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
@@ -177,6 +218,15 @@ struct Connection {
   /// Attached: receives what is published.
   bool active() const { return welcomed && !detached && !dead; }
 };
+
+/// The metadata placed for `projection` (empty: all columns), or nullptr.
+const Placement* FindPlacement(const Published& p, const std::vector<int>& projection) {
+  if (projection.empty()) return &p.all_columns;
+  for (const auto& [columns, placement] : p.projected) {
+    if (columns == projection) return &placement;
+  }
+  return nullptr;
+}
 
 class ProducerImpl;
 
@@ -251,10 +301,17 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   void Enqueue(Connection& c, Outgoing out);
   void Pump(Connection& c);
   arrow::Result<bool> SendOne(Connection& c, const Outgoing& out);
+  /// Where batch `out` is, as told to `c`.
+  arrow::Result<proto::Batch> Describe(Connection& c, const Outgoing& out);
+  /// Sends [first, last) (batches of one stream) as one Batches message.
+  arrow::Result<bool> SendRun(Connection& c, std::deque<Outgoing>::iterator first,
+                              std::deque<Outgoing>::iterator last);
+  /// Bookkeeping once batch `out` went to `c`.
+  void Sent(Connection& c, const Outgoing& out);
   arrow::Result<RingLocation> LocateFor(Published& p, const std::vector<int>& projection);
   /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
-  arrow::Result<RingLocation> PlaceInRing(Published& p, const std::vector<int>& projection,
-                                          internal::RingPool* pool);
+  arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
+                                       internal::RingPool* pool);
   void Kill(Connection& c, const std::string& why, proto::ErrorCode code);
   void Reap();
 
@@ -291,6 +348,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   RequestHandler handler_;
   ProducerStats stats_;
   proto::Writer writer_;  // encodes under mutex_
+  std::vector<proto::Batch> run_;  // SendRun's entries, reused under mutex_
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
 
@@ -368,9 +426,9 @@ arrow::MemoryPool* ProducerImpl::pool() {
   return &stream_lane_;
 }
 
-arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
-                                                      const std::vector<int>& projection,
-                                                      internal::RingPool* pool) {
+arrow::Result<Placement> ProducerImpl::PlaceInRing(Published& p,
+                                                   const std::vector<int>& projection,
+                                                   internal::RingPool* pool) {
   std::shared_ptr<arrow::RecordBatch> target = p.batch;
   if (!projection.empty()) {
     ARROW_ASSIGN_OR_RAISE(target, p.batch->SelectColumns(projection));
@@ -379,7 +437,10 @@ arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
   ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
       *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
   const size_t count = payload.body_buffers.size();
-  std::vector<int64_t> offsets(count, 0), lengths(count, 0);
+  // Reused: this runs for every batch, on the publishing thread or a request handler's.
+  thread_local std::vector<int64_t> offsets, lengths;
+  offsets.assign(count, 0);
+  lengths.assign(count, 0);
   for (size_t i = 0; i < count; ++i) {
     const auto& buffer = payload.body_buffers[i];
     if (buffer == nullptr || buffer->size() == 0) continue;
@@ -393,21 +454,20 @@ arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
                           arrow::AllocateBuffer(buffer->size(), pool));
     std::memcpy(copy->mutable_data(), buffer->data(), static_cast<size_t>(buffer->size()));
     offsets[i] = ring_->OffsetOf(copy->data());
-    p.ring_blocks.push_back(std::move(copy));
+    p.copies.push_back(std::move(copy));
     p.bytes_copied += buffer->size();
   }
-  ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> metadata,
-                        arrow::AllocateBuffer(payload.metadata->size(), pool));
-  std::memcpy(metadata->mutable_data(), payload.metadata->data(),
-              static_cast<size_t>(payload.metadata->size()));
+  Placement placement;
+  ARROW_ASSIGN_OR_RAISE(placement.metadata,
+                        internal::RingBlock::Allocate(pool, payload.metadata->size()));
+  uint8_t* metadata = placement.metadata.data();
+  std::memcpy(metadata, payload.metadata->data(), static_cast<size_t>(payload.metadata->size()));
   // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
-  ARROW_ASSIGN_OR_RAISE(auto fields,
-                        internal::RewriteBufferOffsets(metadata->mutable_data(), metadata->size(),
-                                                       offsets, lengths));
-  internal::SetBodyLength(metadata->mutable_data(), fields, ring_->size());
-  const RingLocation location{ring_->OffsetOf(metadata->data()), metadata->size()};
-  p.ring_blocks.push_back(std::move(metadata));
-  return location;
+  ARROW_ASSIGN_OR_RAISE(auto fields, internal::RewriteBufferOffsets(
+                                         metadata, placement.metadata.size(), offsets, lengths));
+  internal::SetBodyLength(metadata, fields, ring_->size());
+  placement.location = {ring_->OffsetOf(metadata), placement.metadata.size()};
+  return placement;
 }
 
 arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
@@ -428,12 +488,12 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
         if (indices.ok()) projections.push_back(*std::move(indices));
       }
     }
-    ARROW_ASSIGN_OR_RAISE(published->locations[{}],
-                          PlaceInRing(*published, {}, ring_pool_.get()));
-    for (const auto& projection : projections) {
-      if (published->locations.count(projection)) continue;
-      ARROW_ASSIGN_OR_RAISE(published->locations[projection],
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, ring_pool_.get()));
+    for (auto& projection : projections) {
+      if (FindPlacement(*published, projection) != nullptr) continue;
+      ARROW_ASSIGN_OR_RAISE(auto placement,
                             PlaceInRing(*published, projection, ring_pool_.get()));
+      published->projected.emplace_back(std::move(projection), std::move(placement));
     }
     return published;
   }
@@ -577,13 +637,48 @@ void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
 
 arrow::Result<RingLocation> ProducerImpl::LocateFor(Published& p,
                                                     const std::vector<int>& projection) {
-  auto it = p.locations.find(projection);
-  if (it != p.locations.end()) return it->second;
+  if (const Placement* placed = FindPlacement(p, projection)) return placed->location;
   // A projection first seen after the batch was prepared (a late joiner): placed now, without
   // waiting, since the mutex is held.
-  ARROW_ASSIGN_OR_RAISE(auto location, PlaceInRing(p, projection, ring_pool_nowait_.get()));
-  p.locations[projection] = location;
+  ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, ring_pool_nowait_.get()));
+  const RingLocation location = placement.location;
+  p.projected.emplace_back(projection, std::move(placement));
   return location;
+}
+
+arrow::Result<proto::Batch> ProducerImpl::Describe(Connection& c, const Outgoing& out) {
+  proto::Batch message;
+  message.sequence = out.batch->sequence;
+  message.dropped = c.dropped_unreported;
+  if (ring_ != nullptr) {
+    static const std::vector<int> kAllColumns;
+    ARROW_ASSIGN_OR_RAISE(auto location,
+                          LocateFor(*out.batch, out.stream == 0 ? c.projection : kAllColumns));
+    message.metadata_offset = static_cast<uint64_t>(location.offset);
+    message.metadata_length = static_cast<uint32_t>(location.length);
+  }
+  return message;
+}
+
+arrow::Result<bool> ProducerImpl::SendRun(Connection& c, std::deque<Outgoing>::iterator first,
+                                          std::deque<Outgoing>::iterator last) {
+  run_.clear();
+  for (auto it = first; it != last; ++it) {
+    ARROW_ASSIGN_OR_RAISE(auto message, Describe(c, *it));
+    message.dropped = it == first ? c.dropped_unreported : 0;
+    run_.push_back(message);
+  }
+  return c.socket.TrySendDatagram(proto::EncodeBatches(writer_, first->stream, run_), {});
+}
+
+void ProducerImpl::Sent(Connection& c, const Outgoing& out) {
+  c.held.Add(out.batch->sequence, out.batch, /*response=*/out.stream != 0);
+  if (out.stream == 0) {
+    --c.pending_batches;
+  } else {
+    --c.pending_responses;
+  }
+  c.dropped_unreported = 0;
 }
 
 arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
@@ -591,18 +686,8 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
   int fd = -1;
   switch (out.type) {
     case proto::Type::kBatch: {
-      proto::Batch message;
-      message.sequence = out.batch->sequence;
-      message.dropped = c.dropped_unreported;
-      if (ring_ != nullptr) {
-        static const std::vector<int> kAllColumns;
-        ARROW_ASSIGN_OR_RAISE(auto location,
-                              LocateFor(*out.batch, out.stream == 0 ? c.projection : kAllColumns));
-        message.metadata_offset = static_cast<uint64_t>(location.offset);
-        message.metadata_length = static_cast<uint32_t>(location.length);
-      } else {
-        fd = out.batch->memfd.get();
-      }
+      ARROW_ASSIGN_OR_RAISE(auto message, Describe(c, out));
+      if (ring_ == nullptr) fd = out.batch->memfd.get();
       bytes = proto::Encode(writer_, out.stream, message);
       break;
     }
@@ -642,16 +727,24 @@ void ProducerImpl::Pump(Connection& c) {
       continue;
     }
     const bool is_batch = out.type == proto::Type::kBatch;
+    // The batches that go out now: `out` alone, or with batch runs as many of the batches that
+    // follow it on its stream as its credits allow.
+    auto last = std::next(it);
     if (is_batch) {
-      const size_t holding = out.stream == 0 ? c.held.size() - c.held_responses.size()
-                                             : c.held_responses.size();
+      const size_t holding = out.stream == 0 ? c.held.published() : c.held.responses();
       if (holding >= c.credits) {  // out of credits until a release
         blocked.push_back(out.stream);
         ++it;
         continue;
       }
+      const size_t room = std::min<size_t>(c.credits - holding, proto::kMaxRun);
+      for (size_t n = 1; c.batch_runs && n < room && last != c.pending.end() &&
+                         last->type == proto::Type::kBatch && last->stream == out.stream;
+           ++n) {
+        ++last;
+      }
     }
-    auto sent = SendOne(c, out);
+    auto sent = std::next(it) == last ? SendOne(c, out) : SendRun(c, it, last);
     if (!sent.ok()) {
       const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
                                                   : proto::ErrorCode::kLimit;
@@ -667,16 +760,9 @@ void ProducerImpl::Pump(Connection& c) {
       return;
     }
     if (is_batch) {
-      c.held.emplace(out.batch->sequence, out.batch);
-      if (out.stream == 0) {
-        --c.pending_batches;
-      } else {
-        c.held_responses.insert(out.batch->sequence);
-        --c.pending_responses;
-      }
-      c.dropped_unreported = 0;
+      for (auto done = it; done != last; ++done) Sent(c, *done);
     }
-    it = c.pending.erase(it);
+    it = c.pending.erase(it, last);
   }
   changed_.notify_all();
 }
@@ -806,8 +892,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       released_.clear();
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
-        c.held_responses.erase(sequence);
-        if (c.held.erase(sequence) == 0) {
+        if (!c.held.Remove(sequence)) {
           return arrow::Status::Invalid("protocol: released batch ", sequence,
                                         ", which this consumer does not hold");
         }
@@ -895,11 +980,13 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     schema = internal::ProjectSchema(*first_schema, c.projection);
   }
   c.lossy = hello.flags & proto::kHelloLossy;
+  c.batch_runs = ring_ != nullptr && (hello.features & proto::kFeatureBatchRuns);
   c.credits = static_cast<size_t>(options_.max_in_flight);
   if (hello.max_in_flight > 0) c.credits = std::min<size_t>(c.credits, hello.max_in_flight);
 
   proto::Welcome welcome;
   welcome.features = hello.features & proto::kAllFeatures;
+  if (!c.batch_runs) welcome.features &= ~proto::kFeatureBatchRuns;
   welcome.mode = ring_ != nullptr ? proto::Mode::kRing : proto::Mode::kSealed;
   welcome.consumer_id = c.id;
   welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;

@@ -15,7 +15,7 @@
 namespace shmarrow::internal::protocol {
 
 inline constexpr uint16_t kMajorVersion = 1;
-inline constexpr uint16_t kMinorVersion = 0;
+inline constexpr uint16_t kMinorVersion = 1;
 inline constexpr uint32_t kMagic = 0x414D4853;  // "SHMA" in little-endian byte order
 inline constexpr size_t kHeaderSize = 16;
 /// Largest datagram either side sends or accepts (a schema travels in one message).
@@ -31,6 +31,7 @@ enum class Type : uint16_t {
   kError = 7,    // either way: on stream 0 fatal (the connection closes), else that request failed
   kRequest = 8,  // consumer → producer: opaque request bytes; the answer is stream `stream`
   kBye = 9,      // consumer → producer: leaving
+  kBatches = 10,  // producer → consumer, ring mode, 1.1 with kFeatureBatchRuns: several Batch
 };
 const char* TypeName(Type type);
 
@@ -43,7 +44,12 @@ inline constexpr uint32_t kHelloSchemaSubset = 1u << 2;  // required schema: sub
 inline constexpr uint32_t kFeatureRequests = 1u << 0;
 inline constexpr uint32_t kFeatureProjection = 1u << 1;
 inline constexpr uint32_t kFeatureLossy = 1u << 2;
-inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy;
+/// Ring mode: a backlog of batches travels as one Batches message (protocol 1.1).
+inline constexpr uint32_t kFeatureBatchRuns = 1u << 3;
+inline constexpr uint32_t kAllFeatures =
+    kFeatureRequests | kFeatureProjection | kFeatureLossy | kFeatureBatchRuns;
+/// Most batches in one Batches message (and sequences in one Release).
+inline constexpr uint32_t kMaxRun = 4096;
 
 enum class Mode : uint32_t { kSealed = 0, kRing = 1 };
 
@@ -147,6 +153,7 @@ class Reader {
 std::span<const uint8_t> Encode(Writer& w, const Hello& m);
 std::span<const uint8_t> Encode(Writer& w, const Welcome& m);
 std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Batch& m);
+std::span<const uint8_t> EncodeBatches(Writer& w, uint32_t stream, std::span<const Batch> run);
 std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequences);
 std::span<const uint8_t> EncodeSchema(Writer& w, uint32_t stream, std::string_view schema);
 std::span<const uint8_t> EncodeEnd(Writer& w, uint32_t stream);
@@ -158,6 +165,8 @@ std::span<const uint8_t> EncodeBye(Writer& w);
 [[nodiscard]] arrow::Result<Hello> DecodeHello(Reader& r);
 [[nodiscard]] arrow::Result<Welcome> DecodeWelcome(Reader& r);
 [[nodiscard]] arrow::Result<Batch> DecodeBatch(Reader& r);
+/// Replaces `out`'s contents (reused by the caller): 1 to `max_count` entries.
+[[nodiscard]] arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out);
 /// Appends to `out` (reused by the caller); at most `max_count` entries.
 [[nodiscard]] arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out);
 [[nodiscard]] arrow::Result<std::string> DecodeSchema(Reader& r);

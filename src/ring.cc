@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "errno_status.h"
@@ -83,7 +84,8 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
                                       mapping_.size(), "-byte ring (raise the ring size)");
   }
   std::unique_lock lock(mutex_);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  // Read the clock only when the ring is full: most allocations find space at once.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
     return arrow::Status::OutOfMemory(
         "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", mapping_.size(),
@@ -97,8 +99,11 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
     if (wait_ms == 0) return full();
     if (wait_ms < 0) {
       space_freed_.wait(lock);
-    } else if (space_freed_.wait_until(lock, deadline) == std::cv_status::timeout &&
-               FindSpace(need) < 0) {
+      continue;
+    }
+    if (!deadline) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    if (space_freed_.wait_until(lock, *deadline) == std::cv_status::timeout &&
+        FindSpace(need) < 0) {
       return full();
     }
   }
@@ -178,6 +183,27 @@ void RingPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
   if (size == 0 || buffer == zero_size_area) return;
   ring_->Free(ring_->OffsetOf(buffer));
   bytes_allocated_ -= size;
+}
+
+arrow::Result<RingBlock> RingBlock::Allocate(RingPool* pool, int64_t size) {
+  uint8_t* data = nullptr;
+  ARROW_RETURN_NOT_OK(pool->Allocate(size, 64, &data));
+  return RingBlock(pool, data, size);
+}
+
+RingBlock& RingBlock::operator=(RingBlock&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    pool_ = std::exchange(other.pool_, nullptr);
+    data_ = other.data_;
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+void RingBlock::Reset() noexcept {
+  if (pool_ != nullptr) pool_->Free(data_, size_, 64);
+  pool_ = nullptr;
 }
 
 }  // namespace shmarrow::internal

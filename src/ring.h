@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "mapping.h"
@@ -98,6 +99,29 @@ class RingPool final : public arrow::MemoryPool {
   std::atomic<int64_t> bytes_allocated_{0};
   std::atomic<int64_t> total_allocated_{0};
   std::atomic<int64_t> num_allocations_{0};
+};
+
+/// One block of a RingPool that the producer writes itself (a batch's metadata), freed when this
+/// dies: no arrow::Buffer object on the heap for it.
+class RingBlock {
+ public:
+  RingBlock() = default;
+  [[nodiscard]] static arrow::Result<RingBlock> Allocate(RingPool* pool, int64_t size);
+  RingBlock(RingBlock&& other) noexcept
+      : pool_(std::exchange(other.pool_, nullptr)), data_(other.data_), size_(other.size_) {}
+  RingBlock& operator=(RingBlock&& other) noexcept;
+  ~RingBlock() { Reset(); }
+
+  [[nodiscard]] uint8_t* data() const { return data_; }
+  [[nodiscard]] int64_t size() const { return size_; }
+
+ private:
+  RingBlock(RingPool* pool, uint8_t* data, int64_t size) : pool_(pool), data_(data), size_(size) {}
+  void Reset() noexcept;
+
+  RingPool* pool_ = nullptr;
+  uint8_t* data_ = nullptr;
+  int64_t size_ = 0;
 };
 
 }  // namespace shmarrow::internal
