@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -44,10 +45,37 @@ class Channel {
   int fd() const { return socket_.fd(); }
   UnixSocket& socket() { return socket_; }
 
+  /// Notes that a batch arrived. A producer may not send a sequence this consumer still holds
+  /// (its Release would be ambiguous), nor more batches than the credits of their stream (the
+  /// published stream, or the answers to requests): each would cost memory, and in sealed mode a
+  /// mapping and an fd, without bound.
+  arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits) {
+    std::lock_guard lock(mutex_);
+    if (FindHeld(sequence) != held_.end()) {
+      return arrow::Status::Invalid("protocol: batch ", sequence,
+                                    " arrived while this consumer still holds batch ", sequence);
+    }
+    size_t& count = response ? held_responses_ : held_published_;
+    if (count >= credits) {
+      return arrow::Status::Invalid("protocol: batch ", sequence, " is beyond this consumer's ",
+                                    credits, " credits (it holds ", count, " batches of ",
+                                    response ? "answers to requests" : "the published stream",
+                                    ")");
+    }
+    held_.push_back({sequence, response});
+    ++count;
+    return arrow::Status::OK();
+  }
+
   /// Tells the producer at once — or, while deferring, with the next `flush_at` releases, or when
   /// the consumer catches up. If the socket is full it waits for the next Flush.
   void Release(uint64_t sequence) {
     std::lock_guard lock(mutex_);
+    if (auto it = FindHeld(sequence); it != held_.end()) {
+      --(it->response ? held_responses_ : held_published_);
+      *it = held_.back();  // the order does not matter
+      held_.pop_back();
+    }
     unsent_.push_back(sequence);
     if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
   }
@@ -75,6 +103,16 @@ class Channel {
   }
 
  private:
+  struct Held {
+    uint64_t sequence;
+    bool response;  // answers a request
+  };
+  // A flat list: at most the credits of both streams, and nothing allocated per batch.
+  std::vector<Held>::iterator FindHeld(uint64_t sequence) {
+    return std::find_if(held_.begin(), held_.end(),
+                        [&](const Held& h) { return h.sequence == sequence; });
+  }
+
   void FlushLocked() {
     while (!unsent_.empty()) {
       const size_t count = std::min<size_t>(unsent_.size(), proto::kMaxRun);
@@ -94,6 +132,9 @@ class Channel {
   bool deferring_ = false;
   size_t flush_at_ = 1;
   int64_t released_ = 0;
+  std::vector<Held> held_;
+  size_t held_published_ = 0;
+  size_t held_responses_ = 0;
 };
 
 /// The memory of one received batch, as seen by Arrow: the ring (or the batch's memfd) as a
@@ -178,6 +219,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<arrow::RecordBatchReader> handover_;
   std::shared_ptr<SharedStream> handover_stream_;
   arrow::Status fatal_;
+  uint32_t credits_ = 0;  // batches held at once, per stream class (from Welcome)
   uint32_t next_request_ = 1;
   ConsumerStats stats_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
@@ -292,6 +334,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
   }
   streams_[0].schema = schema_;
+  credits_ = welcome.max_in_flight;
   batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
                 welcome.mode == proto::Mode::kRing;
   release_batch_ = std::max<size_t>(1, welcome.max_in_flight / 4);
@@ -435,6 +478,7 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
                                     fds.size(), " fds, expected 1");
     }
+    ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
     SharedStreamOptions stream_options;
     stream_options.validation = options_.validation;
     auto opened = SharedStream::Open(std::move(fds[0]), stream_options);
@@ -444,19 +488,27 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
                                          opened.status().message());
     }
     auto lease = std::make_shared<LeaseBuffer>((*opened)->buffer(), message.sequence, channel_);
-    ARROW_ASSIGN_OR_RAISE(auto reader, internal::OpenValidatedStream(lease, options_.validation));
-    lease.reset();
-    for (;;) {
-      ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
-      if (batch == nullptr) break;
-      if (stream == 0) {
-        ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+    const int64_t size = lease->size();
+    const arrow::Status read = [&]() -> arrow::Status {
+      ARROW_ASSIGN_OR_RAISE(auto reader,
+                            internal::OpenValidatedStream(std::move(lease), options_.validation));
+      for (;;) {
+        ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
+        if (batch == nullptr) return arrow::Status::OK();
+        if (stream == 0) {
+          ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+        }
+        events->emplace_back(std::move(batch));
       }
-      events->emplace_back(std::move(batch));
+    }();
+    if (!read.ok()) {  // Arrow's message names a buffer or an offset, not the batch
+      return read.WithMessage("batch ", message.sequence, " (a sealed memfd of ", size,
+                              " bytes): ", read.message());
     }
     return arrow::Status::OK();
   }
   if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
+  ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
   auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
@@ -481,9 +533,15 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   arrow::io::BufferReader body(lease);
   lease.reset();
   const auto& schema = streams_[stream].schema;
-  ARROW_ASSIGN_OR_RAISE(auto batch,
-                        arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
-                                                    arrow::ipc::IpcReadOptions::Defaults(), &body));
+  auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
+                                          arrow::ipc::IpcReadOptions::Defaults(), &body);
+  if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
+    return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
+                                     message.metadata_offset, ", +", message.metadata_length,
+                                     ") of the ", ring_size, "-byte ring): ",
+                                     read.status().message());
+  }
+  std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
   ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
                                               static_cast<int64_t>(message.sequence)));
   events->emplace_back(std::move(batch));

@@ -2,6 +2,7 @@
 
 #include <arrow/buffer.h>
 #include <arrow/ipc/writer.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -317,6 +318,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
 
   void IoLoop();
   void AcceptAll();
+  bool RefuseForWantOfFds(const arrow::Status& failure);
   void ReadFrom(Connection& c);
   arrow::Status Handle(Connection& c, const uint8_t* data, int64_t size);
   arrow::Status Handshake(Connection& c, const proto::Hello& hello);
@@ -355,6 +357,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   std::unique_ptr<UnixSocket> listener_;
   UniqueFd epoll_;
   UniqueFd wake_;
+  UniqueFd spare_fd_;  // given up to accept, and refuse, a connection when out of fds
   std::thread io_thread_;
   std::mutex requests_mutex_;
   std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> requests_;
@@ -371,6 +374,7 @@ arrow::Status ProducerImpl::Start() {
   ARROW_ASSIGN_OR_RAISE(auto listener,
                         UnixSocket::Listen(address_, SOCK_SEQPACKET, options_.socket_mode));
   listener_ = std::make_unique<UnixSocket>(std::move(listener));
+  spare_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_) return internal::ErrnoStatus(errno, "epoll_create1");
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -550,6 +554,9 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
     ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
                                 "room: a consumer is a full backlog behind"));
     loan = std::move(loan_);
+    // The lane stops pointing at this arena (allocations in it keep it alive): once the batch
+    // is released everywhere its memory returns, without waiting for the next pool() call.
+    stream_lane_.Use(nullptr);
   }
   ARROW_ASSIGN_OR_RAISE(auto published, Prepare(batch, &loan, /*for_stream0=*/true));
   std::lock_guard lock(mutex_);
@@ -832,6 +839,7 @@ void ProducerImpl::IoLoop() {
 void ProducerImpl::AcceptAll() {
   for (;;) {
     auto accepted = listener_->Accept(0);
+    if (!accepted.ok() && RefuseForWantOfFds(accepted.status())) continue;
     if (!accepted.ok() || accepted->fd() < 0) return;
     UnixSocket socket = std::move(*accepted);
     auto peer = socket.Peer();
@@ -848,6 +856,18 @@ void ProducerImpl::AcceptAll() {
       (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
       continue;
     }
+    // max_consumers only counts consumers past the handshake: without a bound of their own,
+    // connections that never say Hello would hold an fd each here, as many as a peer opens.
+    const auto waiting = std::count_if(connections_.begin(), connections_.end(),
+                                       [](const auto& e) { return !e.second->welcomed; });
+    if (waiting >= options_.max_consumers) {
+      proto::Error error{proto::ErrorCode::kLimit,
+                         "producer already has " + std::to_string(waiting) +
+                             " connections that have not said Hello (limit " +
+                             std::to_string(options_.max_consumers) + ")"};
+      (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
+      continue;
+    }
     const int size = kSocketBuffer;
     ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     auto c = std::make_unique<Connection>(std::move(socket));
@@ -858,6 +878,31 @@ void ProducerImpl::AcceptAll() {
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->socket.fd(), &event) != 0) continue;
     connections_.emplace(c->id, std::move(c));
   }
+}
+
+/// accept() failed with EMFILE or ENFILE: the connection stays queued, so the listener stays
+/// readable (the I/O thread would spin) and its consumer would wait for a Welcome. Gives up the
+/// spare fd to take the connection and refuse it with an error naming the limit; true if it did.
+bool ProducerImpl::RefuseForWantOfFds(const arrow::Status& failure) {
+  const int err = arrow::internal::ErrnoFromStatus(failure);
+  if ((err != EMFILE && err != ENFILE) || !spare_fd_) return false;
+  spare_fd_.reset();
+  bool refused = false;
+  {  // the connection closes before the spare is taken again
+    auto accepted = listener_->Accept(0);
+    refused = accepted.ok() && accepted->fd() >= 0;
+    if (refused) {
+      std::lock_guard lock(mutex_);
+      ++stats_.consumers_refused;
+      proto::Error error{proto::ErrorCode::kRefused,
+                         std::string("producer out of file descriptors (accept: ") +
+                             std::strerror(err) + "): its RLIMIT_NOFILE" +
+                             (err == ENFILE ? " or the system's file limit" : "") + " is reached"};
+      (void)accepted->TrySendDatagram(proto::Encode(writer_, 0, error), {});
+    }
+  }
+  spare_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  return refused;
 }
 
 void ProducerImpl::ReadFrom(Connection& c) {

@@ -107,7 +107,12 @@ arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema) {
 arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(const std::string& bytes) {
   arrow::io::BufferReader reader(std::make_shared<arrow::Buffer>(bytes));
   arrow::ipc::DictionaryMemo memo;
-  return arrow::ipc::ReadSchema(&reader, &memo);
+  auto schema = arrow::ipc::ReadSchema(&reader, &memo);
+  if (!schema.ok()) {  // the peer sent it: say what Arrow's message is about
+    return schema.status().WithMessage("schema from the peer (", bytes.size(),
+                                       " bytes) does not parse: ", schema.status().message());
+  }
+  return schema;
 }
 
 }  // namespace shmarrow::internal

@@ -265,8 +265,11 @@ arrow::Result<Received> UnixSocket::Receive(std::span<uint8_t> data, int max_fds
                                   " bytes (MSG_TRUNC)");
   }
   if (msg.msg_flags & MSG_CTRUNC) {
+    // The kernel drops the fds that did not fit: a peer sending too many (up to SCM_MAX_FD)
+    // looks the same as a receiver out of fds.
     return arrow::Status::IOError("control data truncated (MSG_CTRUNC) on fd ", fd(),
-                                  ": fds were lost (RLIMIT_NOFILE reached?)");
+                                  ": the peer sent more fds than expected (", max_fds,
+                                  "), or RLIMIT_NOFILE was reached; fds were lost");
   }
   if (unexpected_control) {
     return arrow::Status::IOError("unexpected control message (not SCM_RIGHTS) on fd ", fd());
