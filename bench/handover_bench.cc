@@ -3,7 +3,7 @@
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
-//   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M
+//   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
 //   handover_bench heap       --transport ring|sealed --batches M
 //   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
 //
@@ -569,7 +569,7 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
 // Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
 // and touch its first and last value; the producer publishes `batches` as fast as credits allow.
 int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
-              int64_t batches) {
+              int64_t batches, int busy_poll_us) {
   const bool small = bytes <= 0;
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   const std::string address = Address(kind.c_str());
@@ -577,7 +577,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       consumers,
       [&](int index) {
         auto st = [&]() -> arrow::Status {
-          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
           int64_t n = 0, touch = 0, first_ns = 0;
           for (;;) {
             std::shared_ptr<arrow::RecordBatch> batch;
@@ -705,7 +705,8 @@ int main(int argc, char** argv) {
   if (a.command == "heap-floor") return RunHeapFloor(a.Int("batches", 10000));
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
-                     a.Int("bytes", 0), a.Int("batches", 10000));
+                     a.Int("bytes", 0), a.Int("batches", 10000),
+                     static_cast<int>(a.Int("busy-poll-us", 0)));
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;
