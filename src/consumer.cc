@@ -15,6 +15,7 @@
 #include <thread>
 #include <variant>
 
+#include "block_cache.h"
 #include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
@@ -41,6 +42,9 @@ constexpr uint32_t kMaxMetadata = 1 << 20;
 class Channel {
  public:
   explicit Channel(UnixSocket socket) : socket_(std::move(socket)) {}
+
+  /// Where the leases of this consumer's batches are made (one per batch, reused).
+  const std::shared_ptr<internal::BlockCache>& lease_cache() const { return lease_cache_; }
 
   int fd() const { return socket_.fd(); }
   UnixSocket& socket() { return socket_; }
@@ -126,6 +130,8 @@ class Channel {
   }
 
   UnixSocket socket_;
+  const std::shared_ptr<internal::BlockCache> lease_cache_ =
+      std::make_shared<internal::BlockCache>();
   mutable std::mutex mutex_;
   proto::Writer writer_;
   std::vector<uint64_t> unsent_;
@@ -159,8 +165,10 @@ using Event = std::variant<std::shared_ptr<arrow::RecordBatch>, std::shared_ptr<
                            EndOfStream, arrow::Status>;
 
 struct StreamState {
+  explicit StreamState(const std::shared_ptr<internal::BlockCache>& cache)
+      : events(internal::RecyclingAllocator<Event>(cache)) {}
   std::shared_ptr<arrow::Schema> schema;
-  std::deque<Event> events;
+  std::deque<Event, internal::RecyclingAllocator<Event>> events;  // an entry per batch: reused
 };
 
 class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<ConsumerImpl> {
@@ -190,7 +198,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
 
   /// Next event of `stream`, pumping the socket for up to timeout_ms (-1: forever).
   arrow::Status Next(uint32_t stream, int timeout_ms, std::shared_ptr<arrow::RecordBatch>* batch);
-  std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return streams_[stream].schema; }
+  std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return Stream(stream).schema; }
+  StreamState& Stream(uint32_t id) { return streams_.try_emplace(id, event_cache_).first->second; }
 
  private:
   /// Takes the next queued event of `stream` without receiving: true with `batch` set for a batch,
@@ -206,7 +215,13 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
   /// Appends the batches `message` describes to `events`.
   arrow::Status Materialize(const proto::Batch& message, uint32_t stream,
-                            std::vector<UniqueFd>& fds, std::deque<Event>* events);
+                            std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events);
+  std::shared_ptr<LeaseBuffer> MakeLease(const std::shared_ptr<arrow::Buffer>& region,
+                                        uint64_t sequence) {
+    return std::allocate_shared<LeaseBuffer>(
+        internal::RecyclingAllocator<LeaseBuffer>(channel_->lease_cache()), region, sequence,
+        channel_);
+  }
   arrow::Result<std::shared_ptr<arrow::RecordBatch>> Project(
       std::shared_ptr<arrow::RecordBatch> batch);
 
@@ -215,6 +230,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<Channel> channel_;
   std::shared_ptr<arrow::Buffer> ring_;  // ring mode: the whole ring, mapped read-only
   std::shared_ptr<arrow::Schema> schema_;
+  const std::shared_ptr<internal::BlockCache> event_cache_ =
+      std::make_shared<internal::BlockCache>();
   std::map<uint32_t, StreamState> streams_;  // 0: the published stream; else request ids
   std::shared_ptr<arrow::RecordBatchReader> handover_;
   std::shared_ptr<SharedStream> handover_stream_;
@@ -333,7 +350,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   if (options_.expect_schema != nullptr && options_.columns.empty()) {
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
   }
-  streams_[0].schema = schema_;
+  Stream(0).schema = schema_;
   credits_ = welcome.max_in_flight;
   batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
                 welcome.mode == proto::Mode::kRing;
@@ -416,7 +433,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type),
                                   " for unknown stream ", header.stream);
   }
-  StreamState& stream = streams_[header.stream];
+  StreamState& stream = Stream(header.stream);
   switch (header.type) {
     case proto::Type::kBatch: {
       ARROW_ASSIGN_OR_RAISE(auto message, proto::DecodeBatch(reader));
@@ -472,7 +489,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
 }
 
 arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
-                                        std::vector<UniqueFd>& fds, std::deque<Event>* events) {
+                                        std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
@@ -487,7 +504,7 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
       return opened.status().WithMessage("batch ", message.sequence, ": ",
                                          opened.status().message());
     }
-    auto lease = std::make_shared<LeaseBuffer>((*opened)->buffer(), message.sequence, channel_);
+    auto lease = MakeLease((*opened)->buffer(), message.sequence);
     const int64_t size = lease->size();
     const arrow::Status read = [&]() -> arrow::Status {
       ARROW_ASSIGN_OR_RAISE(auto reader,
@@ -509,7 +526,7 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   }
   if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
-  auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
+  auto lease = MakeLease(ring_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
@@ -532,7 +549,7 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   }
   arrow::io::BufferReader body(lease);
   lease.reset();
-  const auto& schema = streams_[stream].schema;
+  const auto& schema = Stream(stream).schema;
   auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                           arrow::ipc::IpcReadOptions::Defaults(), &body);
   if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
@@ -581,7 +598,7 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
 
 arrow::Result<bool> ConsumerImpl::TakeQueued(uint32_t stream,
                                              std::shared_ptr<arrow::RecordBatch>* batch) {
-  auto& events = streams_[stream].events;
+  auto& events = Stream(stream).events;
   while (!events.empty()) {
     Event event = std::move(events.front());
     if (std::holds_alternative<EndOfStream>(event)) return true;  // stays queued: end is final
@@ -634,13 +651,13 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     return arrow::Status::NotImplemented("the single hand-over has no requests");
   }
   const uint32_t stream = next_request_++;
-  streams_[stream];
+  Stream(stream);
   ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRequest(writer_, stream, request)));
   // The answer starts with its schema, or with an error.
   const internal::Deadline deadline(options_.read_timeout_ms < 0 ? kHandshakeTimeoutMs * 6
                                                                  : options_.read_timeout_ms);
-  while (streams_[stream].schema == nullptr) {
-    auto& events = streams_[stream].events;
+  while (Stream(stream).schema == nullptr) {
+    auto& events = Stream(stream).events;
     if (!events.empty()) {
       if (auto* status = std::get_if<arrow::Status>(&events.front())) {
         auto error = *status;
@@ -655,7 +672,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     }
     ARROW_RETURN_NOT_OK(Pump(100).status());
   }
-  if (streams_[stream].schema == nullptr) streams_[stream].schema = arrow::schema({});
+  if (Stream(stream).schema == nullptr) Stream(stream).schema = arrow::schema({});
   return std::make_shared<ResponseReader>(shared_from_this(), stream, options_.read_timeout_ms);
 }
 

@@ -16,9 +16,11 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
+#include "block_cache.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
 #include "protocol.h"
@@ -193,6 +195,8 @@ class HeldBatches {
   size_t responses_ = 0;
 };
 
+using OutgoingQueue = std::deque<Outgoing, internal::RecyclingAllocator<Outgoing>>;
+
 struct Connection {
   UnixSocket socket;
   uint32_t id = 0;
@@ -202,7 +206,7 @@ struct Connection {
   size_t credits = 0;
   std::vector<std::string> projection_names;
   std::vector<int> projection;  // indices in the current schema; empty = all columns
-  std::deque<Outgoing> pending;
+  OutgoingQueue pending;
   // Stream 0 and the answers to requests have credits of their own (`credits` each): a consumer
   // waiting for an answer while it leaves stream 0 unread must still get it.
   size_t pending_batches = 0;    // stream 0
@@ -215,7 +219,8 @@ struct Connection {
   std::string death;  // why it was dropped
   std::vector<uint32_t> open_requests;
 
-  explicit Connection(UnixSocket s) : socket(std::move(s)) {}
+  Connection(UnixSocket s, const std::shared_ptr<internal::BlockCache>& cache)
+      : socket(std::move(s)), pending(internal::RecyclingAllocator<Outgoing>(cache)) {}
   /// Attached: receives what is published.
   bool active() const { return welcomed && !detached && !dead; }
 };
@@ -292,7 +297,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
  private:
   template <typename Predicate>
   arrow::Status WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms, Predicate ready,
-                        const std::string& what);
+                        std::string_view what);
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
   int64_t ActiveConsumers() const {
     int64_t count = 0;
@@ -305,8 +310,8 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   /// Where batch `out` is, as told to `c`.
   arrow::Result<proto::Batch> Describe(Connection& c, const Outgoing& out);
   /// Sends [first, last) (batches of one stream) as one Batches message.
-  arrow::Result<bool> SendRun(Connection& c, std::deque<Outgoing>::iterator first,
-                              std::deque<Outgoing>::iterator last);
+  arrow::Result<bool> SendRun(Connection& c, OutgoingQueue::iterator first,
+                              OutgoingQueue::iterator last);
   /// Bookkeeping once batch `out` went to `c`.
   void Sent(Connection& c, const Outgoing& out);
   arrow::Result<RingLocation> LocateFor(Published& p, const std::vector<int>& projection);
@@ -350,7 +355,10 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   RequestHandler handler_;
   ProducerStats stats_;
   proto::Writer writer_;  // encodes under mutex_
+  // Published records and queue entries are made per batch: their memory is reused.
+  const std::shared_ptr<internal::BlockCache> block_cache_ = std::make_shared<internal::BlockCache>();
   std::vector<proto::Batch> run_;  // SendRun's entries, reused under mutex_
+  std::vector<uint32_t> blocked_streams_;  // Pump's, reused under mutex_
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
 
@@ -477,7 +485,8 @@ arrow::Result<Placement> ProducerImpl::PlaceInRing(Published& p,
 arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
     const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>* loan,
     bool for_stream0) {
-  auto published = std::make_shared<Published>();
+  auto published =
+      std::allocate_shared<Published>(internal::RecyclingAllocator<Published>(block_cache_));
   published->batch = batch;
   if (ring_ != nullptr) {
     std::vector<std::vector<int>> projections;
@@ -517,7 +526,7 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
 
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
-                                    Predicate ready, const std::string& what) {
+                                    Predicate ready, std::string_view what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!ready()) {
     if (closed_) return arrow::Status::Cancelled("producer closed while waiting for ", what);
@@ -667,8 +676,8 @@ arrow::Result<proto::Batch> ProducerImpl::Describe(Connection& c, const Outgoing
   return message;
 }
 
-arrow::Result<bool> ProducerImpl::SendRun(Connection& c, std::deque<Outgoing>::iterator first,
-                                          std::deque<Outgoing>::iterator last) {
+arrow::Result<bool> ProducerImpl::SendRun(Connection& c, OutgoingQueue::iterator first,
+                                          OutgoingQueue::iterator last) {
   run_.clear();
   for (auto it = first; it != last; ++it) {
     ARROW_ASSIGN_OR_RAISE(auto message, Describe(c, *it));
@@ -726,7 +735,8 @@ void ProducerImpl::Pump(Connection& c) {
   if (c.dead || c.waiting_writable) return;
   // Streams are independent: a stream out of credits waits until a release, and with it
   // everything after it on that stream (its order is kept), while the other streams go on.
-  std::vector<uint32_t> blocked;
+  std::vector<uint32_t>& blocked = blocked_streams_;
+  blocked.clear();
   for (auto it = c.pending.begin(); it != c.pending.end();) {
     const Outgoing& out = *it;
     if (std::find(blocked.begin(), blocked.end(), out.stream) != blocked.end()) {
@@ -870,7 +880,7 @@ void ProducerImpl::AcceptAll() {
     }
     const int size = kSocketBuffer;
     ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-    auto c = std::make_unique<Connection>(std::move(socket));
+    auto c = std::make_unique<Connection>(std::move(socket), block_cache_);
     c->id = next_connection_++;
     epoll_event event{};
     event.events = EPOLLIN;
