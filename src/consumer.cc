@@ -354,7 +354,8 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   credits_ = welcome.max_in_flight;
   batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
                 welcome.mode == proto::Mode::kRing;
-  release_batch_ = std::max<size_t>(1, welcome.max_in_flight / 4);
+  // Bounded by what one Release message carries, whatever credits the producer grants.
+  release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 4, 1, proto::kMaxRun);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
