@@ -89,6 +89,14 @@ int64_t VmHwmKb() {
   return -1;
 }
 
+// CPU time this process has used, all its threads, user and system (ns).
+int64_t CpuNs() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto ns = [](const timeval& t) { return int64_t{t.tv_sec} * 1000000000 + int64_t{t.tv_usec} * 1000; };
+  return ns(usage.ru_utime) + ns(usage.ru_stime);
+}
+
 using Counter = long long (*)();
 long long HeapCalls() {
   static auto fn = reinterpret_cast<Counter>(::dlsym(RTLD_DEFAULT, "malloc_counter_calls"));
@@ -593,6 +601,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
                ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
                ",\"end_ns\":" + std::to_string(end_ns) + ",\"touch\":" + std::to_string(touch) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"heap_calls\":" + std::to_string(HeapCalls()) +
                ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
                ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
@@ -638,6 +647,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                "\",\"consumers\":" + std::to_string(consumers) + ",\"bytes\":" + std::to_string(bytes) +
                ",\"batches\":" + std::to_string(batches) + ",\"start_ns\":" + std::to_string(start_ns) +
                ",\"published_ns\":" + std::to_string(published_ns) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
                ",\"heap_calls\":" + std::to_string(HeapCalls()) +
                ",\"heap_bytes\":" + std::to_string(HeapBytes()) +

@@ -212,6 +212,17 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   /// (looking for the next one first if the consumer was behind), and sent otherwise.
   void SettleReleases();
   bool HasQueuedBatch() const;
+  /// kFeatureQueue: entries the producer wrote and this consumer has not read (an error if the
+  /// count is impossible).
+  arrow::Result<uint64_t> QueueUnread() const;
+  /// Takes every unread entry of the queue into stream 0's events; false if there was none.
+  arrow::Result<bool> DrainQueue();
+  /// Applies the next `count` stream-0 Schema/End messages, which the producer sent on the
+  /// socket before the entry that counts them.
+  arrow::Status ApplyControls(uint32_t count);
+  /// Before sleeping on the socket: tells the producer how far the queue was read, so that it
+  /// sends a Wake with the next entry. False if entries arrived meanwhile (do not sleep).
+  arrow::Result<bool> AnnounceWaiting();
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
   /// Appends the batches `message` describes to `events`.
   arrow::Status Materialize(const proto::Batch& message, uint32_t stream,
@@ -247,6 +258,13 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   bool behind_ = false;
   size_t release_batch_ = 1;  // releases per Release message while behind
   std::vector<uint8_t> metadata_scratch_;  // ring mode: the private copy of a batch's metadata
+  // kFeatureQueue: stream 0 arrives through a queue the producer writes in the ring.
+  const uint8_t* queue_ = nullptr;
+  uint32_t queue_capacity_ = 0;
+  uint64_t queue_read_ = 0;
+  uint64_t waiting_announced_ = UINT64_MAX;  // the count last sent in Waiting
+  std::deque<Event> controls_;  // stream-0 Schema/End received, applied at their entry
+  std::vector<UniqueFd> no_fds_;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -380,6 +398,20 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   if (::fstat(ring_fd, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", ring_fd, ")");
   ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(ring_fd, st.st_size));
   ring_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
+  if (welcome.minor >= 1 && (welcome.features & proto::kFeatureQueue) &&
+      welcome.queue_capacity > 0) {
+    const uint64_t ring_size = static_cast<uint64_t>(ring_->size());
+    const uint64_t capacity = welcome.queue_capacity;
+    const uint64_t bytes = proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize;
+    if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
+        welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
+      return arrow::Status::Invalid("protocol: queue of ", capacity, " entries at offset ",
+                                    welcome.queue_offset, " does not fit the ", ring_size,
+                                    "-byte ring (or is not 64-byte aligned)");
+    }
+    queue_ = ring_->data() + welcome.queue_offset;
+    queue_capacity_ = welcome.queue_capacity;
+  }
   return arrow::Status::OK();
 }
 
@@ -390,6 +422,10 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   if (!behind_) {
     channel_->SetDeferring(false, release_batch_);  // caught up: the producer hears of everything
     if (timeout_ms == 0) return false;
+    if (queue_ != nullptr) {
+      ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
+      if (!sleep) return true;
+    }
     ARROW_ASSIGN_OR_RAISE(bool ready, socket.WaitReadable(timeout_ms));
     if (!ready) return false;
     ARROW_ASSIGN_OR_RAISE(received, socket.Receive(receive_buffer_, 1, 0));
@@ -416,11 +452,83 @@ bool ConsumerImpl::HasQueuedBatch() const {
 
 void ConsumerImpl::SettleReleases() {
   if (channel_ == nullptr) return;
-  if (behind_ && fatal_.ok() && !HasQueuedBatch()) {
-    auto prefetched = Pump(0);
+  if (fatal_.ok() && !HasQueuedBatch() && (behind_ || queue_ != nullptr)) {
+    auto prefetched = queue_ != nullptr ? DrainQueue() : Pump(0);
     if (!prefetched.ok()) fatal_ = prefetched.status();
   }
   channel_->SetDeferring(HasQueuedBatch(), release_batch_);
+}
+
+arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
+  const uint64_t written =
+      __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
+  if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
+    return arrow::Status::Invalid("protocol: the queue counts ", written,
+                                  " entries written, but this consumer read ", queue_read_,
+                                  " of a queue of ", queue_capacity_);
+  }
+  return written - queue_read_;
+}
+
+arrow::Result<bool> ConsumerImpl::DrainQueue() {
+  if (queue_ == nullptr) return false;
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  for (uint64_t i = 0; i < unread; ++i) {
+    // Copied out first: the producer can write the ring, the consumer checks what it copied.
+    proto::QueueEntry entry;
+    std::memcpy(&entry,
+                queue_ + proto::kQueueHeaderSize +
+                    (queue_read_ % queue_capacity_) * proto::kQueueEntrySize,
+                sizeof entry);
+    ++queue_read_;
+    ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
+    if (entry.kind == proto::EntryKind::kControls) continue;
+    if (entry.kind != proto::EntryKind::kBatch) {
+      return arrow::Status::Invalid("protocol: queue entry ", queue_read_ - 1, " has kind ",
+                                    static_cast<uint32_t>(entry.kind));
+    }
+    proto::Batch message;
+    message.sequence = entry.sequence;
+    message.dropped = entry.dropped;
+    message.metadata_offset = entry.metadata_offset;
+    message.metadata_length = entry.metadata_length;
+    stats_.dropped += static_cast<int64_t>(entry.dropped);
+    ARROW_RETURN_NOT_OK(Materialize(message, 0, no_fds_, &Stream(0).events));
+  }
+  return unread > 0;
+}
+
+arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
+  // The producer sent them before it wrote the entry: they are in the socket already.
+  while (controls_.size() < count) {
+    if (!fatal_.ok()) return fatal_;
+    ARROW_ASSIGN_OR_RAISE(auto received, channel_->socket().Receive(receive_buffer_, 1, 0));
+    if (received.bytes <= 0) {
+      return arrow::Status::Invalid("protocol: a queue entry counts ", count,
+                                    " control messages before it, but only ", controls_.size(),
+                                    " arrived");
+    }
+    ARROW_RETURN_NOT_OK(Handle(receive_buffer_.data(), received.bytes, std::move(received.fds)));
+  }
+  StreamState& stream = Stream(0);
+  for (uint32_t i = 0; i < count; ++i) {
+    Event control = std::move(controls_.front());
+    controls_.pop_front();
+    if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&control)) {
+      stream.schema = *schema;
+    }
+    stream.events.push_back(std::move(control));
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Result<bool> ConsumerImpl::AnnounceWaiting() {
+  if (waiting_announced_ != queue_read_) {
+    ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeWaiting(writer_, queue_read_)));
+    waiting_announced_ = queue_read_;
+  }
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  return unread == 0;
 }
 
 arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds) {
@@ -461,14 +569,25 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       ARROW_ASSIGN_OR_RAISE(auto bytes, proto::DecodeSchema(reader));
       ARROW_ASSIGN_OR_RAISE(auto schema, internal::DeserializeSchema(bytes));
       if (mode_ == "ring") ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema));
+      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+        controls_.emplace_back(std::move(schema));
+        return arrow::Status::OK();
+      }
       stream.schema = std::move(schema);
       stream.events.emplace_back(stream.schema);
       return arrow::Status::OK();
     }
     case proto::Type::kEnd:
       ARROW_RETURN_NOT_OK(reader.ExpectEnd("End"));
-      stream.events.emplace_back(EndOfStream{});
+      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+        controls_.emplace_back(EndOfStream{});
+      } else {
+        stream.events.emplace_back(EndOfStream{});
+      }
       return arrow::Status::OK();
+    case proto::Type::kWake:  // the queue has entries: read by the caller's next look at it
+      if (queue_ == nullptr) return arrow::Status::Invalid("protocol: Wake without a queue");
+      return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
       auto status = arrow::Status::IOError("producer: ", error.message);
@@ -581,14 +700,19 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
   // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency.
   const auto spin_until = std::chrono::steady_clock::now() +
                           std::chrono::microseconds(std::max(0, options_.busy_poll_us));
-  for (;;) {
+  for (int round = 0;; ++round) {
     ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(stream, batch));
     if (decided) {
       SettleReleases();
       return arrow::Status::OK();
     }
     if (!fatal_.ok()) return fatal_;
+    ARROW_ASSIGN_OR_RAISE(bool drained, DrainQueue());
+    if (drained) continue;
     const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
+    // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
+    // producer going away) every 64th round.
+    if (spin && queue_ != nullptr && round % 64 != 0) continue;
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;
     if (!got && deadline.expired()) {
@@ -637,13 +761,22 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
     if (!got || !fatal_.ok()) break;
   }
-  ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
-  if (decided) {
-    SettleReleases();
-    return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+  for (;;) {
+    ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
+    if (decided) {
+      SettleReleases();
+      return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+    }
+    if (!fatal_.ok()) return fatal_;
+    ARROW_ASSIGN_OR_RAISE(bool drained, DrainQueue());
+    if (drained) continue;
+    // fd() becomes readable with the producer's Wake once the queue has something.
+    if (queue_ != nullptr) {
+      ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
+      if (!sleep) continue;
+    }
+    return Poll::kPending;
   }
-  if (!fatal_.ok()) return fatal_;
-  return Poll::kPending;
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(

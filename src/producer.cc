@@ -36,6 +36,9 @@ namespace proto = internal::protocol;
 using internal::UnixSocket;
 
 constexpr int64_t kRingBlocks = 1 << 16;
+// Consumers' queues live after the ring's circular part, one fixed slot each; past this many
+// bytes in all, the remaining consumers get their batches in messages.
+constexpr int64_t kMaxQueueArea = int64_t{16} << 20;
 constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
 constexpr int kSocketBuffer = 1 << 20;
 
@@ -169,12 +172,13 @@ class HeldBatches {
     entries_.push_back({sequence, std::move(batch), response});
     responses_ += response;
   }
-  /// False if `sequence` is not held.
-  bool Remove(uint64_t sequence) {
+  /// False if `sequence` is not held. The record goes to `released`, for its holder to drop.
+  bool Remove(uint64_t sequence, std::vector<std::shared_ptr<Published>>* released) {
     auto it = std::find_if(entries_.begin(), entries_.end(),
                            [&](const Entry& e) { return e.sequence == sequence; });
     if (it == entries_.end()) return false;
     responses_ -= it->response;
+    released->push_back(std::move(it->batch));
     *it = std::move(entries_.back());  // the order does not matter
     entries_.pop_back();
     return true;
@@ -215,6 +219,14 @@ struct Connection {
   uint64_t dropped_unreported = 0;
   bool waiting_writable = false;
   bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
+  // kFeatureQueue: stream 0 goes through this consumer's queue in the ring (protocol.h).
+  int queue_slot = -1;
+  uint8_t* queue = nullptr;
+  uint32_t queue_capacity = 0;  // 0: no queue, stream 0 goes in Batch messages
+  uint64_t queue_written = 0;
+  uint32_t controls_unannounced = 0;  // stream-0 Schema/End sent since the last entry
+  bool consumer_waiting = false;      // said Waiting having read all `waiting_at` entries
+  uint64_t waiting_at = 0;
   bool dead = false;
   std::string death;  // why it was dropped
   std::vector<uint32_t> open_requests;
@@ -314,6 +326,10 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
                               OutgoingQueue::iterator last);
   /// Bookkeeping once batch `out` went to `c`.
   void Sent(Connection& c, const Outgoing& out);
+  /// Appends to c's queue in the ring (publishing the new count), counting the controls sent.
+  void WriteEntry(Connection& c, proto::QueueEntry entry);
+  /// A Wake for a consumer that said Waiting (a full socket means it has messages to read).
+  void WakeIfWaiting(Connection& c);
   arrow::Result<RingLocation> LocateFor(Published& p, const std::vector<int>& projection);
   /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
   arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
@@ -359,6 +375,12 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   const std::shared_ptr<internal::BlockCache> block_cache_ = std::make_shared<internal::BlockCache>();
   std::vector<proto::Batch> run_;  // SendRun's entries, reused under mutex_
   std::vector<uint32_t> blocked_streams_;  // Pump's, reused under mutex_
+  std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
+  std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
+  // Ring mode: the consumers' queue slots in the ring's reserved part.
+  uint32_t queue_capacity_ = 0;
+  int64_t queue_slot_bytes_ = 0;
+  std::vector<int> free_queue_slots_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
 
@@ -374,8 +396,18 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
 
 arrow::Status ProducerImpl::Start() {
   if (options_.mode == MemoryMode::kRing) {
+    // A queue holds every batch a consumer may hold (at most the producer's credits) and End.
+    queue_capacity_ = static_cast<uint32_t>(
+        std::clamp<int64_t>(options_.max_in_flight, 0, proto::kMaxQueueCapacity - 1) + 1);
+    queue_slot_bytes_ = static_cast<int64_t>(
+        (proto::kQueueHeaderSize + queue_capacity_ * proto::kQueueEntrySize + 63) / 64 * 64);
+    const int64_t slots = std::clamp<int64_t>(kMaxQueueArea / queue_slot_bytes_, 0,
+                                              std::max(options_.max_consumers, 0));
+    for (int64_t slot = slots - 1; slot >= 0; --slot) {
+      free_queue_slots_.push_back(static_cast<int>(slot));
+    }
     ARROW_ASSIGN_OR_RAISE(ring_, internal::Ring::Create(options_.name, options_.ring_size,
-                                                        kRingBlocks));
+                                                        kRingBlocks, slots * queue_slot_bytes_));
     ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
     ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
   }
@@ -744,8 +776,9 @@ void ProducerImpl::Pump(Connection& c) {
       continue;
     }
     const bool is_batch = out.type == proto::Type::kBatch;
-    // The batches that go out now: `out` alone, or with batch runs as many of the batches that
-    // follow it on its stream as its credits allow.
+    const bool queued = c.queue_capacity > 0 && out.stream == 0;
+    // The batches that go out now: `out` alone, or with batch runs (or a queue) as many of the
+    // batches that follow it on its stream as its credits allow.
     auto last = std::next(it);
     if (is_batch) {
       const size_t holding = out.stream == 0 ? c.held.published() : c.held.responses();
@@ -755,17 +788,37 @@ void ProducerImpl::Pump(Connection& c) {
         continue;
       }
       const size_t room = std::min<size_t>(c.credits - holding, proto::kMaxRun);
-      for (size_t n = 1; c.batch_runs && n < room && last != c.pending.end() &&
+      for (size_t n = 1; (c.batch_runs || queued) && n < room && last != c.pending.end() &&
                          last->type == proto::Type::kBatch && last->stream == out.stream;
            ++n) {
         ++last;
       }
+    }
+    if (is_batch && queued) {
+      for (auto entry = it; entry != last; ++entry) {
+        auto described = Describe(c, *entry);
+        if (!described.ok()) {
+          Kill(c, described.status().message(), proto::ErrorCode::kSchemaMismatch);
+          WakeIfWaiting(c);
+          return;
+        }
+        proto::QueueEntry written;
+        written.sequence = described->sequence;
+        written.dropped = entry == it ? described->dropped : 0;
+        written.metadata_offset = described->metadata_offset;
+        written.metadata_length = described->metadata_length;
+        WriteEntry(c, written);
+        Sent(c, *entry);
+      }
+      it = c.pending.erase(it, last);
+      continue;
     }
     auto sent = std::next(it) == last ? SendOne(c, out) : SendRun(c, it, last);
     if (!sent.ok()) {
       const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
                                                   : proto::ErrorCode::kLimit;
       Kill(c, sent.status().message(), code);
+      WakeIfWaiting(c);
       return;
     }
     if (!*sent) {  // socket buffer full: continue when it is writable
@@ -774,14 +827,40 @@ void ProducerImpl::Pump(Connection& c) {
       event.events = EPOLLIN | EPOLLOUT;
       event.data.u64 = c.id + 1;
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+      WakeIfWaiting(c);
       return;
     }
     if (is_batch) {
       for (auto done = it; done != last; ++done) Sent(c, *done);
+    } else if (queued) {  // a Schema or End of stream 0: applies before the next entry
+      ++c.controls_unannounced;
+      if (out.type == proto::Type::kEnd) {
+        proto::QueueEntry end;
+        end.kind = proto::EntryKind::kControls;
+        WriteEntry(c, end);
+      }
     }
     it = c.pending.erase(it, last);
   }
+  WakeIfWaiting(c);
   changed_.notify_all();
+}
+
+void ProducerImpl::WriteEntry(Connection& c, proto::QueueEntry entry) {
+  entry.controls_before = std::exchange(c.controls_unannounced, 0);
+  uint8_t* queue = c.queue;
+  std::memcpy(queue + proto::kQueueHeaderSize +
+                  (c.queue_written % c.queue_capacity) * proto::kQueueEntrySize,
+              &entry, sizeof entry);
+  ++c.queue_written;
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue))
+      .store(c.queue_written, std::memory_order_release);
+}
+
+void ProducerImpl::WakeIfWaiting(Connection& c) {
+  if (!c.consumer_waiting || c.dead || c.queue_written <= c.waiting_at) return;
+  c.consumer_waiting = false;
+  (void)c.socket.TrySendDatagram(proto::EncodeWake(writer_), {});
 }
 
 void ProducerImpl::Kill(Connection& c, const std::string& why, proto::ErrorCode code) {
@@ -799,6 +878,7 @@ void ProducerImpl::Reap() {
   for (auto it = connections_.begin(); it != connections_.end();) {
     if (it->second->dead) {
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
+      if (it->second->queue_slot >= 0) free_queue_slots_.push_back(it->second->queue_slot);
       it = connections_.erase(it);  // what it held is released here
       any = true;
     } else {
@@ -827,19 +907,25 @@ void ProducerImpl::IoLoop() {
         AcceptAll();
         continue;
       }
-      std::lock_guard lock(mutex_);
-      auto it = connections_.find(static_cast<uint32_t>(tag - 1));
-      if (it == connections_.end() || it->second->dead) continue;
-      Connection& c = *it->second;
-      if (events[i].events & EPOLLOUT) {
-        c.waiting_writable = false;
-        epoll_event event{};
-        event.events = EPOLLIN;
-        event.data.u64 = tag;
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
-        Pump(c);
+      {
+        std::lock_guard lock(mutex_);
+        auto it = connections_.find(static_cast<uint32_t>(tag - 1));
+        if (it == connections_.end() || it->second->dead) continue;
+        Connection& c = *it->second;
+        if (events[i].events & EPOLLOUT) {
+          c.waiting_writable = false;
+          epoll_event event{};
+          event.events = EPOLLIN;
+          event.data.u64 = tag;
+          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+          Pump(c);
+        }
+        if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+        dying_.swap(released_records_);
       }
-      if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+      // Released batches (their Arrow objects, their ring blocks) are freed without the mutex,
+      // which Publish needs meanwhile.
+      dying_.clear();
     }
     std::lock_guard lock(mutex_);
     Reap();
@@ -947,7 +1033,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       released_.clear();
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
-        if (!c.held.Remove(sequence)) {
+        if (!c.held.Remove(sequence, &released_records_)) {
           return arrow::Status::Invalid("protocol: released batch ", sequence,
                                         ", which this consumer does not hold");
         }
@@ -961,6 +1047,18 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       if (header.stream == 0) return arrow::Status::Invalid("protocol: Request on stream 0");
       ARROW_ASSIGN_OR_RAISE(auto request, proto::DecodeRequest(reader));
       StartRequest(c, header.stream, std::move(request));
+      return arrow::Status::OK();
+    }
+    case proto::Type::kWaiting: {
+      if (c.queue_capacity == 0) return arrow::Status::Invalid("protocol: Waiting without a queue");
+      ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
+      if (read > c.queue_written) {
+        return arrow::Status::Invalid("protocol: Waiting after reading ", read,
+                                      " queue entries, but ", c.queue_written, " were written");
+      }
+      c.consumer_waiting = true;
+      c.waiting_at = read;
+      WakeIfWaiting(c);  // entries written since it looked
       return arrow::Status::OK();
     }
     case proto::Type::kBye:
@@ -1047,6 +1145,17 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
   welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;
   welcome.max_consumers = static_cast<uint32_t>(options_.max_consumers);
   welcome.max_in_flight = static_cast<uint32_t>(c.credits);
+  if (ring_ != nullptr && (hello.features & proto::kFeatureQueue) && !free_queue_slots_.empty() &&
+      c.credits < queue_capacity_) {
+    c.queue_slot = free_queue_slots_.back();
+    free_queue_slots_.pop_back();
+    c.queue = ring_->reserved() + c.queue_slot * queue_slot_bytes_;
+    c.queue_capacity = queue_capacity_;
+    std::memset(c.queue, 0, proto::kQueueHeaderSize);  // the slot may have served another
+    welcome.queue_offset = static_cast<uint64_t>(ring_->OffsetOf(c.queue));
+    welcome.queue_capacity = c.queue_capacity;
+  }
+  if (c.queue_capacity == 0) welcome.features &= ~proto::kFeatureQueue;
   ARROW_ASSIGN_OR_RAISE(welcome.schema, internal::SerializeSchema(*schema));
   UniqueFd ring_fd;
   if (ring_ != nullptr) {

@@ -118,8 +118,9 @@ TEST(FastPathTest, ABacklogGoesOutAsOneBatchesMessageWhenAgreed) {
     SCOPED_TRACE(agreed ? "batch runs agreed" : "batch runs not offered");
     const std::string address = NextAddress();
     ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
-    const uint32_t features =
-        agreed ? proto::kAllFeatures : proto::kAllFeatures & ~proto::kFeatureBatchRuns;
+    // Without the queue, where stream 0 would not travel in messages at all.
+    const uint32_t messages = proto::kAllFeatures & ~proto::kFeatureQueue;
+    const uint32_t features = agreed ? messages : messages & ~proto::kFeatureBatchRuns;
     ASSERT_OK_AND_ASSIGN(auto raw, RawConsumer::Connect(address, features, /*credits=*/2));
     EXPECT_EQ((raw.welcome().features & proto::kFeatureBatchRuns) != 0, agreed);
     ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));

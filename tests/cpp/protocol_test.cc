@@ -352,7 +352,7 @@ TEST(ProtocolTest, WrongMagicFails) {
 TEST(ProtocolTest, UnknownTypeFails) {
   proto::Writer w;
   const Bytes original = Copy(proto::EncodeBye(w));
-  for (uint16_t type : {0, 11, 12, 0x100, 0xFFFF}) {
+  for (uint16_t type : {0, 13, 14, 0x100, 0xFFFF}) {
     Bytes m = original;
     SetU16(m, 4, type);
     EXPECT_ERROR_CONTAINS(DecodeAny(m), "unknown message type " + std::to_string(type));
