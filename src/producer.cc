@@ -377,6 +377,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   std::vector<uint32_t> blocked_streams_;  // Pump's, reused under mutex_
   std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
   std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
+  bool records_dying_ = false;  // dying_ is being emptied (under mutex_)
   // Ring mode: the consumers' queue slots in the ring's reserved part.
   uint32_t queue_capacity_ = 0;
   int64_t queue_slot_bytes_ = 0;
@@ -922,10 +923,15 @@ void ProducerImpl::IoLoop() {
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
         dying_.swap(released_records_);
+        records_dying_ = !dying_.empty();
       }
+      if (dying_.empty()) continue;
       // Released batches (their Arrow objects, their ring blocks) are freed without the mutex,
-      // which Publish needs meanwhile.
+      // which Publish needs meanwhile; WaitUntilDrained waits for them.
       dying_.clear();
+      std::lock_guard lock(mutex_);
+      records_dying_ = false;
+      changed_.notify_all();
     }
     std::lock_guard lock(mutex_);
     Reap();
@@ -1314,6 +1320,7 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
       lock, timeout_ms,
       [&] {
         Reap();  // a connection that just died returns what it held now, not on the I/O thread
+        if (records_dying_) return false;
         for (const auto& [id, c] : connections_) {
           if (!c->held.empty() || c->pending_batches + c->pending_responses > 0) {
             return false;
