@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <span>
@@ -102,11 +104,24 @@ bool Eventually(Condition done) {
   return true;
 }
 
+/// The process's open fds and what they are, for a failure message.
+inline std::string DescribeOpenFds() {
+  std::string out;
+  for (int fd = 0; fd < 1024; ++fd) {
+    char target[256] = {};
+    const std::string link = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (n > 0) out += " " + std::to_string(fd) + "=" + std::string(target, n);
+  }
+  return out;
+}
+
 /// Expects the process to get back to `baseline` open fds (a peer thread may close its end just
 /// after the test's side noticed).
 inline void ExpectFdsReturnTo(int baseline) {
   EXPECT_TRUE(Eventually([&] { return test_util::CountOpenFds() == baseline; }))
-      << "fd leak: " << test_util::CountOpenFds() << " fds open, " << baseline << " before";
+      << "fd leak: " << test_util::CountOpenFds() << " fds open, " << baseline
+      << " before; open now:" << DescribeOpenFds();
 }
 
 }  // namespace shmarrow::hostile

@@ -6,6 +6,7 @@
 #include <arrow/api.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -216,6 +217,14 @@ TEST(ResourceLimits, ConsumerOutOfMappingsFailsConnectNamingTheLimit) {
   auto child = RunInChild(
       [&](int in, int out) -> std::string {
         if (!AwaitSignal(in)) return "parent gone";
+        // Room on the heap first: without mappings to spare, malloc can only use what brk
+        // already holds (glibc keeps freed heap with this trim threshold).
+        ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum
+        ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        void* blocks[4];
+        for (void*& block : blocks) block = ::malloc(16 << 20);
+        for (void* block : blocks) ::free(block);
+        (void)arrow::AllocateBuffer(16 << 20);
         // Every mapping this process may have (vm.max_map_count) in use: one reservation split
         // into single pages of alternating protection, until the kernel refuses.
         const long page = ::sysconf(_SC_PAGESIZE);
@@ -228,6 +237,15 @@ TEST(ResourceLimits, ConsumerOutOfMappingsFailsConnectNamingTheLimit) {
           if (::mprotect(area + i * page, page, PROT_READ) != 0) break;
         }
         if (errno != ENOMEM) return "mprotect stopped with " + std::string(std::strerror(errno));
+        // A split takes two mappings: one may be left. Single pages of alternating protection
+        // (so that neighbours do not merge) take it.
+        for (int k = 0; k < 64; ++k) {
+          if (::mmap(nullptr, page, k % 2 ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0) == MAP_FAILED) {
+            break;
+          }
+        }
+        if (errno != ENOMEM) return "mmap stopped with " + std::string(std::strerror(errno));
         ConsumerOptions options;
         options.read_timeout_ms = kWaitMs;
         auto consumer = Consumer::Connect(address, options);

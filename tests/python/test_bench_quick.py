@@ -56,6 +56,8 @@ def test_bench_quick(tmp_path):
         lat = results["latency"][t]
         assert lat["n"] > 0 and all(_positive(lat[k]) for k in ("median", "p99", "p999"))
 
+    _check_small_latency(results)
+
     assert {(r["consumers"], r["batch_bytes"]) for r in results["throughput"]} == {
         (0, 24), (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
     for r in results["throughput"]:
@@ -72,5 +74,42 @@ def test_bench_quick(tmp_path):
                 assert _positive(value), (key, value)
 
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
-    for name in ("latest.md", "handover.png", "latency.png", "throughput.png"):
+    for name in ("latest.md", "handover.png", "latency.png", "small_latency.png", "throughput.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def _iceoryx2_imports():
+    try:
+        import iceoryx2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_small_latency(results):
+    """bench/small_latency.py: every route measured (iceoryx2 skipped only when it cannot import),
+    ordered percentiles, and the ratio against iceoryx2 in the targets."""
+    measured = results["small_latency"]["measurements"]
+    assert set(measured) == {"iceoryx2", "ring-busy", "ring-blocking", "uds-busy", "uds-blocking"}
+    have_iceoryx2 = _iceoryx2_imports()
+    for name, m in measured.items():
+        if name == "iceoryx2" and not have_iceoryx2:
+            assert m["skipped"], m
+            continue
+        assert m["n"] > 0, (name, m)
+        assert all(_positive(m[k]) for k in ("min", "median", "p99", "p999", "max")), (name, m)
+        assert m["min"] <= m["median"] <= m["p99"] <= m["p999"] <= m["max"], (name, m)
+    ratio = [t for t in results["targets"] if "shmarrow ring / iceoryx2" in t["target"]]
+    assert len(ratio) == (1 if have_iceoryx2 else 0)
+    assert all(_positive(t["measured"]) for t in ratio)
+
+
+def test_small_latency_reports_iceoryx2_skipped_when_it_does_not_import():
+    script = ROOT / "bench" / "small_latency.py"
+    code = ("import runpy, sys; sys.modules['iceoryx2'] = None; "
+            f"sys.argv = [{str(script)!r}, '--quick', '--only', 'iceoryx2']; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads(out.stdout)["measurements"]["iceoryx2"]
+    assert "iceoryx2 does not import" in m["skipped"] and "median" not in m
