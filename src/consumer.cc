@@ -757,11 +757,7 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_RETURN_NOT_OK(Next(0, 0, batch));
     return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
   }
-  for (;;) {  // take everything that has arrived, without blocking
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
-    if (!got || !fatal_.ok()) break;
-  }
-  for (;;) {
+  for (;;) {  // without blocking: what was received, the queue, then the socket
     ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
     if (decided) {
       SettleReleases();
@@ -770,6 +766,8 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     if (!fatal_.ok()) return fatal_;
     ARROW_ASSIGN_OR_RAISE(bool drained, DrainQueue());
     if (drained) continue;
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
+    if (got) continue;
     // fd() becomes readable with the producer's Wake once the queue has something.
     if (queue_ != nullptr) {
       ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());

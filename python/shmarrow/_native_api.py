@@ -467,15 +467,21 @@ class Producer:
         :raises InvalidError: the batch's schema differs from the producer's.
         :raises ShmarrowTimeoutError: no room within ``block_timeout``.
         """
-        schema = self.schema
         if _is_pandas(data):
-            data = pa.RecordBatch.from_pandas(data, schema=schema, preserve_index=False)
+            data = pa.RecordBatch.from_pandas(data, schema=self.schema, preserve_index=False)
         if hasattr(data, "__arrow_c_array__"):
             batch = data if isinstance(data, pa.RecordBatch) else pa.record_batch(data)
-            if _castable(batch.schema, schema):
-                batch = batch.cast(schema)
-            self._native.publish_batch(*batch.__arrow_c_array__())
+            try:
+                # The producer compares schemas itself; comparing here too would cost more than
+                # publishing a small batch.
+                self._native.publish_batch(*batch.__arrow_c_array__())
+            except InvalidError:
+                schema = self.schema
+                if not _castable(batch.schema, schema):
+                    raise
+                self._native.publish_batch(*batch.cast(schema).__arrow_c_array__())
         elif hasattr(data, "__arrow_c_stream__"):
+            schema = self.schema
             reader = pa.RecordBatchReader.from_stream(data)
             if _castable(reader.schema, schema):
                 reader = reader.cast(schema)
