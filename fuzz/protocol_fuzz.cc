@@ -33,6 +33,7 @@ void EveryDecoder(std::span<const uint8_t> payload) {
   { proto::Reader r(payload); (void)proto::DecodeWelcome(r); }
   { proto::Reader r(payload); (void)proto::DecodeBatch(r); }
   { proto::Reader r(payload); std::vector<proto::Batch> out; (void)proto::DecodeBatches(r, proto::kMaxRun, &out); }
+  { proto::Reader r(payload); (void)proto::DecodeWaiting(r); }
   { proto::Reader r(payload); std::vector<uint64_t> out; (void)proto::DecodeRelease(r, 4096, &out); }
   { proto::Reader r(payload); (void)proto::DecodeSchema(r); }
   { proto::Reader r(payload); (void)proto::DecodeError(r); }
@@ -116,6 +117,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case proto::Type::kBye:
       if (reader.ExpectEnd("Bye").ok() && stream == 0) Same(proto::EncodeBye(w), input, "Bye");
       break;
+    case proto::Type::kWake:
+      if (reader.ExpectEnd("Wake").ok() && stream == 0) Same(proto::EncodeWake(w), input, "Wake");
+      break;
+    case proto::Type::kWaiting: {
+      auto m = proto::DecodeWaiting(reader);
+      if (m.ok() && stream == 0) Same(proto::EncodeWaiting(w, *m), input, "Waiting");
+      break;
+    }
   }
   (void)proto::TypeName(header->type);
   return 0;

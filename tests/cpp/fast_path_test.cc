@@ -102,6 +102,18 @@ class RawConsumer {
   arrow::Status Release(const std::vector<uint64_t>& sequences) {
     return socket_.Send(proto::EncodeRelease(writer_, sequences), {});
   }
+  arrow::Status SendWaiting(uint64_t entries_read) {
+    return socket_.Send(proto::EncodeWaiting(writer_, entries_read), {});
+  }
+  /// The message of the Error that the next message must be.
+  arrow::Result<std::string> ReceiveError() {
+    ARROW_ASSIGN_OR_RAISE(auto header, Receive());
+    if (header.type != proto::Type::kError) {
+      return arrow::Status::Invalid("expected Error, got ", proto::TypeName(header.type));
+    }
+    ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(*reader_));
+    return error.message;
+  }
   const proto::Welcome& welcome() const { return welcome_; }
 
  private:
@@ -230,6 +242,40 @@ TEST(FastPathTest, BusyPollingReadsTheSameStream) {
   publisher.join();
   EXPECT_EQ(expected, kBatches);
   ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
+}
+
+TEST(FastPathTest, AQueueIsAgreedInRingModeAndWakesAWaitingConsumer) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto raw, RawConsumer::Connect(address, proto::kAllFeatures, 4));
+  EXPECT_NE(raw.welcome().features & proto::kFeatureQueue, 0u);
+  // Slots are sized for the producer's credits, and End.
+  EXPECT_EQ(raw.welcome().queue_capacity, static_cast<uint32_t>(RingOptions().max_in_flight + 1));
+  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  ASSERT_OK(raw.SendWaiting(0));  // read nothing yet, about to sleep
+  ASSERT_OK(PublishValue(*producer, 7));
+  ASSERT_OK_AND_ASSIGN(auto header, raw.Receive());
+  EXPECT_EQ(header.type, proto::Type::kWake);
+  producer->Close();
+}
+
+TEST(FastPathTest, WaitingThatLiesGetsTheConsumerThrownOut) {
+  for (const bool with_queue : {true, false}) {
+    SCOPED_TRACE(with_queue ? "claims more than was written" : "no queue");
+    const std::string address = NextAddress();
+    ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+    const uint32_t features =
+        with_queue ? proto::kAllFeatures : proto::kAllFeatures & ~proto::kFeatureQueue;
+    ASSERT_OK_AND_ASSIGN(auto raw, RawConsumer::Connect(address, features, 4));
+    ASSERT_OK(raw.SendWaiting(1000));
+    ASSERT_OK_AND_ASSIGN(auto error, raw.ReceiveError());
+    EXPECT_NE(error.find(with_queue ? "Waiting after reading 1000 queue entries, but 0 were written"
+                                    : "Waiting without a queue"),
+              std::string::npos)
+        << error;
+    EXPECT_EQ(producer->stats().consumers, 0);
+    producer->Close();
+  }
 }
 
 }  // namespace

@@ -61,6 +61,10 @@ arrow::Status DecodeAny(std::span<const uint8_t> datagram) {
       return proto::DecodeRequest(r).status();
     case proto::Type::kBye:
       return r.ExpectEnd("Bye");
+    case proto::Type::kWake:
+      return r.ExpectEnd("Wake");
+    case proto::Type::kWaiting:
+      return proto::DecodeWaiting(r).status();
   }
   return arrow::Status::UnknownError("unreachable");
 }
@@ -85,6 +89,8 @@ proto::Welcome SampleWelcome() {
   m.max_in_flight = 9;
   m.max_message_size = 12345;
   m.schema = std::string("sch\0ema", 7);
+  m.queue_offset = uint64_t{1} << 33;
+  m.queue_capacity = 65;
   return m;
 }
 
@@ -114,6 +120,8 @@ std::vector<Bytes> AllMessages() {
   out.push_back(Copy(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kVersion, "bad"})));
   out.push_back(Copy(proto::EncodeRequest(w, 11, "give me data")));
   out.push_back(Copy(proto::EncodeBye(w)));
+  out.push_back(Copy(proto::EncodeWake(w)));
+  out.push_back(Copy(proto::EncodeWaiting(w, 42)));
   return out;
 }
 
@@ -183,7 +191,29 @@ TEST(ProtocolTest, WelcomeRoundTrip) {
     EXPECT_EQ(out.max_in_flight, in.max_in_flight);
     EXPECT_EQ(out.max_message_size, in.max_message_size);
     EXPECT_EQ(out.schema, in.schema);
+    EXPECT_EQ(out.queue_offset, in.queue_offset);
+    EXPECT_EQ(out.queue_capacity, in.queue_capacity);
   }
+  // A 1.0 Welcome has no queue fields: none are written, none are read.
+  proto::Welcome older = SampleWelcome();
+  older.minor = 0;
+  const Bytes m = Copy(proto::Encode(w, older));
+  EXPECT_EQ(m.size(), Copy(proto::Encode(w, SampleWelcome())).size() - 12);
+  proto::Reader r(m);
+  ASSERT_OK(r.ReadHeader());
+  ASSERT_OK_AND_ASSIGN(auto out, proto::DecodeWelcome(r));
+  EXPECT_EQ(out.queue_capacity, 0u);
+}
+
+TEST(ProtocolTest, WaitingRoundTrip) {
+  proto::Writer w;
+  const Bytes m = Copy(proto::EncodeWaiting(w, uint64_t{1} << 50));
+  EXPECT_EQ(m.size(), proto::kHeaderSize + 8);
+  proto::Reader r(m);
+  ASSERT_OK_AND_ASSIGN(auto header, r.ReadHeader());
+  EXPECT_EQ(header.type, proto::Type::kWaiting);
+  ASSERT_OK_AND_ASSIGN(auto read, proto::DecodeWaiting(r));
+  EXPECT_EQ(read, uint64_t{1} << 50);
 }
 
 TEST(ProtocolTest, BatchRoundTrip) {
