@@ -36,6 +36,7 @@ using internal::UnixSocket;
 
 constexpr int kHandshakeTimeoutMs = 10000;
 constexpr uint32_t kMaxMetadata = 1 << 20;
+constexpr int kControlsWaitMs = 1000;
 
 /// The socket, shared by the consumer and every batch it handed out: a batch dying on any thread
 /// tells the producer through it, even after the Consumer object is gone.
@@ -499,10 +500,13 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
 }
 
 arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
-  // The producer sent them before it wrote the entry: they are in the socket already.
+  // The producer sent them before it wrote the entry, so they are in the socket already; a
+  // producer that got the order wrong gets a moment, not a hang.
+  const internal::Deadline deadline(kControlsWaitMs);
   while (controls_.size() < count) {
     if (!fatal_.ok()) return fatal_;
-    ARROW_ASSIGN_OR_RAISE(auto received, channel_->socket().Receive(receive_buffer_, 1, 0));
+    ARROW_ASSIGN_OR_RAISE(auto received, channel_->socket().Receive(receive_buffer_, 1,
+                                                                     deadline.remaining_ms()));
     if (received.bytes <= 0) {
       return arrow::Status::Invalid("protocol: a queue entry counts ", count,
                                     " control messages before it, but only ", controls_.size(),
