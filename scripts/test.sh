@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test: the C++ suite (GoogleTest through CTest) and the Python suite (pytest), after building.
 # With CI set, or SHMARROW_FUZZ=1, also a bounded fuzzing run (fuzz/run_bounded.sh: clang build of
-# the libFuzzer targets in build-fuzz/, 20 s per target; docs/robustness.md).
+# the libFuzzer targets in build-fuzz/, 20 s per target; docs/robustness.md), and with CI set, or
+# SHMARROW_SANITIZE=1, both suites under ASan+UBSan and the C++ suite under TSan
+# (scripts/sanitize.sh: build-asan/, build-tsan/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/bootstrap.sh"
@@ -10,4 +12,8 @@ ctest --test-dir build --output-on-failure -j 2
 SHMARROW_BUILD="$root/build" .venv/bin/python -m pytest -q tests/python
 if [ -n "${CI:-}" ] || [ "${SHMARROW_FUZZ:-0}" = 1 ]; then
   "$root/fuzz/run_bounded.sh"
+fi
+if [ -n "${CI:-}" ] || [ "${SHMARROW_SANITIZE:-0}" = 1 ]; then
+  "$root/scripts/sanitize.sh" asan
+  "$root/scripts/sanitize.sh" tsan
 fi

@@ -85,6 +85,7 @@ def soak(shmarrow: Path, socket_path: str, batches: int, interval_s: float) -> d
                 break  # one just ended
             time.sleep(interval_s)
         elapsed = time.monotonic() - start
+        del samples[-1:]  # it may have caught a process closing its fds as it exits
         results = [p.communicate(timeout=WAIT_MS / 1000 * 3) for p in procs]
     finally:
         for p in procs:
