@@ -26,11 +26,7 @@ using BatchPtr = std::shared_ptr<arrow::RecordBatch>;
 
 constexpr int kTimeoutMs = 10000;  // only ever reached when something is broken
 
-std::string NextAddress() {
-  static std::atomic<int> counter{0};
-  return "@fast-path-test-" + std::to_string(::getpid()) + "-" +
-         std::to_string(counter.fetch_add(1));
-}
+std::string NextAddress() { return test_util::UniqueAbstractName("fast-path"); }
 
 std::shared_ptr<arrow::Schema> ValueSchema() {
   return arrow::schema({arrow::field("v", arrow::int64(), /*nullable=*/false)});
@@ -160,21 +156,25 @@ TEST(FastPathTest, ABacklogGoesOutAsOneBatchesMessageWhenAgreed) {
   }
 }
 
-TEST(FastPathTest, ABehindConsumerReadsEverythingInOrderAndTheProducerDrains) {
+/// Publishes 0, 1, ... `batches` - 1 on a thread (pausing 5 ms after every `pause_every`-th, if
+/// set) to a consumer with `options` that starts reading after `late_ms`, and expects them all,
+/// in order, then every release back at the producer while the consumer is still connected.
+void StreamValuesInOrder(ConsumerOptions options, int64_t batches, int late_ms, int pause_every) {
   const std::string address = NextAddress();
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
-  ConsumerOptions options;
   options.read_timeout_ms = kTimeoutMs;
-  options.max_in_flight = 8;
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, options));
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
-  constexpr int64_t kBatches = 2000;
   std::thread publisher([&] {
-    for (int64_t v = 0; v < kBatches; ++v) ASSERT_OK(PublishValue(*producer, v));
+    for (int64_t v = 0; v < batches; ++v) {
+      ASSERT_OK(PublishValue(*producer, v));
+      if (pause_every > 0 && v % pause_every == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
     ASSERT_OK(producer->End());
   });
-  // Start late, so that the producer's queue is full and batches arrive in runs.
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(late_ms));
   int64_t expected = 0;
   for (;;) {
     BatchPtr batch;
@@ -184,11 +184,18 @@ TEST(FastPathTest, ABehindConsumerReadsEverythingInOrderAndTheProducerDrains) {
     ++expected;
   }
   publisher.join();
-  EXPECT_EQ(expected, kBatches);
-  EXPECT_EQ(consumer->stats().released, kBatches);
-  // Every release reached the producer while the consumer is still connected.
+  EXPECT_EQ(expected, batches);
+  EXPECT_EQ(consumer->stats().released, batches);
   ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
   EXPECT_EQ(producer->stats().in_flight, 0);
+}
+
+TEST(FastPathTest, ABehindConsumerReadsEverythingInOrderAndTheProducerDrains) {
+  // Starts late with few credits, so that the producer is ahead: its queue fills, entries wait
+  // in the ring, and releases travel several at a time.
+  ConsumerOptions options;
+  options.max_in_flight = 8;
+  StreamValuesInOrder(options, /*batches=*/2000, /*late_ms=*/50, /*pause_every=*/0);
 }
 
 TEST(FastPathTest, ReleasesAreNotHeldBackOnceNoBatchWaitsToBeRead) {
@@ -217,31 +224,9 @@ TEST(FastPathTest, ReleasesAreNotHeldBackOnceNoBatchWaitsToBeRead) {
 }
 
 TEST(FastPathTest, BusyPollingReadsTheSameStream) {
-  const std::string address = NextAddress();
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
   ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
-  options.busy_poll_us = 2000;
-  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, options));
-  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
-  constexpr int64_t kBatches = 200;
-  std::thread publisher([&] {
-    for (int64_t v = 0; v < kBatches; ++v) {
-      ASSERT_OK(PublishValue(*producer, v));
-      if (v % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // idle gaps
-    }
-    ASSERT_OK(producer->End());
-  });
-  int64_t expected = 0;
-  for (;;) {
-    BatchPtr batch;
-    ASSERT_OK(consumer->ReadNext(&batch));
-    if (batch == nullptr) break;
-    ASSERT_EQ(ValueOf(*batch), expected++);
-  }
-  publisher.join();
-  EXPECT_EQ(expected, kBatches);
-  ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
+  options.busy_poll_us = 2000;  // shorter than the pauses: it spins, then sleeps, then spins
+  StreamValuesInOrder(options, /*batches=*/200, /*late_ms=*/0, /*pause_every=*/50);
 }
 
 TEST(FastPathTest, AQueueIsAgreedInRingModeAndWakesAWaitingConsumer) {
