@@ -766,6 +766,8 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
 
 void ProducerImpl::Pump(Connection& c) {
   if (c.dead || c.waiting_writable) return;
+  const bool was_idle = c.held.empty();
+  const uint64_t written_before = c.queue_written;
   // Streams are independent: a stream out of credits waits until a release, and with it
   // everything after it on that stream (its order is kept), while the other streams go on.
   std::vector<uint32_t>& blocked = blocked_streams_;
@@ -842,6 +844,12 @@ void ProducerImpl::Pump(Connection& c) {
       }
     }
     it = c.pending.erase(it, last);
+  }
+  // A consumer that held nothing has most likely read everything and said Waiting (or is about
+  // to: then it sees the new entries itself). Reading that here, rather than when the I/O
+  // thread next runs, sends the Wake now.
+  if (was_idle && c.queue_written > written_before && !c.consumer_waiting && !c.dead) {
+    ReadFrom(c);
   }
   WakeIfWaiting(c);
   changed_.notify_all();
