@@ -235,10 +235,15 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
       ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, CrashSchema(), Options()));
       const int fds_listening = test_util::CountOpenFds() - 2;  // less the Go() pipes
       const int maps_listening = CountMemfdMappings();
+      // The survivor first, so that the stream starts only once it is attached.
       survivor.Go();
+      ASSERT_OK(producer->WaitForConsumers(1, kWaitMs));
       victim.Go();
-      if (kill_at == 0) victim.Kill();
-      ASSERT_OK(producer->WaitForConsumers(kill_at == 0 ? 1 : 2, kWaitMs));
+      if (kill_at == 0) {
+        victim.Kill();  // wherever it is in connecting
+      } else {
+        ASSERT_OK(producer->WaitForConsumers(2, kWaitMs));
+      }
       std::thread killer([&] {
         (void)victim.WaitForSteps(kill_at, kWaitMs);
         victim.Kill();
@@ -356,40 +361,35 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
     EXPECT_EQ(test_util::CountOpenFds(), fds_before);
     EXPECT_EQ(CountMemfdMappings(), maps_before);
   }
+
+  using Run = std::function<void(int run, uint64_t seed, int kill_at, size_t hold, Tally&)>;
+  /// RunsPerCase() runs of `run`, each with a kill step drawn from [first_step, first_step +
+  /// kBatches + 2) and a number of batches held drawn from [0, 8).
+  void Matrix(const std::string& victim, int first_step, uint64_t salt, const Run& run) {
+    const uint64_t seed = MatrixSeed();
+    const int runs = RunsPerCase();
+    std::mt19937_64 random(seed ^ salt);
+    Tally tally;
+    for (int i = 0; i < runs && !HasFailure(); ++i) {
+      const int kill_at = first_step + static_cast<int>(random() % (kBatches + 2));
+      const size_t hold = random() % 8;
+      SCOPED_TRACE("SHMARROW_CRASH_SEED=" + std::to_string(seed) + " run " + std::to_string(i) +
+                   ": " + victim + " killed at step " + std::to_string(kill_at) + ", holding " +
+                   std::to_string(hold));
+      run(i, seed + static_cast<uint64_t>(i), kill_at, hold, tally);
+    }
+    std::printf("crash matrix (%s killed): %d runs, %d killed, %d ended first, seed %llu\n",
+                victim.c_str(), runs, tally.killed, tally.finished,
+                static_cast<unsigned long long>(seed));
+  }
 };
 
 TEST_P(CrashMatrixTest, KilledConsumer) {
-  const uint64_t seed = MatrixSeed();
-  const int runs = RunsPerCase();
-  std::mt19937_64 random(seed);
-  Tally tally;
-  for (int run = 0; run < runs && !HasFailure(); ++run) {
-    const int kill_at = static_cast<int>(random() % (kBatches + 2));
-    const size_t hold = random() % 8;
-    SCOPED_TRACE("SHMARROW_CRASH_SEED=" + std::to_string(seed) + " run " + std::to_string(run) +
-                 ": consumer killed at step " + std::to_string(kill_at) + ", holding " +
-                 std::to_string(hold));
-    KilledConsumerRun(run, seed + static_cast<uint64_t>(run), kill_at, hold, tally);
-  }
-  std::printf("crash matrix (consumer killed): %d runs, %d killed, %d ended first, seed %llu\n",
-              runs, tally.killed, tally.finished, static_cast<unsigned long long>(seed));
+  Matrix("consumer", 0, 0, [this](auto&&... args) { KilledConsumerRun(args...); });
 }
 
 TEST_P(CrashMatrixTest, KilledProducer) {
-  const uint64_t seed = MatrixSeed();
-  const int runs = RunsPerCase();
-  std::mt19937_64 random(seed ^ 0x5eed);
-  Tally tally;
-  for (int run = 0; run < runs && !HasFailure(); ++run) {
-    const int kill_at = 1 + static_cast<int>(random() % (kBatches + 2));
-    const size_t hold = random() % 8;
-    SCOPED_TRACE("SHMARROW_CRASH_SEED=" + std::to_string(seed) + " run " + std::to_string(run) +
-                 ": producer killed at step " + std::to_string(kill_at) + ", holding " +
-                 std::to_string(hold));
-    KilledProducerRun(run, seed + static_cast<uint64_t>(run), kill_at, hold, tally);
-  }
-  std::printf("crash matrix (producer killed): %d runs, %d killed, %d ended first, seed %llu\n",
-              runs, tally.killed, tally.finished, static_cast<unsigned long long>(seed));
+  Matrix("producer", 1, 0x5eed, [this](auto&&... args) { KilledProducerRun(args...); });
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CrashMatrixTest,
