@@ -61,8 +61,11 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    - *one process*: the single-process limit, the same batch handed from one thread to another
      through a one-slot queue (mutex + condition variable), the consumer blocked waiting for it.
    - *shmarrow ring, busy-polling consumer* (smallest and largest size only): the same as ring,
-     with `ConsumerOptions::busy_poll_us` = 3 s, so the consumer polls its socket without sleeping
-     while the producer builds the next batch (which takes up to about a second at 1 GiB).
+     with `ConsumerOptions::busy_poll_us` = 3 s, so the consumer watches its queue without
+     sleeping while the producer builds the next batch (up to about a second at 1 GiB); and the
+     same once more with one batch built once and published again each time (`--reuse 1`; only
+     the stamp is written), as the socket route does, so that the producer has not just written
+     the whole payload through its caches when it publishes.
 2. **End-to-end** — 4 `int64` columns, values `i + column`; the consumer sums every value.
    *One process*: build with Arrow's default pool, then sum, in one thread. *Two processes*: the
    producer builds in the ring, publishes, the consumer sums; timed from before the build to the
@@ -167,7 +170,9 @@ def notes(results):
     sizes = sorted({r["bytes"] for r in results["handover"]})
     lo, hi = sizes[0], sizes[-1]
     idle = {r["bytes"]: r for r in results.get("idle_control", [])}
-    busy = {r["bytes"]: r for r in results.get("handover_busy", [])}
+    busy = {r["bytes"]: r for r in results.get("handover_busy", []) if r["transport"] == "ring_busy"}
+    reused = {r["bytes"]: r for r in results.get("handover_busy", [])
+              if r["transport"] == "ring_busy_reuse"}
     parts = ["What the run shows about each target (figures from this run):", ""]
     if lo in idle and hi in idle:
         text = (
@@ -185,6 +190,15 @@ def notes(results):
                 f" A busy-polling consumer takes the wake-up out: {_ns(busy[lo]['median'])} at "
                 f"{human_size(lo)} and {_ns(busy[hi]['median'])} at {human_size(hi)} (ratio "
                 f"{busy[hi]['median'] / busy[lo]['median']:.2f}).")
+        if lo in reused and hi in reused:
+            text += (
+                f" What is left growing with the size is the producer's, not the transport's: "
+                f"publishing one batch again and again into the same busy consumer takes "
+                f"{_ns(reused[lo]['median'])} at {human_size(lo)} and {_ns(reused[hi]['median'])} "
+                f"at {human_size(hi)} (ratio {reused[hi]['median'] / reused[lo]['median']:.2f}). "
+                "Right after writing the whole payload, the producer's caches and TLB hold the "
+                "payload instead of what `Publish` touches, and the publish path runs cold; "
+                "publishing never reads or copies the payload.")
         parts.append(text)
     e2e = results.get("e2e", {})
     if "one" in e2e and "two" in e2e:

@@ -1,6 +1,7 @@
 // handover_bench: the C++ side of bench/run (see docs/benchmarks.md).
 //
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
+//                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
@@ -386,7 +387,7 @@ arrow::Status UdsConsume(int fd, int64_t warmup, bool busy, std::vector<int64_t>
 // settle_ms: the producer pauses that long between building a batch and publishing it (the
 // consumer sits idle meanwhile), the control for idle wake-up cost.
 int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
-             int64_t warmup, int settle_ms, int busy_poll_us) {
+             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse) {
   const bool small = kind == "latency";
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   auto make_in = [&](arrow::MemoryPool* pool, int64_t i) {
@@ -415,9 +416,16 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
           auto st = [&]() -> arrow::Status {
             ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, schema, transport, bytes));
             ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
+            // reuse (ring): one batch built once and published again each time (only the stamp
+            // changes), as the socket route does: the producer's caches are not cold from
+            // writing the payload just before the hand-over.
+            std::shared_ptr<arrow::RecordBatch> built;
             for (int64_t i = 0; i < total; ++i) {
-              std::shared_ptr<arrow::RecordBatch> batch;
-              ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
+              std::shared_ptr<arrow::RecordBatch> batch = built;
+              if (batch == nullptr) {
+                ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
+              }
+              if (reuse) built = batch;
               if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
               FirstValue(*batch)[0] = NowNs();
               ARROW_RETURN_NOT_OK(producer->Publish(batch));
@@ -706,7 +714,7 @@ int main(int argc, char** argv) {
     return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
                     a.Int("warmup", a.command == "latency" ? 100 : 1),
                     static_cast<int>(a.Int("settle-ms", 0)),
-                    static_cast<int>(a.Int("busy-poll-us", 0)));
+                    static_cast<int>(a.Int("busy-poll-us", 0)), a.Int("reuse", 0) != 0);
   }
   if (a.command == "e2e") {
     return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),

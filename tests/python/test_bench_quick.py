@@ -44,7 +44,8 @@ def test_bench_quick(tmp_path):
             assert _positive(r[key]), r
 
     assert results["idle_control"] and all(_positive(r["median"]) for r in results["idle_control"])
-    assert {r["bytes"] for r in results["handover_busy"]} == {min(sizes), max(sizes)}
+    assert {(r["transport"], r["bytes"]) for r in results["handover_busy"]} == {
+        (t, s) for t in ("ring_busy", "ring_busy_reuse") for s in (min(sizes), max(sizes))}
     assert all(_positive(r["median"]) for r in results["handover_busy"])
 
     e2e = results["e2e"]
