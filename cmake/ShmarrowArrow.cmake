@@ -1,4 +1,5 @@
-# Provides the imported target Arrow::arrow_shared.
+# Provides the imported targets Arrow::arrow_shared and Arrow::arrow_flight_shared (Arrow Flight,
+# for the bridge of docs/flight.md).
 # A system Arrow C++ (find_package(Arrow CONFIG)) wins; otherwise the headers and libarrow shipped
 # inside the pyarrow wheel of SHMARROW_PYTHON are used, so the C++ tools and the Python side load
 # the same libarrow.
@@ -12,6 +13,9 @@ if(NOT SHMARROW_BUILD_PYTHON)
   find_package(Arrow CONFIG QUIET)
   if(Arrow_FOUND)
     message(STATUS "shmarrow: using system Arrow ${Arrow_VERSION}")
+    find_package(ArrowFlight CONFIG REQUIRED)
+    add_library(Arrow::arrow_flight_shared INTERFACE IMPORTED GLOBAL)
+    target_link_libraries(Arrow::arrow_flight_shared INTERFACE ArrowFlight::arrow_flight_shared)
     return()
   endif()
 endif()
@@ -42,5 +46,13 @@ set_target_properties(Arrow::arrow_shared PROPERTIES
   IMPORTED_LOCATION "${_libarrow}"
   INTERFACE_INCLUDE_DIRECTORIES "${SHMARROW_ARROW_INCLUDE}"
   INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=1")
+set(_libflight "${SHMARROW_ARROW_LIBDIR}/libarrow_flight.so.${_pa_major}00")
+if(NOT EXISTS "${_libflight}")
+  message(FATAL_ERROR "shmarrow: ${_libflight} not found in the pyarrow wheel")
+endif()
+add_library(Arrow::arrow_flight_shared SHARED IMPORTED GLOBAL)
+set_target_properties(Arrow::arrow_flight_shared PROPERTIES
+  IMPORTED_LOCATION "${_libflight}"
+  INTERFACE_LINK_LIBRARIES Arrow::arrow_shared)
 set(CMAKE_BUILD_RPATH "${SHMARROW_ARROW_LIBDIR}")
 message(STATUS "shmarrow: using Arrow C++ from pyarrow ${SHMARROW_PYARROW_VERSION} (${SHMARROW_ARROW_LIBDIR})")

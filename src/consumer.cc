@@ -19,6 +19,7 @@
 #include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
+#include "flight_internal.h"
 #include "handover_internal.h"
 #include "mapping.h"
 #include "memfd.h"
@@ -207,6 +208,10 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   /// true with `batch` null at the end, false when nothing decisive is queued (schema changes
   /// are applied on the way); an error event is returned as the error.
   arrow::Result<bool> TakeQueued(uint32_t stream, std::shared_ptr<arrow::RecordBatch>* batch);
+  /// One datagram from the producer. A producer that closes with datagrams of ours unread (it
+  /// died, or refused us) resets the connection: the kernel reports ECONNRESET once, ahead of
+  /// the datagrams still queued for us, which the next read returns (then end of file).
+  arrow::Result<internal::Received> Receive(int timeout_ms);
   /// Receives and handles one message; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
   /// After a batch was taken: releases are deferred while more batches wait to be read here
@@ -330,14 +335,9 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
                           internal::SerializeSchema(*options_.expect_schema));
   }
   // A producer that refuses this consumer (another uid) sends why and closes at once, maybe
-  // before the Hello arrived: the send may then fail, and the receive report ECONNRESET before
-  // the datagram queued ahead of the reset (the kernel reports a pending socket error first,
-  // once). The reason is still there to read.
+  // before the Hello arrived: the send may then fail, but the reason is still there to read.
   const arrow::Status hello_sent = channel_->Send(proto::Encode(writer_, hello));
-  auto receiving = channel_->socket().Receive(receive_buffer_, 1, kHandshakeTimeoutMs);
-  if (!receiving.ok() && arrow::internal::ErrnoFromStatus(receiving.status()) == ECONNRESET) {
-    receiving = channel_->socket().Receive(receive_buffer_, 1, 0);
-  }
+  auto receiving = Receive(kHandshakeTimeoutMs);
   if (!receiving.ok()) return hello_sent.ok() ? receiving.status() : hello_sent;
   auto received = std::move(*receiving);
   if (received.bytes < 0) {
@@ -416,9 +416,16 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   return arrow::Status::OK();
 }
 
+arrow::Result<internal::Received> ConsumerImpl::Receive(int timeout_ms) {
+  auto received = channel_->socket().Receive(receive_buffer_, 1, timeout_ms);
+  if (!received.ok() && arrow::internal::ErrnoFromStatus(received.status()) == ECONNRESET) {
+    return channel_->socket().Receive(receive_buffer_, 1, 0);
+  }
+  return received;
+}
+
 arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
-  UnixSocket& socket = channel_->socket();
-  ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(receive_buffer_, 1, 0));
+  ARROW_ASSIGN_OR_RAISE(auto received, Receive(0));
   behind_ = received.bytes >= 0;
   if (!behind_) {
     channel_->SetDeferring(false, release_batch_);  // caught up: the producer hears of everything
@@ -427,9 +434,9 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
       ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
       if (!sleep) return true;
     }
-    ARROW_ASSIGN_OR_RAISE(bool ready, socket.WaitReadable(timeout_ms));
+    ARROW_ASSIGN_OR_RAISE(bool ready, channel_->socket().WaitReadable(timeout_ms));
     if (!ready) return false;
-    ARROW_ASSIGN_OR_RAISE(received, socket.Receive(receive_buffer_, 1, 0));
+    ARROW_ASSIGN_OR_RAISE(received, Receive(0));
     if (received.bytes < 0) return false;
   }
   if (received.bytes == 0) {
@@ -505,8 +512,7 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
   const internal::Deadline deadline(kControlsWaitMs);
   while (controls_.size() < count) {
     if (!fatal_.ok()) return fatal_;
-    ARROW_ASSIGN_OR_RAISE(auto received, channel_->socket().Receive(receive_buffer_, 1,
-                                                                     deadline.remaining_ms()));
+    ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
     if (received.bytes <= 0) {
       return arrow::Status::Invalid("protocol: a queue entry counts ", count,
                                     " control messages before it, but only ", controls_.size(),
@@ -528,7 +534,8 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
 
 arrow::Result<bool> ConsumerImpl::AnnounceWaiting() {
   if (waiting_announced_ != queue_read_) {
-    ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeWaiting(writer_, queue_read_)));
+    // A producer gone (or not reading) cannot be told; the socket says so when it is read.
+    (void)channel_->Send(proto::EncodeWaiting(writer_, queue_read_));
     waiting_announced_ = queue_read_;
   }
   ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
@@ -816,6 +823,9 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
 
 arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
                                                            const ConsumerOptions& options) {
+  if (internal::flight::IsFlightAddress(address)) {
+    return internal::flight::ConnectFlight(address, options);
+  }
   auto consumer = std::make_shared<ConsumerImpl>(options);
   // A producer of the single hand-over listens on a SOCK_STREAM socket instead. Connecting to
   // its filesystem socket with the wrong type fails with EPROTOTYPE; abstract names are looked

@@ -44,7 +44,11 @@ arrow::Result<std::vector<std::string>> SplitColumns(const std::string& list) {
 }  // namespace
 
 arrow::Status RunRecv(Args& args) {
-  const std::string socket = args.String("--socket", kDefaultSocketPath);
+  // --from: a socket path or a Flight address (grpc://...); --socket: a socket path.
+  const bool has_from = args.Has("--from");
+  if (has_from && args.Has("--socket")) return UsageError("give --from or --socket, not both");
+  const std::string socket =
+      has_from ? args.String("--from", "") : args.String("--socket", kDefaultSocketPath);
   ARROW_ASSIGN_OR_RAISE(int64_t wait_ms, args.Int("--wait-ms", 0));
   ARROW_ASSIGN_OR_RAISE(int64_t timeout_ms, args.Int("--timeout-ms", -1));
   const std::string validate = args.String("--validate", "full");
@@ -62,6 +66,10 @@ arrow::Status RunRecv(Args& args) {
   ARROW_ASSIGN_OR_RAISE(int64_t delay_ms, args.Int("--delay-ms", 0));
   const bool has_request = args.Has("--request");
   const std::string request = args.String("--request", "");
+  ARROW_ASSIGN_OR_RAISE(options.remote.token, FlightToken(args));
+  ARROW_ASSIGN_OR_RAISE(options.remote.tls_root_certs, OptionalFile(args, "--tls-roots"));
+  options.remote.tls_override_hostname = args.String("--tls-hostname", "");
+  options.remote.upgrade_to_shared_memory = !args.Flag("--no-upgrade");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed());
 
   if (validate == "basic") options.validation = Validation::kBasic;

@@ -1,4 +1,4 @@
-// shmarrow: send, receive and inspect Arrow streams in shared memory.
+// shmarrow: send, receive and inspect Arrow streams in shared memory, and serve them over Flight.
 #include <iostream>
 #include <set>
 #include <string>
@@ -57,6 +57,22 @@ constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
            shows the last schema; each column's checksum covers the rows of the batches that
            have it (same name and type), with rows numbered over the whole stream, so a
            column added midway starts at the row where it appears.
+           --from ADDRESS (instead of --socket: a socket path, or a Flight address
+             grpc://HOST:PORT, grpc+tls://HOST:PORT; a path after the port names a flight of
+             any Flight server; docs/flight.md); with Flight, "mode" is "flight" and
+             --token-file FILE (else $SHMARROW_FLIGHT_TOKEN)  --tls-roots FILE (PEM)
+             --tls-hostname NAME  --no-upgrade (stay on Flight even when the bridge's producer
+             is on this host and would accept this process through shared memory)
+  flight-serve
+           serve a producer's stream to Arrow Flight clients (tickets "stream" and
+           "request:<bytes>"); prints the address on stdout, runs until SIGINT/SIGTERM
+             --socket PATH  --listen grpc://HOST:PORT (grpc://127.0.0.1:0: a free port)
+             --allow-remote (needed to listen on a non-loopback address)
+             --tls-cert FILE --tls-key FILE (PEM; with grpc+tls://)
+             --token-file FILE (else $SHMARROW_FLIGHT_TOKEN: require "Bearer <token>")
+             --no-requests  --no-advertise (do not tell local clients the socket)
+             --max-in-flight N  --validate full|basic  --wait-ms N (per remote stream's
+             consumer of the producer)
   inspect  validate an Arrow IPC file or stream on disk
              FILE  --json
 
@@ -80,7 +96,8 @@ int main(int argc, char** argv) {
   }
   auto args = shmarrow::cli::Args::Parse(
       rest, {"--json", "--allow-unsealed", "--serve-requests", "--lossy", "--from-oldest",
-             "--schema-subset"});
+             "--schema-subset", "--allow-remote", "--no-requests", "--no-advertise",
+             "--no-upgrade"});
   if (!args.ok()) {
     std::cerr << "shmarrow " << command << ": " << args.status().message() << "\n";
     return 2;
@@ -88,6 +105,7 @@ int main(int argc, char** argv) {
   arrow::Status status;
   if (command == "send") status = shmarrow::cli::RunSend(*args);
   else if (command == "recv") status = shmarrow::cli::RunRecv(*args);
+  else if (command == "flight-serve") status = shmarrow::cli::RunFlightServe(*args);
   else if (command == "inspect") status = shmarrow::cli::RunInspect(*args);
   else {
     std::cerr << "shmarrow: unknown command '" << command << "'\n" << kUsage;

@@ -46,6 +46,19 @@ struct ConsumerOptions {
   /// Single hand-over only: refuse an unsealed memfd (true), or read a private copy of it
   /// (SharedStreamOptions::require_seals).
   bool require_seals = true;
+
+  /// For Flight addresses (grpc://, grpc+tcp://, grpc+tls://; docs/flight.md) only.
+  struct Remote {
+    /// Sent as "authorization: Bearer <token>" with every call; empty: none.
+    std::string token;
+    /// grpc+tls: PEM root certificates to trust (empty: the system's).
+    std::string tls_root_certs;
+    /// grpc+tls: the name the server's certificate must carry, if not the address's host.
+    std::string tls_override_hostname;
+    /// Read a bridge on this host through shared memory instead, when it advertises its
+    /// producer's socket and that producer accepts this process (docs/flight.md).
+    bool upgrade_to_shared_memory = true;
+  } remote;
 };
 
 struct ConsumerStats {
@@ -57,7 +70,8 @@ struct ConsumerStats {
 
 /// Connects to a Producer (SOCK_SEQPACKET) — or, for a producer of the single hand-over
 /// (`shmarrow send` without --mode, ServeFd), receives its one sealed stream — and reads the
-/// batches in place. A batch, its arrays, buffers and slices stay valid as long as any of them
+/// batches in place. An address starting with grpc://, grpc+tcp:// or grpc+tls:// reads an Arrow
+/// Flight stream instead (a `shmarrow flight-serve` bridge or any Flight server; docs/flight.md). A batch, its arrays, buffers and slices stay valid as long as any of them
 /// lives; when the last one dies the producer is told it may reuse the memory.
 ///
 /// ReadNext blocks; fd() and TryNext() serve event loops. Not thread-safe, except that batches
@@ -84,7 +98,7 @@ class Consumer : public arrow::RecordBatchReader {
       std::string_view request) = 0;
 
   [[nodiscard]] virtual ConsumerStats stats() const = 0;
-  /// "ring", "sealed" or "handover" (the single hand-over).
+  /// "ring", "sealed", "handover" (the single hand-over) or "flight".
   [[nodiscard]] virtual std::string mode() const = 0;
   /// The single hand-over's memfd (inode, size, seals, whether it was mapped; AllBuffersInside);
   /// nullptr in ring and sealed modes.
