@@ -1,10 +1,12 @@
 // handover_bench: the C++ side of bench/run (see docs/benchmarks.md).
 //
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
-//   handover_bench latency    --transport ring|uds --iters N [--warmup W]
+//                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
+//   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
-//   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M
+//   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
 //   handover_bench heap       --transport ring|sealed --batches M
+//   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
 //
 // Every mode forks its consumer process(es) first thing in main(), before Arrow or the library
 // start any thread; the processes meet on an abstract socket (shmarrow) or a socketpair (uds).
@@ -15,6 +17,8 @@
 // released the batch (shmarrow: WaitUntilDrained; uds: a one-byte pong) before the next one.
 #include <arrow/api.h>
 #include <arrow/io/file.h>
+#include <arrow/io/memory.h>
+#include <arrow/util/bit_util.h>
 #include <arrow/ipc/api.h>
 #include <dlfcn.h>
 #include <sys/resource.h>
@@ -84,6 +88,14 @@ int64_t VmHwmKb() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
   }
   return -1;
+}
+
+// CPU time this process has used, all its threads, user and system (ns).
+int64_t CpuNs() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto ns = [](const timeval& t) { return int64_t{t.tv_sec} * 1000000000 + int64_t{t.tv_usec} * 1000; };
+  return ns(usage.ru_utime) + ns(usage.ru_stime);
 }
 
 using Counter = long long (*)();
@@ -223,10 +235,12 @@ arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::str
   return shmarrow::Producer::Listen(address, std::move(schema), options);
 }
 
-arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address) {
+arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address,
+                                                                   int busy_poll_us = 0) {
   shmarrow::ConsumerOptions options;
   options.connect_wait_ms = 20000;
   options.read_timeout_ms = 120000;
+  options.busy_poll_us = busy_poll_us;
   // For experiments only (bench/run always uses the default, full validation).
   if (const char* v = std::getenv("SHMARROW_BENCH_VALIDATION"); v != nullptr && std::string(v) == "basic") {
     options.validation = shmarrow::Validation::kBasic;
@@ -244,8 +258,9 @@ arrow::Status FinishProducer(shmarrow::Producer& producer) {
 }
 
 // Consumer loop shared by handover and latency: read until end, record now - stamp.
-arrow::Status ShmConsume(const std::string& address, int64_t warmup, std::vector<int64_t>* samples) {
-  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_poll_us,
+                         std::vector<int64_t>* samples) {
+  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
   int64_t n = 0;
   for (;;) {
     std::shared_ptr<arrow::RecordBatch> batch;
@@ -292,7 +307,8 @@ class SocketOutputStream final : public arrow::io::OutputStream {
 
 class SocketInputStream final : public arrow::io::InputStream {
  public:
-  explicit SocketInputStream(int fd) : fd_(fd) {}
+  /// busy: spin on non-blocking reads instead of sleeping in read().
+  SocketInputStream(int fd, bool busy) : fd_(fd), busy_(busy) {}
   arrow::Status Close() override {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -304,8 +320,9 @@ class SocketInputStream final : public arrow::io::InputStream {
     auto* p = static_cast<uint8_t*>(out);
     int64_t done = 0;
     while (done < nbytes) {
-      const ssize_t n = ::read(fd_, p + done, static_cast<size_t>(nbytes - done));
-      if (n < 0 && errno == EINTR) continue;
+      const ssize_t n = ::recv(fd_, p + done, static_cast<size_t>(nbytes - done),
+                               busy_ ? MSG_DONTWAIT : 0);
+      if (n < 0 && (errno == EINTR || (busy_ && errno == EAGAIN))) continue;
       if (n < 0) return arrow::Status::IOError("socket read: ", std::strerror(errno));
       if (n == 0) break;
       done += n;
@@ -322,6 +339,7 @@ class SocketInputStream final : public arrow::io::InputStream {
 
  private:
   int fd_;
+  bool busy_;
   int64_t position_ = 0;
 };
 
@@ -344,9 +362,9 @@ arrow::Status UdsProduce(int fd, std::shared_ptr<arrow::Schema> schema,
   return arrow::Status::OK();
 }
 
-arrow::Status UdsConsume(int fd, int64_t warmup, std::vector<int64_t>* samples) {
+arrow::Status UdsConsume(int fd, int64_t warmup, bool busy, std::vector<int64_t>* samples) {
   const int pong = ::dup(fd);
-  auto in = std::make_shared<SocketInputStream>(fd);
+  auto in = std::make_shared<SocketInputStream>(fd, busy);
   ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(in));
   int64_t n = 0;
   for (;;) {
@@ -369,7 +387,7 @@ arrow::Status UdsConsume(int fd, int64_t warmup, std::vector<int64_t>* samples) 
 // settle_ms: the producer pauses that long between building a batch and publishing it (the
 // consumer sits idle meanwhile), the control for idle wake-up cost.
 int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
-             int64_t warmup, int settle_ms) {
+             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse) {
   const bool small = kind == "latency";
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   auto make_in = [&](arrow::MemoryPool* pool, int64_t i) {
@@ -377,7 +395,8 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
   };
   auto emit = [&](const std::vector<int64_t>& samples) {
     Emit("{\"role\":\"consumer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
-         "\",\"bytes\":" + std::to_string(bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
+         "\",\"bytes\":" + std::to_string(bytes) + ",\"busy_poll_us\":" + std::to_string(busy_poll_us) +
+         ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
          ",\"samples_ns\":" + Samples(samples) + "}");
   };
   const int64_t total = iters + warmup;
@@ -388,7 +407,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
         1,
         [&](int) {
           std::vector<int64_t> samples;
-          auto st = ShmConsume(address, warmup, &samples);
+          auto st = ShmConsume(address, warmup, busy_poll_us, &samples);
           if (!st.ok()) return Fail("consumer", st);
           emit(samples);
           return 0;
@@ -397,9 +416,16 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
           auto st = [&]() -> arrow::Status {
             ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, schema, transport, bytes));
             ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
+            // reuse (ring): one batch built once and published again each time (only the stamp
+            // changes), as the socket route does: the producer's caches are not cold from
+            // writing the payload just before the hand-over.
+            std::shared_ptr<arrow::RecordBatch> built;
             for (int64_t i = 0; i < total; ++i) {
-              std::shared_ptr<arrow::RecordBatch> batch;
-              ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
+              std::shared_ptr<arrow::RecordBatch> batch = built;
+              if (batch == nullptr) {
+                ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
+              }
+              if (reuse) built = batch;
               if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
               FirstValue(*batch)[0] = NowNs();
               ARROW_RETURN_NOT_OK(producer->Publish(batch));
@@ -422,7 +448,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
         [&](int) {
           ::close(sv[0]);
           std::vector<int64_t> samples;
-          auto st = UdsConsume(sv[1], warmup, &samples);
+          auto st = UdsConsume(sv[1], warmup, busy_poll_us > 0, &samples);
           if (!st.ok()) return Fail("consumer", st);
           emit(samples);
           return 0;
@@ -559,7 +585,7 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
 // Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
 // and touch its first and last value; the producer publishes `batches` as fast as credits allow.
 int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
-              int64_t batches) {
+              int64_t batches, int busy_poll_us) {
   const bool small = bytes <= 0;
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   const std::string address = Address(kind.c_str());
@@ -567,7 +593,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       consumers,
       [&](int index) {
         auto st = [&]() -> arrow::Status {
-          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
+          ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
           int64_t n = 0, touch = 0, first_ns = 0;
           for (;;) {
             std::shared_ptr<arrow::RecordBatch> batch;
@@ -583,6 +609,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
                ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
                ",\"end_ns\":" + std::to_string(end_ns) + ",\"touch\":" + std::to_string(touch) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"heap_calls\":" + std::to_string(HeapCalls()) +
                ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
                ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
@@ -628,6 +655,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                "\",\"consumers\":" + std::to_string(consumers) + ",\"bytes\":" + std::to_string(bytes) +
                ",\"batches\":" + std::to_string(batches) + ",\"start_ns\":" + std::to_string(start_ns) +
                ",\"published_ns\":" + std::to_string(published_ns) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
                ",\"heap_calls\":" + std::to_string(HeapCalls()) +
                ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
@@ -640,6 +668,44 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       });
 }
 
+// Arrow's own heap allocations for the small batch, in one process and without shmarrow: the
+// producer side's GetRecordBatchPayload (what Publish asks of Arrow's writer), and the consumer
+// side's ReadRecordBatch plus ValidateFull (what a consumer asks of Arrow's reader). The floor
+// under the "heap" figures while batches are Arrow objects.
+int RunHeapFloor(int64_t batches) {
+  auto st = [&]() -> arrow::Status {
+    ARROW_ASSIGN_OR_RAISE(auto batch, MakeSmall(arrow::default_memory_pool(), 1));
+    arrow::ipc::IpcPayload first;
+    ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &first));
+    ARROW_ASSIGN_OR_RAISE(auto body, arrow::AllocateBuffer(first.body_length));
+    int64_t at = 0;
+    for (const auto& buffer : first.body_buffers) {
+      if (buffer == nullptr) continue;
+      std::memcpy(body->mutable_data() + at, buffer->data(), static_cast<size_t>(buffer->size()));
+      at += arrow::bit_util::RoundUpToMultipleOf8(buffer->size());
+    }
+    const std::shared_ptr<arrow::Buffer> body_shared(std::move(body));
+    const long long write0 = HeapCalls();
+    for (int64_t i = 0; i < batches; ++i) {
+      arrow::ipc::IpcPayload payload;
+      ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+    }
+    const long long write_calls = HeapCalls() - write0;
+    const long long read0 = HeapCalls();
+    for (int64_t i = 0; i < batches; ++i) {
+      arrow::io::BufferReader reader(body_shared);
+      ARROW_ASSIGN_OR_RAISE(auto read, arrow::ipc::ReadRecordBatch(*first.metadata, SmallSchema(), nullptr,
+                                                                   arrow::ipc::IpcReadOptions::Defaults(), &reader));
+      ARROW_RETURN_NOT_OK(read->ValidateFull());
+    }
+    const long long read_calls = HeapCalls() - read0;
+    Emit("{\"role\":\"floor\",\"batches\":" + std::to_string(batches) +
+         ",\"write_calls\":" + std::to_string(write_calls) + ",\"read_calls\":" + std::to_string(read_calls) + "}");
+    return arrow::Status::OK();
+  }();
+  return st.ok() ? 0 : Fail("floor", st);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -647,15 +713,18 @@ int main(int argc, char** argv) {
   if (a.command == "handover" || a.command == "latency") {
     return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
                     a.Int("warmup", a.command == "latency" ? 100 : 1),
-                    static_cast<int>(a.Int("settle-ms", 0)));
+                    static_cast<int>(a.Int("settle-ms", 0)),
+                    static_cast<int>(a.Int("busy-poll-us", 0)), a.Int("reuse", 0) != 0);
   }
   if (a.command == "e2e") {
     return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),
                   a.Int("iters", 3));
   }
+  if (a.command == "heap-floor") return RunHeapFloor(a.Int("batches", 10000));
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
-                     a.Int("bytes", 0), a.Int("batches", 10000));
+                     a.Int("bytes", 0), a.Int("batches", 10000),
+                     static_cast<int>(a.Int("busy-poll-us", 0)));
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;

@@ -83,6 +83,10 @@ void ProtocolSeeds(const std::string& schema_bytes) {
   Write("protocol_fuzz", "welcome-ring", proto::Encode(w, welcome));
   Write("protocol_fuzz", "batch-sealed", proto::Encode(w, 0, proto::Batch{7, 0, 0, 0}));
   Write("protocol_fuzz", "batch-ring", proto::Encode(w, 0, proto::Batch{9, 2, 4096, 312}));
+  const proto::Batch run[] = {{10, 1, 4096, 312}, {11, 0, 8192, 312}};
+  Write("protocol_fuzz", "batches-ring", proto::EncodeBatches(w, 0, run));
+  Write("protocol_fuzz", "wake", proto::EncodeWake(w));
+  Write("protocol_fuzz", "waiting", proto::EncodeWaiting(w, 12));
   const uint64_t sequences[] = {1, 2, 3};
   Write("protocol_fuzz", "release", proto::EncodeRelease(w, sequences));
   Write("protocol_fuzz", "schema", proto::EncodeSchema(w, 5, schema_bytes));

@@ -32,6 +32,8 @@ void EveryDecoder(std::span<const uint8_t> payload) {
   { proto::Reader r(payload); (void)proto::DecodeHello(r); }
   { proto::Reader r(payload); (void)proto::DecodeWelcome(r); }
   { proto::Reader r(payload); (void)proto::DecodeBatch(r); }
+  { proto::Reader r(payload); std::vector<proto::Batch> out; (void)proto::DecodeBatches(r, proto::kMaxRun, &out); }
+  { proto::Reader r(payload); (void)proto::DecodeWaiting(r); }
   { proto::Reader r(payload); std::vector<uint64_t> out; (void)proto::DecodeRelease(r, 4096, &out); }
   { proto::Reader r(payload); (void)proto::DecodeSchema(r); }
   { proto::Reader r(payload); (void)proto::DecodeError(r); }
@@ -76,6 +78,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (m.ok()) Same(proto::Encode(w, stream, *m), input, "Batch");
       break;
     }
+    case proto::Type::kBatches: {
+      std::vector<proto::Batch> run;
+      if (proto::DecodeBatches(reader, proto::kMaxRun, &run).ok()) {
+        Same(proto::EncodeBatches(w, stream, run), input, "Batches");
+      }
+      break;
+    }
     case proto::Type::kRelease: {
       std::vector<uint64_t> sequences;
       if (proto::DecodeRelease(reader, 4096, &sequences).ok() && stream == 0) {
@@ -108,6 +117,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case proto::Type::kBye:
       if (reader.ExpectEnd("Bye").ok() && stream == 0) Same(proto::EncodeBye(w), input, "Bye");
       break;
+    case proto::Type::kWake:
+      if (reader.ExpectEnd("Wake").ok() && stream == 0) Same(proto::EncodeWake(w), input, "Wake");
+      break;
+    case proto::Type::kWaiting: {
+      auto m = proto::DecodeWaiting(reader);
+      if (m.ok() && stream == 0) Same(proto::EncodeWaiting(w, *m), input, "Waiting");
+      break;
+    }
   }
   (void)proto::TypeName(header->type);
   return 0;

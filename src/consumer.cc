@@ -7,14 +7,15 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
 #include <variant>
 
+#include "block_cache.h"
 #include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
@@ -36,12 +37,16 @@ using internal::UnixSocket;
 
 constexpr int kHandshakeTimeoutMs = 10000;
 constexpr uint32_t kMaxMetadata = 1 << 20;
+constexpr int kControlsWaitMs = 1000;
 
 /// The socket, shared by the consumer and every batch it handed out: a batch dying on any thread
 /// tells the producer through it, even after the Consumer object is gone.
 class Channel {
  public:
   explicit Channel(UnixSocket socket) : socket_(std::move(socket)) {}
+
+  /// Where the leases of this consumer's batches are made (one per batch, reused).
+  const std::shared_ptr<internal::BlockCache>& lease_cache() const { return lease_cache_; }
 
   int fd() const { return socket_.fd(); }
   UnixSocket& socket() { return socket_; }
@@ -52,7 +57,7 @@ class Channel {
   /// mapping and an fd, without bound.
   arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits) {
     std::lock_guard lock(mutex_);
-    if (held_.count(sequence) != 0) {
+    if (FindHeld(sequence) != held_.end()) {
       return arrow::Status::Invalid("protocol: batch ", sequence,
                                     " arrived while this consumer still holds batch ", sequence);
     }
@@ -63,21 +68,30 @@ class Channel {
                                     response ? "answers to requests" : "the published stream",
                                     ")");
     }
-    held_.emplace(sequence, response);
+    held_.push_back({sequence, response});
     ++count;
     return arrow::Status::OK();
   }
 
-  /// One Release message (one syscall) per batch; if the socket is full it waits for the next
-  /// Flush, done by the consumer's next read.
+  /// Tells the producer at once — or, while deferring, with the next `flush_at` releases, or when
+  /// the consumer catches up. If the socket is full it waits for the next Flush.
   void Release(uint64_t sequence) {
     std::lock_guard lock(mutex_);
-    if (auto it = held_.find(sequence); it != held_.end()) {
-      --(it->second ? held_responses_ : held_published_);
-      held_.erase(it);
+    if (auto it = FindHeld(sequence); it != held_.end()) {
+      --(it->response ? held_responses_ : held_published_);
+      *it = held_.back();  // the order does not matter
+      held_.pop_back();
     }
     unsent_.push_back(sequence);
-    FlushLocked();
+    if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+  }
+  /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
+  /// then answers several batches. Stopping sends what waits.
+  void SetDeferring(bool deferring, size_t flush_at) {
+    std::lock_guard lock(mutex_);
+    deferring_ = deferring;
+    flush_at_ = std::max<size_t>(flush_at, 1);
+    if (!deferring_) FlushLocked();
   }
   void Flush() {
     std::lock_guard lock(mutex_);
@@ -95,21 +109,38 @@ class Channel {
   }
 
  private:
+  struct Held {
+    uint64_t sequence;
+    bool response;  // answers a request
+  };
+  // A flat list: at most the credits of both streams, and nothing allocated per batch.
+  std::vector<Held>::iterator FindHeld(uint64_t sequence) {
+    return std::find_if(held_.begin(), held_.end(),
+                        [&](const Held& h) { return h.sequence == sequence; });
+  }
+
   void FlushLocked() {
-    if (unsent_.empty()) return;
-    auto sent = socket_.TrySendDatagram(proto::EncodeRelease(writer_, unsent_), {});
-    if (sent.ok() && !*sent) return;  // full: try again later
-    // Sent, or the producer is gone (then there is nobody left to tell).
-    released_ += static_cast<int64_t>(unsent_.size());
-    unsent_.clear();
+    while (!unsent_.empty()) {
+      const size_t count = std::min<size_t>(unsent_.size(), proto::kMaxRun);
+      std::span<const uint64_t> chunk(unsent_.data() + unsent_.size() - count, count);
+      auto sent = socket_.TrySendDatagram(proto::EncodeRelease(writer_, chunk), {});
+      if (sent.ok() && !*sent) return;  // full: try again later
+      // Sent, or the producer is gone (then there is nobody left to tell).
+      released_ += static_cast<int64_t>(count);
+      unsent_.resize(unsent_.size() - count);
+    }
   }
 
   UnixSocket socket_;
+  const std::shared_ptr<internal::BlockCache> lease_cache_ =
+      std::make_shared<internal::BlockCache>();
   mutable std::mutex mutex_;
   proto::Writer writer_;
   std::vector<uint64_t> unsent_;
+  bool deferring_ = false;
+  size_t flush_at_ = 1;
   int64_t released_ = 0;
-  std::unordered_map<uint64_t, bool> held_;  // sequence → answers a request
+  std::vector<Held> held_;
   size_t held_published_ = 0;
   size_t held_responses_ = 0;
 };
@@ -136,8 +167,10 @@ using Event = std::variant<std::shared_ptr<arrow::RecordBatch>, std::shared_ptr<
                            EndOfStream, arrow::Status>;
 
 struct StreamState {
+  explicit StreamState(const std::shared_ptr<internal::BlockCache>& cache)
+      : events(internal::RecyclingAllocator<Event>(cache)) {}
   std::shared_ptr<arrow::Schema> schema;
-  std::deque<Event> events;
+  std::deque<Event, internal::RecyclingAllocator<Event>> events;  // an entry per batch: reused
 };
 
 class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<ConsumerImpl> {
@@ -167,7 +200,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
 
   /// Next event of `stream`, pumping the socket for up to timeout_ms (-1: forever).
   arrow::Status Next(uint32_t stream, int timeout_ms, std::shared_ptr<arrow::RecordBatch>* batch);
-  std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return streams_[stream].schema; }
+  std::shared_ptr<arrow::Schema> StreamSchema(uint32_t stream) { return Stream(stream).schema; }
+  StreamState& Stream(uint32_t id) { return streams_.try_emplace(id, event_cache_).first->second; }
 
  private:
   /// Takes the next queued event of `stream` without receiving: true with `batch` set for a batch,
@@ -180,9 +214,31 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Result<internal::Received> Receive(int timeout_ms);
   /// Receives and handles one message; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
+  /// After a batch was taken: releases are deferred while more batches wait to be read here
+  /// (looking for the next one first if the consumer was behind), and sent otherwise.
+  void SettleReleases();
+  bool HasQueuedBatch() const;
+  /// kFeatureQueue: entries the producer wrote and this consumer has not read (an error if the
+  /// count is impossible).
+  arrow::Result<uint64_t> QueueUnread() const;
+  /// Takes every unread entry of the queue into stream 0's events; false if there was none.
+  arrow::Result<bool> DrainQueue();
+  /// Applies the next `count` stream-0 Schema/End messages, which the producer sent on the
+  /// socket before the entry that counts them.
+  arrow::Status ApplyControls(uint32_t count);
+  /// Before sleeping on the socket: tells the producer how far the queue was read, so that it
+  /// sends a Wake with the next entry. False if entries arrived meanwhile (do not sleep).
+  arrow::Result<bool> AnnounceWaiting();
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
-  arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> Materialize(
-      const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds);
+  /// Appends the batches `message` describes to `events`.
+  arrow::Status Materialize(const proto::Batch& message, uint32_t stream,
+                            std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events);
+  std::shared_ptr<LeaseBuffer> MakeLease(const std::shared_ptr<arrow::Buffer>& region,
+                                        uint64_t sequence) {
+    return std::allocate_shared<LeaseBuffer>(
+        internal::RecyclingAllocator<LeaseBuffer>(channel_->lease_cache()), region, sequence,
+        channel_);
+  }
   arrow::Result<std::shared_ptr<arrow::RecordBatch>> Project(
       std::shared_ptr<arrow::RecordBatch> batch);
 
@@ -191,6 +247,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::shared_ptr<Channel> channel_;
   std::shared_ptr<arrow::Buffer> ring_;  // ring mode: the whole ring, mapped read-only
   std::shared_ptr<arrow::Schema> schema_;
+  const std::shared_ptr<internal::BlockCache> event_cache_ =
+      std::make_shared<internal::BlockCache>();
   std::map<uint32_t, StreamState> streams_;  // 0: the published stream; else request ids
   std::shared_ptr<arrow::RecordBatchReader> handover_;
   std::shared_ptr<SharedStream> handover_stream_;
@@ -200,6 +258,19 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   ConsumerStats stats_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   proto::Writer writer_;
+  bool batch_runs_ = false;  // negotiated: Batches messages may arrive
+  std::vector<proto::Batch> run_;
+  // The last receive found a message already waiting: the consumer is behind the producer.
+  bool behind_ = false;
+  size_t release_batch_ = 1;  // releases per Release message while behind
+  std::vector<uint8_t> metadata_scratch_;  // ring mode: the private copy of a batch's metadata
+  // kFeatureQueue: stream 0 arrives through a queue the producer writes in the ring.
+  const uint8_t* queue_ = nullptr;
+  uint32_t queue_capacity_ = 0;
+  uint64_t queue_read_ = 0;
+  uint64_t waiting_announced_ = UINT64_MAX;  // the count last sent in Waiting
+  std::deque<Event> controls_;  // stream-0 Schema/End received, applied at their entry
+  std::vector<UniqueFd> no_fds_;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -222,6 +293,7 @@ class ResponseReader final : public arrow::RecordBatchReader {
 
 ConsumerImpl::~ConsumerImpl() {
   if (channel_ == nullptr) return;
+  channel_->SetDeferring(false, 1);  // batches still alive release themselves one by one
   // Say Bye: the producer stops sending, and keeps only what batches still alive here hold until
   // they are released (the channel outlives this object for them).
   (void)channel_->Send(proto::EncodeBye(writer_));
@@ -297,8 +369,12 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   if (options_.expect_schema != nullptr && options_.columns.empty()) {
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
   }
-  streams_[0].schema = schema_;
+  Stream(0).schema = schema_;
   credits_ = welcome.max_in_flight;
+  batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
+                welcome.mode == proto::Mode::kRing;
+  // Bounded by what one Release message carries, whatever credits the producer grants.
+  release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 4, 1, proto::kMaxRun);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
@@ -323,6 +399,20 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   if (::fstat(ring_fd, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", ring_fd, ")");
   ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(ring_fd, st.st_size));
   ring_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
+  if (welcome.minor >= 1 && (welcome.features & proto::kFeatureQueue) &&
+      welcome.queue_capacity > 0) {
+    const uint64_t ring_size = static_cast<uint64_t>(ring_->size());
+    const uint64_t capacity = welcome.queue_capacity;
+    const uint64_t bytes = proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize;
+    if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
+        welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
+      return arrow::Status::Invalid("protocol: queue of ", capacity, " entries at offset ",
+                                    welcome.queue_offset, " does not fit the ", ring_size,
+                                    "-byte ring (or is not 64-byte aligned)");
+    }
+    queue_ = ring_->data() + welcome.queue_offset;
+    queue_capacity_ = welcome.queue_capacity;
+  }
   return arrow::Status::OK();
 }
 
@@ -335,9 +425,20 @@ arrow::Result<internal::Received> ConsumerImpl::Receive(int timeout_ms) {
 }
 
 arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
-  channel_->Flush();
-  ARROW_ASSIGN_OR_RAISE(auto received, Receive(timeout_ms));
-  if (received.bytes < 0) return false;
+  ARROW_ASSIGN_OR_RAISE(auto received, Receive(0));
+  behind_ = received.bytes >= 0;
+  if (!behind_) {
+    channel_->SetDeferring(false, release_batch_);  // caught up: the producer hears of everything
+    if (timeout_ms == 0) return false;
+    if (queue_ != nullptr) {
+      ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
+      if (!sleep) return true;
+    }
+    ARROW_ASSIGN_OR_RAISE(bool ready, channel_->socket().WaitReadable(timeout_ms));
+    if (!ready) return false;
+    ARROW_ASSIGN_OR_RAISE(received, Receive(0));
+    if (received.bytes < 0) return false;
+  }
   if (received.bytes == 0) {
     fatal_ = arrow::Status::IOError(
         "producer closed the connection without ending the stream (did it die?)");
@@ -346,6 +447,99 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
   if (!status.ok()) fatal_ = status;
   return true;
+}
+
+bool ConsumerImpl::HasQueuedBatch() const {
+  for (const auto& [id, stream] : streams_) {
+    for (const Event& event : stream.events) {
+      if (std::holds_alternative<std::shared_ptr<arrow::RecordBatch>>(event)) return true;
+    }
+  }
+  return false;
+}
+
+void ConsumerImpl::SettleReleases() {
+  if (channel_ == nullptr) return;
+  if (fatal_.ok() && !HasQueuedBatch() && (behind_ || queue_ != nullptr)) {
+    auto prefetched = queue_ != nullptr ? DrainQueue() : Pump(0);
+    if (!prefetched.ok()) fatal_ = prefetched.status();
+  }
+  channel_->SetDeferring(HasQueuedBatch(), release_batch_);
+}
+
+arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
+  const uint64_t written =
+      __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
+  if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
+    return arrow::Status::Invalid("protocol: the queue counts ", written,
+                                  " entries written, but this consumer read ", queue_read_,
+                                  " of a queue of ", queue_capacity_);
+  }
+  return written - queue_read_;
+}
+
+arrow::Result<bool> ConsumerImpl::DrainQueue() {
+  if (queue_ == nullptr) return false;
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  for (uint64_t i = 0; i < unread; ++i) {
+    // Copied out first: the producer can write the ring, the consumer checks what it copied.
+    proto::QueueEntry entry;
+    std::memcpy(&entry,
+                queue_ + proto::kQueueHeaderSize +
+                    (queue_read_ % queue_capacity_) * proto::kQueueEntrySize,
+                sizeof entry);
+    ++queue_read_;
+    ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
+    if (entry.kind == proto::EntryKind::kControls) continue;
+    if (entry.kind != proto::EntryKind::kBatch) {
+      return arrow::Status::Invalid("protocol: queue entry ", queue_read_ - 1, " has kind ",
+                                    static_cast<uint32_t>(entry.kind));
+    }
+    proto::Batch message;
+    message.sequence = entry.sequence;
+    message.dropped = entry.dropped;
+    message.metadata_offset = entry.metadata_offset;
+    message.metadata_length = entry.metadata_length;
+    stats_.dropped += static_cast<int64_t>(entry.dropped);
+    ARROW_RETURN_NOT_OK(Materialize(message, 0, no_fds_, &Stream(0).events));
+  }
+  return unread > 0;
+}
+
+arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
+  // The producer sent them before it wrote the entry, so they are in the socket already; a
+  // producer that got the order wrong gets a moment, not a hang.
+  const internal::Deadline deadline(kControlsWaitMs);
+  while (controls_.size() < count) {
+    if (!fatal_.ok()) return fatal_;
+    ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
+    if (received.bytes <= 0) {
+      return arrow::Status::Invalid("protocol: a queue entry counts ", count,
+                                    " control messages before it, but only ", controls_.size(),
+                                    " arrived");
+    }
+    ARROW_RETURN_NOT_OK(Handle(receive_buffer_.data(), received.bytes, std::move(received.fds)));
+  }
+  StreamState& stream = Stream(0);
+  for (uint32_t i = 0; i < count; ++i) {
+    Event control = std::move(controls_.front());
+    controls_.pop_front();
+    if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&control)) {
+      stream.schema = *schema;
+    }
+    stream.events.push_back(std::move(control));
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Result<bool> ConsumerImpl::AnnounceWaiting() {
+  if (waiting_announced_ != queue_read_) {
+    // A producer gone (or not reading) cannot be told; the socket says so when it is read.
+    (void)channel_->Send(proto::EncodeWaiting(writer_, queue_read_));
+    waiting_announced_ = queue_read_;
+  }
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  return unread == 0;
 }
 
 arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds) {
@@ -359,27 +553,52 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type),
                                   " for unknown stream ", header.stream);
   }
-  StreamState& stream = streams_[header.stream];
+  StreamState& stream = Stream(header.stream);
   switch (header.type) {
     case proto::Type::kBatch: {
       ARROW_ASSIGN_OR_RAISE(auto message, proto::DecodeBatch(reader));
-      ARROW_ASSIGN_OR_RAISE(auto batches, Materialize(message, header.stream, fds));
       stats_.dropped += static_cast<int64_t>(message.dropped);
-      for (auto& batch : batches) stream.events.emplace_back(std::move(batch));
+      return Materialize(message, header.stream, fds, &stream.events);
+    }
+    case proto::Type::kBatches: {
+      if (!batch_runs_) {
+        return arrow::Status::Invalid("protocol: Batches message, but batch runs were not agreed");
+      }
+      ARROW_RETURN_NOT_OK(proto::DecodeBatches(reader, proto::kMaxRun, &run_));
+      for (size_t i = 0; i < run_.size(); ++i) {
+        stats_.dropped += static_cast<int64_t>(run_[i].dropped);
+        auto status = Materialize(run_[i], header.stream, fds, &stream.events);
+        if (!status.ok()) {
+          // The producer may reuse what this consumer will never read.
+          for (size_t j = i + 1; j < run_.size(); ++j) channel_->Release(run_[j].sequence);
+          return status;
+        }
+      }
       return arrow::Status::OK();
     }
     case proto::Type::kSchema: {
       ARROW_ASSIGN_OR_RAISE(auto bytes, proto::DecodeSchema(reader));
       ARROW_ASSIGN_OR_RAISE(auto schema, internal::DeserializeSchema(bytes));
       if (mode_ == "ring") ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema));
+      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+        controls_.emplace_back(std::move(schema));
+        return arrow::Status::OK();
+      }
       stream.schema = std::move(schema);
       stream.events.emplace_back(stream.schema);
       return arrow::Status::OK();
     }
     case proto::Type::kEnd:
       ARROW_RETURN_NOT_OK(reader.ExpectEnd("End"));
-      stream.events.emplace_back(EndOfStream{});
+      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+        controls_.emplace_back(EndOfStream{});
+      } else {
+        stream.events.emplace_back(EndOfStream{});
+      }
       return arrow::Status::OK();
+    case proto::Type::kWake:  // the queue has entries: read by the caller's next look at it
+      if (queue_ == nullptr) return arrow::Status::Invalid("protocol: Wake without a queue");
+      return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
       auto status = arrow::Status::IOError("producer: ", error.message);
@@ -400,9 +619,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
   return batch->SelectColumns(indices);
 }
 
-arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Materialize(
-    const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds) {
-  std::vector<std::shared_ptr<arrow::RecordBatch>> out;
+arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
+                                        std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
@@ -417,7 +635,7 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
       return opened.status().WithMessage("batch ", message.sequence, ": ",
                                          opened.status().message());
     }
-    auto lease = std::make_shared<LeaseBuffer>((*opened)->buffer(), message.sequence, channel_);
+    auto lease = MakeLease((*opened)->buffer(), message.sequence);
     const int64_t size = lease->size();
     const arrow::Status read = [&]() -> arrow::Status {
       ARROW_ASSIGN_OR_RAISE(auto reader,
@@ -428,18 +646,18 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
         if (stream == 0) {
           ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
         }
-        out.push_back(std::move(batch));
+        events->emplace_back(std::move(batch));
       }
     }();
     if (!read.ok()) {  // Arrow's message names a buffer or an offset, not the batch
       return read.WithMessage("batch ", message.sequence, " (a sealed memfd of ", size,
                               " bytes): ", read.message());
     }
-    return out;
+    return arrow::Status::OK();
   }
   if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
-  auto lease = std::make_shared<LeaseBuffer>(ring_, message.sequence, channel_);
+  auto lease = MakeLease(ring_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
@@ -448,18 +666,22 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
                                   ") is outside the ", ring_size, "-byte ring");
   }
   // The metadata is copied out of the ring before Arrow parses and checks it, so the producer
-  // cannot change it between the check and the use.
-  ARROW_ASSIGN_OR_RAISE(auto metadata, arrow::AllocateBuffer(message.metadata_length));
-  std::memcpy(metadata->mutable_data(), ring_->data() + message.metadata_offset,
+  // cannot change it between the check and the use. (Arrow keeps nothing of it: the batch
+  // points into the body only, so one private buffer serves every batch.)
+  if (metadata_scratch_.size() < message.metadata_length) {
+    metadata_scratch_.resize(std::max<size_t>(message.metadata_length, 4096));
+  }
+  std::memcpy(metadata_scratch_.data(), ring_->data() + message.metadata_offset,
               message.metadata_length);
+  const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
-  if (auto plain = internal::CheckNotCompressed(metadata->data(), metadata->size()); !plain.ok()) {
+  if (auto plain = internal::CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
     return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
   }
   arrow::io::BufferReader body(lease);
   lease.reset();
-  const auto& schema = streams_[stream].schema;
-  auto read = arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
+  const auto& schema = Stream(stream).schema;
+  auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                           arrow::ipc::IpcReadOptions::Defaults(), &body);
   if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
     return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
@@ -470,8 +692,8 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> ConsumerImpl::Ma
   std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
   ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
                                               static_cast<int64_t>(message.sequence)));
-  out.push_back(std::move(batch));
-  return out;
+  events->emplace_back(std::move(batch));
+  return arrow::Status::OK();
 }
 
 arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
@@ -486,11 +708,24 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     return arrow::Status::OK();
   }
   const internal::Deadline deadline(timeout_ms);
-  for (;;) {
+  // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency.
+  const auto spin_until = std::chrono::steady_clock::now() +
+                          std::chrono::microseconds(std::max(0, options_.busy_poll_us));
+  for (int round = 0;; ++round) {
     ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(stream, batch));
-    if (decided) return arrow::Status::OK();
+    if (decided) {
+      SettleReleases();
+      return arrow::Status::OK();
+    }
     if (!fatal_.ok()) return fatal_;
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(deadline.remaining_ms()));
+    ARROW_ASSIGN_OR_RAISE(bool drained, DrainQueue());
+    if (drained) continue;
+    const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
+    // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
+    // producer going away) every 64th round.
+    if (spin && queue_ != nullptr && round % 64 != 0) continue;
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
+    if (spin) continue;
     if (!got && deadline.expired()) {
       return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
     }
@@ -499,7 +734,7 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
 
 arrow::Result<bool> ConsumerImpl::TakeQueued(uint32_t stream,
                                              std::shared_ptr<arrow::RecordBatch>* batch) {
-  auto& events = streams_[stream].events;
+  auto& events = Stream(stream).events;
   while (!events.empty()) {
     Event event = std::move(events.front());
     if (std::holds_alternative<EndOfStream>(event)) return true;  // stays queued: end is final
@@ -533,14 +768,24 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_RETURN_NOT_OK(Next(0, 0, batch));
     return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
   }
-  for (;;) {  // take everything that has arrived, without blocking
+  for (;;) {  // without blocking: what was received, the queue, then the socket
+    ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
+    if (decided) {
+      SettleReleases();
+      return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
+    }
+    if (!fatal_.ok()) return fatal_;
+    ARROW_ASSIGN_OR_RAISE(bool drained, DrainQueue());
+    if (drained) continue;
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
-    if (!got || !fatal_.ok()) break;
+    if (got) continue;
+    // fd() becomes readable with the producer's Wake once the queue has something.
+    if (queue_ != nullptr) {
+      ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
+      if (!sleep) continue;
+    }
+    return Poll::kPending;
   }
-  ARROW_ASSIGN_OR_RAISE(bool decided, TakeQueued(0, batch));
-  if (decided) return *batch != nullptr ? Poll::kBatch : Poll::kEnd;
-  if (!fatal_.ok()) return fatal_;
-  return Poll::kPending;
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
@@ -549,13 +794,13 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     return arrow::Status::NotImplemented("the single hand-over has no requests");
   }
   const uint32_t stream = next_request_++;
-  streams_[stream];
+  Stream(stream);
   ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRequest(writer_, stream, request)));
   // The answer starts with its schema, or with an error.
   const internal::Deadline deadline(options_.read_timeout_ms < 0 ? kHandshakeTimeoutMs * 6
                                                                  : options_.read_timeout_ms);
-  while (streams_[stream].schema == nullptr) {
-    auto& events = streams_[stream].events;
+  while (Stream(stream).schema == nullptr) {
+    auto& events = Stream(stream).events;
     if (!events.empty()) {
       if (auto* status = std::get_if<arrow::Status>(&events.front())) {
         auto error = *status;
@@ -570,7 +815,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     }
     ARROW_RETURN_NOT_OK(Pump(100).status());
   }
-  if (streams_[stream].schema == nullptr) streams_[stream].schema = arrow::schema({});
+  if (Stream(stream).schema == nullptr) Stream(stream).schema = arrow::schema({});
   return std::make_shared<ResponseReader>(shared_from_this(), stream, options_.read_timeout_ms);
 }
 

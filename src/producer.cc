@@ -16,10 +16,11 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "block_cache.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
 #include "protocol.h"
@@ -35,6 +36,9 @@ namespace proto = internal::protocol;
 using internal::UnixSocket;
 
 constexpr int64_t kRingBlocks = 1 << 16;
+// Consumers' queues live after the ring's circular part, one fixed slot each; past this many
+// bytes in all, the remaining consumers get their batches in messages.
+constexpr int64_t kMaxQueueArea = int64_t{16} << 20;
 constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
 constexpr int kSocketBuffer = 1 << 20;
 
@@ -42,6 +46,12 @@ constexpr int kSocketBuffer = 1 << 20;
 struct RingLocation {
   int64_t offset = 0;
   int64_t length = 0;
+};
+
+/// A batch's Message flatbuffer written into the ring (for all columns or one projection).
+struct Placement {
+  RingLocation location;
+  internal::RingBlock metadata;
 };
 
 /// Sealed mode: the arena one batch is built in (a SharedStreamWriter, sealed when published).
@@ -136,9 +146,11 @@ struct Published {
   UniqueFd memfd;
   uint64_t sequence = 0;
   std::shared_ptr<arrow::RecordBatch> batch;
-  // Ring mode: metadata per projection (key: column indices; empty = all), and copied buffers.
-  std::map<std::vector<int>, RingLocation> locations;
-  std::vector<std::shared_ptr<arrow::Buffer>> ring_blocks;
+  // Ring mode: the metadata for all columns, for each projection (column indices) consumers
+  // asked for, and the buffers that had to be copied into the ring.
+  Placement all_columns;
+  std::vector<std::pair<std::vector<int>, Placement>> projected;
+  std::vector<std::shared_ptr<arrow::Buffer>> copies;
   int64_t bytes_copied = 0;
 };
 
@@ -152,32 +164,87 @@ struct Outgoing {
   proto::Error error;                               // kError
 };
 
+/// The batches one consumer holds (sent, not released yet): at most about twice its credits, so
+/// a flat list, which allocates nothing once it has grown.
+class HeldBatches {
+ public:
+  void Add(uint64_t sequence, std::shared_ptr<Published> batch, bool response) {
+    entries_.push_back({sequence, std::move(batch), response});
+    responses_ += response;
+  }
+  /// False if `sequence` is not held. The record goes to `released`, for its holder to drop.
+  bool Remove(uint64_t sequence, std::vector<std::shared_ptr<Published>>* released) {
+    auto it = std::find_if(entries_.begin(), entries_.end(),
+                           [&](const Entry& e) { return e.sequence == sequence; });
+    if (it == entries_.end()) return false;
+    responses_ -= it->response;
+    released->push_back(std::move(it->batch));
+    *it = std::move(entries_.back());  // the order does not matter
+    entries_.pop_back();
+    return true;
+  }
+  size_t size() const { return entries_.size(); }
+  bool empty() const { return entries_.empty(); }
+  /// Held answers to requests, and held batches of the published stream.
+  size_t responses() const { return responses_; }
+  size_t published() const { return entries_.size() - responses_; }
+
+ private:
+  struct Entry {
+    uint64_t sequence;
+    std::shared_ptr<Published> batch;
+    bool response;
+  };
+  std::vector<Entry> entries_;
+  size_t responses_ = 0;
+};
+
+using OutgoingQueue = std::deque<Outgoing, internal::RecyclingAllocator<Outgoing>>;
+
 struct Connection {
   UnixSocket socket;
   uint32_t id = 0;
   bool welcomed = false;
   bool lossy = false;
+  bool batch_runs = false;  // ring mode, negotiated: a backlog goes out as one Batches message
   size_t credits = 0;
   std::vector<std::string> projection_names;
   std::vector<int> projection;  // indices in the current schema; empty = all columns
-  std::deque<Outgoing> pending;
+  OutgoingQueue pending;
   // Stream 0 and the answers to requests have credits of their own (`credits` each): a consumer
   // waiting for an answer while it leaves stream 0 unread must still get it.
   size_t pending_batches = 0;    // stream 0
   size_t pending_responses = 0;  // batches answering requests
-  std::unordered_map<uint64_t, std::shared_ptr<Published>> held;
-  std::unordered_set<uint64_t> held_responses;  // the sequences in `held` answering requests
+  HeldBatches held;
   uint64_t dropped_unreported = 0;
   bool waiting_writable = false;
   bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
+  // kFeatureQueue: stream 0 goes through this consumer's queue in the ring (protocol.h).
+  int queue_slot = -1;
+  uint8_t* queue = nullptr;
+  uint32_t queue_capacity = 0;  // 0: no queue, stream 0 goes in Batch messages
+  uint64_t queue_written = 0;
+  uint32_t controls_unannounced = 0;  // stream-0 Schema/End sent since the last entry
+  bool consumer_waiting = false;      // said Waiting having read all `waiting_at` entries
+  uint64_t waiting_at = 0;
   bool dead = false;
   std::string death;  // why it was dropped
   std::vector<uint32_t> open_requests;
 
-  explicit Connection(UnixSocket s) : socket(std::move(s)) {}
+  Connection(UnixSocket s, const std::shared_ptr<internal::BlockCache>& cache)
+      : socket(std::move(s)), pending(internal::RecyclingAllocator<Outgoing>(cache)) {}
   /// Attached: receives what is published.
   bool active() const { return welcomed && !detached && !dead; }
 };
+
+/// The metadata placed for `projection` (empty: all columns), or nullptr.
+const Placement* FindPlacement(const Published& p, const std::vector<int>& projection) {
+  if (projection.empty()) return &p.all_columns;
+  for (const auto& [columns, placement] : p.projected) {
+    if (columns == projection) return &placement;
+  }
+  return nullptr;
+}
 
 class ProducerImpl;
 
@@ -242,7 +309,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
  private:
   template <typename Predicate>
   arrow::Status WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms, Predicate ready,
-                        const std::string& what);
+                        std::string_view what);
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
   int64_t ActiveConsumers() const {
     int64_t count = 0;
@@ -252,10 +319,21 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   void Enqueue(Connection& c, Outgoing out);
   void Pump(Connection& c);
   arrow::Result<bool> SendOne(Connection& c, const Outgoing& out);
+  /// Where batch `out` is, as told to `c`.
+  arrow::Result<proto::Batch> Describe(Connection& c, const Outgoing& out);
+  /// Sends [first, last) (batches of one stream) as one Batches message.
+  arrow::Result<bool> SendRun(Connection& c, OutgoingQueue::iterator first,
+                              OutgoingQueue::iterator last);
+  /// Bookkeeping once batch `out` went to `c`.
+  void Sent(Connection& c, const Outgoing& out);
+  /// Appends to c's queue in the ring (publishing the new count), counting the controls sent.
+  void WriteEntry(Connection& c, proto::QueueEntry entry);
+  /// A Wake for a consumer that said Waiting (a full socket means it has messages to read).
+  void WakeIfWaiting(Connection& c);
   arrow::Result<RingLocation> LocateFor(Published& p, const std::vector<int>& projection);
   /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
-  arrow::Result<RingLocation> PlaceInRing(Published& p, const std::vector<int>& projection,
-                                          internal::RingPool* pool);
+  arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
+                                       internal::RingPool* pool);
   void Kill(Connection& c, const std::string& why, proto::ErrorCode code);
   void Reap();
 
@@ -293,6 +371,17 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   RequestHandler handler_;
   ProducerStats stats_;
   proto::Writer writer_;  // encodes under mutex_
+  // Published records and queue entries are made per batch: their memory is reused.
+  const std::shared_ptr<internal::BlockCache> block_cache_ = std::make_shared<internal::BlockCache>();
+  std::vector<proto::Batch> run_;  // SendRun's entries, reused under mutex_
+  std::vector<uint32_t> blocked_streams_;  // Pump's, reused under mutex_
+  std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
+  std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
+  bool records_dying_ = false;  // dying_ is being emptied (under mutex_)
+  // Ring mode: the consumers' queue slots in the ring's reserved part.
+  uint32_t queue_capacity_ = 0;
+  int64_t queue_slot_bytes_ = 0;
+  std::vector<int> free_queue_slots_;
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
 
@@ -308,8 +397,18 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
 
 arrow::Status ProducerImpl::Start() {
   if (options_.mode == MemoryMode::kRing) {
+    // A queue holds every batch a consumer may hold (at most the producer's credits) and End.
+    queue_capacity_ = static_cast<uint32_t>(
+        std::clamp<int64_t>(options_.max_in_flight, 0, proto::kMaxQueueCapacity - 1) + 1);
+    queue_slot_bytes_ = static_cast<int64_t>(
+        (proto::kQueueHeaderSize + queue_capacity_ * proto::kQueueEntrySize + 63) / 64 * 64);
+    const int64_t slots = std::clamp<int64_t>(kMaxQueueArea / queue_slot_bytes_, 0,
+                                              std::max(options_.max_consumers, 0));
+    for (int64_t slot = slots - 1; slot >= 0; --slot) {
+      free_queue_slots_.push_back(static_cast<int>(slot));
+    }
     ARROW_ASSIGN_OR_RAISE(ring_, internal::Ring::Create(options_.name, options_.ring_size,
-                                                        kRingBlocks));
+                                                        kRingBlocks, slots * queue_slot_bytes_));
     ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
     ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
   }
@@ -372,9 +471,9 @@ arrow::MemoryPool* ProducerImpl::pool() {
   return &stream_lane_;
 }
 
-arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
-                                                      const std::vector<int>& projection,
-                                                      internal::RingPool* pool) {
+arrow::Result<Placement> ProducerImpl::PlaceInRing(Published& p,
+                                                   const std::vector<int>& projection,
+                                                   internal::RingPool* pool) {
   std::shared_ptr<arrow::RecordBatch> target = p.batch;
   if (!projection.empty()) {
     ARROW_ASSIGN_OR_RAISE(target, p.batch->SelectColumns(projection));
@@ -383,7 +482,10 @@ arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
   ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
       *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
   const size_t count = payload.body_buffers.size();
-  std::vector<int64_t> offsets(count, 0), lengths(count, 0);
+  // Reused: this runs for every batch, on the publishing thread or a request handler's.
+  thread_local std::vector<int64_t> offsets, lengths;
+  offsets.assign(count, 0);
+  lengths.assign(count, 0);
   for (size_t i = 0; i < count; ++i) {
     const auto& buffer = payload.body_buffers[i];
     if (buffer == nullptr || buffer->size() == 0) continue;
@@ -397,27 +499,27 @@ arrow::Result<RingLocation> ProducerImpl::PlaceInRing(Published& p,
                           arrow::AllocateBuffer(buffer->size(), pool));
     std::memcpy(copy->mutable_data(), buffer->data(), static_cast<size_t>(buffer->size()));
     offsets[i] = ring_->OffsetOf(copy->data());
-    p.ring_blocks.push_back(std::move(copy));
+    p.copies.push_back(std::move(copy));
     p.bytes_copied += buffer->size();
   }
-  ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> metadata,
-                        arrow::AllocateBuffer(payload.metadata->size(), pool));
-  std::memcpy(metadata->mutable_data(), payload.metadata->data(),
-              static_cast<size_t>(payload.metadata->size()));
+  Placement placement;
+  ARROW_ASSIGN_OR_RAISE(placement.metadata,
+                        internal::RingBlock::Allocate(pool, payload.metadata->size()));
+  uint8_t* metadata = placement.metadata.data();
+  std::memcpy(metadata, payload.metadata->data(), static_cast<size_t>(payload.metadata->size()));
   // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
-  ARROW_ASSIGN_OR_RAISE(auto fields,
-                        internal::RewriteBufferOffsets(metadata->mutable_data(), metadata->size(),
-                                                       offsets, lengths));
-  internal::SetBodyLength(metadata->mutable_data(), fields, ring_->size());
-  const RingLocation location{ring_->OffsetOf(metadata->data()), metadata->size()};
-  p.ring_blocks.push_back(std::move(metadata));
-  return location;
+  ARROW_ASSIGN_OR_RAISE(auto fields, internal::RewriteBufferOffsets(
+                                         metadata, placement.metadata.size(), offsets, lengths));
+  internal::SetBodyLength(metadata, fields, ring_->size());
+  placement.location = {ring_->OffsetOf(metadata), placement.metadata.size()};
+  return placement;
 }
 
 arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
     const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>* loan,
     bool for_stream0) {
-  auto published = std::make_shared<Published>();
+  auto published =
+      std::allocate_shared<Published>(internal::RecyclingAllocator<Published>(block_cache_));
   published->batch = batch;
   if (ring_ != nullptr) {
     std::vector<std::vector<int>> projections;
@@ -432,12 +534,12 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
         if (indices.ok()) projections.push_back(*std::move(indices));
       }
     }
-    ARROW_ASSIGN_OR_RAISE(published->locations[{}],
-                          PlaceInRing(*published, {}, ring_pool_.get()));
-    for (const auto& projection : projections) {
-      if (published->locations.count(projection)) continue;
-      ARROW_ASSIGN_OR_RAISE(published->locations[projection],
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, ring_pool_.get()));
+    for (auto& projection : projections) {
+      if (FindPlacement(*published, projection) != nullptr) continue;
+      ARROW_ASSIGN_OR_RAISE(auto placement,
                             PlaceInRing(*published, projection, ring_pool_.get()));
+      published->projected.emplace_back(std::move(projection), std::move(placement));
     }
     return published;
   }
@@ -457,7 +559,7 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
 
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
-                                    Predicate ready, const std::string& what) {
+                                    Predicate ready, std::string_view what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!ready()) {
     if (closed_) return arrow::Status::Cancelled("producer closed while waiting for ", what);
@@ -584,13 +686,48 @@ void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
 
 arrow::Result<RingLocation> ProducerImpl::LocateFor(Published& p,
                                                     const std::vector<int>& projection) {
-  auto it = p.locations.find(projection);
-  if (it != p.locations.end()) return it->second;
+  if (const Placement* placed = FindPlacement(p, projection)) return placed->location;
   // A projection first seen after the batch was prepared (a late joiner): placed now, without
   // waiting, since the mutex is held.
-  ARROW_ASSIGN_OR_RAISE(auto location, PlaceInRing(p, projection, ring_pool_nowait_.get()));
-  p.locations[projection] = location;
+  ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, ring_pool_nowait_.get()));
+  const RingLocation location = placement.location;
+  p.projected.emplace_back(projection, std::move(placement));
   return location;
+}
+
+arrow::Result<proto::Batch> ProducerImpl::Describe(Connection& c, const Outgoing& out) {
+  proto::Batch message;
+  message.sequence = out.batch->sequence;
+  message.dropped = c.dropped_unreported;
+  if (ring_ != nullptr) {
+    static const std::vector<int> kAllColumns;
+    ARROW_ASSIGN_OR_RAISE(auto location,
+                          LocateFor(*out.batch, out.stream == 0 ? c.projection : kAllColumns));
+    message.metadata_offset = static_cast<uint64_t>(location.offset);
+    message.metadata_length = static_cast<uint32_t>(location.length);
+  }
+  return message;
+}
+
+arrow::Result<bool> ProducerImpl::SendRun(Connection& c, OutgoingQueue::iterator first,
+                                          OutgoingQueue::iterator last) {
+  run_.clear();
+  for (auto it = first; it != last; ++it) {
+    ARROW_ASSIGN_OR_RAISE(auto message, Describe(c, *it));
+    message.dropped = it == first ? c.dropped_unreported : 0;
+    run_.push_back(message);
+  }
+  return c.socket.TrySendDatagram(proto::EncodeBatches(writer_, first->stream, run_), {});
+}
+
+void ProducerImpl::Sent(Connection& c, const Outgoing& out) {
+  c.held.Add(out.batch->sequence, out.batch, /*response=*/out.stream != 0);
+  if (out.stream == 0) {
+    --c.pending_batches;
+  } else {
+    --c.pending_responses;
+  }
+  c.dropped_unreported = 0;
 }
 
 arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
@@ -598,18 +735,8 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
   int fd = -1;
   switch (out.type) {
     case proto::Type::kBatch: {
-      proto::Batch message;
-      message.sequence = out.batch->sequence;
-      message.dropped = c.dropped_unreported;
-      if (ring_ != nullptr) {
-        static const std::vector<int> kAllColumns;
-        ARROW_ASSIGN_OR_RAISE(auto location,
-                              LocateFor(*out.batch, out.stream == 0 ? c.projection : kAllColumns));
-        message.metadata_offset = static_cast<uint64_t>(location.offset);
-        message.metadata_length = static_cast<uint32_t>(location.length);
-      } else {
-        fd = out.batch->memfd.get();
-      }
+      ARROW_ASSIGN_OR_RAISE(auto message, Describe(c, out));
+      if (ring_ == nullptr) fd = out.batch->memfd.get();
       bytes = proto::Encode(writer_, out.stream, message);
       break;
     }
@@ -639,9 +766,12 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
 
 void ProducerImpl::Pump(Connection& c) {
   if (c.dead || c.waiting_writable) return;
+  const bool was_idle = c.held.empty();
+  const uint64_t written_before = c.queue_written;
   // Streams are independent: a stream out of credits waits until a release, and with it
   // everything after it on that stream (its order is kept), while the other streams go on.
-  std::vector<uint32_t> blocked;
+  std::vector<uint32_t>& blocked = blocked_streams_;
+  blocked.clear();
   for (auto it = c.pending.begin(); it != c.pending.end();) {
     const Outgoing& out = *it;
     if (std::find(blocked.begin(), blocked.end(), out.stream) != blocked.end()) {
@@ -649,20 +779,49 @@ void ProducerImpl::Pump(Connection& c) {
       continue;
     }
     const bool is_batch = out.type == proto::Type::kBatch;
+    const bool queued = c.queue_capacity > 0 && out.stream == 0;
+    // The batches that go out now: `out` alone, or with batch runs (or a queue) as many of the
+    // batches that follow it on its stream as its credits allow.
+    auto last = std::next(it);
     if (is_batch) {
-      const size_t holding = out.stream == 0 ? c.held.size() - c.held_responses.size()
-                                             : c.held_responses.size();
+      const size_t holding = out.stream == 0 ? c.held.published() : c.held.responses();
       if (holding >= c.credits) {  // out of credits until a release
         blocked.push_back(out.stream);
         ++it;
         continue;
       }
+      const size_t room = std::min<size_t>(c.credits - holding, proto::kMaxRun);
+      for (size_t n = 1; (c.batch_runs || queued) && n < room && last != c.pending.end() &&
+                         last->type == proto::Type::kBatch && last->stream == out.stream;
+           ++n) {
+        ++last;
+      }
     }
-    auto sent = SendOne(c, out);
+    if (is_batch && queued) {
+      for (auto entry = it; entry != last; ++entry) {
+        auto described = Describe(c, *entry);
+        if (!described.ok()) {
+          Kill(c, described.status().message(), proto::ErrorCode::kSchemaMismatch);
+          WakeIfWaiting(c);
+          return;
+        }
+        proto::QueueEntry written;
+        written.sequence = described->sequence;
+        written.dropped = entry == it ? described->dropped : 0;
+        written.metadata_offset = described->metadata_offset;
+        written.metadata_length = described->metadata_length;
+        WriteEntry(c, written);
+        Sent(c, *entry);
+      }
+      it = c.pending.erase(it, last);
+      continue;
+    }
+    auto sent = std::next(it) == last ? SendOne(c, out) : SendRun(c, it, last);
     if (!sent.ok()) {
       const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
                                                   : proto::ErrorCode::kLimit;
       Kill(c, sent.status().message(), code);
+      WakeIfWaiting(c);
       return;
     }
     if (!*sent) {  // socket buffer full: continue when it is writable
@@ -671,21 +830,46 @@ void ProducerImpl::Pump(Connection& c) {
       event.events = EPOLLIN | EPOLLOUT;
       event.data.u64 = c.id + 1;
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+      WakeIfWaiting(c);
       return;
     }
     if (is_batch) {
-      c.held.emplace(out.batch->sequence, out.batch);
-      if (out.stream == 0) {
-        --c.pending_batches;
-      } else {
-        c.held_responses.insert(out.batch->sequence);
-        --c.pending_responses;
+      for (auto done = it; done != last; ++done) Sent(c, *done);
+    } else if (queued) {  // a Schema or End of stream 0: applies before the next entry
+      ++c.controls_unannounced;
+      if (out.type == proto::Type::kEnd) {
+        proto::QueueEntry end;
+        end.kind = proto::EntryKind::kControls;
+        WriteEntry(c, end);
       }
-      c.dropped_unreported = 0;
     }
-    it = c.pending.erase(it);
+    it = c.pending.erase(it, last);
   }
+  // A consumer that held nothing has most likely read everything and said Waiting (or is about
+  // to: then it sees the new entries itself). Reading that here, rather than when the I/O
+  // thread next runs, sends the Wake now.
+  if (was_idle && c.queue_written > written_before && !c.consumer_waiting && !c.dead) {
+    ReadFrom(c);
+  }
+  WakeIfWaiting(c);
   changed_.notify_all();
+}
+
+void ProducerImpl::WriteEntry(Connection& c, proto::QueueEntry entry) {
+  entry.controls_before = std::exchange(c.controls_unannounced, 0);
+  uint8_t* queue = c.queue;
+  std::memcpy(queue + proto::kQueueHeaderSize +
+                  (c.queue_written % c.queue_capacity) * proto::kQueueEntrySize,
+              &entry, sizeof entry);
+  ++c.queue_written;
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue))
+      .store(c.queue_written, std::memory_order_release);
+}
+
+void ProducerImpl::WakeIfWaiting(Connection& c) {
+  if (!c.consumer_waiting || c.dead || c.queue_written <= c.waiting_at) return;
+  c.consumer_waiting = false;
+  (void)c.socket.TrySendDatagram(proto::EncodeWake(writer_), {});
 }
 
 void ProducerImpl::Kill(Connection& c, const std::string& why, proto::ErrorCode code) {
@@ -703,6 +887,7 @@ void ProducerImpl::Reap() {
   for (auto it = connections_.begin(); it != connections_.end();) {
     if (it->second->dead) {
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
+      if (it->second->queue_slot >= 0) free_queue_slots_.push_back(it->second->queue_slot);
       it = connections_.erase(it);  // what it held is released here
       any = true;
     } else {
@@ -731,19 +916,30 @@ void ProducerImpl::IoLoop() {
         AcceptAll();
         continue;
       }
-      std::lock_guard lock(mutex_);
-      auto it = connections_.find(static_cast<uint32_t>(tag - 1));
-      if (it == connections_.end() || it->second->dead) continue;
-      Connection& c = *it->second;
-      if (events[i].events & EPOLLOUT) {
-        c.waiting_writable = false;
-        epoll_event event{};
-        event.events = EPOLLIN;
-        event.data.u64 = tag;
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
-        Pump(c);
+      {
+        std::lock_guard lock(mutex_);
+        auto it = connections_.find(static_cast<uint32_t>(tag - 1));
+        if (it == connections_.end() || it->second->dead) continue;
+        Connection& c = *it->second;
+        if (events[i].events & EPOLLOUT) {
+          c.waiting_writable = false;
+          epoll_event event{};
+          event.events = EPOLLIN;
+          event.data.u64 = tag;
+          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+          Pump(c);
+        }
+        if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+        dying_.swap(released_records_);
+        records_dying_ = !dying_.empty();
       }
-      if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+      if (dying_.empty()) continue;
+      // Released batches (their Arrow objects, their ring blocks) are freed without the mutex,
+      // which Publish needs meanwhile; WaitUntilDrained waits for them.
+      dying_.clear();
+      std::lock_guard lock(mutex_);
+      records_dying_ = false;
+      changed_.notify_all();
     }
     std::lock_guard lock(mutex_);
     Reap();
@@ -784,7 +980,7 @@ void ProducerImpl::AcceptAll() {
     }
     const int size = kSocketBuffer;
     ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-    auto c = std::make_unique<Connection>(std::move(socket));
+    auto c = std::make_unique<Connection>(std::move(socket), block_cache_);
     c->id = next_connection_++;
     epoll_event event{};
     event.events = EPOLLIN;
@@ -851,8 +1047,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       released_.clear();
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
-        c.held_responses.erase(sequence);
-        if (c.held.erase(sequence) == 0) {
+        if (!c.held.Remove(sequence, &released_records_)) {
           return arrow::Status::Invalid("protocol: released batch ", sequence,
                                         ", which this consumer does not hold");
         }
@@ -866,6 +1061,18 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       if (header.stream == 0) return arrow::Status::Invalid("protocol: Request on stream 0");
       ARROW_ASSIGN_OR_RAISE(auto request, proto::DecodeRequest(reader));
       StartRequest(c, header.stream, std::move(request));
+      return arrow::Status::OK();
+    }
+    case proto::Type::kWaiting: {
+      if (c.queue_capacity == 0) return arrow::Status::Invalid("protocol: Waiting without a queue");
+      ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
+      if (read > c.queue_written) {
+        return arrow::Status::Invalid("protocol: Waiting after reading ", read,
+                                      " queue entries, but ", c.queue_written, " were written");
+      }
+      c.consumer_waiting = true;
+      c.waiting_at = read;
+      WakeIfWaiting(c);  // entries written since it looked
       return arrow::Status::OK();
     }
     case proto::Type::kBye:
@@ -940,16 +1147,29 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     schema = internal::ProjectSchema(*first_schema, c.projection);
   }
   c.lossy = hello.flags & proto::kHelloLossy;
+  c.batch_runs = ring_ != nullptr && (hello.features & proto::kFeatureBatchRuns);
   c.credits = static_cast<size_t>(options_.max_in_flight);
   if (hello.max_in_flight > 0) c.credits = std::min<size_t>(c.credits, hello.max_in_flight);
 
   proto::Welcome welcome;
   welcome.features = hello.features & proto::kAllFeatures;
+  if (!c.batch_runs) welcome.features &= ~proto::kFeatureBatchRuns;
   welcome.mode = ring_ != nullptr ? proto::Mode::kRing : proto::Mode::kSealed;
   welcome.consumer_id = c.id;
   welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;
   welcome.max_consumers = static_cast<uint32_t>(options_.max_consumers);
   welcome.max_in_flight = static_cast<uint32_t>(c.credits);
+  if (ring_ != nullptr && (hello.features & proto::kFeatureQueue) && !free_queue_slots_.empty() &&
+      c.credits < queue_capacity_) {
+    c.queue_slot = free_queue_slots_.back();
+    free_queue_slots_.pop_back();
+    c.queue = ring_->reserved() + c.queue_slot * queue_slot_bytes_;
+    c.queue_capacity = queue_capacity_;
+    std::memset(c.queue, 0, proto::kQueueHeaderSize);  // the slot may have served another
+    welcome.queue_offset = static_cast<uint64_t>(ring_->OffsetOf(c.queue));
+    welcome.queue_capacity = c.queue_capacity;
+  }
+  if (c.queue_capacity == 0) welcome.features &= ~proto::kFeatureQueue;
   ARROW_ASSIGN_OR_RAISE(welcome.schema, internal::SerializeSchema(*schema));
   UniqueFd ring_fd;
   if (ring_ != nullptr) {
@@ -1108,6 +1328,7 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
       lock, timeout_ms,
       [&] {
         Reap();  // a connection that just died returns what it held now, not on the I/O thread
+        if (records_dying_) return false;
         for (const auto& [id, c] : connections_) {
           if (!c->held.empty() || c->pending_batches + c->pending_responses > 0) {
             return false;

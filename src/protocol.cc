@@ -13,6 +13,9 @@ const char* TypeName(Type type) {
     case Type::kError: return "Error";
     case Type::kRequest: return "Request";
     case Type::kBye: return "Bye";
+    case Type::kBatches: return "Batches";
+    case Type::kWake: return "Wake";
+    case Type::kWaiting: return "Waiting";
   }
   return "unknown";
 }
@@ -58,7 +61,7 @@ arrow::Result<Header> Reader::ReadHeader() {
   ARROW_ASSIGN_OR_RAISE(auto flags, U16("flags"));
   ARROW_ASSIGN_OR_RAISE(header.stream, U32("stream"));
   ARROW_ASSIGN_OR_RAISE(auto length, U32("length"));
-  if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kBye)) {
+  if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kWaiting)) {
     return arrow::Status::Invalid("protocol: unknown message type ", type);
   }
   if (flags != 0) return arrow::Status::Invalid("protocol: unknown header flags ", flags);
@@ -128,7 +131,9 @@ std::span<const uint8_t> Encode(Writer& w, const Welcome& m) {
   w.Start(Type::kWelcome, 0).U16(m.major).U16(m.minor).U32(m.features);
   w.U32(static_cast<uint32_t>(m.mode)).U32(m.consumer_id).U64(m.ring_size);
   w.U32(m.max_consumers).U32(m.max_in_flight).U32(m.max_message_size);
-  return w.Bytes(m.schema).Finish();
+  w.Bytes(m.schema);
+  if (m.minor >= 1) w.U64(m.queue_offset).U32(m.queue_capacity);
+  return w.Finish();
 }
 
 arrow::Result<Welcome> DecodeWelcome(Reader& r) {
@@ -148,23 +153,54 @@ arrow::Result<Welcome> DecodeWelcome(Reader& r) {
   ARROW_ASSIGN_OR_RAISE(m.max_in_flight, r.U32("max_in_flight"));
   ARROW_ASSIGN_OR_RAISE(m.max_message_size, r.U32("max_message_size"));
   ARROW_ASSIGN_OR_RAISE(m.schema, r.Bytes("schema", kMaxMessageSize));
+  if (m.minor >= 1) {
+    ARROW_ASSIGN_OR_RAISE(m.queue_offset, r.U64("queue_offset"));
+    ARROW_ASSIGN_OR_RAISE(m.queue_capacity, r.U32("queue_capacity"));
+  }
   if (m.minor == kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Welcome"));
   return m;
 }
 
+namespace {
+Writer& PutBatch(Writer& w, const Batch& m) {
+  return w.U64(m.sequence).U64(m.dropped).U64(m.metadata_offset).U32(m.metadata_length);
+}
+
+arrow::Status GetBatch(Reader& r, Batch* m) {
+  ARROW_ASSIGN_OR_RAISE(m->sequence, r.U64("sequence"));
+  ARROW_ASSIGN_OR_RAISE(m->dropped, r.U64("dropped"));
+  ARROW_ASSIGN_OR_RAISE(m->metadata_offset, r.U64("metadata_offset"));
+  ARROW_ASSIGN_OR_RAISE(m->metadata_length, r.U32("metadata_length"));
+  return arrow::Status::OK();
+}
+}  // namespace
+
 std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Batch& m) {
-  w.Start(Type::kBatch, stream).U64(m.sequence).U64(m.dropped);
-  return w.U64(m.metadata_offset).U32(m.metadata_length).Finish();
+  return PutBatch(w.Start(Type::kBatch, stream), m).Finish();
 }
 
 arrow::Result<Batch> DecodeBatch(Reader& r) {
   Batch m;
-  ARROW_ASSIGN_OR_RAISE(m.sequence, r.U64("sequence"));
-  ARROW_ASSIGN_OR_RAISE(m.dropped, r.U64("dropped"));
-  ARROW_ASSIGN_OR_RAISE(m.metadata_offset, r.U64("metadata_offset"));
-  ARROW_ASSIGN_OR_RAISE(m.metadata_length, r.U32("metadata_length"));
+  ARROW_RETURN_NOT_OK(GetBatch(r, &m));
   ARROW_RETURN_NOT_OK(r.ExpectEnd("Batch"));
   return m;
+}
+
+std::span<const uint8_t> EncodeBatches(Writer& w, uint32_t stream, std::span<const Batch> run) {
+  w.Start(Type::kBatches, stream).U32(static_cast<uint32_t>(run.size()));
+  for (const Batch& m : run) PutBatch(w, m);
+  return w.Finish();
+}
+
+arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out) {
+  ARROW_ASSIGN_OR_RAISE(uint32_t count, r.U32("count"));
+  if (count == 0 || count > max_count) {
+    return arrow::Status::Invalid("protocol: Batches of ", count, " batches (1 to ", max_count,
+                                  " allowed)");
+  }
+  out->resize(count);
+  for (Batch& m : *out) ARROW_RETURN_NOT_OK(GetBatch(r, &m));
+  return r.ExpectEnd("Batches");
 }
 
 std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequences) {
@@ -225,5 +261,17 @@ arrow::Result<std::string> DecodeRequest(Reader& r) {
 }
 
 std::span<const uint8_t> EncodeBye(Writer& w) { return w.Start(Type::kBye, 0).Finish(); }
+
+std::span<const uint8_t> EncodeWake(Writer& w) { return w.Start(Type::kWake, 0).Finish(); }
+
+std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read) {
+  return w.Start(Type::kWaiting, 0).U64(entries_read).Finish();
+}
+
+arrow::Result<uint64_t> DecodeWaiting(Reader& r) {
+  ARROW_ASSIGN_OR_RAISE(uint64_t entries_read, r.U64("entries_read"));
+  ARROW_RETURN_NOT_OK(r.ExpectEnd("Waiting"));
+  return entries_read;
+}
 
 }  // namespace shmarrow::internal::protocol

@@ -15,7 +15,7 @@
 namespace shmarrow::internal::protocol {
 
 inline constexpr uint16_t kMajorVersion = 1;
-inline constexpr uint16_t kMinorVersion = 0;
+inline constexpr uint16_t kMinorVersion = 1;
 inline constexpr uint32_t kMagic = 0x414D4853;  // "SHMA" in little-endian byte order
 inline constexpr size_t kHeaderSize = 16;
 /// Largest datagram either side sends or accepts (a schema travels in one message).
@@ -31,6 +31,9 @@ enum class Type : uint16_t {
   kError = 7,    // either way: on stream 0 fatal (the connection closes), else that request failed
   kRequest = 8,  // consumer → producer: opaque request bytes; the answer is stream `stream`
   kBye = 9,      // consumer → producer: leaving
+  kBatches = 10,  // producer → consumer, ring mode, 1.1 with kFeatureBatchRuns: several Batch
+  kWake = 11,     // producer → consumer, 1.1 with kFeatureQueue: the queue has new entries
+  kWaiting = 12,  // consumer → producer, 1.1 with kFeatureQueue: read N entries, will sleep
 };
 const char* TypeName(Type type);
 
@@ -43,7 +46,14 @@ inline constexpr uint32_t kHelloSchemaSubset = 1u << 2;  // required schema: sub
 inline constexpr uint32_t kFeatureRequests = 1u << 0;
 inline constexpr uint32_t kFeatureProjection = 1u << 1;
 inline constexpr uint32_t kFeatureLossy = 1u << 2;
-inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy;
+/// Ring mode: a backlog of batches travels as one Batches message (protocol 1.1).
+inline constexpr uint32_t kFeatureBatchRuns = 1u << 3;
+/// Ring mode: stream 0 travels through a queue in the ring (protocol 1.1); see QueueEntry.
+inline constexpr uint32_t kFeatureQueue = 1u << 4;
+inline constexpr uint32_t kAllFeatures =
+    kFeatureRequests | kFeatureProjection | kFeatureLossy | kFeatureBatchRuns | kFeatureQueue;
+/// Most batches in one Batches message (and sequences in one Release).
+inline constexpr uint32_t kMaxRun = 4096;
 
 enum class Mode : uint32_t { kSealed = 0, kRing = 1 };
 
@@ -83,7 +93,35 @@ struct Welcome {
   uint32_t max_in_flight = 0;
   uint32_t max_message_size = kMaxMessageSize;
   std::string schema;  // the schema this consumer receives (projected), IPC Schema message
+  // 1.1, kFeatureQueue: where this consumer's queue lies in the ring (capacity 0: no queue).
+  uint64_t queue_offset = 0;
+  uint32_t queue_capacity = 0;
 };
+
+/// The queue of one consumer (kFeatureQueue), written by the producer in the ring: a 64-byte
+/// header whose first u64 counts the entries written so far, then `capacity` entries of 40
+/// bytes; entry n is at slot n % capacity. The producer writes an entry, then the count (release
+/// order). Stream 0's Schema and End messages still travel on the socket, sent before the entry
+/// that counts them in `controls_before`; the consumer applies them there. A slot is written
+/// again only after its batch was released: capacity is the credits plus one (for the last
+/// entry, kControls, after End).
+inline constexpr uint64_t kQueueHeaderSize = 64;
+inline constexpr uint64_t kQueueEntrySize = 40;
+inline constexpr uint32_t kMaxQueueCapacity = 1u << 20;
+enum class EntryKind : uint32_t {
+  kBatch = 1,     // a batch of stream 0, as a Batch message would give it
+  kControls = 2,  // no batch: only the control messages before it (the End)
+};
+struct QueueEntry {
+  EntryKind kind = EntryKind::kBatch;
+  uint32_t metadata_length = 0;
+  uint64_t sequence = 0;
+  uint64_t dropped = 0;
+  uint64_t metadata_offset = 0;
+  uint32_t controls_before = 0;  // stream-0 Schema/End messages on the socket that come first
+  uint32_t reserved = 0;
+};
+static_assert(sizeof(QueueEntry) == kQueueEntrySize);
 
 struct Batch {
   uint64_t sequence = 0;
@@ -147,21 +185,27 @@ class Reader {
 std::span<const uint8_t> Encode(Writer& w, const Hello& m);
 std::span<const uint8_t> Encode(Writer& w, const Welcome& m);
 std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Batch& m);
+std::span<const uint8_t> EncodeBatches(Writer& w, uint32_t stream, std::span<const Batch> run);
 std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequences);
 std::span<const uint8_t> EncodeSchema(Writer& w, uint32_t stream, std::string_view schema);
 std::span<const uint8_t> EncodeEnd(Writer& w, uint32_t stream);
 std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Error& m);
 std::span<const uint8_t> EncodeRequest(Writer& w, uint32_t stream, std::string_view request);
 std::span<const uint8_t> EncodeBye(Writer& w);
+std::span<const uint8_t> EncodeWake(Writer& w);
+std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
 
 /// Decoders take a Reader positioned after the header.
 [[nodiscard]] arrow::Result<Hello> DecodeHello(Reader& r);
 [[nodiscard]] arrow::Result<Welcome> DecodeWelcome(Reader& r);
 [[nodiscard]] arrow::Result<Batch> DecodeBatch(Reader& r);
+/// Replaces `out`'s contents (reused by the caller): 1 to `max_count` entries.
+[[nodiscard]] arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out);
 /// Appends to `out` (reused by the caller); at most `max_count` entries.
 [[nodiscard]] arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out);
 [[nodiscard]] arrow::Result<std::string> DecodeSchema(Reader& r);
 [[nodiscard]] arrow::Result<Error> DecodeError(Reader& r);
 [[nodiscard]] arrow::Result<std::string> DecodeRequest(Reader& r);
+[[nodiscard]] arrow::Result<uint64_t> DecodeWaiting(Reader& r);
 
 }  // namespace shmarrow::internal::protocol

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "errno_status.h"
@@ -27,12 +28,14 @@ alignas(64) uint8_t zero_size_area[1];
 
 }  // namespace
 
-arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64_t size,
-                                                  int64_t max_blocks) {
-  if (size < 4096 || max_blocks < 1) {
-    return arrow::Status::Invalid("ring of ", size, " bytes / ", max_blocks, " blocks is too small");
+arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64_t arena_size,
+                                                  int64_t max_blocks, int64_t reserved) {
+  if (arena_size < 4096 || max_blocks < 1 || reserved < 0) {
+    return arrow::Status::Invalid("ring of ", arena_size, " bytes / ", max_blocks,
+                                  " blocks is too small");
   }
-  size = AlignUp(size, 4096);
+  arena_size = AlignUp(arena_size, 4096);
+  const int64_t size = arena_size + AlignUp(reserved, 4096);
   ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name));
   ARROW_RETURN_NOT_OK(memfd.Resize(size));
   // Commit it all now: running out of shared memory is an error here, never a SIGBUS later.
@@ -42,7 +45,8 @@ arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64
   // through an fd, and its size is fixed.
   ARROW_RETURN_NOT_OK(memfd.AddSeals(0x0010 /*F_SEAL_FUTURE_WRITE*/ | 0x0002 /*F_SEAL_SHRINK*/ |
                                      0x0004 /*F_SEAL_GROW*/ | 0x0001 /*F_SEAL_SEAL*/));
-  return std::unique_ptr<Ring>(new Ring(std::move(memfd), std::move(mapping), max_blocks));
+  return std::unique_ptr<Ring>(
+      new Ring(std::move(memfd), std::move(mapping), arena_size, max_blocks));
 }
 
 Ring::~Ring() = default;
@@ -64,7 +68,7 @@ void Ring::Close() {
 }
 
 int64_t Ring::FindSpace(int64_t need) const {
-  const int64_t size = mapping_.size();
+  const int64_t size = arena_size_;
   if (count_ == 0) return need <= size ? 0 : -1;
   if (count_ == blocks_.size()) return -1;
   const int64_t tail = blocks_[first_].start;
@@ -78,15 +82,16 @@ int64_t Ring::FindSpace(int64_t need) const {
 
 arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
   const int64_t need = kHeaderSize + AlignUp(size, 64);
-  if (need > mapping_.size()) {
+  if (need > arena_size_) {
     return arrow::Status::OutOfMemory("allocation of ", size, " bytes can never fit the ",
-                                      mapping_.size(), "-byte ring (raise the ring size)");
+                                      arena_size_, "-byte ring (raise the ring size)");
   }
   std::unique_lock lock(mutex_);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  // Read the clock only when the ring is full: most allocations find space at once.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
     return arrow::Status::OutOfMemory(
-        "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", mapping_.size(),
+        "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", arena_size_,
         " bytes held by ", count_, " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
@@ -97,8 +102,11 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
     if (wait_ms == 0) return full();
     if (wait_ms < 0) {
       space_freed_.wait(lock);
-    } else if (space_freed_.wait_until(lock, deadline) == std::cv_status::timeout &&
-               FindSpace(need) < 0) {
+      continue;
+    }
+    if (!deadline) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    if (space_freed_.wait_until(lock, *deadline) == std::cv_status::timeout &&
+        FindSpace(need) < 0) {
       return full();
     }
   }
@@ -118,7 +126,7 @@ bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
   if (last.start + kHeaderSize != offset) return new_size <= old_size;  // shrink keeps the block
   const int64_t end = offset + AlignUp(new_size, 64);
   const bool wrapped = count_ > 1 && last.start < oldest().start;
-  const int64_t limit = wrapped ? oldest().start : mapping_.size();
+  const int64_t limit = wrapped ? oldest().start : arena_size_;
   if (end > limit) return false;
   bytes_in_use_ += end - last.end;
   last.end = end;
@@ -178,6 +186,27 @@ void RingPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
   if (size == 0 || buffer == zero_size_area) return;
   ring_->Free(ring_->OffsetOf(buffer));
   bytes_allocated_ -= size;
+}
+
+arrow::Result<RingBlock> RingBlock::Allocate(RingPool* pool, int64_t size) {
+  uint8_t* data = nullptr;
+  ARROW_RETURN_NOT_OK(pool->Allocate(size, 64, &data));
+  return RingBlock(pool, data, size);
+}
+
+RingBlock& RingBlock::operator=(RingBlock&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    pool_ = std::exchange(other.pool_, nullptr);
+    data_ = other.data_;
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+void RingBlock::Reset() noexcept {
+  if (pool_ != nullptr) pool_->Free(data_, size_, 64);
+  pool_ = nullptr;
 }
 
 }  // namespace shmarrow::internal

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "mapping.h"
@@ -24,13 +25,18 @@ namespace shmarrow::internal {
 /// until space is released (back-pressure) for up to `wait_ms`, or fails at once when it is 0.
 class Ring {
  public:
+  /// `reserved` bytes after the circular part belong to the producer (its consumers' queues).
   [[nodiscard]] static arrow::Result<std::unique_ptr<Ring>> Create(const std::string& name,
                                                                   int64_t size,
-                                                                  int64_t max_blocks);
+                                                                  int64_t max_blocks,
+                                                                  int64_t reserved = 0);
   ~Ring();
 
   [[nodiscard]] uint8_t* base() const { return mapping_.data(); }
+  /// The whole memfd (the circular part and the reserved part).
   [[nodiscard]] int64_t size() const { return mapping_.size(); }
+  /// The reserved part: [reserved(), base() + size()).
+  [[nodiscard]] uint8_t* reserved() const { return base() + arena_size_; }
   [[nodiscard]] bool Contains(const void* p, int64_t length) const {
     return mapping_.Contains(p, length);
   }
@@ -58,8 +64,11 @@ class Ring {
     int64_t end = 0;
     bool freed = false;
   };
-  Ring(Memfd memfd, Mapping mapping, int64_t max_blocks)
-      : memfd_(std::move(memfd)), mapping_(std::move(mapping)), blocks_(max_blocks) {}
+  Ring(Memfd memfd, Mapping mapping, int64_t arena_size, int64_t max_blocks)
+      : memfd_(std::move(memfd)),
+        mapping_(std::move(mapping)),
+        arena_size_(arena_size),
+        blocks_(max_blocks) {}
   /// Where a block of `need` bytes fits now, or -1.
   int64_t FindSpace(int64_t need) const;
   Block& oldest() { return blocks_[first_]; }
@@ -67,6 +76,7 @@ class Ring {
 
   Memfd memfd_;
   Mapping mapping_;
+  const int64_t arena_size_;  // the circular part, from offset 0
   mutable std::mutex mutex_;
   std::condition_variable space_freed_;
   std::vector<Block> blocks_;  // circular, in allocation order
@@ -98,6 +108,29 @@ class RingPool final : public arrow::MemoryPool {
   std::atomic<int64_t> bytes_allocated_{0};
   std::atomic<int64_t> total_allocated_{0};
   std::atomic<int64_t> num_allocations_{0};
+};
+
+/// One block of a RingPool that the producer writes itself (a batch's metadata), freed when this
+/// dies: no arrow::Buffer object on the heap for it.
+class RingBlock {
+ public:
+  RingBlock() = default;
+  [[nodiscard]] static arrow::Result<RingBlock> Allocate(RingPool* pool, int64_t size);
+  RingBlock(RingBlock&& other) noexcept
+      : pool_(std::exchange(other.pool_, nullptr)), data_(other.data_), size_(other.size_) {}
+  RingBlock& operator=(RingBlock&& other) noexcept;
+  ~RingBlock() { Reset(); }
+
+  [[nodiscard]] uint8_t* data() const { return data_; }
+  [[nodiscard]] int64_t size() const { return size_; }
+
+ private:
+  RingBlock(RingPool* pool, uint8_t* data, int64_t size) : pool_(pool), data_(data), size_(size) {}
+  void Reset() noexcept;
+
+  RingPool* pool_ = nullptr;
+  uint8_t* data_ = nullptr;
+  int64_t size_ = 0;
 };
 
 }  // namespace shmarrow::internal

@@ -213,23 +213,36 @@ arrow::Result<bool> UnixSocket::TrySendDatagram(std::span<const uint8_t> data,
   return true;
 }
 
+arrow::Result<bool> UnixSocket::WaitReadable(int timeout_ms) const {
+  return WaitFor(fd(), POLLIN, timeout_ms);
+}
+
 arrow::Result<Received> UnixSocket::Receive(std::span<uint8_t> data, int max_fds, int timeout_ms) {
   if (max_fds < 0 || max_fds > kMaxFdsPerMessage) {
     return arrow::Status::Invalid("cannot receive ", max_fds, " fds in one message");
   }
-  ARROW_ASSIGN_OR_RAISE(bool ready, WaitFor(fd(), POLLIN, timeout_ms));
-  if (!ready) return Received{};
   // Room for one more fd than allowed, so that a peer sending too many is detected, not truncated.
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFdsPerMessage + 1))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFdsPerMessage + 1))];
+  const size_t control_size = CMSG_SPACE(sizeof(int) * (max_fds + 1));
+  std::memset(control, 0, control_size);
   iovec iov{data.data(), data.size()};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = CMSG_SPACE(sizeof(int) * (max_fds + 1));
-  const ssize_t n =
-      RetryOnEintr([&] { return ::recvmsg(fd(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); });
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Received{};
+  auto receive = [&] {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = control_size;
+    return RetryOnEintr([&] { return ::recvmsg(fd(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); });
+  };
+  // Receive first and wait only when nothing is there: a busy reader makes one syscall a message.
+  ssize_t n = receive();
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (timeout_ms == 0) return Received{};
+    ARROW_ASSIGN_OR_RAISE(bool ready, WaitFor(fd(), POLLIN, timeout_ms));
+    if (!ready) return Received{};
+    n = receive();
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Received{};
+  }
   if (n < 0) return ErrnoStatus(errno, "recvmsg(fd ", fd(), ")");
 
   Received out;

@@ -68,6 +68,8 @@ class UnixSocket {
   /// errors, and every fd received is closed. `timeout_ms` 0 polls, -1 waits forever.
   [[nodiscard]] arrow::Result<Received> Receive(std::span<uint8_t> data, int max_fds,
                                                 int timeout_ms);
+  /// Waits up to `timeout_ms` (-1: forever) until a message (or the peer's close) can be received.
+  [[nodiscard]] arrow::Result<bool> WaitReadable(int timeout_ms) const;
 
  private:
   UnixSocket(UniqueFd fd, std::string unlink_path)

@@ -26,6 +26,9 @@ struct ConsumerOptions {
   int connect_wait_ms = 0;
   /// Fail a blocking read after this long without any message (-1: wait forever).
   int read_timeout_ms = -1;
+  /// Before a read blocks, poll the socket without sleeping for up to this long (microseconds):
+  /// a batch published meanwhile is taken without a wake-up, at the cost of a busy CPU.
+  int busy_poll_us = 0;
   /// Fall behind by losing the oldest batches (counted in dropped()) instead of holding the
   /// producer back.
   bool lossy = false;

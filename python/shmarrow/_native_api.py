@@ -242,6 +242,9 @@ class Consumer:
     :param connect_timeout: seconds to keep retrying while nobody listens yet (None: forever).
     :param timeout: seconds a blocking read waits for a message before raising
         :class:`ShmarrowTimeoutError` (None: forever).
+    :param busy_poll: seconds a read polls without sleeping before it blocks (0: sleep at once).
+        A batch published meanwhile is taken without waking a sleeping process, which is most of
+        the latency of a small batch; the cost is a busy CPU while waiting.
     :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
     :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
         (:class:`ShmarrowOSError` subclasses).
@@ -251,13 +254,15 @@ class Consumer:
                  max_in_flight: int = 0, columns: Optional[Iterable[str]] = None,
                  expect_schema: Optional[pa.Schema] = None, schema_match: str = "exact",
                  validate: str = "full", connect_timeout: Optional[float] = 0.0,
-                 timeout: Optional[float] = None):
+                 timeout: Optional[float] = None, busy_poll: float = 0.0):
         if schema_match not in ("exact", "subset"):
             raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
         if validate not in ("full", "basic"):
             raise ValueError(f"validate must be 'full' or 'basic', not {validate!r}")
         if max_in_flight < 0:
             raise ValueError(f"max_in_flight must be >= 0, not {max_in_flight}")
+        if not 0 <= busy_poll <= 60:
+            raise ValueError(f"busy_poll must be between 0 and 60 seconds, not {busy_poll}")
         if isinstance(columns, str):
             raise TypeError("columns must be a list of names, not a string")
         self.address = address
@@ -266,7 +271,8 @@ class Consumer:
         self._native = _native._Consumer(
             address, lossy, start_at_oldest, max_in_flight, list(columns or []), expect,
             schema_match == "subset", validate == "full",
-            _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms)
+            _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms,
+            round(busy_poll * 1e6))
 
     # -- reading
 
@@ -461,15 +467,21 @@ class Producer:
         :raises InvalidError: the batch's schema differs from the producer's.
         :raises ShmarrowTimeoutError: no room within ``block_timeout``.
         """
-        schema = self.schema
         if _is_pandas(data):
-            data = pa.RecordBatch.from_pandas(data, schema=schema, preserve_index=False)
+            data = pa.RecordBatch.from_pandas(data, schema=self.schema, preserve_index=False)
         if hasattr(data, "__arrow_c_array__"):
             batch = data if isinstance(data, pa.RecordBatch) else pa.record_batch(data)
-            if _castable(batch.schema, schema):
-                batch = batch.cast(schema)
-            self._native.publish_batch(*batch.__arrow_c_array__())
+            try:
+                # The producer compares schemas itself; comparing here too would cost more than
+                # publishing a small batch.
+                self._native.publish_batch(*batch.__arrow_c_array__())
+            except InvalidError:
+                schema = self.schema
+                if not _castable(batch.schema, schema):
+                    raise
+                self._native.publish_batch(*batch.cast(schema).__arrow_c_array__())
         elif hasattr(data, "__arrow_c_stream__"):
+            schema = self.schema
             reader = pa.RecordBatchReader.from_stream(data)
             if _castable(reader.schema, schema):
                 reader = reader.cast(schema)

@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <mutex>
 #include <string_view>
 
@@ -31,6 +32,17 @@ struct ConsumerState {
   int poll_fd = -1;          // readable when TryNext may have something; -1: never waits
   UniqueFd always_readable;  // the single hand-over has no socket: fileno() gives this eventfd
   bool ended = false;
+  int busy_poll_us = 0;  // ConsumerOptions::busy_poll_us: how long a read polls before it sleeps
+
+  /// When a read starting now stops polling and waits on poll_fd.
+  std::chrono::steady_clock::time_point SpinUntil() const {
+    return std::chrono::steady_clock::now() + std::chrono::microseconds(busy_poll_us);
+  }
+  /// Waits for poll_fd up to `slice` ms — unless still busy-polling, then not at all.
+  void Wait(std::chrono::steady_clock::time_point spin_until, int slice) const {
+    if (busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until) return;
+    WaitReadable(poll_fd, slice);
+  }
 
   enum class Step { kBatch, kEnd, kPending };
 
@@ -69,6 +81,7 @@ class StreamReader final : public arrow::RecordBatchReader {
 
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
     const Deadline deadline(timeout_ms_);
+    const auto spin_until = state_->SpinUntil();
     for (;;) {
       ARROW_ASSIGN_OR_RAISE(auto step, state_->Take(batch));
       if (step == ConsumerState::Step::kBatch) {
@@ -84,7 +97,7 @@ class StreamReader final : public arrow::RecordBatchReader {
       if (step == ConsumerState::Step::kEnd) return arrow::Status::OK();
       ARROW_RETURN_NOT_OK(CheckSignalsFromCpp());
       if (deadline.passed()) return arrow::Status::IOError(TimeoutMessage(timeout_ms_));
-      WaitReadable(state_->poll_fd, deadline.Slice());
+      state_->Wait(spin_until, deadline.Slice());
     }
   }
 
@@ -129,6 +142,7 @@ class PyConsumer {
       return err != ENOENT && err != ECONNREFUSED;  // another failure: done
     });
     state_->consumer = ValueOrThrow(std::move(connected), "connect");
+    state_->busy_poll_us = options.busy_poll_us;
     state_->mode = state_->consumer->mode();
     state_->poll_fd = state_->consumer->fd();
     if (state_->poll_fd < 0) {
@@ -147,10 +161,11 @@ class PyConsumer {
   nb::object Next(int64_t timeout_ms) {
     std::shared_ptr<arrow::RecordBatch> batch;
     arrow::Result<ConsumerState::Step> step;
+    const auto spin_until = state_->SpinUntil();
     const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
       step = state_->Take(&batch);
       if (!step.ok() || *step != ConsumerState::Step::kPending) return true;
-      WaitReadable(state_->poll_fd, slice);
+      state_->Wait(spin_until, slice);
       return false;
     });
     if (!done) ThrowKind("timeout", TimeoutMessage(timeout_ms), "read");
@@ -277,7 +292,7 @@ void BindConsumer(nb::module_& m) {
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
              int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
              bool subset, bool validate_full, int64_t connect_timeout_ms,
-             int64_t read_timeout_ms) {
+             int64_t read_timeout_ms, int busy_poll_us) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
@@ -287,12 +302,13 @@ void BindConsumer(nb::module_& m) {
             options.match = subset ? SchemaMatch::kSubset : SchemaMatch::kExact;
             options.validation = validate_full ? Validation::kFull : Validation::kBasic;
             options.read_timeout_ms = static_cast<int>(read_timeout_ms);
+            options.busy_poll_us = busy_poll_us;
             new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
           nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
           nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
-          nb::arg("read_timeout_ms"))
+          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")

@@ -62,6 +62,8 @@ class RawConsumer {
   }
   arrow::Status SendHello(proto::Hello hello) {
     if (hello.max_in_flight == 0) hello.max_in_flight = kCredits;
+    // Stream 0 in single Batch messages, which is what it reads (not a queue, not Batches).
+    hello.features &= ~(proto::kFeatureQueue | proto::kFeatureBatchRuns);
     return Send(proto::Encode(writer_, hello));
   }
   /// Hello, then the Welcome (the ring fd that comes with it is closed).
@@ -366,7 +368,7 @@ std::vector<Garbage> GarbageCases() {
   proto::Hello major;
   major.major = 2;
   out.push_back({"another major version", false, Bytes(proto::Encode(w, major)),
-                 proto::ErrorCode::kVersion, "protocol version 2.0 is not supported"});
+                 proto::ErrorCode::kVersion, "protocol version 2."});
   proto::Hello bad_schema;
   bad_schema.required_schema = "garbage";
   out.push_back({"unparsable required schema", false, Bytes(proto::Encode(w, bad_schema)),

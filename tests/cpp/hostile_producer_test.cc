@@ -381,7 +381,7 @@ TEST_F(HostileProducer, MalformedWelcome) {
 
 TEST_F(HostileProducer, VersionsFollowTheSpecification) {
   EXPECT_ERROR_CONTAINS(ConnectAndRead({Welcome(*TestSchema(), proto::Mode::kSealed, {}, 2)}),
-                        "producer speaks protocol 2.0");
+                        "producer speaks protocol 2.");
   // A newer minor version may append fields: they are ignored, the stream works.
   Datagram newer = SealedWelcome();
   newer.bytes[proto::kHeaderSize + 2] = 7;  // minor (bytes 2-3 of the payload)
@@ -820,6 +820,115 @@ TEST_F(HostileProducer, RingRewrittenAfterValidationIsWhyRingModeIsForTrustedPro
   EXPECT_EQ(batch->column_data(1)->buffers[2]->size(), 6);
   batch.reset();
   consumer.reset();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The queue in the ring (protocol 1.1): entries the producer writes where the consumer reads.
+
+/// A ring holding `batch` and, after it, a queue of `capacity` entries whose header counts
+/// `written` entries: `entries` in slots 0, 1, ...
+struct QueuedRing {
+  RingImage image;
+  uint64_t queue_offset = 0;
+  QueuedRing(const arrow::RecordBatch& batch, uint32_t capacity, uint64_t written,
+             const std::vector<proto::QueueEntry>& entries)
+      : image(batch) {
+    image.bytes.resize((image.bytes.size() + 63) / 64 * 64, 0);
+    queue_offset = image.bytes.size();
+    image.bytes.resize(queue_offset + proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize,
+                       0);
+    image.Set<uint64_t>(queue_offset, written);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      std::memcpy(image.bytes.data() + queue_offset + proto::kQueueHeaderSize +
+                      i * proto::kQueueEntrySize,
+                  &entries[i], sizeof entries[i]);
+    }
+  }
+  /// An entry for the batch of the image.
+  proto::QueueEntry BatchEntry(uint64_t sequence) const {
+    proto::QueueEntry entry;
+    entry.sequence = sequence;
+    entry.metadata_offset = image.metadata_offset;
+    entry.metadata_length = image.metadata_length;
+    return entry;
+  }
+};
+
+Datagram QueueWelcome(int ring_fd, uint64_t queue_offset, uint32_t capacity) {
+  proto::Writer writer;
+  proto::Welcome welcome;
+  welcome.mode = proto::Mode::kRing;
+  welcome.max_in_flight = 4;
+  welcome.queue_offset = queue_offset;
+  welcome.queue_capacity = capacity;
+  welcome.schema = internal::SerializeSchema(*TestSchema()).ValueOrDie();
+  return Message(proto::Encode(writer, welcome), {ring_fd});
+}
+
+TEST_F(HostileProducer, QueueTheConsumerReadsInPlaceOfMessages) {
+  // The well-formed case first: the batch arrives through the queue, the stream ends there.
+  const QueuedRing tmp(*TestBatch(), 5, 0, {});
+  proto::QueueEntry end;
+  end.kind = proto::EntryKind::kControls;
+  end.controls_before = 1;
+  const QueuedRing ring(*TestBatch(), 5, 2, {tmp.BatchEntry(1), end});
+  const UniqueFd fd = ring.image.Seal();
+  EXPECT_OK(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 5), End()}));
+}
+
+TEST_F(HostileProducer, QueueOutsideTheRingOrMisaligned) {
+  const QueuedRing ring(*TestBatch(), 5, 0, {});
+  const UniqueFd fd = ring.image.Seal();
+  for (uint64_t offset : {ring.queue_offset + 8, uint64_t{1} << 40,
+                          static_cast<uint64_t>(ring.image.bytes.size())}) {
+    EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), offset, 5)}),
+                          "does not fit the");
+  }
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 1u << 30)}),
+                        "queue of 1073741824 entries");
+}
+
+TEST_F(HostileProducer, QueueCountingMoreEntriesThanItHolds) {
+  const QueuedRing ring(*TestBatch(), 5, 6, {});  // 6 unread in a queue of 5
+  const UniqueFd fd = ring.image.Seal();
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 5)}),
+                        "the queue counts 6 entries written, but this consumer read 0");
+}
+
+TEST_F(HostileProducer, QueueEntryOfAnUnknownKind) {
+  const QueuedRing tmp(*TestBatch(), 5, 0, {});
+  proto::QueueEntry entry = tmp.BatchEntry(1);
+  entry.kind = static_cast<proto::EntryKind>(9);
+  const QueuedRing ring(*TestBatch(), 5, 1, {entry});
+  const UniqueFd fd = ring.image.Seal();
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 5)}),
+                        "queue entry 0 has kind 9");
+}
+
+TEST_F(HostileProducer, QueueEntryCountingControlMessagesNeverSent) {
+  const QueuedRing tmp(*TestBatch(), 5, 0, {});
+  proto::QueueEntry entry = tmp.BatchEntry(1);
+  entry.controls_before = 2;
+  const QueuedRing ring(*TestBatch(), 5, 1, {entry});
+  const UniqueFd fd = ring.image.Seal();
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 5)}),
+                        "counts 2 control messages before it, but only 0 arrived");
+}
+
+TEST_F(HostileProducer, QueueEntryWithMetadataOutsideTheRing) {
+  const QueuedRing tmp(*TestBatch(), 5, 0, {});
+  proto::QueueEntry entry = tmp.BatchEntry(1);
+  entry.metadata_offset = uint64_t{1} << 40;
+  const QueuedRing ring(*TestBatch(), 5, 1, {entry});
+  const UniqueFd fd = ring.image.Seal();
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 5)}),
+                        "is outside the");
+}
+
+TEST_F(HostileProducer, WakeWithoutAQueue) {
+  proto::Writer writer;
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), Message(proto::EncodeWake(writer))}),
+                        "Wake without a queue");
 }
 
 }  // namespace

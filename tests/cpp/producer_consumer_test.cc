@@ -203,11 +203,13 @@ std::optional<MapLine> FindMapping(const std::vector<MapLine>& maps, const void*
   return std::nullopt;
 }
 
+/// Mappings of shared memory (memfds) in this process: the library's. Anonymous mappings come
+/// and go with the allocator (ASan's among them) and say nothing about leaks of ours.
 int CountMapsLines() {
   std::ifstream maps("/proc/self/maps");
   std::string line;
   int count = 0;
-  while (std::getline(maps, line)) ++count;
+  while (std::getline(maps, line)) count += line.find("/memfd:") != std::string::npos;
   return count;
 }
 
@@ -793,7 +795,9 @@ TEST_P(ProducerConsumerTest, AnotherMajorVersionIsRefusedWithAnError) {
   ASSERT_OK_AND_ASSIGN(auto error, proto::DecodeError(reader));
   EXPECT_EQ(error.code, proto::ErrorCode::kVersion);
   EXPECT_NE(error.message.find("version 2"), std::string::npos) << error.message;
-  EXPECT_NE(error.message.find("1.0"), std::string::npos) << error.message;
+  const std::string ours =
+      std::to_string(proto::kMajorVersion) + "." + std::to_string(proto::kMinorVersion);
+  EXPECT_NE(error.message.find(ours), std::string::npos) << error.message;
   // Then the producer hangs up.
   ASSERT_OK_AND_ASSIGN(auto after, socket.Receive(buffer, 1, kTimeoutMs));
   EXPECT_EQ(after.bytes, 0);
@@ -955,6 +959,7 @@ void Lifecycle(MemoryMode mode) {
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
   for (int seed = 0; seed < 3; ++seed) ASSERT_OK(PublishPooled(*producer, seed));
   ASSERT_OK(producer->Publish(Expected(3)));
+  EXPECT_GT(CountMapsLines(), 0) << "shared memory is mapped while batches are in flight";
   ASSERT_OK(producer->End());
   ASSERT_OK_AND_ASSIGN(auto answer, consumer->Request("4"));
   ExpectAnswer(*answer, 4);

@@ -43,6 +43,10 @@ arrow::Status DecodeAny(std::span<const uint8_t> datagram) {
       return proto::DecodeWelcome(r).status();
     case proto::Type::kBatch:
       return proto::DecodeBatch(r).status();
+    case proto::Type::kBatches: {
+      std::vector<proto::Batch> out;
+      return proto::DecodeBatches(r, proto::kMaxRun, &out);
+    }
     case proto::Type::kRelease: {
       std::vector<uint64_t> out;
       return proto::DecodeRelease(r, 4096, &out);
@@ -57,6 +61,10 @@ arrow::Status DecodeAny(std::span<const uint8_t> datagram) {
       return proto::DecodeRequest(r).status();
     case proto::Type::kBye:
       return r.ExpectEnd("Bye");
+    case proto::Type::kWake:
+      return r.ExpectEnd("Wake");
+    case proto::Type::kWaiting:
+      return proto::DecodeWaiting(r).status();
   }
   return arrow::Status::UnknownError("unreachable");
 }
@@ -81,6 +89,8 @@ proto::Welcome SampleWelcome() {
   m.max_in_flight = 9;
   m.max_message_size = 12345;
   m.schema = std::string("sch\0ema", 7);
+  m.queue_offset = uint64_t{1} << 33;
+  m.queue_capacity = 65;
   return m;
 }
 
@@ -101,6 +111,8 @@ std::vector<Bytes> AllMessages() {
   out.push_back(Copy(proto::Encode(w, proto::Hello{})));
   out.push_back(Copy(proto::Encode(w, SampleWelcome())));
   out.push_back(Copy(proto::Encode(w, 5, SampleBatch())));
+  const proto::Batch run[] = {SampleBatch(), proto::Batch{8, 0, 64, 200}};
+  out.push_back(Copy(proto::EncodeBatches(w, 0, run)));
   const uint64_t sequences[] = {1, 2, std::numeric_limits<uint64_t>::max()};
   out.push_back(Copy(proto::EncodeRelease(w, sequences)));
   out.push_back(Copy(proto::EncodeSchema(w, 7, "a schema")));
@@ -108,6 +120,8 @@ std::vector<Bytes> AllMessages() {
   out.push_back(Copy(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kVersion, "bad"})));
   out.push_back(Copy(proto::EncodeRequest(w, 11, "give me data")));
   out.push_back(Copy(proto::EncodeBye(w)));
+  out.push_back(Copy(proto::EncodeWake(w)));
+  out.push_back(Copy(proto::EncodeWaiting(w, 42)));
   return out;
 }
 
@@ -177,7 +191,29 @@ TEST(ProtocolTest, WelcomeRoundTrip) {
     EXPECT_EQ(out.max_in_flight, in.max_in_flight);
     EXPECT_EQ(out.max_message_size, in.max_message_size);
     EXPECT_EQ(out.schema, in.schema);
+    EXPECT_EQ(out.queue_offset, in.queue_offset);
+    EXPECT_EQ(out.queue_capacity, in.queue_capacity);
   }
+  // A 1.0 Welcome has no queue fields: none are written, none are read.
+  proto::Welcome older = SampleWelcome();
+  older.minor = 0;
+  const Bytes m = Copy(proto::Encode(w, older));
+  EXPECT_EQ(m.size(), Copy(proto::Encode(w, SampleWelcome())).size() - 12);
+  proto::Reader r(m);
+  ASSERT_OK(r.ReadHeader());
+  ASSERT_OK_AND_ASSIGN(auto out, proto::DecodeWelcome(r));
+  EXPECT_EQ(out.queue_capacity, 0u);
+}
+
+TEST(ProtocolTest, WaitingRoundTrip) {
+  proto::Writer w;
+  const Bytes m = Copy(proto::EncodeWaiting(w, uint64_t{1} << 50));
+  EXPECT_EQ(m.size(), proto::kHeaderSize + 8);
+  proto::Reader r(m);
+  ASSERT_OK_AND_ASSIGN(auto header, r.ReadHeader());
+  EXPECT_EQ(header.type, proto::Type::kWaiting);
+  ASSERT_OK_AND_ASSIGN(auto read, proto::DecodeWaiting(r));
+  EXPECT_EQ(read, uint64_t{1} << 50);
 }
 
 TEST(ProtocolTest, BatchRoundTrip) {
@@ -193,6 +229,33 @@ TEST(ProtocolTest, BatchRoundTrip) {
   EXPECT_EQ(out.dropped, 3u);
   EXPECT_EQ(out.metadata_offset, SampleBatch().metadata_offset);
   EXPECT_EQ(out.metadata_length, 4096u);
+}
+
+TEST(ProtocolTest, BatchesRoundTripReplacesAndIsBounded) {
+  proto::Writer w;
+  const proto::Batch run[] = {SampleBatch(), proto::Batch{8, 0, 64, 200}};
+  const Bytes m = Copy(proto::EncodeBatches(w, 2, run));
+  EXPECT_EQ(m.size(), proto::kHeaderSize + 4 + 2 * 28);
+  proto::Reader r(m);
+  ASSERT_OK_AND_ASSIGN(auto header, r.ReadHeader());
+  EXPECT_EQ(header.type, proto::Type::kBatches);
+  EXPECT_EQ(header.stream, 2u);
+  std::vector<proto::Batch> out(5);  // replaced, not appended to
+  ASSERT_OK(proto::DecodeBatches(r, proto::kMaxRun, &out));
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].sequence, SampleBatch().sequence);
+  EXPECT_EQ(out[0].dropped, 3u);
+  EXPECT_EQ(out[1].sequence, 8u);
+  EXPECT_EQ(out[1].metadata_offset, 64u);
+  EXPECT_EQ(out[1].metadata_length, 200u);
+
+  proto::Reader too_many(m);
+  ASSERT_OK(too_many.ReadHeader());
+  EXPECT_ERROR_CONTAINS(proto::DecodeBatches(too_many, 1, &out), "Batches of 2 batches");
+  const Bytes empty = Copy(proto::EncodeBatches(w, 0, {}));
+  proto::Reader none(empty);
+  ASSERT_OK(none.ReadHeader());
+  EXPECT_ERROR_CONTAINS(proto::DecodeBatches(none, proto::kMaxRun, &out), "Batches of 0");
 }
 
 TEST(ProtocolTest, ReleaseRoundTripAppends) {
@@ -319,7 +382,7 @@ TEST(ProtocolTest, WrongMagicFails) {
 TEST(ProtocolTest, UnknownTypeFails) {
   proto::Writer w;
   const Bytes original = Copy(proto::EncodeBye(w));
-  for (uint16_t type : {0, 10, 11, 0x100, 0xFFFF}) {
+  for (uint16_t type : {0, 13, 14, 0x100, 0xFFFF}) {
     Bytes m = original;
     SetU16(m, 4, type);
     EXPECT_ERROR_CONTAINS(DecodeAny(m), "unknown message type " + std::to_string(type));

@@ -44,24 +44,29 @@ def test_bench_quick(tmp_path):
             assert _positive(r[key]), r
 
     assert results["idle_control"] and all(_positive(r["median"]) for r in results["idle_control"])
+    assert {(r["transport"], r["bytes"]) for r in results["handover_busy"]} == {
+        (t, s) for t in ("ring_busy", "ring_busy_reuse") for s in (min(sizes), max(sizes))}
+    assert all(_positive(r["median"]) for r in results["handover_busy"])
 
     e2e = results["e2e"]
     for mode in ("one", "two"):
         assert _positive(e2e[mode]["median"]) and e2e[mode]["n"] > 0
     assert _positive(e2e["ratio"]) and e2e["checks_equal"]
 
-    for t in ("ring", "uds"):
+    for t in ("ring", "uds", "ring_busy", "uds_busy"):
         lat = results["latency"][t]
         assert lat["n"] > 0 and all(_positive(lat[k]) for k in ("median", "p99", "p999"))
 
     _check_small_latency(results)
 
     assert {(r["consumers"], r["batch_bytes"]) for r in results["throughput"]} == {
-        (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
+        (0, 24), (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
 
     assert {h["transport"] for h in results["heap"]} == {"ring", "sealed"}
+    floor = results["heap_floor"]
+    assert _positive(floor["write_calls_per_batch"]) and _positive(floor["read_calls_per_batch"])
     for h in results["heap"]:
         for key, value in h.items():
             if key.endswith("_per_batch"):
