@@ -229,6 +229,9 @@ class Consumer:
     object over it is gone (``del`` it; ``gc.collect()`` if it is in a reference cycle).
 
     :param address: the producer's socket: a path, or ``"@name"`` (abstract namespace).
+        Or a Flight address (``grpc://HOST:PORT``, ``grpc+tls://``; docs/flight.md): a
+        ``shmarrow flight-serve`` bridge, or ``grpc://HOST:PORT/PATH`` for a flight of any Flight
+        server; ``mode`` is then ``"flight"`` (or the producer's, after the same-host upgrade).
     :param lossy: fall behind by losing the oldest batches (counted in :attr:`dropped`) instead of
         holding the producer back.
     :param start_at_oldest: start with the oldest batches the producer retains (its ``retain``).
