@@ -1,0 +1,163 @@
+"""Throughput of the Flight bridge over loopback, beside pyarrow's own Flight server serving the same
+table from memory and the local shared-memory path. Prints one JSON object.
+
+  flight_bridge.py [--quick] [--runs N]
+
+Every route moves the same batches (int64 columns) to a pyarrow reader in this process:
+  bridge          a shmarrow.Producer (child process) -> `shmarrow flight-serve` -> pyarrow.flight
+                  client: do_get(Ticket(b"stream")), every batch read
+  pyarrow_flight  a pyarrow.flight server (child process) serving the table from memory -> the
+                  same client code
+  shm_local       the same producer -> shmarrow.Consumer in this process (no network)
+A run is timed from the call that starts the stream to the last batch in hand; the producer is
+already listening, its batches already built on the heap (Producer.publish copies them into the
+ring once; pyarrow's server sends them as they are). Figures are the median of the runs, GB/s =
+table bytes / seconds / 1e9. The CLI comes from $SHMARROW_BUILD (default build/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = 4
+TIMEOUT = 120
+
+
+def make_batches(count: int, nbytes: int) -> list[pa.RecordBatch]:
+    rows = max(1, nbytes // (8 * COLUMNS))
+    return [pa.record_batch({f"c{c}": pa.array(np.arange(rows, dtype=np.int64) + i * c)
+                             for c in range(COLUMNS)}) for i in range(count)]
+
+
+def producer_child(address: str, count: int, nbytes: int) -> None:
+    """Listens, says "ready", publishes to the first consumer, ends, waits for the drain."""
+    import shmarrow
+    batches = make_batches(count, nbytes)
+    producer = shmarrow.Producer(address, batches[0].schema,
+                                 ring_size=max(64 << 20, 8 * nbytes), max_in_flight=8)
+    print("ready", flush=True)
+    producer.wait_for_consumers(1, timeout=TIMEOUT)
+    for batch in batches:
+        producer.publish(batch)
+    producer.end()
+    producer.wait_until_drained(timeout=TIMEOUT)
+    producer.close()
+
+
+def flight_server_child(count: int, nbytes: int) -> None:
+    batches = make_batches(count, nbytes)
+
+    class Server(flight.FlightServerBase):
+        def do_get(self, context, ticket):
+            return flight.RecordBatchStream(pa.Table.from_batches(batches))
+
+    server = Server("grpc://127.0.0.1:0")
+    print(server.port, flush=True)
+    server.serve()
+
+
+def child(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+
+
+def read_flight(location: str) -> int:
+    reader = flight.connect(location).do_get(flight.Ticket(b"stream"))
+    got = 0
+    for chunk in reader:
+        got += chunk.data.num_rows
+    return got
+
+
+def read_local(address: str) -> int:
+    import shmarrow
+    got = 0
+    with shmarrow.Consumer(address, timeout=TIMEOUT) as consumer:
+        for batch in consumer:
+            got += batch.num_rows
+    return got
+
+
+def timed_with_producer(address: str, count: int, nbytes: int, read) -> tuple[float, int]:
+    proc = child(["producer", address, str(count), str(nbytes)])
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        t0 = time.perf_counter()
+        rows = read()
+        seconds = time.perf_counter() - t0
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return seconds, rows
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "producer":
+        producer_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "flight-server":
+        flight_server_child(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=0)
+    args = ap.parse_args()
+    count, nbytes = (16, 1 << 20) if args.quick else (64, 4 << 20)
+    runs = args.runs or (3 if args.quick else 7)
+    build = os.path.abspath(os.environ.get("SHMARROW_BUILD", os.path.join(ROOT, "build")))
+    cli = os.path.join(build, "shmarrow")
+    expect_rows = sum(b.num_rows for b in make_batches(count, nbytes))
+    table_bytes = sum(b.nbytes for b in make_batches(count, nbytes))
+
+    samples: dict[str, list[float]] = {"bridge": [], "pyarrow_flight": [], "shm_local": []}
+    with tempfile.TemporaryDirectory(prefix="shmarrow-flight-bench-") as tmp:
+        address = os.path.join(tmp, "producer.sock")
+        bridge = subprocess.Popen([cli, "flight-serve", "--socket", address, "--validate", "basic"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        server = child(["flight-server", str(count), str(nbytes)])
+        try:
+            location = bridge.stdout.readline().strip()
+            server_location = f"grpc://127.0.0.1:{server.stdout.readline().strip()}"
+            for _ in range(runs):
+                seconds, rows = timed_with_producer(address, count, nbytes,
+                                                    lambda: read_flight(location))
+                assert rows == expect_rows, (rows, expect_rows)
+                samples["bridge"].append(seconds)
+                t0 = time.perf_counter()
+                assert read_flight(server_location) == expect_rows
+                samples["pyarrow_flight"].append(time.perf_counter() - t0)
+                seconds, rows = timed_with_producer(address, count, nbytes,
+                                                    lambda: read_local(address))
+                assert rows == expect_rows
+                samples["shm_local"].append(seconds)
+        finally:
+            for proc in (bridge, server):
+                proc.send_signal(signal.SIGTERM if proc is bridge else signal.SIGKILL)
+                proc.wait(timeout=TIMEOUT)
+
+    result = {"batches": count, "batch_bytes": nbytes, "table_bytes": table_bytes, "runs": runs,
+              "routes": {}}
+    for route, seconds in samples.items():
+        median = statistics.median(seconds)
+        result["routes"][route] = {"median_s": median, "gbps": table_bytes / median / 1e9,
+                                   "samples_s": seconds}
+    result["bridge_vs_pyarrow_flight"] = (result["routes"]["bridge"]["gbps"] /
+                                          result["routes"]["pyarrow_flight"]["gbps"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
