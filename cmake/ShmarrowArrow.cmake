@@ -37,22 +37,19 @@ list(GET _pa_lines 1 SHMARROW_ARROW_LIBDIR)
 list(GET _pa_lines 2 SHMARROW_PYARROW_VERSION)
 # The wheel ships versioned names only (libarrow.so.2600); pick the one matching its major version.
 string(REGEX MATCH "^[0-9]+" _pa_major "${SHMARROW_PYARROW_VERSION}")
-set(_libarrow "${SHMARROW_ARROW_LIBDIR}/libarrow.so.${_pa_major}00")
-if(NOT EXISTS "${_libarrow}")
-  message(FATAL_ERROR "shmarrow: ${_libarrow} not found in the pyarrow wheel")
-endif()
-add_library(Arrow::arrow_shared SHARED IMPORTED GLOBAL)
-set_target_properties(Arrow::arrow_shared PROPERTIES
-  IMPORTED_LOCATION "${_libarrow}"
+# The wheel's lib<name>.so.<major>00 as the imported target Arrow::<name>_shared.
+function(_shmarrow_wheel_library name)
+  set(_lib "${SHMARROW_ARROW_LIBDIR}/lib${name}.so.${_pa_major}00")
+  if(NOT EXISTS "${_lib}")
+    message(FATAL_ERROR "shmarrow: ${_lib} not found in the pyarrow wheel")
+  endif()
+  add_library(Arrow::${name}_shared SHARED IMPORTED GLOBAL)
+  set_target_properties(Arrow::${name}_shared PROPERTIES
+    IMPORTED_LOCATION "${_lib}" ${ARGN})
+endfunction()
+_shmarrow_wheel_library(arrow
   INTERFACE_INCLUDE_DIRECTORIES "${SHMARROW_ARROW_INCLUDE}"
   INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=1")
-set(_libflight "${SHMARROW_ARROW_LIBDIR}/libarrow_flight.so.${_pa_major}00")
-if(NOT EXISTS "${_libflight}")
-  message(FATAL_ERROR "shmarrow: ${_libflight} not found in the pyarrow wheel")
-endif()
-add_library(Arrow::arrow_flight_shared SHARED IMPORTED GLOBAL)
-set_target_properties(Arrow::arrow_flight_shared PROPERTIES
-  IMPORTED_LOCATION "${_libflight}"
-  INTERFACE_LINK_LIBRARIES Arrow::arrow_shared)
+_shmarrow_wheel_library(arrow_flight INTERFACE_LINK_LIBRARIES Arrow::arrow_shared)
 set(CMAKE_BUILD_RPATH "${SHMARROW_ARROW_LIBDIR}")
 message(STATUS "shmarrow: using Arrow C++ from pyarrow ${SHMARROW_PYARROW_VERSION} (${SHMARROW_ARROW_LIBDIR})")
