@@ -118,11 +118,12 @@ class FlightConsumer final : public Consumer {
       return arrow::Status::Invalid("Flight server at '", address_, "' lists no endpoint");
     }
     auto& first = endpoints.front();
-    ARROW_ASSIGN_OR_RAISE(auto reader, FirstCall(address_, options_.connect_wait_ms, [&] {
+    ARROW_ASSIGN_OR_RAISE(reading_, FirstCall(address_, options_.connect_wait_ms, [&] {
                             return first.connection.client->DoGet(first.connection.call,
                                                                   first.ticket);
                           }));
-    ARROW_ASSIGN_OR_RAISE(stream_schema_, reader->GetSchema());
+    // From here on a failure cancels the call (the destructor does).
+    ARROW_ASSIGN_OR_RAISE(stream_schema_, reading_->GetSchema());
     schema_ = stream_schema_;
     if (options_.expect_schema != nullptr) {
       ARROW_RETURN_NOT_OK(CheckSchema(*options_.expect_schema, *schema_, options_.match));
@@ -131,7 +132,6 @@ class FlightConsumer final : public Consumer {
       ARROW_ASSIGN_OR_RAISE(projection_, ProjectionIndices(*schema_, options_.columns));
       schema_ = ProjectSchema(*schema_, projection_);
     }
-    reading_ = std::move(reader);
     thread_ = std::thread([this, endpoints = std::move(endpoints)]() mutable {
       Finish(ReadAll(endpoints));
     });

@@ -134,6 +134,30 @@ TEST_F(FlightTest, FdAndTryNextServePollLoops) {
   EXPECT_EQ(summary.batches(), kBatches);
 }
 
+TEST_F(FlightTest, ProjectionAndSchemaChecksApplyToFlightStreams) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  auto wrong = Remote(false);
+  wrong.expect_schema = arrow::schema({arrow::field("id", arrow::int32())});
+  wrong.match = SchemaMatch::kSubset;
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), wrong).status(),
+                        "field 'id': expected int32");
+  auto projected = Remote(false);
+  projected.columns = {"name"};
+  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), projected));
+  EXPECT_EQ(remote->schema()->ToString(), "name: string");
+  std::thread publisher([&] { PublishAll(1); });
+  int64_t batches = 0;
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ASSERT_OK(remote->ReadNext(&batch));
+    if (batch == nullptr) break;
+    EXPECT_EQ(batch->num_columns(), 1);
+    ++batches;
+  }
+  publisher.join();
+  EXPECT_EQ(batches, kBatches);
+}
+
 TEST_F(FlightTest, SameHostUpgradeReadsSharedMemoryUnlessRefused) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
   ASSERT_OK_AND_ASSIGN(auto upgraded, Consumer::Connect(bridge->location(), Remote(true)));
