@@ -12,15 +12,15 @@ __version__ = "0.1.0"
 # extend_path: a checkout's python/ first on sys.path still finds an installed extension.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 _NATIVE_NAMES = (
-    "Allocation", "ClosedError", "Consumer", "InvalidError", "Producer", "RefusedError",
-    "RequestError", "ShmarrowError", "ShmarrowMemoryError", "ShmarrowOSError",
+    "Allocation", "ClosedError", "Consumer", "FlightBridge", "InvalidError", "Producer",
+    "RefusedError", "RequestError", "ShmarrowError", "ShmarrowMemoryError", "ShmarrowOSError",
     "ShmarrowTimeoutError", "StreamError", "UnsupportedError",
 )
 try:
     from ._native_api import (  # noqa: F401
-        Allocation, ClosedError, Consumer, InvalidError, Producer, RefusedError, RequestError,
-        ShmarrowError, ShmarrowMemoryError, ShmarrowOSError, ShmarrowTimeoutError, StreamError,
-        UnsupportedError,
+        Allocation, ClosedError, Consumer, FlightBridge, InvalidError, Producer, RefusedError,
+        RequestError, ShmarrowError, ShmarrowMemoryError, ShmarrowOSError, ShmarrowTimeoutError,
+        StreamError, UnsupportedError,
     )
 except ImportError as _native_error:  # no extension: keep the pure-Python package usable
     _native_import_error = _native_error

@@ -45,6 +45,7 @@ __all__ = [
     "Allocation",
     "ClosedError",
     "Consumer",
+    "FlightBridge",
     "InvalidError",
     "Producer",
     "RefusedError",
@@ -597,3 +598,63 @@ class Producer:
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.mode
         return f"<shmarrow.Producer {self.address!r} {state}>"
+
+
+class FlightBridge:
+    """Serves the stream of the producer at ``socket`` to Arrow Flight clients (docs/flight.md):
+    ticket ``b"stream"`` is the published stream, ``b"request:<bytes>"`` the producer's answer to
+    ``<bytes>``. Each Flight stream is a consumer of the producer with ``max_in_flight`` credits
+    (0: the producer's limit), so a slow or vanished client holds the producer back or releases
+    everything exactly as a local consumer would.
+
+    :param listen: ``grpc://HOST:PORT`` or ``grpc+tls://HOST:PORT``; port 0 takes a free port
+        (:attr:`location` and :attr:`port` give it).
+    :param allow_remote: needed to listen on a non-loopback host.
+    :param tls_cert_pem, tls_key_pem: the certificate chain and key (PEM) for ``grpc+tls``.
+    :param token: when set, every call must carry ``authorization: Bearer <token>``.
+    :param serve_requests: serve ``request:`` tickets.
+    :param advertise_socket: tell clients on this host the socket, so that they may read the
+        producer through shared memory instead.
+    """
+
+    def __init__(self, socket: str, listen: str = "grpc://127.0.0.1:0", *,
+                 allow_remote: bool = False, tls_cert_pem: str = "", tls_key_pem: str = "",
+                 token: str = "", serve_requests: bool = True, advertise_socket: bool = True,
+                 max_in_flight: int = 0):
+        if max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be >= 0, not {max_in_flight}")
+        self._native = _native._FlightBridge(socket, listen, allow_remote, tls_cert_pem,
+                                             tls_key_pem, token, serve_requests,
+                                             advertise_socket, max_in_flight)
+
+    @property
+    def location(self) -> str:
+        """The address clients connect to, with the bound port."""
+        return self._native.location
+
+    @property
+    def port(self) -> int:
+        return self._native.port
+
+    @property
+    def stats(self) -> dict:
+        """``{"streams_served", "streams_active", "batches_sent", "calls_refused"}``."""
+        return self._native.stats()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def shutdown(self) -> None:
+        """Stops serving; the streams being served end with an error and release their batches."""
+        self._native.shutdown()
+
+    def __enter__(self) -> "FlightBridge":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.location
+        return f"<shmarrow.FlightBridge {state}>"

@@ -7,5 +7,6 @@ namespace shmarrow::python {
 
 void BindConsumer(nanobind::module_& m);
 void BindProducer(nanobind::module_& m);
+void BindFlightBridge(nanobind::module_& m);
 
 }  // namespace shmarrow::python

@@ -7,7 +7,7 @@
 NB_MODULE(_native, m) {
   namespace nb = nanobind;
   namespace py = shmarrow::python;
-  m.doc() = "shmarrow's C++ library (Producer, Consumer) for shmarrow._native_api";
+  m.doc() = "shmarrow's C++ library (Producer, Consumer, FlightBridge) for shmarrow._native_api";
   nb::set_leak_warnings(false);  // objects alive at exit (held by a traceback, ...) are fine
   py::InitMainThread();
   m.def("_set_error_factory", [](nb::handle factory) { py::SetErrorFactory(factory); },
@@ -15,4 +15,5 @@ NB_MODULE(_native, m) {
         "factory(kind, errno, message, context) -> the exception to raise for a failure");
   py::BindConsumer(m);
   py::BindProducer(m);
+  py::BindFlightBridge(m);
 }

@@ -1,5 +1,5 @@
 """The Flight bridge against code that is not ours: pyarrow.flight clients read `shmarrow
-flight-serve`, and our consumer (`shmarrow recv --from`, shmarrow.Consumer) reads a plain
+flight-serve` (and shmarrow.FlightBridge), and our consumer (`shmarrow recv --from`, shmarrow.Consumer) reads a plain
 pyarrow.flight server. Several remote clients at once, one SIGKILLed midway: the others and a
 local consumer get the producer's checksums and the producer's ring drains.
 
@@ -161,6 +161,21 @@ def test_remote_clients_one_killed_midway_the_rest_finish_and_the_ring_drains(pr
     # Nothing is held any more, the killed client's share included.
     producer.wait_until_drained(timeout=TIMEOUT)
     assert producer.stats["in_flight"] == 0
+
+
+def test_python_flight_bridge_serves_a_pyarrow_client(producer):
+    expected = _checksums(_summary(_batch(seed) for seed in range(BATCHES)))
+    with shmarrow.FlightBridge(producer.address, max_in_flight=2) as bridge:
+        assert bridge.location == f"grpc://127.0.0.1:{bridge.port}"
+        reader = flight.connect(bridge.location).do_get(flight.Ticket(b"stream"))
+        publisher = _publish_when(producer, 1)
+        remote = _summary(chunk.data for chunk in reader)
+        publisher.join(TIMEOUT)
+        assert _checksums(remote) == expected
+        assert bridge.stats["batches_sent"] == BATCHES
+    assert bridge.closed
+    with pytest.raises(shmarrow.ShmarrowError, match="not a loopback address"):
+        shmarrow.FlightBridge(producer.address, "grpc://0.0.0.0:0")
 
 
 class TableServer(flight.FlightServerBase):
