@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SHMARROW_BUILD", REPO / "build"))
 CLI = BUILD / "shmarrow"
 TIMEOUT = 30  # seconds any one process or wait may take
+CALL = flight.FlightCallOptions(timeout=TIMEOUT)  # a stalled stream fails the test, never hangs it
 BATCHES = 40
 
 pytestmark = pytest.mark.skipif(not os.access(CLI, os.X_OK), reason=f"{CLI} not built")
@@ -41,7 +43,8 @@ REMOTE_CLIENT = """
 import json, sys, time
 import pyarrow.flight as flight
 from shmarrow.summary import StreamSummary
-reader = flight.connect(sys.argv[1]).do_get(flight.Ticket(b"stream"))
+reader = flight.connect(sys.argv[1]).do_get(flight.Ticket(b"stream"),
+                                            flight.FlightCallOptions(timeout=30))
 summary = StreamSummary(reader.schema)
 for chunk in reader:
     summary.add(chunk.data)
@@ -112,7 +115,7 @@ def _read_local(producer) -> dict:
 
 def test_pyarrow_client_reads_the_bridge_with_local_checksums(producer, bridge):
     expected = _summary(_batch(seed) for seed in range(BATCHES))
-    reader = flight.connect(bridge).do_get(flight.Ticket(b"stream"))
+    reader = flight.connect(bridge).do_get(flight.Ticket(b"stream"), CALL)
     local_summary = {}
     local = threading.Thread(target=lambda: local_summary.update(_read_local(producer)))
     local.start()
@@ -167,7 +170,7 @@ def test_python_flight_bridge_serves_a_pyarrow_client(producer):
     expected = _checksums(_summary(_batch(seed) for seed in range(BATCHES)))
     with shmarrow.FlightBridge(producer.address, max_in_flight=2) as bridge:
         assert bridge.location == f"grpc://127.0.0.1:{bridge.port}"
-        reader = flight.connect(bridge.location).do_get(flight.Ticket(b"stream"))
+        reader = flight.connect(bridge.location).do_get(flight.Ticket(b"stream"), CALL)
         publisher = _publish_when(producer, 1)
         remote = _summary(chunk.data for chunk in reader)
         publisher.join(TIMEOUT)
@@ -225,7 +228,7 @@ def test_python_consumer_reads_flight(table_server):
 
 def test_bad_input_is_a_clear_error(producer, bridge, table_server):
     with pytest.raises(Exception, match="unknown ticket 'nope'"):
-        flight.connect(bridge).do_get(flight.Ticket(b"nope")).read_all()
+        flight.connect(bridge).do_get(flight.Ticket(b"nope"), CALL).read_all()
     address, _ = table_server
     out = subprocess.run([str(CLI), "recv", "--from", f"{address}/missing", "--json"],
                          capture_output=True, text=True, timeout=TIMEOUT)
@@ -240,7 +243,7 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
     try:
         guarded = proc.stdout.readline().strip()
         with pytest.raises(flight.FlightUnauthenticatedError, match="bearer token"):
-            flight.connect(guarded).do_get(flight.Ticket(b"stream")).read_all()
+            flight.connect(guarded).do_get(flight.Ticket(b"stream"), CALL).read_all()
         out = subprocess.run([str(CLI), "recv", "--from", guarded, "--json", "--no-upgrade"],
                              capture_output=True, text=True, timeout=TIMEOUT,
                              env={**os.environ, "SHMARROW_FLIGHT_TOKEN": "wrong"})
@@ -255,3 +258,49 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
     gone.shutdown()
     with pytest.raises(ConnectionRefusedError, match="no Flight server answers"):
         shmarrow.Consumer(f"grpc://127.0.0.1:{port}")
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost and 127.0.0.1, and its key (openssl)."""
+    cert, key = directory / "bridge-cert.pem", directory / "bridge-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="openssl is not installed: no certificate to test TLS with")
+def test_tls_bridge_serves_only_clients_that_trust_its_certificate(producer, tmp_path):
+    cert, key = _self_signed_certificate(tmp_path)
+    proc = subprocess.Popen([str(CLI), "flight-serve", "--socket", producer.address,
+                             "--listen", "grpc+tls://127.0.0.1:0",
+                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        location = proc.stdout.readline().strip()
+        assert location.startswith("grpc+tls://127.0.0.1:"), proc.stderr.read()
+        # A client without the certificate among its roots does not get through the handshake;
+        # neither does one speaking plain gRPC to the TLS port.
+        with pytest.raises(flight.FlightError):
+            flight.connect(location).do_get(flight.Ticket(b"stream"), CALL).read_all()
+        plain = location.replace("grpc+tls://", "grpc://")
+        with pytest.raises(flight.FlightError):
+            flight.connect(plain).do_get(flight.Ticket(b"stream"), CALL).read_all()
+        # Our consumer, trusting it, reads the producer's stream over TLS.
+        publisher = _publish_when(producer, 1)
+        out = subprocess.run([str(CLI), "recv", "--from", location, "--tls-roots", str(cert),
+                              "--no-upgrade", "--json"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        publisher.join(TIMEOUT)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["mode"] == "flight"
+        assert summary["batches"] == BATCHES
+        assert _checksums(summary) == _checksums(_summary(_batch(s) for s in range(BATCHES)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
