@@ -307,6 +307,17 @@ def notes(results):
             "building the batch objects and handing them to pyarrow through the C data interface "
             "again. iceoryx2 moves a fixed-size struct with no metadata (a loan, a 24-byte copy, "
             "a send) and its subscriber gets a ctypes view of it.")
+    fb = results.get("flight_bridge", {})
+    if "bridge_vs_pyarrow_flight" in fb:
+        routes = fb["routes"]
+        parts.append(
+            f"- **Flight bridge** ({routes['bridge']['gbps']:.2f} GB/s against pyarrow's own Flight "
+            f"server's {routes['pyarrow_flight']['gbps']:.2f} GB/s, ratio "
+            f"{fb['bridge_vs_pyarrow_flight']:.2f}). Both serialize with Arrow Flight from the "
+            "batch's own buffers; the bridge's route has one more hop: its Python producer copies "
+            "each heap-built batch into the ring once, then the bridge process reads it in place "
+            "and writes it to gRPC, while pyarrow's server writes from a table it already holds. "
+            "The runs here varied by more than the difference (`docs/flight.md`).")
     return "\n".join(parts) + "\n"
 
 
