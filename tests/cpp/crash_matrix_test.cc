@@ -81,15 +81,6 @@ arrow::Status CheckBatch(const arrow::RecordBatch& batch, uint64_t seed, int64_t
   return arrow::Status::OK();
 }
 
-/// Mappings of memfds (shared memory) in this process.
-int CountMemfdMappings() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  int count = 0;
-  while (std::getline(maps, line)) count += line.find("/memfd:") != std::string::npos;
-  return count;
-}
-
 /// A forked child that starts when told to and reports its progress on a pipe, one byte per step;
 /// killed and reaped at the latest when this object dies.
 class Child {
@@ -227,14 +218,14 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
   void KilledConsumerRun(int run, uint64_t seed, int kill_at, size_t hold, Tally& tally) {
     const std::string address = Address(run);
     const int fds_before = test_util::CountOpenFds();
-    const int maps_before = CountMemfdMappings();
+    const int maps_before = test_util::CountMemfdMappings();
     {
       Child survivor([&](int progress) { return ReadStream(address, seed, 2, progress); });
       Child victim([&](int progress) { return ReadStream(address, seed, hold, progress); });
       ASSERT_TRUE(survivor.started() && victim.started());
       ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, CrashSchema(), Options()));
       const int fds_listening = test_util::CountOpenFds() - 2;  // less the Go() pipes
-      const int maps_listening = CountMemfdMappings();
+      const int maps_listening = test_util::CountMemfdMappings();
       // The survivor first, so that the stream starts only once it is attached.
       survivor.Go();
       ASSERT_OK(producer->WaitForConsumers(1, kWaitMs));
@@ -276,11 +267,11 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
       EXPECT_EQ(stats.in_flight, 0);
       EXPECT_EQ(stats.ring_bytes_in_use, 0);
       EXPECT_EQ(test_util::CountOpenFds(), fds_listening);
-      EXPECT_EQ(CountMemfdMappings(), maps_listening);
+      EXPECT_EQ(test_util::CountMemfdMappings(), maps_listening);
       producer->Close();
     }
     EXPECT_EQ(test_util::CountOpenFds(), fds_before);
-    EXPECT_EQ(CountMemfdMappings(), maps_before);
+    EXPECT_EQ(test_util::CountMemfdMappings(), maps_before);
   }
 
   /// The producer is killed after `kill_at` steps (1: right after it listens, k + 1: after its
@@ -288,7 +279,7 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
   void KilledProducerRun(int run, uint64_t seed, int kill_at, size_t hold, Tally& tally) {
     const std::string address = Address(run);
     const ProducerOptions options = Options();
-    const int maps_before = CountMemfdMappings();
+    const int maps_before = test_util::CountMemfdMappings();
     Child producer([&](int progress) {
       auto listening = Producer::Listen(address, CrashSchema(), options);
       if (!listening.ok()) return 1;
@@ -364,7 +355,7 @@ class CrashMatrixTest : public ::testing::TestWithParam<MemoryMode> {
     }
     held.clear();
     EXPECT_EQ(test_util::CountOpenFds(), fds_before);
-    EXPECT_EQ(CountMemfdMappings(), maps_before);
+    EXPECT_EQ(test_util::CountMemfdMappings(), maps_before);
   }
 
   using Run = std::function<void(int run, uint64_t seed, int kill_at, size_t hold, Tally&)>;

@@ -203,16 +203,6 @@ std::optional<MapLine> FindMapping(const std::vector<MapLine>& maps, const void*
   return std::nullopt;
 }
 
-/// Mappings of shared memory (memfds) in this process: the library's. Anonymous mappings come
-/// and go with the allocator (ASan's among them) and say nothing about leaks of ours.
-int CountMapsLines() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  int count = 0;
-  while (std::getline(maps, line)) count += line.find("/memfd:") != std::string::npos;
-  return count;
-}
-
 /// Expects every buffer of `batch` inside a read-only shared-memory (memfd) mapping.
 void ExpectInReadOnlyMemfd(const arrow::RecordBatch& batch) {
   const auto maps = ReadMaps();
@@ -959,7 +949,7 @@ void Lifecycle(MemoryMode mode) {
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
   for (int seed = 0; seed < 3; ++seed) ASSERT_OK(PublishPooled(*producer, seed));
   ASSERT_OK(producer->Publish(Expected(3)));
-  EXPECT_GT(CountMapsLines(), 0) << "shared memory is mapped while batches are in flight";
+  EXPECT_GT(test_util::CountMemfdMappings(), 0) << "shared memory is mapped while batches are in flight";
   ASSERT_OK(producer->End());
   ASSERT_OK_AND_ASSIGN(auto answer, consumer->Request("4"));
   ExpectAnswer(*answer, 4);
@@ -979,11 +969,11 @@ TEST_P(ProducerConsumerTest, LifecycleLeaksNoFdsOrMappings) {
   Lifecycle(GetParam());
   if (HasFatalFailure()) return;
   const int fds_before = test_util::CountOpenFds();
-  const int maps_before = CountMapsLines();
+  const int maps_before = test_util::CountMemfdMappings();
   Lifecycle(GetParam());
   if (HasFatalFailure()) return;
   EXPECT_EQ(test_util::CountOpenFds(), fds_before);
-  EXPECT_EQ(CountMapsLines(), maps_before);
+  EXPECT_EQ(test_util::CountMemfdMappings(), maps_before);
 }
 
 TEST_P(ProducerConsumerTest, KilledConsumerReturnsWhatItHeld) {

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -83,6 +84,16 @@ inline int CountOpenFds() {
 }
 
 inline bool FdIsOpen(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
+
+/// Mappings of memfds (shared memory) in this process: the library's. Anonymous mappings come
+/// and go with the allocator (a sanitizer's among them) and say nothing about leaks of ours.
+inline int CountMemfdMappings() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int count = 0;
+  while (std::getline(maps, line)) count += line.find("/memfd:") != std::string::npos;
+  return count;
+}
 
 /// A path under the temp directory unique to this process and call (nothing is created).
 inline std::string UniqueTempPath(const std::string& stem) {
