@@ -30,6 +30,7 @@ if [ ! -f "$dir/build.ninja" ]; then
 fi
 export ARROW_DEFAULT_MEMORY_POOL=system
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp"
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp"
 
 if [ "$kind" = tsan ]; then
