@@ -83,7 +83,7 @@ def read_flight(location: str) -> int:
 def read_local(address: str) -> int:
     import shmarrow
     got = 0
-    with shmarrow.Consumer(address, timeout=TIMEOUT) as consumer:
+    with shmarrow.Consumer(address, read_timeout=TIMEOUT) as consumer:
         for batch in consumer:
             got += batch.num_rows
     return got

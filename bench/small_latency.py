@@ -211,7 +211,7 @@ def recv_ring(busy: bool, address: str, count: int, ack: int) -> list[int]:
     import shmarrow
 
     consumer = shmarrow.Consumer(address, connect_timeout=ACK_TIMEOUT_MS / 1000,
-                                 timeout=ACK_TIMEOUT_MS / 1000)
+                                 read_timeout=ACK_TIMEOUT_MS / 1000)
     os.write(ack, b"r")
     samples = []
     for i in range(count):

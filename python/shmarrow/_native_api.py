@@ -10,22 +10,26 @@ Both ends speak the Arrow PyCapsule interface: a Consumer is an ``__arrow_c_stre
 ``Producer.publish`` takes anything exporting ``__arrow_c_array__``/``__arrow_c_stream__`` (pyarrow,
 polars, ...) or a pandas DataFrame.
 
+Timeouts are seconds (float; None: forever): ``connect_timeout``, ``read_timeout``,
+``block_timeout``, ``drain_timeout``, and ``timeout`` for the waits of one call.
+
 Blocking calls release the GIL. Reading, connecting and the producer's waits wake at least every
 100 ms on the main thread to run signal handlers, so Ctrl-C (KeyboardInterrupt) interrupts them;
 publish()/allocate() waiting for room and request() waiting for its answer are bounded by
-block_timeout and timeout instead. Failures raise :class:`ShmarrowError` subclasses carrying the
+block_timeout and read_timeout instead. Failures raise :class:`ShmarrowError` subclasses carrying the
 library's message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import math
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Optional, Union
 
 import pyarrow as pa  # first: shmarrow._native uses the libarrow that pyarrow loads
@@ -183,9 +187,56 @@ def _is_iterable(data: Any) -> bool:
         data, (str, bytes, bytearray, memoryview, dict))
 
 
-def _castable(source: pa.Schema, target: pa.Schema) -> bool:
-    """Whether data of ``source`` differs from ``target`` only in types (same names)."""
-    return not source.equals(target) and source.names == target.names
+# Layouts of one logical type: data in one is cast to another without changing a value.
+_LAYOUT_FAMILIES = (
+    (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view),
+    (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view),
+)
+_LIST_LAYOUTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_list_view,
+                 pa.types.is_large_list_view)
+
+
+def _same_values(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether ``source`` and ``target`` are one logical type in two layouts (``string_view``
+    and ``string``, ``large_list<int64>`` and ``list<int64>``, ...)."""
+    if source.equals(target):
+        return True
+    for family in _LAYOUT_FAMILIES:
+        if any(test(source) for test in family) and any(test(target) for test in family):
+            return True
+    if any(test(source) for test in _LIST_LAYOUTS) and any(test(target) for test in _LIST_LAYOUTS):
+        return _same_values(source.value_type, target.value_type)
+    if pa.types.is_struct(source) and pa.types.is_struct(target):
+        return (source.num_fields == target.num_fields
+                and all(a.name == b.name and _same_values(a.type, b.type)
+                        for a, b in zip(source, target)))
+    return False
+
+
+def _layout_castable(source: pa.Schema, target: pa.Schema) -> bool:
+    """Whether ``source`` differs from ``target`` only in the layouts of its columns: what
+    publish() casts without being asked (polars exports ``string_view``)."""
+    return (len(source) == len(target)
+            and all(a.name == b.name and a.nullable == b.nullable and _same_values(a.type, b.type)
+                    for a, b in zip(source, target)))
+
+
+def _cast_for_publish(data: Any, source: pa.Schema, target: pa.Schema, cast: bool) -> Any:
+    """``data`` (a RecordBatch or RecordBatchReader of ``source``) cast to ``target`` when
+    allowed; raises InvalidError naming both schemas when not."""
+    if source.equals(target):
+        return data
+    if cast or _layout_castable(source, target):
+        return data.cast(target)
+    raise InvalidError(
+        f"batch schema {_describe(source)} differs from the producer's schema "
+        f"{_describe(target)}: publish(..., cast=True) casts it, change_schema() announces a "
+        "new schema")
+
+
+def _describe(schema: pa.Schema) -> str:
+    fields = (f"{f.name}: {f.type}{'' if f.nullable else ' not null'}" for f in schema)
+    return "{" + ", ".join(fields) + "}"
 
 
 def _as_batch(data: Any, schema: Optional[pa.Schema] = None) -> pa.RecordBatch:
@@ -244,11 +295,13 @@ class Consumer:
     :param validate: ``"full"`` (``ValidateFull`` on every batch: offsets, UTF-8, bounds) or
         ``"basic"`` (structure only; for producers you trust).
     :param connect_timeout: seconds to keep retrying while nobody listens yet (None: forever).
-    :param timeout: seconds a blocking read waits for a message before raising
+    :param read_timeout: seconds a blocking read waits for a message before raising
         :class:`ShmarrowTimeoutError` (None: forever).
     :param busy_poll: seconds a read polls without sleeping before it blocks (0: sleep at once).
         A batch published meanwhile is taken without waking a sleeping process, which is most of
         the latency of a small batch; the cost is a busy CPU while waiting.
+    :param allow_unsealed: single hand-over (``shmarrow send``): accept a memfd that is not
+        sealed against change by reading a private copy of it (one copy) instead of refusing.
     :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
     :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
         (:class:`ShmarrowOSError` subclasses).
@@ -258,7 +311,8 @@ class Consumer:
                  max_in_flight: int = 0, columns: Optional[Iterable[str]] = None,
                  expect_schema: Optional[pa.Schema] = None, schema_match: str = "exact",
                  validate: str = "full", connect_timeout: Optional[float] = 0.0,
-                 timeout: Optional[float] = None, busy_poll: float = 0.0):
+                 read_timeout: Optional[float] = None, busy_poll: float = 0.0,
+                 allow_unsealed: bool = False):
         if schema_match not in ("exact", "subset"):
             raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
         if validate not in ("full", "basic"):
@@ -270,13 +324,14 @@ class Consumer:
         if isinstance(columns, str):
             raise TypeError("columns must be a list of names, not a string")
         self.address = address
-        self._timeout_ms = _milliseconds(timeout, "timeout")
+        self._read_timeout = read_timeout
+        self._timeout_ms = _milliseconds(read_timeout, "read_timeout")
         expect = None if expect_schema is None else _schema_capsule(expect_schema, "expect_schema")
         self._native = _native._Consumer(
             address, lossy, start_at_oldest, max_in_flight, list(columns or []), expect,
             schema_match == "subset", validate == "full",
             _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms,
-            round(busy_poll * 1e6))
+            round(busy_poll * 1e6), not allow_unsealed)
 
     # -- reading
 
@@ -289,12 +344,58 @@ class Consumer:
             raise StopIteration
         return pa.RecordBatch._import_from_c_capsule(*capsules)
 
-    def read_next_batch(self, timeout: Optional[float] = None) -> Optional[pa.RecordBatch]:
-        """The next batch, waiting up to ``timeout`` seconds (None: the consumer's timeout);
-        None at the end of the stream."""
-        timeout_ms = self._timeout_ms if timeout is None else _milliseconds(timeout, "timeout")
+    def read_next_batch(self, read_timeout: Optional[float] = None) -> pa.RecordBatch:
+        """The next batch, waiting up to ``read_timeout`` seconds (None: the consumer's).
+
+        :raises StopIteration: at the end of the stream (as pyarrow's readers do).
+        """
+        timeout_ms = (self._timeout_ms if read_timeout is None
+                      else _milliseconds(read_timeout, "read_timeout"))
         capsules = self._native.next(timeout_ms)
-        return None if capsules is None else pa.RecordBatch._import_from_c_capsule(*capsules)
+        if capsules is None:
+            raise StopIteration
+        return pa.RecordBatch._import_from_c_capsule(*capsules)
+
+    def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
+        """``async for batch in consumer``: waits in the event loop (``loop.add_reader`` on
+        :meth:`fileno`) instead of blocking it. Cancelling a waiting iteration loses nothing:
+        the next one takes the batch it would have had. Honours ``read_timeout``."""
+        return self
+
+    async def __anext__(self) -> pa.RecordBatch:
+        loop = asyncio.get_running_loop()
+        deadline = None if self._read_timeout is None else loop.time() + self._read_timeout
+        while True:
+            batch = self.try_next()
+            if batch is not None:
+                return batch
+            if self.ended:
+                raise StopAsyncIteration
+            await self._readable(loop, deadline)
+
+    async def _readable(self, loop: asyncio.AbstractEventLoop, deadline: Optional[float]) -> None:
+        """Returns when :meth:`fileno` is readable; raises ShmarrowTimeoutError after
+        ``deadline`` (the loop's clock)."""
+        fd = self.fileno()
+        if fd < 0:
+            raise ClosedError("the consumer is closed")
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            if deadline is None:
+                await ready
+            else:
+                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise ShmarrowTimeoutError(
+                f"no message from the producer within {self._timeout_ms} ms") from None
+        finally:
+            loop.remove_reader(fd)
 
     def try_next(self) -> Optional[pa.RecordBatch]:
         """The next batch if one has arrived, else None at once (then :attr:`ended` tells
@@ -327,7 +428,7 @@ class Consumer:
     def request(self, data: Union[bytes, str]) -> pa.RecordBatchReader:
         """Sends ``data`` to the producer's request handler; returns a reader of its answer.
 
-        The wait for the answer (the consumer's ``timeout``; None: up to 60 s for its first
+        The wait for the answer (the consumer's ``read_timeout``; None: up to 60 s for its first
         batch) releases the GIL but is not interrupted by Ctrl-C, and other threads' use of this
         consumer waits meanwhile.
 
@@ -342,10 +443,10 @@ class Consumer:
         """The Arrow PyCapsule stream interface: the rest of the stream, without copying.
 
         The stream has today's schema; if the producer changes it, reading fails (iterate the
-        Consumer to follow schema changes). Reads honour ``timeout``. Ctrl-C during a read on the
+        Consumer to follow schema changes). Reads honour ``read_timeout``. Ctrl-C during a read on the
         main thread makes it fail with the reading library's error ("interrupted by a signal")
         and raises KeyboardInterrupt as soon as Python code runs again; libraries that read on
-        threads of their own (duckdb) cannot be interrupted: bound them with ``timeout``.
+        threads of their own (duckdb) cannot be interrupted: bound them with ``read_timeout``.
         """
         capsule = self._native.stream(self._timeout_ms)
         if requested_schema is None:
@@ -375,6 +476,13 @@ class Consumer:
     def dropped(self) -> int:
         """Batches lost so far (lossy consumers)."""
         return self._native.stats()["dropped"]
+
+    @property
+    def memfd(self) -> Optional[dict]:
+        """The single hand-over's memfd: ``{"inode", "bytes", "seals", "mapped", "address"}``
+        (``mapped`` False: a private copy, see ``allow_unsealed``; ``address``: where its bytes
+        are in this process); None in the other modes."""
+        return self._native.handover()
 
     @property
     def closed(self) -> bool:
@@ -430,13 +538,16 @@ class Producer:
     :param allow_any_uid: serve every user (else only this uid and ``allowed_uids``).
     :param allowed_uids: other uids allowed to connect.
     :param name: memfd name (shows in /proc/PID/maps as ``memfd:NAME``).
+    :param drain_timeout: seconds leaving a ``with`` block waits, after :meth:`end`, for the
+        consumers to read and release everything before closing (None: forever).
     """
 
     def __init__(self, address: str, schema: pa.Schema, *, mode: str = "ring",
                  ring_size: int = 64 << 20, block_timeout: Optional[float] = None,
                  max_consumers: int = 64, max_in_flight: int = 64, retain: int = 0,
                  socket_mode: int = 0o600, allow_any_uid: bool = False,
-                 allowed_uids: Iterable[int] = (), name: str = "shmarrow"):
+                 allowed_uids: Iterable[int] = (), name: str = "shmarrow",
+                 drain_timeout: Optional[float] = 10.0):
         if mode not in ("ring", "sealed"):
             raise ValueError(f"mode must be 'ring' or 'sealed', not {mode!r}")
         for option, value in (("ring_size", ring_size), ("max_consumers", max_consumers),
@@ -445,6 +556,9 @@ class Producer:
                 raise ValueError(f"{option} must be > 0, not {value}")
         if retain < 0:
             raise ValueError(f"retain must be >= 0, not {retain}")
+        self._drain_timeout = drain_timeout
+        _milliseconds(drain_timeout, "drain_timeout")  # checks it now, not at the end
+        self._memory_pool: Optional[pa.MemoryPool] = None
         self._native = _native._Producer(
             address, _schema_capsule(schema, "schema"), mode == "ring", ring_size,
             _milliseconds(block_timeout, "block_timeout"), max_consumers, max_in_flight, retain,
@@ -454,21 +568,22 @@ class Producer:
 
     # -- publishing
 
-    def publish(self, data: Any) -> None:
+    def publish(self, data: Any, *, cast: bool = False) -> None:
         """Sends ``data`` to every attached consumer: a ``pyarrow.RecordBatch`` or ``Table``,
         anything exporting ``__arrow_c_array__`` (one batch) or ``__arrow_c_stream__`` (each of
         its batches: polars DataFrames, RecordBatchReaders, ...), a pandas DataFrame (converted
         to the producer's schema), or an iterable of those.
 
-        Buffers inside memory from :meth:`allocate` are published where they are; others are
-        copied into shared memory once (``stats["bytes_copied"]``). Data whose columns have the
-        producer's names but other types (polars exports ``string_view``) is cast to the
-        producer's schema first (a copy of those columns). Waits for room per ``block_timeout``.
+        Buffers in memory from :attr:`memory_pool` or :meth:`allocate` are published where they
+        are; others are copied into shared memory once (``stats["bytes_copied"]``). Waits for
+        room per ``block_timeout``; that wait releases the GIL but is not interrupted by Ctrl-C.
 
-        The wait for room releases the GIL but is not interrupted by Ctrl-C: bound it with
-        ``block_timeout``.
+        The data's schema must be the producer's. Columns that hold the same values in another
+        layout (``string_view`` or ``large_string`` for ``string``, as polars exports, ``large_list``
+        for ``list``) are cast (a copy of those columns); other differences are refused unless
+        ``cast`` is true, which casts (a copy) whatever pyarrow can cast.
 
-        :raises InvalidError: the batch's schema differs from the producer's.
+        :raises InvalidError: the schema differs (the message shows both).
         :raises ShmarrowTimeoutError: no room within ``block_timeout``.
         """
         if _is_pandas(data):
@@ -481,22 +596,43 @@ class Producer:
                 self._native.publish_batch(*batch.__arrow_c_array__())
             except InvalidError:
                 schema = self.schema
-                if not _castable(batch.schema, schema):
+                if batch.schema.equals(schema):
                     raise
-                self._native.publish_batch(*batch.cast(schema).__arrow_c_array__())
+                batch = _cast_for_publish(batch, batch.schema, schema, cast)
+                self._native.publish_batch(*batch.__arrow_c_array__())
         elif hasattr(data, "__arrow_c_stream__"):
-            schema = self.schema
             reader = pa.RecordBatchReader.from_stream(data)
-            if _castable(reader.schema, schema):
-                reader = reader.cast(schema)
+            reader = _cast_for_publish(reader, reader.schema, self.schema, cast)
             self._native.publish_stream(reader.__arrow_c_stream__())
         elif _is_iterable(data):
             for item in data:
-                self.publish(item)
+                self.publish(item, cast=cast)
         else:
             raise TypeError("publish() takes a RecordBatch, Table, an object exporting "
                             "__arrow_c_array__ or __arrow_c_stream__, a pandas DataFrame, or an "
                             f"iterable of those; not {type(data).__name__}")
+
+    @property
+    def memory_pool(self) -> pa.MemoryPool:
+        """A ``pyarrow.MemoryPool`` in this producer's shared memory: pass it as ``memory_pool=``
+        to any pyarrow function (``pa.array``, ``pa.Table.from_pandas``, ``Table.cast``,
+        ``pyarrow.compute``, the CSV/JSON/IPC readers, ...) and the data it builds is published
+        without a copy (``stats["bytes_copied"]`` stays 0).
+
+        Ring mode: allocations come from the ring (waiting per ``block_timeout`` when it is
+        full); memory returns to it when pyarrow frees the buffer and every consumer released
+        the batches using it. Sealed mode: allocations go to the arena of the *next* batch
+        published, so build each batch after the previous :meth:`publish` and publish it as one
+        batch: buffers built before an earlier publish, or the second chunk of a Table built in
+        one go, lie in an arena that is already sealed and are copied (counted). A function's
+        temporaries take room in the arena too.
+
+        The pool keeps the producer's memory alive as long as it or a buffer from it lives;
+        after :meth:`close` allocating from it fails (``pyarrow.ArrowInvalid``).
+        """
+        if self._memory_pool is None:
+            self._memory_pool = self._native.memory_pool()
+        return self._memory_pool
 
     def allocate(self, nbytes: int) -> Allocation:
         """``nbytes`` of shared memory to build a batch in (64-byte aligned): fill numpy arrays
@@ -507,6 +643,7 @@ class Producer:
         Ring mode: taken from the ring, waiting per ``block_timeout`` when it is full (not
         interrupted by Ctrl-C). Sealed mode: made in the arena of the next batch published
         (allocate after the previous ``publish``). See :class:`Allocation` for when not to write.
+        :attr:`memory_pool` builds in the same memory with any pyarrow function.
         """
         return self._native.allocate(nbytes)
 
@@ -549,6 +686,12 @@ class Producer:
     def wait_until_drained(self, timeout: Optional[float] = None) -> None:
         """Waits until no consumer holds or has queued any batch (all released, or gone).
 
+        Call it after :meth:`end`: a consumer iterating ``for batch in consumer:`` holds each
+        batch in its loop variable until it takes the next one, so before the end its latest
+        batch stays held and this waits for its timeout. After the end the loop finishes and the
+        consumer releases the last batch when it drops it (or exits). Leaving a ``with`` block
+        does both (end, then this, for ``drain_timeout``).
+
         :raises ShmarrowTimeoutError: not within ``timeout`` seconds (None: forever).
         """
         self._native.wait_until_drained(_milliseconds(timeout, "timeout"))
@@ -587,11 +730,16 @@ class Producer:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        """Ends the stream (when leaving without an exception), then closes. Call
-        :meth:`wait_until_drained` first when consumers must read everything."""
+        """Leaving without an exception: ends the stream and waits up to ``drain_timeout`` for
+        the consumers to read and release everything; then closes (consumers that have not read
+        everything by then get a :class:`StreamError`)."""
         try:
             if exc_type is None and not self.closed:
                 self.end()
+                try:
+                    self.wait_until_drained(self._drain_timeout)
+                except ShmarrowTimeoutError:
+                    pass  # the consumers still attached learn it from the close
         finally:
             self.close()
 

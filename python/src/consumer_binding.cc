@@ -233,6 +233,24 @@ class PyConsumer {
 
   const std::string& mode() const { return state_->mode; }
 
+  /// The single hand-over's memfd: {inode, bytes, seals, mapped, address}; None in other modes.
+  nb::object Handover() {
+    std::shared_ptr<SharedStream> stream;
+    {
+      ReleaseGil release;
+      std::lock_guard lock(state_->mutex);
+      if (state_->consumer != nullptr) stream = state_->consumer->handover_stream();
+    }
+    if (stream == nullptr) return nb::none();
+    nb::dict out;
+    out["inode"] = stream->inode();
+    out["bytes"] = stream->size();
+    out["seals"] = stream->seals();
+    out["mapped"] = stream->mapped();
+    out["address"] = reinterpret_cast<uintptr_t>(stream->buffer()->data());
+    return out;
+  }
+
   bool closed() {
     ReleaseGil release;
     std::lock_guard lock(state_->mutex);
@@ -292,7 +310,7 @@ void BindConsumer(nb::module_& m) {
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
              int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
              bool subset, bool validate_full, int64_t connect_timeout_ms,
-             int64_t read_timeout_ms, int busy_poll_us) {
+             int64_t read_timeout_ms, int busy_poll_us, bool require_seals) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
@@ -303,12 +321,13 @@ void BindConsumer(nb::module_& m) {
             options.validation = validate_full ? Validation::kFull : Validation::kBasic;
             options.read_timeout_ms = static_cast<int>(read_timeout_ms);
             options.busy_poll_us = busy_poll_us;
+            options.require_seals = require_seals;
             new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
           nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
           nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
-          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"))
+          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"), nb::arg("require_seals"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")
@@ -319,6 +338,7 @@ void BindConsumer(nb::module_& m) {
       .def("schema", &PyConsumer::Schema)
       .def("stats", &PyConsumer::Stats)
       .def_prop_ro("mode", &PyConsumer::mode)
+      .def("handover", &PyConsumer::Handover)
       .def_prop_ro("closed", &PyConsumer::closed)
       .def("request", &PyConsumer::Request, nb::arg("request"))
       .def("stream", &PyConsumer::Stream, nb::arg("timeout_ms"))

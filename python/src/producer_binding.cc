@@ -6,8 +6,15 @@
 // a batch whose buffers lie there is published without a copy. Before publishing, such buffers are
 // swapped for slices of the allocation's own buffer, so that the published batch pins the shared
 // memory itself, not the Python objects over it (releasing it then needs no GIL).
+//
+// Producer.memory_pool is an arrow::MemoryPool over pool() handed to pyarrow as a
+// pyarrow.MemoryPool by pyarrow's own C API (box_memory_pool, exported by pyarrow.lib through
+// Cython's __pyx_capi__ and declared in the wheel's arrow/python/lib_api.h).
 #include <arrow/array/data.h>
 #include <arrow/buffer.h>
+#include <arrow/memory_pool.h>
+#include <arrow/sparse_tensor.h>  // declarations lib_api.h assumes
+#include <arrow/python/lib_api.h>
 #include <arrow/type.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -16,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <string_view>
+#include <unordered_map>
 
 #include "bindings.h"
 #include "common.h"
@@ -158,6 +166,128 @@ struct ProducerState {
   }
 };
 
+/// The pool behind Producer.memory_pool. A pyarrow.MemoryPool holds a raw pointer to it and every
+/// buffer allocated from it frees into it, so it counts those references (the Python object and
+/// each live allocation) and deletes itself after the last; meanwhile it keeps the producer alive.
+/// Each allocation goes to the producer's pool() of that moment (sealed mode: the arena of the
+/// next batch) and frees into the pool it came from.
+class SharedMemoryPool final : public arrow::MemoryPool {
+ public:
+  explicit SharedMemoryPool(std::shared_ptr<ProducerState> owner) : owner_(std::move(owner)) {}
+
+  /// The Python object is gone.
+  void ReleasePythonReference() { Unref(); }
+
+  arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override {
+    {
+      std::lock_guard lock(owner_->mutex);
+      if (owner_->closed) {
+        return arrow::Status::Invalid("the producer at ", owner_->address,
+                                      " is closed: its memory_pool allocates nothing more");
+      }
+    }
+    // Unlocked: a full ring blocks here (block_timeout) while others publish.
+    arrow::MemoryPool* pool = owner_->producer->pool();
+    ARROW_RETURN_NOT_OK(pool->Allocate(size, alignment, out));
+    refs_.fetch_add(1);
+    std::lock_guard lock(mutex_);
+    if (size > 0) sources_[*out] = pool;
+    Account(size);
+    return arrow::Status::OK();
+  }
+
+  arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                           uint8_t** ptr) override {
+    arrow::MemoryPool* pool = nullptr;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = sources_.find(*ptr); old_size > 0 && it != sources_.end()) pool = it->second;
+    }
+    if (pool == nullptr) {  // a zero-size allocation: any of the pools' zero-size areas
+      uint8_t* grown = nullptr;
+      ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &grown));
+      refs_.fetch_sub(1);  // still the one allocation
+      *ptr = grown;
+      return arrow::Status::OK();
+    }
+    uint8_t* before = *ptr;
+    ARROW_RETURN_NOT_OK(pool->Reallocate(old_size, new_size, alignment, ptr));
+    std::lock_guard lock(mutex_);
+    sources_.erase(before);
+    if (new_size > 0) sources_[*ptr] = pool;
+    Account(new_size - old_size);
+    return arrow::Status::OK();
+  }
+
+  void Free(uint8_t* buffer, int64_t size, int64_t alignment) override {
+    arrow::MemoryPool* pool = nullptr;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = sources_.find(buffer); size > 0 && it != sources_.end()) {
+        pool = it->second;
+        sources_.erase(it);
+        Account(-size);
+      }
+    }
+    if (pool != nullptr) pool->Free(buffer, size, alignment);
+    Unref();
+  }
+
+  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
+  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
+  int64_t num_allocations() const override { return num_allocations_.load(); }
+  std::string backend_name() const override {
+    return owner_->ring ? "shmarrow-ring" : "shmarrow-sealed";
+  }
+
+ private:
+  ~SharedMemoryPool() override {
+    // The producer may close here, joining threads that may be waiting for the GIL.
+    if (Py_IsInitialized() && PyGILState_Check()) {
+      ReleaseGil release;
+      owner_.reset();
+    }
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  void Account(int64_t delta) {
+    bytes_allocated_ += delta;
+    if (delta > 0) {
+      total_allocated_ += delta;
+      ++num_allocations_;
+    }
+  }
+
+  std::shared_ptr<ProducerState> owner_;
+  std::atomic<int64_t> refs_{1};  // the Python object's
+  std::mutex mutex_;
+  std::unordered_map<uint8_t*, arrow::MemoryPool*> sources_;  // allocation -> the pool it is from
+  std::atomic<int64_t> bytes_allocated_{0};
+  std::atomic<int64_t> total_allocated_{0};
+  std::atomic<int64_t> num_allocations_{0};
+};
+
+/// A pyarrow.MemoryPool over a new SharedMemoryPool of `owner`.
+nb::object BoxMemoryPool(std::shared_ptr<ProducerState> owner) {
+  if (box_memory_pool == nullptr && import_pyarrow__lib() != 0) throw nb::python_error();
+  auto* pool = new SharedMemoryPool(std::move(owner));
+  PyObject* boxed = box_memory_pool(pool);
+  if (boxed == nullptr) {
+    pool->ReleasePythonReference();
+    throw nb::python_error();
+  }
+  nb::object result = nb::steal(boxed);
+  // The pyarrow object cannot own the pool: a finalizer gives up its reference when it dies.
+  nb::module_::import_("weakref").attr("finalize")(result, nb::cpp_function([pool] {
+    ReleaseGil release;
+    pool->ReleasePythonReference();
+  }));
+  return result;
+}
+
 class PyAllocation {
  public:
   explicit PyAllocation(std::shared_ptr<AllocationState> state) : state_(std::move(state)) {}
@@ -262,6 +392,8 @@ class PyProducer {
     CheckOk(status, "allocate");
     return PyAllocation(std::move(allocation));
   }
+
+  nb::object MemoryPool() { return BoxMemoryPool(state_); }
 
   void ChangeSchema(nb::handle schema_capsule) {
     auto schema = ImportSchemaCapsule(schema_capsule);
@@ -469,6 +601,7 @@ of an earlier arena is copied (counted in stats["bytes_copied"]).)")
       .def("publish_batch", &PyProducer::PublishBatch, nb::arg("schema"), nb::arg("array"))
       .def("publish_stream", &PyProducer::PublishStream, nb::arg("stream"))
       .def("allocate", &PyProducer::Allocate, nb::arg("nbytes"))
+      .def("memory_pool", &PyProducer::MemoryPool)
       .def("change_schema", &PyProducer::ChangeSchema, nb::arg("schema"))
       .def("end", &PyProducer::End)
       .def("set_request_handler", &PyProducer::SetRequestHandler, nb::arg("handler").none())

@@ -205,7 +205,7 @@ def producer():
 
 
 def connect(p: Producer, **options) -> Consumer:
-    options.setdefault("timeout", TIMEOUT_S)
+    options.setdefault("read_timeout", TIMEOUT_S)
     return Consumer(p.address, **options)
 
 
@@ -220,7 +220,7 @@ def test_cpp_producer_to_python(mode, procs):
          "--schema", "a:int64,b:utf8,c:float64,d:bool,e:int32", "--null-fraction", "0.2",
          "--wait-consumers", "1", "--accept-timeout-ms", str(TIMEOUT_S * 1000), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    with Consumer(address, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S) as consumer:
+    with Consumer(address, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S) as consumer:
         assert consumer.mode == mode
         summary = StreamSummary(consumer.schema)
         for batch in consumer:
@@ -243,7 +243,7 @@ def test_cpp_single_handover_to_python(procs):
         [cli, "send", "--socket", address, "--batches", "3", "--rows", "200",
          "--schema", "a:int64,b:utf8", "--null-fraction", "0.1", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    consumer = Consumer(address, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S)
+    consumer = Consumer(address, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S)
     assert consumer.mode == "handover"
     ready, _, _ = select.select([consumer], [], [], TIMEOUT_S)
     assert ready  # fileno() works for the hand-over too
@@ -310,7 +310,7 @@ def test_python_to_python_in_two_processes(mode, procs):
     child = procs(python_child(PYTHON_PRODUCER, address, mode, "8"))
     assert read_line(child) == "listening"
     summary = StreamSummary(SCHEMA)
-    with Consumer(address, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S) as consumer:
+    with Consumer(address, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S) as consumer:
         assert consumer.mode == mode
         for batch in consumer:
             assert_in_memfd(batch)  # received in place: no copy on this side
@@ -340,7 +340,7 @@ def test_a_producer_that_dies_is_a_stream_error(procs):
     address = _address()
     child = procs(python_child(DYING_PRODUCER, address))
     assert read_line(child) == "listening"
-    consumer = Consumer(address, timeout=TIMEOUT_S)
+    consumer = Consumer(address, read_timeout=TIMEOUT_S)
     first = next(consumer)
     assert read_line(child) == "published"
     child.kill()
@@ -763,7 +763,7 @@ def test_requests(producer):
 def test_producer_context_manager_ends_the_stream():
     address = _address()
     with Producer(address, SCHEMA, mode="sealed") as p:
-        consumer = Consumer(address, timeout=TIMEOUT_S)
+        consumer = Consumer(address, read_timeout=TIMEOUT_S)
         p.publish(make_batch(0))
         batch = next(consumer)
     assert p.closed
@@ -835,7 +835,8 @@ def test_producer_limits_refuse_consumers(producer):
 
 def test_publishing_errors(producer):
     p = producer()
-    with pytest.raises(InvalidError, match="differs from the announced schema"):
+    with pytest.raises(InvalidError, match=r"batch schema \{z: int64\} differs from the "
+                       r"producer's schema \{a: int64, .*cast=True"):
         p.publish(pa.record_batch({"z": [1]}))
     p.end()
     with pytest.raises(InvalidError, match="ended"):
@@ -859,7 +860,7 @@ def test_publishing_errors(producer):
 
 def test_timeouts(producer):
     p = producer()
-    consumer = connect(p, timeout=0.3)
+    consumer = connect(p, read_timeout=0.3)
     start = time.monotonic()
     with pytest.raises(ShmarrowTimeoutError, match="within 300 ms"):
         next(consumer)
@@ -869,7 +870,7 @@ def test_timeouts(producer):
     p.publish(make_batch(0))
     with pytest.raises(ShmarrowTimeoutError, match="in flight"):
         p.wait_until_drained(timeout=0.2)
-    assert consumer.read_next_batch(timeout=1).equals(make_batch(0))
+    assert consumer.read_next_batch(read_timeout=1).equals(make_batch(0))
 
 
 # What the library says about each kind of bad input from a producer of the single hand-over
@@ -900,7 +901,7 @@ def test_every_bad_input_mode_is_covered():
 def test_bad_input_raises_a_clear_exception(serve, sock_path, mode):
     producer = serve(sock_path, "--corrupt", mode)
     with pytest.raises(ShmarrowError) as raised:
-        with Consumer(sock_path, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S) as consumer:
+        with Consumer(sock_path, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S) as consumer:
             consumer.read_all()
     producer.finish()
     message = str(raised.value)

@@ -22,7 +22,7 @@ SCHEMA = pa.schema([pa.field("v", pa.int64())])
 def test_a_busy_polling_consumer_reads_every_batch_in_order():
     address = f"@py-busy-{uuid.uuid4().hex}"
     with Producer(address, SCHEMA, mode="ring", block_timeout=TIMEOUT_S) as producer:
-        consumer = Consumer(address, busy_poll=0.002, timeout=TIMEOUT_S)
+        consumer = Consumer(address, busy_poll=0.002, read_timeout=TIMEOUT_S)
         producer.wait_for_consumers(1, timeout=TIMEOUT_S)
 
         def publish():

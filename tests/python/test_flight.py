@@ -109,7 +109,7 @@ def _publish_when(producer, consumers: int) -> threading.Thread:
 
 
 def _read_local(producer) -> dict:
-    with shmarrow.Consumer(producer.address, timeout=TIMEOUT) as local:
+    with shmarrow.Consumer(producer.address, read_timeout=TIMEOUT) as local:
         return _summary(iter(local))
 
 
@@ -221,7 +221,7 @@ def test_recv_from_reads_a_plain_pyarrow_server(table_server):
 
 def test_python_consumer_reads_flight(table_server):
     address, table = table_server
-    with shmarrow.Consumer(f"{address}/table", timeout=TIMEOUT) as consumer:
+    with shmarrow.Consumer(f"{address}/table", read_timeout=TIMEOUT) as consumer:
         assert consumer.mode == "flight"
         assert consumer.read_all().equals(table)
 
