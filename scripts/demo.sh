@@ -13,6 +13,6 @@ echo "== C++ consumer: shmarrow recv =="
 ./build/shmarrow recv --socket "$sock" --wait-ms 10000
 echo
 echo "== Python consumer: python -m shmarrow.recv =="
-.venv/bin/python -m shmarrow.recv --socket "$sock" --wait-ms 10000
+.venv/bin/python -m shmarrow.recv --socket "$sock" --connect-timeout-ms 10000
 wait $producer
 trap - EXIT
