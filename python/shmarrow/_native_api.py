@@ -615,9 +615,16 @@ class Producer:
     @property
     def memory_pool(self) -> pa.MemoryPool:
         """A ``pyarrow.MemoryPool`` in this producer's shared memory: pass it as ``memory_pool=``
-        to any pyarrow function (``pa.array``, ``pa.Table.from_pandas``, ``Table.cast``,
-        ``pyarrow.compute``, the CSV/JSON/IPC readers, ...) and the data it builds is published
-        without a copy (``stats["bytes_copied"]`` stays 0).
+        to any pyarrow function that takes one (``pa.array``, ``pyarrow.compute`` functions,
+        ``pc.cast``, ``Table.combine_chunks``, the CSV and JSON readers, the IPC reader over
+        ``pa.OSFile(path, memory_pool=pool)``, ...) and the data it builds is published without
+        a copy (``stats["bytes_copied"]`` stays 0).
+
+        What pyarrow does not build copies once at :meth:`publish` (counted in
+        ``bytes_copied``): buffers it wraps instead of building (``pa.array`` over a numpy array
+        or a pandas column, readers over bytes or a ``pa.Buffer``), and data built elsewhere
+        (a pandas DataFrame, a polars DataFrame). ``pa.Table.from_pandas`` and ``Table.cast``
+        take no pool in pyarrow 26: build the columns with ``pa.array`` / ``pc.cast``.
 
         Ring mode: allocations come from the ring (waiting per ``block_timeout`` when it is
         full); memory returns to it when pyarrow frees the buffer and every consumer released
