@@ -3,6 +3,7 @@ against the C++ tool where it is built)."""
 
 import decimal
 import json
+import os
 import re
 import socket
 import struct
@@ -244,6 +245,28 @@ def test_report_is_exact(procs, sock_path):
     result, _ = run_sender_script(procs, sock_path, ["--rows", "100", "--seed", "42"])
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == SEED42_REPORT
+
+
+def test_without_pandas_json_works_and_the_report_says_what_to_install(serve, sock_path,
+                                                                      tmp_path):
+    blocker = tmp_path / "pandas"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('No module named pandas')\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    results = []
+    for args in (["--json"], []):
+        producer = serve(sock_path, "--rows", "100")
+        results.append(subprocess.run(
+            [sys.executable, "-m", "shmarrow.recv", "--socket", sock_path, *args],
+            capture_output=True, text=True, timeout=TIMEOUT_S, env=env))
+        producer.finish()
+    as_json, as_text = results
+    assert (as_json.returncode, as_json.stderr) == (0, "")
+    assert json.loads(as_json.stdout)["rows"] == 100
+    assert as_text.returncode == 1 and as_text.stdout == ""
+    assert as_text.stderr.startswith("shmarrow.recv: the text report needs pandas")
+    assert "pip install 'shmarrow[report]', or use --json" in as_text.stderr
 
 
 def test_report_reads_first_rows_across_batches(serve, sock_path):
