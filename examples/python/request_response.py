@@ -34,6 +34,7 @@ def main() -> None:
         with shmarrow.Consumer(args.socket, read_timeout=30) as consumer:
             answer = consumer.request(b"5").read_all()
         print("squares:", answer.column("square").to_pylist())
+        print(f"copied {producer.stats['bytes_copied']} bytes")
 
 
 if __name__ == "__main__":

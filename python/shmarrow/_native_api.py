@@ -279,6 +279,13 @@ class Consumer:
     Iterating yields ``pyarrow.RecordBatch`` objects over the shared memory itself; iteration ends
     when the producer ends the stream. A batch is released to the producer when the last Python
     object over it is gone (``del`` it; ``gc.collect()`` if it is in a reference cycle).
+    ``async for`` reads it in an asyncio event loop.
+
+    Other libraries read the rest of the stream in place through ``__arrow_c_stream__``:
+    ``pl.DataFrame(consumer)``, ``duckdb.sql("... FROM consumer")``,
+    ``pa.RecordBatchReader.from_stream(consumer)``. (``pl.from_arrow(consumer)`` gives a Series
+    of structs, as it does for every stream that is not pyarrow's own; ``pl.DataFrame`` is the
+    call for a DataFrame.)
 
     :param address: the producer's socket: a path, or ``"@name"`` (abstract namespace).
         Or a Flight address (``grpc://HOST:PORT``, ``grpc+tls://``; docs/flight.md): a
@@ -628,7 +635,9 @@ class Producer:
 
         Ring mode: allocations come from the ring (waiting per ``block_timeout`` when it is
         full); memory returns to it when pyarrow frees the buffer and every consumer released
-        the batches using it. Sealed mode: allocations go to the arena of the *next* batch
+        the batches using it. pyarrow may hold the GIL while it allocates, so a consumer in
+        another thread of this process cannot release anything during that wait: bound it with
+        ``block_timeout``. Sealed mode: allocations go to the arena of the *next* batch
         published, so build each batch after the previous :meth:`publish` and publish it as one
         batch: buffers built before an earlier publish, or the second chunk of a Table built in
         one go, lie in an arena that is already sealed and are copied (counted). A function's

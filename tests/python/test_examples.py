@@ -72,7 +72,7 @@ def test_asyncio_consumer():
 
 def test_request_response():
     out = _finish(_start("request_response.py", "--socket", _address()))
-    assert out == "squares: [0, 1, 4, 9, 16]\n"
+    assert out == "squares: [0, 1, 4, 9, 16]\ncopied 0 bytes\n"
 
 
 def test_examples_pass_mypy_strict(tmp_path: Path):
