@@ -169,6 +169,22 @@ def test_a_pandas_frame_is_copied_once_and_counted():
         consumer.close()
 
 
+def test_a_polars_frame_is_copied_once_and_counted():
+    """polars builds in its own memory (and exports other layouts: cast, then copied once)."""
+    pl = pytest.importorskip("polars")
+    frame = pl.DataFrame({"n": [1, 2, 3], "s": ["a", None, "ccc"]})
+    schema = pa.schema([("n", pa.int64()), ("s", pa.string())])
+    expected = pa.table(frame).cast(schema)
+    with Producer(_address(), schema, drain_timeout=0) as producer:
+        consumer = Consumer(producer.address, read_timeout=TIMEOUT_S)
+        producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+        producer.publish(frame)
+        assert producer.stats["bytes_copied"] == expected.get_total_buffer_size()
+        producer.end()
+        assert consumer.read_all().equals(expected)
+        consumer.close()
+
+
 def test_sealed_mode_builds_in_the_arena_of_the_next_batch():
     """Memory from the pool belongs to the batch published next: data built before an earlier
     publish lies in an arena that is sealed already, so it is copied (counted), not shared."""
