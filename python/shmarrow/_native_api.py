@@ -16,8 +16,8 @@ Timeouts are seconds (float; None: forever): ``connect_timeout``, ``read_timeout
 Blocking calls release the GIL. Reading, connecting and the producer's waits wake at least every
 100 ms on the main thread to run signal handlers, so Ctrl-C (KeyboardInterrupt) interrupts them;
 publish()/allocate() waiting for room and request() waiting for its answer are bounded by
-block_timeout and read_timeout instead. Failures raise :class:`ShmarrowError` subclasses carrying the
-library's message.
+block_timeout and read_timeout instead. Failures raise :class:`ShmarrowError` subclasses carrying
+the library's message.
 """
 
 from __future__ import annotations
@@ -450,8 +450,8 @@ class Consumer:
         """The Arrow PyCapsule stream interface: the rest of the stream, without copying.
 
         The stream has today's schema; if the producer changes it, reading fails (iterate the
-        Consumer to follow schema changes). Reads honour ``read_timeout``. Ctrl-C during a read on the
-        main thread makes it fail with the reading library's error ("interrupted by a signal")
+        Consumer to follow schema changes). Reads honour ``read_timeout``. Ctrl-C during a read on
+        the main thread makes it fail with the reading library's error ("interrupted by a signal")
         and raises KeyboardInterrupt as soon as Python code runs again; libraries that read on
         threads of their own (duckdb) cannot be interrupted: bound them with ``read_timeout``.
         """
@@ -586,8 +586,8 @@ class Producer:
         room per ``block_timeout``; that wait releases the GIL but is not interrupted by Ctrl-C.
 
         The data's schema must be the producer's. Columns that hold the same values in another
-        layout (``string_view`` or ``large_string`` for ``string``, as polars exports, ``large_list``
-        for ``list``) are cast (a copy of those columns); other differences are refused unless
+        layout (``string_view`` or ``large_string`` for ``string``, as polars exports,
+        ``large_list`` for ``list``) are cast (a copy of those columns); other differences are refused unless
         ``cast`` is true, which casts (a copy) whatever pyarrow can cast.
 
         :raises InvalidError: the schema differs (the message shows both).

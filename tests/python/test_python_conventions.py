@@ -47,7 +47,7 @@ def producer():
         p.close()
 
 
-# ---- asyncio --------------------------------------------------------------------------------------
+# ---- asyncio -------------------------------------------------------------------------------------
 
 def test_async_for_reads_the_stream_while_the_loop_runs(producer):
     p = producer()
@@ -111,7 +111,7 @@ def test_async_iteration_honours_read_timeout_and_close(producer):
     asyncio.run(main())
 
 
-# ---- reading and publishing -----------------------------------------------------------------------
+# ---- reading and publishing ----------------------------------------------------------------------
 
 def test_read_next_batch_raises_stop_iteration_at_the_end(producer):
     p = producer()
@@ -145,7 +145,7 @@ def test_a_batch_of_another_schema_is_refused_naming_both_unless_cast(producer):
     assert received.column("n").to_pylist() == [1, 2, 5, 6]
 
 
-# ---- draining against a consumer process ----------------------------------------------------------
+# ---- draining against a consumer process ---------------------------------------------------------
 
 FOR_LOOP_CONSUMER = """
 import sys, shmarrow
