@@ -12,6 +12,7 @@ import datetime
 import decimal
 import gc
 import io
+import threading
 import uuid
 from typing import Callable
 
@@ -240,4 +241,42 @@ def test_memory_returns_to_the_ring_when_pyarrow_and_the_consumers_free_it():
         producer.wait_until_drained(timeout=TIMEOUT_S)
         assert pool.bytes_allocated() == 0
         assert producer.stats["ring_bytes_in_use"] == 0
+        consumer.close()
+
+
+def test_threads_build_and_publish_concurrently():
+    """The pool is shared by threads (pyarrow's own, and the caller's): every allocation comes
+    back once everything is released."""
+    schema = pa.schema([("s", pa.string()), ("n", pa.int64())])
+    threads, per_thread = 4, 25
+    with Producer(_address(), schema, drain_timeout=0) as producer:
+        consumer = Consumer(producer.address, read_timeout=TIMEOUT_S)
+        producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+        pool = producer.memory_pool
+        errors: list[BaseException] = []
+
+        def publish(worker: int) -> None:
+            try:
+                for i in range(per_thread):
+                    words = pa.array([f"{worker}-{i}-{k}" for k in range(100)], memory_pool=pool)
+                    numbers = pc.add(pa.array(range(100), pa.int64(), memory_pool=pool), worker,
+                                     memory_pool=pool)
+                    producer.publish(pa.record_batch([words, numbers], schema=schema))
+            except BaseException as error:  # reported by the test thread
+                errors.append(error)
+
+        workers = [threading.Thread(target=publish, args=(w,)) for w in range(threads)]
+        for worker in workers:
+            worker.start()
+        rows = 0
+        for _ in range(threads * per_thread):
+            rows += consumer.read_next_batch().num_rows
+        for worker in workers:
+            worker.join(TIMEOUT_S)
+        assert not errors, errors
+        assert rows == threads * per_thread * 100
+        assert producer.stats["bytes_copied"] == 0
+        gc.collect()
+        producer.wait_until_drained(timeout=TIMEOUT_S)
+        assert pool.bytes_allocated() == 0
         consumer.close()
