@@ -61,7 +61,7 @@ arrow::Status RunFlightServe(Args& args) {
   if (validate == "basic") options.consumer.validation = Validation::kBasic;
   else if (validate != "full") return UsageError("--validate takes full or basic");
   options.consumer.max_in_flight = static_cast<int>(max_in_flight);
-  options.consumer.connect_wait_ms = static_cast<int>(wait_ms);
+  options.consumer.connect_timeout_ms = static_cast<int>(wait_ms);
 
   // Blocked before gRPC starts its threads, so that they inherit the mask and sigwait below
   // receives the signal instead of any of them.

@@ -81,7 +81,7 @@ arrow::Status RunRecv(Args& args) {
     return UsageError("need --max-in-flight >= 0 (0: the producer's limit) and --delay-ms >= 0");
   }
   if (subset && !has_expect) return UsageError("--schema-subset needs --expect-schema");
-  options.connect_wait_ms = static_cast<int>(wait_ms);
+  options.connect_timeout_ms = static_cast<int>(wait_ms);
   options.read_timeout_ms = static_cast<int>(timeout_ms);
   options.max_in_flight = static_cast<int>(max_in_flight);
   if (has_request) {

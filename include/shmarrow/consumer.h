@@ -22,8 +22,8 @@ enum class SchemaMatch {
 };
 
 struct ConsumerOptions {
-  /// Keep retrying to connect for this long while no producer listens yet.
-  int connect_wait_ms = 0;
+  /// Keep retrying to connect for this long (milliseconds) while no producer listens yet.
+  int connect_timeout_ms = 0;
   /// Fail a blocking read after this long without any message (-1: wait forever).
   int read_timeout_ms = -1;
   /// Before a read blocks, poll the socket without sleeping for up to this long (microseconds):

@@ -106,7 +106,7 @@ TEST_P(HandOver, ServeAndReceiveOneClient) {
   const int before = CountOpenFds();
   arrow::Status served;
   std::jthread producer([&] { served = ServeFd(path, published.sealed.fd.get(), Serve()); });
-  auto received = ReceiveFd(path, /*wait_ms=*/20000);
+  auto received = ReceiveFd(path, /*connect_timeout_ms=*/20000);
   producer.join();
   ASSERT_OK(served);
   ASSERT_OK(received);
