@@ -222,9 +222,10 @@ def test_late_joiner_from_oldest_across_a_schema_change(procs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_request_response(procs, mode):
     sock = _socket()
-    # Publishing at a slow rate keeps the producer serving while the requests come.
+    # Publishing at a slow rate keeps the producer serving while the requests come. A requester
+    # may come and go before the producer would see it attached: nobody is waited for.
     sender = procs.send(mode, sock, "--batches", 100, "--rows", 10, "--rate", 50,
-                        "--schema", SCHEMA, "--serve-requests")
+                        "--schema", SCHEMA, "--serve-requests", "--wait-consumers", 0)
     answer = _ok(procs.recv(sock, "--request", "rows=123"))
     assert answer["rows"] == 123 and answer["batches"] == 1
     assert answer["request"] == "rows=123" and answer["mode"] == mode
@@ -256,7 +257,8 @@ def test_request_answered_while_the_stream_goes_unread(procs, mode):
 
 def test_request_to_a_producer_without_handler(procs):
     sock = _socket()
-    sender = procs.send("ring", sock, "--batches", 50, "--rows", 10, "--rate", 50)
+    sender = procs.send("ring", sock, "--batches", 50, "--rows", 10, "--rate", 50,
+                        "--wait-consumers", 0)
     code, _, err = Procs.finish(procs.recv(sock, "--request", "rows=1"))
     assert code == 1 and "no request handler" in err
     _ok(sender)
