@@ -632,7 +632,8 @@ TEST(UnixSocket, MoveAssignedListenerRemovesItsFile) {
 TEST(UnixSocket, ListenOnABusyAbstractNameFails) {
   const std::string name = test_util::UniqueAbstractName("busy");
   ASSERT_OK_AND_ASSIGN(auto first, UnixSocket::Listen(name, SOCK_STREAM, 0600));
-  EXPECT_ERROR_CONTAINS(UnixSocket::Listen(name, SOCK_STREAM, 0600), "bind");
+  EXPECT_ERROR_CONTAINS(UnixSocket::Listen(name, SOCK_STREAM, 0600),
+                        "address " + name + " is in use by another process");
 }
 
 TEST(UnixSocket, AcceptTimeoutGivesAnEmptySocket) {
