@@ -50,7 +50,9 @@ std::string ClosestOption(const std::string& given, const std::vector<std::strin
   std::string best;
   size_t best_distance = 3;  // more than two edits away is not a typo of it
   for (const auto& name : known) {
-    const size_t d = distance(given, name);
+    // A long enough beginning of an option counts as one edit away ("--read-timeout").
+    const bool abbreviation = given.size() >= 6 && name.rfind(given, 0) == 0;
+    const size_t d = abbreviation ? 1 : distance(given, name);
     if (d < best_distance) {
       best = name;
       best_distance = d;
@@ -101,7 +103,8 @@ arrow::Result<Args> Args::Parse(const std::vector<std::string>& argv,
     }
     auto option = takes_value.find(name);
     if (option == takes_value.end()) {
-      const std::string close = ClosestOption(name, known);
+      std::string close = ClosestOption(name, known);
+      if (auto alias = renamed.find(close); alias != renamed.end()) close = alias->second;
       return UsageError("unknown option " + name +
                         (close.empty() ? "" : " (did you mean " + close + "?)"));
     }

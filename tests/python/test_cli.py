@@ -95,7 +95,11 @@ def test_no_command_is_a_usage_error(cli):
 
 @pytest.mark.parametrize("args, message", [
     (["recv", "--jsn"], "unknown option --jsn (did you mean --json?)"),
-    (["recv", "--wait-msec", "10"], "unknown option --wait-msec (did you mean --wait-ms?)"),
+    # Close to a deprecated spelling: the current name is suggested.
+    (["recv", "--wait-msec", "10"],
+     "unknown option --wait-msec (did you mean --connect-timeout-ms?)"),
+    (["recv", "--read-timeout", "10"],
+     "unknown option --read-timeout (did you mean --read-timeout-ms?)"),
     (["recv", "--no-such-thing", "1"], "unknown option --no-such-thing;"),
     (["send", "--ring-size"], "option --ring-size needs a value"),
     (["inspect", "--json=yes", "x.arrow"], "option --json takes no value"),
