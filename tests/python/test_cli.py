@@ -142,6 +142,15 @@ def test_deprecated_timeout_spellings_still_work_and_say_so(cli, procs):
     assert "--linger-ms is deprecated; use --drain-timeout-ms" in err
 
 
+def test_flight_serve_accepts_its_old_wait_spelling(cli):
+    # Refused for the address after the options were read: the old spelling was understood.
+    run = cli("flight-serve", "--wait-ms", 10, "--listen", "grpc://192.0.2.1:0")
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[0] == (
+        "shmarrow flight-serve: --wait-ms is deprecated; use --connect-timeout-ms")
+    assert "is not a loopback address" in run.stderr
+
+
 def test_connect_timeout_names_the_wait(cli, sock_path):
     run = cli("recv", "--socket", sock_path, "--connect-timeout-ms", 200)
     assert run.returncode == 1
