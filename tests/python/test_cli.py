@@ -151,10 +151,16 @@ def test_flight_serve_accepts_its_old_wait_spelling(cli):
     assert "is not a loopback address" in run.stderr
 
 
-def test_connect_timeout_names_the_wait(cli, sock_path):
-    run = cli("recv", "--socket", sock_path, "--connect-timeout-ms", 200)
-    assert run.returncode == 1
-    assert sock_path in run.stderr
+def test_connect_timeout_waits_for_a_producer_that_starts_later(cli, procs):
+    address = _address()
+    consumer = procs.start(cli.argv("recv", "--socket", address, "--json",
+                                    "--connect-timeout-ms", TIMEOUT_S * 1000))
+    producer = procs.start(cli.argv("send", "--mode", "ring", "--socket", address,
+                                    "--batches", 2, "--rows", 4))
+    code, out, err = procs.finish(consumer)
+    assert code == 0, err
+    assert json.loads(out)["rows"] == 8
+    assert procs.finish(producer)[0] == 0
 
 
 # --- send --mode waits for a consumer ------------------------------------------------------------
