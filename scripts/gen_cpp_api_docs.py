@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes docs/api/cpp.md, the C++ API reference, from the public headers' comments.
 
-Every public declaration of include/shmarrow/*.h is listed with the `///` comment above it (or the
+Every public declaration of include/shmarrow/**/*.h is listed with the `///` comment above it (or the
 `//` comment after it on the same line); a header's opening `//` comment introduces its section.
 Private members, destructors and deleted functions are left out. Pure Python, no dependencies.
 
@@ -248,7 +248,7 @@ def render(headers: list[Path]) -> str:
     toc: list[tuple[int, str]] = []
     for header in headers:
         parsed = HeaderParser(header.read_text()).parse()
-        include = f"shmarrow/{header.name}"
+        include = header.relative_to(HEADERS.parent).as_posix()
         toc.append((2, include))
         body += [f"## {include}", "", f"`#include \"{include}\"`", ""]
         if parsed.intro:
@@ -285,7 +285,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if {OUTPUT.relative_to(REPO)} is out of date")
     args = parser.parse_args()
-    text = render(sorted(HEADERS.glob("*.h")))
+    text = render(sorted(HEADERS.rglob("*.h")))
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
             print(f"{OUTPUT.relative_to(REPO)} is out of date: run "
