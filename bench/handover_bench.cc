@@ -238,7 +238,7 @@ arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::str
 arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::string& address,
                                                                    int busy_poll_us = 0) {
   shmarrow::ConsumerOptions options;
-  options.connect_wait_ms = 20000;
+  options.connect_timeout_ms = 20000;
   options.read_timeout_ms = 120000;
   options.busy_poll_us = busy_poll_us;
   // For experiments only (bench/run always uses the default, full validation).

@@ -10,7 +10,7 @@ sock=$(mktemp -u /tmp/shmarrow-demo.XXXXXX.sock)
 producer=$!
 trap 'kill $producer 2>/dev/null || true' EXIT
 echo "== C++ consumer: shmarrow recv =="
-./build/shmarrow recv --socket "$sock" --wait-ms 10000
+./build/shmarrow recv --socket "$sock" --connect-timeout-ms 10000
 echo
 echo "== Python consumer: python -m shmarrow.recv =="
 .venv/bin/python -m shmarrow.recv --socket "$sock" --connect-timeout-ms 10000

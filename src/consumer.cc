@@ -304,7 +304,7 @@ arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket*
   if (connected != nullptr) {
     ARROW_ASSIGN_OR_RAISE(fd, internal::ReceiveHandedOverFd(*connected, address));
   } else {
-    ARROW_ASSIGN_OR_RAISE(fd, ReceiveFd(address, options_.connect_wait_ms));
+    ARROW_ASSIGN_OR_RAISE(fd, ReceiveFd(address, options_.connect_timeout_ms));
   }
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
@@ -832,7 +832,7 @@ arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& ad
   // up per socket type, so there it is ECONNREFUSED, as when nobody listens: try a stream
   // connection too (that connection then receives the hand-over, consuming no extra client).
   const bool abstract = !address.empty() && address[0] == '@';
-  const internal::Deadline deadline(options.connect_wait_ms);
+  const internal::Deadline deadline(options.connect_timeout_ms);
   for (;;) {
     auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, 0);
     if (socket.ok()) {

@@ -51,12 +51,12 @@ bool Unavailable(const arrow::Status& status) {
   return detail != nullptr && detail->code() == fl::FlightStatusCode::Unavailable;
 }
 
-/// The first call to a server, repeated while nobody answers (up to connect_wait_ms). Nobody
+/// The first call to a server, repeated while nobody answers (up to connect_timeout_ms). Nobody
 /// answering at all reads as ECONNREFUSED, as for a UNIX socket nobody listens on.
 template <typename Call>
-auto FirstCall(const std::string& address, int connect_wait_ms, Call&& call)
+auto FirstCall(const std::string& address, int connect_timeout_ms, Call&& call)
     -> decltype(call()) {
-  const Deadline deadline(connect_wait_ms);
+  const Deadline deadline(connect_timeout_ms);
   for (;;) {
     auto result = call();
     if (result.ok() || !Unavailable(result.status())) return result;
@@ -121,7 +121,7 @@ class FlightConsumer final : public Consumer {
       return arrow::Status::Invalid("Flight server at '", address_, "' lists no endpoint");
     }
     auto& first = endpoints.front();
-    ARROW_ASSIGN_OR_RAISE(reading_, FirstCall(address_, options_.connect_wait_ms, [&] {
+    ARROW_ASSIGN_OR_RAISE(reading_, FirstCall(address_, options_.connect_timeout_ms, [&] {
                             return first.connection.client->DoGet(first.connection.call,
                                                                   first.ticket);
                           }));
@@ -302,7 +302,7 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(const std::string& addres
   const bool bridge_stream = parsed.path.empty();
   if (bridge_stream && options.remote.upgrade_to_shared_memory && IsLoopbackHost(parsed.host)) {
     // The call is made when its first result is read.
-    auto advertised = FirstCall(address, options.connect_wait_ms,
+    auto advertised = FirstCall(address, options.connect_timeout_ms,
                                 [&]() -> arrow::Result<std::unique_ptr<fl::Result>> {
                                   ARROW_ASSIGN_OR_RAISE(
                                       auto results,
@@ -326,7 +326,7 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(const std::string& addres
     endpoints.push_back({connection, fl::Ticket{std::string(kStreamTicket)}});
   } else {
     // Any Flight server: the endpoints of the flight the path describes, read in order.
-    ARROW_ASSIGN_OR_RAISE(auto info, FirstCall(address, options.connect_wait_ms, [&] {
+    ARROW_ASSIGN_OR_RAISE(auto info, FirstCall(address, options.connect_timeout_ms, [&] {
                             return connection.client->GetFlightInfo(
                                 connection.call, fl::FlightDescriptor::Path(parsed.path));
                           }));

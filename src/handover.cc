@@ -53,9 +53,9 @@ arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& sock
   return std::move(received.fds.front());
 }
 
-arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms) {
-  ARROW_ASSIGN_OR_RAISE(auto socket,
-                        internal::UnixSocket::Connect(socket_path, SOCK_STREAM, wait_ms));
+arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int connect_timeout_ms) {
+  ARROW_ASSIGN_OR_RAISE(auto socket, internal::UnixSocket::Connect(socket_path, SOCK_STREAM,
+                                                                   connect_timeout_ms));
   return internal::ReceiveHandedOverFd(socket, socket_path);
 }
 

@@ -111,6 +111,10 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
     }
   }
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address.first), address.second) != 0) {
+    // An abstract name stays taken for as long as any process holds a socket bound to it.
+    if (errno == EADDRINUSE) {
+      return ErrnoStatus(errno, "address ", path, " is in use by another process");
+    }
     return ErrnoStatus(errno, "bind('", path, "')");
   }
   UnixSocket socket(std::move(fd), abstract ? "" : path);

@@ -52,16 +52,17 @@ arrow::Status RunFlightServe(Args& args) {
   ARROW_ASSIGN_OR_RAISE(options.tls_key_pem, OptionalFile(args, "--tls-key"));
   ARROW_ASSIGN_OR_RAISE(options.token, FlightToken(args));
   ARROW_ASSIGN_OR_RAISE(int64_t max_in_flight, args.Int("--max-in-flight", 0));
-  ARROW_ASSIGN_OR_RAISE(int64_t wait_ms, args.Int("--wait-ms", 0));
+  ARROW_ASSIGN_OR_RAISE(int64_t connect_timeout_ms, args.Int("--connect-timeout-ms", 0));
   const std::string validate = args.String("--validate", "full");
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
-  if (max_in_flight < 0 || max_in_flight > INT32_MAX || wait_ms < 0 || wait_ms > INT32_MAX) {
-    return UsageError("need --max-in-flight >= 0 and --wait-ms >= 0");
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to flight-serve"));
+  if (max_in_flight < 0 || max_in_flight > INT32_MAX || connect_timeout_ms < 0 ||
+      connect_timeout_ms > INT32_MAX) {
+    return UsageError("need --max-in-flight >= 0 and --connect-timeout-ms >= 0");
   }
   if (validate == "basic") options.consumer.validation = Validation::kBasic;
   else if (validate != "full") return UsageError("--validate takes full or basic");
   options.consumer.max_in_flight = static_cast<int>(max_in_flight);
-  options.consumer.connect_wait_ms = static_cast<int>(wait_ms);
+  options.consumer.connect_timeout_ms = static_cast<int>(connect_timeout_ms);
 
   // Blocked before gRPC starts its threads, so that they inherit the mask and sigwait below
   // receives the signal instead of any of them.

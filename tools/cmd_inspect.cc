@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "file_kind.h"
 #include "shmarrow/summary.h"
 
 namespace shmarrow::cli {
@@ -50,9 +51,10 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadAll(const std::string& path, b
 
 arrow::Status RunInspect(Args& args) {
   const bool json = args.Flag("--json");
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to inspect"));
   if (args.positional().size() != 1) return UsageError("inspect takes one FILE");
   const std::string& path = args.positional()[0];
+  ARROW_RETURN_NOT_OK(CheckLooksLikeArrowIpc(path));
 
   std::vector<std::shared_ptr<arrow::RecordBatch>> batches;
   bool is_file = false;
@@ -68,7 +70,7 @@ arrow::Status RunInspect(Args& args) {
     std::cout << summary.ToJson("\"format\":\"" + format + "\"") << std::endl;
     return arrow::Status::OK();
   }
-  std::cout << path << ": valid Arrow IPC " << format << "\n"
+  std::cout << path << ": valid Arrow IPC " << format << (is_file ? " (Feather v2)" : "") << "\n"
             << "schema:\n" << (*schema)->ToString() << "\n"
             << summary.batches() << " record batches, " << summary.rows() << " rows\n";
   for (size_t i = 0; i < batches.size(); ++i) {

@@ -80,7 +80,8 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   ProducerOptions options;
   ARROW_ASSIGN_OR_RAISE(options.ring_size, args.Bytes("--ring-size", options.ring_size));
   ARROW_ASSIGN_OR_RAISE(double rate, args.Double("--rate", 0));
-  ARROW_ASSIGN_OR_RAISE(int64_t wait_consumers, args.Int("--wait-consumers", 0));
+  // As the single hand-over serves one client by default: a stream published to nobody is lost.
+  ARROW_ASSIGN_OR_RAISE(int64_t wait_consumers, args.Int("--wait-consumers", 1));
   ARROW_ASSIGN_OR_RAISE(int64_t accept_timeout_ms, args.Int("--accept-timeout-ms", -1));
   ARROW_ASSIGN_OR_RAISE(int64_t block_timeout_ms, args.Int("--block-timeout-ms", -1));
   ARROW_ASSIGN_OR_RAISE(int64_t max_in_flight, args.Int("--max-in-flight", options.max_in_flight));
@@ -88,21 +89,21 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   ARROW_ASSIGN_OR_RAISE(int64_t retain, args.Int("--retain", 0));
   ARROW_ASSIGN_OR_RAISE(int64_t change_at, args.Int("--schema-change-at", 0));
   const bool serve_requests = args.Flag("--serve-requests");
-  ARROW_ASSIGN_OR_RAISE(int64_t linger_ms, args.Int("--linger-ms", 10000));
+  ARROW_ASSIGN_OR_RAISE(int64_t drain_timeout_ms, args.Int("--drain-timeout-ms", 10000));
   const bool json = args.Flag("--json");
   for (const char* name : {"--from", "--clients", "--capacity"}) {
     ARROW_RETURN_NOT_OK(args.Reject(name, "applies only to the single hand-over (no --mode)"));
   }
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to send --mode"));
 
   constexpr int64_t kIntMax = INT32_MAX;
   if (rows < 0 || batches < 0 || !(null_fraction >= 0 && null_fraction <= 1)) {
     return UsageError("need --rows >= 0, --batches >= 0 and --null-fraction in [0, 1]");
   }
   if (!(rate >= 0) || wait_consumers < 0 || wait_consumers > kIntMax || retain < 0 ||
-      retain > kIntMax || change_at < 0 || linger_ms < 0 || linger_ms > kIntMax) {
+      retain > kIntMax || change_at < 0 || drain_timeout_ms < 0 || drain_timeout_ms > kIntMax) {
     return UsageError("need --rate, --wait-consumers, --retain, --schema-change-at and "
-                      "--linger-ms >= 0");
+                      "--drain-timeout-ms >= 0");
   }
   if (block_timeout_ms < -1 || block_timeout_ms > kIntMax || accept_timeout_ms < -1 ||
       accept_timeout_ms > kIntMax) {
@@ -134,7 +135,9 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
       return ServeRequest(*self, request, response, request_seed, null_fraction);
     });
   }
-  std::cerr << "shmarrow send: " << mode << " producer listening on " << socket << std::endl;
+  std::cerr << "shmarrow send: " << mode << " producer listening on " << socket;
+  if (wait_consumers > 0) std::cerr << "; waiting for " << wait_consumers << " consumer(s)";
+  std::cerr << std::endl;
   if (wait_consumers > 0) {
     ARROW_RETURN_NOT_OK(producer->WaitForConsumers(static_cast<int>(wait_consumers),
                                                    static_cast<int>(accept_timeout_ms)));
@@ -173,9 +176,9 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   }
   progress.Update(batches, summary.rows(), /*last=*/true);
   ARROW_RETURN_NOT_OK(producer->End());
-  auto drained = producer->WaitUntilDrained(static_cast<int>(linger_ms));
+  auto drained = producer->WaitUntilDrained(static_cast<int>(drain_timeout_ms));
   if (!drained.ok()) {
-    std::cerr << "shmarrow send: closing after --linger-ms " << linger_ms << ": "
+    std::cerr << "shmarrow send: closing after --drain-timeout-ms " << drain_timeout_ms << ": "
               << drained.message() << std::endl;
   }
   const ProducerStats stats = producer->stats();

@@ -49,8 +49,8 @@ arrow::Status RunRecv(Args& args) {
   if (has_from && args.Has("--socket")) return UsageError("give --from or --socket, not both");
   const std::string socket =
       has_from ? args.String("--from", "") : args.String("--socket", kDefaultSocketPath);
-  ARROW_ASSIGN_OR_RAISE(int64_t wait_ms, args.Int("--wait-ms", 0));
-  ARROW_ASSIGN_OR_RAISE(int64_t timeout_ms, args.Int("--timeout-ms", -1));
+  ARROW_ASSIGN_OR_RAISE(int64_t connect_timeout_ms, args.Int("--connect-timeout-ms", 0));
+  ARROW_ASSIGN_OR_RAISE(int64_t read_timeout_ms, args.Int("--read-timeout-ms", -1));
   const std::string validate = args.String("--validate", "full");
   const bool json = args.Flag("--json");
   ConsumerOptions options;
@@ -70,19 +70,21 @@ arrow::Status RunRecv(Args& args) {
   ARROW_ASSIGN_OR_RAISE(options.remote.tls_root_certs, OptionalFile(args, "--tls-roots"));
   options.remote.tls_override_hostname = args.String("--tls-hostname", "");
   options.remote.upgrade_to_shared_memory = !args.Flag("--no-upgrade");
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to recv"));
 
   if (validate == "basic") options.validation = Validation::kBasic;
   else if (validate != "full") return UsageError("--validate takes full or basic");
-  if (wait_ms < 0 || wait_ms > INT32_MAX || timeout_ms < -1 || timeout_ms > INT32_MAX) {
-    return UsageError("need --wait-ms >= 0 and --timeout-ms >= -1 (-1: wait forever)");
+  if (connect_timeout_ms < 0 || connect_timeout_ms > INT32_MAX || read_timeout_ms < -1 ||
+      read_timeout_ms > INT32_MAX) {
+    return UsageError(
+        "need --connect-timeout-ms >= 0 and --read-timeout-ms >= -1 (-1: wait forever)");
   }
   if (max_in_flight < 0 || max_in_flight > INT32_MAX || delay_ms < 0) {
     return UsageError("need --max-in-flight >= 0 (0: the producer's limit) and --delay-ms >= 0");
   }
   if (subset && !has_expect) return UsageError("--schema-subset needs --expect-schema");
-  options.connect_wait_ms = static_cast<int>(wait_ms);
-  options.read_timeout_ms = static_cast<int>(timeout_ms);
+  options.connect_timeout_ms = static_cast<int>(connect_timeout_ms);
+  options.read_timeout_ms = static_cast<int>(read_timeout_ms);
   options.max_in_flight = static_cast<int>(max_in_flight);
   if (has_request) {
     // Only the answer is read: hold the stream's batches as little as possible, so that this

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "data_gen.h"
+#include "file_kind.h"
 #include "shmarrow/handover.h"
 #include "shmarrow/stream_writer.h"
 #include "shmarrow/summary.h"
@@ -120,9 +121,10 @@ arrow::Status RunSend(Args& args) {
   ARROW_ASSIGN_OR_RAISE(int64_t clients, args.Int("--clients", 1));
   ARROW_ASSIGN_OR_RAISE(int64_t accept_timeout_ms, args.Int("--accept-timeout-ms", -1));
   WriterOptions writer_options;
-  ARROW_ASSIGN_OR_RAISE(writer_options.capacity, args.Int("--capacity", writer_options.capacity));
+  ARROW_ASSIGN_OR_RAISE(writer_options.capacity,
+                        args.Bytes("--capacity", writer_options.capacity));
   const bool json = args.Flag("--json");
-  ARROW_RETURN_NOT_OK(args.CheckAllUsed());
+  ARROW_RETURN_NOT_OK(args.CheckAllUsed("needs --mode ring|sealed"));
   if (rows < 0 || batches < 1 || clients < 1 || !(null_fraction >= 0 && null_fraction <= 1)) {
     return UsageError("need --rows >= 0, --batches >= 1, --clients >= 1 and "
                       "--null-fraction in [0, 1]");
@@ -134,6 +136,7 @@ arrow::Status RunSend(Args& args) {
     if (!parsed.ok()) return UsageError("--schema: " + parsed.status().message());
     schema = *parsed;
   } else {
+    ARROW_RETURN_NOT_OK(CheckLooksLikeArrowIpc(from));
     ARROW_ASSIGN_OR_RAISE(auto probe, IpcSource::Open(from, arrow::default_memory_pool()));
     schema = probe.schema();
   }

@@ -1,123 +1,260 @@
 // shmarrow: send, receive and inspect Arrow streams in shared memory, and serve them over Flight.
+#include <arrow/config.h>
+
 #include <iostream>
-#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "commands.h"
+#include "shmarrow/version.h"
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
+using shmarrow::cli::Args;
+using shmarrow::cli::DeprecatedAlias;
+using shmarrow::cli::OptionSpec;
 
-  send     without --mode: build record batches in a memfd, seal it, hand it to consumers
-           (the single hand-over)
-             --socket PATH (default /tmp/shmarrow.sock; @name = abstract)
-             --rows N (100)  --batches N (1)  --schema NAME:TYPE,... (rand:int32;
-             types int32 int64 float64 utf8 bool)  --null-fraction F (0)  --seed N (1)
-             --from FILE (republish an Arrow IPC file or stream instead)
-             --clients N (1)  --accept-timeout-ms N (wait forever)  --capacity BYTES
-             --json (print a summary of what is served)
-  send --mode ring|sealed
-           publish a stream of batches to any number of consumers (shmarrow::Producer on a
-           SOCK_SEQPACKET socket); batches are built in shared memory, zero copy
-             --socket PATH  --rows N (100)  --batches N (1)  --schema ...  --null-fraction F
-             --seed N  as above
-             --ring-size BYTES (64MiB; suffixes K/KiB M/MiB G/GiB; ring mode)
-             --rate N (batches per second; 0 = as fast as possible)
-             --wait-consumers N (0; wait for N consumers before the first batch, for up to
-             --accept-timeout-ms N, default forever)
-             --block-timeout-ms N (-1 = wait for room forever; 0 = fail fast)
-             --max-in-flight N (64; batches a consumer may hold)  --max-consumers N (64)
-             --retain N (0; batches kept for late consumers asking for the oldest)
-             --schema-change-at K (after K batches, add an int64 column "extra")
-             --serve-requests (answer "rows=N" with N generated rows of the current schema)
-             --linger-ms N (10000; after the end, wait for consumers to drain)
-             --json (one line at the end: the summary of stream 0 plus "producer":
-             {published, bytes_copied, consumers_total, dropped})
-           a terminal shows progress on stderr; a failed publish exits 1
-  recv     receive a stream (any mode) and print a report
-             --socket PATH  --wait-ms N (0; wait for a producer to listen)
-             --timeout-ms N (-1; fail after N ms without a message)
-             --validate full|basic (full)  --json
-             --allow-unsealed (single hand-over: copy an unsealed memfd instead of refusing)
-             --lossy (lose the oldest batches instead of holding the producer back)
-             --from-oldest (start with the oldest batches the producer retains)
-             --max-in-flight N (0 = the producer's limit)
-             --columns a,b (projection)
-             --expect-schema NAME:TYPE,... (refuse a producer whose schema differs)
-             --schema-subset (with --expect-schema: the fields must exist, others may too)
-             --delay-ms N (hold each batch N ms: a deliberately slow consumer)
-             --request TEXT (send TEXT to the producer's handler and report its answer
-             instead of the stream; meanwhile it takes the stream as a lossy consumer holding
-             at most --max-in-flight batches, default 1, so it never holds the producer back)
-           --json: the summary (schema, batches, rows, per-column checksums); the single
-           hand-over adds "memfd" and "buffers_in_mapping", the other modes add "mode"
-           (ring/sealed), "dropped" and "schema_changes". After a schema change the summary
-           shows the last schema; each column's checksum covers the rows of the batches that
-           have it (same name and type), with rows numbered over the whole stream, so a
-           column added midway starts at the row where it appears.
-           --from ADDRESS (instead of --socket: a socket path, or a Flight address
-             grpc://HOST:PORT, grpc+tls://HOST:PORT; a path after the port names a flight of
-             any Flight server; docs/flight.md); with Flight, "mode" is "flight" and
-             --token-file FILE (else $SHMARROW_FLIGHT_TOKEN)  --tls-roots FILE (PEM)
-             --tls-hostname NAME  --no-upgrade (stay on Flight even when the bridge's producer
-             is on this host and would accept this process through shared memory)
-  flight-serve
-           serve a producer's stream to Arrow Flight clients (tickets "stream" and
-           "request:<bytes>"); prints the address on stdout, runs until SIGINT/SIGTERM
-             --socket PATH  --listen grpc://HOST:PORT (grpc://127.0.0.1:0: a free port)
-             --allow-remote (needed to listen on a non-loopback address)
-             --tls-cert FILE --tls-key FILE (PEM; with grpc+tls://)
-             --token-file FILE (else $SHMARROW_FLIGHT_TOKEN: require "Bearer <token>")
-             --no-requests  --no-advertise (do not tell local clients the socket)
-             --max-in-flight N  --validate full|basic  --wait-ms N (per remote stream's
-             consumer of the producer)
-  inspect  validate an Arrow IPC file or stream on disk
-             FILE  --json
+struct Command {
+  std::string name;
+  std::string operands;  // after "[options]" in the usage line
+  std::string summary;   // one line, for `shmarrow --help`
+  std::vector<OptionSpec> options;
+  std::vector<DeprecatedAlias> aliases;
+  std::string notes;  // after the options
+  arrow::Status (*run)(Args&);
+};
 
-exit status: 0 ok, 1 error (one line on stderr), 2 usage
-)";
+const std::vector<OptionSpec> kVersionAndHelp = {
+    {"--help", "", "this text"},
+    {"--version", "", "print the version of shmarrow and of Arrow C++"},
+};
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {
+      {"send", "",
+       "publish generated batches (or an Arrow IPC file) to consumers",
+       {
+           {"--socket", "PATH", "where to listen (/tmp/shmarrow.sock; @name: abstract namespace)"},
+           {"--rows", "N", "rows per batch (100)"},
+           {"--batches", "N", "batches (1)"},
+           {"--schema", "NAME:TYPE,...",
+            "columns (rand:int32); types int32 int64 float64 utf8 bool"},
+           {"--null-fraction", "F", "share of nulls in each column (0)"},
+           {"--seed", "N", "random seed (1)"},
+           {"--accept-timeout-ms", "N", "give up waiting for consumers after N ms (-1: forever)"},
+           {"--json", "", "print a JSON summary of what is sent on stdout"},
+           {"", "", "without --mode, the single hand-over: build the batches in one memfd, seal\n"
+                    "it, hand it to each client"},
+           {"--from", "FILE", "republish an Arrow IPC file or stream instead"},
+           {"--clients", "N", "clients to serve before exiting (1)"},
+           {"--capacity", "BYTES", "address space reserved for the memfd (64GiB)"},
+           {"", "", "--mode ring|sealed: a stream to any number of consumers (shmarrow::Producer\n"
+                    "on a SOCK_SEQPACKET socket), batches built in shared memory, zero copy"},
+           {"--mode", "ring|sealed", "ring: one shared ring; sealed: a sealed memfd per batch"},
+           {"--ring-size", "BYTES", "ring mode's shared memory (64MiB)"},
+           {"--wait-consumers", "N",
+            "wait for N consumers before the first batch (1; 0: publish at once, "
+            "to whoever is attached)"},
+           {"--rate", "N", "batches per second (0: as fast as possible)"},
+           {"--block-timeout-ms", "N", "wait for room up to N ms (-1: forever; 0: fail fast)"},
+           {"--max-in-flight", "N", "batches a consumer may hold (64)"},
+           {"--max-consumers", "N", "consumers attached at once (64)"},
+           {"--retain", "N", "batches kept for late consumers asking for the oldest (0)"},
+           {"--schema-change-at", "K", "after K batches, add an int64 column \"extra\""},
+           {"--serve-requests", "",
+            "answer \"rows=N\" with N generated rows of the current schema"},
+           {"--drain-timeout-ms", "N",
+            "after the end, wait up to N ms for consumers to release every batch (10000)"},
+       },
+       {{"--linger-ms", "--drain-timeout-ms"}},
+       "--json with --mode: the summary of the stream plus \"producer\": {published,\n"
+       "bytes_copied, consumers_total, dropped}. A terminal shows progress on stderr.\n",
+       &shmarrow::cli::RunSend},
+      {"recv", "",
+       "receive a stream (any mode or Flight) and print a report",
+       {
+           {"--socket", "PATH", "the producer's socket (/tmp/shmarrow.sock; @name: abstract)"},
+           {"--from", "ADDRESS",
+            "instead of --socket: a socket path, or a Flight address grpc://HOST:PORT, "
+            "grpc+tls://HOST:PORT (a path after the port names a flight; docs/flight.md)"},
+           {"--connect-timeout-ms", "N", "retry for up to N ms while no producer listens (0)"},
+           {"--read-timeout-ms", "N", "fail after N ms without a message (-1: wait forever)"},
+           {"--validate", "full|basic", "how much of each batch is checked (full)"},
+           {"--json", "", "print a one-line JSON summary instead of the report"},
+           {"--allow-unsealed", "",
+            "single hand-over: copy an unsealed memfd instead of refusing it"},
+           {"--lossy", "", "lose the oldest batches instead of holding the producer back"},
+           {"--from-oldest", "", "start with the oldest batches the producer retains"},
+           {"--max-in-flight", "N", "batches held at once (0: the producer's limit)"},
+           {"--columns", "a,b", "projection: only these columns"},
+           {"--expect-schema", "NAME:TYPE,...", "refuse a producer whose schema differs"},
+           {"--schema-subset", "", "with --expect-schema: those fields must exist, others may too"},
+           {"--delay-ms", "N", "hold each batch N ms (a deliberately slow consumer)"},
+           {"--request", "TEXT",
+            "send TEXT to the producer's handler and report its answer instead of "
+            "the stream (meanwhile a lossy consumer of the stream holding at most "
+            "--max-in-flight batches, default 1)"},
+           {"", "", "Flight (--from grpc://...) only"},
+           {"--token-file", "FILE", "bearer token (else $SHMARROW_FLIGHT_TOKEN)"},
+           {"--tls-roots", "FILE", "PEM root certificates to trust"},
+           {"--tls-hostname", "NAME", "the name the server's certificate must carry"},
+           {"--no-upgrade", "",
+            "stay on Flight even when the bridge's producer is on this host and "
+            "would accept this process through shared memory"},
+       },
+       {{"--wait-ms", "--connect-timeout-ms"}, {"--timeout-ms", "--read-timeout-ms"}},
+       "--json: schema, batches, rows and per-column checksums; the single hand-over\n"
+       "adds \"memfd\" and \"buffers_in_mapping\", the other modes \"mode\", \"dropped\"\n"
+       "and \"schema_changes\" (docs/protocol.md).\n",
+       &shmarrow::cli::RunRecv},
+      {"flight-serve", "",
+       "serve a producer's stream to Arrow Flight clients until SIGINT/SIGTERM",
+       {
+           {"--socket", "PATH", "the producer's socket (/tmp/shmarrow.sock)"},
+           {"--listen", "grpc://HOST:PORT", "where to serve (grpc://127.0.0.1:0: a free port)"},
+           {"--allow-remote", "", "allow listening on a non-loopback address"},
+           {"--tls-cert", "FILE", "PEM certificate (with grpc+tls://)"},
+           {"--tls-key", "FILE", "PEM private key (with grpc+tls://)"},
+           {"--token-file", "FILE",
+            "require \"Bearer <token>\" (else $SHMARROW_FLIGHT_TOKEN, if set)"},
+           {"--no-requests", "", "refuse \"request:<bytes>\" tickets"},
+           {"--no-advertise", "", "do not tell local clients the producer's socket"},
+           {"--max-in-flight", "N", "per remote stream's consumer of the producer"},
+           {"--validate", "full|basic", "per remote stream's consumer (full)"},
+           {"--connect-timeout-ms", "N",
+            "per remote stream: retry for up to N ms while no producer listens (0)"},
+       },
+       {{"--wait-ms", "--connect-timeout-ms"}},
+       "Prints the address on stdout; tickets are \"stream\" and \"request:<bytes>\"\n"
+       "(docs/flight.md).\n",
+       &shmarrow::cli::RunFlightServe},
+      {"inspect", " FILE",
+       "validate an Arrow IPC file or stream on disk, or say what the file is",
+       {{"--json", "", "print a one-line JSON summary"}},
+       {},
+       "",
+       &shmarrow::cli::RunInspect},
+  };
+  return commands;
+}
+
+/// The options in two columns, help text wrapped to fit 80 columns.
+void PrintOptions(std::ostream& out, const std::vector<OptionSpec>& options) {
+  constexpr size_t kColumn = 28, kWidth = 80;
+  const std::string indent(kColumn, ' ');
+  for (const auto& option : options) {
+    if (option.name.empty()) {
+      out << "\n" << option.help << ":\n";
+      continue;
+    }
+    std::string left = "  " + option.name + (option.value.empty() ? "" : " " + option.value);
+    left += left.size() < kColumn ? std::string(kColumn - left.size(), ' ') : "\n" + indent;
+    out << left;
+    std::istringstream words(option.help);
+    size_t column = kColumn;
+    for (std::string word; words >> word;) {
+      if (column > kColumn && column + 1 + word.size() > kWidth) {
+        out << "\n" << indent;
+        column = kColumn;
+      }
+      if (column > kColumn) {
+        out << ' ';
+        ++column;
+      }
+      out << word;
+      column += word.size();
+    }
+    out << "\n";
+  }
+}
+
+void PrintCommandHelp(const Command& command) {
+  std::cout << "usage: shmarrow " << command.name << " [options]" << command.operands << "\n"
+            << command.summary << "\n\noptions:\n";
+  PrintOptions(std::cout, command.options);
+  std::cout << "\n";
+  PrintOptions(std::cout, kVersionAndHelp);
+  if (!command.aliases.empty()) {
+    std::cout << "\ndeprecated spellings, still accepted:\n";
+    for (const auto& alias : command.aliases) {
+      std::cout << "  " << alias.old_name << " (now " << alias.name << ")\n";
+    }
+  }
+  if (!command.notes.empty()) std::cout << "\n" << command.notes;
+}
+
+void PrintUsage(std::ostream& out) {
+  out << "usage: shmarrow COMMAND [options]\n"
+         "Arrow record batches between processes through shared memory (memfd).\n\n"
+         "commands:\n";
+  for (const auto& command : Commands()) {
+    std::string name = "  " + command.name;
+    name.resize(16, ' ');
+    out << name << command.summary << "\n";
+  }
+  out << "\n'shmarrow COMMAND --help' lists a command's options; 'shmarrow --version' prints the\n"
+         "version. Exit status: 0 ok, 1 error (one line on stderr), 2 usage.\n";
+}
+
+void PrintVersion() {
+  std::cout << "shmarrow " << SHMARROW_VERSION_STRING << " (Arrow C++ "
+            << arrow::GetBuildInfo().version_string << ")\n";
+}
+
+/// One line, for scripts and logs.
+std::string OneLine(std::string message) {
+  for (char& c : message) {
+    if (c == '\n') c = ' ';
+  }
+  return message;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
-    std::cout << kUsage;
-    return argc < 2 ? 2 : 0;
+  const std::vector<std::string> all(argv + 1, argv + argc);
+  if (all.empty()) {
+    PrintUsage(std::cerr);
+    return 2;
   }
-  const std::string command = argv[1];
-  const std::vector<std::string> rest(argv + 2, argv + argc);
-  for (const auto& arg : rest) {
-    if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      return 0;
-    }
+  if (all[0] == "--help" || all[0] == "-h") {
+    PrintUsage(std::cout);
+    return 0;
   }
-  auto args = shmarrow::cli::Args::Parse(
-      rest, {"--json", "--allow-unsealed", "--serve-requests", "--lossy", "--from-oldest",
-             "--schema-subset", "--allow-remote", "--no-requests", "--no-advertise",
-             "--no-upgrade"});
+  if (all[0] == "--version") {
+    PrintVersion();
+    return 0;
+  }
+  const Command* command = nullptr;
+  for (const auto& candidate : Commands()) {
+    if (candidate.name == all[0]) command = &candidate;
+  }
+  if (command == nullptr) {
+    std::cerr << "shmarrow: unknown command '" << all[0] << "'\n\n";
+    PrintUsage(std::cerr);
+    return 2;
+  }
+  const std::string prefix = "shmarrow " + command->name + ": ";
+  auto args = Args::Parse({all.begin() + 1, all.end()}, command->options, command->aliases);
   if (!args.ok()) {
-    std::cerr << "shmarrow " << command << ": " << args.status().message() << "\n";
+    std::cerr << prefix << args.status().message() << "; see 'shmarrow " << command->name
+              << " --help'\n";
     return 2;
   }
-  arrow::Status status;
-  if (command == "send") status = shmarrow::cli::RunSend(*args);
-  else if (command == "recv") status = shmarrow::cli::RunRecv(*args);
-  else if (command == "flight-serve") status = shmarrow::cli::RunFlightServe(*args);
-  else if (command == "inspect") status = shmarrow::cli::RunInspect(*args);
-  else {
-    std::cerr << "shmarrow: unknown command '" << command << "'\n" << kUsage;
-    return 2;
+  if (args->help()) {
+    PrintCommandHelp(*command);
+    return 0;
   }
+  if (args->version()) {
+    PrintVersion();
+    return 0;
+  }
+  for (const auto& warning : args->warnings()) std::cerr << prefix << warning << "\n";
+  const arrow::Status status = command->run(*args);
   if (!status.ok()) {
     const bool usage = shmarrow::cli::IsUsageError(status);
-    std::string message = usage ? status.message() : status.ToString();
-    for (char& c : message) {
-      if (c == '\n') c = ' ';  // one line, for scripts and logs
-    }
-    std::cerr << "shmarrow " << command << ": " << message << "\n";
+    std::cerr << prefix << OneLine(usage ? status.message() : status.ToString()) << "\n";
     return usage ? 2 : 1;
   }
   return 0;

@@ -22,8 +22,8 @@ enum class SchemaMatch {
 };
 
 struct ConsumerOptions {
-  /// Keep retrying to connect for this long while no producer listens yet.
-  int connect_wait_ms = 0;
+  /// Keep retrying to connect for this long (milliseconds) while no producer listens yet.
+  int connect_timeout_ms = 0;
   /// Fail a blocking read after this long without any message (-1: wait forever).
   int read_timeout_ms = -1;
   /// Before a read blocks, poll the socket without sleeping for up to this long (microseconds):
@@ -40,6 +40,7 @@ struct ConsumerOptions {
   std::vector<std::string> columns;
   /// Refuse producers whose schema does not match.
   std::shared_ptr<arrow::Schema> expect_schema;
+  /// How expect_schema is compared with the producer's.
   SchemaMatch match = SchemaMatch::kExact;
   /// How much of every batch is checked before it is returned.
   Validation validation = Validation::kFull;
@@ -62,10 +63,10 @@ struct ConsumerOptions {
 };
 
 struct ConsumerStats {
-  int64_t batches = 0;
-  int64_t dropped = 0;
-  int64_t schema_changes = 0;
-  int64_t released = 0;
+  int64_t batches = 0;         // batches read
+  int64_t dropped = 0;         // batches a lossy consumer lost
+  int64_t schema_changes = 0;  // new schemas announced by the producer
+  int64_t released = 0;        // batches given back to the producer
 };
 
 /// Connects to a Producer (SOCK_SEQPACKET) — or, for a producer of the single hand-over
@@ -86,6 +87,7 @@ class Consumer : public arrow::RecordBatchReader {
   /// Next batch; nullptr at end of stream. An error if the producer went away without ending.
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override = 0;
 
+  /// What TryNext found: a batch, nothing yet, or the end of the stream.
   enum class Poll { kBatch, kPending, kEnd };
   /// Non-blocking: takes what has arrived; kBatch fills `batch`.
   [[nodiscard]] virtual arrow::Result<Poll> TryNext(std::shared_ptr<arrow::RecordBatch>* batch) = 0;
@@ -97,6 +99,7 @@ class Consumer : public arrow::RecordBatchReader {
   [[nodiscard]] virtual arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> Request(
       std::string_view request) = 0;
 
+  /// Counters since Connect.
   [[nodiscard]] virtual ConsumerStats stats() const = 0;
   /// "ring", "sealed", "handover" (the single hand-over) or "flight".
   [[nodiscard]] virtual std::string mode() const = 0;

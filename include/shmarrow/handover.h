@@ -36,9 +36,10 @@ struct ServeOptions {
 [[nodiscard]] arrow::Status ServeFd(const std::string& socket_path, int fd,
                                     const ServeOptions& options = {});
 
-/// Connects to `socket_path`, retrying for up to `wait_ms` while no producer listens yet, and
-/// receives exactly one fd (CLOEXEC). A message without an fd, with several fds or with
+/// Connects to `socket_path`, retrying for up to `connect_timeout_ms` while no producer listens
+/// yet, and receives exactly one fd (CLOEXEC). A message without an fd, with several fds or with
 /// unexpected control data is an error; any fds it carried are closed.
-[[nodiscard]] arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int wait_ms = 0);
+[[nodiscard]] arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path,
+                                                int connect_timeout_ms = 0);
 
 }  // namespace shmarrow

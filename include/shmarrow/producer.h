@@ -24,6 +24,7 @@ enum class MemoryMode {
 };
 
 struct ProducerOptions {
+  /// Where batches live in shared memory (see MemoryMode).
   MemoryMode mode = MemoryMode::kRing;
   /// Ring mode: bytes of shared memory for batches in flight (committed up front).
   int64_t ring_size = int64_t{64} << 20;
@@ -47,14 +48,14 @@ struct ProducerOptions {
 };
 
 struct ProducerStats {
-  int64_t published = 0;
+  int64_t published = 0;     // batches published
   int64_t bytes_copied = 0;  // body bytes copied in because they were not built in pool()
   int64_t consumers = 0;     // connected now
-  int64_t consumers_total = 0;
-  int64_t consumers_refused = 0;
+  int64_t consumers_total = 0;    // attached since Listen
+  int64_t consumers_refused = 0;  // connections refused for their uid or for want of fds
   int64_t dropped = 0;       // batches lossy consumers lost
   int64_t in_flight = 0;     // batches some consumer holds or has queued
-  int64_t ring_bytes_in_use = 0;
+  int64_t ring_bytes_in_use = 0;  // ring mode: bytes allocated and not yet released
 };
 
 /// Streams the batches answering one request to the consumer that sent it.
@@ -91,6 +92,8 @@ class Producer {
   [[nodiscard]] virtual arrow::Status ChangeSchema(std::shared_ptr<arrow::Schema> schema) = 0;
   /// Ends the published stream; consumers read end-of-stream after the batches before it.
   [[nodiscard]] virtual arrow::Status End() = 0;
+  /// Answers consumers' Request() calls from now on (on the producer's I/O thread); without a
+  /// handler, requests are refused.
   virtual void SetRequestHandler(RequestHandler handler) = 0;
 
   /// Waits until `count` consumers are attached (timeout_ms -1: forever).
@@ -98,6 +101,7 @@ class Producer {
   /// Waits until no consumer holds or has queued any batch (all released or gone).
   [[nodiscard]] virtual arrow::Status WaitUntilDrained(int timeout_ms) = 0;
   [[nodiscard]] virtual ProducerStats stats() const = 0;
+  /// The current schema (the last one given to Listen or ChangeSchema).
   [[nodiscard]] virtual std::shared_ptr<arrow::Schema> schema() const = 0;
   /// Stops serving: consumers still attached get an error; the socket is removed.
   virtual void Close() = 0;

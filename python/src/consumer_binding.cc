@@ -135,7 +135,7 @@ class PyConsumer {
     const Deadline deadline(connect_timeout_ms);
     arrow::Result<std::shared_ptr<Consumer>> connected;
     RepeatInterruptibly(deadline, [&](int slice) {
-      options.connect_wait_ms = slice;  // the library retries while nobody listens
+      options.connect_timeout_ms = slice;  // the library retries while nobody listens
       connected = Consumer::Connect(address, options);
       if (connected.ok()) return true;
       const int err = arrow::internal::ErrnoFromStatus(connected.status());

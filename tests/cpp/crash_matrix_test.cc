@@ -176,7 +176,7 @@ std::string Describe(const std::optional<int>& status) {
 /// batch. Exit codes: 0 whole stream intact, 1 connect failed, 2 read error, 3 wrong batch.
 int ReadStream(const std::string& address, uint64_t seed, size_t hold, int progress) {
   ConsumerOptions options;
-  options.connect_wait_ms = kWaitMs;
+  options.connect_timeout_ms = kWaitMs;
   options.read_timeout_ms = kWaitMs;
   auto consumer = Consumer::Connect(address, options);
   if (!consumer.ok()) return 1;

@@ -986,7 +986,7 @@ TEST_P(ProducerConsumerTest, KilledConsumerReturnsWhatItHeld) {
   if (pid == 0) {
     ::close(ready[0]);
     ConsumerOptions options;
-    options.connect_wait_ms = kTimeoutMs;
+    options.connect_timeout_ms = kTimeoutMs;
     options.read_timeout_ms = kTimeoutMs;
     auto consumer = Consumer::Connect(address, options);
     if (!consumer.ok()) ::_exit(10);
@@ -1054,7 +1054,7 @@ TEST_P(ProducerConsumerTest, KilledProducerLeavesHeldBatchesReadable) {
   UniqueFd ready_reader(ready[0]);
 
   ConsumerOptions options = ConsumerOpts();
-  options.connect_wait_ms = kTimeoutMs;
+  options.connect_timeout_ms = kTimeoutMs;
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, options));
   std::vector<BatchPtr> held;
   for (int seed = 0; seed < 3; ++seed) {
@@ -1128,7 +1128,7 @@ TEST_P(ProducerConsumerTest, FdLimitWhileReceivingIsAClearError) {
       return ::setrlimit(RLIMIT_NOFILE, &limit) == 0;
     };
     ConsumerOptions options;
-    options.connect_wait_ms = kTimeoutMs;
+    options.connect_timeout_ms = kTimeoutMs;
     options.read_timeout_ms = kTimeoutMs;
     arrow::Status status;
     if (ring_mode) {
@@ -1276,7 +1276,7 @@ TEST(ProducerHandoverFallback, ConnectToAStreamSocketReadsTheSingleHandover) {
     served = ServeFd(address, sealed.fd.get(), options);
   });
   ConsumerOptions options;
-  options.connect_wait_ms = kTimeoutMs;
+  options.connect_timeout_ms = kTimeoutMs;
   auto consumer = Consumer::Connect(address, options);
   server.join();
   ASSERT_OK(served);

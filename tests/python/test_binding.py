@@ -141,11 +141,14 @@ def summaries_equal(mine: dict, theirs: dict) -> None:
 
 
 def cli_with(*needles: str):
-    """The C++ tool, if its usage mentions every needle; else the test is skipped."""
+    """The C++ tool, if its usage (`--help` and each command's) mentions every needle; else the
+    test is skipped."""
     path = build_dir() / "shmarrow"
     if not os.access(path, os.X_OK):
         pytest.skip(f"C++ tool {path} is not built (set SHMARROW_BUILD to a build)")
-    usage = subprocess.run([path, "--help"], capture_output=True, text=True).stdout
+    usage = "".join(
+        subprocess.run([path, *command, "--help"], capture_output=True, text=True).stdout
+        for command in ([], ["send"], ["recv"]))
     missing = [n for n in needles if n not in usage]
     if missing:
         pytest.skip(f"C++ tool {path} is older than this test (no {', '.join(missing)})")
@@ -213,7 +216,7 @@ def connect(p: Producer, **options) -> Consumer:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cpp_producer_to_python(mode, procs):
-    cli = cli_with("send --mode", "--wait-consumers")
+    cli = cli_with("send", "--mode", "--wait-consumers")
     address = _address()
     sender = procs(subprocess.Popen(
         [cli, "send", "--mode", mode, "--socket", address, "--batches", "6", "--rows", "300",
@@ -259,11 +262,11 @@ def test_cpp_single_handover_to_python(procs):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_python_producer_to_cpp_consumer(mode, producer, procs):
-    cli = cli_with("send --mode", "--timeout-ms")
+    cli = cli_with("send", "--mode", "--read-timeout-ms")
     p = producer(mode=mode)
     receiver = procs(subprocess.Popen(
-        [cli, "recv", "--socket", p.address, "--json", "--wait-ms", str(TIMEOUT_S * 1000),
-         "--timeout-ms", str(TIMEOUT_S * 1000)],
+        [cli, "recv", "--socket", p.address, "--json", "--connect-timeout-ms",
+         str(TIMEOUT_S * 1000), "--read-timeout-ms", str(TIMEOUT_S * 1000)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     p.wait_for_consumers(1, timeout=TIMEOUT_S)
     summary = StreamSummary(SCHEMA)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not os.access(CLI, os.X_OK), reason=f"{CLI} not 
 MODES = ["ring", "sealed"]
 SCHEMA = "a:int32,b:int64,c:float64,d:utf8,e:bool"
 SUMMARY_KEYS = ("schema", "batches", "rows", "columns")
-WAIT = ("--wait-ms", "10000", "--timeout-ms", str(TIMEOUT * 1000))
+WAIT = ("--connect-timeout-ms", "10000", "--read-timeout-ms", str(TIMEOUT * 1000))
 
 
 def _socket() -> str:
@@ -131,7 +131,7 @@ def test_single_hand_over_still_served_to_recv(procs, tmp_path):
         sender = procs.start("send", "--socket", sock, "--rows", 500, "--batches", 3,
                              "--schema", SCHEMA, "--null-fraction", 0.1, "--json",
                              "--accept-timeout-ms", TIMEOUT * 1000)
-        got = _ok(procs.start("recv", "--socket", sock, "--wait-ms", 10000, "--json"))
+        got = _ok(procs.start("recv", "--socket", sock, "--connect-timeout-ms", 10000, "--json"))
         code, _, err = Procs.finish(sender)
         assert code == 0, err
         assert got["rows"] == 1500 and got["buffers_in_mapping"] is True
@@ -189,7 +189,7 @@ def test_lossy_slow_consumer_loses_batches_the_other_gets_all(procs, mode):
 def test_late_joiner_from_oldest_gets_the_retained_batches(procs, mode):
     sock = _socket()
     sender = procs.send(mode, sock, "--batches", 120, "--rows", 100, "--rate", 100,
-                        "--retain", 5)
+                        "--retain", 5, "--wait-consumers", 0)
     time.sleep(0.5)  # ~50 batches published before anyone listens
     oldest = procs.recv(sock, "--from-oldest")
     time.sleep(0.3)  # it surely joins first
@@ -207,7 +207,8 @@ def test_late_joiner_from_oldest_across_a_schema_change(procs, mode):
     """Retained batches older than a schema change arrive with their own schema."""
     sock = _socket()
     sender = procs.send(mode, sock, "--batches", 40, "--rows", 100, "--schema", "a:int32,b:utf8",
-                        "--schema-change-at", 20, "--retain", 40, "--rate", 40)
+                        "--schema-change-at", 20, "--retain", 40, "--rate", 40,
+                        "--wait-consumers", 0)
     time.sleep(0.75)  # ~30 batches, 20 of them before the change
     got = _ok(procs.recv(sock, "--from-oldest"))
     sent = _ok(sender)
@@ -221,9 +222,10 @@ def test_late_joiner_from_oldest_across_a_schema_change(procs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_request_response(procs, mode):
     sock = _socket()
-    # Publishing at a slow rate keeps the producer serving while the requests come.
+    # Publishing at a slow rate keeps the producer serving while the requests come. A requester
+    # may come and go before the producer would see it attached: nobody is waited for.
     sender = procs.send(mode, sock, "--batches", 100, "--rows", 10, "--rate", 50,
-                        "--schema", SCHEMA, "--serve-requests")
+                        "--schema", SCHEMA, "--serve-requests", "--wait-consumers", 0)
     answer = _ok(procs.recv(sock, "--request", "rows=123"))
     assert answer["rows"] == 123 and answer["batches"] == 1
     assert answer["request"] == "rows=123" and answer["mode"] == mode
@@ -244,18 +246,19 @@ def test_request_answered_while_the_stream_goes_unread(procs, mode):
     it never reads. The answer has credits of its own and still comes."""
     sock = _socket()
     sender = procs.send(mode, sock, "--batches", 4000, "--rows", 10, "--rate", 2000,
-                        "--serve-requests")
+                        "--serve-requests", "--wait-consumers", 0)
     time.sleep(0.2)
     for rows in (5, 50):
         answer = _ok(procs.recv(sock, "--request", f"rows={rows}", "--max-in-flight", 1,
-                                "--timeout-ms", 1500))
+                                "--read-timeout-ms", 1500))
         assert answer["rows"] == rows
     assert _ok(sender)["batches"] == 4000
 
 
 def test_request_to_a_producer_without_handler(procs):
     sock = _socket()
-    sender = procs.send("ring", sock, "--batches", 50, "--rows", 10, "--rate", 50)
+    sender = procs.send("ring", sock, "--batches", 50, "--rows", 10, "--rate", 50,
+                        "--wait-consumers", 0)
     code, _, err = Procs.finish(procs.recv(sock, "--request", "rows=1"))
     assert code == 1 and "no request handler" in err
     _ok(sender)

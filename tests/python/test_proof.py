@@ -128,7 +128,7 @@ def producers():
 
 def _recv(socket_arg: str, env=None) -> tuple[dict, int]:
     result = subprocess.run(
-        [str(CLI), "recv", "--socket", socket_arg, "--wait-ms", str(TIMEOUT * 1000), "--json"],
+        [str(CLI), "recv", "--socket", socket_arg, "--connect-timeout-ms", str(TIMEOUT * 1000), "--json"],
         capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False)
     assert result.returncode == 0, f"shmarrow recv failed: {result.stderr}"
     return json.loads(result.stdout), result.returncode

@@ -436,7 +436,7 @@ def py_wait(sock_path: str) -> list[str]:
 
 def cpp_wait(sock_path: str) -> list[str]:
     """The same for `shmarrow recv`."""
-    return ["--socket", sock_path, "--wait-ms", str(TIMEOUT_S * 500)]
+    return ["--socket", sock_path, "--connect-timeout-ms", str(TIMEOUT_S * 500)]
 
 
 def test_cpp_send_to_python_cpp_and_seed_receivers(procs, sock_path, shmarrow_bin):

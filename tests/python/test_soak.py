@@ -64,8 +64,8 @@ def soak(shmarrow: Path, socket_path: str, batches: int, interval_s: float) -> d
          "--wait-consumers", str(CONSUMERS), "--accept-timeout-ms", str(WAIT_MS), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     consumers = [subprocess.Popen(
-        [str(shmarrow), "recv", "--socket", socket_path, "--wait-ms", str(WAIT_MS),
-         "--timeout-ms", str(WAIT_MS), "--json"],
+        [str(shmarrow), "recv", "--socket", socket_path, "--connect-timeout-ms", str(WAIT_MS),
+         "--read-timeout-ms", str(WAIT_MS), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(CONSUMERS)]
     procs = [producer, *consumers]
     samples = []
