@@ -4,7 +4,13 @@ The pure-Python consumer is ``python -m shmarrow.recv``; ``shmarrow.summary`` co
 per-column checksums the C++ library computes too, so both ends of a hand-over can be compared.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+try:  # written once, in CMakeLists.txt's project(VERSION), and recorded by the installation
+    __version__ = _version("shmarrow")
+except _PackageNotFoundError:  # a checkout's python/ on sys.path, never installed
+    __version__ = "unknown"
 
 # The compiled binding (shmarrow._native, built by `pip install .` at the repository root):
 # Producer and Consumer of the C++ library. Without it, the pure-Python modules above still work;

@@ -1,0 +1,70 @@
+# cmake --install: headers, the libraries, the CLI, the CMake package shmarrow (find_package:
+# shmarrow::shmarrow, shmarrow::flight) and the pkg-config files shmarrow.pc and shmarrow-flight.pc.
+include(CMakePackageConfigHelpers)
+set(_shmarrow_cmake_dir "${CMAKE_INSTALL_LIBDIR}/cmake/shmarrow")
+
+install(DIRECTORY include/shmarrow DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
+        FILES_MATCHING PATTERN "*.h")
+install(FILES "${PROJECT_BINARY_DIR}/include/shmarrow/version.h"
+        DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/shmarrow")
+install(TARGETS shmarrow shmarrow_flight EXPORT shmarrowTargets)
+if(SHMARROW_BUILD_CLI)
+  # The installed CLI finds libarrow where the build found it (the pyarrow wheel's directory) and,
+  # built with BUILD_SHARED_LIBS, libshmarrow next to it.
+  set_target_properties(shmarrow_cli PROPERTIES
+    INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}" INSTALL_RPATH_USE_LINK_PATH ON)
+  install(TARGETS shmarrow_cli)
+endif()
+if(BUILD_SHARED_LIBS)
+  set_target_properties(shmarrow shmarrow_flight PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
+endif()
+
+install(EXPORT shmarrowTargets NAMESPACE shmarrow:: DESTINATION "${_shmarrow_cmake_dir}")
+configure_package_config_file(cmake/shmarrowConfig.cmake.in
+  "${PROJECT_BINARY_DIR}/shmarrowConfig.cmake" INSTALL_DESTINATION "${_shmarrow_cmake_dir}")
+# 0.x: a new minor version may change the API.
+write_basic_package_version_file("${PROJECT_BINARY_DIR}/shmarrowConfigVersion.cmake"
+  COMPATIBILITY SameMinorVersion)
+install(FILES "${PROJECT_BINARY_DIR}/shmarrowConfig.cmake"
+              "${PROJECT_BINARY_DIR}/shmarrowConfigVersion.cmake"
+              cmake/ShmarrowArrowTargets.cmake
+        DESTINATION "${_shmarrow_cmake_dir}")
+
+# pkg-config: a system Arrow through its own arrow.pc / arrow-flight.pc, the pyarrow wheel's
+# libraries by their versioned names, with an rpath to them. The prefix is found relative to the
+# .pc file, so that `cmake --install --prefix` anywhere gives working files.
+file(RELATIVE_PATH SHMARROW_PC_PREFIX_FROM_PCDIR "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
+if(SHMARROW_ARROW_LIBDIR)
+  set(_shmarrow_wheel_libs "-L${SHMARROW_ARROW_LIBDIR} -Wl,-rpath,${SHMARROW_ARROW_LIBDIR}")
+  set(_shmarrow_arrow_so ".so.${SHMARROW_ARROW_MAJOR}00")
+endif()
+foreach(_shmarrow_pc shmarrow shmarrow-flight)
+  if(_shmarrow_pc STREQUAL "shmarrow")
+    set(SHMARROW_PC_NAME "shmarrow")
+    set(SHMARROW_PC_DESCRIPTION "Apache Arrow streams between processes through memfd shared memory")
+    set(SHMARROW_PC_LIB "shmarrow")
+    set(_shmarrow_arrow_lib "arrow")
+    set(SHMARROW_PC_REQUIRES "")
+    set(SHMARROW_PC_ARROW_CFLAGS "")
+    if(SHMARROW_ARROW_LIBDIR)
+      set(SHMARROW_PC_ARROW_CFLAGS "-I${SHMARROW_ARROW_INCLUDE} -D_GLIBCXX_USE_CXX11_ABI=1")
+    endif()
+  else()
+    set(SHMARROW_PC_NAME "shmarrow-flight")
+    set(SHMARROW_PC_DESCRIPTION "shmarrow over Arrow Flight: ConnectAny and the Flight bridge")
+    set(SHMARROW_PC_LIB "shmarrow_flight")
+    set(_shmarrow_arrow_lib "arrow_flight")
+    set(SHMARROW_PC_REQUIRES "shmarrow")
+    set(SHMARROW_PC_ARROW_CFLAGS "")
+  endif()
+  if(SHMARROW_ARROW_LIBDIR)
+    set(SHMARROW_PC_ARROW_LIBS "${_shmarrow_wheel_libs} -l:lib${_shmarrow_arrow_lib}${_shmarrow_arrow_so}")
+  else()
+    string(REPLACE "_" "-" _shmarrow_arrow_pc "${_shmarrow_arrow_lib}")
+    string(JOIN " " SHMARROW_PC_REQUIRES ${SHMARROW_PC_REQUIRES} ${_shmarrow_arrow_pc})
+    set(SHMARROW_PC_ARROW_LIBS "")
+  endif()
+  configure_file(cmake/shmarrow.pc.in "${PROJECT_BINARY_DIR}/${_shmarrow_pc}.pc" @ONLY)
+  install(FILES "${PROJECT_BINARY_DIR}/${_shmarrow_pc}.pc"
+          DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+endforeach()
