@@ -8,15 +8,14 @@ install(DIRECTORY include/shmarrow DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
 install(FILES "${PROJECT_BINARY_DIR}/include/shmarrow/version.h"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/shmarrow")
 install(TARGETS shmarrow shmarrow_flight EXPORT shmarrowTargets)
+# Installed programs and shared libraries find libarrow where the build found it (the pyarrow
+# wheel's directory; a system Arrow needs none) and the CLI, built with BUILD_SHARED_LIBS,
+# libshmarrow next to it.
+set_target_properties(shmarrow shmarrow_flight PROPERTIES INSTALL_RPATH "${SHMARROW_ARROW_LIBDIR}")
 if(SHMARROW_BUILD_CLI)
-  # The installed CLI finds libarrow where the build found it (the pyarrow wheel's directory) and,
-  # built with BUILD_SHARED_LIBS, libshmarrow next to it.
   set_target_properties(shmarrow_cli PROPERTIES
-    INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}" INSTALL_RPATH_USE_LINK_PATH ON)
+    INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR};${SHMARROW_ARROW_LIBDIR}")
   install(TARGETS shmarrow_cli)
-endif()
-if(BUILD_SHARED_LIBS)
-  set_target_properties(shmarrow shmarrow_flight PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
 endif()
 
 install(EXPORT shmarrowTargets NAMESPACE shmarrow:: DESTINATION "${_shmarrow_cmake_dir}")
@@ -34,6 +33,7 @@ install(FILES "${PROJECT_BINARY_DIR}/shmarrowConfig.cmake"
 # libraries by their versioned names, with an rpath to them. The prefix is found relative to the
 # .pc file, so that `cmake --install --prefix` anywhere gives working files.
 file(RELATIVE_PATH SHMARROW_PC_PREFIX_FROM_PCDIR "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
+string(REGEX REPLACE "/$" "" SHMARROW_PC_PREFIX_FROM_PCDIR "${SHMARROW_PC_PREFIX_FROM_PCDIR}")
 if(SHMARROW_ARROW_LIBDIR)
   set(_shmarrow_wheel_libs "-L${SHMARROW_ARROW_LIBDIR} -Wl,-rpath,${SHMARROW_ARROW_LIBDIR}")
   set(_shmarrow_arrow_so ".so.${SHMARROW_ARROW_MAJOR}00")

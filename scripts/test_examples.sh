@@ -8,11 +8,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 work="$root/build-examples"
-python="$root/.venv/bin/python"
+python="$root/.venv/bin/python"  # its pyarrow: Arrow C++ for the source builds
 mkdir -p "$work"
 
 rm -rf "$work/prefix"
 cmake --install build --prefix "$work/prefix" >/dev/null
+"$work/prefix/bin/shmarrow" --help >/dev/null  # the installed CLI finds its libraries
 # The archive FetchContent downloads: the checkout's files (tracked and new, not ignored ones).
 git ls-files -z --cached --others --exclude-standard |
   tar --null -T - -czf "$work/shmarrow.tar.gz.new"
@@ -39,13 +40,13 @@ run_pair() {
 build() {
   local way=$1
   shift
-  cmake -S examples -B "$work/$way" -G Ninja -DSHMARROW_PYTHON="$python" "$@" >/dev/null
+  cmake -S examples -B "$work/$way" -G Ninja "$@" >/dev/null
   cmake --build "$work/$way" -j 2 >/dev/null
   run_pair "$way"
 }
 build find_package -DCMAKE_PREFIX_PATH="$work/prefix"
-build add_subdirectory -DSHMARROW_SOURCE_DIR="$root"
-build fetch_content -DSHMARROW_URL="file://$work/shmarrow.tar.gz"
+build add_subdirectory -DSHMARROW_SOURCE_DIR="$root" -DSHMARROW_PYTHON="$python"
+build fetch_content -DSHMARROW_URL="file://$work/shmarrow.tar.gz" -DSHMARROW_PYTHON="$python"
 
 # pkg-config: the consumer from the flags of the installed .pc files alone.
 # shellcheck disable=SC2046
