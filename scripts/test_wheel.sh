@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The wheel as a user gets it: `pip wheel .` builds it (without build isolation, from the pinned
 # build requirements in .venv, so that reruns are incremental in build-wheel/), a new venv holding
-# only the wheel's dependencies (pinned by requirements.txt, from the pip cache or PyPI) installs it
-# with `pip install --no-index --find-links`, and then: import, a Producer/Consumer pair in Python,
+# only the wheel's dependencies (pinned by requirements-demo.txt, from the pip cache or PyPI)
+# installs it with `pip install --no-index --find-links`, and then: import, a Producer/Consumer pair in Python,
 # `shmarrow --help` and a send/recv pair with the venv's `shmarrow` command, which must load the
 # libarrow of the venv's pyarrow. Needs .venv (scripts/bootstrap.sh).
 set -euo pipefail
@@ -28,7 +28,7 @@ python3 -m venv "$work/venv"
 venv_python="$work/venv/bin/python"
 # The wheel's own requirements (not its extras), at the versions the project pins.
 mapfile -t requires < <(sed -n 's/^Requires-Dist: \([^;]*\)$/\1/p' <<<"$metadata")
-"$venv_python" "${pip[@]}" install -c requirements.txt "${requires[@]}"
+"$venv_python" "${pip[@]}" install -c requirements-demo.txt "${requires[@]}"
 "$venv_python" "${pip[@]}" install --no-index --find-links "$work/dist" shmarrow
 
 cd "$work"  # away from the checkout's python/ directory
