@@ -9,9 +9,10 @@ install(FILES "${PROJECT_BINARY_DIR}/include/shmarrow/version.h"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/shmarrow")
 install(TARGETS shmarrow shmarrow_flight EXPORT shmarrowTargets)
 # Installed programs and shared libraries find libarrow where the build found it (the pyarrow
-# wheel's directory; a system Arrow needs none) and the CLI, built with BUILD_SHARED_LIBS,
-# libshmarrow next to it.
-set_target_properties(shmarrow shmarrow_flight PROPERTIES INSTALL_RPATH "${SHMARROW_ARROW_LIBDIR}")
+# wheel's directory; a system Arrow needs none) and, built with BUILD_SHARED_LIBS, libshmarrow
+# next to them.
+set_target_properties(shmarrow shmarrow_flight PROPERTIES
+  INSTALL_RPATH "$ORIGIN;${SHMARROW_ARROW_LIBDIR}")
 if(SHMARROW_BUILD_CLI)
   set_target_properties(shmarrow_cli PROPERTIES
     INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR};${SHMARROW_ARROW_LIBDIR}")
