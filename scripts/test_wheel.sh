@@ -32,7 +32,7 @@ mapfile -t requires < <(sed -n 's/^Requires-Dist: \([^;]*\)$/\1/p' <<<"$metadata
 "$venv_python" "${pip[@]}" install --no-index --find-links "$work/dist" shmarrow
 
 cd "$work"  # away from the checkout's python/ directory
-timeout 60 "$venv_python" - <<'PY'
+SHMARROW_EXPECTED_VERSION=$version timeout 60 "$venv_python" - <<'PY'
 import os
 import pyarrow as pa
 import shmarrow
@@ -46,6 +46,7 @@ producer.end()
 table = pa.Table.from_batches(list(consumer), schema=schema)
 assert table.column("x").to_pylist() == list(range(1000)), table
 assert shmarrow.__file__.startswith(os.getcwd()), shmarrow.__file__  # the installed package
+assert shmarrow.__version__ == os.environ["SHMARROW_EXPECTED_VERSION"], shmarrow.__version__
 print(f"test_wheel: shmarrow {shmarrow.__version__}: Producer -> Consumer, {table.num_rows} rows")
 PY
 
