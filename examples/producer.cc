@@ -1,12 +1,13 @@
 // The 30-second example: build a column straight in shared memory, seal it, hand it to one
-// consumer (`shmarrow recv` or `python -m shmarrow.recv`).
+// consumer (examples/consumer.cc, `shmarrow recv` or `python -m shmarrow.recv`) on the socket given
+// as argument (default /tmp/shmarrow.sock).
 #include <arrow/api.h>
 #include <shmarrow/handover.h>
 #include <shmarrow/stream_writer.h>
 
 #include <iostream>
 
-arrow::Status Run() {
+arrow::Status Run(const std::string& socket) {
   auto schema = arrow::schema({arrow::field("x", arrow::int64())});
   ARROW_ASSIGN_OR_RAISE(auto writer, shmarrow::SharedStreamWriter::Open(schema));
 
@@ -17,11 +18,11 @@ arrow::Status Run() {
 
   ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());  // EOS, trimmed, sealed
   std::cerr << "bytes copied: " << writer->stats().bytes_copied << "\n";  // 0
-  return shmarrow::ServeFd(shmarrow::kDefaultSocketPath, sealed.fd.get());
+  return shmarrow::ServeFd(socket, sealed.fd.get());
 }
 
-int main() {
-  auto status = Run();
+int main(int argc, char** argv) {
+  auto status = Run(argc > 1 ? argv[1] : shmarrow::kDefaultSocketPath);
   if (!status.ok()) std::cerr << status.ToString() << "\n";
   return status.ok() ? 0 : 1;
 }

@@ -15,11 +15,11 @@
 #include <thread>
 #include <variant>
 
+#include "address.h"
 #include "block_cache.h"
 #include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
-#include "flight_internal.h"
 #include "handover_internal.h"
 #include "mapping.h"
 #include "memfd.h"
@@ -823,8 +823,12 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
 
 arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
                                                            const ConsumerOptions& options) {
-  if (internal::flight::IsFlightAddress(address)) {
-    return internal::flight::ConnectFlight(address, options);
+  if (internal::IsFlightAddress(address)) {
+    // Flight is a library of its own, so that a user of shared memory links no gRPC.
+    return arrow::Status::NotImplemented(
+        "'", address, "' is an Arrow Flight address; Consumer::Connect reads UNIX sockets only: ",
+        "link shmarrow::flight (libshmarrow_flight) and call shmarrow::ConnectAny "
+        "(shmarrow/connect.h)");
   }
   auto consumer = std::make_shared<ConsumerImpl>(options);
   // A producer of the single hand-over listens on a SOCK_STREAM socket instead. Connecting to

@@ -299,7 +299,7 @@ class FlightBridgeImpl final : public FlightBridge {
 arrow::Result<std::unique_ptr<FlightBridge>> FlightBridge::Start(
     const FlightBridgeOptions& options) {
   if (options.socket.empty()) return arrow::Status::Invalid("FlightBridge: no producer socket");
-  if (bridge::IsFlightAddress(options.socket)) {
+  if (internal::IsFlightAddress(options.socket)) {
     return arrow::Status::Invalid("FlightBridge: the producer socket '", options.socket,
                                   "' must be a UNIX socket, not a Flight address");
   }

@@ -51,11 +51,6 @@ arrow::Result<uint64_t> TakeNumber(std::string_view& rest, std::string_view name
 
 }  // namespace
 
-bool IsFlightAddress(std::string_view address) {
-  return address.starts_with("grpc://") || address.starts_with("grpc+tcp://") ||
-         address.starts_with("grpc+tls://");
-}
-
 arrow::Result<FlightAddress> ParseFlightAddress(const std::string& address) {
   if (!IsFlightAddress(address)) {
     return arrow::Status::Invalid("'", address,

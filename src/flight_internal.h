@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "address.h"
 #include "shmarrow/consumer.h"
 
 namespace shmarrow::internal::flight {
@@ -20,9 +21,6 @@ inline constexpr std::string_view kStreamTicket = "stream";
 inline constexpr std::string_view kRequestPrefix = "request:";
 /// Action whose result advertises the producer's socket (see SocketAdvert).
 inline constexpr std::string_view kSocketAction = "shmarrow.socket";
-
-/// grpc://, grpc+tcp:// or grpc+tls://
-[[nodiscard]] bool IsFlightAddress(std::string_view address);
 
 struct FlightAddress {
   bool tls = false;
@@ -56,7 +54,7 @@ struct SocketAdvert {
 /// inode for a filesystem path); otherwise why not.
 [[nodiscard]] arrow::Status CheckAdvertIsLocal(const SocketAdvert& advert);
 
-/// Consumer::Connect for Flight addresses (src/flight_consumer.cc).
+/// ConnectAny for Flight addresses (src/flight_consumer.cc).
 [[nodiscard]] arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(
     const std::string& address, const ConsumerOptions& options);
 

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "data_gen.h"
 #include "report.h"
+#include "shmarrow/connect.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/handover.h"
 #include "shmarrow/shared_stream.h"
@@ -102,7 +103,7 @@ arrow::Status RunRecv(Args& args) {
     options.match = subset ? SchemaMatch::kSubset : SchemaMatch::kExact;
   }
 
-  ARROW_ASSIGN_OR_RAISE(auto consumer, Consumer::Connect(socket, options));
+  ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectAny(socket, options));
   const auto handover = consumer->handover_stream();
   if (handover != nullptr && !handover->mapped()) {
     std::cerr << "shmarrow recv: the memfd is not sealed; its " << handover->size()

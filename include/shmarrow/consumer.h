@@ -48,7 +48,7 @@ struct ConsumerOptions {
   /// (SharedStreamOptions::require_seals).
   bool require_seals = true;
 
-  /// For Flight addresses (grpc://, grpc+tcp://, grpc+tls://; docs/flight.md) only.
+  /// For Flight addresses (grpc://, grpc+tcp://, grpc+tls://; ConnectAny, docs/flight.md) only.
   struct Remote {
     /// Sent as "authorization: Bearer <token>" with every call; empty: none.
     std::string token;
@@ -71,8 +71,9 @@ struct ConsumerStats {
 
 /// Connects to a Producer (SOCK_SEQPACKET) — or, for a producer of the single hand-over
 /// (`shmarrow send` without --mode, ServeFd), receives its one sealed stream — and reads the
-/// batches in place. An address starting with grpc://, grpc+tcp:// or grpc+tls:// reads an Arrow
-/// Flight stream instead (a `shmarrow flight-serve` bridge or any Flight server; docs/flight.md). A batch, its arrays, buffers and slices stay valid as long as any of them
+/// batches in place. For an Arrow Flight address (grpc://, grpc+tcp://, grpc+tls://) it returns
+/// NotImplemented: those are read by shmarrow::ConnectAny (shmarrow/connect.h, library
+/// shmarrow::flight). A batch, its arrays, buffers and slices stay valid as long as any of them
 /// lives; when the last one dies the producer is told it may reuse the memory.
 ///
 /// ReadNext blocks; fd() and TryNext() serve event loops. Not thread-safe, except that batches

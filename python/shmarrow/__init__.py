@@ -6,7 +6,13 @@ shmarrow.recv`` reports on a stream as ``shmarrow recv`` does; ``shmarrow.summar
 per-column checksums the C++ library computes too, so both ends can be compared.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+try:  # written once, in CMakeLists.txt's project(VERSION), and recorded by the installation
+    __version__ = _version("shmarrow")
+except _PackageNotFoundError:  # a checkout's python/ on sys.path, never installed
+    __version__ = "unknown"
 
 __all__ = [
     "Allocation", "ClosedError", "Consumer", "FlightBridge", "InvalidError", "Producer",

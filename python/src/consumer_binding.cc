@@ -17,6 +17,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "shmarrow/connect.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/unique_fd.h"
 
@@ -136,7 +137,7 @@ class PyConsumer {
     arrow::Result<std::shared_ptr<Consumer>> connected;
     RepeatInterruptibly(deadline, [&](int slice) {
       options.connect_timeout_ms = slice;  // the library retries while nobody listens
-      connected = Consumer::Connect(address, options);
+      connected = ConnectAny(address, options);
       if (connected.ok()) return true;
       const int err = arrow::internal::ErrnoFromStatus(connected.status());
       return err != ENOENT && err != ECONNREFUSED;  // another failure: done

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "shmarrow/connect.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/flight.h"
 #include "shmarrow/producer.h"
@@ -93,8 +94,8 @@ class FlightTest : public ::testing::Test {
 TEST_F(FlightTest, RemoteConsumerReadsTheChecksumsOfALocalOne) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
   EXPECT_EQ(bridge->location(), "grpc://127.0.0.1:" + std::to_string(bridge->port()));
-  ASSERT_OK_AND_ASSIGN(auto local, Consumer::Connect(socket_, Remote(false)));
-  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto local, ConnectAny(socket_, Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto remote, ConnectAny(bridge->location(), Remote(false)));
   EXPECT_EQ(remote->mode(), "flight");
   EXPECT_TRUE(remote->schema()->Equals(*Schema()));
   std::vector<uint64_t> remote_sums;
@@ -117,7 +118,7 @@ TEST_F(FlightTest, RemoteConsumerReadsTheChecksumsOfALocalOne) {
 
 TEST_F(FlightTest, FdAndTryNextServePollLoops) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto remote, ConnectAny(bridge->location(), Remote(false)));
   ASSERT_GE(remote->fd(), 0);
   std::shared_ptr<arrow::RecordBatch> batch;
   ASSERT_OK_AND_ASSIGN(auto polled, remote->TryNext(&batch));
@@ -139,11 +140,11 @@ TEST_F(FlightTest, ProjectionAndSchemaChecksApplyToFlightStreams) {
   auto wrong = Remote(false);
   wrong.expect_schema = arrow::schema({arrow::field("id", arrow::int32())});
   wrong.match = SchemaMatch::kSubset;
-  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), wrong).status(),
+  EXPECT_ERROR_CONTAINS(ConnectAny(bridge->location(), wrong).status(),
                         "field 'id': expected int32");
   auto projected = Remote(false);
   projected.columns = {"name"};
-  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), projected));
+  ASSERT_OK_AND_ASSIGN(auto remote, ConnectAny(bridge->location(), projected));
   EXPECT_EQ(remote->schema()->ToString(), "name: string");
   std::thread publisher([&] { PublishAll(1); });
   int64_t batches = 0;
@@ -160,18 +161,18 @@ TEST_F(FlightTest, ProjectionAndSchemaChecksApplyToFlightStreams) {
 
 TEST_F(FlightTest, SameHostUpgradeReadsSharedMemoryUnlessRefused) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto upgraded, Consumer::Connect(bridge->location(), Remote(true)));
+  ASSERT_OK_AND_ASSIGN(auto upgraded, ConnectAny(bridge->location(), Remote(true)));
   EXPECT_EQ(upgraded->mode(), "ring");
   // "localhost" is loopback too.
   ASSERT_OK_AND_ASSIGN(
       auto by_name,
-      Consumer::Connect("grpc://localhost:" + std::to_string(bridge->port()), Remote(true)));
+      ConnectAny("grpc://localhost:" + std::to_string(bridge->port()), Remote(true)));
   EXPECT_EQ(by_name->mode(), "ring");
 
   FlightBridgeOptions quiet;
   quiet.advertise_socket = false;
   ASSERT_OK_AND_ASSIGN(auto silent_bridge, StartBridge(quiet));
-  ASSERT_OK_AND_ASSIGN(auto stays, Consumer::Connect(silent_bridge->location(), Remote(true)));
+  ASSERT_OK_AND_ASSIGN(auto stays, ConnectAny(silent_bridge->location(), Remote(true)));
   EXPECT_EQ(stays->mode(), "flight");
   PublishAll(3);
   ASSERT_OK_AND_ASSIGN(auto upgraded_sums, Checksums(*upgraded));
@@ -191,7 +192,7 @@ TEST_F(FlightTest, RequestsAreTickets) {
     return arrow::Status::OK();
   });
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto remote, Consumer::Connect(bridge->location(), Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto remote, ConnectAny(bridge->location(), Remote(false)));
   ASSERT_OK_AND_ASSIGN(auto answer, remote->Request("two"));
   ASSERT_OK_AND_ASSIGN(auto table, answer->ToTable());
   EXPECT_EQ(table->num_rows(), 1000);
@@ -200,7 +201,7 @@ TEST_F(FlightTest, RequestsAreTickets) {
   FlightBridgeOptions no_requests;
   no_requests.serve_requests = false;
   ASSERT_OK_AND_ASSIGN(auto closed_bridge, StartBridge(no_requests));
-  ASSERT_OK_AND_ASSIGN(auto other, Consumer::Connect(closed_bridge->location(), Remote(false)));
+  ASSERT_OK_AND_ASSIGN(auto other, ConnectAny(closed_bridge->location(), Remote(false)));
   EXPECT_ERROR_CONTAINS(other->Request("two").status(), "unknown ticket 'request:two'");
 }
 
@@ -231,16 +232,16 @@ TEST_F(FlightTest, TokenIsRequired) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge(guarded));
   auto wrong = Remote(false);
   wrong.remote.token = "guess";
-  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), wrong).status(),
+  EXPECT_ERROR_CONTAINS(ConnectAny(bridge->location(), wrong).status(),
                         "missing or wrong bearer token");
-  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(false)).status(),
+  EXPECT_ERROR_CONTAINS(ConnectAny(bridge->location(), Remote(false)).status(),
                         "missing or wrong bearer token");
   // A client without the token learns nothing of the socket either: no upgrade.
-  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(true)).status(),
+  EXPECT_ERROR_CONTAINS(ConnectAny(bridge->location(), Remote(true)).status(),
                         "missing or wrong bearer token");
   auto right = Remote(false);
   right.remote.token = "s3cret";
-  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(bridge->location(), right));
+  ASSERT_OK_AND_ASSIGN(auto consumer, ConnectAny(bridge->location(), right));
   EXPECT_EQ(consumer->mode(), "flight");
 }
 
@@ -250,14 +251,14 @@ TEST_F(FlightTest, NobodyListeningIsConnectionRefused) {
     ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
     gone = bridge->location();
   }
-  auto status = Consumer::Connect(gone, Remote(true)).status();
+  auto status = ConnectAny(gone, Remote(true)).status();
   EXPECT_ERROR_CONTAINS(status, "no Flight server answers at '" + gone + "'");
   EXPECT_EQ(arrow::internal::ErrnoFromStatus(status), ECONNREFUSED);
   // A bridge whose producer is gone says so.
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
   producer_->Close();
   producer_.reset();
-  EXPECT_ERROR_CONTAINS(Consumer::Connect(bridge->location(), Remote(false)).status(),
+  EXPECT_ERROR_CONTAINS(ConnectAny(bridge->location(), Remote(false)).status(),
                         "shmarrow bridge: the producer at '" + socket_ + "'");
 }
 
@@ -276,6 +277,16 @@ TEST_F(FlightTest, BadBridgeOptionsAreRefused) {
   options = {};
   options.socket = "grpc://127.0.0.1:1";
   EXPECT_ERROR_CONTAINS(FlightBridge::Start(options).status(), "must be a UNIX socket");
+}
+
+// The core library links no Flight: it names the library that reads Flight addresses.
+TEST(ConnectTest, CoreConsumerRefusesFlightAddressesNamingTheFlightLibrary) {
+  for (const std::string address : {"grpc://127.0.0.1:1", "grpc+tcp://h:1", "grpc+tls://h:1"}) {
+    const auto status = Consumer::Connect(address).status();
+    EXPECT_TRUE(status.IsNotImplemented()) << status.ToString();
+    EXPECT_ERROR_CONTAINS(status, "'" + address + "' is an Arrow Flight address");
+    EXPECT_ERROR_CONTAINS(status, "link shmarrow::flight");
+  }
 }
 
 }  // namespace
