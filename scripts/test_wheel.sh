@@ -57,7 +57,7 @@ libarrow=$(ldd "$work"/venv/lib/python3*/site-packages/shmarrow/bin/shmarrow | g
 socket="@shmarrow-wheel-cli-$$"
 "$cli" send --socket "$socket" >/dev/null &
 sender=$!
-"$cli" recv --socket "$socket" --wait-ms 10000 --json >"$work/recv.json"
+"$cli" recv --socket "$socket" --connect-timeout-ms 10000 --json >"$work/recv.json"
 wait "$sender"
 grep -q '"rows":100' "$work/recv.json" ||
   { echo "test_wheel: shmarrow recv printed:" >&2; cat "$work/recv.json" >&2; exit 1; }
