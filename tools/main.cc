@@ -73,6 +73,9 @@ constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
              --no-requests  --no-advertise (do not tell local clients the socket)
              --max-in-flight N  --validate full|basic  --wait-ms N (per remote stream's
              consumer of the producer)
+             --ingest: DoPut publishes through a producer at --socket (first DoPut's
+             schema), with --mode ring|sealed --ring-size BYTES --retain N
+             --max-consumers N --wait-consumers N --linger-ms N (as send --mode)
   inspect  validate an Arrow IPC file or stream on disk
              FILE  --json
 

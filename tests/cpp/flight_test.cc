@@ -9,6 +9,7 @@
 #include <poll.h>
 
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shmarrow/consumer.h"
@@ -113,6 +114,88 @@ TEST_F(FlightTest, RemoteConsumerReadsTheChecksumsOfALocalOne) {
   ASSERT_OK(producer_->WaitUntilDrained(kTimeoutMs));
   EXPECT_EQ(producer_->stats().in_flight, 0);
   EXPECT_EQ(bridge->stats().batches_sent, kBatches);
+}
+
+TEST_F(FlightTest, DescribingIsNotConsuming) {
+  namespace fl = arrow::flight;
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
+  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  const auto stream = fl::FlightDescriptor::Path({"stream"});
+  ASSERT_OK_AND_ASSIGN(auto info, client->GetFlightInfo(stream));
+  ASSERT_OK_AND_ASSIGN(auto schema_result, client->GetSchema(stream));
+  ASSERT_OK_AND_ASSIGN(auto listing, client->ListFlights());
+  ASSERT_OK_AND_ASSIGN(auto listed, listing->Next());
+  ASSERT_NE(listed, nullptr);
+  arrow::ipc::DictionaryMemo memo;
+  ASSERT_OK_AND_ASSIGN(auto schema, schema_result->GetSchema(&memo));
+  EXPECT_TRUE(schema->Equals(*Schema()));
+  // Three descriptions, no consumer: none was counted, none is waited for.
+  EXPECT_ERROR_CONTAINS(producer_->WaitForConsumers(1, 0), "no 1 consumers");
+  EXPECT_EQ(producer_->stats().consumers_total, 0);
+  ASSERT_EQ(info->endpoints().size(), 1u);
+  ASSERT_OK_AND_ASSIGN(auto reader, client->DoGet(info->endpoints()[0].ticket));
+  std::thread publisher([&] { PublishAll(1); });
+  ASSERT_OK_AND_ASSIGN(auto table, reader->ToTable());
+  publisher.join();
+  EXPECT_EQ(table->num_rows(), kBatches * 500);  // from the first batch on
+  EXPECT_EQ(producer_->stats().consumers_total, 1);
+}
+
+TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
+  namespace fl = arrow::flight;
+  FlightBridgeOptions options;
+  options.socket = test_util::UniqueTempPath("ingest");
+  options.ingest = true;
+  options.ingest_wait_consumers = 2;
+  ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(options));
+  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
+  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  const auto stream = fl::FlightDescriptor::Path({"stream"});
+
+  std::vector<std::shared_ptr<arrow::RecordBatch>> sent;
+  for (int seed = 0; seed < kBatches; ++seed) {
+    ASSERT_OK_AND_ASSIGN(auto batch, MakeBatch(arrow::default_memory_pool(), seed));
+    sent.push_back(batch);
+  }
+  ASSERT_OK_AND_ASSIGN(auto sent_reader, arrow::RecordBatchReader::Make(sent, Schema()));
+  ASSERT_OK_AND_ASSIGN(auto sent_sums, Checksums(*sent_reader));
+
+  // Local consumers wait for the producer the first DoPut creates; it waits for both of them.
+  std::vector<uint64_t> local_sums[2];
+  std::vector<std::thread> locals;
+  for (auto& sums : local_sums) {
+    locals.emplace_back([&] {
+      auto wait = Remote(false);
+      wait.connect_wait_ms = kTimeoutMs;
+      ASSERT_OK_AND_ASSIGN(auto local, Consumer::Connect(options.socket, wait));
+      ASSERT_OK_AND_ASSIGN(sums, Checksums(*local));
+    });
+  }
+  ASSERT_OK_AND_ASSIGN(auto put, client->DoPut(stream, Schema()));
+  for (const auto& batch : sent) ASSERT_OK(put.writer->WriteRecordBatch(*batch));
+  ASSERT_OK(put.writer->DoneWriting());
+  ASSERT_OK(put.writer->Close());
+  EXPECT_EQ(bridge->stats().batches_ingested, kBatches);
+
+  // The stream keeps its schema: another one is refused, naming both.
+  auto other = arrow::schema({arrow::field("x", arrow::float64())});
+  ASSERT_OK_AND_ASSIGN(auto wrong, client->DoPut(stream, other));
+  const auto refused = wrong.writer->Close();
+  EXPECT_ERROR_CONTAINS(refused, "DoPut schema (x: double) differs from the producer's (id: int64");
+  EXPECT_ERROR_CONTAINS(refused, "name: string");
+
+  ASSERT_OK(bridge->Shutdown());  // ends the ingested stream
+  for (auto& local : locals) local.join();
+  EXPECT_EQ(local_sums[0], sent_sums);
+  EXPECT_EQ(local_sums[1], sent_sums);
+
+  // A bridge without `ingest` refuses DoPut.
+  ASSERT_OK_AND_ASSIGN(auto serving, StartBridge());
+  ASSERT_OK_AND_ASSIGN(auto serving_location, fl::Location::Parse(serving->location()));
+  ASSERT_OK_AND_ASSIGN(auto serving_client, fl::FlightClient::Connect(serving_location));
+  ASSERT_OK_AND_ASSIGN(auto refused_put, serving_client->DoPut(stream, Schema()));
+  EXPECT_ERROR_CONTAINS(refused_put.writer->Close(), "this bridge does not ingest");
 }
 
 TEST_F(FlightTest, FdAndTryNextServePollLoops) {
