@@ -109,10 +109,10 @@ class BridgeReader final : public arrow::RecordBatchReader {
   arrow::Status Count(std::shared_ptr<arrow::RecordBatch>* batch) {
     if (*batch == nullptr) return arrow::Status::OK();
     if (!(*batch)->schema()->Equals(*schema_)) {
-      const auto changed = (*batch)->schema()->ToString();
+      const auto changed = internal::DescribeSchema(*(*batch)->schema());
       batch->reset();
-      return arrow::Status::Invalid("the producer changed its schema to {", changed,
-                                    "}; a Flight stream has a single schema");
+      return arrow::Status::Invalid("the producer changed its schema to ", changed,
+                                    "; a Flight stream has a single schema");
     }
     ++shared_->batches;
     return arrow::Status::OK();
@@ -340,12 +340,11 @@ class BridgeServer final : public fl::FlightServerBase {
       if (ingest.producer != nullptr) {
         const auto& expected = *ingest.producer->schema();
         if (!schema->Equals(expected)) {
-          const auto why = internal::CheckSchema(expected, *schema, SchemaMatch::kExact);
-          return arrow::Status::Invalid("shmarrow bridge: DoPut schema ",
-                                        internal::DescribeSchema(*schema),
-                                        " differs from the producer's ",
-                                        internal::DescribeSchema(expected),
-                                        why.ok() ? "" : ": " + why.message());
+          const auto put = internal::DescribeSchema(*schema);
+          const auto own = internal::DescribeSchema(expected);
+          return arrow::Status::Invalid("shmarrow bridge: DoPut schema ", put,
+                                        " differs from the producer's ", own,
+                                        put == own ? " (in the fields' nullability)" : "");
         }
         return ingest.producer;
       }

@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
   }
   auto args = shmarrow::cli::Args::Parse(
       rest, {"--json", "--allow-unsealed", "--serve-requests", "--lossy", "--from-oldest",
-             "--schema-subset", "--allow-remote", "--no-requests", "--no-advertise",
+             "--schema-subset", "--allow-remote", "--no-requests", "--no-advertise", "--ingest",
              "--no-upgrade"});
   if (!args.ok()) {
     std::cerr << "shmarrow " << command << ": " << args.status().message() << "\n";
