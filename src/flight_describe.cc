@@ -48,21 +48,9 @@ arrow::Result<std::shared_ptr<arrow::Schema>> DescribeProducer(const std::string
                                                      : "closed the connection",
                                   " when asked to describe its stream");
   }
-  proto::Reader reader(std::span<const uint8_t>(buffer.data(), received.bytes));
-  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
-  if (header.type == proto::Type::kError) {
-    ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
-    return arrow::Status::Invalid("producer at '", socket, "' refused: ", error.message);
-  }
-  if (header.type != proto::Type::kWelcome) {
-    return arrow::Status::Invalid("protocol: expected Welcome, got ", proto::TypeName(header.type));
-  }
-  ARROW_ASSIGN_OR_RAISE(auto welcome, proto::DecodeWelcome(reader));
-  if (welcome.major != proto::kMajorVersion) {
-    return arrow::Status::Invalid("producer at '", socket, "' speaks protocol ", welcome.major,
-                                  ".", welcome.minor, "; this bridge speaks ",
-                                  proto::kMajorVersion, ".", proto::kMinorVersion);
-  }
+  ARROW_ASSIGN_OR_RAISE(auto welcome,
+                        proto::DecodeHandshakeAnswer(
+                            std::span<const uint8_t>(buffer.data(), received.bytes), socket));
   if (!(welcome.features & proto::kFeatureDescribe)) {
     // A producer without the feature welcomed a consumer: leave before it is sent anything.
     (void)connected->Send(proto::EncodeBye(writer), {});

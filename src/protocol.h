@@ -214,4 +214,9 @@ std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
 [[nodiscard]] arrow::Result<std::string> DecodeRequest(Reader& r);
 [[nodiscard]] arrow::Result<uint64_t> DecodeWaiting(Reader& r);
 
+/// The producer's answer to a Hello (one whole datagram): its Welcome, or an error saying why not
+/// (its Error message, another message type, another major version). `address` names it.
+[[nodiscard]] arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
+                                                           std::string_view address);
+
 }  // namespace shmarrow::internal::protocol

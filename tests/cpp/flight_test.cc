@@ -142,6 +142,30 @@ TEST_F(FlightTest, DescribingIsNotConsuming) {
   EXPECT_EQ(producer_->stats().consumers_total, 1);
 }
 
+TEST_F(FlightTest, DescribingAsksWhatTheBridgesConsumersWouldGet) {
+  namespace fl = arrow::flight;
+  const auto stream = fl::FlightDescriptor::Path({"stream"});
+  FlightBridgeOptions projected;
+  projected.consumer.columns = {"name"};
+  ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge(projected));
+  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
+  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto schema_result, client->GetSchema(stream));
+  arrow::ipc::DictionaryMemo memo;
+  ASSERT_OK_AND_ASSIGN(auto schema, schema_result->GetSchema(&memo));
+  EXPECT_TRUE(schema->Equals(*arrow::schema({arrow::field("name", arrow::utf8())})));
+
+  // The producer refuses a describer as it would refuse the consumer, and says why.
+  FlightBridgeOptions unknown;
+  unknown.consumer.columns = {"nope"};
+  ASSERT_OK_AND_ASSIGN(auto refusing, StartBridge(unknown));
+  ASSERT_OK_AND_ASSIGN(auto refusing_location, fl::Location::Parse(refusing->location()));
+  ASSERT_OK_AND_ASSIGN(auto refused_client, fl::FlightClient::Connect(refusing_location));
+  EXPECT_ERROR_CONTAINS(refused_client->GetFlightInfo(stream).status(),
+                        "refused: projection asks for column 'nope'");
+  EXPECT_EQ(producer_->stats().consumers_total, 0);
+}
+
 TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
   namespace fl = arrow::flight;
   FlightBridgeOptions options;
