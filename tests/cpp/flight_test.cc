@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -220,6 +221,56 @@ TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
   ASSERT_OK_AND_ASSIGN(auto serving_client, fl::FlightClient::Connect(serving_location));
   ASSERT_OK_AND_ASSIGN(auto refused_put, serving_client->DoPut(stream, Schema()));
   EXPECT_ERROR_CONTAINS(refused_put.writer->Close(), "this bridge does not ingest");
+}
+
+TEST_F(FlightTest, IngestHoldsTheWriterBackWhileLocalConsumersHoldTheirCredits) {
+  namespace fl = arrow::flight;
+  FlightBridgeOptions options;
+  options.socket = test_util::UniqueTempPath("ingest");
+  options.ingest = true;
+  options.ingest_wait_consumers = 1;
+  options.producer.max_in_flight = 2;
+  ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(options));
+  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
+  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  const auto stream = fl::FlightDescriptor::Path({"stream"});
+  ASSERT_OK_AND_ASSIGN(auto put, client->DoPut(stream, Schema()));
+  std::thread writer([&] {
+    for (int seed = 0; seed < kBatches; ++seed) {
+      ASSERT_OK_AND_ASSIGN(auto batch, MakeBatch(arrow::default_memory_pool(), seed));
+      ASSERT_OK(put.writer->WriteRecordBatch(*batch));
+    }
+    ASSERT_OK(put.writer->DoneWriting());
+    ASSERT_OK(put.writer->Close());
+  });
+  auto wait = Remote(false);
+  wait.connect_wait_ms = kTimeoutMs;
+  ASSERT_OK_AND_ASSIGN(auto local, Consumer::Connect(options.socket, wait));
+  // The local consumer holds its 2 credits' worth; 2 more wait in its queue; Publish of the
+  // fifth waits, so the bridge reads nothing more from gRPC, whose window then holds the writer.
+  std::vector<std::shared_ptr<arrow::RecordBatch>> held(2);
+  for (auto& batch : held) ASSERT_OK(local->ReadNext(&batch));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kTimeoutMs);
+  while (bridge->stats().batches_ingested < 4 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // room to overrun, were it able
+  EXPECT_EQ(bridge->stats().batches_ingested, 4);
+  // Meanwhile another writer is turned away rather than interleaved.
+  ASSERT_OK_AND_ASSIGN(auto second, client->DoPut(stream, Schema()));
+  EXPECT_ERROR_CONTAINS(second.writer->Close(), "another DoPut is publishing");
+  held.clear();  // released: the rest flows
+  std::shared_ptr<arrow::RecordBatch> batch;
+  for (int read = 2; read < kBatches; ++read) {
+    ASSERT_OK(local->ReadNext(&batch));
+    ASSERT_NE(batch, nullptr);
+  }
+  writer.join();
+  EXPECT_EQ(bridge->stats().batches_ingested, kBatches);
+  batch.reset();  // else the shutdown lingers for the consumer to release it
+  ASSERT_OK(bridge->Shutdown());
+  ASSERT_OK(local->ReadNext(&batch));
+  EXPECT_EQ(batch, nullptr);  // the end
 }
 
 TEST_F(FlightTest, FdAndTryNextServePollLoops) {
