@@ -412,16 +412,21 @@ def test_schema_change_what_each_flight_client_sees(producer, bridge):
     changed = pa.schema([*SCHEMA, pa.field("extra", pa.int64())])
     client = flight.connect(bridge)
     old = client.do_get(flight.Ticket(b"stream"), CALL)
-    producer.wait_for_consumers(1, timeout=TIMEOUT)
+    ours = shmarrow.Consumer(bridge, upgrade=False, timeout=TIMEOUT)  # our Flight consumer
+    producer.wait_for_consumers(2, timeout=TIMEOUT)
     producer.publish(_batch(0))
     producer.change_schema(changed)
     new_batch = pa.record_batch([*_batch(1).columns, pa.array(range(1000), pa.int64())],
                                 schema=changed)
     producer.publish(new_batch)
     assert old.read_chunk().data.equals(_batch(0))
-    with pytest.raises(pa.ArrowInvalid, match=r"changed its schema to \(id: int64, name: string, "
-                                              r"x: double, extra: int64\)"):
+    changed_message = r"changed its schema to \(id: int64, name: string, x: double, extra: int64\)"
+    with pytest.raises(pa.ArrowInvalid, match=changed_message):
         old.read_chunk()
+    with ours:
+        assert ours.read_next_batch().equals(_batch(0))
+        with pytest.raises(shmarrow.ShmarrowError, match=changed_message):
+            ours.read_next_batch()
     info = client.get_flight_info(flight.FlightDescriptor.for_path("stream"), CALL)
     assert info.schema == changed
     new = client.do_get(info.endpoints[0].ticket, CALL)
