@@ -43,10 +43,12 @@ arrow::Result<std::shared_ptr<arrow::Schema>> DescribeProducer(const std::string
   ARROW_ASSIGN_OR_RAISE(auto received, connected->Receive(buffer, 1, kDescribeTimeoutMs));
   if (received.bytes <= 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
-    return arrow::Status::IOError("producer at '", socket, "' ",
-                                  received.bytes < 0 ? "did not answer within 10 s"
-                                                     : "closed the connection",
-                                  " when asked to describe its stream");
+    if (received.bytes == 0) {
+      return arrow::Status::IOError("producer at '", socket,
+                                    "' closed the connection when asked to describe its stream");
+    }
+    return arrow::Status::IOError("producer at '", socket, "' did not answer within ",
+                                  kDescribeTimeoutMs, " ms when asked to describe its stream");
   }
   ARROW_ASSIGN_OR_RAISE(auto welcome,
                         proto::DecodeHandshakeAnswer(

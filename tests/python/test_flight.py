@@ -81,19 +81,33 @@ def producer(tmp_path):
     prod.close()
 
 
+def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`shmarrow flight-serve ARGS`; the process and the address it printed."""
+    proc = subprocess.Popen([str(CLI), "flight-serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    location = proc.stdout.readline().strip()
+    if not location.startswith("grpc://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(proc.communicate(timeout=TIMEOUT)[1])
+    return proc, location
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM; the process must exit cleanly. Its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    return err
+
+
 @pytest.fixture
 def bridge(producer):
     """`shmarrow flight-serve` in front of the producer; yields its address."""
-    proc = subprocess.Popen([str(CLI), "flight-serve", "--socket", producer.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, location = _serve(["--socket", producer.address])
     try:
-        location = proc.stdout.readline().strip()
-        assert location.startswith("grpc://127.0.0.1:"), proc.stderr.read()
         yield location
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
+        _stop(proc)
 
 
 def _publish_when(producer, consumers: int) -> threading.Thread:
@@ -237,11 +251,8 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
     # A bridge that requires a token refuses calls without it.
     token_file = Path(producer.address).with_suffix(".token")
     token_file.write_text("s3cret\n")
-    proc = subprocess.Popen([str(CLI), "flight-serve", "--socket", producer.address,
-                             "--token-file", str(token_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, guarded = _serve(["--socket", producer.address, "--token-file", str(token_file)])
     try:
-        guarded = proc.stdout.readline().strip()
         with pytest.raises(flight.FlightUnauthenticatedError, match="bearer token"):
             flight.connect(guarded).do_get(flight.Ticket(b"stream"), CALL).read_all()
         out = subprocess.run([str(CLI), "recv", "--from", guarded, "--json", "--no-upgrade"],
@@ -257,8 +268,7 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
         with shmarrow.Consumer(guarded, token="s3cret") as upgraded:
             assert upgraded.mode == "ring"  # same host: read through shared memory instead
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=TIMEOUT)
+        _stop(proc)
     # Connecting to nothing: the port of a server that is gone.
     gone = flight.FlightServerBase("grpc://127.0.0.1:0")
     port = gone.port
@@ -328,25 +338,6 @@ def test_tls_bridge_serves_only_clients_that_trust_its_certificate(producer, tmp
 
 
 # ---- describe, then get (issue 15) ------------------------------------------------------------
-
-def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
-    """`shmarrow flight-serve ARGS`; the process and the address it printed."""
-    proc = subprocess.Popen([str(CLI), "flight-serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    location = proc.stdout.readline().strip()
-    if not location.startswith("grpc://127.0.0.1:"):
-        proc.kill()
-        raise AssertionError(proc.communicate(timeout=TIMEOUT)[1])
-    return proc, location
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    """SIGTERM; the process must exit cleanly. Its stderr."""
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, err
-    return err
-
 
 def _describe_then_get(location: str, first: str) -> pa.Table:
     """What a generic Flight client does: a metadata call, then DoGet of the ticket it names."""
