@@ -63,6 +63,21 @@ ConsumerOptions Remote(bool upgrade) {
   return options;
 }
 
+/// A Flight client of `bridge`.
+arrow::Result<std::unique_ptr<arrow::flight::FlightClient>> ClientOf(const FlightBridge& bridge) {
+  ARROW_ASSIGN_OR_RAISE(auto location, arrow::flight::Location::Parse(bridge.location()));
+  return arrow::flight::FlightClient::Connect(location);
+}
+
+/// An ingest bridge of its own socket whose first DoPut waits for `consumers` local ones.
+FlightBridgeOptions Ingest(int consumers) {
+  FlightBridgeOptions options;
+  options.socket = test_util::UniqueTempPath("ingest");
+  options.ingest = true;
+  options.ingest_wait_consumers = consumers;
+  return options;
+}
+
 class FlightTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -120,8 +135,7 @@ TEST_F(FlightTest, RemoteConsumerReadsTheChecksumsOfALocalOne) {
 TEST_F(FlightTest, DescribingIsNotConsuming) {
   namespace fl = arrow::flight;
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
-  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   const auto stream = fl::FlightDescriptor::Path({"stream"});
   ASSERT_OK_AND_ASSIGN(auto info, client->GetFlightInfo(stream));
   ASSERT_OK_AND_ASSIGN(auto schema_result, client->GetSchema(stream));
@@ -149,8 +163,7 @@ TEST_F(FlightTest, DescribingAsksWhatTheBridgesConsumersWouldGet) {
   FlightBridgeOptions projected;
   projected.consumer.columns = {"name"};
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge(projected));
-  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
-  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   ASSERT_OK_AND_ASSIGN(auto schema_result, client->GetSchema(stream));
   arrow::ipc::DictionaryMemo memo;
   ASSERT_OK_AND_ASSIGN(auto schema, schema_result->GetSchema(&memo));
@@ -160,8 +173,7 @@ TEST_F(FlightTest, DescribingAsksWhatTheBridgesConsumersWouldGet) {
   FlightBridgeOptions unknown;
   unknown.consumer.columns = {"nope"};
   ASSERT_OK_AND_ASSIGN(auto refusing, StartBridge(unknown));
-  ASSERT_OK_AND_ASSIGN(auto refusing_location, fl::Location::Parse(refusing->location()));
-  ASSERT_OK_AND_ASSIGN(auto refused_client, fl::FlightClient::Connect(refusing_location));
+  ASSERT_OK_AND_ASSIGN(auto refused_client, ClientOf(*refusing));
   EXPECT_ERROR_CONTAINS(refused_client->GetFlightInfo(stream).status(),
                         "refused: projection asks for column 'nope'");
   EXPECT_EQ(producer_->stats().consumers_total, 0);
@@ -169,13 +181,9 @@ TEST_F(FlightTest, DescribingAsksWhatTheBridgesConsumersWouldGet) {
 
 TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
   namespace fl = arrow::flight;
-  FlightBridgeOptions options;
-  options.socket = test_util::UniqueTempPath("ingest");
-  options.ingest = true;
-  options.ingest_wait_consumers = 2;
+  const FlightBridgeOptions options = Ingest(2);
   ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(options));
-  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
-  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   const auto stream = fl::FlightDescriptor::Path({"stream"});
 
   std::vector<std::shared_ptr<arrow::RecordBatch>> sent;
@@ -217,22 +225,17 @@ TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
 
   // A bridge without `ingest` refuses DoPut.
   ASSERT_OK_AND_ASSIGN(auto serving, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto serving_location, fl::Location::Parse(serving->location()));
-  ASSERT_OK_AND_ASSIGN(auto serving_client, fl::FlightClient::Connect(serving_location));
+  ASSERT_OK_AND_ASSIGN(auto serving_client, ClientOf(*serving));
   ASSERT_OK_AND_ASSIGN(auto refused_put, serving_client->DoPut(stream, Schema()));
   EXPECT_ERROR_CONTAINS(refused_put.writer->Close(), "this bridge does not ingest");
 }
 
 TEST_F(FlightTest, IngestHoldsTheWriterBackWhileLocalConsumersHoldTheirCredits) {
   namespace fl = arrow::flight;
-  FlightBridgeOptions options;
-  options.socket = test_util::UniqueTempPath("ingest");
-  options.ingest = true;
-  options.ingest_wait_consumers = 1;
+  FlightBridgeOptions options = Ingest(1);
   options.producer.max_in_flight = 2;
   ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(options));
-  ASSERT_OK_AND_ASSIGN(auto location, fl::Location::Parse(bridge->location()));
-  ASSERT_OK_AND_ASSIGN(auto client, fl::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   const auto stream = fl::FlightDescriptor::Path({"stream"});
   ASSERT_OK_AND_ASSIGN(auto put, client->DoPut(stream, Schema()));
   std::thread writer([&] {
@@ -364,8 +367,7 @@ TEST_F(FlightTest, RequestsAreTickets) {
 
 TEST_F(FlightTest, UnknownTicketsDescriptorsAndActionsAreRefused) {
   ASSERT_OK_AND_ASSIGN(auto bridge, StartBridge());
-  ASSERT_OK_AND_ASSIGN(auto location, arrow::flight::Location::Parse(bridge->location()));
-  ASSERT_OK_AND_ASSIGN(auto client, arrow::flight::FlightClient::Connect(location));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   EXPECT_ERROR_CONTAINS(client->DoGet(arrow::flight::Ticket{"other\x01"}).status(),
                         "unknown ticket 'other\\x01'");
   EXPECT_ERROR_CONTAINS(
