@@ -7,6 +7,7 @@
 #include <arrow/util/io_util.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <string>
@@ -16,8 +17,11 @@
 #include "shmarrow/consumer.h"
 #include "shmarrow/flight.h"
 #include "shmarrow/producer.h"
+#include "protocol.h"
+#include "schema_match.h"
 #include "shmarrow/summary.h"
 #include "test_util.h"
+#include "unix_socket.h"
 
 namespace shmarrow {
 namespace {
@@ -177,6 +181,44 @@ TEST_F(FlightTest, DescribingAsksWhatTheBridgesConsumersWouldGet) {
   EXPECT_ERROR_CONTAINS(refused_client->GetFlightInfo(stream).status(),
                         "refused: projection asks for column 'nope'");
   EXPECT_EQ(producer_->stats().consumers_total, 0);
+}
+
+TEST_F(FlightTest, AProducerWithoutTheDescribeFeatureIsToldByeAtOnce) {
+  namespace proto = internal::protocol;
+  const std::string path = test_util::UniqueTempPath("older");
+  ASSERT_OK_AND_ASSIGN(auto listener, internal::UnixSocket::Listen(path, SOCK_SEQPACKET, 0600));
+  uint32_t hello_flags = 0;
+  std::string after_welcome;
+  std::thread older([&] {  // a 1.1 producer: welcomes a consumer, knows nothing of describing
+    ASSERT_OK_AND_ASSIGN(auto peer, listener.Accept(kTimeoutMs));
+    std::vector<uint8_t> buffer(proto::kMaxMessageSize);
+    ASSERT_OK_AND_ASSIGN(auto hello_datagram, peer.Receive(buffer, 0, kTimeoutMs));
+    proto::Reader hello_reader(std::span<const uint8_t>(buffer.data(), hello_datagram.bytes));
+    ASSERT_OK(hello_reader.ReadHeader());
+    ASSERT_OK_AND_ASSIGN(auto hello, proto::DecodeHello(hello_reader));
+    hello_flags = hello.flags;
+    proto::Welcome welcome;
+    welcome.features = hello.features & ~proto::kFeatureDescribe;
+    ASSERT_OK_AND_ASSIGN(welcome.schema, internal::SerializeSchema(*Schema()));
+    proto::Writer writer;
+    ASSERT_OK(peer.Send(proto::Encode(writer, welcome), {}));
+    ASSERT_OK_AND_ASSIGN(auto next, peer.Receive(buffer, 0, kTimeoutMs));
+    proto::Reader next_reader(std::span<const uint8_t>(buffer.data(), next.bytes));
+    ASSERT_OK_AND_ASSIGN(auto header, next_reader.ReadHeader());
+    after_welcome = proto::TypeName(header.type);
+  });
+  FlightBridgeOptions options;
+  options.socket = path;
+  ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(options));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
+  ASSERT_OK_AND_ASSIGN(auto schema_result,
+                       client->GetSchema(arrow::flight::FlightDescriptor::Path({"stream"})));
+  older.join();
+  arrow::ipc::DictionaryMemo memo;
+  ASSERT_OK_AND_ASSIGN(auto schema, schema_result->GetSchema(&memo));
+  EXPECT_TRUE(schema->Equals(*Schema()));
+  EXPECT_NE(hello_flags & proto::kHelloDescribe, 0u);
+  EXPECT_EQ(after_welcome, "Bye");
 }
 
 TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
