@@ -272,6 +272,25 @@ TEST_F(FlightTest, IngestPublishesDoPutsToLocalConsumers) {
   EXPECT_ERROR_CONTAINS(refused_put.writer->Close(), "this bridge does not ingest");
 }
 
+TEST_F(FlightTest, IngestRefusesAMalformedBatchAndPublishesNothingOfIt) {
+  ASSERT_OK_AND_ASSIGN(auto bridge, FlightBridge::Start(Ingest(0)));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
+  // One string whose offsets claim 1000 bytes of a 5-byte buffer: Arrow's writer sends it as it is.
+  const std::vector<int32_t> offsets{0, 1000};
+  auto names = std::make_shared<arrow::StringArray>(
+      1, arrow::Buffer::Wrap(offsets), arrow::Buffer::FromString("short"));
+  arrow::Int64Builder id_builder;
+  ASSERT_OK(id_builder.Append(1));
+  ASSERT_OK_AND_ASSIGN(auto ids, id_builder.Finish());
+  auto lying = arrow::RecordBatch::Make(Schema(), 1, {ids, names});
+  ASSERT_OK_AND_ASSIGN(auto put,
+                       client->DoPut(arrow::flight::FlightDescriptor::Path({"stream"}), Schema()));
+  ASSERT_OK(put.writer->WriteRecordBatch(*lying));
+  ASSERT_OK(put.writer->DoneWriting());
+  EXPECT_ERROR_CONTAINS(put.writer->Close(), "shmarrow bridge: DoPut batch 1: ");
+  EXPECT_EQ(bridge->stats().batches_ingested, 0);
+}
+
 TEST_F(FlightTest, IngestHoldsTheWriterBackWhileLocalConsumersHoldTheirCredits) {
   namespace fl = arrow::flight;
   FlightBridgeOptions options = Ingest(1);
