@@ -463,6 +463,21 @@ TEST_F(FlightTest, TokenIsRequired) {
   right.remote.token = "s3cret";
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(bridge->location(), right));
   EXPECT_EQ(consumer->mode(), "flight");
+  // Writers too: an ingest bridge with a token takes no DoPut without it.
+  FlightBridgeOptions ingest = Ingest(0);
+  ingest.token = "s3cret";
+  ASSERT_OK_AND_ASSIGN(auto ingesting, FlightBridge::Start(ingest));
+  ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*ingesting));
+  ASSERT_OK_AND_ASSIGN(auto batch, MakeBatch(arrow::default_memory_pool(), 0));
+  // Which call reports the refusal depends on when the client hears the server's answer.
+  auto put = client->DoPut(arrow::flight::FlightDescriptor::Path({"stream"}), Schema());
+  arrow::Status refused = put.status();
+  if (refused.ok()) {
+    refused = put->writer->WriteRecordBatch(*batch);
+    if (refused.ok()) refused = put->writer->Close();
+  }
+  EXPECT_ERROR_CONTAINS(refused, "missing or wrong bearer token");
+  EXPECT_EQ(ingesting->stats().batches_ingested, 0);
 }
 
 TEST_F(FlightTest, NobodyListeningIsConnectionRefused) {
