@@ -11,8 +11,19 @@ Every route moves the same batches (int64 columns) to a pyarrow reader in this p
   shm_local       the same producer -> shmarrow.Consumer in this process (no network)
 A run is timed from the call that starts the stream to the last batch in hand; the producer is
 already listening, its batches already built on the heap (Producer.publish copies them into the
-ring once; pyarrow's server sends them as they are). Figures are the median of the runs, GB/s =
-table bytes / seconds / 1e9. The CLI comes from $SHMARROW_BUILD (default build/).
+ring once; pyarrow's server sends them as they are).
+
+Ingest, the other way: a pyarrow.flight client in this process writes the same batches with
+do_put to
+  ingest_bridge          `shmarrow flight-serve --ingest --wait-consumers 1` (its ring producer
+                         publishing each batch, validated, to a shmarrow.Consumer child process)
+  ingest_pyarrow_flight  the pyarrow.flight server child, whose do_put reads every batch
+timed from do_put to the writer's close() returning, i.e. until the server took the last batch
+(the bridge: published it; its consumer then reads the rest, which is checked afterwards).
+
+All routes run interleaved, once each per run. Figures are the median of the runs with their
+min and max; GB/s = table bytes / median seconds / 1e9. The CLI comes from $SHMARROW_BUILD
+(default build/).
 """
 from __future__ import annotations
 
@@ -63,6 +74,10 @@ def flight_server_child(count: int, nbytes: int) -> None:
         def do_get(self, context, ticket):
             return flight.RecordBatchStream(pa.Table.from_batches(batches))
 
+        def do_put(self, context, descriptor, reader, writer):
+            for chunk in reader:
+                chunk.data.num_rows  # every batch received, as the bridge takes each one
+
     server = Server("grpc://127.0.0.1:0")
     print(server.port, flush=True)
     server.serve()
@@ -89,6 +104,50 @@ def read_local(address: str) -> int:
     return got
 
 
+def consumer_child(address: str) -> None:
+    """Reads the stream at `address` (waiting for its producer) and prints the rows it got."""
+    import shmarrow
+    got = 0
+    with shmarrow.Consumer(address, connect_timeout=TIMEOUT, timeout=TIMEOUT) as consumer:
+        for batch in consumer:
+            got += batch.num_rows
+    print(got, flush=True)
+
+
+def write_flight(location: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -> float:
+    """DoPut of `batches`; seconds until the server has taken the last one."""
+    t0 = time.perf_counter()
+    writer, _ = flight.connect(location).do_put(flight.FlightDescriptor.for_path("stream"),
+                                                schema)
+    for batch in batches:
+        writer.write_batch(batch)
+    writer.close()
+    return time.perf_counter() - t0
+
+
+def timed_ingest(cli: str, address: str, batches: list[pa.RecordBatch]) -> tuple[float, int]:
+    """A fresh ingest bridge and a local consumer; DoPut into it, then end the stream."""
+    bridge = subprocess.Popen([cli, "flight-serve", "--socket", address, "--ingest",
+                               "--wait-consumers", "1", "--max-in-flight", "8",
+                               "--ring-size", str(max(64 << 20, 8 * batches[0].nbytes))],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    consumer = child(["consumer", address])
+    try:
+        location = bridge.stdout.readline().strip()
+        # Untimed: a DoPut without batches creates the producer and waits for the consumer.
+        write_flight(location, batches[0].schema, [])
+        seconds = write_flight(location, batches[0].schema, batches)
+        bridge.send_signal(signal.SIGTERM)  # ends the stream once the consumer took the rest
+        rows = int(consumer.stdout.readline())
+        bridge.wait(timeout=TIMEOUT)
+    finally:
+        for proc in (bridge, consumer):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return seconds, rows
+
+
 def timed_with_producer(address: str, count: int, nbytes: int, read) -> tuple[float, int]:
     proc = child(["producer", address, str(count), str(nbytes)])
     try:
@@ -108,6 +167,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "producer":
         producer_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "consumer":
+        consumer_child(sys.argv[2])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "flight-server":
         flight_server_child(int(sys.argv[2]), int(sys.argv[3]))
         return
@@ -119,10 +181,12 @@ def main() -> None:
     runs = args.runs or (3 if args.quick else 7)
     build = os.path.abspath(os.environ.get("SHMARROW_BUILD", os.path.join(ROOT, "build")))
     cli = os.path.join(build, "shmarrow")
-    expect_rows = sum(b.num_rows for b in make_batches(count, nbytes))
-    table_bytes = sum(b.nbytes for b in make_batches(count, nbytes))
+    batches = make_batches(count, nbytes)
+    expect_rows = sum(b.num_rows for b in batches)
+    table_bytes = sum(b.nbytes for b in batches)
 
-    samples: dict[str, list[float]] = {"bridge": [], "pyarrow_flight": [], "shm_local": []}
+    samples: dict[str, list[float]] = {"bridge": [], "pyarrow_flight": [], "shm_local": [],
+                                       "ingest_bridge": [], "ingest_pyarrow_flight": []}
     with tempfile.TemporaryDirectory(prefix="shmarrow-flight-bench-") as tmp:
         address = os.path.join(tmp, "producer.sock")
         bridge = subprocess.Popen([cli, "flight-serve", "--socket", address, "--validate", "basic"],
@@ -143,6 +207,11 @@ def main() -> None:
                                                     lambda: read_local(address))
                 assert rows == expect_rows
                 samples["shm_local"].append(seconds)
+                seconds, rows = timed_ingest(cli, os.path.join(tmp, "ingest.sock"), batches)
+                assert rows == expect_rows, (rows, expect_rows)
+                samples["ingest_bridge"].append(seconds)
+                samples["ingest_pyarrow_flight"].append(
+                    write_flight(server_location, batches[0].schema, batches))
         finally:
             for proc in (bridge, server):
                 proc.send_signal(signal.SIGTERM if proc is bridge else signal.SIGKILL)
@@ -152,10 +221,13 @@ def main() -> None:
               "routes": {}}
     for route, seconds in samples.items():
         median = statistics.median(seconds)
-        result["routes"][route] = {"median_s": median, "gbps": table_bytes / median / 1e9,
+        result["routes"][route] = {"median_s": median, "min_s": min(seconds),
+                                   "max_s": max(seconds), "gbps": table_bytes / median / 1e9,
                                    "samples_s": seconds}
-    result["bridge_vs_pyarrow_flight"] = (result["routes"]["bridge"]["gbps"] /
-                                          result["routes"]["pyarrow_flight"]["gbps"])
+    routes = result["routes"]
+    result["bridge_vs_pyarrow_flight"] = routes["bridge"]["gbps"] / routes["pyarrow_flight"]["gbps"]
+    result["ingest_bridge_vs_pyarrow_flight"] = (routes["ingest_bridge"]["gbps"] /
+                                                 routes["ingest_pyarrow_flight"]["gbps"])
     print(json.dumps(result))
 
 

@@ -350,21 +350,10 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     return arrow::Status::IOError("producer at '", address, "' closed the connection during the ",
                                   "handshake");
   }
-  proto::Reader reader(std::span<const uint8_t>(receive_buffer_.data(), received.bytes));
-  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
-  if (header.type == proto::Type::kError) {
-    ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
-    return arrow::Status::Invalid("producer at '", address, "' refused: ", error.message);
-  }
-  if (header.type != proto::Type::kWelcome) {
-    return arrow::Status::Invalid("protocol: expected Welcome, got ", proto::TypeName(header.type));
-  }
-  ARROW_ASSIGN_OR_RAISE(auto welcome, proto::DecodeWelcome(reader));
-  if (welcome.major != proto::kMajorVersion) {
-    return arrow::Status::Invalid("producer speaks protocol ", welcome.major, ".", welcome.minor,
-                                  "; this consumer speaks ", proto::kMajorVersion, ".",
-                                  proto::kMinorVersion, " (major versions must match)");
-  }
+  ARROW_ASSIGN_OR_RAISE(
+      auto welcome,
+      proto::DecodeHandshakeAnswer(
+          std::span<const uint8_t>(receive_buffer_.data(), received.bytes), address));
   ARROW_ASSIGN_OR_RAISE(schema_, internal::DeserializeSchema(welcome.schema));
   if (options_.expect_schema != nullptr && options_.columns.empty()) {
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));

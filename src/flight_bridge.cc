@@ -12,6 +12,7 @@
 
 #include "errno_status.h"
 #include "flight_internal.h"
+#include "schema_match.h"
 #include "shmarrow/flight.h"
 
 namespace shmarrow {
@@ -23,6 +24,24 @@ namespace bridge = internal::flight;
 /// How often a DoGet waiting for the producer looks whether its call was cancelled.
 constexpr int kWaitSliceMs = 100;
 
+/// The Producer that DoPut publishes through (FlightBridgeOptions::ingest).
+struct Ingest {
+  std::mutex publishing;  // held by the one DoPut publishing
+  std::mutex state;       // guards `producer`; taken after `publishing`, never before
+  std::shared_ptr<Producer> producer;  // made by the first DoPut
+
+  /// At shutdown: ends the stream when no DoPut is publishing and lets local consumers take the
+  /// rest for up to `drain_timeout_ms`; otherwise closes it under the DoPut (whose Publish fails), so
+  /// local consumers see an error after the last whole batch. Needs `stopping` already set.
+  void Finish(int drain_timeout_ms) {
+    std::unique_lock idle(publishing, std::try_to_lock);
+    std::lock_guard lock(state);
+    if (producer == nullptr) return;
+    if (idle.owns_lock() && producer->End().ok()) (void)producer->WaitUntilDrained(drain_timeout_ms);
+    producer->Close();
+  }
+};
+
 /// What the server and the streams it serves share; outlives both.
 struct Shared {
   std::atomic<bool> stopping{false};
@@ -30,7 +49,16 @@ struct Shared {
   std::atomic<int64_t> active{0};
   std::atomic<int64_t> batches{0};
   std::atomic<int64_t> refused{0};
+  std::atomic<int64_t> ingested{0};
+  Ingest ingest;
 };
+
+/// A call goes on while the bridge runs and its client is there.
+arrow::Status CheckCallLive(const Shared& shared, const fl::ServerCallContext& context) {
+  if (shared.stopping) return arrow::Status::Cancelled("the bridge is shutting down");
+  if (context.is_cancelled()) return arrow::Status::Cancelled("the client cancelled the call");
+  return arrow::Status::OK();
+}
 
 /// What one DoGet streams, read through its own Consumer. Nothing is read ahead: while Flight
 /// waits for the client to take more, the Consumer holds its batches and its credits hold the
@@ -76,19 +104,15 @@ class BridgeReader final : public arrow::RecordBatchReader {
   }
 
  private:
-  arrow::Status CheckLive() const {
-    if (shared_->stopping) return arrow::Status::Cancelled("the bridge is shutting down");
-    if (context_.is_cancelled()) return arrow::Status::Cancelled("the client cancelled the call");
-    return arrow::Status::OK();
-  }
+  arrow::Status CheckLive() const { return CheckCallLive(*shared_, context_); }
   /// A Flight stream has one schema: a schema change ends it with an error.
   arrow::Status Count(std::shared_ptr<arrow::RecordBatch>* batch) {
     if (*batch == nullptr) return arrow::Status::OK();
     if (!(*batch)->schema()->Equals(*schema_)) {
-      const auto changed = (*batch)->schema()->ToString();
+      const auto changed = internal::DescribeSchema(*(*batch)->schema());
       batch->reset();
-      return arrow::Status::Invalid("the producer changed its schema to {", changed,
-                                    "}; a Flight stream has a single schema");
+      return arrow::Status::Invalid("the producer changed its schema to ", changed,
+                                    "; a Flight stream has a single schema");
     }
     ++shared_->batches;
     return arrow::Status::OK();
@@ -169,6 +193,43 @@ class BridgeServer final : public fl::FlightServerBase {
     return arrow::Status::OK();
   }
 
+  /// Publishes the written stream through the ingest Producer, one batch at a time: the next
+  /// one is read from gRPC only after Publish took this one, so local consumers' back-pressure
+  /// (credits, a full ring) reaches the writer through gRPC's flow control. A batch arrives whole
+  /// or not at all; a writer that fails or vanishes ends only its DoPut.
+  arrow::Status DoPut(const fl::ServerCallContext& context,
+                      std::unique_ptr<fl::FlightMessageReader> reader,
+                      std::unique_ptr<fl::FlightMetadataWriter>) override {
+    if (!options_.ingest) {
+      return Refuse("DoPut: this bridge does not ingest (start it with --ingest)");
+    }
+    ARROW_RETURN_NOT_OK(CheckDescriptor(reader->descriptor()));
+    Ingest& ingest = shared_->ingest;
+    std::unique_lock publishing(ingest.publishing, std::try_to_lock);
+    if (!publishing.owns_lock()) {
+      return fl::MakeFlightError(fl::FlightStatusCode::Unavailable,
+                                 "shmarrow bridge: another DoPut is publishing; one at a time");
+    }
+    ARROW_ASSIGN_OR_RAISE(auto schema, reader->GetSchema());
+    ARROW_ASSIGN_OR_RAISE(auto producer, IngestProducer(schema, context));
+    for (int64_t n = 1;; ++n) {
+      ARROW_RETURN_NOT_OK(CheckLive(context));
+      ARROW_ASSIGN_OR_RAISE(auto chunk, reader->Next());
+      if (chunk.data == nullptr) {
+        if (chunk.app_metadata != nullptr) continue;  // metadata alone carries no rows
+        return arrow::Status::OK();
+      }
+      // The writer is a peer like any other: its batch must be sound before local consumers
+      // (perhaps validating only the basics) read it in place.
+      auto status = chunk.data->ValidateFull();
+      if (status.ok()) status = producer->Publish(chunk.data);
+      if (!status.ok()) {
+        return status.WithMessage("shmarrow bridge: DoPut batch ", n, ": ", status.message());
+      }
+      ++shared_->ingested;
+    }
+  }
+
   arrow::Status GetFlightInfo(const fl::ServerCallContext&, const fl::FlightDescriptor& descriptor,
                               std::unique_ptr<fl::FlightInfo>* info) override {
     ARROW_RETURN_NOT_OK(CheckDescriptor(descriptor));
@@ -180,8 +241,8 @@ class BridgeServer final : public fl::FlightServerBase {
   arrow::Status GetSchema(const fl::ServerCallContext&, const fl::FlightDescriptor& descriptor,
                           std::unique_ptr<fl::SchemaResult>* schema) override {
     ARROW_RETURN_NOT_OK(CheckDescriptor(descriptor));
-    ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectProducer(RequestOptions()));
-    ARROW_ASSIGN_OR_RAISE(*schema, fl::SchemaResult::Make(*consumer->schema()));
+    ARROW_ASSIGN_OR_RAISE(auto described, DescribeProducer());
+    ARROW_ASSIGN_OR_RAISE(*schema, fl::SchemaResult::Make(*described));
     return arrow::Status::OK();
   }
 
@@ -225,7 +286,7 @@ class BridgeServer final : public fl::FlightServerBase {
     return consumer;
   }
 
-  /// A consumer that reads only an answer (or the schema) takes the stream lossily, holding at
+  /// A consumer that reads only an answer takes the stream lossily, holding at
   /// most one batch, so that it never holds the producer back (as `shmarrow recv --request`).
   ConsumerOptions RequestOptions() const {
     ConsumerOptions options = options_.consumer;
@@ -243,13 +304,66 @@ class BridgeServer final : public fl::FlightServerBase {
                   ": this bridge describes only the path ['", bridge::kStreamTicket, "']");
   }
 
+  /// The schema a DoGet would start with now, learnt without becoming a consumer: describing
+  /// must neither count as one the producer waits for nor take any of its batches.
+  arrow::Result<std::shared_ptr<arrow::Schema>> DescribeProducer() const {
+    auto schema = bridge::DescribeProducer(options_.socket, options_.consumer);
+    if (!schema.ok()) {
+      return schema.status().WithMessage("shmarrow bridge: the producer at '", options_.socket,
+                                         "': ", schema.status().message());
+    }
+    return schema;
+  }
+
   arrow::Result<fl::FlightInfo> Describe() {
-    ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectProducer(RequestOptions()));
+    ARROW_ASSIGN_OR_RAISE(auto schema, DescribeProducer());
     fl::FlightEndpoint endpoint;
     endpoint.ticket.ticket = std::string(bridge::kStreamTicket);
-    return fl::FlightInfo::Make(*consumer->schema(),
+    return fl::FlightInfo::Make(*schema,
                                 fl::FlightDescriptor::Path({std::string(bridge::kStreamTicket)}),
                                 {endpoint}, -1, -1);
+  }
+
+  arrow::Status CheckLive(const fl::ServerCallContext& context) const {
+    return CheckCallLive(*shared_, context);
+  }
+
+  /// The ingest Producer for a DoPut of `schema`: the first one creates it and waits for
+  /// `ingest_wait_consumers` local consumers; later ones must bring the same schema.
+  arrow::Result<std::shared_ptr<Producer>> IngestProducer(
+      const std::shared_ptr<arrow::Schema>& schema, const fl::ServerCallContext& context) {
+    Ingest& ingest = shared_->ingest;
+    std::shared_ptr<Producer> producer;
+    {
+      std::lock_guard lock(ingest.state);
+      ARROW_RETURN_NOT_OK(CheckLive(context));  // Shutdown sets `stopping`, then takes `state`
+      if (ingest.producer != nullptr) {
+        const auto& expected = *ingest.producer->schema();
+        if (!schema->Equals(expected)) {
+          const auto put = internal::DescribeSchema(*schema);
+          const auto own = internal::DescribeSchema(expected);
+          return arrow::Status::Invalid("shmarrow bridge: DoPut schema ", put,
+                                        " differs from the producer's ", own,
+                                        put == own ? " (in the fields' nullability)" : "");
+        }
+        return ingest.producer;
+      }
+      auto listening = Producer::Listen(options_.socket, schema, options_.producer);
+      if (!listening.ok()) {
+        return listening.status().WithMessage("shmarrow bridge: ingest producer at '",
+                                              options_.socket, "': ", listening.status().message());
+      }
+      producer = ingest.producer = std::move(*listening);
+    }
+    if (options_.ingest_wait_consumers > 0) {
+      for (;;) {
+        auto waited = producer->WaitForConsumers(options_.ingest_wait_consumers, kWaitSliceMs);
+        if (waited.ok()) break;
+        if (waited.IsCancelled()) return waited;  // closed by Shutdown
+        ARROW_RETURN_NOT_OK(CheckLive(context));
+      }
+    }
+    return producer;
   }
 
   template <typename... Args>
@@ -265,14 +379,18 @@ class BridgeServer final : public fl::FlightServerBase {
 class FlightBridgeImpl final : public FlightBridge {
  public:
   FlightBridgeImpl(std::unique_ptr<BridgeServer> server, std::shared_ptr<Shared> shared,
-                   std::string location)
-      : server_(std::move(server)), shared_(std::move(shared)), location_(std::move(location)) {}
+                   std::string location, int drain_timeout_ms)
+      : server_(std::move(server)),
+        shared_(std::move(shared)),
+        location_(std::move(location)),
+        drain_timeout_ms_(drain_timeout_ms) {}
   ~FlightBridgeImpl() override { (void)Shutdown(); }
 
   std::string location() const override { return location_; }
   int port() const override { return server_->port(); }
   FlightBridgeStats stats() const override {
-    return {shared_->served, shared_->active, shared_->batches, shared_->refused};
+    return {shared_->served, shared_->active, shared_->batches, shared_->refused,
+            shared_->ingested};
   }
   arrow::Status Shutdown() override {
     std::lock_guard lock(mutex_);
@@ -281,6 +399,7 @@ class FlightBridgeImpl final : public FlightBridge {
     // Streams waiting for the producer notice within kWaitSliceMs; calls blocked on a client
     // that does not read are cancelled by gRPC at the deadline.
     shared_->stopping = true;
+    shared_->ingest.Finish(drain_timeout_ms_);
     const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(1);
     ARROW_RETURN_NOT_OK(server_->Shutdown(&deadline));
     return server_->Wait();
@@ -290,6 +409,7 @@ class FlightBridgeImpl final : public FlightBridge {
   std::unique_ptr<BridgeServer> server_;
   std::shared_ptr<Shared> shared_;
   const std::string location_;
+  const int drain_timeout_ms_;  // ingest_drain_timeout_ms
   std::mutex mutex_;
   bool shut_down_ = false;
 };
@@ -338,7 +458,7 @@ arrow::Result<std::unique_ptr<FlightBridge>> FlightBridge::Start(
                                : listen.host;
   std::string bound = scheme + "://" + host + ":" + std::to_string(server->port());
   return std::make_unique<FlightBridgeImpl>(std::move(server), std::move(shared),
-                                            std::move(bound));
+                                            std::move(bound), options.ingest_drain_timeout_ms);
 }
 
 }  // namespace shmarrow

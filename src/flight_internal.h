@@ -54,6 +54,11 @@ struct SocketAdvert {
 /// inode for a filesystem path); otherwise why not.
 [[nodiscard]] arrow::Status CheckAdvertIsLocal(const SocketAdvert& advert);
 
+/// The schema a consumer with `options` (columns, expect_schema) would receive from the producer
+/// at `socket`, learnt without becoming its consumer: a describing Hello (docs/protocol.md).
+[[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> DescribeProducer(
+    const std::string& socket, const ConsumerOptions& options);
+
 /// ConnectAny for Flight addresses (src/flight_consumer.cc).
 [[nodiscard]] arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(
     const std::string& address, const ConsumerOptions& options);

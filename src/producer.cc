@@ -343,6 +343,9 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   void ReadFrom(Connection& c);
   arrow::Status Handle(Connection& c, const uint8_t* data, int64_t size);
   arrow::Status Handshake(Connection& c, const proto::Hello& hello);
+  /// Answers a describing Hello (checked like any other) with a Welcome without the ring, then
+  /// drops the connection: it never becomes a consumer.
+  arrow::Status Describe(Connection& c, const proto::Hello& hello);
   void StartRequest(Connection& c, uint32_t stream, std::string request);
 
   const std::string address_;
@@ -1098,8 +1101,10 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
          proto::ErrorCode::kVersion);
     return arrow::Status::OK();
   }
+  const bool describe =
+      (hello.flags & proto::kHelloDescribe) && (hello.features & proto::kFeatureDescribe);
   const int64_t welcomed = ActiveConsumers();
-  if (welcomed >= options_.max_consumers) {
+  if (!describe && welcomed >= options_.max_consumers) {
     Kill(c, "producer already serves " + std::to_string(welcomed) + " consumers (limit " +
                 std::to_string(options_.max_consumers) + ")",
          proto::ErrorCode::kLimit);
@@ -1121,6 +1126,7 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     auto indices = internal::ProjectionIndices(*schema_, hello.columns);
     if (!indices.ok()) return refuse(indices.status());
   }
+  if (describe) return Describe(c, hello);
   // Retained batches to replay (start at oldest): they may predate a schema change, so the
   // consumer is welcomed with the schema of the first one and told of each change in between.
   // Only the newest run of batches whose schema suits this consumer is replayed.
@@ -1314,6 +1320,26 @@ arrow::Status ResponseWriterImpl::Write(const std::shared_ptr<arrow::RecordBatch
   }
   return producer_->SendResponse(connection_, stream_, std::move(new_schema),
                                  std::move(published));
+}
+
+arrow::Status ProducerImpl::Describe(Connection& c, const proto::Hello& hello) {
+  proto::Welcome welcome;
+  welcome.features = hello.features & proto::kFeatureDescribe;
+  welcome.mode = ring_ != nullptr ? proto::Mode::kRing : proto::Mode::kSealed;
+  welcome.consumer_id = c.id;
+  welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;
+  welcome.max_consumers = static_cast<uint32_t>(options_.max_consumers);
+  welcome.max_in_flight = static_cast<uint32_t>(options_.max_in_flight);
+  std::shared_ptr<arrow::Schema> schema = schema_;
+  if (!hello.columns.empty()) {
+    ARROW_ASSIGN_OR_RAISE(auto projection, internal::ProjectionIndices(*schema_, hello.columns));
+    schema = internal::ProjectSchema(*schema_, projection);
+  }
+  ARROW_ASSIGN_OR_RAISE(welcome.schema, internal::SerializeSchema(*schema));
+  ARROW_ASSIGN_OR_RAISE(bool sent, c.socket.TrySendDatagram(proto::Encode(writer_, welcome), {}));
+  if (!sent) return arrow::Status::IOError("describer's socket is full during the handshake");
+  c.dead = true;  // closed when reaped; the Welcome already queued in its socket stays readable
+  return arrow::Status::OK();
 }
 
 arrow::Status ProducerImpl::WaitForConsumers(int count, int timeout_ms) {

@@ -274,4 +274,24 @@ arrow::Result<uint64_t> DecodeWaiting(Reader& r) {
   return entries_read;
 }
 
+arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
+                                             std::string_view address) {
+  Reader reader(datagram);
+  ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
+  if (header.type == Type::kError) {
+    ARROW_ASSIGN_OR_RAISE(auto error, DecodeError(reader));
+    return arrow::Status::Invalid("producer at '", address, "' refused: ", error.message);
+  }
+  if (header.type != Type::kWelcome) {
+    return arrow::Status::Invalid("protocol: expected Welcome, got ", TypeName(header.type));
+  }
+  ARROW_ASSIGN_OR_RAISE(auto welcome, DecodeWelcome(reader));
+  if (welcome.major != kMajorVersion) {
+    return arrow::Status::Invalid("producer speaks protocol ", welcome.major, ".", welcome.minor,
+                                  "; this consumer speaks ", kMajorVersion, ".", kMinorVersion,
+                                  " (major versions must match)");
+  }
+  return welcome;
+}
+
 }  // namespace shmarrow::internal::protocol

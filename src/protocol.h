@@ -41,6 +41,9 @@ const char* TypeName(Type type);
 inline constexpr uint32_t kHelloLossy = 1u << 0;
 inline constexpr uint32_t kHelloStartAtOldest = 1u << 1;
 inline constexpr uint32_t kHelloSchemaSubset = 1u << 2;  // required schema: subset, else exact
+/// With kFeatureDescribe: the consumer only wants the Welcome (schema, limits), then the producer
+/// closes; it is never counted, sent batches or retained for (docs/protocol.md, "Describing").
+inline constexpr uint32_t kHelloDescribe = 1u << 3;
 
 /// Features (Hello and Welcome); the intersection is what the connection uses.
 inline constexpr uint32_t kFeatureRequests = 1u << 0;
@@ -50,8 +53,11 @@ inline constexpr uint32_t kFeatureLossy = 1u << 2;
 inline constexpr uint32_t kFeatureBatchRuns = 1u << 3;
 /// Ring mode: stream 0 travels through a queue in the ring (protocol 1.1); see QueueEntry.
 inline constexpr uint32_t kFeatureQueue = 1u << 4;
-inline constexpr uint32_t kAllFeatures =
-    kFeatureRequests | kFeatureProjection | kFeatureLossy | kFeatureBatchRuns | kFeatureQueue;
+/// The producer honours kHelloDescribe; a Welcome without it means the describer was welcomed as
+/// a consumer (an older producer) and must say Bye.
+inline constexpr uint32_t kFeatureDescribe = 1u << 5;
+inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy |
+                                         kFeatureBatchRuns | kFeatureQueue | kFeatureDescribe;
 /// Most batches in one Batches message (and sequences in one Release).
 inline constexpr uint32_t kMaxRun = 4096;
 
@@ -207,5 +213,10 @@ std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
 [[nodiscard]] arrow::Result<Error> DecodeError(Reader& r);
 [[nodiscard]] arrow::Result<std::string> DecodeRequest(Reader& r);
 [[nodiscard]] arrow::Result<uint64_t> DecodeWaiting(Reader& r);
+
+/// The producer's answer to a Hello (one whole datagram): its Welcome, or an error saying why not
+/// (its Error message, another message type, another major version). `address` names it.
+[[nodiscard]] arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
+                                                           std::string_view address);
 
 }  // namespace shmarrow::internal::protocol

@@ -54,15 +54,41 @@ arrow::Status RunFlightServe(Args& args) {
   ARROW_ASSIGN_OR_RAISE(int64_t max_in_flight, args.Int("--max-in-flight", 0));
   ARROW_ASSIGN_OR_RAISE(int64_t connect_timeout_ms, args.Int("--connect-timeout-ms", 0));
   const std::string validate = args.String("--validate", "full");
+  // --ingest: DoPut publishes through a producer at --socket (docs/flight.md, "Ingest").
+  options.ingest = args.Flag("--ingest");
+  const std::string mode = args.String("--mode", "ring");
+  ARROW_ASSIGN_OR_RAISE(options.producer.ring_size,
+                        args.Bytes("--ring-size", options.producer.ring_size));
+  ARROW_ASSIGN_OR_RAISE(int64_t retain, args.Int("--retain", 0));
+  ARROW_ASSIGN_OR_RAISE(int64_t max_consumers, args.Int("--max-consumers", 64));
+  ARROW_ASSIGN_OR_RAISE(int64_t wait_consumers, args.Int("--wait-consumers", 0));
+  ARROW_ASSIGN_OR_RAISE(int64_t drain_timeout_ms, args.Int("--drain-timeout-ms", 10000));
+  if (!options.ingest) {
+    for (const char* name : {"--mode", "--ring-size", "--retain", "--max-consumers",
+                             "--wait-consumers", "--drain-timeout-ms"}) {
+      ARROW_RETURN_NOT_OK(args.Reject(name, "applies only with --ingest"));
+    }
+  }
   ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to flight-serve"));
   if (max_in_flight < 0 || max_in_flight > INT32_MAX || connect_timeout_ms < 0 ||
       connect_timeout_ms > INT32_MAX) {
     return UsageError("need --max-in-flight >= 0 and --connect-timeout-ms >= 0");
   }
+  if (retain < 0 || retain > INT32_MAX || max_consumers < 1 || max_consumers > INT32_MAX ||
+      wait_consumers < 0 || wait_consumers > INT32_MAX || drain_timeout_ms < 0 || drain_timeout_ms > INT32_MAX) {
+    return UsageError("need --retain, --wait-consumers, --drain-timeout-ms >= 0, --max-consumers >= 1");
+  }
   if (validate == "basic") options.consumer.validation = Validation::kBasic;
   else if (validate != "full") return UsageError("--validate takes full or basic");
+  if (mode != "ring" && mode != "sealed") return UsageError("--mode takes ring or sealed");
   options.consumer.max_in_flight = static_cast<int>(max_in_flight);
   options.consumer.connect_timeout_ms = static_cast<int>(connect_timeout_ms);
+  options.producer.mode = mode == "ring" ? MemoryMode::kRing : MemoryMode::kSealed;
+  if (max_in_flight > 0) options.producer.max_in_flight = static_cast<int>(max_in_flight);
+  options.producer.retain = static_cast<int>(retain);
+  options.producer.max_consumers = static_cast<int>(max_consumers);
+  options.ingest_wait_consumers = static_cast<int>(wait_consumers);
+  options.ingest_drain_timeout_ms = static_cast<int>(drain_timeout_ms);
 
   // Blocked before gRPC starts its threads, so that they inherit the mask and sigwait below
   // receives the signal instead of any of them.
@@ -77,7 +103,8 @@ arrow::Status RunFlightServe(Args& args) {
   auto bridge = std::move(*started);
   // The address alone on stdout (port 0 picks a free one), for scripts; the rest on stderr.
   std::cout << bridge->location() << std::endl;
-  std::cerr << "shmarrow flight-serve: serving '" << options.socket << "' at "
+  std::cerr << "shmarrow flight-serve: " << (options.ingest ? "ingesting into and " : "")
+            << "serving '" << options.socket << "' at "
             << bridge->location() << (options.token.empty() ? "" : " (bearer token required)")
             << "; SIGINT or SIGTERM stops" << std::endl;
   int received = 0;
@@ -86,7 +113,7 @@ arrow::Status RunFlightServe(Args& args) {
   const auto stats = bridge->stats();
   std::cerr << "shmarrow flight-serve: stopped; " << stats.streams_served << " streams, "
             << stats.batches_sent << " batches sent, " << stats.calls_refused
-            << " calls refused" << std::endl;
+            << " calls refused, " << stats.batches_ingested << " batches ingested" << std::endl;
   return arrow::Status::OK();
 }
 

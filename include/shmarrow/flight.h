@@ -9,6 +9,7 @@
 #include <string>
 
 #include "shmarrow/consumer.h"
+#include "shmarrow/producer.h"
 
 namespace shmarrow {
 
@@ -33,6 +34,19 @@ struct FlightBridgeOptions {
   bool advertise_socket = true;
   /// Options of the Consumer each DoGet connects (credits, validation, lossy, columns, ...).
   ConsumerOptions consumer;
+
+  /// Accept DoPut of the descriptor path ["stream"] and publish its batches through a Producer
+  /// listening at `socket` (which DoGet then serves too). The first DoPut creates the Producer
+  /// with its schema; later DoPuts continue the same stream and must have that schema. One
+  /// DoPut at a time. Shutdown ends the stream (docs/flight.md, "Ingest").
+  bool ingest = false;
+  /// Ingest: the Producer's options (mode, ring size, credits, retain, ...).
+  ProducerOptions producer;
+  /// Ingest: the first DoPut publishes nothing until this many local consumers are attached
+  /// (its writer is held back meanwhile).
+  int ingest_wait_consumers = 0;
+  /// Ingest: at Shutdown, how long the ended stream waits for local consumers to take the rest.
+  int ingest_drain_timeout_ms = 10000;
 };
 
 struct FlightBridgeStats {
@@ -40,12 +54,14 @@ struct FlightBridgeStats {
   int64_t streams_active = 0;   // of those, still running
   int64_t batches_sent = 0;     // batches handed to Flight
   int64_t calls_refused = 0;    // unknown tickets or descriptors
+  int64_t batches_ingested = 0; // DoPut batches published to local consumers
 };
 
 /// A Flight server (gRPC) in front of one producer's socket. Tickets: "stream" (the published
 /// stream, from the next batch on, per ConsumerOptions) and "request:<bytes>" (the producer's answer
 /// to <bytes>). Descriptor path ["stream"] describes the published stream for GetFlightInfo,
-/// GetSchema and ListFlights. Nothing else is served. Thread-safe.
+/// GetSchema and ListFlights (without becoming a consumer of it) and, with `ingest`, is what DoPut
+/// publishes. Nothing else is served. Thread-safe.
 class FlightBridge {
  public:
   /// Listens and serves on gRPC's threads until Shutdown.

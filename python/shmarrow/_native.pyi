@@ -40,7 +40,8 @@ class _Consumer:
     def __init__(self, address: str, lossy: bool, start_at_oldest: bool, max_in_flight: int,
                  columns: list[str], expect_schema: Optional[CapsuleType], subset: bool,
                  validate_full: bool, connect_timeout_ms: int, read_timeout_ms: int,
-                 busy_poll_us: int, require_seals: bool) -> None: ...
+                 busy_poll_us: int, require_seals: bool, token: str, tls_root_certs: str,
+                 tls_override_hostname: str, upgrade: bool) -> None: ...
     def next(self, timeout_ms: int) -> Optional[tuple[CapsuleType, CapsuleType]]:
         """Next batch as (schema capsule, array capsule); None at the end. Blocks,
         interruptibly; raises a timeout error after timeout_ms (-1: never)."""
@@ -91,7 +92,8 @@ class _Producer:
 class _FlightBridge:
     def __init__(self, socket: str, listen: str, allow_remote: bool, tls_cert_pem: str,
                  tls_key_pem: str, token: str, serve_requests: bool, advertise_socket: bool,
-                 max_in_flight: int) -> None: ...
+                 max_in_flight: int, ingest: bool, ring: bool, ring_size: int, retain: int,
+                 max_consumers: int, wait_consumers: int, drain_timeout_ms: int) -> None: ...
     @property
     def location(self) -> str: ...
     @property

@@ -309,6 +309,12 @@ class Consumer:
         the latency of a small batch; the cost is a busy CPU while waiting.
     :param allow_unsealed: single hand-over (``shmarrow send``): accept a memfd that is not
         sealed against change by reading a private copy of it (one copy) instead of refusing.
+    :param token: Flight addresses: sent as ``authorization: Bearer <token>`` with every call.
+    :param tls_root_certs: ``grpc+tls``: PEM root certificates to trust ("": the system's).
+    :param tls_override_hostname: ``grpc+tls``: the name the server's certificate must carry, if
+        not the address's host.
+    :param upgrade: a bridge on this host that advertises its producer's socket is read through
+        shared memory instead (docs/flight.md, "Same-host upgrade").
     :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
     :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
         (:class:`ShmarrowOSError` subclasses).
@@ -319,7 +325,8 @@ class Consumer:
                  expect_schema: Optional[pa.Schema] = None, schema_match: str = "exact",
                  validate: str = "full", connect_timeout: Optional[float] = 0.0,
                  read_timeout: Optional[float] = None, busy_poll: float = 0.0,
-                 allow_unsealed: bool = False):
+                 allow_unsealed: bool = False, token: str = "", tls_root_certs: str = "",
+                 tls_override_hostname: str = "", upgrade: bool = True):
         if schema_match not in ("exact", "subset"):
             raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
         if validate not in ("full", "basic"):
@@ -338,7 +345,8 @@ class Consumer:
             address, lossy, start_at_oldest, max_in_flight, list(columns or []), expect,
             schema_match == "subset", validate == "full",
             _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms,
-            round(busy_poll * 1e6), not allow_unsealed)
+            round(busy_poll * 1e6), not allow_unsealed, token, tls_root_certs,
+            tls_override_hostname, upgrade)
 
     # -- reading
 
@@ -779,17 +787,33 @@ class FlightBridge:
     :param serve_requests: serve ``request:`` tickets.
     :param advertise_socket: tell clients on this host the socket, so that they may read the
         producer through shared memory instead.
+    :param ingest: accept ``DoPut`` of descriptor path ``["stream"]`` and publish its batches
+        through a producer listening at ``socket`` (made by the first DoPut, with its schema;
+        later DoPuts continue the stream with the same schema; :meth:`shutdown` ends it).
+        ``mode``, ``ring_size``, ``retain``, ``max_consumers`` and ``max_in_flight`` (when > 0)
+        are that producer's, as for :class:`Producer`.
+    :param wait_consumers: ingest: the first DoPut publishes nothing until this many local
+        consumers are attached (its writer is held back meanwhile).
+    :param drain_timeout: ingest: seconds :meth:`shutdown` lets local consumers take the rest.
     """
 
     def __init__(self, socket: str, listen: str = "grpc://127.0.0.1:0", *,
                  allow_remote: bool = False, tls_cert_pem: str = "", tls_key_pem: str = "",
                  token: str = "", serve_requests: bool = True, advertise_socket: bool = True,
-                 max_in_flight: int = 0):
+                 max_in_flight: int = 0, ingest: bool = False, mode: str = "ring",
+                 ring_size: int = 64 << 20, retain: int = 0, max_consumers: int = 64,
+                 wait_consumers: int = 0, drain_timeout: float = 10.0):
         if max_in_flight < 0:
             raise ValueError(f"max_in_flight must be >= 0, not {max_in_flight}")
+        if mode not in ("ring", "sealed"):
+            raise ValueError(f"mode must be 'ring' or 'sealed', not {mode!r}")
+        if retain < 0 or max_consumers < 1 or wait_consumers < 0:
+            raise ValueError("need retain >= 0, max_consumers >= 1 and wait_consumers >= 0")
         self._native = _native._FlightBridge(socket, listen, allow_remote, tls_cert_pem,
                                              tls_key_pem, token, serve_requests,
-                                             advertise_socket, max_in_flight)
+                                             advertise_socket, max_in_flight, ingest,
+                                             mode == "ring", ring_size, retain, max_consumers,
+                                             wait_consumers, _milliseconds(drain_timeout, "drain_timeout"))
 
     @property
     def location(self) -> str:
@@ -802,7 +826,8 @@ class FlightBridge:
 
     @property
     def stats(self) -> dict:
-        """``{"streams_served", "streams_active", "batches_sent", "calls_refused"}``."""
+        """``{"streams_served", "streams_active", "batches_sent", "calls_refused",
+        "batches_ingested"}``."""
         return self._native.stats()
 
     @property
@@ -810,7 +835,9 @@ class FlightBridge:
         return self._native.closed
 
     def shutdown(self) -> None:
-        """Stops serving; the streams being served end with an error and release their batches."""
+        """Stops serving; the streams being served end with an error and release their batches.
+        With ``ingest``, the ingested stream ends (with an error instead if a DoPut is publishing
+        at that moment)."""
         self._native.shutdown()
 
     def __enter__(self) -> "FlightBridge":

@@ -311,7 +311,9 @@ void BindConsumer(nb::module_& m) {
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
              int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
              bool subset, bool validate_full, int64_t connect_timeout_ms,
-             int64_t read_timeout_ms, int busy_poll_us, bool require_seals) {
+             int64_t read_timeout_ms, int busy_poll_us, bool require_seals,
+             const std::string& token, const std::string& tls_root_certs,
+             const std::string& tls_override_hostname, bool upgrade) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
@@ -323,12 +325,18 @@ void BindConsumer(nb::module_& m) {
             options.read_timeout_ms = static_cast<int>(read_timeout_ms);
             options.busy_poll_us = busy_poll_us;
             options.require_seals = require_seals;
+            options.remote.token = token;
+            options.remote.tls_root_certs = tls_root_certs;
+            options.remote.tls_override_hostname = tls_override_hostname;
+            options.remote.upgrade_to_shared_memory = upgrade;
             new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
           nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
           nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
-          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"), nb::arg("require_seals"))
+          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"), nb::arg("require_seals"),
+          nb::arg("token"), nb::arg("tls_root_certs"), nb::arg("tls_override_hostname"),
+          nb::arg("upgrade"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")

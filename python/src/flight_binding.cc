@@ -32,6 +32,7 @@ class PyFlightBridge {
     out["streams_active"] = stats.streams_active;
     out["batches_sent"] = stats.batches_sent;
     out["calls_refused"] = stats.calls_refused;
+    out["batches_ingested"] = stats.batches_ingested;
     return out;
   }
   void Shutdown() {
@@ -63,7 +64,8 @@ void BindFlightBridge(nb::module_& m) {
           [](PyFlightBridge* self, const std::string& socket, const std::string& listen,
              bool allow_remote, const std::string& tls_cert_pem, const std::string& tls_key_pem,
              const std::string& token, bool serve_requests, bool advertise_socket,
-             int max_in_flight) {
+             int max_in_flight, bool ingest, bool ring, int64_t ring_size, int retain,
+             int max_consumers, int wait_consumers, int drain_timeout_ms) {
             FlightBridgeOptions options;
             options.socket = socket;
             options.listen = listen;
@@ -74,11 +76,21 @@ void BindFlightBridge(nb::module_& m) {
             options.serve_requests = serve_requests;
             options.advertise_socket = advertise_socket;
             options.consumer.max_in_flight = max_in_flight;
+            options.ingest = ingest;
+            options.producer.mode = ring ? MemoryMode::kRing : MemoryMode::kSealed;
+            options.producer.ring_size = ring_size;
+            options.producer.retain = retain;
+            options.producer.max_consumers = max_consumers;
+            if (max_in_flight > 0) options.producer.max_in_flight = max_in_flight;
+            options.ingest_wait_consumers = wait_consumers;
+            options.ingest_drain_timeout_ms = drain_timeout_ms;
             new (self) PyFlightBridge(options);
           },
           nb::arg("socket"), nb::arg("listen"), nb::arg("allow_remote"), nb::arg("tls_cert_pem"),
           nb::arg("tls_key_pem"), nb::arg("token"), nb::arg("serve_requests"),
-          nb::arg("advertise_socket"), nb::arg("max_in_flight"))
+          nb::arg("advertise_socket"), nb::arg("max_in_flight"), nb::arg("ingest"),
+          nb::arg("ring"), nb::arg("ring_size"), nb::arg("retain"), nb::arg("max_consumers"),
+          nb::arg("wait_consumers"), nb::arg("drain_timeout_ms"))
       .def_prop_ro("location", &PyFlightBridge::location)
       .def_prop_ro("port", &PyFlightBridge::port)
       .def_prop_ro("closed", &PyFlightBridge::closed)

@@ -81,19 +81,33 @@ def producer(tmp_path):
     prod.close()
 
 
+def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`shmarrow flight-serve ARGS`; the process and the address it printed."""
+    proc = subprocess.Popen([str(CLI), "flight-serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    location = proc.stdout.readline().strip()
+    if not location.startswith("grpc://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(proc.communicate(timeout=TIMEOUT)[1])
+    return proc, location
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM; the process must exit cleanly. Its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    return err
+
+
 @pytest.fixture
 def bridge(producer):
     """`shmarrow flight-serve` in front of the producer; yields its address."""
-    proc = subprocess.Popen([str(CLI), "flight-serve", "--socket", producer.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, location = _serve(["--socket", producer.address])
     try:
-        location = proc.stdout.readline().strip()
-        assert location.startswith("grpc://127.0.0.1:"), proc.stderr.read()
         yield location
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
+        _stop(proc)
 
 
 def _publish_when(producer, consumers: int) -> threading.Thread:
@@ -237,11 +251,8 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
     # A bridge that requires a token refuses calls without it.
     token_file = Path(producer.address).with_suffix(".token")
     token_file.write_text("s3cret\n")
-    proc = subprocess.Popen([str(CLI), "flight-serve", "--socket", producer.address,
-                             "--token-file", str(token_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, guarded = _serve(["--socket", producer.address, "--token-file", str(token_file)])
     try:
-        guarded = proc.stdout.readline().strip()
         with pytest.raises(flight.FlightUnauthenticatedError, match="bearer token"):
             flight.connect(guarded).do_get(flight.Ticket(b"stream"), CALL).read_all()
         out = subprocess.run([str(CLI), "recv", "--from", guarded, "--json", "--no-upgrade"],
@@ -249,9 +260,15 @@ def test_bad_input_is_a_clear_error(producer, bridge, table_server):
                              env={**os.environ, "SHMARROW_FLIGHT_TOKEN": "wrong"})
         assert out.returncode == 1
         assert "missing or wrong bearer token" in out.stderr
+        # The Python Consumer takes the token as the C++ one does.
+        with pytest.raises(shmarrow.ShmarrowError, match="missing or wrong bearer token"):
+            shmarrow.Consumer(guarded, token="wrong", upgrade=False)
+        with shmarrow.Consumer(guarded, token="s3cret", upgrade=False) as remote:
+            assert remote.mode == "flight"
+        with shmarrow.Consumer(guarded, token="s3cret") as upgraded:
+            assert upgraded.mode == "ring"  # same host: read through shared memory instead
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=TIMEOUT)
+        _stop(proc)
     # Connecting to nothing: the port of a server that is gone.
     gone = flight.FlightServerBase("grpc://127.0.0.1:0")
     port = gone.port
@@ -289,12 +306,26 @@ def test_tls_bridge_serves_only_clients_that_trust_its_certificate(producer, tmp
         plain = location.replace("grpc+tls://", "grpc://")
         with pytest.raises(flight.FlightError):
             flight.connect(plain).do_get(flight.Ticket(b"stream"), CALL).read_all()
-        # Our consumer, trusting it, reads the producer's stream over TLS.
-        publisher = _publish_when(producer, 1)
+        # Our consumers, trusting it, read the producer's stream over TLS: the CLI, and the
+        # Python Consumer with the same options.
+        python_summary = {}
+
+        def read_python() -> None:
+            with shmarrow.Consumer(location, upgrade=False,
+                                   tls_root_certs=cert.read_text(),
+                                   tls_override_hostname="localhost", timeout=TIMEOUT) as remote:
+                python_summary.update(_summary(iter(remote)))
+
+        python_reader = threading.Thread(target=read_python)
+        python_reader.start()
+        publisher = _publish_when(producer, 2)
         out = subprocess.run([str(CLI), "recv", "--from", location, "--tls-roots", str(cert),
                               "--no-upgrade", "--json"],
                              capture_output=True, text=True, timeout=TIMEOUT)
         publisher.join(TIMEOUT)
+        python_reader.join(TIMEOUT)
+        assert _checksums(python_summary) == _checksums(
+            _summary(_batch(s) for s in range(BATCHES)))
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
         assert summary["mode"] == "flight"
@@ -304,3 +335,281 @@ def test_tls_bridge_serves_only_clients_that_trust_its_certificate(producer, tmp
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, err
+
+
+# ---- describe, then get (issue 15) ------------------------------------------------------------
+
+def _describe_then_get(location: str, first: str) -> pa.Table:
+    """What a generic Flight client does: a metadata call, then DoGet of the ticket it names."""
+    client = flight.connect(location)
+    descriptor = flight.FlightDescriptor.for_path("stream")
+    if first == "get_flight_info":
+        ticket = client.get_flight_info(descriptor, CALL).endpoints[0].ticket
+    elif first == "list_flights":
+        ticket = list(client.list_flights(options=CALL))[0].endpoints[0].ticket
+    else:
+        assert client.get_schema(descriptor, CALL).schema.names == ["rand"]
+        ticket = flight.Ticket(b"stream")
+    return client.do_get(ticket, CALL).read_all()
+
+
+@pytest.mark.parametrize("first", ["get_flight_info", "list_flights", "get_schema"])
+@pytest.mark.parametrize("wait_consumers", [1, 2])
+def test_describe_then_get_reads_the_whole_stream(first, wait_consumers):
+    """The issue's flow: a producer waiting for its consumers, a bridge, a Flight client that
+    describes before it reads (with 2, a local consumer beside it). Describing must not count as
+    a consumer: the client gets every batch from the first."""
+    socket = f"@shmarrow-describe-{uuid.uuid4().hex[:12]}"
+    send = subprocess.Popen([str(CLI), "send", "--socket", socket, "--mode", "ring", "--batches",
+                             "100", "--rows", "1000", "--wait-consumers", str(wait_consumers),
+                             "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    local = None
+    try:
+        serve, location = _serve(["--socket", socket, "--connect-timeout-ms", str(TIMEOUT * 1000)])
+        try:
+            if wait_consumers == 2:
+                local = subprocess.Popen([str(CLI), "recv", "--socket", socket, "--json",
+                                          "--connect-timeout-ms", str(TIMEOUT * 1000)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+            table = _describe_then_get(location, first)
+        finally:
+            _stop(serve)
+        sent, err = send.communicate(timeout=TIMEOUT)
+        assert send.returncode == 0, err
+        if local is not None:
+            received, err = local.communicate(timeout=TIMEOUT)
+            assert local.returncode == 0, err
+            assert _checksums(json.loads(received)) == _checksums(json.loads(sent))
+    finally:
+        for proc in (send, local):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert table.num_rows == 100000
+    producer = json.loads(sent)["producer"]
+    assert producer["consumers_total"] == wait_consumers  # the describer was not one
+    assert producer["dropped"] == 0
+    summary = StreamSummary(table.schema)
+    for batch in table.to_batches():
+        summary.add(batch)
+    assert _checksums(summary.to_dict()) == _checksums(json.loads(sent))
+
+
+def test_schema_change_what_each_flight_client_sees(producer, bridge):
+    """Flight has one schema per stream: the DoGet running at the change ends with an error naming
+    the new schema; GetFlightInfo then describes the new one, and a new DoGet carries it."""
+    changed = pa.schema([*SCHEMA, pa.field("extra", pa.int64())])
+    client = flight.connect(bridge)
+    old = client.do_get(flight.Ticket(b"stream"), CALL)
+    ours = shmarrow.Consumer(bridge, upgrade=False, timeout=TIMEOUT)  # our Flight consumer
+    producer.wait_for_consumers(2, timeout=TIMEOUT)
+    producer.publish(_batch(0))
+    producer.change_schema(changed)
+    new_batch = pa.record_batch([*_batch(1).columns, pa.array(range(1000), pa.int64())],
+                                schema=changed)
+    producer.publish(new_batch)
+    assert old.read_chunk().data.equals(_batch(0))
+    changed_message = r"changed its schema to \(id: int64, name: string, x: double, extra: int64\)"
+    with pytest.raises(pa.ArrowInvalid, match=changed_message):
+        old.read_chunk()
+    with ours:
+        assert ours.read_next_batch().equals(_batch(0))
+        with pytest.raises(shmarrow.ShmarrowError, match=changed_message):
+            ours.read_next_batch()
+    info = client.get_flight_info(flight.FlightDescriptor.for_path("stream"), CALL)
+    assert info.schema == changed
+    new = client.do_get(info.endpoints[0].ticket, CALL)
+    assert new.schema == changed  # its consumer is attached: what follows reaches it
+    producer.publish(new_batch)
+    producer.end()
+    assert new.read_all().to_batches() == [new_batch]
+
+
+# ---- ingest: DoPut into local shared memory ---------------------------------------------------
+
+INGEST_BATCHES = 1000
+
+
+def _small_batch(seed: int) -> pa.RecordBatch:
+    """100 rows: 1,000 of them make a DoPut that is quick to write and check."""
+    ids = pa.array(range(seed * 100, seed * 100 + 100), pa.int64())
+    names = pa.array([None if i % 7 == 0 else f"p{seed}-{i}" for i in range(100)], pa.utf8())
+    xs = pa.array([seed + i / 3 for i in range(100)], pa.float64())
+    return pa.record_batch([ids, names, xs], schema=SCHEMA)
+
+
+def _read_locals(socket: str, count: int) -> tuple[list[threading.Thread], list[dict]]:
+    """`count` local consumers of `socket` (waiting for its producer to appear), reading in
+    threads; each result is {"summary": ..., "error": str or None} once its thread ends."""
+    results = [{} for _ in range(count)]
+
+    def read(result: dict) -> None:
+        result["error"] = None
+        with shmarrow.Consumer(socket, connect_timeout=TIMEOUT, timeout=TIMEOUT) as local:
+            summary = StreamSummary(local.schema)
+            try:
+                for batch in local:
+                    summary.add(batch)
+            except shmarrow.ShmarrowError as error:
+                result["error"] = str(error)
+        result["summary"] = summary.to_dict()
+
+    threads = [threading.Thread(target=read, args=(result,)) for result in results]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def test_doput_from_pyarrow_reaches_two_local_consumers(tmp_path):
+    socket = str(tmp_path / "ingest.sock")
+    serve, location = _serve(["--socket", socket, "--ingest", "--wait-consumers", "2",
+                              "--max-in-flight", "8", "--ring-size", "8MiB"])
+    try:
+        threads, results = _read_locals(socket, 2)
+        writer, answers = flight.connect(location).do_put(
+            flight.FlightDescriptor.for_path("stream"), SCHEMA, CALL)
+        for seed in range(INGEST_BATCHES):
+            writer.write_batch(_small_batch(seed))
+        writer.done_writing()
+        answers.read()  # the call's end: every batch is published
+        writer.close()
+        # Another schema is refused, naming both.
+        other = pa.schema([("id", pa.int32())])
+        writer, _ = flight.connect(location).do_put(flight.FlightDescriptor.for_path("stream"),
+                                                    other, CALL)
+        with pytest.raises(pa.ArrowInvalid,
+                           match=r"DoPut schema \(id: int32\) differs from the producer's "
+                                 r"\(id: int64, name: string, x: double\)"):
+            writer.close()
+    finally:
+        err = _stop(serve)  # ends the ingested stream
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert f"{INGEST_BATCHES} batches ingested" in err
+    expected = _checksums(_summary(_small_batch(seed) for seed in range(INGEST_BATCHES)))
+    for result in results:
+        assert result["error"] is None
+        assert result["summary"]["batches"] == INGEST_BATCHES
+        assert _checksums(result["summary"]) == expected
+
+
+# A pyarrow.flight writer in its own process: DoPut of the _small_batch stream, slowly, saying
+# how many batches it has written so far.
+REMOTE_WRITER = """
+import sys, time
+import pyarrow as pa
+import pyarrow.flight as flight
+sys.path.insert(0, sys.argv[2])
+from test_flight import SCHEMA, _small_batch
+writer, _ = flight.connect(sys.argv[1]).do_put(flight.FlightDescriptor.for_path("stream"),
+                                               SCHEMA, flight.FlightCallOptions(timeout=30))
+for seed in range(1000):
+    writer.write_batch(_small_batch(seed))
+    print(seed + 1, flush=True)
+    time.sleep(0.005)
+"""
+
+
+def test_killing_the_remote_writer_leaves_whole_batches(tmp_path):
+    socket = str(tmp_path / "ingest.sock")
+    serve, location = _serve(["--socket", socket, "--ingest", "--wait-consumers", "2"])
+    writer = None
+    try:
+        threads, results = _read_locals(socket, 2)
+        writer = subprocess.Popen([sys.executable, "-c", REMOTE_WRITER, location,
+                                   str(Path(__file__).parent)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in writer.stdout:
+            if int(line) >= 100:
+                break
+        writer.kill()  # midway, perhaps inside a batch's bytes
+        writer.wait(TIMEOUT)
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+        err = _stop(serve)
+    for thread in threads:
+        thread.join(TIMEOUT)
+    # Each local consumer saw the end (or an error) after whole batches, the same ones. (Some of
+    # the 100 the writer had handed to gRPC may not have reached the bridge before the kill.)
+    batches = results[0]["summary"]["batches"]
+    assert 0 < batches < INGEST_BATCHES, err
+    for result in results:
+        assert result["summary"]["batches"] == batches
+        assert result["summary"]["rows"] == batches * 100
+        assert _checksums(result["summary"]) == _checksums(
+            _summary(_small_batch(seed) for seed in range(batches)))
+
+
+def test_python_flight_bridge_ingests(tmp_path):
+    socket = str(tmp_path / "ingest.sock")
+    with shmarrow.FlightBridge(socket, ingest=True, wait_consumers=1, mode="sealed") as bridge:
+        threads, results = _read_locals(socket, 1)
+        writer, _ = flight.connect(bridge.location).do_put(
+            flight.FlightDescriptor.for_path("stream"), SCHEMA, CALL)
+        for seed in range(BATCHES):
+            writer.write_batch(_small_batch(seed))
+        writer.close()
+        assert bridge.stats["batches_ingested"] == BATCHES
+    threads[0].join(TIMEOUT)
+    assert results[0]["error"] is None
+    assert _checksums(results[0]["summary"]) == _checksums(
+        _summary(_small_batch(seed) for seed in range(BATCHES)))
+
+
+# ---- a Flight client in another language: Go (tests/interop/go) -------------------------------
+
+GO_CLIENT = REPO / "tests" / "interop" / "go"
+
+
+@pytest.fixture(scope="module")
+def go_client(tmp_path_factory) -> Path:
+    """The Go program built with the Go Flight client (github.com/apache/arrow-go), its modules
+    from the Go module proxy as go.sum pins them."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed: the Go Flight client cannot be built")
+    binary = tmp_path_factory.mktemp("go") / "interop"
+    out = subprocess.run([go, "build", "-buildvcs=false", "-o", str(binary), "."], cwd=GO_CLIENT,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr
+    return binary
+
+
+def test_go_client_describes_then_reads_the_bridge(go_client, producer, bridge):
+    local_summary = {}
+    local = threading.Thread(target=lambda: local_summary.update(_read_local(producer)))
+    local.start()
+    client = subprocess.Popen([str(go_client), "get", bridge], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    publisher = _publish_when(producer, 2)  # the local consumer, the bridge's for Go
+    out, err = client.communicate(timeout=TIMEOUT)
+    publisher.join(TIMEOUT)
+    local.join(TIMEOUT)
+    assert client.returncode == 0, err
+    remote = json.loads(out)
+    assert remote["batches"] == BATCHES
+    expected = _checksums(_summary(_batch(seed) for seed in range(BATCHES)))
+    assert _checksums(remote) == _checksums(local_summary) == expected
+
+
+def test_go_doput_reaches_two_local_consumers(go_client, tmp_path):
+    socket = str(tmp_path / "ingest.sock")
+    serve, location = _serve(["--socket", socket, "--ingest", "--wait-consumers", "2"])
+    try:
+        threads, results = _read_locals(socket, 2)
+        out = subprocess.run([str(go_client), "put", location, str(INGEST_BATCHES)],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert out.returncode == 0, out.stderr
+    finally:
+        _stop(serve)
+    for thread in threads:
+        thread.join(TIMEOUT)
+    written = json.loads(out.stdout)
+    assert written["batches"] == INGEST_BATCHES
+    for result in results:
+        assert result["error"] is None
+        assert result["summary"]["batches"] == INGEST_BATCHES
+        assert _checksums(result["summary"]) == _checksums(written)
