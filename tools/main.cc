@@ -41,6 +41,8 @@ constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
              --timeout-ms N (-1; fail after N ms without a message)
              --validate full|basic (full)  --json
              --allow-unsealed (single hand-over: copy an unsealed memfd instead of refusing)
+             --allow-uid UID,... / --allow-any-uid (accept a producer of another uid; by
+             default its SO_PEERCRED uid must be this process's)
              --lossy (lose the oldest batches instead of holding the producer back)
              --from-oldest (start with the oldest batches the producer retains)
              --max-in-flight N (0 = the producer's limit)
@@ -97,7 +99,7 @@ int main(int argc, char** argv) {
   auto args = shmarrow::cli::Args::Parse(
       rest, {"--json", "--allow-unsealed", "--serve-requests", "--lossy", "--from-oldest",
              "--schema-subset", "--allow-remote", "--no-requests", "--no-advertise",
-             "--no-upgrade"});
+             "--no-upgrade", "--allow-any-uid"});
   if (!args.ok()) {
     std::cerr << "shmarrow " << command << ": " << args.status().message() << "\n";
     return 2;

@@ -249,6 +249,9 @@ class Consumer:
     :param busy_poll: seconds a read polls without sleeping before it blocks (0: sleep at once).
         A batch published meanwhile is taken without waking a sleeping process, which is most of
         the latency of a small batch; the cost is a busy CPU while waiting.
+    :param allow_any_uid: accept a producer of any user (else only this uid and
+        ``allowed_uids``, checked with ``SO_PEERCRED``: anyone may bind an abstract name first).
+    :param allowed_uids: other uids whose producers are accepted.
     :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
     :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
         (:class:`ShmarrowOSError` subclasses).
@@ -258,7 +261,8 @@ class Consumer:
                  max_in_flight: int = 0, columns: Optional[Iterable[str]] = None,
                  expect_schema: Optional[pa.Schema] = None, schema_match: str = "exact",
                  validate: str = "full", connect_timeout: Optional[float] = 0.0,
-                 timeout: Optional[float] = None, busy_poll: float = 0.0):
+                 timeout: Optional[float] = None, busy_poll: float = 0.0,
+                 allow_any_uid: bool = False, allowed_uids: Iterable[int] = ()):
         if schema_match not in ("exact", "subset"):
             raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
         if validate not in ("full", "basic"):
@@ -276,7 +280,7 @@ class Consumer:
             address, lossy, start_at_oldest, max_in_flight, list(columns or []), expect,
             schema_match == "subset", validate == "full",
             _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms,
-            round(busy_poll * 1e6))
+            round(busy_poll * 1e6), list(allowed_uids), allow_any_uid)
 
     # -- reading
 

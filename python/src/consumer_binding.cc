@@ -292,7 +292,8 @@ void BindConsumer(nb::module_& m) {
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
              int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
              bool subset, bool validate_full, int64_t connect_timeout_ms,
-             int64_t read_timeout_ms, int busy_poll_us) {
+             int64_t read_timeout_ms, int busy_poll_us, std::vector<unsigned> allowed_uids,
+             bool allow_any_uid) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
@@ -303,12 +304,15 @@ void BindConsumer(nb::module_& m) {
             options.validation = validate_full ? Validation::kFull : Validation::kBasic;
             options.read_timeout_ms = static_cast<int>(read_timeout_ms);
             options.busy_poll_us = busy_poll_us;
+            options.allowed_uids = std::move(allowed_uids);
+            options.allow_any_uid = allow_any_uid;
             new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
           nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
           nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
-          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"))
+          nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"), nb::arg("allowed_uids"),
+          nb::arg("allow_any_uid"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")
