@@ -9,11 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <list>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -1112,6 +1112,10 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
     }
     ARROW_ASSIGN_OR_RAISE(auto hello, proto::DecodeHello(reader));
     return Handshake(c, hello);
+  }
+  // After Bye a consumer only returns what it holds: a Request would start work for nobody.
+  if (c.detached && header.type != proto::Type::kRelease) {
+    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " after Bye");
   }
   switch (header.type) {
     case proto::Type::kRelease: {

@@ -40,7 +40,7 @@ class _Consumer:
     def __init__(self, address: str, lossy: bool, start_at_oldest: bool, max_in_flight: int,
                  columns: list[str], expect_schema: Optional[CapsuleType], subset: bool,
                  validate_full: bool, connect_timeout_ms: int, read_timeout_ms: int,
-                 busy_poll_us: int) -> None: ...
+                 busy_poll_us: int, allowed_uids: list[int], allow_any_uid: bool) -> None: ...
     def next(self, timeout_ms: int) -> Optional[tuple[CapsuleType, CapsuleType]]:
         """Next batch as (schema capsule, array capsule); None at the end. Blocks,
         interruptibly; raises a timeout error after timeout_ms (-1: never)."""

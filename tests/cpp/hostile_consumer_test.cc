@@ -438,6 +438,72 @@ TEST_P(HostileConsumer, GarbageGetsOnlyTheSenderThrownOut) {
   ExpectProducerFdsBack();
 }
 
+/// Every message type a datagram can name, in every state of a connection: before Hello, attached,
+/// and after Bye while still holding a batch. Each is handled as the protocol says or gets only
+/// its sender thrown out, naming what it sent.
+TEST_P(HostileConsumer, EveryMessageTypeInEveryState) {
+  Start();
+  proto::Writer w;
+  const std::string schema = internal::SerializeSchema(*TestSchema()).ValueOrDie();
+  const proto::Batch batch{999, 0, 0, 0};
+  const uint64_t unheld = 999;
+  const std::vector<std::pair<proto::Type, std::vector<uint8_t>>> messages = {
+      {proto::Type::kHello, Bytes(proto::Encode(w, proto::Hello{}))},
+      {proto::Type::kWelcome, Bytes(proto::Encode(w, proto::Welcome{}))},
+      {proto::Type::kBatch, Bytes(proto::Encode(w, 0, batch))},
+      {proto::Type::kRelease, Bytes(proto::EncodeRelease(w, {&unheld, 1}))},
+      {proto::Type::kSchema, Bytes(proto::EncodeSchema(w, 0, schema))},
+      {proto::Type::kEnd, Bytes(proto::EncodeEnd(w, 0))},
+      {proto::Type::kError, Bytes(proto::Encode(w, 0, proto::Error{}))},
+      {proto::Type::kRequest, Bytes(proto::EncodeRequest(w, 5, "x"))},
+      {proto::Type::kBye, Bytes(proto::EncodeBye(w))},
+      {proto::Type::kBatches, Bytes(proto::EncodeBatches(w, 0, {&batch, 1}))},
+      {proto::Type::kWake, Bytes(proto::EncodeWake(w))},
+      {proto::Type::kWaiting, Bytes(proto::EncodeWaiting(w, 0))},
+  };
+  enum class State { kBeforeHello, kAttached, kAfterBye };
+  for (const State state : {State::kBeforeHello, State::kAttached, State::kAfterBye}) {
+    for (const auto& [type, bytes] : messages) {
+      const std::string name = proto::TypeName(type);
+      SCOPED_TRACE(name + " in state " + std::to_string(static_cast<int>(state)));
+      ASSERT_OK_AND_ASSIGN(auto sender, RawConsumer::Connect(address_));
+      if (state != State::kBeforeHello) ASSERT_OK(sender.Handshake().status());
+      if (state == State::kAfterBye) {
+        ASSERT_OK(Publish(static_cast<int64_t>(type)));  // it holds this batch after its Bye
+        ASSERT_OK(sender.ReceiveBatch().status());
+        ASSERT_OK(sender.Send(proto::EncodeBye(w)));
+      }
+      ASSERT_OK(sender.Send(bytes));
+      if (state == State::kBeforeHello) {
+        if (type == proto::Type::kHello) {
+          EXPECT_OK(Receive(sender.socket(), 1).status());  // the Welcome
+        } else {
+          ExpectThrownOut(sender, proto::ErrorCode::kProtocol, "expected Hello, got " + name);
+        }
+      } else if (state == State::kAfterBye) {
+        ExpectThrownOut(sender, proto::ErrorCode::kProtocol,
+                        type == proto::Type::kRelease ? "released batch 999"
+                                                      : "protocol: " + name + " after Bye");
+      } else if (type == proto::Type::kRequest) {
+        ASSERT_OK_AND_ASSIGN(auto answer, Receive(sender.socket(), 1));
+        EXPECT_EQ(answer.header.type, proto::Type::kError);
+        EXPECT_EQ(answer.header.stream, 5u);
+      } else if (type == proto::Type::kBye) {
+        EXPECT_TRUE(ClosedByPeer(sender.socket()));  // held nothing: gone at once
+      } else {
+        const std::string expected =
+            type == proto::Type::kRelease   ? "released batch 999, which this consumer does not hold"
+            : type == proto::Type::kWaiting ? "Waiting without a queue"
+                                            : "unexpected " + name + " from a consumer";
+        ExpectThrownOut(sender, proto::ErrorCode::kProtocol, expected);
+      }
+      ExpectGoodConsumerReadsEverything();
+    }
+  }
+  ExpectProducerFdsBack();
+  EXPECT_EQ(producer_->stats().consumers, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Floods and strangers.
 
