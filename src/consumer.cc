@@ -324,7 +324,12 @@ arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket*
     connected = &*own;
   }
   ARROW_RETURN_NOT_OK(CheckProducerUid(*connected, address));
-  ARROW_ASSIGN_OR_RAISE(UniqueFd fd, internal::ReceiveHandedOverFd(*connected, address));
+  // Its handshake: bounded by the read timeout, as the stream protocol's.
+  ARROW_ASSIGN_OR_RAISE(
+      UniqueFd fd,
+      internal::ReceiveHandedOverFd(*connected, address,
+                                    options_.read_timeout_ms > 0 ? options_.read_timeout_ms
+                                                                 : internal::kHandoverReplyTimeoutMs));
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
   stream_options.require_seals = options_.require_seals;

@@ -1111,6 +1111,15 @@ TEST_F(HostileProducer, HandshakeTimeoutFollowsTheReadTimeout) {
     EXPECT_ERROR_CONTAINS(Consumer::Connect(producer.address(), options).status(),
                           "did not answer the handshake within 50 ms");
   }
+  {
+    // The single hand-over's wait for its fd too (a listener that never sends).
+    const std::string address = test_util::UniqueAbstractName("hostile-silent-handover");
+    ASSERT_OK_AND_ASSIGN(auto listener, UnixSocket::Listen(address, SOCK_STREAM, 0600));
+    ConsumerOptions options = Options();
+    options.read_timeout_ms = 50;
+    EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+                          "sent nothing within 50 ms");
+  }
   // A producer slower than the default (10 s) is served when the timeout allows it: scaled down,
   // a producer answering after 300 ms to a consumer with 2 s.
   FakeProducer producer({Script{{SealedWelcome(), End()}, false, /*answer_after_ms=*/300}});
