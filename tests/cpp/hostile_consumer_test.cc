@@ -713,22 +713,20 @@ TEST_P(HostileConsumer, RequestFloodIsBoundedPerConsumerAndProducer) {
     }
     return out;
   };
+  // `consumer` sends `count` requests; `refused` of them are refused naming `limit`.
+  auto expect_refused = [&](RawConsumer& consumer, int count, int refused,
+                            const std::string& limit) {
+    flood(consumer, 1, count);
+    const auto errors = refusals(consumer, refused);
+    ASSERT_EQ(static_cast<int>(errors.size()), refused);
+    EXPECT_NE(errors.front().find(limit), std::string::npos) << errors.front();
+  };
   ASSERT_OK_AND_ASSIGN(auto hoarder, RawConsumer::Connect(address_));
   ASSERT_OK(hoarder.Handshake().status());
-  flood(hoarder, 1, 300);
-  const auto refused = refusals(hoarder, 296);
-  ASSERT_EQ(refused.size(), 296u);
-  EXPECT_NE(refused.front().find("this consumer already has 4 requests in flight (limit 4)"),
-            std::string::npos)
-      << refused.front();
+  expect_refused(hoarder, 300, 296, "this consumer already has 4 requests in flight (limit 4)");
   ASSERT_OK_AND_ASSIGN(auto second, RawConsumer::Connect(address_));
   ASSERT_OK(second.Handshake().status());
-  flood(second, 1, 4);
-  const auto beyond = refusals(second, 2);
-  ASSERT_EQ(beyond.size(), 2u);
-  EXPECT_NE(beyond.front().find("the producer already has 6 requests in flight (limit 6)"),
-            std::string::npos)
-      << beyond.front();
+  expect_refused(second, 4, 2, "the producer already has 6 requests in flight (limit 6)");
   // Meanwhile the good consumer is served, and no request started a thread of its own.
   ASSERT_OK(Publish(0));
   ExpectGoodConsumerReadsEverything();
