@@ -1209,5 +1209,64 @@ TEST_F(HostileProducer, ProducerOfAnotherUidIsRefused) {
   }
 }
 
+
+/// Every message type in place of the Welcome, and after a sealed Welcome: what belongs there is
+/// taken, everything else is refused naming it.
+TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
+  proto::Writer w;
+  const proto::Batch batch{999, 0, 0, 0};
+  const uint64_t sequence = 999;
+  auto bytes = [](std::span<const uint8_t> span) { return Message(span); };
+  const std::vector<std::pair<proto::Type, Datagram>> messages = {
+      {proto::Type::kHello, bytes(proto::Encode(w, proto::Hello{}))},
+      {proto::Type::kWelcome, SealedWelcome()},
+      {proto::Type::kBatch, bytes(proto::Encode(w, 0, batch))},
+      {proto::Type::kRelease, bytes(proto::EncodeRelease(w, {&sequence, 1}))},
+      {proto::Type::kSchema, SchemaChange(*TestSchema())},
+      {proto::Type::kEnd, End()},
+      {proto::Type::kError, bytes(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kLimit, "no"}))},
+      {proto::Type::kRequest, bytes(proto::EncodeRequest(w, 0, "x"))},
+      {proto::Type::kBye, bytes(proto::EncodeBye(w))},
+      {proto::Type::kBatches, bytes(proto::EncodeBatches(w, 0, {&batch, 1}))},
+      {proto::Type::kWake, bytes(proto::EncodeWake(w))},
+      {proto::Type::kWaiting, bytes(proto::EncodeWaiting(w, 0))},
+  };
+  for (const auto& [type, datagram] : messages) {
+    const std::string name = proto::TypeName(type);
+    SCOPED_TRACE(name);
+    // In place of the Welcome.
+    const arrow::Status first = ConnectAndRead({datagram, End()});
+    if (type == proto::Type::kWelcome) {
+      EXPECT_OK(first);
+    } else if (type == proto::Type::kError) {
+      EXPECT_ERROR_CONTAINS(first, "refused: no");
+    } else {
+      EXPECT_ERROR_CONTAINS(first, "protocol: expected Welcome, got " + name);
+    }
+    // After the Welcome.
+    const arrow::Status after = ConnectAndRead({SealedWelcome(), datagram, End()});
+    switch (type) {
+      case proto::Type::kSchema:
+      case proto::Type::kEnd:
+        EXPECT_OK(after);
+        break;
+      case proto::Type::kBatch:
+        EXPECT_ERROR_CONTAINS(after, "sealed Batch 999 carries 0 fds, expected 1");
+        break;
+      case proto::Type::kError:
+        EXPECT_ERROR_CONTAINS(after, "producer: no");
+        break;
+      case proto::Type::kBatches:
+        EXPECT_ERROR_CONTAINS(after, "Batches message, but batch runs were not agreed");
+        break;
+      case proto::Type::kWake:
+        EXPECT_ERROR_CONTAINS(after, "Wake without a queue");
+        break;
+      default:
+        EXPECT_ERROR_CONTAINS(after, "unexpected " + name + " from a producer");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace shmarrow::hostile
