@@ -148,6 +148,32 @@ def test_sealed_batch_of_another_schema_than_announced_is_refused(fake_producer,
         os.close(fd)
 
 
+def test_sparse_memfd_is_refused_before_its_holes_are_read(fake_producer):
+    """A 32 MiB value the producer never wrote (a hole of the memfd) is refused, not committed."""
+    value = 32 << 20
+    sink = pa.BufferOutputStream()
+    batch = pa.record_batch([pa.array(["x" * value])], names=["s"])
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    start = (data.index(b"x" * 8192) + 4095) // 4096 * 4096
+    end = start + (value - 8192) // 4096 * 4096
+    fd = os.memfd_create("hostile-sparse", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, len(data))
+        os.pwrite(fd, data[:start], 0)  # the value's middle pages are never written
+        os.pwrite(fd, data[end:], end)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        assert os.fstat(fd).st_blocks * 512 < value // 2
+        message_batch = message(BATCH, struct.pack("<QQQI", 1, 0, 0, 0))
+        producer = fake_producer(welcome(batch.schema.serialize().to_pybytes()),
+                                 (message_batch, [fd]))
+        with pytest.raises(shmarrow.ShmarrowError, match="holes the producer never wrote"):
+            read_all(producer.address)
+    finally:
+        os.close(fd)
+
+
 def test_cli_escapes_a_peers_text_before_the_terminal(fake_producer, shmarrow_bin):
     producer = fake_producer(error(PEER_TEXT))
     result = subprocess.run([str(shmarrow_bin), "recv", "--socket", producer.address,
