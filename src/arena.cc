@@ -1,8 +1,11 @@
 #include "arena.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 
+#include "errno_status.h"
 #include "pool_util.h"
 
 namespace shmarrow::internal {
@@ -21,6 +24,12 @@ arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int
   ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name));
   ARROW_RETURN_NOT_OK(memfd.Resize(capacity));
   ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), capacity));
+  // A fork() by any thread would copy this writable shared mapping into the child, and while
+  // the child lives (until it execs or exits) F_SEAL_WRITE fails with EBUSY (the kernel's
+  // mapping_deny_writable). The child never needs the arena.
+  if (::madvise(mapping.data(), static_cast<size_t>(capacity), MADV_DONTFORK) != 0) {
+    return ErrnoStatus(errno, "madvise(MADV_DONTFORK) on the arena of memfd fd ", memfd.fd());
+  }
   return std::unique_ptr<Arena>(new Arena(std::move(memfd), std::move(mapping), capacity));
 }
 

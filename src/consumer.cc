@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <variant>
 
@@ -241,6 +242,12 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   }
   arrow::Result<std::shared_ptr<arrow::RecordBatch>> Project(
       std::shared_ptr<arrow::RecordBatch> batch);
+  /// Adds a Batch's `dropped` to the stats: only a lossy consumer loses batches, and never more
+  /// than can be counted.
+  arrow::Status CountDropped(const proto::Batch& message);
+  /// The producer's uid (SO_PEERCRED) must be this process's, or one the options allow: anyone
+  /// may bind an abstract socket name first.
+  arrow::Status CheckProducerUid(const UnixSocket& socket, const std::string& address) const;
 
   const ConsumerOptions options_;
   std::string mode_ = "handover";
@@ -299,13 +306,30 @@ ConsumerImpl::~ConsumerImpl() {
   (void)channel_->Send(proto::EncodeBye(writer_));
 }
 
-arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket* connected) {
-  UniqueFd fd;
-  if (connected != nullptr) {
-    ARROW_ASSIGN_OR_RAISE(fd, internal::ReceiveHandedOverFd(*connected, address));
-  } else {
-    ARROW_ASSIGN_OR_RAISE(fd, ReceiveFd(address, options_.connect_timeout_ms));
+arrow::Status ConsumerImpl::CheckProducerUid(const UnixSocket& socket,
+                                              const std::string& address) const {
+  ARROW_ASSIGN_OR_RAISE(auto peer, socket.Peer());
+  if (internal::UidAllowed(peer.uid, options_.allowed_uids, options_.allow_any_uid)) {
+    return arrow::Status::OK();
   }
+  return arrow::Status::IOError("producer at '", address, "' runs as uid ", peer.uid,
+                                ", which this consumer (uid ", ::geteuid(),
+                                ") does not accept: allow it with allowed_uids or allow_any_uid");
+}
+
+arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket* connected) {
+  std::optional<UnixSocket> own;
+  if (connected == nullptr) {
+    ARROW_ASSIGN_OR_RAISE(own, UnixSocket::Connect(address, SOCK_STREAM, options_.connect_timeout_ms));
+    connected = &*own;
+  }
+  ARROW_RETURN_NOT_OK(CheckProducerUid(*connected, address));
+  // Its handshake: bounded by the read timeout, as the stream protocol's.
+  ARROW_ASSIGN_OR_RAISE(
+      UniqueFd fd,
+      internal::ReceiveHandedOverFd(*connected, address,
+                                    options_.read_timeout_ms > 0 ? options_.read_timeout_ms
+                                                                 : internal::kHandoverReplyTimeoutMs));
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
   stream_options.require_seals = options_.require_seals;
@@ -323,6 +347,7 @@ arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket*
 }
 
 arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket socket) {
+  ARROW_RETURN_NOT_OK(CheckProducerUid(socket, address));
   channel_ = std::make_shared<Channel>(std::move(socket));
   proto::Hello hello;
   if (options_.lossy) hello.flags |= proto::kHelloLossy;
@@ -337,13 +362,17 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   // A producer that refuses this consumer (another uid) sends why and closes at once, maybe
   // before the Hello arrived: the send may then fail, but the reason is still there to read.
   const arrow::Status hello_sent = channel_->Send(proto::Encode(writer_, hello));
-  auto receiving = Receive(kHandshakeTimeoutMs);
+  // The read timeout bounds the handshake too; reads that poll (0) or wait forever (-1) leave
+  // it to a default, since a connection must not hang on a producer that never answers.
+  const int handshake_ms =
+      options_.read_timeout_ms > 0 ? options_.read_timeout_ms : kHandshakeTimeoutMs;
+  auto receiving = Receive(handshake_ms);
   if (!receiving.ok()) return hello_sent.ok() ? receiving.status() : hello_sent;
   auto received = std::move(*receiving);
   if (received.bytes < 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
     return arrow::Status::IOError("producer at '", address, "' did not answer the handshake within ",
-                                  kHandshakeTimeoutMs, " ms");
+                                  handshake_ms, " ms");
   }
   if (received.bytes == 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
@@ -489,7 +518,7 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
     message.dropped = entry.dropped;
     message.metadata_offset = entry.metadata_offset;
     message.metadata_length = entry.metadata_length;
-    stats_.dropped += static_cast<int64_t>(entry.dropped);
+    ARROW_RETURN_NOT_OK(CountDropped(message));
     ARROW_RETURN_NOT_OK(Materialize(message, 0, no_fds_, &Stream(0).events));
   }
   return unread > 0;
@@ -546,7 +575,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   switch (header.type) {
     case proto::Type::kBatch: {
       ARROW_ASSIGN_OR_RAISE(auto message, proto::DecodeBatch(reader));
-      stats_.dropped += static_cast<int64_t>(message.dropped);
+      ARROW_RETURN_NOT_OK(CountDropped(message));
       return Materialize(message, header.stream, fds, &stream.events);
     }
     case proto::Type::kBatches: {
@@ -555,8 +584,8 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       }
       ARROW_RETURN_NOT_OK(proto::DecodeBatches(reader, proto::kMaxRun, &run_));
       for (size_t i = 0; i < run_.size(); ++i) {
-        stats_.dropped += static_cast<int64_t>(run_[i].dropped);
-        auto status = Materialize(run_[i], header.stream, fds, &stream.events);
+        auto status = CountDropped(run_[i]);
+        if (status.ok()) status = Materialize(run_[i], header.stream, fds, &stream.events);
         if (!status.ok()) {
           // The producer may reuse what this consumer will never read.
           for (size_t j = i + 1; j < run_.size(); ++j) channel_->Release(run_[j].sequence);
@@ -569,6 +598,10 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       ARROW_ASSIGN_OR_RAISE(auto bytes, proto::DecodeSchema(reader));
       ARROW_ASSIGN_OR_RAISE(auto schema, internal::DeserializeSchema(bytes));
       if (mode_ == "ring") ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema));
+      if (header.stream == 0 && options_.expect_schema != nullptr && options_.columns.empty()) {
+        auto suits = internal::CheckSchema(*options_.expect_schema, *schema, options_.match);
+        if (!suits.ok()) return suits.WithMessage("schema change: ", suits.message());
+      }
       if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
         controls_.emplace_back(std::move(schema));
         return arrow::Status::OK();
@@ -590,7 +623,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
-      auto status = arrow::Status::IOError("producer: ", error.message);
+      auto status = arrow::Status::IOError("producer: ", proto::Printable(error.message));
       if (header.stream == 0) return status;  // fatal
       stream.events.emplace_back(status);
       return arrow::Status::OK();
@@ -599,6 +632,21 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
                                     " from a producer");
   }
+}
+
+arrow::Status ConsumerImpl::CountDropped(const proto::Batch& message) {
+  if (message.dropped == 0) return arrow::Status::OK();
+  if (!options_.lossy) {
+    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
+                                  " batches were dropped, but this consumer is not lossy");
+  }
+  if (message.dropped > static_cast<uint64_t>(INT64_MAX - stats_.dropped)) {
+    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
+                                  " batches were dropped, after ", stats_.dropped,
+                                  ": more than were ever published");
+  }
+  stats_.dropped += static_cast<int64_t>(message.dropped);
+  return arrow::Status::OK();
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
@@ -610,6 +658,10 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
 
 arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
                                         std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
+  if (Stream(stream).schema == nullptr) {  // an answer to a request starts with its Schema
+    return arrow::Status::Invalid("protocol: batch ", message.sequence, " on stream ", stream,
+                                  " before the stream's Schema");
+  }
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
       return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
@@ -628,12 +680,22 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
     const int64_t size = lease->size();
     const arrow::Status read = [&]() -> arrow::Status {
       ARROW_ASSIGN_OR_RAISE(auto reader,
-                            internal::OpenValidatedStream(std::move(lease), options_.validation));
+                            internal::OpenValidatedStream(std::move(lease), options_.validation,
+                                                          (*opened)->allocated_bytes()));
       for (;;) {
         ARROW_ASSIGN_OR_RAISE(auto batch, reader->Next());
         if (batch == nullptr) return arrow::Status::OK();
         if (stream == 0) {
           ARROW_ASSIGN_OR_RAISE(batch, Project(std::move(batch)));
+        }
+        // The memfd carries its own schema: it must be the one announced for this stream (the
+        // one the consumer reports), or readers would see types they were not told of.
+        const auto& announced = Stream(stream).schema;
+        if (!batch->schema()->Equals(*announced, /*check_metadata=*/false)) {
+          return arrow::Status::Invalid(
+              "protocol: the memfd holds a batch of schema ",
+              internal::DescribeSchema(*batch->schema()), ", but the producer announced ",
+              internal::DescribeSchema(*announced));
         }
         events->emplace_back(std::move(batch));
       }

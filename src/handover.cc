@@ -34,14 +34,14 @@ arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions
 }
 
 arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& socket,
-                                                      const std::string& socket_path) {
+                                                      const std::string& socket_path,
+                                                      int timeout_ms) {
   std::array<uint8_t, 1> byte{};
-  // The producer sends right after accepting; a silent peer must not hang the consumer forever.
-  constexpr int kReplyTimeoutMs = 30000;
-  ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(byte, 1, kReplyTimeoutMs));
+  // The producer sends right after accepting.
+  ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(byte, 1, timeout_ms));
   if (received.bytes < 0) {
     return arrow::Status::IOError("producer at '", socket_path, "' sent nothing within ",
-                                  kReplyTimeoutMs, " ms");
+                                  timeout_ms, " ms");
   }
   if (received.bytes == 0) {
     return arrow::Status::IOError("producer at '", socket_path,
@@ -56,7 +56,7 @@ arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& sock
 arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int connect_timeout_ms) {
   ARROW_ASSIGN_OR_RAISE(auto socket, internal::UnixSocket::Connect(socket_path, SOCK_STREAM,
                                                                    connect_timeout_ms));
-  return internal::ReceiveHandedOverFd(socket, socket_path);
+  return internal::ReceiveHandedOverFd(socket, socket_path, internal::kHandoverReplyTimeoutMs);
 }
 
 }  // namespace shmarrow

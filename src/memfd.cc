@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <string>
+
 #include "errno_status.h"
 
 #ifndef MFD_NOEXEC_SEAL
@@ -36,10 +38,21 @@ arrow::Status Memfd::Commit(int64_t offset, int64_t length) {
 }
 
 arrow::Status Memfd::AddSeals(int seals) {
-  if (::fcntl(fd_.get(), F_ADD_SEALS, seals) != 0) {
-    return ErrnoStatus(errno, "fcntl(fd ", fd_.get(), ", F_ADD_SEALS, ", SealNames(seals), ")");
+  // F_SEAL_WRITE fails with EBUSY while any page of the file has more references than the
+  // page cache and its mappings account for. The kernel (mm/memfd.c memfd_wait_for_pins) drains
+  // the per-CPU LRU caches and waits about 150 ms for such references to go before it gives up,
+  // but some are taken by the kernel itself for longer: page migration and compaction, reclaim
+  // writing the page to swap, khugepaged collapsing it. None of them writes the content, and
+  // each ends by itself, so a few more tries (each waiting those 150 ms) seal reliably; a
+  // writable mapping or a real pin (O_DIRECT, io_uring) fails all tries and is reported.
+  constexpr int kTries = 5;
+  for (int attempt = 1;; ++attempt) {
+    if (::fcntl(fd_.get(), F_ADD_SEALS, seals) == 0) return arrow::Status::OK();
+    if (errno != EBUSY || attempt == kTries) {
+      return ErrnoStatus(errno, "fcntl(fd ", fd_.get(), ", F_ADD_SEALS, ", SealNames(seals), ")",
+                         errno == EBUSY ? " after " + std::to_string(kTries) + " tries" : "");
+    }
   }
-  return arrow::Status::OK();
 }
 
 arrow::Result<int> GetSeals(int fd) {

@@ -9,11 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <list>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -41,6 +41,9 @@ constexpr int64_t kRingBlocks = 1 << 16;
 constexpr int64_t kMaxQueueArea = int64_t{16} << 20;
 constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
 constexpr int kSocketBuffer = 1 << 20;
+// Schema, End and Error messages queued for one consumer that does not read: past this many it is
+// disconnected (its batches are bounded by its credits, its requests by max_requests_per_consumer).
+constexpr size_t kMaxQueuedControls = 1024;
 
 /// Where a batch's Message flatbuffer lies in the ring.
 struct RingLocation {
@@ -229,7 +232,8 @@ struct Connection {
   uint64_t waiting_at = 0;
   bool dead = false;
   std::string death;  // why it was dropped
-  std::vector<uint32_t> open_requests;
+  std::vector<uint32_t> open_requests;  // queued for a worker or running
+  std::chrono::steady_clock::time_point accepted;  // for the handshake deadline
 
   Connection(UnixSocket s, const std::shared_ptr<internal::BlockCache>& cache)
       : socket(std::move(s)), pending(internal::RecyclingAllocator<Outgoing>(cache)) {}
@@ -304,7 +308,8 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   arrow::Status SendResponse(uint32_t connection, uint32_t stream,
                              std::shared_ptr<const arrow::Schema> new_schema,
                              std::shared_ptr<Published> batch);
-  arrow::MemoryPool* ring_pool() { return ring_pool_.get(); }
+  /// Ring mode: where request handlers allocate (waiting per request_timeout_ms).
+  arrow::MemoryPool* request_pool() { return ring_pool_requests_.get(); }
 
  private:
   template <typename Predicate>
@@ -338,6 +343,9 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   void Reap();
 
   void IoLoop();
+  /// Closes connections that have not said Hello within handshake_timeout_ms; the milliseconds
+  /// until the next such deadline (-1: none).
+  int ExpireSilentConnections();
   void AcceptAll();
   bool RefuseForWantOfFds(const arrow::Status& failure);
   void ReadFrom(Connection& c);
@@ -347,6 +355,9 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   /// drops the connection: it never becomes a consumer.
   arrow::Status Describe(Connection& c, const proto::Hello& hello);
   void StartRequest(Connection& c, uint32_t stream, std::string request);
+  void RunRequests();  // a worker thread
+  /// The handler of `stream` returned: its last answer (End or Error) goes to the requester.
+  void FinishRequest(uint32_t connection, uint32_t stream, const arrow::Status& status);
 
   const std::string address_;
   const ProducerOptions options_;
@@ -354,6 +365,7 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   std::unique_ptr<internal::Ring> ring_;
   std::unique_ptr<internal::RingPool> ring_pool_;         // waits per block_timeout_ms
   std::unique_ptr<internal::RingPool> ring_pool_nowait_;  // for work under mutex_
+  std::unique_ptr<internal::RingPool> ring_pool_requests_;  // waits per request_timeout_ms
   // Sealed mode's pools, destroyed after everything below (batches built in them may be held
   // there): the published stream's, and those lent to request handlers.
   LoanPool stream_lane_;
@@ -393,8 +405,18 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   UniqueFd wake_;
   UniqueFd spare_fd_;  // given up to accept, and refuse, a connection when out of fds
   std::thread io_thread_;
-  std::mutex requests_mutex_;
-  std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> requests_;
+  // Requests wait here (under mutex_) for one of at most request_threads workers.
+  struct RequestJob {
+    uint32_t connection;
+    uint32_t stream;
+    std::string request;
+    RequestHandler handler;
+  };
+  std::deque<RequestJob> request_jobs_;
+  std::condition_variable jobs_ready_;
+  std::vector<std::thread> request_workers_;
+  int idle_workers_ = 0;
+  int requests_in_flight_ = 0;  // queued or running, all consumers
 };
 
 
@@ -414,6 +436,8 @@ arrow::Status ProducerImpl::Start() {
                                                         kRingBlocks, slots * queue_slot_bytes_));
     ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
     ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
+    ring_pool_requests_ =
+        std::make_unique<internal::RingPool>(ring_.get(), options_.request_timeout_ms);
   }
   ARROW_ASSIGN_OR_RAISE(auto listener,
                         UnixSocket::Listen(address_, SOCK_SEQPACKET, options_.socket_mode));
@@ -537,11 +561,12 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
         if (indices.ok()) projections.push_back(*std::move(indices));
       }
     }
-    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, ring_pool_.get()));
+    // A request handler waits for room in the ring no longer than its request may take.
+    internal::RingPool* pool = for_stream0 ? ring_pool_.get() : ring_pool_requests_.get();
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool));
     for (auto& projection : projections) {
       if (FindPlacement(*published, projection) != nullptr) continue;
-      ARROW_ASSIGN_OR_RAISE(auto placement,
-                            PlaceInRing(*published, projection, ring_pool_.get()));
+      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool));
       published->projected.emplace_back(std::move(projection), std::move(placement));
     }
     return published;
@@ -667,7 +692,19 @@ void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
   const bool is_batch = out.type == proto::Type::kBatch;
   const bool stream0 = out.stream == 0;
   c.pending.push_back(std::move(out));
-  if (!is_batch) return;
+  if (!is_batch) {
+    const size_t controls = c.pending.size() - c.pending_batches - c.pending_responses;
+    if (controls > kMaxQueuedControls) {
+      Kill(c,
+           "consumer does not read: " + std::to_string(controls) +
+               " messages wait for it (limit " + std::to_string(kMaxQueuedControls) + ")",
+           proto::ErrorCode::kLimit);
+      c.pending.clear();  // what it holds stays until the connection is reaped
+      c.pending_batches = 0;
+      c.pending_responses = 0;
+    }
+    return;
+  }
   if (!stream0) {
     ++c.pending_responses;
     return;
@@ -889,6 +926,11 @@ void ProducerImpl::Reap() {
   bool any = false;
   for (auto it = connections_.begin(); it != connections_.end();) {
     if (it->second->dead) {
+      // Its requests that wait for a worker are cancelled; running ones find it gone.
+      const uint32_t id = it->first;
+      const auto cancelled = std::erase_if(
+          request_jobs_, [id](const RequestJob& job) { return job.connection == id; });
+      requests_in_flight_ -= static_cast<int>(cancelled);
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
       if (it->second->queue_slot >= 0) free_queue_slots_.push_back(it->second->queue_slot);
       it = connections_.erase(it);  // what it held is released here
@@ -903,7 +945,13 @@ void ProducerImpl::Reap() {
 void ProducerImpl::IoLoop() {
   epoll_event events[64];
   for (;;) {
-    const int n = ::epoll_wait(epoll_.get(), events, 64, -1);
+    int wait_ms;
+    {
+      std::lock_guard lock(mutex_);
+      wait_ms = ExpireSilentConnections();
+      Reap();
+    }
+    const int n = ::epoll_wait(epoll_.get(), events, 64, wait_ms);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return;
     for (int i = 0; i < n; ++i) {
@@ -957,9 +1005,7 @@ void ProducerImpl::AcceptAll() {
     UnixSocket socket = std::move(*accepted);
     auto peer = socket.Peer();
     const bool allowed =
-        peer.ok() && (options_.allow_any_uid || peer->uid == ::geteuid() ||
-                      std::find(options_.allowed_uids.begin(), options_.allowed_uids.end(),
-                                peer->uid) != options_.allowed_uids.end());
+        peer.ok() && internal::UidAllowed(peer->uid, options_.allowed_uids, options_.allow_any_uid);
     std::lock_guard lock(mutex_);
     if (!allowed) {
       ++stats_.consumers_refused;
@@ -970,27 +1016,52 @@ void ProducerImpl::AcceptAll() {
       continue;
     }
     // max_consumers only counts consumers past the handshake: without a bound of their own,
-    // connections that never say Hello would hold an fd each here, as many as a peer opens.
-    const auto waiting = std::count_if(connections_.begin(), connections_.end(),
-                                       [](const auto& e) { return !e.second->welcomed; });
-    if (waiting >= options_.max_consumers) {
-      proto::Error error{proto::ErrorCode::kLimit,
-                         "producer already has " + std::to_string(waiting) +
-                             " connections that have not said Hello (limit " +
-                             std::to_string(options_.max_consumers) + ")"};
-      (void)socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
-      continue;
+    // connections that never say Hello would hold an fd each here, as many as a peer opens. At
+    // the bound the oldest silent one makes room: silent connections cannot keep a real
+    // consumer out, which says Hello as soon as it connects (read below, at once).
+    Connection* oldest = nullptr;
+    int64_t waiting = 0;
+    for (const auto& [id, c] : connections_) {
+      if (c->welcomed || c->dead) continue;
+      ++waiting;
+      if (oldest == nullptr) oldest = c.get();  // ids grow with time
+    }
+    if (oldest != nullptr && waiting >= options_.max_consumers) {
+      Kill(*oldest,
+           "closed without a Hello: " + std::to_string(waiting) +
+               " connections were waiting to say Hello (limit " +
+               std::to_string(options_.max_consumers) + ") and this was the oldest",
+           proto::ErrorCode::kLimit);
     }
     const int size = kSocketBuffer;
     ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     auto c = std::make_unique<Connection>(std::move(socket), block_cache_);
     c->id = next_connection_++;
+    c->accepted = std::chrono::steady_clock::now();
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.u64 = c->id + 1;
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->socket.fd(), &event) != 0) continue;
-    connections_.emplace(c->id, std::move(c));
+    Connection& added = *connections_.emplace(c->id, std::move(c)).first->second;
+    ReadFrom(added);
   }
+}
+
+int ProducerImpl::ExpireSilentConnections() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto limit = std::chrono::milliseconds(std::max(options_.handshake_timeout_ms, 1));
+  int next_ms = -1;
+  for (auto& [id, c] : connections_) {
+    if (c->welcomed || c->dead) continue;
+    const auto deadline = c->accepted + limit;
+    if (deadline <= now) {
+      Kill(*c, "no Hello within " + std::to_string(limit.count()) + " ms", proto::ErrorCode::kLimit);
+      continue;
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
+    if (next_ms < 0 || left < next_ms) next_ms = static_cast<int>(left);
+  }
+  return next_ms;
 }
 
 /// accept() failed with EMFILE or ENFILE: the connection stays queued, so the listener stays
@@ -1044,6 +1115,10 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
     }
     ARROW_ASSIGN_OR_RAISE(auto hello, proto::DecodeHello(reader));
     return Handshake(c, hello);
+  }
+  // After Bye a consumer only returns what it holds: a Request would start work for nobody.
+  if (c.detached && header.type != proto::Type::kRelease) {
+    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " after Bye");
   }
   switch (header.type) {
     case proto::Type::kRelease: {
@@ -1153,19 +1228,20 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     schema = internal::ProjectSchema(*first_schema, c.projection);
   }
   c.lossy = hello.flags & proto::kHelloLossy;
-  c.batch_runs = ring_ != nullptr && (hello.features & proto::kFeatureBatchRuns);
+  c.batch_runs = ring_ != nullptr && (hello.features & proto::FeaturesOf(hello.minor) &
+                                      proto::kFeatureBatchRuns);
   c.credits = static_cast<size_t>(options_.max_in_flight);
   if (hello.max_in_flight > 0) c.credits = std::min<size_t>(c.credits, hello.max_in_flight);
 
   proto::Welcome welcome;
-  welcome.features = hello.features & proto::kAllFeatures;
+  welcome.features = hello.features & proto::FeaturesOf(hello.minor);
   if (!c.batch_runs) welcome.features &= ~proto::kFeatureBatchRuns;
   welcome.mode = ring_ != nullptr ? proto::Mode::kRing : proto::Mode::kSealed;
   welcome.consumer_id = c.id;
   welcome.ring_size = ring_ != nullptr ? static_cast<uint64_t>(ring_->size()) : 0;
   welcome.max_consumers = static_cast<uint32_t>(options_.max_consumers);
   welcome.max_in_flight = static_cast<uint32_t>(c.credits);
-  if (ring_ != nullptr && (hello.features & proto::kFeatureQueue) && !free_queue_slots_.empty() &&
+  if (ring_ != nullptr && (welcome.features & proto::kFeatureQueue) && !free_queue_slots_.empty() &&
       c.credits < queue_capacity_) {
     c.queue_slot = free_queue_slots_.back();
     free_queue_slots_.pop_back();
@@ -1219,10 +1295,21 @@ void ProducerImpl::StartRequest(Connection& c, uint32_t stream, std::string requ
   refusal.type = proto::Type::kError;
   refusal.stream = stream;
   refusal.error.code = proto::ErrorCode::kHandler;
+  const auto in_flight = static_cast<int>(c.open_requests.size());
   if (!handler_) {
     refusal.error.message = "this producer has no request handler";
   } else if (std::count(c.open_requests.begin(), c.open_requests.end(), stream) > 0) {
     refusal.error.message = "request " + std::to_string(stream) + " is already in flight";
+  } else if (in_flight >= options_.max_requests_per_consumer) {
+    refusal.error = {proto::ErrorCode::kLimit,
+                     "this consumer already has " + std::to_string(in_flight) +
+                         " requests in flight (limit " +
+                         std::to_string(options_.max_requests_per_consumer) + ")"};
+  } else if (requests_in_flight_ >= options_.max_requests) {
+    refusal.error = {proto::ErrorCode::kLimit,
+                     "the producer already has " + std::to_string(requests_in_flight_) +
+                         " requests in flight (limit " + std::to_string(options_.max_requests) +
+                         ")"};
   }
   if (!refusal.error.message.empty()) {
     Enqueue(c, std::move(refusal));
@@ -1230,35 +1317,48 @@ void ProducerImpl::StartRequest(Connection& c, uint32_t stream, std::string requ
     return;
   }
   c.open_requests.push_back(stream);
-  auto done = std::make_shared<std::atomic<bool>>(false);
-  std::thread worker([this, handler = handler_, connection = c.id, stream,
-                      request = std::move(request), done] {
-    ResponseWriterImpl response(this, connection, stream);
-    const arrow::Status status = handler(request, response);
-    std::lock_guard lock(mutex_);
-    auto it = connections_.find(connection);
-    if (it != connections_.end() && !it->second->dead) {
-      Connection& requester = *it->second;
-      std::erase(requester.open_requests, stream);
-      Outgoing out;
-      out.stream = stream;
-      out.type = status.ok() ? proto::Type::kEnd : proto::Type::kError;
-      out.error = {proto::ErrorCode::kHandler, status.ToString()};
-      Enqueue(requester, std::move(out));
-      Pump(requester);
-    }
-    *done = true;
-  });
-  std::lock_guard lock(requests_mutex_);
-  for (auto it = requests_.begin(); it != requests_.end();) {
-    if (*it->second) {
-      it->first.join();
-      it = requests_.erase(it);
-    } else {
-      ++it;
-    }
+  ++requests_in_flight_;
+  request_jobs_.push_back({c.id, stream, std::move(request), handler_});
+  if (idle_workers_ == 0 &&
+      request_workers_.size() < static_cast<size_t>(std::max(options_.request_threads, 1))) {
+    request_workers_.emplace_back([this] { RunRequests(); });
   }
-  requests_.emplace_back(std::move(worker), std::move(done));
+  jobs_ready_.notify_one();
+}
+
+void ProducerImpl::RunRequests() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    ++idle_workers_;
+    jobs_ready_.wait(lock, [this] { return closed_ || !request_jobs_.empty(); });
+    --idle_workers_;
+    if (closed_) return;
+    RequestJob job = std::move(request_jobs_.front());
+    request_jobs_.pop_front();
+    lock.unlock();
+    arrow::Status status;
+    {
+      ResponseWriterImpl response(this, job.connection, job.stream);
+      status = job.handler(job.request, response);
+    }
+    lock.lock();
+    FinishRequest(job.connection, job.stream, status);
+  }
+}
+
+void ProducerImpl::FinishRequest(uint32_t connection, uint32_t stream,
+                                 const arrow::Status& status) {
+  --requests_in_flight_;
+  auto it = connections_.find(connection);
+  if (it == connections_.end() || it->second->dead) return;
+  Connection& requester = *it->second;
+  std::erase(requester.open_requests, stream);
+  Outgoing out;
+  out.stream = stream;
+  out.type = status.ok() ? proto::Type::kEnd : proto::Type::kError;
+  out.error = {proto::ErrorCode::kHandler, status.ToString()};
+  Enqueue(requester, std::move(out));
+  Pump(requester);
 }
 
 arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
@@ -1270,7 +1370,7 @@ arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
     return it == connections_.end() || !it->second->active() ? nullptr : it->second.get();
   };
   ARROW_RETURN_NOT_OK(WaitFor(
-      lock, options_.block_timeout_ms,
+      lock, options_.request_timeout_ms,
       [&] {
         Connection* c = find();
         return c == nullptr || c->pending_responses < c->credits;
@@ -1300,7 +1400,7 @@ ResponseWriterImpl::~ResponseWriterImpl() {
 }
 
 arrow::MemoryPool* ResponseWriterImpl::pool() {
-  if (producer_->ring_pool() != nullptr) return producer_->ring_pool();
+  if (producer_->request_pool() != nullptr) return producer_->request_pool();
   if (loan_ == nullptr) {
     auto loan = producer_->NewLoan(producer_->schema());
     if (!loan.ok()) return arrow::default_memory_pool();  // copied in at Write
@@ -1394,12 +1494,11 @@ void ProducerImpl::Close() {
   }
   if (io_thread_.joinable()) io_thread_.join();
   if (ring_ != nullptr) ring_->Close();  // allocations blocked on a full ring give up
-  {
-    std::lock_guard lock(requests_mutex_);
-    for (auto& [thread, done] : requests_) thread.join();
-    requests_.clear();
-  }
+  jobs_ready_.notify_all();
+  // Workers start only on the I/O thread, which has ended: the list no longer changes.
+  for (auto& worker : request_workers_) worker.join();
   std::lock_guard lock(mutex_);
+  request_jobs_.clear();
   connections_.clear();
   retained_.clear();
   loan_.reset();

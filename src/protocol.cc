@@ -1,5 +1,7 @@
 #include "protocol.h"
 
+#include <algorithm>
+
 namespace shmarrow::internal::protocol {
 
 const char* TypeName(Type type) {
@@ -18,6 +20,66 @@ const char* TypeName(Type type) {
     case Type::kWaiting: return "Waiting";
   }
   return "unknown";
+}
+
+size_t Utf8SequenceLength(std::string_view text, size_t i) {
+  const auto byte = [&](size_t k) { return static_cast<uint8_t>(text[k]); };
+  const uint8_t lead = byte(i);
+  if (lead < 0x80) return 1;
+  size_t length;
+  uint32_t code;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2, code = lead & 0x1F;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3, code = lead & 0x0F;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4, code = lead & 0x07;
+  } else {
+    return 0;
+  }
+  if (text.size() - i < length) return 0;
+  for (size_t k = 1; k < length; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (byte(i + k) & 0x3F);
+  }
+  const bool overlong = (length == 3 && code < 0x800) || (length == 4 && code < 0x10000);
+  const bool surrogate = code >= 0xD800 && code <= 0xDFFF;
+  return overlong || surrogate || code > 0x10FFFF ? 0 : length;
+}
+
+bool IsUtf8(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t length = Utf8SequenceLength(text, i);
+    if (length == 0) return false;
+    i += length;
+  }
+  return true;
+}
+
+std::string Printable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const size_t length = Utf8SequenceLength(text, i);
+    const auto lead = static_cast<uint8_t>(text[i]);
+    // C0 controls, DEL, and C1 controls (U+0080 to U+009F: CSI and others act on terminals).
+    const bool control = lead < 0x20 || lead == 0x7F ||
+                         (length == 2 && lead == 0xC2 && static_cast<uint8_t>(text[i + 1]) < 0xA0);
+    if (length == 0 || control) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      for (size_t k = 0; k < std::max<size_t>(length, 1); ++k) {
+        const auto byte = static_cast<uint8_t>(text[i + k]);
+        out += "\\x";
+        out += kHex[byte >> 4];
+        out += kHex[byte & 0xF];
+      }
+      i += std::max<size_t>(length, 1);
+      continue;
+    }
+    out.append(text.substr(i, length));
+    i += length;
+  }
+  return out;
 }
 
 Writer& Writer::Start(Type type, uint32_t stream) {
@@ -280,7 +342,7 @@ arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type == Type::kError) {
     ARROW_ASSIGN_OR_RAISE(auto error, DecodeError(reader));
-    return arrow::Status::Invalid("producer at '", address, "' refused: ", error.message);
+    return arrow::Status::Invalid("producer at '", address, "' refused: ", Printable(error.message));
   }
   if (header.type != Type::kWelcome) {
     return arrow::Status::Invalid("protocol: expected Welcome, got ", TypeName(header.type));

@@ -58,6 +58,12 @@ inline constexpr uint32_t kFeatureQueue = 1u << 4;
 inline constexpr uint32_t kFeatureDescribe = 1u << 5;
 inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy |
                                          kFeatureBatchRuns | kFeatureQueue | kFeatureDescribe;
+/// What a peer of minor version `minor` may use: 1.0 knows neither batch runs, the queue nor
+/// describing.
+constexpr uint32_t FeaturesOf(uint16_t minor) {
+  return minor >= 1 ? kAllFeatures : kFeatureRequests | kFeatureProjection | kFeatureLossy;
+}
+
 /// Most batches in one Batches message (and sequences in one Release).
 inline constexpr uint32_t kMaxRun = 4096;
 
@@ -200,6 +206,14 @@ std::span<const uint8_t> EncodeRequest(Writer& w, uint32_t stream, std::string_v
 std::span<const uint8_t> EncodeBye(Writer& w);
 std::span<const uint8_t> EncodeWake(Writer& w);
 std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
+
+/// Length of the valid UTF-8 sequence starting at text[i] (i < size), or 0 if there is none.
+[[nodiscard]] size_t Utf8SequenceLength(std::string_view text, size_t i);
+/// True when `text` is valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+[[nodiscard]] bool IsUtf8(std::string_view text);
+/// A peer's text (an Error message, a field name) made safe for a terminal, a log or JSON: its
+/// valid UTF-8 is kept, control characters and bytes that are not UTF-8 become `\xNN`.
+[[nodiscard]] std::string Printable(std::string_view text);
 
 /// Decoders take a Reader positioned after the header.
 [[nodiscard]] arrow::Result<Hello> DecodeHello(Reader& r);

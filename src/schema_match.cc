@@ -8,13 +8,18 @@
 #include <arrow/extension_type.h>
 #include <arrow/type.h>
 
+#include <algorithm>
+
+#include "protocol.h"
+
 namespace shmarrow::internal {
 
 std::string DescribeSchema(const arrow::Schema& schema) {
   std::string out;
   for (int i = 0; i < schema.num_fields(); ++i) {
     if (i) out += ", ";
-    out += schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
+    out += protocol::Printable(schema.field(i)->name()) + ": " +
+           protocol::Printable(schema.field(i)->type()->ToString());
   }
   return "(" + out + ")";
 }
@@ -60,9 +65,15 @@ arrow::Result<std::vector<int>> ProjectionIndices(const arrow::Schema& schema,
   for (const auto& name : names) {
     const int index = schema.GetFieldIndex(name);
     if (index < 0) {
-      return arrow::Status::Invalid("projection asks for column '", name,
+      return arrow::Status::Invalid("projection asks for column '", protocol::Printable(name),
                                     "', which the schema ", DescribeSchema(schema),
                                     " lacks (or has more than once)");
+    }
+    // A name asked twice would cost its column's metadata once more per batch, as often as a
+    // peer repeats it; a projection is therefore at most as long as the schema.
+    if (std::find(indices.begin(), indices.end(), index) != indices.end()) {
+      return arrow::Status::Invalid("projection asks for column '", protocol::Printable(name),
+                                    "' more than once");
     }
     indices.push_back(index);
   }
@@ -112,7 +123,27 @@ arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(const std::strin
     return schema.status().WithMessage("schema from the peer (", bytes.size(),
                                        " bytes) does not parse: ", schema.status().message());
   }
+  ARROW_RETURN_NOT_OK(CheckUtf8Names(**schema));
   return schema;
+}
+
+namespace {
+arrow::Status CheckUtf8Names(const arrow::Field& field, const std::string& path) {
+  const std::string name = path.empty() ? field.name() : path + "." + field.name();
+  if (!protocol::IsUtf8(field.name())) {
+    return arrow::Status::Invalid("field name '", protocol::Printable(name),
+                                  "' is not valid UTF-8 (Arrow's format requires it)");
+  }
+  for (const auto& child : field.type()->fields()) {
+    ARROW_RETURN_NOT_OK(CheckUtf8Names(*child, name));
+  }
+  return arrow::Status::OK();
+}
+}  // namespace
+
+arrow::Status CheckUtf8Names(const arrow::Schema& schema) {
+  for (const auto& field : schema.fields()) ARROW_RETURN_NOT_OK(CheckUtf8Names(*field, ""));
+  return arrow::Status::OK();
 }
 
 }  // namespace shmarrow::internal

@@ -17,7 +17,8 @@ namespace shmarrow::internal {
 [[nodiscard]] arrow::Status CheckSchema(const arrow::Schema& expected, const arrow::Schema& actual,
                                         SchemaMatch match);
 
-/// Column indices of `names` in `schema`; an error names a missing column and the schema.
+/// Column indices of `names` in `schema`; an error names a missing column and the schema, or a
+/// column asked for twice.
 [[nodiscard]] arrow::Result<std::vector<int>> ProjectionIndices(
     const arrow::Schema& schema, const std::vector<std::string>& names);
 
@@ -30,8 +31,13 @@ std::shared_ptr<arrow::Schema> ProjectSchema(const arrow::Schema& schema,
 /// refuse such a schema: Arrow's ReadRecordBatch without dictionaries dereferences a null memo.
 [[nodiscard]] arrow::Status CheckNoDictionaries(const arrow::Schema& schema);
 
+/// OK when every field name (nested ones too) is valid UTF-8, as Arrow's format requires;
+/// otherwise Invalid naming the field. A peer's names reach Python strings and JSON.
+[[nodiscard]] arrow::Status CheckUtf8Names(const arrow::Schema& schema);
+
 /// The schema as an encapsulated Arrow IPC Schema message, and back.
 [[nodiscard]] arrow::Result<std::string> SerializeSchema(const arrow::Schema& schema);
+/// Deserializing also checks the names (CheckUtf8Names).
 [[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> DeserializeSchema(
     const std::string& bytes);
 

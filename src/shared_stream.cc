@@ -7,28 +7,73 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
 #include "mapping.h"
 #include "shared_stream_internal.h"
 #include "memfd.h"
+#include "schema_match.h"
 
 namespace shmarrow {
 namespace {
 
-/// Runs the chosen validation on each batch before it is handed out.
+/// Appends the [begin, end) ranges of `source` that `data`'s buffers (children and dictionary
+/// included) claim.
+void CollectRanges(const arrow::ArrayData& data, const arrow::Buffer& source,
+                   std::vector<std::pair<uintptr_t, uintptr_t>>* ranges) {
+  const auto base = reinterpret_cast<uintptr_t>(source.data());
+  for (const auto& buffer : data.buffers) {
+    if (buffer == nullptr || buffer->size() <= 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(buffer->data());
+    if (begin < base || begin - base > static_cast<uintptr_t>(source.size())) continue;
+    const auto end = begin + std::min<uintptr_t>(static_cast<uintptr_t>(buffer->size()),
+                                                 base + source.size() - begin);
+    ranges->emplace_back(begin, end);
+  }
+  for (const auto& child : data.child_data) CollectRanges(*child, source, ranges);
+  if (data.dictionary != nullptr) CollectRanges(*data.dictionary, source, ranges);
+}
+
+/// Bytes of `source` that `batch`'s buffers claim, each byte counted once.
+int64_t ClaimedBytes(const arrow::RecordBatch& batch, const arrow::Buffer& source,
+                     std::vector<std::pair<uintptr_t, uintptr_t>>& ranges) {
+  ranges.clear();
+  for (const auto& column : batch.column_data()) CollectRanges(*column, source, &ranges);
+  std::sort(ranges.begin(), ranges.end());
+  int64_t claimed = 0;
+  uintptr_t covered = 0;  // ranges are merged as they come, in order
+  for (const auto& [begin, end] : ranges) {
+    const uintptr_t from = std::max(begin, covered);
+    if (end > from) claimed += static_cast<int64_t>(end - from);
+    covered = std::max(covered, end);
+  }
+  return claimed;
+}
+
+/// Runs the chosen validation on each batch before it is handed out, after checking that its
+/// buffers lie in memory the producer wrote.
 class ValidatingReader final : public arrow::RecordBatchReader {
  public:
   ValidatingReader(std::shared_ptr<arrow::ipc::RecordBatchStreamReader> inner,
-                   Validation validation)
-      : inner_(std::move(inner)), validation_(validation) {}
+                   std::shared_ptr<arrow::Buffer> source, Validation validation,
+                   int64_t allocated_bytes)
+      : inner_(std::move(inner)),
+        source_(std::move(source)),
+        validation_(validation),
+        allocated_bytes_(allocated_bytes) {}
 
   std::shared_ptr<arrow::Schema> schema() const override { return inner_->schema(); }
 
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
     ARROW_RETURN_NOT_OK(inner_->ReadNext(batch));
     if (*batch == nullptr) return arrow::Status::OK();
-    auto status = internal::ValidateBatch(**batch, validation_, index_++);
+    const int64_t index = index_++;
+    auto status = CheckAllocated(**batch, index);
+    if (status.ok()) status = internal::ValidateBatch(**batch, validation_, index);
     if (!status.ok()) batch->reset();
     return status;
   }
@@ -36,9 +81,24 @@ class ValidatingReader final : public arrow::RecordBatchReader {
   arrow::Status Close() override { return inner_->Close(); }
 
  private:
+  /// Reading a hole of a memfd allocates a page there: a consumer that read a batch whose
+  /// buffers lie in holes would pay (in shmem) for what the producer never wrote.
+  arrow::Status CheckAllocated(const arrow::RecordBatch& batch, int64_t index) {
+    if (allocated_bytes_ < 0) return arrow::Status::OK();
+    const int64_t claimed = ClaimedBytes(batch, *source_, ranges_);
+    if (claimed <= allocated_bytes_) return arrow::Status::OK();
+    return arrow::Status::Invalid("record batch ", index, "'s buffers claim ", claimed,
+                                  " bytes of the memfd, which has only ", allocated_bytes_,
+                                  " bytes allocated (st_blocks): the rest are holes the producer "
+                                  "never wrote; refused before reading them");
+  }
+
   std::shared_ptr<arrow::ipc::RecordBatchStreamReader> inner_;
+  std::shared_ptr<arrow::Buffer> source_;
   Validation validation_;
+  int64_t allocated_bytes_;
   int64_t index_ = 0;
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges_;  // reused per batch
 };
 
 /// Arrow's message reader, refusing messages that declare body compression before Arrow reads them.
@@ -119,6 +179,7 @@ arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
   stream->validation_ = options.validation;
   stream->mapped_ = missing == 0;
   if (stream->mapped_) {
+    stream->allocated_bytes_ = static_cast<int64_t>(st.st_blocks) * 512;  // fixed by the seals
     // The size comes from the file itself; with F_SEAL_SHRINK it cannot change under the mapping.
     ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(raw, st.st_size));
     stream->buffer_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
@@ -133,7 +194,7 @@ bool SharedStream::Contains(const void* address, int64_t length) const {
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> SharedStream::OpenReader() const {
-  return internal::OpenValidatedStream(buffer_, validation_);
+  return internal::OpenValidatedStream(buffer_, validation_, allocated_bytes_);
 }
 
 namespace internal {
@@ -146,14 +207,16 @@ arrow::Status ValidateBatch(const arrow::RecordBatch& batch, Validation validati
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenValidatedStream(
-    std::shared_ptr<arrow::Buffer> source, Validation validation) {
-  auto input = std::make_shared<arrow::io::BufferReader>(std::move(source));
+    std::shared_ptr<arrow::Buffer> source, Validation validation, int64_t allocated_bytes) {
+  auto input = std::make_shared<arrow::io::BufferReader>(source);
   ARROW_ASSIGN_OR_RAISE(auto reader,
                         arrow::ipc::RecordBatchStreamReader::Open(
                             std::make_unique<UncompressedMessageReader>(
                                 arrow::ipc::MessageReader::Open(std::move(input))),
                             arrow::ipc::IpcReadOptions::Defaults()));
-  return std::make_shared<ValidatingReader>(std::move(reader), validation);
+  ARROW_RETURN_NOT_OK(internal::CheckUtf8Names(*reader->schema()));
+  return std::make_shared<ValidatingReader>(std::move(reader), std::move(source), validation,
+                                            allocated_bytes);
 }
 
 }  // namespace internal

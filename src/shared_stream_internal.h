@@ -28,7 +28,10 @@ class MappedBuffer final : public arrow::Buffer {
                                           int64_t index);
 
 /// An Arrow IPC stream reader over `source` (zero-copy slices of it) that validates every batch.
+/// With `allocated_bytes` >= 0 (the memory the memfd behind `source` really has), a batch whose
+/// buffers claim more bytes of `source` than that is refused before anything reads them: a
+/// sparse memfd would otherwise make the consumer commit memory the producer never wrote.
 [[nodiscard]] arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenValidatedStream(
-    std::shared_ptr<arrow::Buffer> source, Validation validation);
+    std::shared_ptr<arrow::Buffer> source, Validation validation, int64_t allocated_bytes);
 
 }  // namespace shmarrow::internal

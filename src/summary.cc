@@ -8,6 +8,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "protocol.h"
+
 namespace shmarrow {
 namespace {
 
@@ -94,7 +96,19 @@ std::string Hex(uint64_t value) {
 
 std::string JsonQuote(const std::string& text) {
   std::string out = "\"";
-  for (unsigned char c : text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t length = internal::protocol::Utf8SequenceLength(text, i);
+    if (length == 0) {  // JSON is Unicode text: a byte that is not UTF-8 becomes U+FFFD
+      out += "\\ufffd";
+      ++i;
+      continue;
+    }
+    const auto c = static_cast<unsigned char>(text[i]);
+    i += length;
+    if (length > 1) {
+      out.append(text, i - length, length);
+      continue;
+    }
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -104,7 +118,7 @@ std::string JsonQuote(const std::string& text) {
       case '\b': out += "\\b"; break;
       case '\f': out += "\\f"; break;
       default:
-        if (c < 0x20) {
+        if (c < 0x20 || c == 0x7F) {
           char escaped[7];
           std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
           out += escaped;
@@ -115,6 +129,8 @@ std::string JsonQuote(const std::string& text) {
   }
   return out + "\"";
 }
+
+std::string PrintableText(std::string_view text) { return internal::protocol::Printable(text); }
 
 StreamSummary::StreamSummary(std::shared_ptr<arrow::Schema> schema)
     : schema_(std::move(schema)), columns_(schema_->num_fields()) {

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -15,6 +16,12 @@
 #include "errno_status.h"
 
 namespace shmarrow::internal {
+
+bool UidAllowed(unsigned uid, std::span<const unsigned> allowed, bool allow_any) {
+  return allow_any || uid == ::geteuid() ||
+         std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
+}
+
 namespace {
 
 arrow::Result<std::pair<sockaddr_un, socklen_t>> MakeAddress(const std::string& path) {

@@ -23,6 +23,10 @@ struct PeerCredentials {
   unsigned gid = 0;
 };
 
+/// Whether a peer of `uid` may be talked to: this process's effective uid, one of `allowed`, or
+/// any when `allow_any` (the rule of ProducerOptions and ConsumerOptions alike).
+[[nodiscard]] bool UidAllowed(unsigned uid, std::span<const unsigned> allowed, bool allow_any);
+
 /// What one recvmsg returned: the bytes and the fds that came with them (already owned).
 struct Received {
   /// -1: nothing arrived in time; 0: the peer closed the connection.

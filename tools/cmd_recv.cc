@@ -1,5 +1,6 @@
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -42,6 +43,21 @@ arrow::Result<std::vector<std::string>> SplitColumns(const std::string& list) {
   return names;
 }
 
+arrow::Result<std::vector<unsigned>> SplitUids(const std::string& list) {
+  std::vector<unsigned> uids;
+  std::stringstream items(list);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    char* end = nullptr;
+    const unsigned long uid = std::strtoul(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || uid > UINT32_MAX) {
+      return UsageError("--allow-uid '" + list + "' is not a comma-separated list of uids");
+    }
+    uids.push_back(static_cast<unsigned>(uid));
+  }
+  return uids;
+}
+
 }  // namespace
 
 arrow::Status RunRecv(Args& args) {
@@ -71,7 +87,10 @@ arrow::Status RunRecv(Args& args) {
   ARROW_ASSIGN_OR_RAISE(options.remote.tls_root_certs, OptionalFile(args, "--tls-roots"));
   options.remote.tls_override_hostname = args.String("--tls-hostname", "");
   options.remote.upgrade_to_shared_memory = !args.Flag("--no-upgrade");
+  options.allow_any_uid = args.Flag("--allow-any-uid");
+  const std::string allowed_uids = args.String("--allow-uid", "");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to recv"));
+  ARROW_ASSIGN_OR_RAISE(options.allowed_uids, SplitUids(allowed_uids));
 
   if (validate == "basic") options.validation = Validation::kBasic;
   else if (validate != "full") return UsageError("--validate takes full or basic");
@@ -124,7 +143,7 @@ arrow::Status RunRecv(Args& args) {
     if (batch == nullptr) break;
     if (handover != nullptr) in_mapping = in_mapping && AllBuffersInside(*handover, *batch);
     ARROW_RETURN_NOT_OK(summary.Add(*batch));
-    report.Add(batch);
+    if (!json) report.Add(batch);
     // A deliberately slow consumer holds each batch while it "works".
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }

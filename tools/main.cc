@@ -84,6 +84,10 @@ const std::vector<Command>& Commands() {
            {"--json", "", "print a one-line JSON summary instead of the report"},
            {"--allow-unsealed", "",
             "single hand-over: copy an unsealed memfd instead of refusing it"},
+           {"--allow-uid", "UID,...",
+            "accept a producer running as one of these uids (by default its SO_PEERCRED uid "
+            "must be this process's)"},
+           {"--allow-any-uid", "", "accept a producer of any uid"},
            {"--lossy", "", "lose the oldest batches instead of holding the producer back"},
            {"--from-oldest", "", "start with the oldest batches the producer retains"},
            {"--max-in-flight", "N", "batches held at once (0: the producer's limit)"},

@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <ostream>
 #include <string>
+#include <string_view>
+
+#include "shmarrow/summary.h"
 
 namespace shmarrow::cli {
 namespace {
@@ -15,13 +18,24 @@ std::string RenderSchema(const arrow::Schema& schema) {
   std::string out;
   for (int i = 0; i < schema.num_fields(); ++i) {
     if (i) out += ", ";
-    out += schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
+    out += PrintableText(schema.field(i)->name()) + ": " + schema.field(i)->type()->ToString();
   }
   return out;
 }
 
+// At most this much of a string value is shown: a value may be as large as the memfd (and
+// copying it whole would cost the consumer as much heap).
+constexpr size_t kShownBytes = 256;
+
+std::string Shown(std::string_view value) {
+  if (value.size() <= kShownBytes) return PrintableText(value);
+  return PrintableText(value.substr(0, kShownBytes)) + "... (" + std::to_string(value.size()) +
+         " bytes)";
+}
+
 // The formatting both consumers share: null, true/false, integers in decimal, floats as C's %g,
-// strings verbatim, anything else as Arrow prints the scalar.
+// strings as their text (control characters escaped, long ones cut), anything else as Arrow
+// prints the scalar.
 std::string RenderValue(const arrow::Array& array, int64_t i) {
   if (array.IsNull(i)) return "null";
   switch (array.type_id()) {
@@ -37,9 +51,9 @@ std::string RenderValue(const arrow::Array& array, int64_t i) {
       return text;
     }
     case arrow::Type::STRING:
-      return std::string(static_cast<const arrow::StringArray&>(array).GetView(i));
+      return Shown(static_cast<const arrow::StringArray&>(array).GetView(i));
     case arrow::Type::LARGE_STRING:
-      return std::string(static_cast<const arrow::LargeStringArray&>(array).GetView(i));
+      return Shown(static_cast<const arrow::LargeStringArray&>(array).GetView(i));
     default: {
       auto scalar = array.GetScalar(i);
       return scalar.ok() ? (*scalar)->ToString() : "?";
@@ -65,7 +79,7 @@ void Report::Print(std::ostream& out) const {
   const std::string schema = RenderSchema(*schema_);
   out << "RecordBatch schema: " << schema << "\n";
   for (const auto& field : schema_->fields()) {
-    out << "Column name: " << field->name() << "\n";
+    out << "Column name: " << PrintableText(field->name()) << "\n";
     out << "Column Arrow type: " << field->type()->ToString() << "\n";
   }
   out << "== Arrow Table Summary ==\n";
@@ -74,7 +88,7 @@ void Report::Print(std::ostream& out) const {
   out << "Num Rows    : " << rows_ << "\n\n";
   out << "== First " << kHeadRows << " Rows ==\n";
   for (int i = 0; i < schema_->num_fields(); ++i) {
-    out << (i ? "\t" : "") << schema_->field(i)->name();
+    out << (i ? "\t" : "") << PrintableText(schema_->field(i)->name());
   }
   out << "\n" << std::string(40, '-') << "\n";
   for (const auto& line : head_) out << line << "\n";

@@ -47,6 +47,11 @@ struct ConsumerOptions {
   /// Single hand-over only: refuse an unsealed memfd (true), or read a private copy of it
   /// (SharedStreamOptions::require_seals).
   bool require_seals = true;
+  /// Uids of producers accepted besides this process's own (SO_PEERCRED): anyone may bind an
+  /// abstract socket name first. Empty: own uid only.
+  std::vector<unsigned> allowed_uids;
+  /// Accept a producer of any uid.
+  bool allow_any_uid = false;
 
   /// For Flight addresses (grpc://, grpc+tcp://, grpc+tls://; ConnectAny, docs/flight.md) only.
   struct Remote {

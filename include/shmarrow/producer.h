@@ -45,6 +45,19 @@ struct ProducerOptions {
   bool allow_any_uid = false;
   /// memfd name (shows in /proc/PID/maps).
   std::string name = "shmarrow";
+  /// A connection that has not said Hello within this long is closed (> 0 milliseconds). When
+  /// max_consumers connections are waiting to say Hello, the oldest is closed for the next one.
+  int handshake_timeout_ms = 5000;
+  /// Requests one consumer may have in flight (received, answer not finished); more are
+  /// answered with Error code 4 (limit).
+  int max_requests_per_consumer = 16;
+  /// Requests in flight across all consumers; more are answered with Error code 4.
+  int max_requests = 64;
+  /// Threads that run the request handler; requests beyond wait for one (up to max_requests).
+  int request_threads = 4;
+  /// How long a request handler waits for room (the ring, the requester's credits) before its
+  /// request fails: -1 forever, 0 fail fast, > 0 milliseconds.
+  int request_timeout_ms = 10000;
 };
 
 struct ProducerStats {

@@ -46,6 +46,9 @@ class SharedStream {
   [[nodiscard]] int seals() const { return seals_; }
   /// False when the content was copied because the fd was not sealed (require_seals = false).
   [[nodiscard]] bool mapped() const { return mapped_; }
+  /// Bytes of memory the memfd has (fstat st_blocks × 512) — less than size() where it has
+  /// holes; -1 for a private copy. A batch's buffers may not claim more (OpenReader refuses).
+  [[nodiscard]] int64_t allocated_bytes() const { return allocated_bytes_; }
   /// True when [address, address+length) lies inside this mapping.
   [[nodiscard]] bool Contains(const void* address, int64_t length = 0) const;
 
@@ -59,6 +62,7 @@ class SharedStream {
   uint64_t device_ = 0;
   int seals_ = 0;
   bool mapped_ = true;
+  int64_t allocated_bytes_ = -1;
   Validation validation_ = Validation::kFull;
 };
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace shmarrow {
@@ -45,8 +46,11 @@ class StreamSummary {
   int64_t rows_ = 0;
 };
 
-/// JSON string literal (quoted, escaped).
+/// JSON string literal (quoted, escaped; a byte that is not UTF-8 becomes U+FFFD).
 [[nodiscard]] std::string JsonQuote(const std::string& text);
+/// Text from a peer (a field name, a value, an error) safe to print on a terminal: control
+/// characters and bytes that are not UTF-8 become \xNN.
+[[nodiscard]] std::string PrintableText(std::string_view text);
 
 /// The summary's JSON around already-formatted parts: the schema from `schema`, the counts, the
 /// `columns` array members (see ColumnJson) and `extra` members.

@@ -41,7 +41,8 @@ class _Consumer:
                  columns: list[str], expect_schema: Optional[CapsuleType], subset: bool,
                  validate_full: bool, connect_timeout_ms: int, read_timeout_ms: int,
                  busy_poll_us: int, require_seals: bool, token: str, tls_root_certs: str,
-                 tls_override_hostname: str, upgrade: bool) -> None: ...
+                 tls_override_hostname: str, upgrade: bool, allowed_uids: list[int],
+                 allow_any_uid: bool) -> None: ...
     def next(self, timeout_ms: int) -> Optional[tuple[CapsuleType, CapsuleType]]:
         """Next batch as (schema capsule, array capsule); None at the end. Blocks,
         interruptibly; raises a timeout error after timeout_ms (-1: never)."""

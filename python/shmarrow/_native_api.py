@@ -315,6 +315,9 @@ class Consumer:
         not the address's host.
     :param upgrade: a bridge on this host that advertises its producer's socket is read through
         shared memory instead (docs/flight.md, "Same-host upgrade").
+    :param allow_any_uid: accept a producer of any user (else only this uid and
+        ``allowed_uids``, checked with ``SO_PEERCRED``: anyone may bind an abstract name first).
+    :param allowed_uids: other uids whose producers are accepted.
     :raises RefusedError: the producer refused (schema mismatch, unknown column, its limits).
     :raises ConnectionRefusedError, FileNotFoundError: nobody listens at ``address``
         (:class:`ShmarrowOSError` subclasses).
@@ -326,7 +329,8 @@ class Consumer:
                  validate: str = "full", connect_timeout: Optional[float] = 0.0,
                  read_timeout: Optional[float] = None, busy_poll: float = 0.0,
                  allow_unsealed: bool = False, token: str = "", tls_root_certs: str = "",
-                 tls_override_hostname: str = "", upgrade: bool = True):
+                 tls_override_hostname: str = "", upgrade: bool = True,
+                 allow_any_uid: bool = False, allowed_uids: Iterable[int] = ()):
         if schema_match not in ("exact", "subset"):
             raise ValueError(f"schema_match must be 'exact' or 'subset', not {schema_match!r}")
         if validate not in ("full", "basic"):
@@ -346,7 +350,7 @@ class Consumer:
             schema_match == "subset", validate == "full",
             _milliseconds(connect_timeout, "connect_timeout"), self._timeout_ms,
             round(busy_poll * 1e6), not allow_unsealed, token, tls_root_certs,
-            tls_override_hostname, upgrade)
+            tls_override_hostname, upgrade, list(allowed_uids), allow_any_uid)
 
     # -- reading
 

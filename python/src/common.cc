@@ -40,7 +40,11 @@ const char* KindOf(const arrow::Status& status) {
 [[noreturn]] void Raise(const char* kind, int err, const std::string& message,
                         const char* context) {
   if (g_error_factory == nullptr) throw std::runtime_error(message);
-  nb::object exception = nb::borrow(g_error_factory)(kind, err, message, context);
+  // A message may quote a peer's bytes: kept readable, never a UnicodeDecodeError instead.
+  nb::object text = nb::steal(PyUnicode_DecodeUTF8(
+      message.data(), static_cast<Py_ssize_t>(message.size()), "backslashreplace"));
+  if (!text.is_valid()) throw nb::python_error();
+  nb::object exception = nb::borrow(g_error_factory)(kind, err, text, context);
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception.ptr())), exception.ptr());
   throw nb::python_error();
 }

@@ -313,7 +313,8 @@ void BindConsumer(nb::module_& m) {
              bool subset, bool validate_full, int64_t connect_timeout_ms,
              int64_t read_timeout_ms, int busy_poll_us, bool require_seals,
              const std::string& token, const std::string& tls_root_certs,
-             const std::string& tls_override_hostname, bool upgrade) {
+             const std::string& tls_override_hostname, bool upgrade,
+             std::vector<unsigned> allowed_uids, bool allow_any_uid) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
@@ -329,6 +330,8 @@ void BindConsumer(nb::module_& m) {
             options.remote.tls_root_certs = tls_root_certs;
             options.remote.tls_override_hostname = tls_override_hostname;
             options.remote.upgrade_to_shared_memory = upgrade;
+            options.allowed_uids = std::move(allowed_uids);
+            options.allow_any_uid = allow_any_uid;
             new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
@@ -336,7 +339,7 @@ void BindConsumer(nb::module_& m) {
           nb::arg("subset"), nb::arg("validate_full"), nb::arg("connect_timeout_ms"),
           nb::arg("read_timeout_ms"), nb::arg("busy_poll_us"), nb::arg("require_seals"),
           nb::arg("token"), nb::arg("tls_root_certs"), nb::arg("tls_override_hostname"),
-          nb::arg("upgrade"))
+          nb::arg("upgrade"), nb::arg("allowed_uids"), nb::arg("allow_any_uid"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")

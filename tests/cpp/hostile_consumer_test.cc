@@ -10,7 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <future>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -78,12 +83,12 @@ class RawConsumer {
   arrow::Status Release(std::vector<uint64_t> sequences) {
     return Send(proto::EncodeRelease(writer_, sequences));
   }
-  /// The Error the producer sends when it throws this consumer out (Batch and Schema messages
-  /// before it are skipped); the connection must close after it.
+  /// The Error the producer sends when it throws this consumer out (Batch and Schema messages,
+  /// and answers to requests, before it are skipped); the connection must close after it.
   arrow::Result<proto::Error> ThrownOut() {
     for (;;) {
       ARROW_ASSIGN_OR_RAISE(auto message, Receive(socket_, 1));
-      if (message.header.type != proto::Type::kError) continue;
+      if (message.header.type != proto::Type::kError || message.header.stream != 0) continue;
       auto reader = message.reader();
       ARROW_RETURN_NOT_OK(reader.ReadHeader().status());
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
@@ -433,6 +438,72 @@ TEST_P(HostileConsumer, GarbageGetsOnlyTheSenderThrownOut) {
   ExpectProducerFdsBack();
 }
 
+/// Every message type a datagram can name, in every state of a connection: before Hello, attached,
+/// and after Bye while still holding a batch. Each is handled as the protocol says or gets only
+/// its sender thrown out, naming what it sent.
+TEST_P(HostileConsumer, EveryMessageTypeInEveryState) {
+  Start();
+  proto::Writer w;
+  const std::string schema = internal::SerializeSchema(*TestSchema()).ValueOrDie();
+  const proto::Batch batch{999, 0, 0, 0};
+  const uint64_t unheld = 999;
+  const std::vector<std::pair<proto::Type, std::vector<uint8_t>>> messages = {
+      {proto::Type::kHello, Bytes(proto::Encode(w, proto::Hello{}))},
+      {proto::Type::kWelcome, Bytes(proto::Encode(w, proto::Welcome{}))},
+      {proto::Type::kBatch, Bytes(proto::Encode(w, 0, batch))},
+      {proto::Type::kRelease, Bytes(proto::EncodeRelease(w, {&unheld, 1}))},
+      {proto::Type::kSchema, Bytes(proto::EncodeSchema(w, 0, schema))},
+      {proto::Type::kEnd, Bytes(proto::EncodeEnd(w, 0))},
+      {proto::Type::kError, Bytes(proto::Encode(w, 0, proto::Error{}))},
+      {proto::Type::kRequest, Bytes(proto::EncodeRequest(w, 5, "x"))},
+      {proto::Type::kBye, Bytes(proto::EncodeBye(w))},
+      {proto::Type::kBatches, Bytes(proto::EncodeBatches(w, 0, {&batch, 1}))},
+      {proto::Type::kWake, Bytes(proto::EncodeWake(w))},
+      {proto::Type::kWaiting, Bytes(proto::EncodeWaiting(w, 0))},
+  };
+  enum class State { kBeforeHello, kAttached, kAfterBye };
+  for (const State state : {State::kBeforeHello, State::kAttached, State::kAfterBye}) {
+    for (const auto& [type, bytes] : messages) {
+      const std::string name = proto::TypeName(type);
+      SCOPED_TRACE(name + " in state " + std::to_string(static_cast<int>(state)));
+      ASSERT_OK_AND_ASSIGN(auto sender, RawConsumer::Connect(address_));
+      if (state != State::kBeforeHello) ASSERT_OK(sender.Handshake().status());
+      if (state == State::kAfterBye) {
+        ASSERT_OK(Publish(static_cast<int64_t>(type)));  // it holds this batch after its Bye
+        ASSERT_OK(sender.ReceiveBatch().status());
+        ASSERT_OK(sender.Send(proto::EncodeBye(w)));
+      }
+      ASSERT_OK(sender.Send(bytes));
+      if (state == State::kBeforeHello) {
+        if (type == proto::Type::kHello) {
+          EXPECT_OK(Receive(sender.socket(), 1).status());  // the Welcome
+        } else {
+          ExpectThrownOut(sender, proto::ErrorCode::kProtocol, "expected Hello, got " + name);
+        }
+      } else if (state == State::kAfterBye) {
+        ExpectThrownOut(sender, proto::ErrorCode::kProtocol,
+                        type == proto::Type::kRelease ? "released batch 999"
+                                                      : "protocol: " + name + " after Bye");
+      } else if (type == proto::Type::kRequest) {
+        ASSERT_OK_AND_ASSIGN(auto answer, Receive(sender.socket(), 1));
+        EXPECT_EQ(answer.header.type, proto::Type::kError);
+        EXPECT_EQ(answer.header.stream, 5u);
+      } else if (type == proto::Type::kBye) {
+        EXPECT_TRUE(ClosedByPeer(sender.socket()));  // held nothing: gone at once
+      } else {
+        const std::string expected =
+            type == proto::Type::kRelease   ? "released batch 999, which this consumer does not hold"
+            : type == proto::Type::kWaiting ? "Waiting without a queue"
+                                            : "unexpected " + name + " from a consumer";
+        ExpectThrownOut(sender, proto::ErrorCode::kProtocol, expected);
+      }
+      ExpectGoodConsumerReadsEverything();
+    }
+  }
+  ExpectProducerFdsBack();
+  EXPECT_EQ(producer_->stats().consumers, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Floods and strangers.
 
@@ -455,14 +526,21 @@ TEST_P(HostileConsumer, ConnectionFloodMeetsTheLimits) {
   }
   ExpectProducerFdsBack();
   {
-    // Connections that never say Hello have a limit of their own.
+    // Connections that never say Hello have a limit of their own: at the limit the oldest makes
+    // room, so silent connections cannot keep a real consumer out.
     std::vector<RawConsumer> silent;
     for (int i = 0; i < options.max_consumers; ++i) {
       silent.push_back(RawConsumer::Connect(address_).ValueOrDie());
     }
     ASSERT_OK_AND_ASSIGN(auto one_more, RawConsumer::Connect(address_));
-    ExpectThrownOut(one_more, proto::ErrorCode::kLimit,
-                    "already has 3 connections that have not said Hello (limit 3)");
+    ExpectThrownOut(silent.front(), proto::ErrorCode::kLimit,
+                    "3 connections were waiting to say Hello (limit 3) and this was the oldest");
+    ConsumerOptions real;
+    real.read_timeout_ms = kTimeoutMs;
+    for (int i = 0; i < 5; ++i) {  // each pushes out the oldest silent one, and is served
+      ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address_, real));
+      EXPECT_NE(consumer->schema(), nullptr);
+    }
   }
   ExpectProducerFdsBack();
   // Many connections that come and go, leaving at every step of the handshake.
@@ -523,6 +601,236 @@ TEST_P(HostileConsumer, AnotherUidIsRefusedByItsCredentials) {
   ASSERT_OK(Publish(0));
   ExpectGoodConsumerReadsEverything();
   ExpectProducerFdsBack();
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17: silent connections, old peers, repeated columns, request floods, unread answers, fds.
+
+int CountThreads() {
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)entry;
+    ++count;
+  }
+  return count;
+}
+
+TEST_P(HostileConsumer, SilentConnectionIsClosedAtTheHandshakeDeadline) {
+  ProducerOptions options = Options();
+  options.handshake_timeout_ms = 100;
+  Start(options);
+  {
+    ASSERT_OK_AND_ASSIGN(auto silent, RawConsumer::Connect(address_));
+    ExpectThrownOut(silent, proto::ErrorCode::kLimit, "no Hello within 100 ms");
+  }
+  ExpectProducerFdsBack();
+  ASSERT_OK(Publish(0));
+  ExpectGoodConsumerReadsEverything();
+}
+
+/// A 1.0 consumer neither offers nor receives 1.1's features (batch runs, the queue).
+TEST_P(HostileConsumer, HelloOfVersion10GetsOnly10Features) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(auto old, RawConsumer::Connect(address_));
+  proto::Hello hello;
+  hello.minor = 0;
+  hello.max_in_flight = kCredits;
+  hello.features = proto::kAllFeatures;  // claims everything, 1.1 included
+  proto::Writer w;
+  ASSERT_OK(old.Send(proto::Encode(w, hello)));
+  ASSERT_OK_AND_ASSIGN(auto message, Receive(old.socket(), 1));
+  ASSERT_EQ(message.header.type, proto::Type::kWelcome);
+  auto reader = message.reader();
+  ASSERT_OK(reader.ReadHeader().status());
+  ASSERT_OK_AND_ASSIGN(auto welcome, proto::DecodeWelcome(reader));
+  EXPECT_EQ(welcome.features, proto::FeaturesOf(0));
+  EXPECT_EQ(welcome.queue_capacity, 0u);
+  ASSERT_OK(Publish(0));
+  ASSERT_OK_AND_ASSIGN(auto batch, old.ReceiveBatch());  // a Batch message, not a queue entry
+  EXPECT_GT(batch.sequence, 0u);
+  ExpectGoodConsumerReadsEverything();
+}
+
+/// A projection naming a column twice (4,096 times: 262 KB of metadata per batch) is refused.
+TEST_P(HostileConsumer, ProjectionNamingAColumnTwiceIsRefused) {
+  Start();
+  for (const int copies : {2, 4096}) {
+    ASSERT_OK_AND_ASSIGN(auto greedy, RawConsumer::Connect(address_));
+    proto::Hello hello;
+    hello.columns.assign(copies, "a");
+    ASSERT_OK(greedy.SendHello(hello));
+    ExpectThrownOut(greedy, proto::ErrorCode::kSchemaMismatch,
+                    "projection asks for column 'a' more than once");
+  }
+  ExpectProducerFdsBack();
+  ASSERT_OK(Publish(0));
+  ExpectGoodConsumerReadsEverything();
+}
+
+/// A request flood: requests beyond a consumer's limit, and beyond the producer's, are refused
+/// with Error code 4; handlers run on a bounded pool of threads; a consumer that leaves has its
+/// waiting requests cancelled; the good consumer is served all along.
+TEST_P(HostileConsumer, RequestFloodIsBoundedPerConsumerAndProducer) {
+  ProducerOptions options = Options();
+  options.max_requests_per_consumer = 4;
+  options.max_requests = 6;
+  options.request_threads = 2;
+  Start(options);
+  std::promise<void> open;
+  std::shared_future<void> gate = open.get_future().share();
+  std::atomic<int> calls{0}, running{0}, most_running{0};
+  producer_->SetRequestHandler([&](std::string_view, ResponseWriter& response) {
+    ++calls;
+    const int now = ++running;
+    for (int seen = most_running; now > seen && !most_running.compare_exchange_weak(seen, now);) {
+    }
+    (void)gate.wait_for(std::chrono::milliseconds(kTimeoutMs));
+    --running;
+    ARROW_ASSIGN_OR_RAISE(auto batch, MakeBatch(response.pool(), 7, 10));
+    return response.Write(batch);
+  });
+  const int threads_before = CountThreads();
+  auto flood = [&](RawConsumer& consumer, uint32_t first, int count) {
+    proto::Writer w;
+    for (int i = 0; i < count; ++i) {
+      ASSERT_OK(consumer.Send(proto::EncodeRequest(w, first + i, "rows=100000")));
+    }
+  };
+  // The refusals each consumer reads, by stream, until `count` have come.
+  auto refusals = [&](RawConsumer& consumer, int count) {
+    std::vector<std::string> out;
+    while (static_cast<int>(out.size()) < count) {
+      auto message = Receive(consumer.socket(), 1);
+      if (!message.ok()) break;
+      if (message->header.type != proto::Type::kError || message->header.stream == 0) continue;
+      auto reader = message->reader();
+      EXPECT_OK(reader.ReadHeader().status());
+      auto error = proto::DecodeError(reader);
+      EXPECT_OK(error.status());
+      EXPECT_EQ(error->code, proto::ErrorCode::kLimit) << error->message;
+      out.push_back(error->message);
+    }
+    return out;
+  };
+  // `consumer` sends `count` requests; `refused` of them are refused naming `limit`.
+  auto expect_refused = [&](RawConsumer& consumer, int count, int refused,
+                            const std::string& limit) {
+    flood(consumer, 1, count);
+    const auto errors = refusals(consumer, refused);
+    ASSERT_EQ(static_cast<int>(errors.size()), refused);
+    EXPECT_NE(errors.front().find(limit), std::string::npos) << errors.front();
+  };
+  ASSERT_OK_AND_ASSIGN(auto hoarder, RawConsumer::Connect(address_));
+  ASSERT_OK(hoarder.Handshake().status());
+  expect_refused(hoarder, 300, 296, "this consumer already has 4 requests in flight (limit 4)");
+  ASSERT_OK_AND_ASSIGN(auto second, RawConsumer::Connect(address_));
+  ASSERT_OK(second.Handshake().status());
+  expect_refused(second, 4, 2, "the producer already has 6 requests in flight (limit 6)");
+  // Meanwhile the good consumer is served, and no request started a thread of its own.
+  ASSERT_OK(Publish(0));
+  ExpectGoodConsumerReadsEverything();
+  EXPECT_LE(CountThreads(), threads_before + options.request_threads);
+  // The hoarder leaves while both workers run its first two requests: the two waiting are
+  // cancelled, never run.
+  ASSERT_TRUE(Eventually([&] { return running.load() == options.request_threads; }));
+  { RawConsumer gone = std::move(hoarder); }
+  ASSERT_TRUE(Eventually([&] { return producer_->stats().consumers == 2; }));
+  open.set_value();
+  // The second consumer's two requests are answered (a Schema, a Batch, an End each).
+  proto::Writer w;
+  int ends = 0;
+  while (ends < 2) {
+    ASSERT_OK_AND_ASSIGN(auto message, Receive(second.socket(), 1));
+    if (message.header.type == proto::Type::kBatch) {
+      auto reader = message.reader();
+      ASSERT_OK(reader.ReadHeader().status());
+      ASSERT_OK_AND_ASSIGN(auto batch, proto::DecodeBatch(reader));
+      ASSERT_OK(second.Release({batch.sequence}));
+    }
+    ends += message.header.type == proto::Type::kEnd && message.header.stream != 0;
+  }
+  EXPECT_EQ(calls.load(), 4);  // 2 of the hoarder's (running when it left), 2 of the second's
+  EXPECT_LE(most_running.load(), options.request_threads);
+  EXPECT_LE(CountThreads(), threads_before + options.request_threads);
+}
+
+/// Requests to a producer without a handler, never reading the refusals: what waits for the
+/// consumer is bounded, and the consumer is disconnected rather than buffered for. (Its socket
+/// is full, so the Error saying why cannot reach it: it sees the connection close.)
+TEST_P(HostileConsumer, UnreadAnswersGetTheConsumerDisconnected) {
+  Start();
+  {
+    ASSERT_OK_AND_ASSIGN(auto deaf, RawConsumer::Connect(address_));
+    ASSERT_OK(deaf.Handshake().status());
+    proto::Writer w;
+    int sent = 0;
+    for (; sent < 1000000; ++sent) {
+      if (!deaf.Send(proto::EncodeRequest(w, static_cast<uint32_t>(sent + 1), "x")).ok()) break;
+    }
+    EXPECT_LT(sent, 1000000) << "the producer kept buffering refusals for a consumer not reading";
+    EXPECT_TRUE(ClosedByPeer(deaf.socket()));
+  }
+  ExpectProducerFdsBack();
+  ASSERT_OK(Publish(0));
+  ExpectGoodConsumerReadsEverything();
+  EXPECT_EQ(producer_->stats().consumers, 1);
+}
+
+/// Sealed mode, RLIMIT_NOFILE 256: a consumer sending 3,000 requests and reading nothing costs
+/// the producer no more fds than its limits allow; the good consumer gets every batch. In a
+/// child process, whose fd limit can be lowered alone.
+TEST(HostileConsumerSealed, RequestBacklogNeverCostsTheProducerItsFds) {
+  const std::string address = test_util::UniqueAbstractName("hostile-fds");
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const rlimit limit{256, 256};
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(10);
+    ProducerOptions options;
+    options.mode = MemoryMode::kSealed;
+    options.block_timeout_ms = kTimeoutMs;
+    options.request_timeout_ms = 200;
+    auto producer = Producer::Listen(address, TestSchema(), options);
+    if (!producer.ok()) ::_exit(11);
+    (*producer)->SetRequestHandler([](std::string_view, ResponseWriter& response) {
+      for (int i = 0; i < 4; ++i) {
+        ARROW_ASSIGN_OR_RAISE(auto batch, MakeBatch(response.pool(), i, 1000));
+        ARROW_RETURN_NOT_OK(response.Write(batch));
+      }
+      return arrow::Status::OK();
+    });
+    ConsumerOptions good_options;
+    good_options.read_timeout_ms = kTimeoutMs;
+    auto good = Consumer::Connect(address, good_options);
+    auto hoarder = RawConsumer::Connect(address);
+    proto::Hello lossy;  // holds nothing of stream 0 back: only its requests are in the way
+    lossy.flags = proto::kHelloLossy;
+    if (!good.ok() || !hoarder.ok() || !hoarder->Handshake(lossy).ok()) ::_exit(12);
+    proto::Writer w;
+    for (uint32_t i = 1; i <= 3000; ++i) {
+      if (!hoarder->Send(proto::EncodeRequest(w, i, "rows=1000")).ok()) break;
+    }
+    StreamSummary sent(TestSchema()), received(TestSchema());
+    for (int seed = 0; seed < 50; ++seed) {
+      auto batch = MakeBatch((*producer)->pool(), seed);
+      if (!batch.ok() || !(*producer)->Publish(*batch).ok()) ::_exit(13);
+      sent.Add(**batch);
+      BatchPtr read;
+      if (!(*good)->ReadNext(&read).ok() || read == nullptr) ::_exit(14);
+      received.Add(*read);
+    }
+    for (int i = 0; i < TestSchema()->num_fields(); ++i) {
+      if (received.checksum(i) != sent.checksum(i)) ::_exit(15);
+    }
+    if (test_util::CountOpenFds() > 200) ::_exit(16);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10 setrlimit, 11 listen, 12 connect, 13 publish, "
+                                       "14 read, 15 checksums, 16 fds";
 }
 
 }  // namespace

@@ -12,6 +12,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <functional>
@@ -24,6 +27,7 @@
 #include "mapping.h"
 #include "schema_match.h"
 #include "shmarrow/consumer.h"
+#include "shmarrow/handover.h"
 #include "shmarrow/shared_stream.h"
 #include "test_util.h"
 #include "unix_socket.h"
@@ -43,6 +47,7 @@ constexpr int kRingSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 struct Script {
   std::vector<Datagram> datagrams;  // the Welcome (or whatever stands in for it) first
   bool hang_up = false;  // close right after the last datagram instead of waiting for the consumer
+  int answer_after_ms = 0;  // a slow producer: waits this long after the Hello
 };
 
 /// Listens on a fresh abstract name and serves the i-th consumer that connects script i, each on
@@ -74,6 +79,7 @@ class FakeProducer {
   static void Serve(UnixSocket socket, Script script) {
     RaiseSendBuffer(socket);
     if (!Receive(socket, 0).ok()) return;  // the Hello
+    std::this_thread::sleep_for(std::chrono::milliseconds(script.answer_after_ms));
     for (const auto& datagram : script.datagrams) {
       if (!socket.Send(datagram.bytes, datagram.fds).ok()) return;  // the consumer gave up
     }
@@ -929,6 +935,337 @@ TEST_F(HostileProducer, WakeWithoutAQueue) {
   proto::Writer writer;
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), Message(proto::EncodeWake(writer))}),
                         "Wake without a queue");
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17: type confusion in sealed mode, sparse memfds, credentials, smaller lies.
+
+BatchPtr OneColumn(const std::shared_ptr<arrow::DataType>& type, const std::string& name = "rand") {
+  auto array = arrow::MakeArrayOfNull(type, 3).ValueOrDie();
+  return arrow::RecordBatch::Make(arrow::schema({arrow::field(name, type)}), 3, {array});
+}
+
+/// Sealed mode: the memfd carries a stream of its own schema; whatever differs from the announced
+/// one (Welcome, or a Schema message) is refused naming both, never yielded under the wrong type.
+TEST_F(HostileProducer, SealedMemfdOfAnotherSchemaThanAnnounced) {
+  const auto announced = arrow::schema({arrow::field("rand", arrow::int32())});
+  const BatchPtr dictionary = [] {
+    arrow::StringBuilder value_builder;
+    arrow::Int32Builder index_builder;
+    EXPECT_OK(value_builder.Append("x"));
+    EXPECT_OK(index_builder.AppendValues({0, 0, 0}));
+    std::shared_ptr<arrow::Array> values, indices;
+    EXPECT_OK(value_builder.Finish(&values));
+    EXPECT_OK(index_builder.Finish(&indices));
+    auto array = arrow::DictionaryArray::FromArrays(arrow::dictionary(arrow::int32(), arrow::utf8()),
+                                                    indices, values)
+                     .ValueOrDie();
+    return arrow::RecordBatch::Make(arrow::schema({arrow::field("rand", array->type())}), 3,
+                                    {array});
+  }();
+  const auto extra = arrow::RecordBatch::Make(
+      arrow::schema({arrow::field("rand", arrow::int32()), arrow::field("x", arrow::int32())}), 3,
+      {OneColumn(arrow::int32())->column(0), OneColumn(arrow::int32())->column(0)});
+  const std::vector<std::pair<const char*, BatchPtr>> lies = {
+      {"utf8", OneColumn(arrow::utf8())},
+      {"int64", OneColumn(arrow::int64())},
+      {"renamed", OneColumn(arrow::int32(), "other")},
+      {"extra column", extra},
+      {"dictionary", dictionary},
+  };
+  for (const auto& [what, batch] : lies) {
+    SCOPED_TRACE(what);
+    const UniqueFd memfd = SealedStream(StreamBytes(batch->schema(), {batch}));
+    EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
+                          "protocol: the memfd holds a batch of schema (");
+    EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
+                          "but the producer announced (rand: int32)");
+  }
+  // A Schema message announcing int64, then a memfd still holding int32.
+  const BatchPtr int32 = OneColumn(arrow::int32());
+  const UniqueFd memfd = SealedStream(StreamBytes(int32->schema(), {int32}));
+  EXPECT_ERROR_CONTAINS(
+      ConnectAndRead({SealedWelcome(*announced),
+                      SchemaChange(*arrow::schema({arrow::field("rand", arrow::int64())})),
+                      SealedBatch(1, {memfd.get()})}),
+      "the memfd holds a batch of schema (rand: int32), but the producer announced (rand: int64)");
+  // The honest case still reads.
+  EXPECT_OK(ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()}), End()}));
+}
+
+/// A consumer that expects a schema refuses a Schema message that changes to another one.
+TEST_F(HostileProducer, SchemaChangeAwayFromTheExpectedSchemaIsRefused) {
+  const auto expected = arrow::schema({arrow::field("rand", arrow::int32())});
+  FakeProducer producer({Script{{SealedWelcome(*expected),
+                                 SchemaChange(*arrow::schema({arrow::field("rand", arrow::utf8())}))}}});
+  ConsumerOptions options = Options();
+  options.expect_schema = expected;
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), options));
+  BatchPtr batch;
+  EXPECT_ERROR_CONTAINS(consumer->ReadNext(&batch), "schema change: schema mismatch (exact)");
+}
+
+/// The single hand-over: the expected schema is checked against the memfd's own.
+TEST_F(HostileProducer, HandoverOfAnotherSchemaThanExpected) {
+  const std::string address = test_util::UniqueAbstractName("hostile-handover");
+  const BatchPtr utf8 = OneColumn(arrow::utf8());
+  const UniqueFd memfd = SealedStream(StreamBytes(utf8->schema(), {utf8}));
+  ServeOptions serve;
+  serve.accept_timeout_ms = kTimeoutMs;
+  std::thread server([&] { (void)ServeFd(address, memfd.get(), serve); });
+  ConsumerOptions options = Options();
+  options.connect_timeout_ms = kTimeoutMs;
+  options.expect_schema = arrow::schema({arrow::field("rand", arrow::int32())});
+  EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+                        "field 0: expected 'rand: int32', producer has 'rand: string'");
+  server.join();
+}
+
+/// A memfd whose buffers lie in holes (never written: they cost the producer nothing) is refused
+/// before the consumer reads, and so commits, them: sealed Batch and single hand-over.
+TEST_F(HostileProducer, SparseMemfdIsRefusedBeforeItsHolesAreRead) {
+  constexpr int64_t kValue = int64_t{32} << 20;
+  arrow::StringBuilder builder;
+  ASSERT_OK(builder.Append(std::string(kValue, 'x')));
+  std::shared_ptr<arrow::Array> array;
+  ASSERT_OK(builder.Finish(&array));
+  const auto schema = arrow::schema({arrow::field("s", arrow::utf8())});
+  const auto bytes = StreamBytes(schema, {arrow::RecordBatch::Make(schema, 1, {array})});
+  auto sparse = [&]() -> UniqueFd {
+    UniqueFd fd(::memfd_create("hostile-sparse", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    EXPECT_TRUE(fd);
+    EXPECT_EQ(::pwrite(fd.get(), bytes.data(), bytes.size(), 0),
+              static_cast<ssize_t>(bytes.size()));
+    // The value's pages become a hole again, as if never written.
+    const auto value = std::search_n(bytes.begin(), bytes.end(), 8192, 'x') - bytes.begin();
+    const int64_t hole = (value + 4095) / 4096 * 4096;
+    EXPECT_EQ(::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, hole,
+                          kValue - 8192),
+              0);
+    EXPECT_EQ(::fcntl(fd.get(), F_ADD_SEALS, test_util::kAllSeals), 0);
+    return fd;
+  };
+  const char* kRefusal = "bytes allocated (st_blocks): the rest are holes the producer never wrote";
+  const UniqueFd in_batch = sparse();
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*schema), SealedBatch(1, {in_batch.get()})}),
+                        kRefusal);
+  ASSERT_OK_AND_ASSIGN(auto stream, SharedStream::Open(sparse()));
+  EXPECT_LT(stream->allocated_bytes(), kValue / 2);
+  ASSERT_OK_AND_ASSIGN(auto reader, stream->OpenReader());
+  BatchPtr batch;
+  EXPECT_ERROR_CONTAINS(reader->ReadNext(&batch), kRefusal);
+  // Written memfds (as every producer writes them) read as before.
+  const UniqueFd written = SealedStream(bytes);
+  EXPECT_OK(ConnectAndRead({SealedWelcome(*schema), SealedBatch(1, {written.get()}), End()}));
+}
+
+/// A consumer that is not lossy loses no batch: a `dropped` is a lie; a lossy one counts them,
+/// but not past what a counter holds.
+TEST_F(HostileProducer, DroppedThatCannotBeTrue) {
+  const BatchPtr batch = TestBatch();
+  const UniqueFd memfd = SealedStream(StreamBytes(TestSchema(), {batch}));
+  proto::Writer writer;
+  auto dropped = [&](uint64_t sequence, uint64_t count) {
+    return Message(proto::Encode(writer, 0, proto::Batch{sequence, count, 0, 0}), {memfd.get()});
+  };
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), dropped(1, 3)}),
+                        "protocol: batch 1 says 3 batches were dropped, but this consumer is not lossy");
+  FakeProducer producer({Script{{SealedWelcome(), dropped(1, uint64_t{1} << 62),
+                                 dropped(2, uint64_t{1} << 62)}}});
+  ConsumerOptions options = Options();
+  options.lossy = true;
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), options));
+  std::vector<BatchPtr> held;
+  arrow::Status status;
+  while (status.ok()) {
+    BatchPtr next;
+    status = consumer->ReadNext(&next);
+    held.push_back(next);
+  }
+  EXPECT_ERROR_CONTAINS(status, "protocol: batch 2 says 4611686018427387904 batches were dropped, "
+                                "after 4611686018427387904: more than were ever published");
+  EXPECT_EQ(consumer->stats().dropped, int64_t{1} << 62);
+}
+
+/// A batch on a request's stream before that stream's Schema (which the consumer needs to read
+/// it): a protocol error, in both modes (ring mode would read it against no schema at all).
+TEST_F(HostileProducer, RequestBatchBeforeItsSchema) {
+  const RingImage image(*TestBatch());
+  const UniqueFd ring = image.Seal();
+  proto::Writer writer;
+  FakeProducer producer({Script{{RingWelcome(ring.get()),
+                                 Message(proto::Encode(writer, 1, proto::Batch{
+                                     1, 0, image.metadata_offset, image.metadata_length}))}}});
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), Options()));
+  EXPECT_ERROR_CONTAINS(consumer->Request("x").status(),
+                        "protocol: batch 1 on stream 1 before the stream's Schema");
+}
+
+/// The consumer's timeout bounds its handshake too, whichever way.
+TEST_F(HostileProducer, HandshakeTimeoutFollowsTheReadTimeout) {
+  {
+    FakeProducer producer({Script{{SealedWelcome(), End()}, false, /*answer_after_ms=*/300}});
+    ConsumerOptions options = Options();
+    options.read_timeout_ms = 50;
+    EXPECT_ERROR_CONTAINS(Consumer::Connect(producer.address(), options).status(),
+                          "did not answer the handshake within 50 ms");
+  }
+  {
+    // The single hand-over's wait for its fd too (a listener that never sends).
+    const std::string address = test_util::UniqueAbstractName("hostile-silent-handover");
+    ASSERT_OK_AND_ASSIGN(auto listener, UnixSocket::Listen(address, SOCK_STREAM, 0600));
+    ConsumerOptions options = Options();
+    options.read_timeout_ms = 50;
+    EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+                          "sent nothing within 50 ms");
+  }
+  // A producer slower than the default (10 s) is served when the timeout allows it: scaled down,
+  // a producer answering after 300 ms to a consumer with 2 s.
+  FakeProducer producer({Script{{SealedWelcome(), End()}, false, /*answer_after_ms=*/300}});
+  ConsumerOptions options = Options();
+  options.read_timeout_ms = 2000;
+  EXPECT_OK(Consumer::Connect(producer.address(), options).status());
+}
+
+/// A peer's text reaches terminals and Python: control characters and bytes that are not UTF-8
+/// are escaped; field names that are not UTF-8 are refused (Arrow's format requires UTF-8).
+TEST_F(HostileProducer, PeerTextIsEscapedAndNamesMustBeUtf8) {
+  proto::Writer writer;
+  const std::string text = "bell\a escape\x1b[2J c1\xc2\x9b bad\xff\xfe end";
+  const std::string printable = "bell\\x07 escape\\x1b[2J c1\\xc2\\x9b bad\\xff\\xfe end";
+  auto error = [&](uint32_t stream) {
+    return Message(proto::Encode(writer, stream, proto::Error{proto::ErrorCode::kShutdown, text}));
+  };
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), error(0)}), "producer: " + printable);
+  {
+    FakeProducer producer({Script{{error(0)}}});
+    EXPECT_ERROR_CONTAINS(Consumer::Connect(producer.address(), Options()).status(),
+                          "refused: " + printable);
+  }
+  const auto bad_name = arrow::schema({arrow::field("a\xff", arrow::int32())});
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*bad_name)}),
+                        "field name 'a\\xff' is not valid UTF-8");
+  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), SchemaChange(*bad_name)}),
+                        "field name 'a\\xff' is not valid UTF-8");
+  // In the memfd's own stream (what the single hand-over reads).
+  const auto batch = OneColumn(arrow::int32(), "a\xff");
+  ASSERT_OK_AND_ASSIGN(auto stream, SharedStream::Open(SealedStream(StreamBytes(batch->schema(), {batch}))));
+  EXPECT_ERROR_CONTAINS(stream->OpenReader().status(), "is not valid UTF-8");
+}
+
+/// Anyone may bind an abstract name first: a consumer takes only producers of its own uid, or of
+/// uids it allows (SO_PEERCRED), in the stream protocol and the single hand-over alike.
+TEST_F(HostileProducer, ProducerOfAnotherUidIsRefused) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to listen as another uid (fork + setuid(65534))";
+  }
+  for (const int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
+    SCOPED_TRACE(type == SOCK_STREAM ? "single hand-over" : "stream protocol");
+    const std::string address = test_util::UniqueAbstractName("hostile-squatter");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, address.data(), address.size());
+    addr.sun_path[0] = '\0';
+    const auto addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address.size());
+    int ready[2];
+    ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {  // only system calls: this process has other threads
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+      const int s = ::socket(AF_UNIX, type, 0);
+      if (s < 0 || ::bind(s, reinterpret_cast<const sockaddr*>(&addr), addr_len) != 0 ||
+          ::listen(s, 8) != 0) {
+        ::_exit(11);
+      }
+      (void)!::write(ready[1], "r", 1);
+      for (int i = 0; i < 2; ++i) {  // two consumers: refused, then allowed
+        const int c = ::accept(s, nullptr, nullptr);
+        if (c < 0) ::_exit(12);
+        char buffer[512];
+        if (type == SOCK_SEQPACKET) (void)!::recv(c, buffer, sizeof buffer, 0);  // the Hello
+        ::close(c);
+      }
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    char byte;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+    ::close(ready[0]);
+    ConsumerOptions options = Options();
+    options.read_timeout_ms = 1000;
+    EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+                          "runs as uid 65534, which this consumer (uid 0) does not accept");
+    options.allowed_uids = {65534};
+    // Allowed: the squatter is talked to (and then hangs up, which is its own failure).
+    auto allowed = Consumer::Connect(address, options);
+    ASSERT_FALSE(allowed.ok());
+    EXPECT_EQ(allowed.status().message().find("does not accept"), std::string::npos)
+        << allowed.status().ToString();
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+}
+
+
+/// Every message type in place of the Welcome, and after a sealed Welcome: what belongs there is
+/// taken, everything else is refused naming it.
+TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
+  proto::Writer w;
+  const proto::Batch batch{999, 0, 0, 0};
+  const uint64_t sequence = 999;
+  auto bytes = [](std::span<const uint8_t> span) { return Message(span); };
+  const std::vector<std::pair<proto::Type, Datagram>> messages = {
+      {proto::Type::kHello, bytes(proto::Encode(w, proto::Hello{}))},
+      {proto::Type::kWelcome, SealedWelcome()},
+      {proto::Type::kBatch, bytes(proto::Encode(w, 0, batch))},
+      {proto::Type::kRelease, bytes(proto::EncodeRelease(w, {&sequence, 1}))},
+      {proto::Type::kSchema, SchemaChange(*TestSchema())},
+      {proto::Type::kEnd, End()},
+      {proto::Type::kError, bytes(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kLimit, "no"}))},
+      {proto::Type::kRequest, bytes(proto::EncodeRequest(w, 0, "x"))},
+      {proto::Type::kBye, bytes(proto::EncodeBye(w))},
+      {proto::Type::kBatches, bytes(proto::EncodeBatches(w, 0, {&batch, 1}))},
+      {proto::Type::kWake, bytes(proto::EncodeWake(w))},
+      {proto::Type::kWaiting, bytes(proto::EncodeWaiting(w, 0))},
+  };
+  for (const auto& [type, datagram] : messages) {
+    const std::string name = proto::TypeName(type);
+    SCOPED_TRACE(name);
+    // In place of the Welcome.
+    const arrow::Status first = ConnectAndRead({datagram, End()});
+    if (type == proto::Type::kWelcome) {
+      EXPECT_OK(first);
+    } else if (type == proto::Type::kError) {
+      EXPECT_ERROR_CONTAINS(first, "refused: no");
+    } else {
+      EXPECT_ERROR_CONTAINS(first, "protocol: expected Welcome, got " + name);
+    }
+    // After the Welcome.
+    const arrow::Status after = ConnectAndRead({SealedWelcome(), datagram, End()});
+    switch (type) {
+      case proto::Type::kSchema:
+      case proto::Type::kEnd:
+        EXPECT_OK(after);
+        break;
+      case proto::Type::kBatch:
+        EXPECT_ERROR_CONTAINS(after, "sealed Batch 999 carries 0 fds, expected 1");
+        break;
+      case proto::Type::kError:
+        EXPECT_ERROR_CONTAINS(after, "producer: no");
+        break;
+      case proto::Type::kBatches:
+        EXPECT_ERROR_CONTAINS(after, "Batches message, but batch runs were not agreed");
+        break;
+      case proto::Type::kWake:
+        EXPECT_ERROR_CONTAINS(after, "Wake without a queue");
+        break;
+      default:
+        EXPECT_ERROR_CONTAINS(after, "unexpected " + name + " from a producer");
+    }
+  }
 }
 
 }  // namespace

@@ -322,5 +322,32 @@ TEST(ResourceLimits, SharedMemoryBeyondTheCgroupLimitFailsCommit) {
   EXPECT_EQ(child.report.find("batch built"), std::string::npos) << child.report;
 }
 
+
+/// Issue 17, case 8: a fork() while an arena is mapped writable must not keep its memfd from
+/// being sealed. The child inherited the writable shared mapping, and F_SEAL_WRITE failed with
+/// EBUSY for as long as the child lived; the arena's mapping is not inherited now.
+TEST(ResourceLimits, ForkWhileABatchIsBuiltDoesNotBlockSealing) {
+  ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(OneColumn()));
+  ASSERT_OK_AND_ASSIGN(auto batch, Rows(writer->pool(), 1000));
+  int hold[2];
+  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // lives, with whatever mappings it inherited, until the parent is done
+    ::close(hold[1]);
+    char byte;
+    (void)!::read(hold[0], &byte, 1);
+    ::_exit(0);
+  }
+  ::close(hold[0]);
+  ASSERT_OK(writer->WriteRecordBatch(*batch));
+  auto sealed = writer->Finish();
+  ::close(hold[1]);  // the child exits
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  EXPECT_EQ(::fcntl(sealed->fd.get(), F_GET_SEALS) & F_SEAL_WRITE, F_SEAL_WRITE);
+}
+
 }  // namespace
 }  // namespace shmarrow

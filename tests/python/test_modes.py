@@ -365,10 +365,16 @@ def test_consumer_of_another_uid_is_refused(procs, mode):
         pytest.skip(f"uid {NOBODY} cannot run {CLI}: {probe.stderr!r}")
     sock = _socket()
     sender = procs.send(mode, sock, "--batches", 5, "--rows", 10, "--wait-consumers", 1)
-    stranger = procs.recv(sock, preexec_fn=_as_nobody)
+    # The stranger accepts any producer (a consumer checks the producer's uid too): what is
+    # tested here is the producer's refusal.
+    stranger = procs.recv(sock, "--allow-any-uid", preexec_fn=_as_nobody)
     code, _, err = Procs.finish(stranger)
     assert code == 1
     assert "refused" in err and f"uid {NOBODY} may not connect" in err, err
+    # Without --allow-any-uid the stranger refuses the producer first, naming its uid.
+    code, _, err = Procs.finish(procs.recv(sock, preexec_fn=_as_nobody))
+    assert code == 1
+    assert f"runs as uid {os.geteuid()}, which this consumer (uid {NOBODY}) does not accept" in err, err
     got = _ok(procs.recv(sock))  # the producer's own uid is served
     sent = _ok(sender)
     _same_stream(got, sent)
