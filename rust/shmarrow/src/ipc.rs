@@ -181,6 +181,33 @@ pub(crate) fn read_ring_batch(metadata: &[u8], ring: &Buffer, schema: &SchemaRef
     .map_err(|e| e.to_string())
 }
 
+/// Extension types that Arrow C++ registers by default and names `extension<NAME>`; arrow-rs
+/// keeps only the storage type (the name is in the field's metadata). Others stay their storage
+/// type in Arrow C++ too.
+const CPP_EXTENSIONS: [&str; 3] = ["arrow.uuid", "arrow.json", "arrow.bool8"];
+
+/// The canonical extension type of a field that Arrow C++ reads as an extension type.
+fn cpp_extension(field: &Field) -> Option<&str> {
+    field
+        .metadata()
+        .get("ARROW:extension:name")
+        .map(String::as_str)
+        .filter(|name| CPP_EXTENSIONS.contains(name))
+}
+
+/// The name Arrow C++ (`DataType::ToString`) and pyarrow (`str`) give a field's type.
+pub fn field_type_name(field: &Field) -> String {
+    match cpp_extension(field) {
+        Some(name) => format!("extension<{name}>"),
+        None => type_name(field.data_type()),
+    }
+}
+
+/// Whether Arrow C++ reads the field as a (canonical) extension type.
+pub(crate) fn is_cpp_extension(field: &Field) -> bool {
+    cpp_extension(field).is_some()
+}
+
 /// The name Arrow C++ (`DataType::ToString`) and pyarrow (`str`) give a type.
 pub fn type_name(t: &DataType) -> String {
     fn unit(u: &TimeUnit) -> &'static str {
@@ -193,7 +220,7 @@ pub fn type_name(t: &DataType) -> String {
     }
     fn field(f: &Field) -> String {
         let not_null = if f.is_nullable() { "" } else { " not null" };
-        format!("{}: {}{not_null}", f.name(), type_name(f.data_type()))
+        format!("{}: {}{not_null}", f.name(), field_type_name(f))
     }
     match t {
         DataType::Null => "null".into(),

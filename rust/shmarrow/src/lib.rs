@@ -27,4 +27,4 @@ mod sys;
 
 pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, MemfdInfo, Mode, Poll};
 pub use error::{Error, Result};
-pub use ipc::type_name;
+pub use ipc::{field_type_name, type_name};

@@ -7,7 +7,7 @@ use arrow_array::{Array, ArrowPrimitiveType, OffsetSizeTrait, RecordBatch};
 use arrow_buffer::ToByteSlice;
 use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
 
-use crate::ipc::type_name;
+use crate::ipc::{field_type_name, is_cpp_extension};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
@@ -168,14 +168,15 @@ impl StreamSummary {
 
     /// The checksum of column `i`, None for a type without a checksum definition.
     pub fn checksum(&self, i: usize) -> Option<u64> {
-        has_checksum(self.schema.field(i).data_type()).then(|| self.columns[i].checksum)
+        let field = self.schema.field(i);
+        (has_checksum(field.data_type()) && !is_cpp_extension(field)).then(|| self.columns[i].checksum)
     }
 
     /// `{"schema":[...],"batches":N,"rows":N,"columns":[...]}` plus `extra` members
     /// (`"name":value` pairs joined by commas), one line.
     pub fn to_json(&self, extra: &str) -> String {
         fn described(field: &Field) -> String {
-            format!("\"name\":{},\"type\":{}", json_quote(field.name()), json_quote(&type_name(field.data_type())))
+            format!("\"name\":{},\"type\":{}", json_quote(field.name()), json_quote(&field_type_name(field)))
         }
         let schema: Vec<String> = self
             .schema

@@ -105,7 +105,7 @@ fn run(recv: Recv) -> Result<(), String> {
     println!("{} batches, {} rows ({})", summary.batches(), summary.rows(), consumer.mode().name());
     for (i, field) in consumer.schema().fields().iter().enumerate() {
         let checksum = summary.checksum(i).map_or("-".to_string(), |c| format!("{c:016x}"));
-        println!("  {}: {} checksum {checksum}", field.name(), shmarrow::type_name(field.data_type()));
+        println!("  {}: {} checksum {checksum}", field.name(), shmarrow::field_type_name(field));
     }
     Ok(())
 }
