@@ -18,6 +18,4 @@ cargo test --release --locked
 cargo build --release --locked --bins --examples
 
 cd "$root"
-SHMARROW_RUST_BIN="$root/rust/target/release/shmarrow-rs" \
-SHMARROW_RUST_EXAMPLE="$root/rust/target/release/examples/read_ring" \
-  "$root/.venv/bin/python" -m pytest -q tests/python/test_rust_interop.py "$@"
+SHMARROW_RUST_BIN="$root/rust/target/release/shmarrow-rs" "$root/.venv/bin/python" -m pytest -q tests/python/test_rust_interop.py "$@"

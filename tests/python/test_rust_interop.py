@@ -8,6 +8,7 @@ scripts/test_rust.sh builds the binary and passes its path in SHMARROW_RUST_BIN.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,19 @@ def test_stream_protocol_summary_equals_cpp_recv(procs, mode, columns):
     assert all(c["checksum"] for c in got["columns"])
 
 
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_schema_change_midway_equals_cpp_recv(procs, mode):
+    sock = _socket()
+    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 20, "--rows", 300,
+                        "--schema", SCHEMA, "--null-fraction", 0.1, "--schema-change-at", 8,
+                        "--wait-consumers", 2)
+    rust, cpp = procs.rust_recv(sock, "--check-zero-copy"), procs.cpp_recv(sock)
+    got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
+    assert got == want
+    assert got["schema_changes"] == 1 and got["schema"][-1]["name"] == "extra"
+    assert got["columns"] == sent["columns"]
+
+
 def test_single_hand_over_summary_equals_cpp_recv(procs, tmp_path):
     for sock in (_socket(), str(tmp_path / "s")):  # abstract name and socket file
         sender = procs.send("--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,
@@ -139,16 +153,34 @@ def test_busy_polling_consumer(procs):
     assert got["columns"] == sent["columns"]
 
 
+def _example(name: str) -> Path:
+    path = RUST_BIN.parent / "examples" / name
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"{path} not built (scripts/test_rust.sh builds it)")
+    return path
+
+
 def test_readme_example_reads_a_ring_stream_in_place(procs):
-    example = Path(os.environ.get("SHMARROW_RUST_EXAMPLE",
-                                  REPO / "rust" / "target" / "release" / "examples" / "read_ring"))
-    if not os.access(example, os.X_OK):
-        pytest.skip(f"{example} not built (scripts/test_rust.sh builds it)")
+    example = _example("read_ring")
     sock = _socket()
     sender = procs.send("--mode", "ring", "--socket", sock, "--batches", 25, "--rows", 400,
                         "--wait-consumers", 1)
     out, err = procs.start(example, sock).communicate(timeout=TIMEOUT)
     assert out.strip() == "25 batches, 10000 rows read in place (ring mode)", err
+    _ok(sender)
+
+
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_poll_loop_example_waits_on_the_fd(procs, mode):
+    """try_next + poll(2) on the consumer's fd, with a producer slower than the consumer."""
+    example = _example("poll_loop")
+    sock = _socket()
+    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 30, "--rows", 10,
+                        "--rate", 300, "--wait-consumers", 1)
+    out, err = procs.start(example, sock).communicate(timeout=TIMEOUT)
+    batches, rows, waits = re.fullmatch(r"(\d+) batches, (\d+) rows \((\d+) waits\)\n", out).groups()
+    assert (batches, rows) == ("30", "300"), err
+    assert int(waits) > 0  # it slept on the fd, and woke up for the batches
     _ok(sender)
 
 

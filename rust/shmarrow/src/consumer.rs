@@ -3,7 +3,7 @@
 //! `RecordBatch`es whose buffers point into the producer's shared memory.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -546,7 +546,7 @@ impl Consumer {
             round += 1;
             // A spinning consumer with a queue looks at the ring; at the socket (the producer
             // going away) every 64th round.
-            if spin && self.queue.is_some() && round % 64 != 0 {
+            if spin && self.queue.is_some() && !round.is_multiple_of(64) {
                 continue;
             }
             let wait = if spin {
@@ -1009,6 +1009,13 @@ impl AsFd for Consumer {
             (None, Some(fd)) => fd.as_fd(),
             (None, None) => unreachable!("a consumer has a socket or a hand-over memfd"),
         }
+    }
+}
+
+impl AsRawFd for Consumer {
+    /// The fd of [`AsFd`] (for APIs such as tokio's `AsyncFd` that take a raw fd).
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
     }
 }
 

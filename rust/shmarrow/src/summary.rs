@@ -1,6 +1,8 @@
 //! The one-line JSON summary and column checksums of `shmarrow recv --json`
 //! (docs/protocol.md, "Column checksums" and "JSON summary").
 
+use std::collections::HashMap;
+
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{Array, ArrowPrimitiveType, OffsetSizeTrait, RecordBatch};
@@ -122,29 +124,60 @@ pub fn json_quote(text: &str) -> String {
     out
 }
 
+/// One column of the summary: the rows of every batch that had a column of this name (the n-th
+/// of that name) and this type.
 struct ColumnSum {
+    data_type: DataType,
     null_count: u64,
     checksum: u64,
 }
 
-/// Batches, rows, null counts and checksums of a stream, summed batch by batch.
+/// Batches, rows, null counts and checksums of a stream, summed batch by batch, with columns
+/// followed by name as `shmarrow recv` does for a stream whose schema changes midway: each column
+/// of the last schema sums the rows of every batch that has a column of that name and type, with
+/// row numbers counted over the whole stream (a column added midway starts where it appears; one
+/// whose type changed counts from its first batch with the new type). Without a schema change,
+/// this is the plain definition of docs/protocol.md.
 pub struct StreamSummary {
     schema: SchemaRef,
-    columns: Vec<ColumnSum>,
+    columns: HashMap<(String, usize), ColumnSum>,
     batches: u64,
     rows: u64,
+}
+
+/// Each field with its key: its name and how many fields of that name came before it.
+fn keyed(schema: &SchemaRef) -> impl Iterator<Item = (usize, (String, usize))> + '_ {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    schema.fields().iter().enumerate().map(move |(i, field)| {
+        let occurrence = seen.entry(field.name().as_str()).or_default();
+        *occurrence += 1;
+        (i, (field.name().clone(), *occurrence - 1))
+    })
 }
 
 impl StreamSummary {
     /// An empty summary of a stream with `schema`.
     pub fn new(schema: SchemaRef) -> Self {
-        let columns = schema.fields().iter().map(|_| ColumnSum { null_count: 0, checksum: 0 }).collect();
-        StreamSummary { schema, columns, batches: 0, rows: 0 }
+        StreamSummary { schema, columns: HashMap::new(), batches: 0, rows: 0 }
+    }
+
+    /// The schema reported: after a schema change, set the stream's last schema.
+    pub fn set_schema(&mut self, schema: SchemaRef) {
+        self.schema = schema;
     }
 
     /// Adds one batch (row numbers continue from the batches before).
     pub fn add(&mut self, batch: &RecordBatch) {
-        for (column, sum) in batch.columns().iter().zip(&mut self.columns) {
+        for (i, key) in keyed(&batch.schema()) {
+            let column = batch.column(i);
+            let sum = self.columns.entry(key).or_insert_with(|| ColumnSum {
+                data_type: column.data_type().clone(),
+                null_count: 0,
+                checksum: 0,
+            });
+            if sum.data_type != *column.data_type() {
+                *sum = ColumnSum { data_type: column.data_type().clone(), null_count: 0, checksum: 0 };
+            }
             // Arrow C++ counts every slot of a null-type array as null.
             sum.null_count += match column.data_type() {
                 DataType::Null => column.len(),
@@ -166,10 +199,19 @@ impl StreamSummary {
         self.rows
     }
 
-    /// The checksum of column `i`, None for a type without a checksum definition.
-    pub fn checksum(&self, i: usize) -> Option<u64> {
-        let field = self.schema.field(i);
-        (has_checksum(field.data_type()) && !is_cpp_extension(field)).then(|| self.columns[i].checksum)
+    /// Null count and checksum of each field of the schema (the checksum is None for a type
+    /// without a checksum definition).
+    pub fn columns(&self) -> Vec<(u64, Option<u64>)> {
+        keyed(&self.schema)
+            .map(|(i, key)| {
+                let field = self.schema.field(i);
+                let defined = has_checksum(field.data_type()) && !is_cpp_extension(field);
+                match self.columns.get(&key).filter(|sum| sum.data_type == *field.data_type()) {
+                    Some(sum) => (sum.null_count, defined.then_some(sum.checksum)),
+                    None => (0, defined.then_some(0)), // no rows yet
+                }
+            })
+            .collect()
     }
 
     /// `{"schema":[...],"batches":N,"rows":N,"columns":[...]}` plus `extra` members
@@ -178,20 +220,15 @@ impl StreamSummary {
         fn described(field: &Field) -> String {
             format!("\"name\":{},\"type\":{}", json_quote(field.name()), json_quote(&field_type_name(field)))
         }
-        let schema: Vec<String> = self
-            .schema
-            .fields()
+        let fields = self.schema.fields();
+        let schema: Vec<String> =
+            fields.iter().map(|f| format!("{{{},\"nullable\":{}}}", described(f), f.is_nullable())).collect();
+        let columns: Vec<String> = fields
             .iter()
-            .map(|f| format!("{{{},\"nullable\":{}}}", described(f), f.is_nullable()))
-            .collect();
-        let columns: Vec<String> = self
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let checksum = self.checksum(i).map_or("null".to_string(), |c| format!("\"{c:016x}\""));
-                format!("{{{},\"null_count\":{},\"checksum\":{checksum}}}", described(f), self.columns[i].null_count)
+            .zip(self.columns())
+            .map(|(f, (null_count, checksum))| {
+                let checksum = checksum.map_or("null".to_string(), |c| format!("\"{c:016x}\""));
+                format!("{{{},\"null_count\":{null_count},\"checksum\":{checksum}}}", described(f))
             })
             .collect();
         let mut out = format!(
@@ -234,13 +271,33 @@ mod tests {
         summary.add(&batch);
         summary.add(&batch.slice(1, 1));
         let int = fnv1a(&7i32.to_le_bytes()).wrapping_add(NULL_HASH.wrapping_mul(3)).wrapping_add(NULL_HASH.wrapping_mul(5));
-        assert_eq!(summary.checksum(0), Some(int));
+        let columns = summary.columns();
+        assert_eq!(columns[0], (2, Some(int)));
         let text = fnv1a(b"ab").wrapping_add(fnv1a(b"c").wrapping_mul(3)).wrapping_add(fnv1a(b"c").wrapping_mul(5));
-        assert_eq!(summary.checksum(1), Some(text));
+        assert_eq!(columns[1], (0, Some(text)));
         assert_eq!(summary.rows(), 3);
         let json = summary.to_json("\"mode\":\"ring\"");
         assert!(json.starts_with("{\"schema\":[{\"name\":\"i\",\"type\":\"int32\",\"nullable\":true},"), "{json}");
         assert!(json.ends_with(",\"mode\":\"ring\"}"), "{json}");
+    }
+
+    #[test]
+    fn a_column_added_midway_counts_from_its_first_row() {
+        let one = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let two = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("x", DataType::Int32, true),
+        ]));
+        let first = RecordBatch::try_new(one.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
+        let column: Arc<dyn Array> = Arc::new(Int32Array::from(vec![3]));
+        let second = RecordBatch::try_new(two.clone(), vec![column.clone(), column]).unwrap();
+        let mut summary = StreamSummary::new(one);
+        summary.add(&first);
+        summary.add(&second);
+        summary.set_schema(two);
+        let three = fnv1a(&3i32.to_le_bytes()).wrapping_mul(5); // row 2: 2·2+1
+        let a = fnv1a(&1i32.to_le_bytes()).wrapping_add(fnv1a(&2i32.to_le_bytes()).wrapping_mul(3)).wrapping_add(three);
+        assert_eq!(summary.columns(), vec![(0, Some(a)), (0, Some(three))]);
     }
 
     #[test]

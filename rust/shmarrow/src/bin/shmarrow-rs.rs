@@ -78,6 +78,7 @@ fn run(recv: Recv) -> Result<(), String> {
         in_mapping &= consumer.in_shared_memory(&batch);
         summary.add(&batch);
     }
+    summary.set_schema(consumer.schema()); // after a schema change, the stream's last schema
     if recv.check_zero_copy && !in_mapping {
         return Err("a batch has a buffer outside the producer's shared memory (copied)".into());
     }
@@ -103,8 +104,9 @@ fn run(recv: Recv) -> Result<(), String> {
         return Ok(());
     }
     println!("{} batches, {} rows ({})", summary.batches(), summary.rows(), consumer.mode().name());
-    for (i, field) in consumer.schema().fields().iter().enumerate() {
-        let checksum = summary.checksum(i).map_or("-".to_string(), |c| format!("{c:016x}"));
+    let schema = consumer.schema();
+    for (field, (_, checksum)) in schema.fields().iter().zip(summary.columns()) {
+        let checksum = checksum.map_or("-".to_string(), |c| format!("{c:016x}"));
         println!("  {}: {} checksum {checksum}", field.name(), shmarrow::field_type_name(field));
     }
     Ok(())
