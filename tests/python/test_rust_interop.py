@@ -160,6 +160,13 @@ def _example(name: str) -> Path:
     return path
 
 
+def test_readme_shows_the_example_program():
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("## Rust", 1)[1].split("```rust\n", 1)[1].split("```", 1)[0]
+    program = (REPO / "rust" / "shmarrow" / "examples" / "read_ring.rs").read_text()
+    assert program.endswith(shown) and shown.startswith("use ")
+
+
 def test_readme_example_reads_a_ring_stream_in_place(procs):
     example = _example("read_ring")
     sock = _socket()
