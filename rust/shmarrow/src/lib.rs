@@ -4,7 +4,8 @@
 //! A producer (`shmarrow send`, or a C++/Python program using shmarrow) publishes record batches
 //! in shared memory; [`Consumer`] receives them as [`arrow_array::RecordBatch`]es whose buffers
 //! point into that memory, read-only, without a copy. When the last buffer of a batch is dropped,
-//! on any thread, the batch is released back to the producer.
+//! on any thread, the batch is released back to the producer. [`Producer`] publishes batches in
+//! sealed mode to C++, Python and Rust consumers.
 //!
 //! ```no_run
 //! use shmarrow::{Consumer, ConsumerOptions};
@@ -21,6 +22,7 @@
 mod consumer;
 mod error;
 mod ipc;
+mod producer;
 mod protocol;
 pub mod summary;
 mod sys;
@@ -28,3 +30,4 @@ mod sys;
 pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, MemfdInfo, Mode, Poll};
 pub use error::{Error, Result};
 pub use ipc::{field_type_name, type_name};
+pub use producer::{Producer, ProducerOptions, ProducerStats};

@@ -79,10 +79,25 @@ pub(crate) struct Welcome {
     pub(crate) minor: u16,
     pub(crate) features: u32,
     pub(crate) ring_mode: bool,
+    pub(crate) consumer_id: u32,
+    pub(crate) ring_size: u64,
+    pub(crate) max_consumers: u32,
     pub(crate) max_in_flight: u32,
     pub(crate) schema: Vec<u8>,
     pub(crate) queue_offset: u64,
     pub(crate) queue_capacity: u32,
+}
+
+/// A Hello as a producer reads it.
+#[derive(Default)]
+pub(crate) struct ReceivedHello {
+    pub(crate) major: u16,
+    pub(crate) minor: u16,
+    pub(crate) features: u32,
+    pub(crate) flags: u32,
+    pub(crate) max_in_flight: u32,
+    pub(crate) columns: Vec<String>,
+    pub(crate) required_schema: Vec<u8>,
 }
 
 /// Where one batch is (a Batch message, an entry of a Batches message, or a queue entry).
@@ -148,6 +163,22 @@ impl Writer {
     }
     pub(crate) fn bye(&mut self) -> &[u8] {
         self.start(Type::Bye, 0).finish()
+    }
+    pub(crate) fn welcome(&mut self, m: &Welcome) -> &[u8] {
+        self.start(Type::Welcome, 0).u16(m.major).u16(m.minor).u32(m.features);
+        self.u32(u32::from(m.ring_mode)).u32(m.consumer_id).u64(m.ring_size);
+        self.u32(m.max_consumers).u32(m.max_in_flight).u32(MAX_MESSAGE_SIZE as u32);
+        self.bytes(&m.schema).u64(m.queue_offset).u32(m.queue_capacity).finish()
+    }
+    pub(crate) fn batch(&mut self, m: &BatchRef) -> &[u8] {
+        self.start(Type::Batch, 0).u64(m.sequence).u64(m.dropped);
+        self.u64(m.metadata_offset).u32(m.metadata_length).finish()
+    }
+    pub(crate) fn end(&mut self) -> &[u8] {
+        self.start(Type::End, 0).finish()
+    }
+    pub(crate) fn error(&mut self, code: u32, message: &str) -> &[u8] {
+        self.start(Type::Error, 0).u32(code).bytes(message.as_bytes()).finish()
     }
 }
 
@@ -244,6 +275,9 @@ impl<'a> Reader<'a> {
             minor,
             features: 0,
             ring_mode: false,
+            consumer_id: 0,
+            ring_size: 0,
+            max_consumers: 0,
             max_in_flight: 0,
             schema: Vec::new(),
             queue_offset: 0,
@@ -258,9 +292,9 @@ impl<'a> Reader<'a> {
             1 => true,
             mode => return Err(Error::Protocol(format!("unknown memory mode {mode}"))),
         };
-        self.u32("consumer_id")?;
-        self.u64("ring_size")?; // the ring's size is taken from fstat, never from a message
-        self.u32("max_consumers")?;
+        m.consumer_id = self.u32("consumer_id")?;
+        m.ring_size = self.u64("ring_size")?; // the consumer maps the size fstat reports
+        m.max_consumers = self.u32("max_consumers")?;
         m.max_in_flight = self.u32("max_in_flight")?;
         self.u32("max_message_size")?;
         m.schema = self.bytes("schema")?.to_vec();
@@ -272,6 +306,44 @@ impl<'a> Reader<'a> {
             self.expect_end("Welcome")?;
         }
         Ok(m) // a newer minor version may append fields: they are ignored
+    }
+
+    /// A Hello: (major, features, flags, max_in_flight, columns, required schema). Another major
+    /// version's fields are not read.
+    pub(crate) fn hello(&mut self) -> Result<ReceivedHello> {
+        let major = self.u16("major")?;
+        let minor = self.u16("minor")?;
+        let mut m = ReceivedHello { major, minor, ..ReceivedHello::default() };
+        if major != MAJOR_VERSION {
+            return Ok(m);
+        }
+        m.features = self.u32("features")?;
+        m.flags = self.u32("flags")?;
+        m.max_in_flight = self.u32("max_in_flight")?;
+        let count = self.u32("column count")?;
+        if count as usize > MAX_RUN {
+            return Err(Error::Protocol(format!("Hello asks for {count} columns (limit {MAX_RUN})")));
+        }
+        for _ in 0..count {
+            m.columns.push(String::from_utf8_lossy(self.bytes("column name")?).into_owned());
+        }
+        m.required_schema = self.bytes("required schema")?.to_vec();
+        if minor == MINOR_VERSION {
+            self.expect_end("Hello")?;
+        }
+        Ok(m)
+    }
+
+    /// Appends a Release's sequences to `out`.
+    pub(crate) fn release(&mut self, out: &mut Vec<u64>) -> Result<()> {
+        let count = self.u32("count")? as usize;
+        if count > MAX_RUN {
+            return Err(Error::Protocol(format!("Release of {count} batches (limit {MAX_RUN})")));
+        }
+        for _ in 0..count {
+            out.push(self.u64("sequence")?);
+        }
+        self.expect_end("Release")
     }
 
     fn batch_ref(&mut self) -> Result<BatchRef> {

@@ -3,7 +3,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 use crate::error::{Error, Result};
@@ -123,6 +123,43 @@ pub(crate) fn connect(address: &str, kind: SocketType) -> std::result::Result<Ow
     Ok(fd)
 }
 
+/// A listening AF_UNIX socket of `kind`, non-blocking; a socket file gets mode 0600.
+pub(crate) fn listen(address: &str, kind: SocketType) -> Result<OwnedFd> {
+    let fail = |what: &str, e: Errno| Error::io(format!("{what}('{address}')"), e);
+    let addr = match address.strip_prefix('@') {
+        Some(name) => SocketAddrUnix::new_abstract_name(name.as_bytes()),
+        None => SocketAddrUnix::new(address),
+    }
+    .map_err(|e| fail("socket address", e))?;
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind, flags, None)
+        .map_err(|e| fail("socket", e))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| fail("bind", e))?;
+    if !address.starts_with('@') {
+        let owner_only = rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR;
+        rustix::fs::chmod(address, owner_only).map_err(|e| fail("chmod", e))?;
+    }
+    rustix::net::listen(&fd, 64).map_err(|e| fail("listen", e))?;
+    Ok(fd)
+}
+
+/// Sends one datagram with `fds` without blocking: false when the socket is full.
+pub(crate) fn try_send_fds(fd: BorrowedFd<'_>, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<bool> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Error::Protocol(format!("{} fds do not fit one message", fds.len())));
+    }
+    loop {
+        match rustix::net::sendmsg(fd, &[IoSlice::new(message)], &mut control, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(e) => return Err(Error::io(format!("sendmsg(fd {})", fd.as_raw_fd()), e)),
+        }
+    }
+}
+
 /// Waits until `fd` is readable (or hung up); false when `timeout` passed first (None: forever).
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
     let deadline = timeout.map(|t| Instant::now() + t);
@@ -189,20 +226,5 @@ pub(crate) fn receive(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> Result<Option<Re
 
 /// Sends one datagram without blocking: false when the socket is full.
 pub(crate) fn try_send(fd: BorrowedFd<'_>, message: &[u8]) -> Result<bool> {
-    let mut control = SendAncillaryBuffer::default();
-    loop {
-        match rustix::net::sendmsg(
-            fd,
-            &[IoSlice::new(message)],
-            &mut control,
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        ) {
-            Ok(_) => return Ok(true),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => return Ok(false),
-            Err(e) => {
-                return Err(Error::io(format!("sendmsg(fd {})", fd.as_fd().as_raw_fd()), e))
-            }
-        }
-    }
+    try_send_fds(fd, message, &[])
 }

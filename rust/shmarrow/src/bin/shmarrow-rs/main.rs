@@ -1,0 +1,249 @@
+//! `shmarrow-rs recv`: reads a shmarrow producer's stream and prints what it received, as
+//! `shmarrow recv` does (the same one-line JSON summary with `--json`). `shmarrow-rs send`:
+//! publishes generated batches in sealed mode, as `shmarrow send --mode sealed` does.
+
+mod generate;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shmarrow::summary::{json_quote, StreamSummary};
+use shmarrow::{Consumer, ConsumerOptions, Mode, Producer, ProducerOptions};
+
+const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--json] [--check-zero-copy]
+                        [--wait-ms N] [--timeout-ms N (-1: forever)] [--busy-poll-us N]
+                        [--max-in-flight N] [--lossy] [--from-oldest]
+       shmarrow-rs send [--socket ADDRESS] [--mode sealed] [--rows N] [--batches N]
+                        [--schema name:type,...] [--seed N] [--null-fraction F]
+                        [--wait-consumers N] [--max-in-flight N] [--accept-timeout-ms N] [--json]";
+const DEFAULT_SOCKET: &str = "/tmp/shmarrow.sock";
+
+struct Recv {
+    socket: String,
+    json: bool,
+    check_zero_copy: bool,
+    options: ConsumerOptions,
+}
+
+fn number(flag: &str, value: Option<String>) -> Result<i64, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value.parse().map_err(|_| format!("{flag} takes a number, not '{value}'"))
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
+    let mut recv = Recv {
+        socket: DEFAULT_SOCKET.to_string(),
+        json: false,
+        check_zero_copy: false,
+        options: ConsumerOptions::default(),
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket" => recv.socket = args.next().ok_or("--socket needs a value")?,
+            "--columns" => {
+                let list = args.next().ok_or("--columns needs a value")?;
+                let names: Vec<String> = list.split(',').map(str::to_string).collect();
+                if names.iter().any(String::is_empty) {
+                    return Err(format!("--columns '{list}' has an empty column name"));
+                }
+                recv.options.columns = names;
+            }
+            "--json" => recv.json = true,
+            "--check-zero-copy" => recv.check_zero_copy = true,
+            "--lossy" => recv.options.lossy = true,
+            "--from-oldest" => recv.options.start_at_oldest = true,
+            "--wait-ms" => {
+                let ms = u64::try_from(number(&arg, args.next())?).map_err(|_| "need --wait-ms >= 0")?;
+                recv.options.connect_wait = Duration::from_millis(ms);
+            }
+            "--timeout-ms" => {
+                recv.options.read_timeout = match number(&arg, args.next())? {
+                    -1 => None,
+                    ms => Some(Duration::from_millis(u64::try_from(ms).map_err(|_| "need --timeout-ms >= -1")?)),
+                }
+            }
+            "--busy-poll-us" => {
+                let us = u64::try_from(number(&arg, args.next())?).map_err(|_| "need --busy-poll-us >= 0")?;
+                recv.options.busy_poll = Duration::from_micros(us);
+            }
+            "--max-in-flight" => {
+                recv.options.max_in_flight =
+                    u32::try_from(number(&arg, args.next())?).map_err(|_| "need --max-in-flight >= 0")?;
+            }
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    Ok(recv)
+}
+
+struct Send {
+    socket: String,
+    rows: usize,
+    batches: u64,
+    schema: String,
+    seed: u64,
+    null_fraction: f64,
+    wait_consumers: usize,
+    accept_timeout: Option<Duration>,
+    json: bool,
+    options: ProducerOptions,
+}
+
+fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
+    let mut send = Send {
+        socket: DEFAULT_SOCKET.to_string(),
+        rows: 100,
+        batches: 1,
+        schema: "rand:int32".to_string(),
+        seed: 42,
+        null_fraction: 0.0,
+        wait_consumers: 1,
+        accept_timeout: None,
+        json: false,
+        options: ProducerOptions::default(),
+    };
+    let unsigned = |flag: &str, value: Option<String>| {
+        u64::try_from(number(flag, value)?).map_err(|_| format!("need {flag} >= 0"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket" => send.socket = args.next().ok_or("--socket needs a value")?,
+            "--mode" => match args.next().as_deref() {
+                Some("sealed") => {}
+                Some("ring") => return Err("--mode ring: the Rust producer serves sealed mode only".into()),
+                _ => return Err("--mode takes sealed".into()),
+            },
+            "--rows" => send.rows = unsigned(&arg, args.next())? as usize,
+            "--batches" => send.batches = unsigned(&arg, args.next())?,
+            "--schema" => send.schema = args.next().ok_or("--schema needs a value")?,
+            "--seed" => send.seed = unsigned(&arg, args.next())?,
+            "--null-fraction" => {
+                let value = args.next().ok_or("--null-fraction needs a value")?;
+                send.null_fraction = value
+                    .parse()
+                    .ok()
+                    .filter(|f| (0.0..=1.0).contains(f))
+                    .ok_or(format!("--null-fraction takes a number in [0, 1], not '{value}'"))?;
+            }
+            "--wait-consumers" => send.wait_consumers = unsigned(&arg, args.next())? as usize,
+            "--max-in-flight" => {
+                send.options.max_in_flight = u32::try_from(unsigned(&arg, args.next())?)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("need --max-in-flight >= 1")?;
+            }
+            "--accept-timeout-ms" => {
+                send.accept_timeout = match number(&arg, args.next())? {
+                    -1 => None,
+                    ms => Some(Duration::from_millis(u64::try_from(ms).map_err(|_| "need --accept-timeout-ms >= -1")?)),
+                }
+            }
+            "--json" => send.json = true,
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    Ok(send)
+}
+
+/// How long consumers have to release the last batches before the producer gives up on them.
+const LINGER: Duration = Duration::from_secs(10);
+
+fn run_send(send: Send) -> Result<(), String> {
+    let schema = generate::parse_schema(&send.schema).map_err(|e| format!("--schema: {e}"))?;
+    let mut producer = Producer::bind(&send.socket, schema.clone(), send.options).map_err(|e| e.to_string())?;
+    eprintln!("shmarrow-rs send: sealed producer listening on {}", send.socket);
+    producer.wait_for_consumers(send.wait_consumers, send.accept_timeout).map_err(|e| e.to_string())?;
+    let mut generator = generate::Generator::new(schema.clone(), send.seed, send.null_fraction);
+    let mut summary = StreamSummary::new(schema);
+    for i in 0..send.batches {
+        let batch = generator.next_batch(send.rows);
+        summary.add(&batch);
+        producer.publish(&batch).map_err(|e| format!("publishing batch {} of {}: {e}", i + 1, send.batches))?;
+    }
+    producer.finish(Some(LINGER)).map_err(|e| e.to_string())?;
+    let stats = producer.stats();
+    if send.json {
+        println!(
+            "{}",
+            summary.to_json(&format!(
+                "\"mode\":\"sealed\",\"producer\":{{\"published\":{},\"bytes_copied\":{},\"consumers_total\":{}}},\"socket\":{}",
+                stats.published,
+                stats.bytes_copied,
+                stats.consumers_total,
+                json_quote(&send.socket)
+            ))
+        );
+    } else {
+        eprintln!(
+            "shmarrow-rs send: {} batches, {} rows to {} consumers ({} bytes copied into sealed memfds)",
+            stats.published,
+            summary.rows(),
+            stats.consumers_total,
+            stats.bytes_copied
+        );
+    }
+    Ok(())
+}
+
+fn run(recv: Recv) -> Result<(), String> {
+    let mut consumer = Consumer::connect(&recv.socket, recv.options).map_err(|e| e.to_string())?;
+    let mut summary = StreamSummary::new(consumer.schema());
+    let mut in_mapping = true;
+    while let Some(batch) = consumer.next_batch().map_err(|e| e.to_string())? {
+        in_mapping &= consumer.in_shared_memory(&batch);
+        summary.add(&batch);
+    }
+    summary.set_schema(consumer.schema()); // after a schema change, the stream's last schema
+    if recv.check_zero_copy && !in_mapping {
+        return Err("a batch has a buffer outside the producer's shared memory (copied)".into());
+    }
+    let extra = match (consumer.mode(), consumer.memfd()) {
+        (Mode::Handover, Some(memfd)) => format!(
+            "\"memfd\":{{\"inode\":{},\"bytes\":{},\"seals\":{}}},\"buffers_in_mapping\":{in_mapping}",
+            memfd.inode,
+            memfd.bytes,
+            json_quote(&memfd.seals)
+        ),
+        (mode, _) => {
+            let stats = consumer.stats();
+            format!(
+                "\"mode\":{},\"dropped\":{},\"schema_changes\":{}",
+                json_quote(mode.name()),
+                stats.dropped,
+                stats.schema_changes
+            )
+        }
+    };
+    if recv.json {
+        println!("{}", summary.to_json(&extra));
+        return Ok(());
+    }
+    println!("{} batches, {} rows ({})", summary.batches(), summary.rows(), consumer.mode().name());
+    let schema = consumer.schema();
+    for (field, (_, checksum)) in schema.fields().iter().zip(summary.columns()) {
+        let checksum = checksum.map_or("-".to_string(), |c| format!("{c:016x}"));
+        println!("  {}: {} checksum {checksum}", field.name(), shmarrow::field_type_name(field));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let outcome = match command.as_str() {
+        "recv" => parse(args).and_then(run),
+        "send" => parse_send(args).and_then(run_send),
+        "--help" | "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shmarrow-rs {command}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
