@@ -191,6 +191,98 @@ def test_poll_loop_example_waits_on_the_fd(procs, mode):
     _ok(sender)
 
 
+# --- the Rust producer -----------------------------------------------------------------------
+
+def _python_consumer_summary(sock: str) -> dict:
+    """What the Python binding's Consumer (the C++ consumer) received, summed by the pure-Python
+    summary code."""
+    code = (
+        "import json, shmarrow\n"
+        "from shmarrow.summary import StreamSummary\n"
+        f"with shmarrow.Consumer({sock!r}, connect_timeout={TIMEOUT}) as consumer:\n"
+        "    summary = StreamSummary(consumer.schema)\n"
+        "    for batch in consumer:\n"
+        "        summary.add(batch)\n"
+        "    print(json.dumps({**summary.to_dict(), 'mode': consumer.mode}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(REPO / "python")})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_rust_producer_to_cpp_rust_and_python_consumers(procs):
+    sock = _socket()
+    sender = procs.start(RUST_BIN, "send", "--mode", "sealed", "--socket", sock, "--json",
+                         "--batches", 40, "--rows", 500, "--schema", SCHEMA + ",f:uint16",
+                         "--null-fraction", 0.1, "--wait-consumers", 3, "--max-in-flight", 4,
+                         "--accept-timeout-ms", TIMEOUT * 1000)
+    cpp = procs.cpp_recv(sock, "--delay-ms", 2)  # slow: the producer waits for its releases
+    rust = procs.rust_recv(sock, "--check-zero-copy")
+    python = _python_consumer_summary(sock)
+    sent, got_cpp, got_rust = _ok(sender), _ok(cpp), _ok(rust)
+    assert sent["producer"] == {"published": 40, "bytes_copied": sent["producer"]["bytes_copied"],
+                                "consumers_total": 3}
+    assert sent["producer"]["bytes_copied"] > 0  # one counted copy into each sealed memfd
+    for got in (got_cpp, got_rust, python):
+        assert got["mode"] == "sealed"
+        for key in ("schema", "batches", "rows", "columns"):
+            assert got[key] == sent[key], key
+
+
+def test_rust_producer_projection_for_the_cpp_consumer(procs):
+    sock = _socket()
+    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 5,
+                         "--rows", 100, "--schema", SCHEMA, "--wait-consumers", 1,
+                         "--accept-timeout-ms", TIMEOUT * 1000)
+    got, sent = _ok(procs.cpp_recv(sock, "--columns", "d,a")), _ok(sender)
+    by_name = {c["name"]: c for c in sent["columns"]}
+    assert got["columns"] == [by_name["d"], by_name["a"]]
+
+
+def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
+    sock = _socket()
+    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 3,
+                         "--rows", 10, "--schema", SCHEMA, "--wait-consumers", 1,
+                         "--accept-timeout-ms", TIMEOUT * 1000)
+    refused = procs.cpp_recv(sock, "--columns", "nope")
+    out, err = refused.communicate(timeout=TIMEOUT)
+    assert refused.returncode == 1 and "no single column 'nope'" in err, err
+    got, sent = _ok(procs.cpp_recv(sock)), _ok(sender)
+    assert got["columns"] == sent["columns"]
+
+
+def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(procs):
+    import socket as sockets
+    import struct
+
+    sock = _socket()
+    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 2,
+                         "--rows", 10, "--wait-consumers", 2, "--accept-timeout-ms", TIMEOUT * 1000)
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET) as peer:
+        peer.settimeout(TIMEOUT)
+        for _ in range(200):  # until the producer listens
+            try:
+                peer.connect("\0" + sock[1:])
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                time.sleep(0.05)
+        payload = struct.pack("<HHIIII", 1, 1, 0, 0, 0, 0) + struct.pack("<I", 0)
+        peer.send(struct.pack("<IHHII", 0x414D4853, 1, 0, 0, len(payload)) + payload)
+        welcome = peer.recv(1 << 18)
+        assert struct.unpack_from("<H", welcome, 4)[0] == 2  # Welcome
+        release = struct.pack("<IQ", 1, 999)
+        peer.send(struct.pack("<IHHII", 0x414D4853, 4, 0, 0, len(release)) + release)
+        error = peer.recv(1 << 18)  # nothing was published yet: the Error comes next
+        assert struct.unpack_from("<HHII", error, 4)[0] == 7 and struct.unpack_from("<I", error, 16)[0] == 1
+        assert b"released batch 999, which it does not hold" in error
+        assert peer.recv(1 << 18) == b""  # disconnected
+    # The producer goes on waiting for two consumers, and serves them.
+    first, second = procs.cpp_recv(sock), procs.cpp_recv(sock)
+    assert _ok(first)["batches"] == 2 and _ok(second)["batches"] == 2
+    assert _ok(sender)["producer"]["consumers_total"] == 3
+
+
 # --- the producer going away -----------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
