@@ -211,21 +211,24 @@ def _python_consumer_summary(sock: str) -> dict:
     return json.loads(run.stdout)
 
 
-def test_rust_producer_to_cpp_rust_and_python_consumers(procs):
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_rust_producer_to_cpp_rust_and_python_consumers(procs, mode):
     sock = _socket()
-    sender = procs.start(RUST_BIN, "send", "--mode", "sealed", "--socket", sock, "--json",
-                         "--batches", 40, "--rows", 500, "--schema", SCHEMA + ",f:uint16",
-                         "--null-fraction", 0.1, "--wait-consumers", 3, "--max-in-flight", 4,
+    # A ring of 256 KiB for about 2 MiB of batches: its blocks are reused as batches are released.
+    sender = procs.start(RUST_BIN, "send", "--mode", mode, "--ring-size", 256 << 10,
+                         "--socket", sock, "--json", "--batches", 80, "--rows", 1000,
+                         "--schema", SCHEMA + ",f:uint16", "--null-fraction", 0.1,
+                         "--wait-consumers", 3, "--max-in-flight", 4,
                          "--accept-timeout-ms", TIMEOUT * 1000)
     cpp = procs.cpp_recv(sock, "--delay-ms", 2)  # slow: the producer waits for its releases
     rust = procs.rust_recv(sock, "--check-zero-copy")
     python = _python_consumer_summary(sock)
     sent, got_cpp, got_rust = _ok(sender), _ok(cpp), _ok(rust)
-    assert sent["producer"] == {"published": 40, "bytes_copied": sent["producer"]["bytes_copied"],
+    assert sent["producer"] == {"published": 80, "bytes_copied": sent["producer"]["bytes_copied"],
                                 "consumers_total": 3}
-    assert sent["producer"]["bytes_copied"] > 0  # one counted copy into each sealed memfd
+    assert sent["producer"]["bytes_copied"] > 256 << 10  # one counted copy of each batch
     for got in (got_cpp, got_rust, python):
-        assert got["mode"] == "sealed"
+        assert got["mode"] == mode
         for key in ("schema", "batches", "rows", "columns"):
             assert got[key] == sent[key], key
 
@@ -248,6 +251,13 @@ def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
     refused = procs.cpp_recv(sock, "--columns", "nope")
     out, err = refused.communicate(timeout=TIMEOUT)
     assert refused.returncode == 1 and "no single column 'nope'" in err, err
+    ring_sock = _socket()
+    ring = procs.start(RUST_BIN, "send", "--mode", "ring", "--socket", ring_sock, "--batches", 1,
+                       "--accept-timeout-ms", 2000)
+    refused = procs.cpp_recv(ring_sock, "--columns", "rand")
+    out, err = refused.communicate(timeout=TIMEOUT)
+    assert refused.returncode == 1 and "projections in sealed mode only" in err, err
+    ring.kill()
     got, sent = _ok(procs.cpp_recv(sock)), _ok(sender)
     assert got["columns"] == sent["columns"]
 

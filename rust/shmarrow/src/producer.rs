@@ -1,23 +1,27 @@
-//! The producer, sealed mode: each published batch becomes a sealed memfd holding an Arrow IPC
-//! stream (one counted copy of its buffers), sent to every consumer with a Batch message; the
-//! credits, releases, back-pressure and End of docs/protocol.md.
+//! The producer. Sealed mode: each published batch becomes a sealed memfd holding an Arrow IPC
+//! stream, sent to every consumer with a Batch message. Ring mode: each batch's buffers are
+//! written into one shared ring, sealed against consumers' writes, with its metadata pointing at
+//! them. Either way one counted copy of the buffers; the credits, releases, back-pressure and End
+//! of docs/protocol.md.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use arrow_ipc::writer::StreamWriter;
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, StreamWriter};
+use arrow_ipc::{MessageHeader, MetadataVersion};
+use flatbuffers::FlatBufferBuilder;
 use arrow_schema::{Schema, SchemaRef};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::net::{SocketFlags, SocketType};
 
 use crate::error::{Error, Result};
 use crate::protocol::{self as proto, BatchRef, Reader, Type, Writer};
-use crate::sys;
+use crate::sys::{self, Mapping};
 
 const ERROR_PROTOCOL: u32 = 1;
 const ERROR_VERSION: u32 = 2;
@@ -32,13 +36,16 @@ pub struct ProducerOptions {
     pub max_in_flight: u32,
     /// Consumers served at once; more are refused (Error code 4).
     pub max_consumers: u32,
-    /// How long `publish` waits for a consumer that holds its quota (None: forever).
+    /// How long `publish` waits for a consumer that holds its quota, or for room in the ring
+    /// (None: forever).
     pub block_timeout: Option<Duration>,
+    /// Some(bytes): ring mode, with a ring of that size; None: sealed mode.
+    pub ring_size: Option<usize>,
 }
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { max_in_flight: 64, max_consumers: 64, block_timeout: None }
+        ProducerOptions { max_in_flight: 64, max_consumers: 64, block_timeout: None, ring_size: None }
     }
 }
 
@@ -53,22 +60,154 @@ pub struct ProducerStats {
     pub consumers_total: u64,
 }
 
-/// One published batch: its sealed memfd, shared by every consumer it is queued for.
+/// Where a published batch is.
+enum Payload {
+    /// Sealed mode: a sealed memfd holding the batch as an IPC stream.
+    Memfd(OwnedFd),
+    /// Ring mode: its metadata in the ring, and the list its block goes to once free.
+    Ring { metadata_offset: u64, metadata_length: u32, freed: Arc<Mutex<Vec<u64>>> },
+}
+
+/// One published batch, shared by every consumer it is queued for or held by; in ring mode its
+/// block is reused once the last of them lets go.
 struct Published {
     sequence: u64,
+    payload: Payload,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        if let Payload::Ring { freed, .. } = &self.payload {
+            freed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(self.sequence);
+        }
+    }
+}
+
+/// Ring mode's shared memory: blocks allocated circularly, each freed when its batch is.
+struct Ring {
     memfd: OwnedFd,
+    mapping: Mapping,
+    blocks: VecDeque<Block>, // oldest first
+    freed: Arc<Mutex<Vec<u64>>>,
+}
+
+struct Block {
+    start: usize,
+    end: usize,
+    sequence: u64,
+    free: bool,
+}
+
+const BLOCK_ALIGNMENT: usize = 64;
+
+fn aligned(n: usize) -> usize {
+    n.div_ceil(BLOCK_ALIGNMENT) * BLOCK_ALIGNMENT
+}
+
+impl Ring {
+    fn create(size: usize) -> Result<Ring> {
+        let memfd = rustix::fs::memfd_create("shmarrow-rs-ring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| Error::io("memfd_create", e))?;
+        let raw = memfd.as_raw_fd();
+        rustix::fs::ftruncate(&memfd, size as u64).map_err(|e| Error::io(format!("ftruncate(memfd {raw}, {size})"), e))?;
+        let mapping = Mapping::map_writable(memfd.as_fd())?;
+        // Consumers can neither write nor resize it; this producer's mapping stays writable.
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL;
+        rustix::fs::fcntl_add_seals(&memfd, seals).map_err(|e| Error::io(format!("fcntl(memfd {raw}, F_ADD_SEALS)"), e))?;
+        Ok(Ring { memfd, mapping, blocks: VecDeque::new(), freed: Arc::new(Mutex::new(Vec::new())) })
+    }
+
+    /// An fd for a consumer, opened read-only through /proc/self/fd.
+    fn consumer_fd(&self) -> Result<OwnedFd> {
+        let path = format!("/proc/self/fd/{}", self.memfd.as_raw_fd());
+        rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .map_err(|e| Error::io(format!("open({path}, O_RDONLY)"), e))
+    }
+
+    /// Where `need` bytes fit now, after taking back the blocks freed since.
+    fn allocate(&mut self, need: usize, sequence: u64) -> Option<usize> {
+        let freed = std::mem::take(&mut *self.freed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for block in self.blocks.iter_mut().filter(|b| freed.contains(&b.sequence)) {
+            block.free = true;
+        }
+        while self.blocks.front().is_some_and(|b| b.free) {
+            self.blocks.pop_front();
+        }
+        let size = self.mapping.len();
+        let start = match (self.blocks.front(), self.blocks.back()) {
+            (Some(oldest), Some(newest)) if newest.start >= oldest.start => {
+                // Not wrapped: after the newest block, or from the start up to the oldest.
+                if newest.end + need <= size {
+                    newest.end
+                } else if need <= oldest.start {
+                    0
+                } else {
+                    return None;
+                }
+            }
+            (Some(oldest), Some(newest)) if newest.end + need <= oldest.start => newest.end,
+            (Some(_), _) => return None,
+            (None, _) if need <= size => 0,
+            (None, _) => return None,
+        };
+        self.blocks.push_back(Block { start, end: start + need, sequence, free: false });
+        Some(start)
+    }
+
+    fn write(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.mapping.len(), "a block inside the ring");
+        // SAFETY: inside the mapping (checked), in a block no consumer was told of yet.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mapping.ptr().as_ptr().add(offset), bytes.len()) };
+    }
+}
+
+/// The record batch Message flatbuffer of `encoded` (whose buffer offsets are relative to its
+/// body) with offsets relative to the ring's start, the body being at `body_offset`, and the
+/// ring as the body.
+fn ring_metadata(encoded: &[u8], body_offset: usize, ring_size: usize) -> Result<Vec<u8>> {
+    let message = arrow_ipc::root_as_message(encoded).map_err(|e| Error::Protocol(format!("arrow-ipc wrote a malformed message: {e}")))?;
+    let batch = message
+        .header_as_record_batch()
+        .ok_or_else(|| Error::Protocol("arrow-ipc wrote no record batch".into()))?;
+    let mut fbb = FlatBufferBuilder::new();
+    let nodes: Vec<arrow_ipc::FieldNode> = batch.nodes().into_iter().flatten().copied().collect();
+    let buffers: Vec<arrow_ipc::Buffer> = batch
+        .buffers()
+        .into_iter()
+        .flatten()
+        .map(|b| arrow_ipc::Buffer::new(b.offset() + body_offset as i64, b.length()))
+        .collect();
+    let nodes = fbb.create_vector(&nodes);
+    let buffers = fbb.create_vector(&buffers);
+    let variadic = batch.variadicBufferCounts().map(|counts| fbb.create_vector(&counts.iter().collect::<Vec<i64>>()));
+    let mut record_batch = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
+    record_batch.add_length(batch.length());
+    record_batch.add_nodes(nodes);
+    record_batch.add_buffers(buffers);
+    if let Some(variadic) = variadic {
+        record_batch.add_variadicBufferCounts(variadic);
+    }
+    let record_batch = record_batch.finish();
+    let mut builder = arrow_ipc::MessageBuilder::new(&mut fbb);
+    builder.add_version(MetadataVersion::V5);
+    builder.add_header_type(MessageHeader::RecordBatch);
+    builder.add_header(record_batch.as_union_value());
+    builder.add_bodyLength(ring_size as i64);
+    let root = builder.finish();
+    fbb.finish(root, None);
+    Ok(fbb.finished_data().to_vec())
 }
 
 struct Peer {
     socket: OwnedFd,
     credits: usize,
-    held: HashSet<u64>,
+    held: HashMap<u64, Arc<Published>>,
     queue: VecDeque<Arc<Published>>,
     end_sent: bool,
     gone: bool, // closed, said Bye, or broke the protocol: dropped at the next sweep
 }
 
-/// A producer of the stream protocol in sealed mode, serving any number of consumers on a
+/// A producer of the stream protocol in sealed or ring mode, serving any number of consumers on a
 /// `SOCK_SEQPACKET` socket (C++, Python and Rust consumers alike). It runs on the caller's thread:
 /// `publish`, `wait_for_consumers` and `finish` serve the consumers while they wait.
 pub struct Producer {
@@ -76,6 +215,7 @@ pub struct Producer {
     listener: OwnedFd,
     socket_file: Option<String>,
     schema: SchemaRef,
+    ring: Option<Ring>,
     waiting: Vec<OwnedFd>, // accepted, Hello not yet read
     peers: Vec<Peer>,
     writer: Writer,
@@ -89,12 +229,20 @@ impl Producer {
     /// Listens on `address` (a socket path, created with mode 0600, or `@name`) for consumers of
     /// a stream of batches with `schema`.
     pub fn bind(address: &str, schema: SchemaRef, options: ProducerOptions) -> Result<Producer> {
+        let ring = match options.ring_size {
+            Some(size) => {
+                crate::ipc::check_no_dictionaries(&schema)?;
+                Some(Ring::create(size)?)
+            }
+            None => None,
+        };
         let listener = sys::listen(address, SocketType::SEQPACKET)?;
         Ok(Producer {
             options,
             listener,
             socket_file: (!address.starts_with('@')).then(|| address.to_string()),
             schema,
+            ring,
             waiting: Vec::new(),
             peers: Vec::new(),
             writer: Writer::default(),
@@ -125,8 +273,9 @@ impl Producer {
         Ok(())
     }
 
-    /// Publishes one batch to every consumer: written once into a sealed memfd as an Arrow IPC
-    /// stream. Waits while a consumer holds its quota of batches (back-pressure).
+    /// Publishes one batch to every consumer: its buffers written once into shared memory (the
+    /// ring, or a sealed memfd holding it as an Arrow IPC stream). Waits while a consumer holds
+    /// its quota of batches, or the ring is full (back-pressure).
     pub fn publish(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.ended {
             return Err(Error::Producer("publish after end".into()));
@@ -141,7 +290,11 @@ impl Producer {
             }
             self.serve(deadline)?;
         }
-        let published = Arc::new(Published { sequence: self.next_sequence, memfd: self.sealed_stream(batch)? });
+        let payload = match self.ring.is_some() {
+            true => self.into_ring(batch, deadline)?,
+            false => Payload::Memfd(self.sealed_stream(batch)?),
+        };
+        let published = Arc::new(Published { sequence: self.next_sequence, payload });
         self.next_sequence += 1;
         self.stats.published += 1;
         for peer in self.peers.iter_mut().filter(|p| !p.gone) {
@@ -194,6 +347,41 @@ impl Producer {
             .map_err(|e| Error::io(format!("fcntl(memfd {raw}, F_ADD_SEALS)"), e))?;
         self.stats.bytes_copied += bytes.len() as u64;
         Ok(memfd)
+    }
+
+    /// Writes the batch's body and metadata into a block of the ring, waiting for room.
+    fn into_ring(&mut self, batch: &RecordBatch, deadline: Option<Instant>) -> Result<Payload> {
+        let sequence = self.next_sequence;
+        let (_, encoded) = IpcDataGenerator::default()
+            .encode(batch, &mut DictionaryTracker::new(false), &IpcWriteOptions::default(), &mut Default::default())
+            .map_err(|e| Error::arrow(format!("encoding batch {sequence}"), e))?;
+        let ring_size = self.ring.as_ref().expect("ring mode").mapping.len();
+        // Its length does not depend on the offsets: measured first, written once placed.
+        let metadata_length = ring_metadata(&encoded.ipc_message, 0, ring_size)?.len();
+        let body_length = aligned(encoded.arrow_data.len());
+        let need = body_length + aligned(metadata_length);
+        if need > ring_size {
+            return Err(Error::Producer(format!("batch {sequence} needs {need} bytes; the ring has {ring_size}")));
+        }
+        let start = loop {
+            if let Some(start) = self.ring.as_mut().expect("ring mode").allocate(need, sequence) {
+                break start;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout(format!("no room for batch {sequence} in the ring in time")));
+            }
+            self.serve(deadline)?;
+        };
+        let metadata = ring_metadata(&encoded.ipc_message, start, ring_size)?;
+        let ring = self.ring.as_mut().expect("ring mode");
+        ring.write(start, &encoded.arrow_data);
+        ring.write(start + body_length, &metadata);
+        self.stats.bytes_copied += encoded.arrow_data.len() as u64;
+        Ok(Payload::Ring {
+            metadata_offset: (start + body_length) as u64,
+            metadata_length: metadata.len() as u32,
+            freed: ring.freed.clone(),
+        })
     }
 
     /// Waits for one round of socket events (until `deadline`) and handles them.
@@ -279,6 +467,10 @@ impl Producer {
             );
             return self.refuse(&socket, ERROR_VERSION, message);
         }
+        if self.ring.is_some() && !hello.columns.is_empty() {
+            let message = "this producer serves projections in sealed mode only".to_string();
+            return self.refuse(&socket, ERROR_SCHEMA, message);
+        }
         let schema = match self.consumer_schema(&hello.columns, &hello.required_schema) {
             Ok(schema) => schema,
             Err(message) => return self.refuse(&socket, ERROR_SCHEMA, message),
@@ -295,21 +487,26 @@ impl Producer {
         let welcome = proto::Welcome {
             major: proto::MAJOR_VERSION,
             minor: proto::MINOR_VERSION,
-            features: hello.features & proto::FEATURE_PROJECTION,
-            ring_mode: false,
+            features: hello.features & if self.ring.is_some() { 0 } else { proto::FEATURE_PROJECTION },
+            ring_mode: self.ring.is_some(),
             consumer_id: self.stats.consumers_total as u32,
-            ring_size: 0,
+            ring_size: self.ring.as_ref().map_or(0, |r| r.mapping.len() as u64),
             max_consumers: self.options.max_consumers,
             max_in_flight: credits,
             schema,
             queue_offset: 0,
             queue_capacity: 0,
         };
-        if matches!(sys::try_send(socket.as_fd(), self.writer.welcome(&welcome)), Ok(true)) {
+        let ring_fd = match self.ring.as_ref().map(Ring::consumer_fd).transpose() {
+            Ok(fd) => fd,
+            Err(error) => return self.refuse(&socket, ERROR_LIMIT, error.to_string()),
+        };
+        let fds: Vec<_> = ring_fd.iter().map(|fd| fd.as_fd()).collect();
+        if matches!(sys::try_send_fds(socket.as_fd(), self.writer.welcome(&welcome), &fds), Ok(true)) {
             self.peers.push(Peer {
                 socket,
                 credits: credits as usize,
-                held: HashSet::new(),
+                held: HashMap::new(),
                 queue: VecDeque::new(),
                 end_sent: false,
                 gone: false,
@@ -369,7 +566,7 @@ impl Producer {
                 kind => Err(Error::Protocol(format!("unexpected {kind:?} from a consumer"))),
             });
             let peer = &mut self.peers[i];
-            let unknown = released.iter().find(|&&s| !peer.held.remove(&s)).copied();
+            let unknown = released.iter().find(|&&s| peer.held.remove(&s).is_none()).copied();
             let outcome = match (handled, unknown) {
                 (Err(error), _) => Err(error.to_string()),
                 (Ok(()), Some(sequence)) => Err(format!("released batch {sequence}, which it does not hold")),
@@ -391,11 +588,23 @@ impl Producer {
         for peer in self.peers.iter_mut().filter(|p| !p.gone) {
             while peer.held.len() < peer.credits {
                 let Some(next) = peer.queue.front() else { break };
-                let message = BatchRef { sequence: next.sequence, ..BatchRef::default() };
-                match sys::try_send_fds(peer.socket.as_fd(), self.writer.batch(&message), &[next.memfd.as_fd()]) {
+                let (message, fd) = match &next.payload {
+                    Payload::Memfd(memfd) => (BatchRef { sequence: next.sequence, ..BatchRef::default() }, Some(memfd.as_fd())),
+                    Payload::Ring { metadata_offset, metadata_length, .. } => {
+                        let message = BatchRef {
+                            sequence: next.sequence,
+                            dropped: 0,
+                            metadata_offset: *metadata_offset,
+                            metadata_length: *metadata_length,
+                        };
+                        (message, None)
+                    }
+                };
+                let fds: Vec<_> = fd.into_iter().collect();
+                match sys::try_send_fds(peer.socket.as_fd(), self.writer.batch(&message), &fds) {
                     Ok(true) => {
-                        peer.held.insert(next.sequence);
-                        peer.queue.pop_front();
+                        let next = peer.queue.pop_front().expect("the front");
+                        peer.held.insert(next.sequence, next);
                     }
                     Ok(false) => break, // the socket is full: at the next round
                     Err(_) => {

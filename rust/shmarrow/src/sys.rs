@@ -18,7 +18,7 @@ use rustix::net::{
 
 use crate::error::{Error, Result};
 
-/// A read-only shared mapping of a whole memfd, unmapped when dropped.
+/// A shared mapping of a whole memfd (read-only for consumers), unmapped when dropped.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     data: NonNull<u8>,
@@ -26,13 +26,23 @@ pub(crate) struct Mapping {
     inode: u64,
 }
 
-// The mapping is read-only and never changes address: any thread may read it.
+// The mapping never changes address; a consumer's is read-only, and the producer writes only
+// blocks no consumer was told of yet: any thread may read it.
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `[0, st_size)` of `fd` read-only; the size comes from fstat, never from a message.
     pub(crate) fn map_read_only(fd: BorrowedFd<'_>) -> Result<Mapping> {
+        Mapping::map(fd, ProtFlags::READ)
+    }
+
+    /// Maps all of `fd` readable and writable (the producer's ring, before it is sealed).
+    pub(crate) fn map_writable(fd: BorrowedFd<'_>) -> Result<Mapping> {
+        Mapping::map(fd, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    fn map(fd: BorrowedFd<'_>, protection: ProtFlags) -> Result<Mapping> {
         let raw = fd.as_raw_fd();
         let stat = rustix::fs::fstat(fd).map_err(|e| Error::io(format!("fstat(fd {raw})"), e))?;
         let len = usize::try_from(stat.st_size).unwrap_or(0);
@@ -41,9 +51,9 @@ impl Mapping {
         }
         // SAFETY: a new mapping at an address the kernel picks; nothing else refers to it.
         let data = unsafe {
-            mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0)
+            mmap(std::ptr::null_mut(), len, protection, MapFlags::SHARED, fd, 0)
         }
-        .map_err(|e| Error::io(format!("mmap(fd {raw}, {len} bytes, read-only)"), e))?;
+        .map_err(|e| Error::io(format!("mmap(fd {raw}, {len} bytes, {protection:?})"), e))?;
         Ok(Mapping {
             data: NonNull::new(data.cast()).expect("mmap returned a mapping"),
             len,

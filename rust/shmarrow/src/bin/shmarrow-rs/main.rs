@@ -1,6 +1,6 @@
 //! `shmarrow-rs recv`: reads a shmarrow producer's stream and prints what it received, as
 //! `shmarrow recv` does (the same one-line JSON summary with `--json`). `shmarrow-rs send`:
-//! publishes generated batches in sealed mode, as `shmarrow send --mode sealed` does.
+//! publishes generated batches in ring or sealed mode, as `shmarrow send --mode` does.
 
 mod generate;
 
@@ -13,7 +13,7 @@ use shmarrow::{Consumer, ConsumerOptions, Mode, Producer, ProducerOptions};
 const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--json] [--check-zero-copy]
                         [--wait-ms N] [--timeout-ms N (-1: forever)] [--busy-poll-us N]
                         [--max-in-flight N] [--lossy] [--from-oldest]
-       shmarrow-rs send [--socket ADDRESS] [--mode sealed] [--rows N] [--batches N]
+       shmarrow-rs send [--socket ADDRESS] [--mode sealed|ring] [--ring-size BYTES] [--rows N] [--batches N]
                         [--schema name:type,...] [--seed N] [--null-fraction F]
                         [--wait-consumers N] [--max-in-flight N] [--accept-timeout-ms N] [--json]";
 const DEFAULT_SOCKET: &str = "/tmp/shmarrow.sock";
@@ -86,6 +86,8 @@ struct Send {
     wait_consumers: usize,
     accept_timeout: Option<Duration>,
     json: bool,
+    ring: bool,
+    ring_size: usize,
     options: ProducerOptions,
 }
 
@@ -100,6 +102,8 @@ fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
         wait_consumers: 1,
         accept_timeout: None,
         json: false,
+        ring: false,
+        ring_size: 64 << 20,
         options: ProducerOptions::default(),
     };
     let unsigned = |flag: &str, value: Option<String>| {
@@ -109,10 +113,11 @@ fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
         match arg.as_str() {
             "--socket" => send.socket = args.next().ok_or("--socket needs a value")?,
             "--mode" => match args.next().as_deref() {
-                Some("sealed") => {}
-                Some("ring") => return Err("--mode ring: the Rust producer serves sealed mode only".into()),
-                _ => return Err("--mode takes sealed".into()),
+                Some("sealed") => send.ring = false,
+                Some("ring") => send.ring = true,
+                _ => return Err("--mode takes ring or sealed".into()),
             },
+            "--ring-size" => send.ring_size = unsigned(&arg, args.next())? as usize,
             "--rows" => send.rows = unsigned(&arg, args.next())? as usize,
             "--batches" => send.batches = unsigned(&arg, args.next())?,
             "--schema" => send.schema = args.next().ok_or("--schema needs a value")?,
@@ -148,10 +153,12 @@ fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
 /// How long consumers have to release the last batches before the producer gives up on them.
 const LINGER: Duration = Duration::from_secs(10);
 
-fn run_send(send: Send) -> Result<(), String> {
+fn run_send(mut send: Send) -> Result<(), String> {
     let schema = generate::parse_schema(&send.schema).map_err(|e| format!("--schema: {e}"))?;
+    let mode = if send.ring { "ring" } else { "sealed" };
+    send.options.ring_size = send.ring.then_some(send.ring_size);
     let mut producer = Producer::bind(&send.socket, schema.clone(), send.options).map_err(|e| e.to_string())?;
-    eprintln!("shmarrow-rs send: sealed producer listening on {}", send.socket);
+    eprintln!("shmarrow-rs send: {mode} producer listening on {}", send.socket);
     producer.wait_for_consumers(send.wait_consumers, send.accept_timeout).map_err(|e| e.to_string())?;
     let mut generator = generate::Generator::new(schema.clone(), send.seed, send.null_fraction);
     let mut summary = StreamSummary::new(schema);
@@ -166,7 +173,7 @@ fn run_send(send: Send) -> Result<(), String> {
         println!(
             "{}",
             summary.to_json(&format!(
-                "\"mode\":\"sealed\",\"producer\":{{\"published\":{},\"bytes_copied\":{},\"consumers_total\":{}}},\"socket\":{}",
+                "\"mode\":\"{mode}\",\"producer\":{{\"published\":{},\"bytes_copied\":{},\"consumers_total\":{}}},\"socket\":{}",
                 stats.published,
                 stats.bytes_copied,
                 stats.consumers_total,
@@ -175,7 +182,7 @@ fn run_send(send: Send) -> Result<(), String> {
         );
     } else {
         eprintln!(
-            "shmarrow-rs send: {} batches, {} rows to {} consumers ({} bytes copied into sealed memfds)",
+            "shmarrow-rs send: {} batches, {} rows to {} consumers ({} bytes copied into shared memory)",
             stats.published,
             summary.rows(),
             stats.consumers_total,
