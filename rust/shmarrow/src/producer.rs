@@ -291,7 +291,7 @@ impl Producer {
             self.serve(deadline)?;
         }
         let payload = match self.ring.is_some() {
-            true => self.into_ring(batch, deadline)?,
+            true => self.write_to_ring(batch, deadline)?,
             false => Payload::Memfd(self.sealed_stream(batch)?),
         };
         let published = Arc::new(Published { sequence: self.next_sequence, payload });
@@ -350,7 +350,7 @@ impl Producer {
     }
 
     /// Writes the batch's body and metadata into a block of the ring, waiting for room.
-    fn into_ring(&mut self, batch: &RecordBatch, deadline: Option<Instant>) -> Result<Payload> {
+    fn write_to_ring(&mut self, batch: &RecordBatch, deadline: Option<Instant>) -> Result<Payload> {
         let sequence = self.next_sequence;
         let (_, encoded) = IpcDataGenerator::default()
             .encode(batch, &mut DictionaryTracker::new(false), &IpcWriteOptions::default(), &mut Default::default())
