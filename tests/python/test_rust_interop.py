@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SHMARROW_BUILD", REPO / "build"))
 CLI = BUILD / "shmarrow"
-RUST_BIN = Path(os.environ.get("SHMARROW_RUST_BIN", REPO / "rust" / "target" / "release" / "shmarrow-rs"))
+RUST_BIN = Path(os.environ.get("SHMARROW_RUST_BIN",
+                               REPO / "rust" / "target" / "release" / "shmarrow-rs"))
 CORPUS = REPO.parent / "shared" / "arrow-testing"
 TIMEOUT = 30
 SCHEMA = "a:int32,b:int64,c:float64,d:utf8,e:bool"
@@ -39,39 +41,18 @@ def _socket() -> str:
     return f"@shmarrow-rust-{uuid.uuid4().hex}"
 
 
-class Procs:
-    """Background processes, each killed at the end of its test if still running."""
+# `procs` (tests/python/conftest.py) starts processes and kills what outlives its test.
 
-    def __init__(self):
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, *argv) -> subprocess.Popen:
-        proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        self.started.append(proc)
-        return proc
-
-    def send(self, *args) -> subprocess.Popen:
-        return self.start(CLI, "send", "--json", "--accept-timeout-ms", TIMEOUT * 1000, *args)
-
-    def cpp_recv(self, sock: str, *args) -> subprocess.Popen:
-        return self.start(CLI, "recv", "--socket", sock, "--json", *WAIT, *args)
-
-    def rust_recv(self, sock: str, *args) -> subprocess.Popen:
-        return self.start(RUST_BIN, "recv", "--socket", sock, "--json", *WAIT, *args)
-
-    def kill_all(self):
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
+def _send(procs, *args) -> subprocess.Popen:
+    return procs.start([CLI, "send", "--json", "--accept-timeout-ms", TIMEOUT * 1000, *args])
 
 
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
+def _cpp_recv(procs, sock: str, *args) -> subprocess.Popen:
+    return procs.start([CLI, "recv", "--socket", sock, "--json", *WAIT, *args])
+
+
+def _rust_recv(procs, sock: str, *args) -> subprocess.Popen:
+    return procs.start([RUST_BIN, "recv", "--socket", sock, "--json", *WAIT, *args])
 
 
 def _ok(proc: subprocess.Popen) -> dict:
@@ -96,11 +77,11 @@ def _failed(proc: subprocess.Popen) -> str:
 def test_stream_protocol_summary_equals_cpp_recv(procs, mode, columns):
     sock = _socket()
     projection = ("--columns", columns) if columns else ()
-    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 60, "--rows", 1000,
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 60, "--rows", 1000,
                         "--schema", SCHEMA, "--null-fraction", 0.1, "--seed", 11,
                         "--wait-consumers", 2)
-    rust = procs.rust_recv(sock, "--check-zero-copy", *projection)
-    cpp = procs.cpp_recv(sock, *projection)
+    rust = _rust_recv(procs, sock, "--check-zero-copy", *projection)
+    cpp = _cpp_recv(procs, sock, *projection)
     got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
     assert got == want  # every member: schema, counts, checksums, mode, dropped, schema changes
     assert got["mode"] == mode and got["batches"] == 60 and got["rows"] == 60_000
@@ -112,10 +93,10 @@ def test_stream_protocol_summary_equals_cpp_recv(procs, mode, columns):
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
 def test_schema_change_midway_equals_cpp_recv(procs, mode):
     sock = _socket()
-    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 20, "--rows", 300,
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 20, "--rows", 300,
                         "--schema", SCHEMA, "--null-fraction", 0.1, "--schema-change-at", 8,
                         "--wait-consumers", 2)
-    rust, cpp = procs.rust_recv(sock, "--check-zero-copy"), procs.cpp_recv(sock)
+    rust, cpp = _rust_recv(procs, sock, "--check-zero-copy"), _cpp_recv(procs, sock)
     got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
     assert got == want
     assert got["schema_changes"] == 1 and got["schema"][-1]["name"] == "extra"
@@ -124,10 +105,10 @@ def test_schema_change_midway_equals_cpp_recv(procs, mode):
 
 def test_single_hand_over_summary_equals_cpp_recv(procs, tmp_path):
     for sock in (_socket(), str(tmp_path / "s")):  # abstract name and socket file
-        sender = procs.send("--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,
+        sender = _send(procs, "--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,
                             "--null-fraction", 0.2, "--clients", 2)
-        rust = procs.rust_recv(sock, "--check-zero-copy")
-        cpp = procs.cpp_recv(sock)
+        rust = _rust_recv(procs, sock, "--check-zero-copy")
+        cpp = _cpp_recv(procs, sock)
         got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
         assert got == want  # the same memfd: inode, bytes, seals, buffers_in_mapping
         assert got["memfd"]["inode"] == sent["memfd"]["inode"]
@@ -138,18 +119,18 @@ def test_ring_mode_backlog_with_few_credits(procs):
     """A consumer with 2 credits that reads while 300 small batches are published: Batches
     runs, the queue in the ring, Wake/Waiting and deferred releases all take part."""
     sock = _socket()
-    sender = procs.send("--mode", "ring", "--socket", sock, "--batches", 300, "--rows", 50,
+    sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 300, "--rows", 50,
                         "--schema", SCHEMA, "--wait-consumers", 1)
-    got, sent = _ok(procs.rust_recv(sock, "--max-in-flight", 2)), _ok(sender)
+    got, sent = _ok(_rust_recv(procs, sock, "--max-in-flight", 2)), _ok(sender)
     assert got["batches"] == 300 and got["columns"] == sent["columns"]
     assert sent["producer"]["dropped"] == 0
 
 
 def test_busy_polling_consumer(procs):
     sock = _socket()
-    sender = procs.send("--mode", "ring", "--socket", sock, "--batches", 100, "--rows", 100,
+    sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 100, "--rows", 100,
                         "--schema", SCHEMA, "--wait-consumers", 1)
-    got, sent = _ok(procs.rust_recv(sock, "--busy-poll-us", 200)), _ok(sender)
+    got, sent = _ok(_rust_recv(procs, sock, "--busy-poll-us", 200)), _ok(sender)
     assert got["columns"] == sent["columns"]
 
 
@@ -170,9 +151,9 @@ def test_readme_shows_the_example_program():
 def test_readme_example_reads_a_ring_stream_in_place(procs):
     example = _example("read_ring")
     sock = _socket()
-    sender = procs.send("--mode", "ring", "--socket", sock, "--batches", 25, "--rows", 400,
+    sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 25, "--rows", 400,
                         "--wait-consumers", 1)
-    out, err = procs.start(example, sock).communicate(timeout=TIMEOUT)
+    out, err = procs.start([example, sock]).communicate(timeout=TIMEOUT)
     assert out.strip() == "25 batches, 10000 rows read in place (ring mode)", err
     _ok(sender)
 
@@ -182,10 +163,11 @@ def test_poll_loop_example_waits_on_the_fd(procs, mode):
     """try_next + poll(2) on the consumer's fd, with a producer slower than the consumer."""
     example = _example("poll_loop")
     sock = _socket()
-    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 30, "--rows", 10,
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 30, "--rows", 10,
                         "--rate", 300, "--wait-consumers", 1)
-    out, err = procs.start(example, sock).communicate(timeout=TIMEOUT)
-    batches, rows, waits = re.fullmatch(r"(\d+) batches, (\d+) rows \((\d+) waits\)\n", out).groups()
+    out, err = procs.start([example, sock]).communicate(timeout=TIMEOUT)
+    summary = re.fullmatch(r"(\d+) batches, (\d+) rows \((\d+) waits\)\n", out)
+    batches, rows, waits = summary.groups()
     assert (batches, rows) == ("30", "300"), err
     assert int(waits) > 0  # it slept on the fd, and woke up for the batches
     _ok(sender)
@@ -206,7 +188,7 @@ def _python_consumer_summary(sock: str) -> dict:
         "    print(json.dumps({**summary.to_dict(), 'mode': consumer.mode}))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(REPO / "python")})
+                         timeout=TIMEOUT, env=child_env())
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 
@@ -215,13 +197,13 @@ def _python_consumer_summary(sock: str) -> dict:
 def test_rust_producer_to_cpp_rust_and_python_consumers(procs, mode):
     sock = _socket()
     # A ring of 256 KiB for about 2 MiB of batches: its blocks are reused as batches are released.
-    sender = procs.start(RUST_BIN, "send", "--mode", mode, "--ring-size", 256 << 10,
+    sender = procs.start([RUST_BIN, "send", "--mode", mode, "--ring-size", 256 << 10,
                          "--socket", sock, "--json", "--batches", 80, "--rows", 1000,
                          "--schema", SCHEMA + ",f:uint16", "--null-fraction", 0.1,
                          "--wait-consumers", 3, "--max-in-flight", 4,
-                         "--accept-timeout-ms", TIMEOUT * 1000)
-    cpp = procs.cpp_recv(sock, "--delay-ms", 2)  # slow: the producer waits for its releases
-    rust = procs.rust_recv(sock, "--check-zero-copy")
+                         "--accept-timeout-ms", TIMEOUT * 1000])
+    cpp = _cpp_recv(procs, sock, "--delay-ms", 2)  # slow: the producer waits for its releases
+    rust = _rust_recv(procs, sock, "--check-zero-copy")
     python = _python_consumer_summary(sock)
     sent, got_cpp, got_rust = _ok(sender), _ok(cpp), _ok(rust)
     assert sent["producer"] == {"published": 80, "bytes_copied": sent["producer"]["bytes_copied"],
@@ -235,30 +217,30 @@ def test_rust_producer_to_cpp_rust_and_python_consumers(procs, mode):
 
 def test_rust_producer_projection_for_the_cpp_consumer(procs):
     sock = _socket()
-    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 5,
+    sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 5,
                          "--rows", 100, "--schema", SCHEMA, "--wait-consumers", 1,
-                         "--accept-timeout-ms", TIMEOUT * 1000)
-    got, sent = _ok(procs.cpp_recv(sock, "--columns", "d,a")), _ok(sender)
+                         "--accept-timeout-ms", TIMEOUT * 1000])
+    got, sent = _ok(_cpp_recv(procs, sock, "--columns", "d,a")), _ok(sender)
     by_name = {c["name"]: c for c in sent["columns"]}
     assert got["columns"] == [by_name["d"], by_name["a"]]
 
 
 def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
     sock = _socket()
-    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 3,
+    sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 3,
                          "--rows", 10, "--schema", SCHEMA, "--wait-consumers", 1,
-                         "--accept-timeout-ms", TIMEOUT * 1000)
-    refused = procs.cpp_recv(sock, "--columns", "nope")
+                         "--accept-timeout-ms", TIMEOUT * 1000])
+    refused = _cpp_recv(procs, sock, "--columns", "nope")
     out, err = refused.communicate(timeout=TIMEOUT)
     assert refused.returncode == 1 and "no single column 'nope'" in err, err
     ring_sock = _socket()
-    ring = procs.start(RUST_BIN, "send", "--mode", "ring", "--socket", ring_sock, "--batches", 1,
-                       "--accept-timeout-ms", 2000)
-    refused = procs.cpp_recv(ring_sock, "--columns", "rand")
+    ring = procs.start([RUST_BIN, "send", "--mode", "ring", "--socket", ring_sock, "--batches", 1,
+                       "--accept-timeout-ms", 2000])
+    refused = _cpp_recv(procs, ring_sock, "--columns", "rand")
     out, err = refused.communicate(timeout=TIMEOUT)
     assert refused.returncode == 1 and "projections in sealed mode only" in err, err
     ring.kill()
-    got, sent = _ok(procs.cpp_recv(sock)), _ok(sender)
+    got, sent = _ok(_cpp_recv(procs, sock)), _ok(sender)
     assert got["columns"] == sent["columns"]
 
 
@@ -267,8 +249,9 @@ def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(pr
     import struct
 
     sock = _socket()
-    sender = procs.start(RUST_BIN, "send", "--socket", sock, "--json", "--batches", 2,
-                         "--rows", 10, "--wait-consumers", 2, "--accept-timeout-ms", TIMEOUT * 1000)
+    sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 2,
+                         "--rows", 10, "--wait-consumers", 2,
+                         "--accept-timeout-ms", TIMEOUT * 1000])
     with sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET) as peer:
         peer.settimeout(TIMEOUT)
         for _ in range(200):  # until the producer listens
@@ -284,11 +267,12 @@ def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(pr
         release = struct.pack("<IQ", 1, 999)
         peer.send(struct.pack("<IHHII", 0x414D4853, 4, 0, 0, len(release)) + release)
         error = peer.recv(1 << 18)  # nothing was published yet: the Error comes next
-        assert struct.unpack_from("<HHII", error, 4)[0] == 7 and struct.unpack_from("<I", error, 16)[0] == 1
+        kind, code = struct.unpack_from("<H", error, 4)[0], struct.unpack_from("<I", error, 16)[0]
+        assert (kind, code) == (7, 1)  # Error, protocol
         assert b"released batch 999, which it does not hold" in error
         assert peer.recv(1 << 18) == b""  # disconnected
     # The producer goes on waiting for two consumers, and serves them.
-    first, second = procs.cpp_recv(sock), procs.cpp_recv(sock)
+    first, second = _cpp_recv(procs, sock), _cpp_recv(procs, sock)
     assert _ok(first)["batches"] == 2 and _ok(second)["batches"] == 2
     assert _ok(sender)["producer"]["consumers_total"] == 3
 
@@ -298,9 +282,9 @@ def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(pr
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
 def test_producer_killed_midway_is_a_clean_error(procs, mode):
     sock = _socket()
-    sender = procs.send("--mode", mode, "--socket", sock, "--batches", 10000, "--rows", 100,
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 10000, "--rows", 100,
                         "--rate", 50, "--wait-consumers", 1)
-    receiver = procs.rust_recv(sock)
+    receiver = _rust_recv(procs, sock)
     time.sleep(0.5)
     assert sender.poll() is None
     sender.send_signal(signal.SIGKILL)
@@ -311,7 +295,7 @@ def test_producer_killed_midway_is_a_clean_error(procs, mode):
 
 
 def test_nobody_listening_is_a_clean_error(procs):
-    message = _failed(procs.start(RUST_BIN, "recv", "--socket", _socket()))
+    message = _failed(procs.start([RUST_BIN, "recv", "--socket", _socket()]))
     assert "connect('@shmarrow-rust-" in message
 
 
@@ -334,7 +318,6 @@ HANDOVER_BAD_INPUT = {
 
 
 def test_every_bad_input_mode_is_covered():
-    sys.path.insert(0, str(Path(__file__).parent))
     from seedlike_sender import CORRUPT_MODES
 
     assert set(HANDOVER_BAD_INPUT) == set(CORRUPT_MODES)
@@ -343,7 +326,7 @@ def test_every_bad_input_mode_is_covered():
 @pytest.mark.parametrize("mode", sorted(HANDOVER_BAD_INPUT))
 def test_hostile_hand_over_is_refused_cleanly(procs, serve, sock_path, mode):
     producer = serve(sock_path, "--corrupt", mode)
-    message = _failed(procs.rust_recv(sock_path))
+    message = _failed(_rust_recv(procs, sock_path))
     producer.finish()
     assert HANDOVER_BAD_INPUT[mode] in message
 
@@ -351,12 +334,12 @@ def test_hostile_hand_over_is_refused_cleanly(procs, serve, sock_path, mode):
 def test_seedlike_hand_over_with_many_types_equals_python_recv(procs, serve, sock_path):
     """The pure-Python consumer's summary of the same stream (its own checksum code)."""
     producer = serve(sock_path, "--rows", "500", "--batches", "3", "--mixed")
-    got = _ok(procs.rust_recv(sock_path))
+    got = _ok(_rust_recv(procs, sock_path))
     producer.finish()
     producer = serve(sock_path, "--rows", "500", "--batches", "3", "--mixed")
     python = subprocess.run([sys.executable, "-m", "shmarrow.recv", "--socket", sock_path,
                              "--json"], capture_output=True, text=True, timeout=TIMEOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "python")})
+                            env=child_env())
     producer.finish()
     assert python.returncode == 0, python.stderr
     want = json.loads(python.stdout)
@@ -395,8 +378,8 @@ def _need_corpus():
 def test_corpus_hand_over_equals_cpp_recv(procs, path):
     _need_corpus()
     sock = _socket()
-    sender = procs.send("--from", path, "--socket", sock, "--clients", 2)
-    rust, cpp = procs.rust_recv(sock), procs.cpp_recv(sock)
+    sender = _send(procs, "--from", path, "--socket", sock, "--clients", 2)
+    rust, cpp = _rust_recv(procs, sock), _cpp_recv(procs, sock)
     got, want = _ok(rust), _ok(cpp)
     _ok(sender)
     in_place = got.pop("buffers_in_mapping")
@@ -429,7 +412,7 @@ def test_corpus_stream_protocol_equals_cpp_recv(procs, path, mode):
         pytest.skip("ring mode does not carry dictionaries (docs/protocol.md)")
     sock = _socket()
     in_place = () if path.name in ARROW_RS_COPIES else ("--check-zero-copy",)
-    rust, cpp = procs.rust_recv(sock, *in_place), procs.cpp_recv(sock)
+    rust, cpp = _rust_recv(procs, sock, *in_place), _cpp_recv(procs, sock)
     try:
         _publish(sock, path, mode)
     except Exception as error:  # the C++ producer refuses some types in a mode: not ours to test
