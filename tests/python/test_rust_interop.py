@@ -103,6 +103,31 @@ def test_schema_change_midway_equals_cpp_recv(procs, mode):
     assert got["columns"] == sent["columns"]
 
 
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_request_answered_by_the_cpp_producer(procs, mode):
+    """The answers carry generated values that differ from request to request: what the C++
+    consumer also reports is compared, and the Rust side checks the answer lies in place."""
+    sock = _socket()
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 100, "--rows", 10,
+                   "--rate", 50, "--schema", SCHEMA, "--serve-requests")
+    got = _ok(_rust_recv(procs, sock, "--request", "rows=123", "--check-zero-copy"))
+    want = _ok(_cpp_recv(procs, sock, "--request", "rows=123"))
+    for key in ("schema", "batches", "rows", "mode", "request"):
+        assert got[key] == want[key], key
+    assert got["rows"] == 123 and all(c["checksum"] for c in got["columns"])
+    message = _failed(_rust_recv(procs, sock, "--request", "bogus"))
+    assert "unknown request 'bogus'" in message
+    assert _ok(sender)["batches"] == 100
+
+
+def test_request_to_a_producer_without_handler(procs):
+    sock = _socket()
+    sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 50, "--rows", 10,
+                   "--rate", 50)
+    assert "no request handler" in _failed(_rust_recv(procs, sock, "--request", "rows=1"))
+    _ok(sender)
+
+
 def test_single_hand_over_summary_equals_cpp_recv(procs, tmp_path):
     for sock in (_socket(), str(tmp_path / "s")):  # abstract name and socket file
         sender = _send(procs, "--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,

@@ -2,7 +2,7 @@
 //! (the single hand-over, and the stream protocol's sealed and ring modes), as zero-copy
 //! `RecordBatch`es whose buffers point into the producer's shared memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,7 +128,7 @@ struct Channel {
 #[derive(Default)]
 struct ChannelState {
     writer: Writer,
-    held: Vec<u64>, // at most the credits: a flat list
+    held: Vec<(u64, bool)>, // (sequence, answers a request): at most the credits, a flat list
     unsent: Vec<u64>,
     deferring: bool,
     flush_at: usize,
@@ -144,20 +144,22 @@ impl Channel {
     /// Notes that a batch arrived. A producer may not send a sequence this consumer still holds
     /// (its Release would be ambiguous), nor more batches than the credits: each would cost
     /// memory, and in sealed mode a mapping and an fd, without bound.
-    fn hold(&self, sequence: u64, credits: u32) -> Result<()> {
+    /// The published stream and the answers to requests have credits of their own.
+    fn hold(&self, sequence: u64, response: bool, credits: u32) -> Result<()> {
         let mut state = self.lock();
-        if state.held.contains(&sequence) {
+        if state.held.iter().any(|&(s, _)| s == sequence) {
             return Err(Error::Protocol(format!(
                 "batch {sequence} arrived while this consumer still holds batch {sequence}"
             )));
         }
-        if state.held.len() >= credits as usize {
+        let count = state.held.iter().filter(|&&(_, r)| r == response).count();
+        if count >= credits as usize {
+            let what = if response { "answers to requests" } else { "the published stream" };
             return Err(Error::Protocol(format!(
-                "batch {sequence} is beyond this consumer's {credits} credits (it holds {})",
-                state.held.len()
+                "batch {sequence} is beyond this consumer's {credits} credits (it holds {count} of {what})"
             )));
         }
-        state.held.push(sequence);
+        state.held.push((sequence, response));
         Ok(())
     }
 
@@ -165,7 +167,7 @@ impl Channel {
     /// the consumer catches up. A full socket keeps them for the next flush.
     fn release(&self, sequence: u64) {
         let mut state = self.lock();
-        if let Some(i) = state.held.iter().position(|&s| s == sequence) {
+        if let Some(i) = state.held.iter().position(|&(s, _)| s == sequence) {
             state.held.swap_remove(i);
         }
         state.unsent.push(sequence);
@@ -236,6 +238,14 @@ enum Event {
     Batch(RecordBatch, Arc<Mapping>),
     Schema(SchemaRef),
     End,
+    /// A request's answer failed (the producer's Error on its stream).
+    Failed(Error),
+}
+
+/// The answer to one request, as it arrives.
+struct ResponseStream {
+    schema: Option<SchemaRef>,
+    events: VecDeque<Event>,
 }
 
 struct Queue {
@@ -260,6 +270,8 @@ pub struct Consumer {
     stream_schema: SchemaRef, // the schema ring batches are read with
     events: VecDeque<Event>,
     controls: VecDeque<Event>, // queue mode: stream-0 Schema/End received, applied at their entry
+    responses: HashMap<u32, ResponseStream>, // the answers to requests, by stream id
+    next_request: u32,
     fatal: Option<Error>,
     credits: u32,
     batch_runs: bool,
@@ -318,6 +330,8 @@ impl Consumer {
             schema,
             events: VecDeque::new(),
             controls: VecDeque::new(),
+            responses: HashMap::new(),
+            next_request: 1,
             fatal: None,
             credits: 0,
             batch_runs: false,
@@ -392,7 +406,8 @@ impl Consumer {
             flags |= proto::HELLO_START_AT_OLDEST;
         }
         let hello = proto::Hello {
-            features: proto::FEATURE_PROJECTION
+            features: proto::FEATURE_REQUESTS
+                | proto::FEATURE_PROJECTION
                 | proto::FEATURE_LOSSY
                 | proto::FEATURE_BATCH_RUNS
                 | proto::FEATURE_QUEUE,
@@ -564,6 +579,49 @@ impl Consumer {
         }
     }
 
+    /// Sends `request` to the producer's request handler and returns its answer, a stream of
+    /// its own (the published stream goes on meanwhile). Not in the single hand-over.
+    pub fn request(&mut self, request: &[u8]) -> Result<Response<'_>> {
+        let Some(channel) = self.channel.clone() else {
+            return Err(Error::Producer("the single hand-over has no requests".into()));
+        };
+        let stream = self.next_request;
+        self.next_request = self.next_request.checked_add(1).ok_or_else(|| Error::Producer("out of request ids".into()))?;
+        self.responses.insert(stream, ResponseStream { schema: None, events: VecDeque::new() });
+        channel.send(|w| w.request(stream, request))?;
+        Ok(Response { consumer: self, stream })
+    }
+
+    /// The next event of a request's answer: a batch, None at its end.
+    fn next_response(&mut self, stream: u32) -> Result<Option<RecordBatch>> {
+        let deadline = self.options.read_timeout.map(|t| Instant::now() + t);
+        loop {
+            let response = self.responses.get_mut(&stream).expect("a request in flight");
+            match response.events.pop_front() {
+                Some(Event::Batch(batch, mapping)) => {
+                    self.last_mapping = Some(mapping);
+                    self.settle_releases();
+                    return Ok(Some(batch));
+                }
+                Some(Event::End) => {
+                    response.events.push_front(Event::End); // the end is final
+                    return Ok(None);
+                }
+                Some(Event::Failed(error)) => {
+                    response.events.push_front(Event::Failed(error.clone()));
+                    return Err(error);
+                }
+                Some(Event::Schema(_)) | None => {}
+            }
+            self.check_fatal()?;
+            let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let got = self.drain_queue_or_fail()? || self.pump(wait)?;
+            if !got && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout(format!("no answer to request {stream} in time")));
+            }
+        }
+    }
+
     /// The next batch if one is there, without blocking. On `Pending`, poll the fd
     /// ([`AsFd`]) for readability and call again.
     pub fn try_next(&mut self) -> Result<Poll> {
@@ -611,8 +669,10 @@ impl Consumer {
                     self.schema = self.project_schema(&schema).unwrap_or(schema);
                     self.stats.schema_changes += 1;
                 }
-                Event::Batch(..) => {
-                    let Some(Event::Batch(batch, mapping)) = self.events.pop_front() else { unreachable!() };
+                Event::Batch(..) | Event::Failed(_) => {
+                    let Some(Event::Batch(batch, mapping)) = self.events.pop_front() else {
+                        unreachable!("only answers to requests fail alone")
+                    };
                     self.last_mapping = Some(mapping);
                     self.stats.batches += 1;
                     return Some(Some(batch));
@@ -622,7 +682,8 @@ impl Consumer {
     }
 
     fn has_queued_batch(&self) -> bool {
-        self.events.iter().any(|e| matches!(e, Event::Batch(..)))
+        let is_batch = |e: &Event| matches!(e, Event::Batch(..));
+        self.events.iter().any(is_batch) || self.responses.values().any(|r| r.events.iter().any(is_batch))
     }
 
     /// After a batch was taken: releases are deferred while more batches wait to be read here
@@ -695,15 +756,15 @@ impl Consumer {
         if header.kind != Type::Batch && !fds.is_empty() {
             return Err(Error::Protocol(format!("{:?} carried {} fds", header.kind, fds.len())));
         }
-        if header.stream != 0 {
-            // This consumer sends no requests, so no stream but the published one exists.
-            return Err(Error::Protocol(format!("{:?} for unknown stream {}", header.kind, header.stream)));
+        let stream = header.stream;
+        if stream != 0 && !self.responses.contains_key(&stream) {
+            return Err(Error::Protocol(format!("{:?} for unknown stream {stream}", header.kind)));
         }
         match header.kind {
             Type::Batch => {
                 let batch = reader.batch()?;
                 self.stats.dropped += batch.dropped;
-                self.materialize(&batch, &mut fds)
+                self.materialize(&batch, stream, &mut fds)
             }
             Type::Batches => {
                 if !self.batch_runs {
@@ -714,7 +775,7 @@ impl Consumer {
                 let mut result = Ok(());
                 for (i, batch) in run.iter().enumerate() {
                     self.stats.dropped += batch.dropped;
-                    if let Err(error) = self.materialize(batch, &mut fds) {
+                    if let Err(error) = self.materialize(batch, stream, &mut fds) {
                         // The producer may reuse what this consumer will never read.
                         let channel = self.channel.as_ref().expect("stream protocol");
                         run[i + 1..].iter().for_each(|later| channel.release(later.sequence));
@@ -730,7 +791,9 @@ impl Consumer {
                 if self.mode == Mode::Ring {
                     ipc::check_no_dictionaries(&schema)?;
                 }
-                if self.queue.is_some() {
+                if let Some(response) = self.responses.get_mut(&stream) {
+                    response.schema = Some(schema);
+                } else if self.queue.is_some() {
                     self.controls.push_back(Event::Schema(schema)); // applies at its entry
                 } else {
                     self.stream_schema = schema.clone();
@@ -740,7 +803,11 @@ impl Consumer {
             }
             Type::End => {
                 reader.expect_end("End")?;
-                let queue = if self.queue.is_some() { &mut self.controls } else { &mut self.events };
+                let queue = match self.responses.get_mut(&stream) {
+                    Some(response) => &mut response.events,
+                    None if self.queue.is_some() => &mut self.controls,
+                    None => &mut self.events,
+                };
                 queue.push_back(Event::End);
                 Ok(())
             }
@@ -752,16 +819,22 @@ impl Consumer {
             }
             Type::Error => {
                 let (_, message) = reader.error()?;
-                Err(Error::Producer(format!("producer: {message}")))
+                let error = Error::Producer(format!("producer: {message}"));
+                match self.responses.get_mut(&stream) {
+                    Some(response) => response.events.push_back(Event::Failed(error)), // that request
+                    None => return Err(error),                                          // fatal
+                }
+                Ok(())
             }
             kind => Err(Error::Protocol(format!("unexpected {kind:?} from a producer"))),
         }
     }
 
-    /// Appends the batches one Batch (or queue entry) describes to the events.
-    fn materialize(&mut self, message: &BatchRef, fds: &mut Vec<OwnedFd>) -> Result<()> {
+    /// Appends the batches one Batch (or queue entry) describes to the events of `stream`.
+    fn materialize(&mut self, message: &BatchRef, stream: u32, fds: &mut Vec<OwnedFd>) -> Result<()> {
         let channel = self.channel.clone().expect("stream protocol");
         let sequence = message.sequence;
+        let response = stream != 0;
         if self.mode == Mode::Sealed {
             if fds.len() != 1 {
                 return Err(Error::Protocol(format!(
@@ -770,7 +843,7 @@ impl Consumer {
                 )));
             }
             let fd = fds.pop().expect("one fd");
-            channel.hold(sequence, self.credits)?;
+            channel.hold(sequence, response, self.credits)?;
             let mapping = match sealed_memfd(fd.as_fd()).and_then(|_| Mapping::map_read_only(fd.as_fd())) {
                 Ok(mapping) => Arc::new(mapping),
                 Err(error) => {
@@ -780,20 +853,21 @@ impl Consumer {
             };
             let size = mapping.len();
             let lease = Lease { channel, sequence, _mapping: mapping.clone() };
-            let stream = region_buffer(&mapping, lease);
-            let (_, batches) = ipc::read_stream(&stream).map_err(|error| {
+            let ipc_stream = region_buffer(&mapping, lease);
+            let (_, batches) = ipc::read_stream(&ipc_stream).map_err(|error| {
                 Error::Protocol(format!("batch {sequence} (a sealed memfd of {size} bytes): {error}"))
             })?;
             for batch in batches {
-                let batch = self.project(batch)?;
-                self.events.push_back(Event::Batch(batch, mapping.clone()));
+                // Only the published stream is projected.
+                let batch = if response { batch } else { self.project(batch)? };
+                self.events_of(stream).push_back(Event::Batch(batch, mapping.clone()));
             }
             return Ok(());
         }
         if !fds.is_empty() {
             return Err(Error::Protocol("ring Batch carries an fd".into()));
         }
-        channel.hold(sequence, self.credits)?;
+        channel.hold(sequence, response, self.credits)?;
         let ring = self.ring.clone().expect("ring mode");
         // Made before the checks: a batch refused is released all the same.
         let body = region_buffer(&ring, Lease { channel, sequence, _mapping: ring.clone() });
@@ -808,13 +882,26 @@ impl Consumer {
         // it between the check and the use.
         self.metadata.clear();
         self.metadata.extend_from_slice(&ring.bytes()[offset as usize..(offset + u64::from(length)) as usize]);
-        let batch = ipc::read_ring_batch(&self.metadata, &body, &self.stream_schema).map_err(|error| {
+        let schema = match self.responses.get(&stream) {
+            Some(answer) => answer.schema.clone().ok_or_else(|| {
+                Error::Protocol(format!("batch {sequence} answers request {stream} before its Schema"))
+            })?,
+            None => self.stream_schema.clone(),
+        };
+        let batch = ipc::read_ring_batch(&self.metadata, &body, &schema).map_err(|error| {
             Error::Protocol(format!(
                 "batch {sequence} (metadata at [{offset}, +{length}) of the {ring_size}-byte ring): {error}"
             ))
         })?;
-        self.events.push_back(Event::Batch(batch, ring));
+        self.events_of(stream).push_back(Event::Batch(batch, ring));
         Ok(())
+    }
+
+    fn events_of(&mut self, stream: u32) -> &mut VecDeque<Event> {
+        match self.responses.get_mut(&stream) {
+            Some(response) => &mut response.events,
+            None => &mut self.events,
+        }
     }
 
     fn projection(&self, schema: &Schema) -> Result<Option<Vec<usize>>> {
@@ -912,7 +999,7 @@ impl Consumer {
                 }
             }
             self.stats.dropped += message.dropped;
-            self.materialize(&message, &mut Vec::new())?;
+            self.materialize(&message, 0, &mut Vec::new())?;
         }
         Ok(unread > 0)
     }
@@ -1009,6 +1096,52 @@ impl AsFd for Consumer {
             (None, Some(fd)) => fd.as_fd(),
             (None, None) => unreachable!("a consumer has a socket or a hand-over memfd"),
         }
+    }
+}
+
+/// The answer to one request ([`Consumer::request`]): its batches, then its end; or the
+/// producer's error for it.
+pub struct Response<'a> {
+    consumer: &'a mut Consumer,
+    stream: u32,
+}
+
+impl Response<'_> {
+    /// The answer's schema, once it arrived (it comes before the first batch).
+    pub fn schema(&mut self) -> Result<SchemaRef> {
+        loop {
+            let response = &self.consumer.responses[&self.stream];
+            if let Some(schema) = &response.schema {
+                return Ok(schema.clone());
+            }
+            if let Some(Event::Failed(error)) = response.events.front() {
+                return Err(error.clone());
+            }
+            if !response.events.is_empty() {
+                return Ok(Arc::new(Schema::empty())); // ended without a schema
+            }
+            self.consumer.check_fatal()?;
+            if !self.consumer.pump(self.consumer.options.read_timeout)? {
+                return Err(Error::Timeout(format!("no answer to request {} in time", self.stream)));
+            }
+        }
+    }
+
+    /// The next batch of the answer; None at its end.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.consumer.next_response(self.stream)
+    }
+
+    /// [`Consumer::in_shared_memory`] for a batch of the answer.
+    pub fn in_shared_memory(&self, batch: &RecordBatch) -> bool {
+        self.consumer.in_shared_memory(batch)
+    }
+}
+
+impl Drop for Response<'_> {
+    fn drop(&mut self) {
+        // What is left of the answer is dropped (its batches release themselves).
+        self.consumer.responses.remove(&self.stream);
     }
 }
 

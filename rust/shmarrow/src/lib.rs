@@ -27,7 +27,7 @@ mod protocol;
 pub mod summary;
 mod sys;
 
-pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, MemfdInfo, Mode, Poll};
+pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, MemfdInfo, Mode, Poll, Response};
 pub use error::{Error, Result};
 pub use ipc::{field_type_name, type_name};
 pub use producer::{Producer, ProducerOptions, ProducerStats};

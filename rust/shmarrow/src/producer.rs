@@ -27,6 +27,7 @@ const ERROR_PROTOCOL: u32 = 1;
 const ERROR_VERSION: u32 = 2;
 const ERROR_SCHEMA: u32 = 3;
 const ERROR_LIMIT: u32 = 4;
+const ERROR_HANDLER: u32 = 5;
 const ERROR_REFUSED: u32 = 6;
 
 /// Limits of a producer.
@@ -436,7 +437,7 @@ impl Producer {
 
     /// Sends an Error; the connection closes when `socket` drops.
     fn refuse(&mut self, socket: &OwnedFd, code: u32, message: String) {
-        let _ = sys::try_send(socket.as_fd(), self.writer.error(code, &message));
+        let _ = sys::try_send(socket.as_fd(), self.writer.error(0, code, &message));
     }
 
     /// Reads the Hello of a new connection and answers Welcome or Error.
@@ -562,6 +563,12 @@ impl Producer {
                 Type::Bye => {
                     self.peers[i].queue.clear();
                     reader.expect_end("Bye")
+                }
+                Type::Request if header.stream != 0 => {
+                    // Answered at once: the stream of the request fails, the connection goes on.
+                    let message = "this producer has no request handler";
+                    let answer = self.writer.error(header.stream, ERROR_HANDLER, message);
+                    sys::try_send(self.peers[i].socket.as_fd(), answer).map(|_| ())
                 }
                 kind => Err(Error::Protocol(format!("unexpected {kind:?} from a consumer"))),
             });

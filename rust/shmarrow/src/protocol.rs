@@ -14,6 +14,7 @@ pub(crate) const MAX_RUN: usize = 4096;
 pub(crate) const HELLO_LOSSY: u32 = 1 << 0;
 pub(crate) const HELLO_START_AT_OLDEST: u32 = 1 << 1;
 
+pub(crate) const FEATURE_REQUESTS: u32 = 1 << 0;
 pub(crate) const FEATURE_PROJECTION: u32 = 1 << 1;
 pub(crate) const FEATURE_LOSSY: u32 = 1 << 2;
 pub(crate) const FEATURE_BATCH_RUNS: u32 = 1 << 3;
@@ -158,6 +159,9 @@ impl Writer {
         }
         self.finish()
     }
+    pub(crate) fn request(&mut self, stream: u32, request: &[u8]) -> &[u8] {
+        self.start(Type::Request, stream).bytes(request).finish()
+    }
     pub(crate) fn waiting(&mut self, entries_read: u64) -> &[u8] {
         self.start(Type::Waiting, 0).u64(entries_read).finish()
     }
@@ -177,8 +181,8 @@ impl Writer {
     pub(crate) fn end(&mut self) -> &[u8] {
         self.start(Type::End, 0).finish()
     }
-    pub(crate) fn error(&mut self, code: u32, message: &str) -> &[u8] {
-        self.start(Type::Error, 0).u32(code).bytes(message.as_bytes()).finish()
+    pub(crate) fn error(&mut self, stream: u32, code: u32, message: &str) -> &[u8] {
+        self.start(Type::Error, stream).u32(code).bytes(message.as_bytes()).finish()
     }
 }
 

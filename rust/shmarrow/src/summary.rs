@@ -189,6 +189,11 @@ impl StreamSummary {
         self.rows += batch.num_rows() as u64;
     }
 
+    /// The schema reported.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Batches added.
     pub fn batches(&self) -> u64 {
         self.batches

@@ -38,6 +38,9 @@ fn round_trip(ring_size: Option<usize>, mode: Mode) {
     let options = ConsumerOptions { read_timeout: Some(Duration::from_secs(20)), ..ConsumerOptions::default() };
     let mut consumer = Consumer::connect(&address, options).unwrap();
     assert_eq!(consumer.mode(), mode);
+    // A producer without request handler fails the request, and goes on with the stream.
+    let failed = consumer.request(b"rows=5").unwrap().next_batch().unwrap_err().to_string();
+    assert!(failed.contains("no request handler"), "{failed}");
     let mut next = 0;
     while let Some(batch) = consumer.next_batch().unwrap() {
         assert!(consumer.in_shared_memory(&batch));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shmarrow::summary::{json_quote, StreamSummary};
 use shmarrow::{Consumer, ConsumerOptions, Mode, Producer, ProducerOptions};
 
-const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--json] [--check-zero-copy]
+const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--request TEXT] [--json] [--check-zero-copy]
                         [--wait-ms N] [--timeout-ms N (-1: forever)] [--busy-poll-us N]
                         [--max-in-flight N] [--lossy] [--from-oldest]
        shmarrow-rs send [--socket ADDRESS] [--mode sealed|ring] [--ring-size BYTES] [--rows N] [--batches N]
@@ -20,6 +20,7 @@ const DEFAULT_SOCKET: &str = "/tmp/shmarrow.sock";
 
 struct Recv {
     socket: String,
+    request: Option<String>,
     json: bool,
     check_zero_copy: bool,
     options: ConsumerOptions,
@@ -33,6 +34,7 @@ fn number(flag: &str, value: Option<String>) -> Result<i64, String> {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
     let mut recv = Recv {
         socket: DEFAULT_SOCKET.to_string(),
+        request: None,
         json: false,
         check_zero_copy: false,
         options: ConsumerOptions::default(),
@@ -49,6 +51,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
                 recv.options.columns = names;
             }
             "--json" => recv.json = true,
+            "--request" => recv.request = Some(args.next().ok_or("--request needs a value")?),
             "--check-zero-copy" => recv.check_zero_copy = true,
             "--lossy" => recv.options.lossy = true,
             "--from-oldest" => recv.options.start_at_oldest = true,
@@ -71,6 +74,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
                     u32::try_from(number(&arg, args.next())?).map_err(|_| "need --max-in-flight >= 0")?;
             }
             other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if recv.request.is_some() {
+        // Only the answer is read: hold the stream's batches as little as possible, so that this
+        // consumer does not hold the producer back while it waits.
+        recv.options.lossy = true;
+        if recv.options.max_in_flight == 0 {
+            recv.options.max_in_flight = 1;
         }
     }
     Ok(recv)
@@ -194,13 +205,28 @@ fn run_send(mut send: Send) -> Result<(), String> {
 
 fn run(recv: Recv) -> Result<(), String> {
     let mut consumer = Consumer::connect(&recv.socket, recv.options).map_err(|e| e.to_string())?;
-    let mut summary = StreamSummary::new(consumer.schema());
     let mut in_mapping = true;
-    while let Some(batch) = consumer.next_batch().map_err(|e| e.to_string())? {
-        in_mapping &= consumer.in_shared_memory(&batch);
-        summary.add(&batch);
-    }
-    summary.set_schema(consumer.schema()); // after a schema change, the stream's last schema
+    let summary = match &recv.request {
+        // The answer to a request, read through the consumer that sent it.
+        Some(request) => {
+            let mut response = consumer.request(request.as_bytes()).map_err(|e| e.to_string())?;
+            let mut summary = StreamSummary::new(response.schema().map_err(|e| e.to_string())?);
+            while let Some(batch) = response.next_batch().map_err(|e| e.to_string())? {
+                in_mapping &= response.in_shared_memory(&batch);
+                summary.add(&batch);
+            }
+            summary
+        }
+        None => {
+            let mut summary = StreamSummary::new(consumer.schema());
+            while let Some(batch) = consumer.next_batch().map_err(|e| e.to_string())? {
+                in_mapping &= consumer.in_shared_memory(&batch);
+                summary.add(&batch);
+            }
+            summary.set_schema(consumer.schema()); // after a schema change, the stream's last schema
+            summary
+        }
+    };
     if recv.check_zero_copy && !in_mapping {
         return Err("a batch has a buffer outside the producer's shared memory (copied)".into());
     }
@@ -213,11 +239,13 @@ fn run(recv: Recv) -> Result<(), String> {
         ),
         (mode, _) => {
             let stats = consumer.stats();
+            let request = recv.request.as_deref().map(|r| format!(",\"request\":{}", json_quote(r)));
             format!(
-                "\"mode\":{},\"dropped\":{},\"schema_changes\":{}",
+                "\"mode\":{},\"dropped\":{},\"schema_changes\":{}{}",
                 json_quote(mode.name()),
                 stats.dropped,
-                stats.schema_changes
+                stats.schema_changes,
+                request.unwrap_or_default()
             )
         }
     };
@@ -226,8 +254,7 @@ fn run(recv: Recv) -> Result<(), String> {
         return Ok(());
     }
     println!("{} batches, {} rows ({})", summary.batches(), summary.rows(), consumer.mode().name());
-    let schema = consumer.schema();
-    for (field, (_, checksum)) in schema.fields().iter().zip(summary.columns()) {
+    for (field, (_, checksum)) in summary.schema().fields().iter().zip(summary.columns()) {
         let checksum = checksum.map_or("-".to_string(), |c| format!("{c:016x}"));
         println!("  {}: {} checksum {checksum}", field.name(), shmarrow::field_type_name(field));
     }
