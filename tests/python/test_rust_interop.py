@@ -6,12 +6,16 @@ asserted on the Rust side (--check-zero-copy); a producer killed midway; hostile
 scripts/test_rust.sh builds the binary and passes its path in SHMARROW_RUST_BIN.
 """
 
+import fcntl
 import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -270,14 +274,11 @@ def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
 
 
 def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(procs):
-    import socket as sockets
-    import struct
-
     sock = _socket()
     sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 2,
                          "--rows", 10, "--wait-consumers", 2,
                          "--accept-timeout-ms", TIMEOUT * 1000])
-    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET) as peer:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as peer:
         peer.settimeout(TIMEOUT)
         for _ in range(200):  # until the producer listens
             try:
@@ -370,6 +371,105 @@ def test_seedlike_hand_over_with_many_types_equals_python_recv(procs, serve, soc
     want = json.loads(python.stdout)
     for key in ("schema", "batches", "rows", "columns"):
         assert got[key] == want[key], key
+
+
+# --- hostile producers of the stream protocol (ring mode) --------------------------------------
+
+RING_SIZE = 1 << 16
+MAGIC = 0x414D4853
+
+
+def _message(kind: int, payload: bytes = b"", magic: int = MAGIC) -> bytes:
+    return struct.pack("<IHHII", magic, kind, 0, 0, len(payload)) + payload
+
+
+def _batch(sequence: int, offset: int, length: int) -> bytes:
+    return _message(3, struct.pack("<QQQI", sequence, 0, offset, length))
+
+
+def _metadata(rows: int, compression=None) -> bytes:
+    """The record batch Message flatbuffer of `rows` int32 values (offsets relative to 0)."""
+    batch = pa.record_batch([pa.array(range(rows), pa.int32())], names=["a"])
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
+        writer.write_batch(batch)
+    stream = sink.getvalue().to_pybytes()
+    schema_length = struct.unpack_from("<I", stream, 4)[0]
+    start = 8 + schema_length
+    length = struct.unpack_from("<I", stream, start + 4)[0]
+    return stream[start + 8:start + 8 + length]
+
+
+def _sealed_memfd(data: bytes, seals: int) -> int:
+    fd = os.memfd_create("hostile-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, RING_SIZE)
+    os.pwrite(fd, data, 0)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+RING_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+NO_FD = object()
+
+
+def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
+    """Serves one consumer: a Welcome (ring mode, no 1.1 features) with a memfd holding `ring`,
+    then `messages`; then waits for the consumer to hang up."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + sock[1:])
+    listener.listen(1)
+    listener.settimeout(TIMEOUT)
+
+    def serve():
+        with listener, listener.accept()[0] as conn:
+            conn.recv(1 << 18)  # the Hello
+            schema = pa.schema([("a", pa.int32())]).serialize().to_pybytes()
+            welcome = (struct.pack("<HHIIIQIII", 1, 1, 0, 1, 1, RING_SIZE, 1, 4, 1 << 18)
+                       + struct.pack("<I", len(schema)) + schema + struct.pack("<QI", 0, 0))
+            fd = _sealed_memfd(ring, seals)
+            try:
+                fds = [] if messages is NO_FD else [fd]
+                socket.send_fds(conn, [_message(2, welcome)], fds)
+            finally:
+                os.close(fd)
+            for message in ([] if messages is NO_FD else messages):
+                conn.send(message)
+            conn.settimeout(TIMEOUT)
+            while conn.recv(1 << 18):  # releases, until the consumer hangs up
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+HOSTILE_RING = {
+    "metadata outside the ring": (b"", [_batch(1, RING_SIZE - 4, 100)], "outside the 65536-byte ring"),
+    "garbage metadata": (bytes(range(200)), [_batch(1, 0, 200)], "batch 1 (metadata at [0, +200)"),
+    "buffer past the ring": (_metadata(100_000), [_batch(1, 0, len(_metadata(100_000)))],
+                             "is outside the 65536-byte body"),
+    "compressed body": (_metadata(10, "lz4"), [_batch(1, 0, len(_metadata(10, "lz4")))],
+                        "compressed"),
+    "bad magic": (b"", [_message(6, magic=0x12345678)], "bad magic 0x12345678"),
+    "unknown message type": (b"", [_message(99)], "unknown message type 99"),
+    "Batches not agreed": (b"", [_message(10, struct.pack("<I", 0))], "batch runs were not agreed"),
+    "Welcome again": (b"", [_message(2)], "unexpected Welcome"),
+    "ring without fd": (b"", NO_FD, "ring Welcome carries 0 fds"),
+    "writable ring": (b"", [], "lacks seals: has F_SEAL_SHRINK|F_SEAL_GROW"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_RING))
+def test_hostile_ring_producer_is_refused_cleanly(procs, case):
+    ring, messages, expected = HOSTILE_RING[case]
+    sock = _socket()
+    seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW if case == "writable ring" else RING_SEALS
+    producer = _hostile_ring_producer(sock, ring, messages, seals)
+    message = _failed(_rust_recv(procs, sock))
+    producer.join(TIMEOUT)
+    assert expected in message
 
 
 # --- the arrow-testing integration corpus ----------------------------------------------------

@@ -1161,3 +1161,31 @@ impl Drop for Consumer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+
+    use super::*;
+
+    #[test]
+    fn credits_and_held_sequences_are_checked_per_stream_class() {
+        let (ours, producer) =
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        let channel = Channel { socket: ours, state: Mutex::default() };
+        channel.hold(1, false, 2).unwrap();
+        let again = channel.hold(1, false, 2).unwrap_err().to_string();
+        assert!(again.contains("arrived while this consumer still holds batch 1"), "{again}");
+        channel.hold(2, false, 2).unwrap();
+        let beyond = channel.hold(3, false, 2).unwrap_err().to_string();
+        assert!(beyond.contains("beyond this consumer's 2 credits (it holds 2 of the published stream)"), "{beyond}");
+        channel.hold(3, true, 2).unwrap(); // answers to requests have credits of their own
+        channel.release(1);
+        channel.hold(4, false, 2).unwrap();
+        let mut buffer = [0u8; 64];
+        let received = sys::receive(producer.as_fd(), &mut buffer).unwrap().unwrap();
+        let mut reader = Reader::new(&buffer[..received.bytes]);
+        assert_eq!(reader.header().unwrap().kind, Type::Release);
+        assert_eq!((reader.u32("count").unwrap(), reader.u64("sequence").unwrap()), (1, 1));
+    }
+}

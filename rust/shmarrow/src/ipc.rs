@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 
 const CONTINUATION: u32 = 0xFFFF_FFFF;
 
+/// The flatbuffers verifier's message, on one line.
+fn malformed(error: flatbuffers::InvalidFlatbuffer) -> String {
+    let text = error.to_string();
+    format!("malformed message ({})", text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 /// arrow-rs panics on some malformed input instead of returning an error (a buffer slice past
 /// the body, for one): a hostile producer's bytes must give an error, never a crash.
 fn no_panic<T>(what: impl FnOnce() -> Result<T, ArrowError>) -> Result<T, ArrowError> {
@@ -130,7 +136,7 @@ pub(crate) fn read_stream(stream: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch
             .filter(|&end| end <= len)
             .ok_or_else(|| at(position, &format!("a {metadata_len}-byte message runs past the end")))?;
         let message = arrow_ipc::root_as_message(&stream[metadata_start..metadata_end])
-            .map_err(|e| at(position, &format!("malformed message ({e})")))?;
+            .map_err(|e| at(position, &malformed(e)))?;
         let body_len = u64::try_from(message.bodyLength()).unwrap_or(u64::MAX);
         let end = (metadata_end as u64)
             .checked_add(body_len)
@@ -167,7 +173,7 @@ fn decode_all(
 /// Reads one ring-mode batch: `metadata` (a private copy) is a Message flatbuffer whose buffer
 /// offsets are relative to offset 0 of the ring, and `ring` the whole ring.
 pub(crate) fn read_ring_batch(metadata: &[u8], ring: &Buffer, schema: &SchemaRef) -> Result<RecordBatch, String> {
-    let message = arrow_ipc::root_as_message(metadata).map_err(|e| format!("malformed message ({e})"))?;
+    let message = arrow_ipc::root_as_message(metadata).map_err(malformed)?;
     let batch = message
         .header_as_record_batch()
         .ok_or_else(|| format!("a {:?} message where a record batch belongs", message.header_type()))?;

@@ -276,7 +276,9 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("shmarrow-rs {command}: {message}");
+            // One line, whatever a library's message holds.
+            let message: Vec<&str> = message.split_whitespace().collect();
+            eprintln!("shmarrow-rs {command}: {}", message.join(" "));
             ExitCode::FAILURE
         }
     }
