@@ -132,6 +132,35 @@ def test_request_to_a_producer_without_handler(procs):
     _ok(sender)
 
 
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_required_schema_checked_by_the_cpp_producer(procs, mode):
+    sock = _socket()
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 5, "--rows", 10,
+                   "--schema", "a:int32,b:utf8", "--wait-consumers", 2)
+    refused = _failed(_rust_recv(procs, sock, "--expect-schema", "a:int64"))
+    assert "refused: " in refused and "a: int64" in refused and "a: int32" in refused
+    refused = _failed(_rust_recv(procs, sock, "--expect-schema", "b:int32", "--schema-subset"))
+    assert "field 'b': expected int32, producer has string" in refused
+    exact = _rust_recv(procs, sock, "--expect-schema", "a:int32,b:utf8")
+    subset = _rust_recv(procs, sock, "--expect-schema", "b:string", "--schema-subset")
+    assert _ok(exact)["batches"] == _ok(subset)["batches"] == 5
+    _ok(sender)
+
+
+def test_required_schema_checked_by_the_rust_producer(procs):
+    sock = _socket()
+    sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 3,
+                          "--schema", "a:int32,b:utf8", "--wait-consumers", 2,
+                          "--accept-timeout-ms", TIMEOUT * 1000])
+    refused = _cpp_recv(procs, sock, "--expect-schema", "a:int32")
+    out, err = refused.communicate(timeout=TIMEOUT)
+    assert refused.returncode == 1 and "expected 1 fields, producer has 2" in err, err
+    exact = _cpp_recv(procs, sock, "--expect-schema", "a:int32,b:utf8")
+    subset = _cpp_recv(procs, sock, "--expect-schema", "b:utf8", "--schema-subset")
+    assert _ok(exact)["batches"] == _ok(subset)["batches"] == 3
+    _ok(sender)
+
+
 def test_single_hand_over_summary_equals_cpp_recv(procs, tmp_path):
     for sock in (_socket(), str(tmp_path / "s")):  # abstract name and socket file
         sender = _send(procs, "--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,

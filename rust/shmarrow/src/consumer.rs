@@ -45,6 +45,10 @@ pub struct ConsumerOptions {
     pub read_timeout: Option<Duration>,
     /// Blocking reads spin on the queue and the socket for this long before they sleep.
     pub busy_poll: Duration,
+    /// The schema the stream must have (the producer refuses this consumer otherwise).
+    pub expect_schema: Option<SchemaRef>,
+    /// `expect_schema` is a subset: its fields must exist by name with the same type.
+    pub schema_subset: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -57,6 +61,8 @@ impl Default for ConsumerOptions {
             connect_wait: Duration::ZERO,
             read_timeout: None,
             busy_poll: Duration::ZERO,
+            expect_schema: None,
+            schema_subset: false,
         }
     }
 }
@@ -379,6 +385,9 @@ impl Consumer {
         let mapping = Arc::new(Mapping::map_read_only(fd.as_fd())?);
         let stream = region_buffer(&mapping, mapping.clone());
         let (schema, batches) = ipc::read_stream(&stream)?;
+        if let Some(expected) = &options.expect_schema {
+            ipc::check_schema(expected, &schema, options.schema_subset).map_err(Error::Producer)?;
+        }
         let mut consumer = Consumer::new(options, Mode::Handover, schema.clone());
         consumer.schema = consumer.project_schema(&schema)?;
         for batch in batches {
@@ -405,6 +414,13 @@ impl Consumer {
         if options.start_at_oldest {
             flags |= proto::HELLO_START_AT_OLDEST;
         }
+        if options.schema_subset {
+            flags |= proto::HELLO_SCHEMA_SUBSET;
+        }
+        let required_schema = match &options.expect_schema {
+            Some(schema) => ipc::encode_schema(schema)?,
+            None => Vec::new(),
+        };
         let hello = proto::Hello {
             features: proto::FEATURE_REQUESTS
                 | proto::FEATURE_PROJECTION
@@ -414,6 +430,7 @@ impl Consumer {
             flags,
             max_in_flight: options.max_in_flight,
             columns: &options.columns,
+            required_schema: &required_schema,
         };
         // A producer that refuses this consumer sends why and closes at once, maybe before the
         // Hello arrived: the send may then fail, but the reason is still there to read.
@@ -455,6 +472,9 @@ impl Consumer {
             )));
         }
         let schema = ipc::decode_schema(&welcome.schema)?;
+        if let (Some(expected), true) = (&options.expect_schema, options.columns.is_empty()) {
+            ipc::check_schema(expected, &schema, options.schema_subset).map_err(Error::Producer)?;
+        }
         let mode = if welcome.ring_mode { Mode::Ring } else { Mode::Sealed };
         let mut consumer = Consumer::new(options, mode, schema);
         consumer.receive_buffer = buffer;

@@ -42,6 +42,64 @@ pub(crate) fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
         .map_err(|e| Error::arrow(format!("schema message of {} bytes", bytes.len()), e))
 }
 
+/// A schema as the protocol sends it: an encapsulated IPC Schema message (the first message of
+/// an IPC stream that has nothing else).
+pub(crate) fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
+    let stream = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema)
+        .and_then(|w| w.into_inner())
+        .map_err(|e| Error::arrow("serializing a schema", e))?;
+    // The stream is the schema message followed by the 8-byte end-of-stream marker.
+    Ok(stream[..stream.len() - 8].to_vec())
+}
+
+/// Whether `actual` is what a consumer requires: exactly `expected` (same fields, types,
+/// nullability, order) or, as a subset, every field of `expected` by name with the same type.
+/// The error names the fields and types on both sides.
+pub(crate) fn check_schema(expected: &Schema, actual: &Schema, subset: bool) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let describe = |f: &Field| format!("{}: {}{}", f.name(), field_type_name(f), if f.is_nullable() { "" } else { " not null" });
+    if !subset && expected.fields().len() != actual.fields().len() {
+        problems.push(format!("expected {} fields, producer has {}", expected.fields().len(), actual.fields().len()));
+    }
+    for (i, want) in expected.fields().iter().enumerate() {
+        if !subset {
+            match actual.fields().get(i) {
+                Some(have) if have.name() == want.name()
+                    && have.data_type() == want.data_type()
+                    && have.is_nullable() == want.is_nullable() => {}
+                Some(have) => problems.push(format!(
+                    "field {i}: expected '{}', producer has '{}'",
+                    describe(want),
+                    describe(have)
+                )),
+                None => break,
+            }
+            continue;
+        }
+        match actual.field_with_name(want.name()) {
+            Err(_) => problems.push(format!("field '{}' is missing", describe(want))),
+            Ok(have) if have.data_type() != want.data_type() => problems.push(format!(
+                "field '{}': expected {}, producer has {}",
+                want.name(),
+                field_type_name(want),
+                field_type_name(have)
+            )),
+            Ok(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let all = |schema: &Schema| schema.fields().iter().map(|f| describe(f)).collect::<Vec<_>>().join(", ");
+    Err(format!(
+        "schema mismatch ({}): {}. Expected {}, producer has {}",
+        if subset { "subset" } else { "exact" },
+        problems.join("; "),
+        all(expected),
+        all(actual)
+    ))
+}
+
 /// Ring mode does not carry dictionaries (docs/protocol.md).
 pub(crate) fn check_no_dictionaries(schema: &Schema) -> Result<()> {
     fn has_dictionary(t: &DataType) -> bool {

@@ -472,13 +472,14 @@ impl Producer {
             let message = "this producer serves projections in sealed mode only".to_string();
             return self.refuse(&socket, ERROR_SCHEMA, message);
         }
-        let schema = match self.consumer_schema(&hello.columns, &hello.required_schema) {
+        let subset = hello.flags & proto::HELLO_SCHEMA_SUBSET != 0;
+        let schema = match self.consumer_schema(&hello.columns, &hello.required_schema, subset) {
             Ok(schema) => schema,
             Err(message) => return self.refuse(&socket, ERROR_SCHEMA, message),
         };
-        let schema = match encapsulated_schema(&schema) {
+        let schema = match crate::ipc::encode_schema(&schema) {
             Ok(bytes) => bytes,
-            Err(message) => return self.refuse(&socket, ERROR_SCHEMA, message),
+            Err(error) => return self.refuse(&socket, ERROR_SCHEMA, error.to_string()),
         };
         let credits = match hello.max_in_flight {
             0 => self.options.max_in_flight,
@@ -516,8 +517,8 @@ impl Producer {
     }
 
     /// The schema a consumer receives: projected to the columns it asked for; the required
-    /// schema, if any, must match it exactly. Else why not.
-    fn consumer_schema(&self, columns: &[String], required: &[u8]) -> Result<Schema, String> {
+    /// schema, if any, must match it (exactly, or as a subset). Else why not.
+    fn consumer_schema(&self, columns: &[String], required: &[u8], subset: bool) -> Result<Schema, String> {
         let mut schema = (*self.schema).clone();
         if !columns.is_empty() {
             let mut indices = Vec::new();
@@ -532,9 +533,7 @@ impl Producer {
         }
         if !required.is_empty() {
             let wanted = crate::ipc::decode_schema(required).map_err(|e| e.to_string())?;
-            if wanted.fields() != schema.fields() {
-                return Err(format!("the consumer requires {wanted:?}; the stream has {schema:?}"));
-            }
+            crate::ipc::check_schema(&wanted, &schema, subset)?;
         }
         Ok(schema)
     }
@@ -637,12 +636,4 @@ impl Drop for Producer {
             let _ = rustix::fs::unlink(path.as_str());
         }
     }
-}
-
-/// A schema as the protocol sends it: an encapsulated IPC Schema message (the first message of
-/// an IPC stream that has nothing else).
-fn encapsulated_schema(schema: &Schema) -> Result<Vec<u8>, String> {
-    let stream = StreamWriter::try_new(Vec::new(), schema).and_then(|w| w.into_inner()).map_err(|e| e.to_string())?;
-    // The stream is the schema message followed by the 8-byte end-of-stream marker.
-    Ok(stream[..stream.len() - 8].to_vec())
 }

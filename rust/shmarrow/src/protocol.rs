@@ -13,6 +13,7 @@ pub(crate) const MAX_RUN: usize = 4096;
 
 pub(crate) const HELLO_LOSSY: u32 = 1 << 0;
 pub(crate) const HELLO_START_AT_OLDEST: u32 = 1 << 1;
+pub(crate) const HELLO_SCHEMA_SUBSET: u32 = 1 << 2;
 
 pub(crate) const FEATURE_REQUESTS: u32 = 1 << 0;
 pub(crate) const FEATURE_PROJECTION: u32 = 1 << 1;
@@ -73,6 +74,7 @@ pub(crate) struct Hello<'a> {
     pub(crate) flags: u32,
     pub(crate) max_in_flight: u32,
     pub(crate) columns: &'a [String],
+    pub(crate) required_schema: &'a [u8], // an encapsulated IPC Schema message, or empty
 }
 
 pub(crate) struct Welcome {
@@ -150,7 +152,7 @@ impl Writer {
         for column in m.columns {
             self.bytes(column.as_bytes());
         }
-        self.bytes(&[]).finish() // no required schema
+        self.bytes(m.required_schema).finish()
     }
     pub(crate) fn release(&mut self, sequences: &[u64]) -> &[u8] {
         self.start(Type::Release, 0).u32(sequences.len() as u32);

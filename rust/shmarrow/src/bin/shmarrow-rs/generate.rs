@@ -11,7 +11,8 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-/// The schema of a spec: `name:type` pairs joined by commas.
+/// The schema of a spec: `name:type` pairs joined by commas (`shmarrow`'s `--schema` and
+/// `--expect-schema`, with more types).
 pub fn parse_schema(spec: &str) -> Result<SchemaRef, String> {
     let fields = spec
         .split(',')
@@ -28,8 +29,8 @@ pub fn parse_schema(spec: &str) -> Result<SchemaRef, String> {
                 "uint32" => DataType::UInt32,
                 "uint64" => DataType::UInt64,
                 "float32" => DataType::Float32,
-                "float64" => DataType::Float64,
-                "utf8" => DataType::Utf8,
+                "float64" | "double" => DataType::Float64,
+                "utf8" | "string" => DataType::Utf8,
                 other => return Err(format!("unknown type '{other}' (bool, int8..int64, uint8..uint64, float32, float64, utf8)")),
             };
             Ok(Field::new(name, data_type, true))

@@ -11,6 +11,7 @@ use shmarrow::summary::{json_quote, StreamSummary};
 use shmarrow::{Consumer, ConsumerOptions, Mode, Producer, ProducerOptions};
 
 const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--request TEXT] [--json] [--check-zero-copy]
+                        [--expect-schema name:type,... [--schema-subset]]
                         [--wait-ms N] [--timeout-ms N (-1: forever)] [--busy-poll-us N]
                         [--max-in-flight N] [--lossy] [--from-oldest]
        shmarrow-rs send [--socket ADDRESS] [--mode sealed|ring] [--ring-size BYTES] [--rows N] [--batches N]
@@ -52,6 +53,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
             }
             "--json" => recv.json = true,
             "--request" => recv.request = Some(args.next().ok_or("--request needs a value")?),
+            "--expect-schema" => {
+                let spec = args.next().ok_or("--expect-schema needs a value")?;
+                let schema = generate::parse_schema(&spec).map_err(|e| format!("--expect-schema: {e}"))?;
+                recv.options.expect_schema = Some(schema);
+            }
+            "--schema-subset" => recv.options.schema_subset = true,
             "--check-zero-copy" => recv.check_zero_copy = true,
             "--lossy" => recv.options.lossy = true,
             "--from-oldest" => recv.options.start_at_oldest = true,
@@ -75,6 +82,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
             }
             other => return Err(format!("unknown option '{other}'")),
         }
+    }
+    if recv.options.schema_subset && recv.options.expect_schema.is_none() {
+        return Err("--schema-subset needs --expect-schema".into());
     }
     if recv.request.is_some() {
         // Only the answer is read: hold the stream's batches as little as possible, so that this
