@@ -252,6 +252,7 @@ enum Event {
 struct ResponseStream {
     schema: Option<SchemaRef>,
     events: VecDeque<Event>,
+    abandoned: bool, // its Response was dropped before the end
 }
 
 struct Queue {
@@ -607,7 +608,8 @@ impl Consumer {
         };
         let stream = self.next_request;
         self.next_request = self.next_request.checked_add(1).ok_or_else(|| Error::Producer("out of request ids".into()))?;
-        self.responses.insert(stream, ResponseStream { schema: None, events: VecDeque::new() });
+        let response = ResponseStream { schema: None, events: VecDeque::new(), abandoned: false };
+        self.responses.insert(stream, response);
         channel.send(|w| w.request(stream, request))?;
         Ok(Response { consumer: self, stream })
     }
@@ -770,9 +772,24 @@ impl Consumer {
         handled
     }
 
-    fn handle(&mut self, data: &[u8], mut fds: Vec<OwnedFd>) -> Result<()> {
+    fn handle(&mut self, data: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
         let mut reader = Reader::new(data);
         let header = reader.header()?;
+        let stream = header.stream;
+        let handled = self.handle_message(header, reader, fds);
+        // What arrives for an answer nobody reads any more is let go at once (its batches are
+        // released); once it ended, nothing more can come for it.
+        if let Some(response) = self.responses.get_mut(&stream).filter(|r| r.abandoned) {
+            let ended = response.events.iter().any(|e| matches!(e, Event::End | Event::Failed(_)));
+            response.events.clear();
+            if ended {
+                self.responses.remove(&stream);
+            }
+        }
+        handled
+    }
+
+    fn handle_message(&mut self, header: proto::Header, mut reader: Reader<'_>, mut fds: Vec<OwnedFd>) -> Result<()> {
         if header.kind != Type::Batch && !fds.is_empty() {
             return Err(Error::Protocol(format!("{:?} carried {} fds", header.kind, fds.len())));
         }
@@ -1160,8 +1177,17 @@ impl Response<'_> {
 
 impl Drop for Response<'_> {
     fn drop(&mut self) {
-        // What is left of the answer is dropped (its batches release themselves).
-        self.consumer.responses.remove(&self.stream);
+        // What is left of the answer is let go (its batches release themselves); what still
+        // arrives for it is let go as it comes, until its end.
+        let responses = &mut self.consumer.responses;
+        let response = responses.get_mut(&self.stream).expect("a request in flight");
+        let ended = response.events.iter().any(|e| matches!(e, Event::End | Event::Failed(_)));
+        if ended {
+            responses.remove(&self.stream);
+        } else {
+            response.events.clear();
+            response.abandoned = true;
+        }
     }
 }
 

@@ -40,3 +40,26 @@ fn batches_released_from_another_thread_and_after_the_consumer() {
     drop(last);
     assert!(producer.wait().unwrap().success(), "the producer did not see every release");
 }
+
+#[test]
+fn an_answer_dropped_unread_is_released_and_the_stream_goes_on() {
+    let Some(cli) = common::cpp_cli() else { return };
+    let (mut producer, address) = common::ring_producer(
+        &cli,
+        &["--batches", "200", "--rows", "10", "--rate", "400", "--serve-requests", "--wait-consumers", "1"],
+    );
+    let mut consumer = Consumer::connect(&address, common::options()).unwrap();
+    drop(consumer.request(b"rows=50").unwrap()); // its answer arrives later, unread
+    let mut answer = consumer.request(b"rows=7").unwrap();
+    assert_eq!(answer.schema().unwrap().fields().len(), 2);
+    assert_eq!(answer.next_batch().unwrap().unwrap().num_rows(), 7);
+    assert!(answer.next_batch().unwrap().is_none());
+    drop(answer);
+    let mut batches = 0;
+    while consumer.next_batch().unwrap().is_some() {
+        batches += 1;
+    }
+    assert_eq!(batches, 200);
+    drop(consumer);
+    assert!(producer.wait().unwrap().success());
+}
