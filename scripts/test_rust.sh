@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Rust crate (rust/): clippy, its own tests, then the cross-implementation tests against the
+# The Rust crate (rust/): rustfmt, clippy, its own tests, then the cross-implementation tests against the
 # C++ producer (tests/python/test_rust_interop.py). Needs cargo; without it, says so and skips.
 # Run from anywhere; uses build/ (the C++ tool) and .venv (pytest, pyarrow) of the repository.
 set -euo pipefail
@@ -13,6 +13,7 @@ fi
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 export SHMARROW_CLI=${SHMARROW_CLI:-$root/build/shmarrow}
 
+cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
 cargo test --release --locked
 cargo build --release --locked --bins --examples

@@ -234,7 +234,10 @@ impl Drop for Lease {
 }
 
 /// All of `mapping` as one buffer whose owner is `owner`.
-fn region_buffer<T: arrow_buffer::alloc::Allocation + 'static>(mapping: &Mapping, owner: T) -> Buffer {
+fn region_buffer<T: arrow_buffer::alloc::Allocation + 'static>(
+    mapping: &Mapping,
+    owner: T,
+) -> Buffer {
     // SAFETY: the mapping stays mapped while `owner` lives (it holds the Arc<Mapping>), and is
     // read-only, so nothing writes through these bytes.
     unsafe { Buffer::from_custom_allocation(mapping.ptr(), mapping.len(), Arc::new(owner)) }
@@ -354,7 +357,11 @@ impl Consumer {
         }
     }
 
-    fn open_handover(address: &str, connected: Option<OwnedFd>, options: ConsumerOptions) -> Result<Consumer> {
+    fn open_handover(
+        address: &str,
+        connected: Option<OwnedFd>,
+        options: ConsumerOptions,
+    ) -> Result<Consumer> {
         let socket = match connected {
             Some(socket) => socket,
             None => sys::connect(address, SocketType::STREAM)
@@ -437,19 +444,24 @@ impl Consumer {
         // Hello arrived: the send may then fail, but the reason is still there to read.
         let hello_sent = channel.send(|w| w.hello(&hello));
         let mut buffer = vec![0u8; proto::MAX_MESSAGE_SIZE];
-        let no_answer = |hello_sent: Result<()>, what: String| hello_sent.and(Err(Error::Producer(what)));
+        let no_answer =
+            |hello_sent: Result<()>, what: String| hello_sent.and(Err(Error::Producer(what)));
         if !sys::wait_readable(channel.socket.as_fd(), Some(HANDSHAKE_TIMEOUT))? {
-            return no_answer(hello_sent, format!(
-                "producer at '{address}' did not answer the handshake within {} ms",
-                HANDSHAKE_TIMEOUT.as_millis()
-            ));
+            return no_answer(
+                hello_sent,
+                format!(
+                    "producer at '{address}' did not answer the handshake within {} ms",
+                    HANDSHAKE_TIMEOUT.as_millis()
+                ),
+            );
         }
         let received = match receive_resetting(channel.socket.as_fd(), &mut buffer) {
             Ok(Some(received)) if received.bytes > 0 => received,
             Ok(_) => {
-                return no_answer(hello_sent, format!(
-                    "producer at '{address}' closed the connection during the handshake"
-                ))
+                return no_answer(
+                    hello_sent,
+                    format!("producer at '{address}' closed the connection during the handshake"),
+                )
             }
             Err(e) => return hello_sent.and(Err(e)),
         };
@@ -480,8 +492,9 @@ impl Consumer {
         let mut consumer = Consumer::new(options, mode, schema);
         consumer.receive_buffer = buffer;
         consumer.credits = welcome.max_in_flight;
-        consumer.batch_runs =
-            welcome.minor >= 1 && welcome.features & proto::FEATURE_BATCH_RUNS != 0 && welcome.ring_mode;
+        consumer.batch_runs = welcome.minor >= 1
+            && welcome.features & proto::FEATURE_BATCH_RUNS != 0
+            && welcome.ring_mode;
         // Bounded by what one Release message carries, whatever credits the producer grants.
         consumer.release_batch = (welcome.max_in_flight as usize / 4).clamp(1, proto::MAX_RUN);
         consumer.channel = Some(channel);
@@ -494,12 +507,17 @@ impl Consumer {
         }
         ipc::check_no_dictionaries(&consumer.stream_schema)?;
         if fds.len() != 1 {
-            return Err(Error::Protocol(format!("ring Welcome carries {} fds, expected 1", fds.len())));
+            return Err(Error::Protocol(format!(
+                "ring Welcome carries {} fds, expected 1",
+                fds.len()
+            )));
         }
         let ring_fd = fds.pop().expect("one fd");
         let seals = sys::seals(ring_fd.as_fd())?;
         let no_resize = SealFlags::SHRINK | SealFlags::GROW;
-        if !seals.contains(no_resize) || !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+        if !seals.contains(no_resize)
+            || !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)
+        {
             return Err(Error::Protocol(format!(
                 "ring memfd fd {} lacks seals: has {}, needs F_SEAL_SHRINK|F_SEAL_GROW and a write seal",
                 ring_fd.as_raw_fd(),
@@ -507,7 +525,10 @@ impl Consumer {
             )));
         }
         let ring = Arc::new(Mapping::map_read_only(ring_fd.as_fd())?);
-        if welcome.minor >= 1 && welcome.features & proto::FEATURE_QUEUE != 0 && welcome.queue_capacity > 0 {
+        if welcome.minor >= 1
+            && welcome.features & proto::FEATURE_QUEUE != 0
+            && welcome.queue_capacity > 0
+        {
             let ring_size = ring.len() as u64;
             let capacity = u64::from(welcome.queue_capacity);
             let bytes = proto::QUEUE_HEADER_SIZE + capacity * proto::QUEUE_ENTRY_SIZE;
@@ -558,7 +579,10 @@ impl Consumer {
         };
         fn inside(mapping: &Mapping, data: &ArrayData) -> bool {
             let nulls = data.nulls().map(|n| n.buffer());
-            data.buffers().iter().chain(nulls).all(|b| b.is_empty() || mapping.contains(b.as_ptr(), b.len()))
+            data.buffers()
+                .iter()
+                .chain(nulls)
+                .all(|b| b.is_empty() || mapping.contains(b.as_ptr(), b.len()))
                 && data.child_data().iter().all(|c| inside(mapping, c))
         }
         batch.columns().iter().all(|column| inside(mapping, &column.to_data()))
@@ -607,7 +631,10 @@ impl Consumer {
             return Err(Error::Producer("the single hand-over has no requests".into()));
         };
         let stream = self.next_request;
-        self.next_request = self.next_request.checked_add(1).ok_or_else(|| Error::Producer("out of request ids".into()))?;
+        self.next_request = self
+            .next_request
+            .checked_add(1)
+            .ok_or_else(|| Error::Producer("out of request ids".into()))?;
         let response = ResponseStream { schema: None, events: VecDeque::new(), abandoned: false };
         self.responses.insert(stream, response);
         channel.send(|w| w.request(stream, request))?;
@@ -686,7 +713,9 @@ impl Consumer {
             match self.events.front()? {
                 Event::End => return Some(None), // stays queued: the end is final
                 Event::Schema(_) => {
-                    let Some(Event::Schema(schema)) = self.events.pop_front() else { unreachable!() };
+                    let Some(Event::Schema(schema)) = self.events.pop_front() else {
+                        unreachable!()
+                    };
                     // Projected by name where the producer did not (sealed mode).
                     self.schema = self.project_schema(&schema).unwrap_or(schema);
                     self.stats.schema_changes += 1;
@@ -705,14 +734,18 @@ impl Consumer {
 
     fn has_queued_batch(&self) -> bool {
         let is_batch = |e: &Event| matches!(e, Event::Batch(..));
-        self.events.iter().any(is_batch) || self.responses.values().any(|r| r.events.iter().any(is_batch))
+        self.events.iter().any(is_batch)
+            || self.responses.values().any(|r| r.events.iter().any(is_batch))
     }
 
     /// After a batch was taken: releases are deferred while more batches wait to be read here
     /// (looking for the next one first if the consumer was behind), and sent otherwise.
     fn settle_releases(&mut self) {
-        let Some(channel) = self.channel.clone() else { return };
-        if self.fatal.is_none() && !self.has_queued_batch() && (self.behind || self.queue.is_some()) {
+        let Some(channel) = self.channel.clone() else {
+            return;
+        };
+        if self.fatal.is_none() && !self.has_queued_batch() && (self.behind || self.queue.is_some())
+        {
             let prefetched = if self.queue.is_some() {
                 self.drain_queue().map(|_| ())
             } else {
@@ -752,7 +785,9 @@ impl Consumer {
             }
             received = self.receive()?;
         }
-        let Some(received) = received else { return Ok(false) };
+        let Some(received) = received else {
+            return Ok(false);
+        };
         if received.bytes == 0 {
             self.fatal = Some(Error::Producer(
                 "producer closed the connection without ending the stream (did it die?)".into(),
@@ -789,7 +824,12 @@ impl Consumer {
         handled
     }
 
-    fn handle_message(&mut self, header: proto::Header, mut reader: Reader<'_>, mut fds: Vec<OwnedFd>) -> Result<()> {
+    fn handle_message(
+        &mut self,
+        header: proto::Header,
+        mut reader: Reader<'_>,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<()> {
         if header.kind != Type::Batch && !fds.is_empty() {
             return Err(Error::Protocol(format!("{:?} carried {} fds", header.kind, fds.len())));
         }
@@ -805,7 +845,9 @@ impl Consumer {
             }
             Type::Batches => {
                 if !self.batch_runs {
-                    return Err(Error::Protocol("Batches message, but batch runs were not agreed".into()));
+                    return Err(Error::Protocol(
+                        "Batches message, but batch runs were not agreed".into(),
+                    ));
                 }
                 let mut run = std::mem::take(&mut self.run);
                 reader.batches(&mut run)?;
@@ -859,7 +901,7 @@ impl Consumer {
                 let error = Error::Producer(format!("producer: {message}"));
                 match self.responses.get_mut(&stream) {
                     Some(response) => response.events.push_back(Event::Failed(error)), // that request
-                    None => return Err(error),                                          // fatal
+                    None => return Err(error),                                         // fatal
                 }
                 Ok(())
             }
@@ -868,7 +910,12 @@ impl Consumer {
     }
 
     /// Appends the batches one Batch (or queue entry) describes to the events of `stream`.
-    fn materialize(&mut self, message: &BatchRef, stream: u32, fds: &mut Vec<OwnedFd>) -> Result<()> {
+    fn materialize(
+        &mut self,
+        message: &BatchRef,
+        stream: u32,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<()> {
         let channel = self.channel.clone().expect("stream protocol");
         let sequence = message.sequence;
         let response = stream != 0;
@@ -881,18 +928,21 @@ impl Consumer {
             }
             let fd = fds.pop().expect("one fd");
             channel.hold(sequence, response, self.credits)?;
-            let mapping = match sealed_memfd(fd.as_fd()).and_then(|_| Mapping::map_read_only(fd.as_fd())) {
-                Ok(mapping) => Arc::new(mapping),
-                Err(error) => {
-                    channel.release(sequence); // the producer may reuse it
-                    return Err(Error::Protocol(format!("batch {sequence}: {error}")));
-                }
-            };
+            let mapping =
+                match sealed_memfd(fd.as_fd()).and_then(|_| Mapping::map_read_only(fd.as_fd())) {
+                    Ok(mapping) => Arc::new(mapping),
+                    Err(error) => {
+                        channel.release(sequence); // the producer may reuse it
+                        return Err(Error::Protocol(format!("batch {sequence}: {error}")));
+                    }
+                };
             let size = mapping.len();
             let lease = Lease { channel, sequence, _mapping: mapping.clone() };
             let ipc_stream = region_buffer(&mapping, lease);
             let (_, batches) = ipc::read_stream(&ipc_stream).map_err(|error| {
-                Error::Protocol(format!("batch {sequence} (a sealed memfd of {size} bytes): {error}"))
+                Error::Protocol(format!(
+                    "batch {sequence} (a sealed memfd of {size} bytes): {error}"
+                ))
             })?;
             for batch in batches {
                 // Only the published stream is projected.
@@ -910,7 +960,11 @@ impl Consumer {
         let body = region_buffer(&ring, Lease { channel, sequence, _mapping: ring.clone() });
         let ring_size = ring.len() as u64;
         let (offset, length) = (message.metadata_offset, message.metadata_length);
-        if length == 0 || length > MAX_METADATA || offset > ring_size || u64::from(length) > ring_size - offset {
+        if length == 0
+            || length > MAX_METADATA
+            || offset > ring_size
+            || u64::from(length) > ring_size - offset
+        {
             return Err(Error::Protocol(format!(
                 "batch {sequence} metadata at [{offset}, +{length}) is outside the {ring_size}-byte ring"
             )));
@@ -918,10 +972,14 @@ impl Consumer {
         // Copied out of the ring before it is parsed and checked, so the producer cannot change
         // it between the check and the use.
         self.metadata.clear();
-        self.metadata.extend_from_slice(&ring.bytes()[offset as usize..(offset + u64::from(length)) as usize]);
+        self.metadata.extend_from_slice(
+            &ring.bytes()[offset as usize..(offset + u64::from(length)) as usize],
+        );
         let schema = match self.responses.get(&stream) {
             Some(answer) => answer.schema.clone().ok_or_else(|| {
-                Error::Protocol(format!("batch {sequence} answers request {stream} before its Schema"))
+                Error::Protocol(format!(
+                    "batch {sequence} answers request {stream} before its Schema"
+                ))
             })?,
             None => self.stream_schema.clone(),
         };
@@ -951,7 +1009,10 @@ impl Consumer {
             .iter()
             .map(|name| {
                 schema.index_of(name).map_err(|_| {
-                    Error::Producer(format!("the stream has no column '{name}' (it has {})", field_names(schema)))
+                    Error::Producer(format!(
+                        "the stream has no column '{name}' (it has {})",
+                        field_names(schema)
+                    ))
                 })
             })
             .collect::<Result<Vec<usize>>>()?;
@@ -972,12 +1033,15 @@ impl Consumer {
     fn project(&self, batch: RecordBatch) -> Result<RecordBatch> {
         match self.projection(&batch.schema())? {
             None => Ok(batch),
-            Some(indices) => batch.project(&indices).map_err(|e| Error::arrow("projecting a batch", e)),
+            Some(indices) => {
+                batch.project(&indices).map_err(|e| Error::arrow("projecting a batch", e))
+            }
         }
     }
 
     fn queue_count(&self) -> u64 {
-        let (ring, queue) = (self.ring.as_ref().expect("ring"), self.queue.as_ref().expect("queue"));
+        let (ring, queue) =
+            (self.ring.as_ref().expect("ring"), self.queue.as_ref().expect("queue"));
         // SAFETY: the count is 8 bytes at a 64-byte aligned offset inside the mapping (checked in
         // the handshake); the producer stores it atomically with release ordering.
         let count = unsafe { &*ring.ptr().as_ptr().add(queue.offset).cast::<AtomicU64>() };
@@ -1004,16 +1068,22 @@ impl Consumer {
 
     /// Takes every unread entry of the queue into the events; false if there was none.
     fn drain_queue(&mut self) -> Result<bool> {
-        let Some(queue) = &self.queue else { return Ok(false) };
+        let Some(queue) = &self.queue else {
+            return Ok(false);
+        };
         let (offset, capacity) = (queue.offset, queue.capacity);
         let unread = self.queue_unread()?;
         let ring = self.ring.clone().expect("ring mode");
         for _ in 0..unread {
             // Copied out first: the producer can write the ring, the consumer checks its copy.
             let slot = offset
-                + (proto::QUEUE_HEADER_SIZE + (self.queue_read % capacity) * proto::QUEUE_ENTRY_SIZE) as usize;
-            let entry: [u8; proto::QUEUE_ENTRY_SIZE as usize] =
-                ring.bytes()[slot..slot + proto::QUEUE_ENTRY_SIZE as usize].try_into().expect("40 bytes");
+                + (proto::QUEUE_HEADER_SIZE
+                    + (self.queue_read % capacity) * proto::QUEUE_ENTRY_SIZE)
+                    as usize;
+            let entry: [u8; proto::QUEUE_ENTRY_SIZE as usize] = ring.bytes()
+                [slot..slot + proto::QUEUE_ENTRY_SIZE as usize]
+                .try_into()
+                .expect("40 bytes");
             self.queue_read += 1;
             let mut reader = Reader::new(&entry);
             let kind = reader.u32("kind")?;
@@ -1049,16 +1119,21 @@ impl Consumer {
         while self.controls.len() < count as usize {
             self.check_fatal()?;
             let mut received = self.receive()?;
-            if received.is_none() && sys::wait_readable(channel.socket.as_fd(), Some(deadline.saturating_duration_since(Instant::now())))? {
+            if received.is_none()
+                && sys::wait_readable(
+                    channel.socket.as_fd(),
+                    Some(deadline.saturating_duration_since(Instant::now())),
+                )?
+            {
                 received = self.receive()?;
             }
             match received {
                 Some(received) if received.bytes > 0 => self.handle_received(received)?,
                 _ => {
                     return Err(Error::Protocol(format!(
-                        "a queue entry counts {count} control messages before it, but only {} arrived",
-                        self.controls.len()
-                    )))
+                    "a queue entry counts {count} control messages before it, but only {} arrived",
+                    self.controls.len()
+                )))
                 }
             }
         }
@@ -1100,7 +1175,9 @@ fn sealed_memfd(fd: BorrowedFd<'_>) -> Result<SealFlags> {
 
 fn receive_resetting(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> Result<Option<sys::Received>> {
     match sys::receive(fd, buffer) {
-        Err(error) if error.errno() == Some(Errno::CONNRESET.raw_os_error()) => sys::receive(fd, buffer),
+        Err(error) if error.errno() == Some(Errno::CONNRESET.raw_os_error()) => {
+            sys::receive(fd, buffer)
+        }
         other => other,
     }
 }
@@ -1159,7 +1236,10 @@ impl Response<'_> {
             }
             self.consumer.check_fatal()?;
             if !self.consumer.pump(self.consumer.options.read_timeout)? {
-                return Err(Error::Timeout(format!("no answer to request {} in time", self.stream)));
+                return Err(Error::Timeout(format!(
+                    "no answer to request {} in time",
+                    self.stream
+                )));
             }
         }
     }
@@ -1202,7 +1282,7 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         if let Some(channel) = &self.channel {
             channel.set_deferring(false, 1); // batches still alive release themselves one by one
-            // The producer stops sending, and keeps only what live batches hold until released.
+                                             // The producer stops sending, and keeps only what live batches hold until released.
             let _ = channel.send(|w| w.bye());
         }
     }
@@ -1217,14 +1297,19 @@ mod tests {
     #[test]
     fn credits_and_held_sequences_are_checked_per_stream_class() {
         let (ours, producer) =
-            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                .unwrap();
         let channel = Channel { socket: ours, state: Mutex::default() };
         channel.hold(1, false, 2).unwrap();
         let again = channel.hold(1, false, 2).unwrap_err().to_string();
         assert!(again.contains("arrived while this consumer still holds batch 1"), "{again}");
         channel.hold(2, false, 2).unwrap();
         let beyond = channel.hold(3, false, 2).unwrap_err().to_string();
-        assert!(beyond.contains("beyond this consumer's 2 credits (it holds 2 of the published stream)"), "{beyond}");
+        assert!(
+            beyond
+                .contains("beyond this consumer's 2 credits (it holds 2 of the published stream)"),
+            "{beyond}"
+        );
         channel.hold(3, true, 2).unwrap(); // answers to requests have credits of their own
         channel.release(1);
         channel.hold(4, false, 2).unwrap();

@@ -10,7 +10,9 @@ use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::{RecordBatchDecoder, StreamDecoder};
 use arrow_ipc::MessageHeader;
-use arrow_schema::{ArrowError, DataType, Field, IntervalUnit, Schema, SchemaRef, TimeUnit, UnionMode};
+use arrow_schema::{
+    ArrowError, DataType, Field, IntervalUnit, Schema, SchemaRef, TimeUnit, UnionMode,
+};
 
 use crate::error::{Error, Result};
 
@@ -57,16 +59,28 @@ pub(crate) fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
 /// The error names the fields and types on both sides.
 pub(crate) fn check_schema(expected: &Schema, actual: &Schema, subset: bool) -> Result<(), String> {
     let mut problems = Vec::new();
-    let describe = |f: &Field| format!("{}: {}{}", f.name(), field_type_name(f), if f.is_nullable() { "" } else { " not null" });
+    let describe = |f: &Field| {
+        format!(
+            "{}: {}{}",
+            f.name(),
+            field_type_name(f),
+            if f.is_nullable() { "" } else { " not null" }
+        )
+    };
     if !subset && expected.fields().len() != actual.fields().len() {
-        problems.push(format!("expected {} fields, producer has {}", expected.fields().len(), actual.fields().len()));
+        problems.push(format!(
+            "expected {} fields, producer has {}",
+            expected.fields().len(),
+            actual.fields().len()
+        ));
     }
     for (i, want) in expected.fields().iter().enumerate() {
         if !subset {
             match actual.fields().get(i) {
-                Some(have) if have.name() == want.name()
-                    && have.data_type() == want.data_type()
-                    && have.is_nullable() == want.is_nullable() => {}
+                Some(have)
+                    if have.name() == want.name()
+                        && have.data_type() == want.data_type()
+                        && have.is_nullable() == want.is_nullable() => {}
                 Some(have) => problems.push(format!(
                     "field {i}: expected '{}', producer has '{}'",
                     describe(want),
@@ -90,7 +104,9 @@ pub(crate) fn check_schema(expected: &Schema, actual: &Schema, subset: bool) -> 
     if problems.is_empty() {
         return Ok(());
     }
-    let all = |schema: &Schema| schema.fields().iter().map(|f| describe(f)).collect::<Vec<_>>().join(", ");
+    let all = |schema: &Schema| {
+        schema.fields().iter().map(|f| describe(f)).collect::<Vec<_>>().join(", ")
+    };
     Err(format!(
         "schema mismatch ({}): {}. Expected {}, producer has {}",
         if subset { "subset" } else { "exact" },
@@ -171,12 +187,15 @@ pub(crate) fn read_stream(stream: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     let mut position = 0usize;
-    let at = |position: usize, what: &str| Error::Protocol(format!("IPC stream of {len} bytes: {what} at byte {position}"));
+    let at = |position: usize, what: &str| {
+        Error::Protocol(format!("IPC stream of {len} bytes: {what} at byte {position}"))
+    };
     loop {
         let word = |p: usize| -> Option<u32> {
             stream.get(p..p + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         };
-        let first = word(position).ok_or_else(|| at(position, "ends without the end-of-stream marker"))?;
+        let first =
+            word(position).ok_or_else(|| at(position, "ends without the end-of-stream marker"))?;
         let (prefix, metadata_len) = if first == CONTINUATION {
             (8, word(position + 4).ok_or_else(|| at(position, "message length cut short"))?)
         } else {
@@ -192,7 +211,9 @@ pub(crate) fn read_stream(stream: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch
         let metadata_end = metadata_start
             .checked_add(metadata_len as usize)
             .filter(|&end| end <= len)
-            .ok_or_else(|| at(position, &format!("a {metadata_len}-byte message runs past the end")))?;
+            .ok_or_else(|| {
+                at(position, &format!("a {metadata_len}-byte message runs past the end"))
+            })?;
         let message = arrow_ipc::root_as_message(&stream[metadata_start..metadata_end])
             .map_err(|e| at(position, &malformed(e)))?;
         let body_len = u64::try_from(message.bodyLength()).unwrap_or(u64::MAX);
@@ -230,11 +251,15 @@ fn decode_all(
 
 /// Reads one ring-mode batch: `metadata` (a private copy) is a Message flatbuffer whose buffer
 /// offsets are relative to offset 0 of the ring, and `ring` the whole ring.
-pub(crate) fn read_ring_batch(metadata: &[u8], ring: &Buffer, schema: &SchemaRef) -> Result<RecordBatch, String> {
+pub(crate) fn read_ring_batch(
+    metadata: &[u8],
+    ring: &Buffer,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, String> {
     let message = arrow_ipc::root_as_message(metadata).map_err(malformed)?;
-    let batch = message
-        .header_as_record_batch()
-        .ok_or_else(|| format!("a {:?} message where a record batch belongs", message.header_type()))?;
+    let batch = message.header_as_record_batch().ok_or_else(|| {
+        format!("a {:?} message where a record batch belongs", message.header_type())
+    })?;
     check_batch(&batch, ring.len() as u64)?;
     let dictionaries = HashMap::new();
     let version = message.version();
@@ -354,7 +379,8 @@ pub fn type_name(t: &DataType) -> String {
                 UnionMode::Dense => "dense_union",
                 UnionMode::Sparse => "sparse_union",
             };
-            let inner: Vec<String> = fields.iter().map(|(code, f)| format!("{}={code}", field(f))).collect();
+            let inner: Vec<String> =
+                fields.iter().map(|(code, f)| format!("{}={code}", field(f))).collect();
             format!("{name}<{}>", inner.join(", "))
         }
         DataType::Dictionary(index, value) => format!(
@@ -381,7 +407,8 @@ mod tests {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
         assert_eq!(type_name(&ts), "timestamp[ms, tz=UTC]");
         let strukt = DataType::Struct(
-            vec![Field::new("a", DataType::Int32, true), Field::new("b", DataType::Utf8, false)].into(),
+            vec![Field::new("a", DataType::Int32, true), Field::new("b", DataType::Utf8, false)]
+                .into(),
         );
         assert_eq!(type_name(&strukt), "struct<a: int32, b: string not null>");
     }

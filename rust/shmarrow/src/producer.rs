@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, StreamWriter};
 use arrow_ipc::{MessageHeader, MetadataVersion};
-use flatbuffers::FlatBufferBuilder;
 use arrow_schema::{Schema, SchemaRef};
+use flatbuffers::FlatBufferBuilder;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 use rustix::io::Errno;
@@ -46,7 +46,12 @@ pub struct ProducerOptions {
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { max_in_flight: 64, max_consumers: 64, block_timeout: None, ring_size: None }
+        ProducerOptions {
+            max_in_flight: 64,
+            max_consumers: 64,
+            block_timeout: None,
+            ring_size: None,
+        }
     }
 }
 
@@ -107,15 +112,25 @@ fn aligned(n: usize) -> usize {
 
 impl Ring {
     fn create(size: usize) -> Result<Ring> {
-        let memfd = rustix::fs::memfd_create("shmarrow-rs-ring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(|e| Error::io("memfd_create", e))?;
+        let memfd = rustix::fs::memfd_create(
+            "shmarrow-rs-ring",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::io("memfd_create", e))?;
         let raw = memfd.as_raw_fd();
-        rustix::fs::ftruncate(&memfd, size as u64).map_err(|e| Error::io(format!("ftruncate(memfd {raw}, {size})"), e))?;
+        rustix::fs::ftruncate(&memfd, size as u64)
+            .map_err(|e| Error::io(format!("ftruncate(memfd {raw}, {size})"), e))?;
         let mapping = Mapping::map_writable(memfd.as_fd())?;
         // Consumers can neither write nor resize it; this producer's mapping stays writable.
         let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL;
-        rustix::fs::fcntl_add_seals(&memfd, seals).map_err(|e| Error::io(format!("fcntl(memfd {raw}, F_ADD_SEALS)"), e))?;
-        Ok(Ring { memfd, mapping, blocks: VecDeque::new(), freed: Arc::new(Mutex::new(Vec::new())) })
+        rustix::fs::fcntl_add_seals(&memfd, seals)
+            .map_err(|e| Error::io(format!("fcntl(memfd {raw}, F_ADD_SEALS)"), e))?;
+        Ok(Ring {
+            memfd,
+            mapping,
+            blocks: VecDeque::new(),
+            freed: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     /// An fd for a consumer, opened read-only through /proc/self/fd.
@@ -127,7 +142,9 @@ impl Ring {
 
     /// Where `need` bytes fit now, after taking back the blocks freed since.
     fn allocate(&mut self, need: usize, sequence: u64) -> Option<usize> {
-        let freed = std::mem::take(&mut *self.freed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let freed = std::mem::take(
+            &mut *self.freed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
         for block in self.blocks.iter_mut().filter(|b| freed.contains(&b.sequence)) {
             block.free = true;
         }
@@ -158,7 +175,13 @@ impl Ring {
     fn write(&mut self, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= self.mapping.len(), "a block inside the ring");
         // SAFETY: inside the mapping (checked), in a block no consumer was told of yet.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mapping.ptr().as_ptr().add(offset), bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.mapping.ptr().as_ptr().add(offset),
+                bytes.len(),
+            )
+        };
     }
 }
 
@@ -166,7 +189,8 @@ impl Ring {
 /// body) with offsets relative to the ring's start, the body being at `body_offset`, and the
 /// ring as the body.
 fn ring_metadata(encoded: &[u8], body_offset: usize, ring_size: usize) -> Result<Vec<u8>> {
-    let message = arrow_ipc::root_as_message(encoded).map_err(|e| Error::Protocol(format!("arrow-ipc wrote a malformed message: {e}")))?;
+    let message = arrow_ipc::root_as_message(encoded)
+        .map_err(|e| Error::Protocol(format!("arrow-ipc wrote a malformed message: {e}")))?;
     let batch = message
         .header_as_record_batch()
         .ok_or_else(|| Error::Protocol("arrow-ipc wrote no record batch".into()))?;
@@ -180,7 +204,9 @@ fn ring_metadata(encoded: &[u8], body_offset: usize, ring_size: usize) -> Result
         .collect();
     let nodes = fbb.create_vector(&nodes);
     let buffers = fbb.create_vector(&buffers);
-    let variadic = batch.variadicBufferCounts().map(|counts| fbb.create_vector(&counts.iter().collect::<Vec<i64>>()));
+    let variadic = batch
+        .variadicBufferCounts()
+        .map(|counts| fbb.create_vector(&counts.iter().collect::<Vec<i64>>()));
     let mut record_batch = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
     record_batch.add_length(batch.length());
     record_batch.add_nodes(nodes);
@@ -334,10 +360,15 @@ impl Producer {
     fn sealed_stream(&mut self, batch: &RecordBatch) -> Result<OwnedFd> {
         let mut writer = StreamWriter::try_new(Vec::new(), &self.schema)
             .map_err(|e| Error::arrow("writing the schema", e))?;
-        writer.write(batch).map_err(|e| Error::arrow(format!("writing batch {}", self.next_sequence), e))?;
+        writer
+            .write(batch)
+            .map_err(|e| Error::arrow(format!("writing batch {}", self.next_sequence), e))?;
         let bytes = writer.into_inner().map_err(|e| Error::arrow("ending the stream", e))?;
-        let memfd = rustix::fs::memfd_create("shmarrow-rs", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(|e| Error::io("memfd_create", e))?;
+        let memfd = rustix::fs::memfd_create(
+            "shmarrow-rs",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::io("memfd_create", e))?;
         let raw = memfd.as_raw_fd();
         let mut written = 0;
         while written < bytes.len() {
@@ -354,7 +385,12 @@ impl Producer {
     fn write_to_ring(&mut self, batch: &RecordBatch, deadline: Option<Instant>) -> Result<Payload> {
         let sequence = self.next_sequence;
         let (_, encoded) = IpcDataGenerator::default()
-            .encode(batch, &mut DictionaryTracker::new(false), &IpcWriteOptions::default(), &mut Default::default())
+            .encode(
+                batch,
+                &mut DictionaryTracker::new(false),
+                &IpcWriteOptions::default(),
+                &mut Default::default(),
+            )
             .map_err(|e| Error::arrow(format!("encoding batch {sequence}"), e))?;
         let ring_size = self.ring.as_ref().expect("ring mode").mapping.len();
         // Its length does not depend on the offsets: measured first, written once placed.
@@ -362,14 +398,18 @@ impl Producer {
         let body_length = aligned(encoded.arrow_data.len());
         let need = body_length + aligned(metadata_length);
         if need > ring_size {
-            return Err(Error::Producer(format!("batch {sequence} needs {need} bytes; the ring has {ring_size}")));
+            return Err(Error::Producer(format!(
+                "batch {sequence} needs {need} bytes; the ring has {ring_size}"
+            )));
         }
         let start = loop {
             if let Some(start) = self.ring.as_mut().expect("ring mode").allocate(need, sequence) {
                 break start;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout(format!("no room for batch {sequence} in the ring in time")));
+                return Err(Error::Timeout(format!(
+                    "no room for batch {sequence} in the ring in time"
+                )));
             }
             self.serve(deadline)?;
         };
@@ -392,7 +432,8 @@ impl Producer {
             fds.extend(self.waiting.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
             fds.extend(self.peers.iter().map(|p| PollFd::new(&p.socket, PollFlags::IN)));
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let timeout = left.map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: l.subsec_nanos() as i64 });
+            let timeout = left
+                .map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: l.subsec_nanos() as i64 });
             match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(Error::io("poll", e)),
@@ -421,14 +462,20 @@ impl Producer {
     }
 
     fn accept(&mut self) {
-        while let Ok(socket) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+        while let Ok(socket) =
+            rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+        {
             let own_uid = rustix::process::getuid().as_raw();
             let peer_uid = rustix::net::sockopt::socket_peercred(&socket).map(|c| c.uid.as_raw());
             if peer_uid != Ok(own_uid) {
                 self.refuse(&socket, ERROR_REFUSED, "this producer serves only its own uid".into());
             } else if self.waiting.len() + self.peers.len() >= self.options.max_consumers as usize {
                 let limit = self.options.max_consumers;
-                self.refuse(&socket, ERROR_LIMIT, format!("the producer serves {limit} consumers already"));
+                self.refuse(
+                    &socket,
+                    ERROR_LIMIT,
+                    format!("the producer serves {limit} consumers already"),
+                );
             } else {
                 self.waiting.push(socket);
             }
@@ -489,7 +536,8 @@ impl Producer {
         let welcome = proto::Welcome {
             major: proto::MAJOR_VERSION,
             minor: proto::MINOR_VERSION,
-            features: hello.features & if self.ring.is_some() { 0 } else { proto::FEATURE_PROJECTION },
+            features: hello.features
+                & if self.ring.is_some() { 0 } else { proto::FEATURE_PROJECTION },
             ring_mode: self.ring.is_some(),
             consumer_id: self.stats.consumers_total as u32,
             ring_size: self.ring.as_ref().map_or(0, |r| r.mapping.len() as u64),
@@ -504,7 +552,10 @@ impl Producer {
             Err(error) => return self.refuse(&socket, ERROR_LIMIT, error.to_string()),
         };
         let fds: Vec<_> = ring_fd.iter().map(|fd| fd.as_fd()).collect();
-        if matches!(sys::try_send_fds(socket.as_fd(), self.writer.welcome(&welcome), &fds), Ok(true)) {
+        if matches!(
+            sys::try_send_fds(socket.as_fd(), self.writer.welcome(&welcome), &fds),
+            Ok(true)
+        ) {
             self.peers.push(Peer {
                 socket,
                 credits: credits as usize,
@@ -518,12 +569,18 @@ impl Producer {
 
     /// The schema a consumer receives: projected to the columns it asked for; the required
     /// schema, if any, must match it (exactly, or as a subset). Else why not.
-    fn consumer_schema(&self, columns: &[String], required: &[u8], subset: bool) -> Result<Schema, String> {
+    fn consumer_schema(
+        &self,
+        columns: &[String],
+        required: &[u8],
+        subset: bool,
+    ) -> Result<Schema, String> {
         let mut schema = (*self.schema).clone();
         if !columns.is_empty() {
             let mut indices = Vec::new();
             for name in columns {
-                let mut matching = self.schema.fields().iter().enumerate().filter(|(_, f)| f.name() == name);
+                let mut matching =
+                    self.schema.fields().iter().enumerate().filter(|(_, f)| f.name() == name);
                 match (matching.next(), matching.next()) {
                     (Some((i, _)), None) => indices.push(i),
                     _ => return Err(format!("the stream has no single column '{name}'")),
@@ -542,14 +599,15 @@ impl Producer {
     /// disconnected (the batches it held return to the producer with the connection).
     fn read_peer(&mut self, i: usize) {
         loop {
-            let received = match sys::receive(self.peers[i].socket.as_fd(), &mut self.receive_buffer) {
-                Ok(Some(received)) => received,
-                Ok(None) => return,
-                Err(_) => {
-                    self.peers[i].gone = true;
-                    return;
-                }
-            };
+            let received =
+                match sys::receive(self.peers[i].socket.as_fd(), &mut self.receive_buffer) {
+                    Ok(Some(received)) => received,
+                    Ok(None) => return,
+                    Err(_) => {
+                        self.peers[i].gone = true;
+                        return;
+                    }
+                };
             if received.bytes == 0 {
                 self.peers[i].gone = true;
                 return;
@@ -575,7 +633,9 @@ impl Producer {
             let unknown = released.iter().find(|&&s| peer.held.remove(&s).is_none()).copied();
             let outcome = match (handled, unknown) {
                 (Err(error), _) => Err(error.to_string()),
-                (Ok(()), Some(sequence)) => Err(format!("released batch {sequence}, which it does not hold")),
+                (Ok(()), Some(sequence)) => {
+                    Err(format!("released batch {sequence}, which it does not hold"))
+                }
                 (Ok(()), None) => Ok(()),
             };
             if let Err(message) = outcome {
@@ -593,9 +653,14 @@ impl Producer {
     fn flush_all(&mut self) {
         for peer in self.peers.iter_mut().filter(|p| !p.gone) {
             while peer.held.len() < peer.credits {
-                let Some(next) = peer.queue.front() else { break };
+                let Some(next) = peer.queue.front() else {
+                    break;
+                };
                 let (message, fd) = match &next.payload {
-                    Payload::Memfd(memfd) => (BatchRef { sequence: next.sequence, ..BatchRef::default() }, Some(memfd.as_fd())),
+                    Payload::Memfd(memfd) => (
+                        BatchRef { sequence: next.sequence, ..BatchRef::default() },
+                        Some(memfd.as_fd()),
+                    ),
                     Payload::Ring { metadata_offset, metadata_length, .. } => {
                         let message = BatchRef {
                             sequence: next.sequence,

@@ -328,7 +328,9 @@ impl<'a> Reader<'a> {
         m.max_in_flight = self.u32("max_in_flight")?;
         let count = self.u32("column count")?;
         if count as usize > MAX_RUN {
-            return Err(Error::Protocol(format!("Hello asks for {count} columns (limit {MAX_RUN})")));
+            return Err(Error::Protocol(format!(
+                "Hello asks for {count} columns (limit {MAX_RUN})"
+            )));
         }
         for _ in 0..count {
             m.columns.push(String::from_utf8_lossy(self.bytes("column name")?).into_owned());

@@ -176,7 +176,8 @@ impl StreamSummary {
                 checksum: 0,
             });
             if sum.data_type != *column.data_type() {
-                *sum = ColumnSum { data_type: column.data_type().clone(), null_count: 0, checksum: 0 };
+                *sum =
+                    ColumnSum { data_type: column.data_type().clone(), null_count: 0, checksum: 0 };
             }
             // Arrow C++ counts every slot of a null-type array as null.
             sum.null_count += match column.data_type() {
@@ -223,11 +224,17 @@ impl StreamSummary {
     /// (`"name":value` pairs joined by commas), one line.
     pub fn to_json(&self, extra: &str) -> String {
         fn described(field: &Field) -> String {
-            format!("\"name\":{},\"type\":{}", json_quote(field.name()), json_quote(&field_type_name(field)))
+            format!(
+                "\"name\":{},\"type\":{}",
+                json_quote(field.name()),
+                json_quote(&field_type_name(field))
+            )
         }
         let fields = self.schema.fields();
-        let schema: Vec<String> =
-            fields.iter().map(|f| format!("{{{},\"nullable\":{}}}", described(f), f.is_nullable())).collect();
+        let schema: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{{{},\"nullable\":{}}}", described(f), f.is_nullable()))
+            .collect();
         let columns: Vec<String> = fields
             .iter()
             .zip(self.columns())
@@ -269,20 +276,30 @@ mod tests {
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(Int32Array::from(vec![Some(7), None])), Arc::new(StringArray::from(vec!["ab", "c"]))],
+            vec![
+                Arc::new(Int32Array::from(vec![Some(7), None])),
+                Arc::new(StringArray::from(vec!["ab", "c"])),
+            ],
         )
         .unwrap();
         let mut summary = StreamSummary::new(schema);
         summary.add(&batch);
         summary.add(&batch.slice(1, 1));
-        let int = fnv1a(&7i32.to_le_bytes()).wrapping_add(NULL_HASH.wrapping_mul(3)).wrapping_add(NULL_HASH.wrapping_mul(5));
+        let int = fnv1a(&7i32.to_le_bytes())
+            .wrapping_add(NULL_HASH.wrapping_mul(3))
+            .wrapping_add(NULL_HASH.wrapping_mul(5));
         let columns = summary.columns();
         assert_eq!(columns[0], (2, Some(int)));
-        let text = fnv1a(b"ab").wrapping_add(fnv1a(b"c").wrapping_mul(3)).wrapping_add(fnv1a(b"c").wrapping_mul(5));
+        let text = fnv1a(b"ab")
+            .wrapping_add(fnv1a(b"c").wrapping_mul(3))
+            .wrapping_add(fnv1a(b"c").wrapping_mul(5));
         assert_eq!(columns[1], (0, Some(text)));
         assert_eq!(summary.rows(), 3);
         let json = summary.to_json("\"mode\":\"ring\"");
-        assert!(json.starts_with("{\"schema\":[{\"name\":\"i\",\"type\":\"int32\",\"nullable\":true},"), "{json}");
+        assert!(
+            json.starts_with("{\"schema\":[{\"name\":\"i\",\"type\":\"int32\",\"nullable\":true},"),
+            "{json}"
+        );
         assert!(json.ends_with(",\"mode\":\"ring\"}"), "{json}");
     }
 
@@ -293,7 +310,8 @@ mod tests {
             Field::new("a", DataType::Int32, true),
             Field::new("x", DataType::Int32, true),
         ]));
-        let first = RecordBatch::try_new(one.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
+        let first = RecordBatch::try_new(one.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))])
+            .unwrap();
         let column: Arc<dyn Array> = Arc::new(Int32Array::from(vec![3]));
         let second = RecordBatch::try_new(two.clone(), vec![column.clone(), column]).unwrap();
         let mut summary = StreamSummary::new(one);
@@ -301,7 +319,9 @@ mod tests {
         summary.add(&second);
         summary.set_schema(two);
         let three = fnv1a(&3i32.to_le_bytes()).wrapping_mul(5); // row 2: 2·2+1
-        let a = fnv1a(&1i32.to_le_bytes()).wrapping_add(fnv1a(&2i32.to_le_bytes()).wrapping_mul(3)).wrapping_add(three);
+        let a = fnv1a(&1i32.to_le_bytes())
+            .wrapping_add(fnv1a(&2i32.to_le_bytes()).wrapping_mul(3))
+            .wrapping_add(three);
         assert_eq!(summary.columns(), vec![(0, Some(a)), (0, Some(three))]);
     }
 

@@ -50,10 +50,8 @@ impl Mapping {
             return Err(Error::Protocol(format!("memfd fd {raw} is empty")));
         }
         // SAFETY: a new mapping at an address the kernel picks; nothing else refers to it.
-        let data = unsafe {
-            mmap(std::ptr::null_mut(), len, protection, MapFlags::SHARED, fd, 0)
-        }
-        .map_err(|e| Error::io(format!("mmap(fd {raw}, {len} bytes, {protection:?})"), e))?;
+        let data = unsafe { mmap(std::ptr::null_mut(), len, protection, MapFlags::SHARED, fd, 0) }
+            .map_err(|e| Error::io(format!("mmap(fd {raw}, {len} bytes, {protection:?})"), e))?;
         Ok(Mapping {
             data: NonNull::new(data.cast()).expect("mmap returned a mapping"),
             len,
@@ -90,10 +88,8 @@ impl Drop for Mapping {
     }
 }
 
-pub(crate) const SEALS_HANDOVER: SealFlags = SealFlags::SHRINK
-    .union(SealFlags::GROW)
-    .union(SealFlags::WRITE)
-    .union(SealFlags::SEAL);
+pub(crate) const SEALS_HANDOVER: SealFlags =
+    SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE).union(SealFlags::SEAL);
 
 /// The seals of a memfd (EINVAL: not a memfd).
 pub(crate) fn seals(fd: BorrowedFd<'_>) -> Result<SealFlags> {
@@ -154,14 +150,23 @@ pub(crate) fn listen(address: &str, kind: SocketType) -> Result<OwnedFd> {
 }
 
 /// Sends one datagram with `fds` without blocking: false when the socket is full.
-pub(crate) fn try_send_fds(fd: BorrowedFd<'_>, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<bool> {
+pub(crate) fn try_send_fds(
+    fd: BorrowedFd<'_>,
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<bool> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(Error::Protocol(format!("{} fds do not fit one message", fds.len())));
     }
     loop {
-        match rustix::net::sendmsg(fd, &[IoSlice::new(message)], &mut control, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(
+            fd,
+            &[IoSlice::new(message)],
+            &mut control,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
             Ok(_) => return Ok(true),
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return Ok(false),
@@ -175,7 +180,8 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let spec = left.map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: l.subsec_nanos() as i64 });
+        let spec =
+            left.map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: l.subsec_nanos() as i64 });
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         match poll(&mut fds, spec.as_ref()) {
             Ok(n) => return Ok(n > 0),

@@ -13,8 +13,10 @@ use shmarrow::{Consumer, Mode};
 #[test]
 fn batches_released_from_another_thread_and_after_the_consumer() {
     let Some(cli) = common::cpp_cli() else { return };
-    let (mut producer, address) =
-        common::ring_producer(&cli, &["--batches", "40", "--rows", "100", "--max-in-flight", "4", "--wait-consumers", "1"]);
+    let (mut producer, address) = common::ring_producer(
+        &cli,
+        &["--batches", "40", "--rows", "100", "--max-in-flight", "4", "--wait-consumers", "1"],
+    );
     let mut consumer = Consumer::connect(&address, common::options()).unwrap();
     assert_eq!(consumer.mode(), Mode::Ring);
     let (to_dropper, dropper_gets) = mpsc::channel();
@@ -46,7 +48,17 @@ fn an_answer_dropped_unread_is_released_and_the_stream_goes_on() {
     let Some(cli) = common::cpp_cli() else { return };
     let (mut producer, address) = common::ring_producer(
         &cli,
-        &["--batches", "200", "--rows", "10", "--rate", "400", "--serve-requests", "--wait-consumers", "1"],
+        &[
+            "--batches",
+            "200",
+            "--rows",
+            "10",
+            "--rate",
+            "400",
+            "--serve-requests",
+            "--wait-consumers",
+            "1",
+        ],
     );
     let mut consumer = Consumer::connect(&address, common::options()).unwrap();
     drop(consumer.request(b"rows=50").unwrap()); // its answer arrives later, unread

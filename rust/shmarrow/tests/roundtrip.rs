@@ -35,7 +35,10 @@ fn round_trip(ring_size: Option<usize>, mode: Mode) {
         producer.finish(Some(Duration::from_secs(20))).unwrap();
         producer.stats()
     });
-    let options = ConsumerOptions { read_timeout: Some(Duration::from_secs(20)), ..ConsumerOptions::default() };
+    let options = ConsumerOptions {
+        read_timeout: Some(Duration::from_secs(20)),
+        ..ConsumerOptions::default()
+    };
     let mut consumer = Consumer::connect(&address, options).unwrap();
     assert_eq!(consumer.mode(), mode);
     // A producer without request handler fails the request, and goes on with the stream.
@@ -49,7 +52,10 @@ fn round_trip(ring_size: Option<usize>, mode: Mode) {
             next += 1;
             n == next - 1
         }));
-        assert_eq!(batch.column(1).as_string::<i32>().value(0), format!("row {}", numbers.value(0)));
+        assert_eq!(
+            batch.column(1).as_string::<i32>().value(0),
+            format!("row {}", numbers.value(0))
+        );
     }
     assert_eq!(next, BATCHES * ROWS);
     drop(consumer);

@@ -63,7 +63,8 @@ impl Generator {
         (0..rows)
             .map(|_| {
                 let draw = self.next_u64();
-                let null = (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.null_fraction && self.null_fraction > 0.0;
+                let null = (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.null_fraction
+                    && self.null_fraction > 0.0;
                 (!null).then(|| value(self.next_u64()))
             })
             .collect()
@@ -76,18 +77,30 @@ impl Generator {
             .iter()
             .map(|field| -> ArrayRef {
                 match field.data_type() {
-                    DataType::Boolean => Arc::new(BooleanArray::from(self.values(rows, |v| v & 1 == 1))),
+                    DataType::Boolean => {
+                        Arc::new(BooleanArray::from(self.values(rows, |v| v & 1 == 1)))
+                    }
                     DataType::Int8 => Arc::new(Int8Array::from(self.values(rows, |v| v as i8))),
                     DataType::Int16 => Arc::new(Int16Array::from(self.values(rows, |v| v as i16))),
                     DataType::Int32 => Arc::new(Int32Array::from(self.values(rows, |v| v as i32))),
                     DataType::Int64 => Arc::new(Int64Array::from(self.values(rows, |v| v as i64))),
                     DataType::UInt8 => Arc::new(UInt8Array::from(self.values(rows, |v| v as u8))),
-                    DataType::UInt16 => Arc::new(UInt16Array::from(self.values(rows, |v| v as u16))),
-                    DataType::UInt32 => Arc::new(UInt32Array::from(self.values(rows, |v| v as u32))),
+                    DataType::UInt16 => {
+                        Arc::new(UInt16Array::from(self.values(rows, |v| v as u16)))
+                    }
+                    DataType::UInt32 => {
+                        Arc::new(UInt32Array::from(self.values(rows, |v| v as u32)))
+                    }
                     DataType::UInt64 => Arc::new(UInt64Array::from(self.values(rows, |v| v))),
-                    DataType::Float32 => Arc::new(Float32Array::from(self.values(rows, |v| (v >> 40) as f32 / 7.0))),
-                    DataType::Float64 => Arc::new(Float64Array::from(self.values(rows, |v| (v >> 11) as f64 / 3.0))),
-                    _ => Arc::new(StringArray::from(self.values(rows, |v| format!("s{}", v % 100_000)))),
+                    DataType::Float32 => {
+                        Arc::new(Float32Array::from(self.values(rows, |v| (v >> 40) as f32 / 7.0)))
+                    }
+                    DataType::Float64 => {
+                        Arc::new(Float64Array::from(self.values(rows, |v| (v >> 11) as f64 / 3.0)))
+                    }
+                    _ => Arc::new(StringArray::from(
+                        self.values(rows, |v| format!("s{}", v % 100_000)),
+                    )),
                 }
             })
             .collect();

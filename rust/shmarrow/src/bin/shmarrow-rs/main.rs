@@ -55,7 +55,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
             "--request" => recv.request = Some(args.next().ok_or("--request needs a value")?),
             "--expect-schema" => {
                 let spec = args.next().ok_or("--expect-schema needs a value")?;
-                let schema = generate::parse_schema(&spec).map_err(|e| format!("--expect-schema: {e}"))?;
+                let schema =
+                    generate::parse_schema(&spec).map_err(|e| format!("--expect-schema: {e}"))?;
                 recv.options.expect_schema = Some(schema);
             }
             "--schema-subset" => recv.options.schema_subset = true,
@@ -63,22 +64,26 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
             "--lossy" => recv.options.lossy = true,
             "--from-oldest" => recv.options.start_at_oldest = true,
             "--wait-ms" => {
-                let ms = u64::try_from(number(&arg, args.next())?).map_err(|_| "need --wait-ms >= 0")?;
+                let ms =
+                    u64::try_from(number(&arg, args.next())?).map_err(|_| "need --wait-ms >= 0")?;
                 recv.options.connect_wait = Duration::from_millis(ms);
             }
             "--timeout-ms" => {
                 recv.options.read_timeout = match number(&arg, args.next())? {
                     -1 => None,
-                    ms => Some(Duration::from_millis(u64::try_from(ms).map_err(|_| "need --timeout-ms >= -1")?)),
+                    ms => Some(Duration::from_millis(
+                        u64::try_from(ms).map_err(|_| "need --timeout-ms >= -1")?,
+                    )),
                 }
             }
             "--busy-poll-us" => {
-                let us = u64::try_from(number(&arg, args.next())?).map_err(|_| "need --busy-poll-us >= 0")?;
+                let us = u64::try_from(number(&arg, args.next())?)
+                    .map_err(|_| "need --busy-poll-us >= 0")?;
                 recv.options.busy_poll = Duration::from_micros(us);
             }
             "--max-in-flight" => {
-                recv.options.max_in_flight =
-                    u32::try_from(number(&arg, args.next())?).map_err(|_| "need --max-in-flight >= 0")?;
+                recv.options.max_in_flight = u32::try_from(number(&arg, args.next())?)
+                    .map_err(|_| "need --max-in-flight >= 0")?;
             }
             other => return Err(format!("unknown option '{other}'")),
         }
@@ -145,11 +150,10 @@ fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
             "--seed" => send.seed = unsigned(&arg, args.next())?,
             "--null-fraction" => {
                 let value = args.next().ok_or("--null-fraction needs a value")?;
-                send.null_fraction = value
-                    .parse()
-                    .ok()
-                    .filter(|f| (0.0..=1.0).contains(f))
-                    .ok_or(format!("--null-fraction takes a number in [0, 1], not '{value}'"))?;
+                send.null_fraction =
+                    value.parse().ok().filter(|f| (0.0..=1.0).contains(f)).ok_or(format!(
+                        "--null-fraction takes a number in [0, 1], not '{value}'"
+                    ))?;
             }
             "--wait-consumers" => send.wait_consumers = unsigned(&arg, args.next())? as usize,
             "--max-in-flight" => {
@@ -161,7 +165,9 @@ fn parse_send(mut args: impl Iterator<Item = String>) -> Result<Send, String> {
             "--accept-timeout-ms" => {
                 send.accept_timeout = match number(&arg, args.next())? {
                     -1 => None,
-                    ms => Some(Duration::from_millis(u64::try_from(ms).map_err(|_| "need --accept-timeout-ms >= -1")?)),
+                    ms => Some(Duration::from_millis(
+                        u64::try_from(ms).map_err(|_| "need --accept-timeout-ms >= -1")?,
+                    )),
                 }
             }
             "--json" => send.json = true,
@@ -178,15 +184,20 @@ fn run_send(mut send: Send) -> Result<(), String> {
     let schema = generate::parse_schema(&send.schema).map_err(|e| format!("--schema: {e}"))?;
     let mode = if send.ring { "ring" } else { "sealed" };
     send.options.ring_size = send.ring.then_some(send.ring_size);
-    let mut producer = Producer::bind(&send.socket, schema.clone(), send.options).map_err(|e| e.to_string())?;
+    let mut producer =
+        Producer::bind(&send.socket, schema.clone(), send.options).map_err(|e| e.to_string())?;
     eprintln!("shmarrow-rs send: {mode} producer listening on {}", send.socket);
-    producer.wait_for_consumers(send.wait_consumers, send.accept_timeout).map_err(|e| e.to_string())?;
+    producer
+        .wait_for_consumers(send.wait_consumers, send.accept_timeout)
+        .map_err(|e| e.to_string())?;
     let mut generator = generate::Generator::new(schema.clone(), send.seed, send.null_fraction);
     let mut summary = StreamSummary::new(schema);
     for i in 0..send.batches {
         let batch = generator.next_batch(send.rows);
         summary.add(&batch);
-        producer.publish(&batch).map_err(|e| format!("publishing batch {} of {}: {e}", i + 1, send.batches))?;
+        producer
+            .publish(&batch)
+            .map_err(|e| format!("publishing batch {} of {}: {e}", i + 1, send.batches))?;
     }
     producer.finish(Some(LINGER)).map_err(|e| e.to_string())?;
     let stats = producer.stats();
