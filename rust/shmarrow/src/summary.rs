@@ -93,8 +93,8 @@ fn add_checksum(array: &dyn Array, first_row: u64, sum: &mut u64) {
         // Every unit and time zone has the same 8-byte layout.
         D::Timestamp(..) | D::Duration(_) => {
             let data = array.to_data();
-            let values = &data.buffers()[0].typed_data::<i64>()[data.offset()..];
-            add(&|i| fnv1a(&values[i].to_le_bytes()))
+            let values = &data.buffers()[0].as_slice()[data.offset() * 8..];
+            add(&|i| fnv1a(&values[i * 8..i * 8 + 8]))
         }
         D::Utf8 => add(&string::<i32>(array)),
         D::LargeUtf8 => add(&string::<i64>(array)),
