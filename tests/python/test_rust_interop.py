@@ -443,9 +443,9 @@ RING_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcnt
 NO_FD = object()
 
 
-def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
-    """Serves one consumer: a Welcome (ring mode, no 1.1 features) with a memfd holding `ring`,
-    then `messages`; then waits for the consumer to hang up."""
+def _hostile_producer(sock: str, ring_mode: bool, send_after_welcome):
+    """Serves one consumer: a Welcome (no 1.1 features), then `send_after_welcome(conn)` sends
+    what it likes; then waits for the consumer to hang up."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind("\0" + sock[1:])
     listener.listen(1)
@@ -455,16 +455,11 @@ def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
         with listener, listener.accept()[0] as conn:
             conn.recv(1 << 18)  # the Hello
             schema = pa.schema([("a", pa.int32())]).serialize().to_pybytes()
-            welcome = (struct.pack("<HHIIIQIII", 1, 1, 0, 1, 1, RING_SIZE, 1, 4, 1 << 18)
+            ring_size = RING_SIZE if ring_mode else 0
+            welcome = (struct.pack("<HHIIIQIII", 1, 1, 0, int(ring_mode), 1, ring_size, 1, 4,
+                                   1 << 18)
                        + struct.pack("<I", len(schema)) + schema + struct.pack("<QI", 0, 0))
-            fd = _sealed_memfd(ring, seals)
-            try:
-                fds = [] if messages is NO_FD else [fd]
-                socket.send_fds(conn, [_message(2, welcome)], fds)
-            finally:
-                os.close(fd)
-            for message in ([] if messages is NO_FD else messages):
-                conn.send(message)
+            send_after_welcome(conn, _message(2, welcome))
             conn.settimeout(TIMEOUT)
             while conn.recv(1 << 18):  # releases, until the consumer hangs up
                 pass
@@ -472,6 +467,20 @@ def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
+
+
+def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
+    """Ring mode: the Welcome with a memfd holding `ring`, then `messages`."""
+    def send(conn, welcome):
+        fd = _sealed_memfd(ring, seals)
+        try:
+            socket.send_fds(conn, [welcome], [] if messages is NO_FD else [fd])
+        finally:
+            os.close(fd)
+        for message in [] if messages is NO_FD else messages:
+            conn.send(message)
+
+    return _hostile_producer(sock, True, send)
 
 
 HOSTILE_RING = {
@@ -496,6 +505,41 @@ def test_hostile_ring_producer_is_refused_cleanly(procs, case):
     sock = _socket()
     seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW if case == "writable ring" else RING_SEALS
     producer = _hostile_ring_producer(sock, ring, messages, seals)
+    message = _failed(_rust_recv(procs, sock))
+    producer.join(TIMEOUT)
+    assert expected in message
+
+
+def _pipe_read_end() -> int:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    return read_end
+
+
+HOSTILE_SEALED = {  # what comes with one sealed-mode Batch
+    "no fd": (lambda: None, "sealed Batch 1 carries 0 fds, expected 1"),
+    "a pipe": (_pipe_read_end, "batch 1: fd"),  # ... is not a memfd
+    "unsealed memfd": (lambda: _sealed_memfd(b"", 0), "lacks seals: has none"),
+    "garbage stream": (lambda: _sealed_memfd(bytes(range(256)) * 4, RING_SEALS),
+                       "batch 1 (a sealed memfd of 65536 bytes): IPC stream"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SEALED))
+def test_hostile_sealed_producer_is_refused_cleanly(procs, case):
+    make_fd, expected = HOSTILE_SEALED[case]
+
+    def send(conn, welcome):
+        conn.send(welcome)
+        fd = make_fd()
+        try:
+            socket.send_fds(conn, [_batch(1, 0, 0)], [] if fd is None else [fd])
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    sock = _socket()
+    producer = _hostile_producer(sock, False, send)
     message = _failed(_rust_recv(procs, sock))
     producer.join(TIMEOUT)
     assert expected in message

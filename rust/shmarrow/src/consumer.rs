@@ -933,16 +933,14 @@ impl Consumer {
                     Ok(mapping) => Arc::new(mapping),
                     Err(error) => {
                         channel.release(sequence); // the producer may reuse it
-                        return Err(Error::Protocol(format!("batch {sequence}: {error}")));
+                        return Err(error.within(format!("batch {sequence}")));
                     }
                 };
             let size = mapping.len();
             let lease = Lease { channel, sequence, _mapping: mapping.clone() };
             let ipc_stream = region_buffer(&mapping, lease);
             let (_, batches) = ipc::read_stream(&ipc_stream).map_err(|error| {
-                Error::Protocol(format!(
-                    "batch {sequence} (a sealed memfd of {size} bytes): {error}"
-                ))
+                error.within(format!("batch {sequence} (a sealed memfd of {size} bytes)"))
             })?;
             for batch in batches {
                 // Only the published stream is projected.

@@ -38,6 +38,21 @@ impl Error {
         Error::Arrow { context: context.into(), message: source.to_string() }
     }
 
+    /// The same error, its message starting with where it happened (e.g. `batch 7`).
+    pub(crate) fn within(self, place: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Io { context, errno } => {
+                Error::Io { context: format!("{place}: {context}"), errno }
+            }
+            Error::Protocol(message) => Error::Protocol(format!("{place}: {message}")),
+            Error::Producer(message) => Error::Producer(format!("{place}: {message}")),
+            Error::Arrow { context, message } => {
+                Error::Arrow { context: format!("{place}: {context}"), message }
+            }
+            Error::Timeout(message) => Error::Timeout(format!("{place}: {message}")),
+        }
+    }
+
     /// The errno of a failed system call, if that is what failed.
     pub fn errno(&self) -> Option<i32> {
         match self {
