@@ -518,7 +518,7 @@ def _pipe_read_end() -> int:
 
 HOSTILE_SEALED = {  # what comes with one sealed-mode Batch
     "no fd": (lambda: None, "sealed Batch 1 carries 0 fds, expected 1"),
-    "a pipe": (_pipe_read_end, "batch 1: fd"),  # ... is not a memfd
+    "a pipe": (_pipe_read_end, "is not a memfd (F_GET_SEALS: EINVAL)"),
     "unsealed memfd": (lambda: _sealed_memfd(b"", 0), "lacks seals: has none"),
     "garbage stream": (lambda: _sealed_memfd(bytes(range(256)) * 4, RING_SEALS),
                        "batch 1 (a sealed memfd of 65536 bytes): IPC stream"),
