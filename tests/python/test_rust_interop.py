@@ -110,6 +110,20 @@ def test_schema_change_midway_equals_cpp_recv(procs, mode):
 
 
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_late_joiner_from_oldest_gets_the_whole_retained_stream(procs, mode):
+    """Retained batches older than a schema change arrive with their own schema."""
+    sock = _socket()
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 40, "--rows", 100,
+                   "--schema", "a:int32,b:utf8", "--schema-change-at", 20, "--retain", 40,
+                   "--rate", 40)
+    time.sleep(0.75)  # some batches published before it joins; all of them retained
+    got, sent = _ok(_rust_recv(procs, sock, "--from-oldest")), _ok(sender)
+    for key in ("schema", "batches", "rows", "columns"):
+        assert got[key] == sent[key], key
+    assert got["schema_changes"] == 1
+
+
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
 def test_request_answered_by_the_cpp_producer(procs, mode):
     """The answers carry generated values that differ from request to request: what the C++
     consumer also reports is compared, and the Rust side checks the answer lies in place."""
