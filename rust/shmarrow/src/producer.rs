@@ -231,7 +231,15 @@ struct Peer {
     held: HashMap<u64, Arc<Published>>,
     queue: VecDeque<Arc<Published>>,
     end_sent: bool,
-    gone: bool, // closed, said Bye, or broke the protocol: dropped at the next sweep
+    bye: bool,  // said Bye: gets nothing more, keeps what it holds until released
+    gone: bool, // closed, or broke the protocol: dropped at the next sweep
+}
+
+impl Peer {
+    /// Still receiving the stream.
+    fn receiving(&self) -> bool {
+        !self.gone && !self.bye
+    }
 }
 
 /// A producer of the stream protocol in sealed or ring mode, serving any number of consumers on a
@@ -311,7 +319,7 @@ impl Producer {
             return Err(Error::Producer("the batch's schema is not the stream's".into()));
         }
         let deadline = self.options.block_timeout.map(|t| Instant::now() + t);
-        while self.peers.iter().any(|p| !p.gone && p.queue.len() >= p.credits) {
+        while self.peers.iter().any(|p| p.receiving() && p.queue.len() >= p.credits) {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout("a consumer holds its quota of batches".into()));
             }
@@ -324,7 +332,7 @@ impl Producer {
         let published = Arc::new(Published { sequence: self.next_sequence, payload });
         self.next_sequence += 1;
         self.stats.published += 1;
-        for peer in self.peers.iter_mut().filter(|p| !p.gone) {
+        for peer in self.peers.iter_mut().filter(|p| p.receiving()) {
             peer.queue.push_back(published.clone());
         }
         self.flush_all();
@@ -342,7 +350,11 @@ impl Producer {
     pub fn finish(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.end();
         let deadline = timeout.map(|t| Instant::now() + t);
-        while self.peers.iter().any(|p| !p.gone && (!p.end_sent || !p.held.is_empty())) {
+        while self
+            .peers
+            .iter()
+            .any(|p| !p.gone && ((p.receiving() && !p.end_sent) || !p.held.is_empty()))
+        {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout("consumers still hold batches".into()));
             }
@@ -353,7 +365,7 @@ impl Producer {
     }
 
     fn live_peers(&self) -> usize {
-        self.peers.iter().filter(|p| !p.gone).count()
+        self.peers.iter().filter(|p| p.receiving()).count()
     }
 
     /// The batch as a complete Arrow IPC stream in a memfd sealed against any change.
@@ -562,6 +574,7 @@ impl Producer {
                 held: HashMap::new(),
                 queue: VecDeque::new(),
                 end_sent: false,
+                bye: false,
                 gone: false,
             });
         }
@@ -619,6 +632,7 @@ impl Producer {
                 Type::Release => reader.release(&mut released),
                 Type::Bye => {
                     self.peers[i].queue.clear();
+                    self.peers[i].bye = true;
                     reader.expect_end("Bye")
                 }
                 Type::Request if header.stream != 0 => {
@@ -651,7 +665,7 @@ impl Producer {
 
     /// Sends each consumer what its credits allow, then End once its queue is empty.
     fn flush_all(&mut self) {
-        for peer in self.peers.iter_mut().filter(|p| !p.gone) {
+        for peer in self.peers.iter_mut().filter(|p| p.receiving()) {
             while peer.held.len() < peer.credits {
                 let Some(next) = peer.queue.front() else {
                     break;
@@ -684,7 +698,7 @@ impl Producer {
                     }
                 }
             }
-            if self.ended && peer.queue.is_empty() && !peer.end_sent && !peer.gone {
+            if self.ended && peer.queue.is_empty() && !peer.end_sent && peer.receiving() {
                 match sys::try_send(peer.socket.as_fd(), self.writer.end()) {
                     Ok(true) => peer.end_sent = true,
                     Ok(false) => {}

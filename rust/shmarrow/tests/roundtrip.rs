@@ -74,3 +74,41 @@ fn ring_mode_reuses_a_small_ring() {
     // About 2.4 MB of batches through a 256 KiB ring.
     round_trip(Some(256 << 10), Mode::Ring);
 }
+
+#[test]
+fn a_consumer_gone_while_its_batch_lives_holds_nothing_back() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    let address = format!("@shmarrow-rs-roundtrip-{}-bye", std::process::id());
+    let options = ProducerOptions {
+        max_in_flight: 2,
+        ring_size: Some(256 << 10),
+        block_timeout: Some(Duration::from_secs(20)),
+        ..ProducerOptions::default()
+    };
+    let mut producer = Producer::bind(&address, schema.clone(), options).unwrap();
+    let (consumer_left, left) = std::sync::mpsc::channel();
+    let publisher = std::thread::spawn(move || {
+        producer.wait_for_consumers(1, Some(Duration::from_secs(20))).unwrap();
+        producer.publish(&batch(&schema, 0)).unwrap();
+        left.recv().unwrap(); // the consumer said Bye, its socket still open
+        for i in 1..BATCHES {
+            producer.publish(&batch(&schema, i * ROWS)).unwrap(); // to nobody, without waiting
+        }
+        producer.finish(Some(Duration::from_secs(20))).unwrap();
+    });
+    let options = ConsumerOptions {
+        read_timeout: Some(Duration::from_secs(20)),
+        ..ConsumerOptions::default()
+    };
+    let mut consumer = Consumer::connect(&address, options).unwrap();
+    let kept = consumer.next_batch().unwrap().unwrap();
+    drop(consumer); // Bye; the socket stays open for `kept`
+    consumer_left.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the producer publishes meanwhile
+    assert_eq!(kept.column(0).as_primitive::<Int64Type>().value(ROWS as usize - 1), ROWS - 1);
+    drop(kept); // released: now the producer can finish
+    publisher.join().unwrap();
+}
