@@ -110,6 +110,20 @@ def test_schema_change_midway_equals_cpp_recv(procs, mode):
 
 
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
+def test_lossy_slow_rust_consumer_loses_batches_the_cpp_consumer_gets_all(procs, mode):
+    sock = _socket()
+    sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 100, "--rows", 1000,
+                   "--schema", SCHEMA, "--wait-consumers", 2, "--max-in-flight", 4)
+    normal = _cpp_recv(procs, sock)
+    lossy = _rust_recv(procs, sock, "--lossy", "--delay-ms", 20, "--max-in-flight", 1)
+    got, lost, sent = _ok(normal), _ok(lossy), _ok(sender)
+    assert got["dropped"] == 0 and got["batches"] == 100
+    assert lost["dropped"] > 0
+    assert lost["batches"] + lost["dropped"] == sent["producer"]["published"] == 100
+    assert sent["producer"]["dropped"] == lost["dropped"]
+
+
+@pytest.mark.parametrize("mode", ["ring", "sealed"])
 def test_late_joiner_from_oldest_gets_the_whole_retained_stream(procs, mode):
     """Retained batches older than a schema change arrive with their own schema."""
     sock = _socket()

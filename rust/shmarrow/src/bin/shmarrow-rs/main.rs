@@ -11,7 +11,7 @@ use shmarrow::summary::{json_quote, StreamSummary};
 use shmarrow::{Consumer, ConsumerOptions, Mode, Producer, ProducerOptions};
 
 const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] [--request TEXT] [--json] [--check-zero-copy]
-                        [--expect-schema name:type,... [--schema-subset]]
+                        [--expect-schema name:type,... [--schema-subset]] [--delay-ms N]
                         [--wait-ms N] [--timeout-ms N (-1: forever)] [--busy-poll-us N]
                         [--max-in-flight N] [--lossy] [--from-oldest]
        shmarrow-rs send [--socket ADDRESS] [--mode sealed|ring] [--ring-size BYTES] [--rows N] [--batches N]
@@ -21,6 +21,7 @@ const DEFAULT_SOCKET: &str = "/tmp/shmarrow.sock";
 
 struct Recv {
     socket: String,
+    delay: Duration,
     request: Option<String>,
     json: bool,
     check_zero_copy: bool,
@@ -35,6 +36,7 @@ fn number(flag: &str, value: Option<String>) -> Result<i64, String> {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
     let mut recv = Recv {
         socket: DEFAULT_SOCKET.to_string(),
+        delay: Duration::ZERO,
         request: None,
         json: false,
         check_zero_copy: false,
@@ -60,6 +62,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
                 recv.options.expect_schema = Some(schema);
             }
             "--schema-subset" => recv.options.schema_subset = true,
+            "--delay-ms" => {
+                let ms = u64::try_from(number(&arg, args.next())?)
+                    .map_err(|_| "need --delay-ms >= 0")?;
+                recv.delay = Duration::from_millis(ms);
+            }
             "--check-zero-copy" => recv.check_zero_copy = true,
             "--lossy" => recv.options.lossy = true,
             "--from-oldest" => recv.options.start_at_oldest = true,
@@ -243,6 +250,8 @@ fn run(recv: Recv) -> Result<(), String> {
             while let Some(batch) = consumer.next_batch().map_err(|e| e.to_string())? {
                 in_mapping &= consumer.in_shared_memory(&batch);
                 summary.add(&batch);
+                // A deliberately slow consumer holds each batch while it "works".
+                std::thread::sleep(recv.delay);
             }
             summary.set_schema(consumer.schema()); // after a schema change, the stream's last schema
             summary
