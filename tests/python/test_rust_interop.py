@@ -473,8 +473,9 @@ RING_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcnt
 NO_FD = object()
 
 
-def _hostile_producer(sock: str, ring_mode: bool, send_after_welcome):
-    """Serves one consumer: a Welcome (no 1.1 features), then `send_after_welcome(conn)` sends
+def _hostile_producer(sock: str, ring_mode: bool, send_after_welcome, queue=(0, 0)):
+    """Serves one consumer: a Welcome (no 1.1 feature but the queue at `queue`, (offset,
+    capacity), if its capacity is not 0), then `send_after_welcome(conn, welcome)` sends it and
     what it likes; then waits for the consumer to hang up."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind("\0" + sock[1:])
@@ -486,9 +487,10 @@ def _hostile_producer(sock: str, ring_mode: bool, send_after_welcome):
             conn.recv(1 << 18)  # the Hello
             schema = pa.schema([("a", pa.int32())]).serialize().to_pybytes()
             ring_size = RING_SIZE if ring_mode else 0
-            welcome = (struct.pack("<HHIIIQIII", 1, 1, 0, int(ring_mode), 1, ring_size, 1, 4,
-                                   1 << 18)
-                       + struct.pack("<I", len(schema)) + schema + struct.pack("<QI", 0, 0))
+            features = 1 << 4 if queue[1] else 0
+            welcome = (struct.pack("<HHIIIQIII", 1, 1, features, int(ring_mode), 1, ring_size,
+                                   1, 4, 1 << 18)
+                       + struct.pack("<I", len(schema)) + schema + struct.pack("<QI", *queue))
             send_after_welcome(conn, _message(2, welcome))
             conn.settimeout(TIMEOUT)
             while conn.recv(1 << 18):  # releases, until the consumer hangs up
@@ -499,7 +501,7 @@ def _hostile_producer(sock: str, ring_mode: bool, send_after_welcome):
     return thread
 
 
-def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
+def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS, queue=(0, 0)):
     """Ring mode: the Welcome with a memfd holding `ring`, then `messages`."""
     def send(conn, welcome):
         fd = _sealed_memfd(ring, seals)
@@ -510,7 +512,7 @@ def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS):
         for message in [] if messages is NO_FD else messages:
             conn.send(message)
 
-    return _hostile_producer(sock, True, send)
+    return _hostile_producer(sock, True, send, queue)
 
 
 HOSTILE_RING = {
@@ -535,6 +537,39 @@ def test_hostile_ring_producer_is_refused_cleanly(procs, case):
     sock = _socket()
     seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW if case == "writable ring" else RING_SEALS
     producer = _hostile_ring_producer(sock, ring, messages, seals)
+    message = _failed(_rust_recv(procs, sock))
+    producer.join(TIMEOUT)
+    assert expected in message
+
+
+QUEUE_OFFSET = 1 << 15
+
+
+def _queue(count: int, *entries: tuple) -> bytes:
+    """Ring contents: a queue at QUEUE_OFFSET counting `count` entries written, then `entries`
+    (kind, metadata length, sequence, dropped, metadata offset, controls before)."""
+    packed = b"".join(struct.pack("<IIQQQII", *entry, 0) for entry in entries)
+    return bytes(QUEUE_OFFSET) + struct.pack("<Q", count).ljust(64, b"\0") + packed
+
+
+HOSTILE_QUEUE = {
+    "count too far ahead": ((QUEUE_OFFSET, 4), _queue(10),
+                            "the queue counts 10 entries written, but this consumer read 0 of a "
+                            "queue of 4"),
+    "unknown entry kind": ((QUEUE_OFFSET, 4), _queue(1, (7, 0, 1, 0, 0, 0)),
+                           "queue entry 0 has kind 7"),
+    "controls that never came": ((QUEUE_OFFSET, 4), _queue(1, (2, 0, 0, 0, 0, 1)),
+                                 "counts 1 control messages before it, but only 0 arrived"),
+    "queue outside the ring": ((RING_SIZE - 64, 4), b"", "does not fit the 65536-byte ring"),
+    "queue not aligned": ((QUEUE_OFFSET + 8, 4), b"", "(or is not 64-byte aligned)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_QUEUE))
+def test_hostile_queue_in_the_ring_is_refused_cleanly(procs, case):
+    queue, ring, expected = HOSTILE_QUEUE[case]
+    sock = _socket()
+    producer = _hostile_ring_producer(sock, ring, [], queue=queue)
     message = _failed(_rust_recv(procs, sock))
     producer.join(TIMEOUT)
     assert expected in message
