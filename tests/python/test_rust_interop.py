@@ -516,7 +516,8 @@ def _hostile_ring_producer(sock: str, ring: bytes, messages, seals=RING_SEALS, q
 
 
 HOSTILE_RING = {
-    "metadata outside the ring": (b"", [_batch(1, RING_SIZE - 4, 100)], "outside the 65536-byte ring"),
+    "metadata outside the ring": (b"", [_batch(1, RING_SIZE - 4, 100)],
+                                  "outside the 65536-byte ring"),
     "garbage metadata": (bytes(range(200)), [_batch(1, 0, 200)], "batch 1 (metadata at [0, +200)"),
     "buffer past the ring": (_metadata(100_000), [_batch(1, 0, len(_metadata(100_000)))],
                              "is outside the 65536-byte body"),
