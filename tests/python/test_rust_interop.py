@@ -582,26 +582,28 @@ def _pipe_read_end() -> int:
     return read_end
 
 
-HOSTILE_SEALED = {  # what comes with one sealed-mode Batch
-    "no fd": (lambda: None, "sealed Batch 1 carries 0 fds, expected 1"),
-    "a pipe": (_pipe_read_end, "is not a memfd (F_GET_SEALS: EINVAL)"),
-    "unsealed memfd": (lambda: _sealed_memfd(b"", 0), "lacks seals: has none"),
-    "garbage stream": (lambda: _sealed_memfd(bytes(range(256)) * 4, RING_SEALS),
+HOSTILE_SEALED = {  # the fds that come with one sealed-mode Batch
+    "no fd": (lambda: [], "sealed Batch 1 carries 0 fds, expected 1"),
+    "a pipe": (lambda: [_pipe_read_end()], "is not a memfd (F_GET_SEALS: EINVAL)"),
+    "unsealed memfd": (lambda: [_sealed_memfd(b"", 0)], "lacks seals: has none"),
+    "garbage stream": (lambda: [_sealed_memfd(bytes(range(256)) * 4, RING_SEALS)],
                        "batch 1 (a sealed memfd of 65536 bytes): IPC stream"),
+    "more fds than there is room for": (lambda: [_pipe_read_end() for _ in range(12)],
+                                        "more fds than the 8 it may (MSG_CTRUNC)"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_SEALED))
 def test_hostile_sealed_producer_is_refused_cleanly(procs, case):
-    make_fd, expected = HOSTILE_SEALED[case]
+    make_fds, expected = HOSTILE_SEALED[case]
 
     def send(conn, welcome):
         conn.send(welcome)
-        fd = make_fd()
+        fds = make_fds()
         try:
-            socket.send_fds(conn, [_batch(1, 0, 0)], [] if fd is None else [fd])
+            socket.send_fds(conn, [_batch(1, 0, 0)], fds)
         finally:
-            if fd is not None:
+            for fd in fds:
                 os.close(fd)
 
     sock = _socket()

@@ -769,6 +769,15 @@ impl Consumer {
     /// Receives and handles one message, waiting up to `wait` (None: forever); false if none
     /// arrived. A broken message or a closed connection becomes the consumer's fatal error.
     fn pump(&mut self, wait: Option<Duration>) -> Result<bool> {
+        match self.pump_once(wait) {
+            Ok(got) => Ok(got),
+            // A message refused on receipt (MSG_CTRUNC, too long) or a failed recvmsg: the
+            // stream cannot go on.
+            Err(error) => self.fail(error),
+        }
+    }
+
+    fn pump_once(&mut self, wait: Option<Duration>) -> Result<bool> {
         let channel = self.channel.clone().expect("stream protocol");
         let mut received = self.receive()?;
         self.behind = received.is_some();
