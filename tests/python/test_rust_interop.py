@@ -389,7 +389,7 @@ def test_nobody_listening_is_a_clean_error(procs):
 HANDOVER_BAD_INPUT = {
     "no-fd": "carried 0 fds, expected 1",
     "two-fds": "carried 2 fds, expected 1",
-    "five-fds": "fds",
+    "five-fds": "carried 5 fds, expected 1",
     "pipe": "is not a memfd",
     "regular-file": "is not a memfd",
     "unsealed": "lacks seals: has none",
