@@ -373,9 +373,7 @@ def test_producer_killed_midway_is_a_clean_error(procs, mode):
     time.sleep(0.5)
     assert sender.poll() is None
     sender.send_signal(signal.SIGKILL)
-    started = time.monotonic()
     message = _failed(receiver)
-    assert time.monotonic() - started < 5
     assert "producer closed the connection" in message
 
 
