@@ -84,8 +84,8 @@ def test_stream_protocol_summary_equals_cpp_recv(procs, mode, columns):
     sock = _socket()
     projection = ("--columns", columns) if columns else ()
     sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 60, "--rows", 1000,
-                        "--schema", SCHEMA, "--null-fraction", 0.1, "--seed", 11,
-                        "--wait-consumers", 2)
+                   "--schema", SCHEMA, "--null-fraction", 0.1, "--seed", 11,
+                   "--wait-consumers", 2)
     rust = _rust_recv(procs, sock, "--check-zero-copy", *projection)
     cpp = _cpp_recv(procs, sock, *projection)
     got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
@@ -100,8 +100,8 @@ def test_stream_protocol_summary_equals_cpp_recv(procs, mode, columns):
 def test_schema_change_midway_equals_cpp_recv(procs, mode):
     sock = _socket()
     sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 20, "--rows", 300,
-                        "--schema", SCHEMA, "--null-fraction", 0.1, "--schema-change-at", 8,
-                        "--wait-consumers", 2)
+                   "--schema", SCHEMA, "--null-fraction", 0.1, "--schema-change-at", 8,
+                   "--wait-consumers", 2)
     rust, cpp = _rust_recv(procs, sock, "--check-zero-copy"), _cpp_recv(procs, sock)
     got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
     assert got == want
@@ -194,7 +194,7 @@ def test_required_schema_checked_by_the_rust_producer(procs):
 def test_single_hand_over_summary_equals_cpp_recv(procs, tmp_path):
     for sock in (_socket(), str(tmp_path / "s")):  # abstract name and socket file
         sender = _send(procs, "--socket", sock, "--batches", 4, "--rows", 700, "--schema", SCHEMA,
-                            "--null-fraction", 0.2, "--clients", 2)
+                       "--null-fraction", 0.2, "--clients", 2)
         rust = _rust_recv(procs, sock, "--check-zero-copy")
         cpp = _cpp_recv(procs, sock)
         got, want, sent = _ok(rust), _ok(cpp), _ok(sender)
@@ -208,7 +208,7 @@ def test_ring_mode_backlog_with_few_credits(procs):
     runs, the queue in the ring, Wake/Waiting and deferred releases all take part."""
     sock = _socket()
     sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 300, "--rows", 50,
-                        "--schema", SCHEMA, "--wait-consumers", 1)
+                   "--schema", SCHEMA, "--wait-consumers", 1)
     got, sent = _ok(_rust_recv(procs, sock, "--max-in-flight", 2)), _ok(sender)
     assert got["batches"] == 300 and got["columns"] == sent["columns"]
     assert sent["producer"]["dropped"] == 0
@@ -217,7 +217,7 @@ def test_ring_mode_backlog_with_few_credits(procs):
 def test_busy_polling_consumer(procs):
     sock = _socket()
     sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 100, "--rows", 100,
-                        "--schema", SCHEMA, "--wait-consumers", 1)
+                   "--schema", SCHEMA, "--wait-consumers", 1)
     got, sent = _ok(_rust_recv(procs, sock, "--busy-poll-us", 200)), _ok(sender)
     assert got["columns"] == sent["columns"]
 
@@ -240,7 +240,7 @@ def test_readme_example_reads_a_ring_stream_in_place(procs):
     example = _example("read_ring")
     sock = _socket()
     sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 25, "--rows", 400,
-                        "--wait-consumers", 1)
+                   "--wait-consumers", 1)
     out, err = procs.start([example, sock]).communicate(timeout=TIMEOUT)
     assert out.strip() == "25 batches, 10000 rows read in place (ring mode)", err
     _ok(sender)
@@ -252,7 +252,7 @@ def test_poll_loop_example_waits_on_the_fd(procs, mode):
     example = _example("poll_loop")
     sock = _socket()
     sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 30, "--rows", 10,
-                        "--rate", 300, "--wait-consumers", 1)
+                   "--rate", 300, "--wait-consumers", 1)
     out, err = procs.start([example, sock]).communicate(timeout=TIMEOUT)
     summary = re.fullmatch(r"(\d+) batches, (\d+) rows \((\d+) waits\)\n", out)
     batches, rows, waits = summary.groups()
@@ -286,10 +286,10 @@ def test_rust_producer_to_cpp_rust_and_python_consumers(procs, mode):
     sock = _socket()
     # A ring of 256 KiB for about 2 MiB of batches: its blocks are reused as batches are released.
     sender = procs.start([RUST_BIN, "send", "--mode", mode, "--ring-size", 256 << 10,
-                         "--socket", sock, "--json", "--batches", 80, "--rows", 1000,
-                         "--schema", SCHEMA + ",f:uint16", "--null-fraction", 0.1,
-                         "--wait-consumers", 3, "--max-in-flight", 4,
-                         "--accept-timeout-ms", TIMEOUT * 1000])
+                          "--socket", sock, "--json", "--batches", 80, "--rows", 1000,
+                          "--schema", SCHEMA + ",f:uint16", "--null-fraction", 0.1,
+                          "--wait-consumers", 3, "--max-in-flight", 4,
+                          "--accept-timeout-ms", TIMEOUT * 1000])
     cpp = _cpp_recv(procs, sock, "--delay-ms", 2)  # slow: the producer waits for its releases
     rust = _rust_recv(procs, sock, "--check-zero-copy")
     python = _python_consumer_summary(sock)
@@ -306,8 +306,8 @@ def test_rust_producer_to_cpp_rust_and_python_consumers(procs, mode):
 def test_rust_producer_projection_for_the_cpp_consumer(procs):
     sock = _socket()
     sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 5,
-                         "--rows", 100, "--schema", SCHEMA, "--wait-consumers", 1,
-                         "--accept-timeout-ms", TIMEOUT * 1000])
+                          "--rows", 100, "--schema", SCHEMA, "--wait-consumers", 1,
+                          "--accept-timeout-ms", TIMEOUT * 1000])
     got, sent = _ok(_cpp_recv(procs, sock, "--columns", "d,a")), _ok(sender)
     by_name = {c["name"]: c for c in sent["columns"]}
     assert got["columns"] == [by_name["d"], by_name["a"]]
@@ -316,14 +316,14 @@ def test_rust_producer_projection_for_the_cpp_consumer(procs):
 def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
     sock = _socket()
     sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 3,
-                         "--rows", 10, "--schema", SCHEMA, "--wait-consumers", 1,
-                         "--accept-timeout-ms", TIMEOUT * 1000])
+                          "--rows", 10, "--schema", SCHEMA, "--wait-consumers", 1,
+                          "--accept-timeout-ms", TIMEOUT * 1000])
     refused = _cpp_recv(procs, sock, "--columns", "nope")
     out, err = refused.communicate(timeout=TIMEOUT)
     assert refused.returncode == 1 and "no single column 'nope'" in err, err
     ring_sock = _socket()
     ring = procs.start([RUST_BIN, "send", "--mode", "ring", "--socket", ring_sock, "--batches", 1,
-                       "--accept-timeout-ms", 2000])
+                        "--accept-timeout-ms", 2000])
     refused = _cpp_recv(procs, ring_sock, "--columns", "rand")
     out, err = refused.communicate(timeout=TIMEOUT)
     assert refused.returncode == 1 and "projections in sealed mode only" in err, err
@@ -335,8 +335,8 @@ def test_rust_producer_refuses_a_missing_column_and_serves_others(procs):
 def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(procs):
     sock = _socket()
     sender = procs.start([RUST_BIN, "send", "--socket", sock, "--json", "--batches", 2,
-                         "--rows", 10, "--wait-consumers", 2,
-                         "--accept-timeout-ms", TIMEOUT * 1000])
+                          "--rows", 10, "--wait-consumers", 2,
+                          "--accept-timeout-ms", TIMEOUT * 1000])
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as peer:
         peer.settimeout(TIMEOUT)
         for _ in range(200):  # until the producer listens
@@ -368,7 +368,7 @@ def test_rust_producer_disconnects_a_consumer_releasing_what_it_does_not_hold(pr
 def test_producer_killed_midway_is_a_clean_error(procs, mode):
     sock = _socket()
     sender = _send(procs, "--mode", mode, "--socket", sock, "--batches", 10000, "--rows", 100,
-                        "--rate", 50, "--wait-consumers", 1)
+                   "--rate", 50, "--wait-consumers", 1)
     receiver = _rust_recv(procs, sock)
     time.sleep(0.5)
     assert sender.poll() is None
