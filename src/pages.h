@@ -21,13 +21,14 @@ inline constexpr int64_t kHugePageSize = int64_t{2} << 20;
 [[nodiscard]] arrow::Status AdviseHugePages(uint8_t* base, int64_t size, PagePolicy policy);
 
 /// Backs [offset, offset+length) of `memfd`, mapped writable at `base`, with memory now, so
-/// exhaustion is an error here and never a SIGBUS at a later write. kAuto faults the range in
-/// through the mapping (MADV_POPULATE_WRITE): under shmem_enabled=advise the kernel picks huge
-/// pages only for a fault in a MADV_HUGEPAGE mapping, never for fallocate on the file.
+/// exhaustion is an error here and never a SIGBUS at a later write, and maps it in (pre-faults).
+/// kAuto under shmem_enabled=advise allocates by faulting the range in (MADV_POPULATE_WRITE):
+/// the kernel then picks huge pages only for a fault in a MADV_HUGEPAGE mapping.
 [[nodiscard]] arrow::Status CommitPages(Memfd& memfd, uint8_t* base, int64_t offset,
                                         int64_t length, PagePolicy policy);
 
-/// The size of the pages mapping `addr` in this process (4096 or 2 MiB), from /proc/self/smaps:
+/// The size of the pages of the mapping holding `addr` in this process (4096 or 2 MiB, counting
+/// only pages mapped now), from /proc/self/smaps:
 /// KernelPageSize for hugetlb, ShmemPmdMapped/FilePmdMapped for transparent huge pages.
 [[nodiscard]] arrow::Result<int64_t> MappedPageSize(const void* addr);
 
