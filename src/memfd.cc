@@ -37,8 +37,8 @@ arrow::Status Memfd::Commit(int64_t offset, int64_t length) {
     if (hugetlb_ && (errno == ENOSPC || errno == ENOMEM)) {
       return ErrnoStatus(errno, "fallocate(hugetlb memfd fd ", fd_.get(), ", offset ", offset,
                          ", length ", length, "): too few free huge pages (HugePages_Free in ",
-                         "/proc/meminfo); reserve more with /proc/sys/vm/nr_hugepages or use ",
-                         "pages auto");
+                         "/proc/meminfo): reserve more with /proc/sys/vm/nr_hugepages, or choose ",
+                         "the page policy auto");
     }
     return ErrnoStatus(errno, "fallocate(memfd fd ", fd_.get(), ", offset ", offset,
                        ", length ", length, "): shared memory exhausted?");

@@ -30,11 +30,13 @@ constexpr const char* kUsage = R"(usage: shmarrow COMMAND [options]
              --block-timeout-ms N (-1 = wait for room forever; 0 = fail fast)
              --max-in-flight N (64; batches a consumer may hold)  --max-consumers N (64)
              --retain N (0; batches kept for late consumers asking for the oldest)
+             --pages auto|hugetlb|off (auto: huge pages where shmem_enabled offers them;
+             hugetlb: reserved vm.nr_hugepages; off: 4 KiB)
              --schema-change-at K (after K batches, add an int64 column "extra")
              --serve-requests (answer "rows=N" with N generated rows of the current schema)
              --linger-ms N (10000; after the end, wait for consumers to drain)
              --json (one line at the end: the summary of stream 0 plus "producer":
-             {published, bytes_copied, consumers_total, dropped})
+             {published, bytes_copied, consumers_total, dropped, page_size})
            a terminal shows progress on stderr; a failed publish exits 1
   recv     receive a stream (any mode) and print a report
              --socket PATH  --wait-ms N (0; wait for a producer to listen)

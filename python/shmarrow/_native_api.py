@@ -434,15 +434,23 @@ class Producer:
     :param allow_any_uid: serve every user (else only this uid and ``allowed_uids``).
     :param allowed_uids: other uids allowed to connect.
     :param name: memfd name (shows in /proc/PID/maps as ``memfd:NAME``).
+    :param pages: which pages back the shared memory: ``"auto"`` (huge pages where the kernel
+        offers them for shared memory, ``shmem_enabled`` advise/within_size/always; 4 KiB
+        otherwise), ``"hugetlb"`` (the host's reserved huge pages, ``vm.nr_hugepages``; creating
+        the memory fails when too few are free) or ``"off"`` (4 KiB). ``stats["page_size"]``
+        says which size was obtained.
     """
 
     def __init__(self, address: str, schema: pa.Schema, *, mode: str = "ring",
                  ring_size: int = 64 << 20, block_timeout: Optional[float] = None,
                  max_consumers: int = 64, max_in_flight: int = 64, retain: int = 0,
                  socket_mode: int = 0o600, allow_any_uid: bool = False,
-                 allowed_uids: Iterable[int] = (), name: str = "shmarrow"):
+                 allowed_uids: Iterable[int] = (), name: str = "shmarrow",
+                 pages: str = "auto"):
         if mode not in ("ring", "sealed"):
             raise ValueError(f"mode must be 'ring' or 'sealed', not {mode!r}")
+        if pages not in ("auto", "hugetlb", "off"):
+            raise ValueError(f"pages must be 'auto', 'hugetlb' or 'off', not {pages!r}")
         for option, value in (("ring_size", ring_size), ("max_consumers", max_consumers),
                               ("max_in_flight", max_in_flight)):
             if value <= 0:
@@ -452,7 +460,7 @@ class Producer:
         self._native = _native._Producer(
             address, _schema_capsule(schema, "schema"), mode == "ring", ring_size,
             _milliseconds(block_timeout, "block_timeout"), max_consumers, max_in_flight, retain,
-            socket_mode, list(allowed_uids), allow_any_uid, name)
+            socket_mode, list(allowed_uids), allow_any_uid, name, pages)
         with _open_producers_lock:
             _open_producers.add(self)
 
@@ -562,7 +570,8 @@ class Producer:
     @property
     def stats(self) -> dict:
         """``{"published", "bytes_copied", "consumers", "consumers_total",
-        "consumers_refused", "dropped", "in_flight", "ring_bytes_in_use"}``."""
+        "consumers_refused", "dropped", "in_flight", "ring_bytes_in_use", "page_size"}``
+        (``page_size``: bytes per page of the shared memory as obtained, see ``pages``)."""
         return self._native.stats()
 
     @property
