@@ -44,6 +44,7 @@ arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64
   ARROW_RETURN_NOT_OK(AdviseHugePages(mapping.data(), size, pages));
   // Commit it all now: running out of shared memory is an error here, never a SIGBUS later.
   ARROW_RETURN_NOT_OK(CommitPages(memfd, mapping.data(), 0, size, pages));
+  Prefault(mapping.data(), size);
   ARROW_ASSIGN_OR_RAISE(const int64_t page_size, MappedPageSize(mapping.data()));
   // The producer's writable mapping exists; from now on nobody else can map it writable or write
   // through an fd, and its size is fixed.
