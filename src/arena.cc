@@ -12,6 +12,10 @@
 namespace shmarrow::internal {
 namespace {
 constexpr int64_t kCommitChunk = int64_t{2} << 20;
+// The first commit of an arena; each later one doubles what is committed, up to kCommitChunk.
+// Small batches then commit (and at sealing give back) 64 KiB, not 2 MiB: zeroing and freeing the
+// unused rest of 2 MiB was most of a small sealed batch's cost.
+constexpr int64_t kFirstCommit = int64_t{64} << 10;
 
 int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
 
@@ -43,7 +47,11 @@ int64_t Arena::front() const {
 
 arrow::Status Arena::CommitUpTo(int64_t end) {
   if (end <= committed_) return arrow::Status::OK();
-  const int64_t new_committed = std::min(AlignUp(end, kCommitChunk), capacity_);
+  // hugetlb memory commits whole huge pages.
+  const int64_t step = pages_ == PagePolicy::kHugetlb
+                           ? kCommitChunk
+                           : std::clamp(committed_, kFirstCommit, kCommitChunk);
+  const int64_t new_committed = std::min(AlignUp(end, step), capacity_);
   ARROW_RETURN_NOT_OK(
       CommitPages(memfd_, mapping_.data(), committed_, new_committed - committed_, pages_));
   committed_ = new_committed;
