@@ -66,6 +66,10 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
      same once more with one batch built once and published again each time (`--reuse 1`; only
      the stamp is written), as the socket route does, so that the producer has not just written
      the whole payload through its caches when it publishes.
+   - *shmarrow sealed, 4 KiB against 2 MiB pages* (smallest size, 1 MiB, largest size): the
+     sealed route with `shmem_enabled` as the machine is set and switched to `advise` for the
+     run (root only; restored after), so that `pages=auto` arenas get huge pages; the two
+     interleaved, three repetitions, median and min–max of the repetitions' medians.
 2. **End-to-end** — 4 `int64` columns, values `i + column`; the consumer sums every value.
    *One process*: build with Arrow's default pool, then sum, in one thread. *Two processes*: the
    producer builds in the ring, publishes, the consumer sums; timed from before the build to the

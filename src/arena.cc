@@ -36,7 +36,10 @@ arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int
   if (::madvise(mapping.data(), static_cast<size_t>(capacity), MADV_DONTFORK) != 0) {
     return ErrnoStatus(errno, "madvise(MADV_DONTFORK) on the arena of memfd fd ", memfd.fd());
   }
-  ARROW_RETURN_NOT_OK(AdviseHugePages(mapping.data(), capacity, pages));
+  // Huge pages from the second 2 MiB on: a batch that fits the first would otherwise take (and
+  // at sealing split and give back) a whole huge page, which made small sealed batches slower.
+  ARROW_RETURN_NOT_OK(
+      AdviseHugePages(mapping.data() + kCommitChunk, capacity - kCommitChunk, pages));
   return std::unique_ptr<Arena>(new Arena(std::move(memfd), std::move(mapping), capacity, pages));
 }
 

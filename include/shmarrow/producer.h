@@ -73,7 +73,8 @@ struct ProducerStats {
   int64_t in_flight = 0;     // batches some consumer holds or has queued
   int64_t ring_bytes_in_use = 0;
   /// Bytes per page of the shared memory as obtained (4096, or 2 MiB for huge pages): the ring's,
-  /// or in sealed mode a probe's made like an arena at Listen.
+  /// or in sealed mode a probe's made like an arena at Listen (arenas take huge pages, under
+  /// PagePolicy::kAuto, from their second 2 MiB on).
   int64_t page_size = 0;
 };
 
