@@ -39,7 +39,7 @@ arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int
   // Huge pages from the second 2 MiB on: a batch that fits the first would otherwise take (and
   // at sealing split and give back) a whole huge page, which made small sealed batches slower.
   ARROW_RETURN_NOT_OK(
-      AdviseHugePages(mapping.data() + kCommitChunk, capacity - kCommitChunk, pages));
+      AdviseHugePages(mapping.data() + kHugePageSize, capacity - kHugePageSize, pages));
   return std::unique_ptr<Arena>(new Arena(std::move(memfd), std::move(mapping), capacity, pages));
 }
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "errno_status.h"
+#include "pages.h"
 
 namespace shmarrow::internal {
 namespace {
@@ -12,7 +13,6 @@ int64_t PageSize() {
   return page;
 }
 int64_t RoundUpToPage(int64_t n) { return (n + PageSize() - 1) / PageSize() * PageSize(); }
-constexpr int64_t kHugeAlignment = int64_t{2} << 20;
 }  // namespace
 
 arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* what) {
@@ -22,14 +22,14 @@ arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* 
   // the spare head and tail given back.
   uint8_t* at = nullptr;
   int fixed = 0;
-  if (size >= kHugeAlignment) {
-    const size_t reserved = static_cast<size_t>(size + kHugeAlignment);
+  if (size >= kHugePageSize) {
+    const size_t reserved = static_cast<size_t>(size + kHugePageSize);
     void* space =
         ::mmap(nullptr, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (space != MAP_FAILED) {
       auto* begin = static_cast<uint8_t*>(space);
-      const auto misalign = reinterpret_cast<uintptr_t>(begin) % kHugeAlignment;
-      at = begin + (misalign == 0 ? 0 : kHugeAlignment - misalign);
+      const auto misalign = reinterpret_cast<uintptr_t>(begin) % kHugePageSize;
+      at = begin + (misalign == 0 ? 0 : kHugePageSize - misalign);
       uint8_t* const end = at + RoundUpToPage(size);
       if (at > begin) ::munmap(begin, static_cast<size_t>(at - begin));
       if (end < begin + reserved) ::munmap(end, static_cast<size_t>(begin + reserved - end));
