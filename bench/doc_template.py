@@ -66,11 +66,24 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
      same once more with one batch built once and published again each time (`--reuse 1`; only
      the stamp is written), as the socket route does, so that the producer has not just written
      the whole payload through its caches when it publishes.
+   - *shmarrow sealed, 4 KiB against 2 MiB pages* (smallest size, 1 MiB, largest size): the
+     sealed route with `shmem_enabled` as the machine is set and switched to `advise` for the
+     run (root only; restored after), so that `pages=auto` arenas get huge pages; the two
+     interleaved, three repetitions, median and min–max of the repetitions' medians.
 2. **End-to-end** — 4 `int64` columns, values `i + column`; the consumer sums every value.
    *One process*: build with Arrow's default pool, then sum, in one thread. *Two processes*: the
    producer builds in the ring, publishes, the consumer sums; timed from before the build to the
    end of the sum. Medians of the iterations (the first of each includes page faults); both sums
    are checked equal.
+   *Per page policy* (`handover_bench e2e --pages`): the same one/two pair for each page policy
+   the machine allows — `off`; `auto` as the kernel is set; `auto` with
+   `/sys/kernel/mm/transparent_hugepage/shmem_enabled` switched to `advise` for this part of the
+   run (only as root; the setting is restored after); `hugetlb`, with `vm.nr_hugepages` raised for
+   the run as root and restored after — the rows interleaved, three repetitions, the ratio taken
+   per repetition (median and min–max shown). A policy the machine does not allow is listed with
+   the reason. Each row also gives the producer's build and the consumer's sum apart, with the
+   minor page faults (`getrusage`) of each, and the page size the producer obtained
+   (`ProducerStats::page_size`, from `/proc/self/smaps`).
 3. **Small batches** — 1 row, 3 columns (`int64`, `int64`, `float64`), built for each send (in
    the ring for shmarrow; once, on the heap, for the socket); one-way latency percentiles for ring
    mode and the UNIX-socket IPC stream, each twice: the reader blocking (`ReadNext`; Arrow's
@@ -210,6 +223,22 @@ def notes(results):
             "building and summing, so the ratio of medians follows how those two vary between "
             "iterations (fresh pages, the other processes of the machine) and moved between runs "
             "here on both sides of 1; the ratio of minima is the steadier comparison.")
+    pages = [r for r in results.get("e2e_pages", {}).get("rows", []) if "ratio" in r]
+    if pages:
+        def med(values):
+            return sorted(values)[len(values) // 2]
+
+        rows = "; ".join(f"{r['label']} ({human_size(r['page_size'])} pages) "
+                         f"{r['ratio']['median']:.3f}, the consumer's sum {_ns(med(r['sum_ns']))}, "
+                         f"the producer's build {_ns(med(r['build_ns']))}" for r in pages)
+        parts.append(
+            f"- **End-to-end per page policy** (two/one, medians of the repetitions): {rows}. "
+            "The ring is committed and mapped in (`MADV_POPULATE_WRITE`) when the producer "
+            "starts and the consumer maps it once, so the timed iterations take no page faults "
+            "(the minor-fault columns above); what the page size changes is how many TLB entries "
+            f"the {human_size(results['e2e_pages']['bytes'])} take. Where this VM exposes no hardware counters "
+            "(`perf stat -e dTLB-load-misses`: not supported), TLB misses are inferred from that "
+            "difference, not counted.")
     parts.append(
         "- **Sealed mode against size.** Each batch is a fresh memfd that is created, filled, "
         "trimmed, sealed, passed and mapped; the figure grows with the payload (roughly "

@@ -4,6 +4,7 @@
 //                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
+//   (handover and e2e take --pages auto|hugetlb|off: the producer's page policy, default auto)
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
 //   handover_bench heap       --transport ring|sealed --batches M
 //   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
@@ -89,6 +90,16 @@ int64_t VmHwmKb() {
   }
   return -1;
 }
+
+// Minor page faults of this process so far (getrusage).
+int64_t MinorFaults() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
+
+// The producers' page policy (--pages).
+shmarrow::PagePolicy g_pages = shmarrow::PagePolicy::kAuto;
 
 // CPU time this process has used, all its threads, user and system (ns).
 int64_t CpuNs() {
@@ -232,6 +243,7 @@ arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::str
   shmarrow::ProducerOptions options;
   options.mode = transport == "sealed" ? shmarrow::MemoryMode::kSealed : shmarrow::MemoryMode::kRing;
   options.ring_size = std::max<int64_t>(int64_t{16} << 20, bytes_in_flight * 2 + (int64_t{16} << 20));
+  options.pages = g_pages;
   return shmarrow::Producer::Listen(address, std::move(schema), options);
 }
 
@@ -523,17 +535,27 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
     return sum;
   };
   if (mode == "one") {
-    std::vector<int64_t> samples;
+    std::vector<int64_t> samples, build_ns, sum_ns, build_faults, sum_faults;
     int64_t check = 0;
     for (int64_t it = 0; it < iters; ++it) {
+      const int64_t f0 = MinorFaults();
       const int64_t t0 = NowNs();
       auto batch = MakeColumns(arrow::default_memory_pool(), bytes, cols).ValueOrDie();
+      const int64_t t1 = NowNs();
+      const int64_t f1 = MinorFaults();
       check += sum_batch(*batch);
-      samples.push_back(NowNs() - t0);
+      const int64_t t2 = NowNs();
+      samples.push_back(t2 - t0);
+      build_ns.push_back(t1 - t0);
+      sum_ns.push_back(t2 - t1);
+      build_faults.push_back(f1 - f0);
+      sum_faults.push_back(MinorFaults() - f1);
     }
     Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"one\",\"bytes\":" + std::to_string(bytes) +
          ",\"check\":" + std::to_string(check) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
-         ",\"samples_ns\":" + Samples(samples) + "}");
+         ",\"samples_ns\":" + Samples(samples) + ",\"build_ns\":" + Samples(build_ns) +
+         ",\"sum_ns\":" + Samples(sum_ns) + ",\"build_minflt\":" + Samples(build_faults) +
+         ",\"sum_minflt\":" + Samples(sum_faults) + "}");
     return 0;
   }
   // Two processes, ring mode: the producer takes t0 before building and stores it in column 0,
@@ -545,20 +567,25 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
       [&](int) {
         auto st = [&]() -> arrow::Status {
           ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address));
-          std::vector<int64_t> samples;
+          std::vector<int64_t> samples, sum_ns, sum_faults;
           int64_t check = 0;
           for (;;) {
             std::shared_ptr<arrow::RecordBatch> batch;
             ARROW_RETURN_NOT_OK(consumer->ReadNext(&batch));
             if (batch == nullptr) break;
             const int64_t t0 = ReadStamp(*batch);
+            const int64_t f1 = MinorFaults();
+            const int64_t t1 = NowNs();
             check += sum_batch(*batch) - t0;  // row 0 of column 0 was 0 before the stamp
-            samples.push_back(NowNs() - t0);
+            const int64_t t2 = NowNs();
+            samples.push_back(t2 - t0);
+            sum_ns.push_back(t2 - t1);
+            sum_faults.push_back(MinorFaults() - f1);
           }
           Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"two\",\"bytes\":" +
                std::to_string(bytes) + ",\"check\":" + std::to_string(check) +
                ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + ",\"samples_ns\":" + Samples(samples) +
-               "}");
+               ",\"sum_ns\":" + Samples(sum_ns) + ",\"sum_minflt\":" + Samples(sum_faults) + "}");
           return arrow::Status::OK();
         }();
         return st.ok() ? 0 : Fail("consumer", st);
@@ -567,15 +594,22 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
         auto st = [&]() -> arrow::Status {
           ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, ColumnsSchema(cols), "ring", bytes));
           ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
+          std::vector<int64_t> build_ns, build_faults;
           for (int64_t it = 0; it < iters; ++it) {
+            const int64_t f0 = MinorFaults();
             const int64_t t0 = NowNs();
             std::shared_ptr<arrow::RecordBatch> batch;
             ARROW_ASSIGN_OR_RAISE(batch, MakeColumns(producer->pool(), bytes, cols));
+            build_ns.push_back(NowNs() - t0);
+            build_faults.push_back(MinorFaults() - f0);
             FirstValue(*batch)[0] = t0;
             ARROW_RETURN_NOT_OK(producer->Publish(batch));
             batch.reset();
             ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
           }
+          Emit("{\"role\":\"phases\",\"page_size\":" + std::to_string(producer->stats().page_size) +
+               ",\"build_ns\":" + Samples(build_ns) + ",\"build_minflt\":" + Samples(build_faults) +
+               "}");
           return FinishProducer(*producer);
         }();
         return st.ok() ? 0 : Fail("producer", st);
@@ -710,6 +744,12 @@ int RunHeapFloor(int64_t batches) {
 
 int main(int argc, char** argv) {
   const Args a = Parse(argc, argv);
+  auto pages = shmarrow::ParsePagePolicy(a.Get("pages", "auto"));
+  if (!pages.ok()) {
+    std::cerr << pages.status().ToString() << std::endl;
+    return 2;
+  }
+  g_pages = *pages;
   if (a.command == "handover" || a.command == "latency") {
     return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
                     a.Int("warmup", a.command == "latency" ? 100 : 1),

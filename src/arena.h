@@ -11,6 +11,7 @@
 
 #include "mapping.h"
 #include "memfd.h"
+#include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow::internal {
@@ -22,8 +23,8 @@ inline constexpr int64_t kArenaAlignment = 64;
 /// exhaustion is an error from Reserve(), never a SIGBUS.
 class Arena {
  public:
-  [[nodiscard]] static arrow::Result<std::unique_ptr<Arena>> Create(const std::string& name,
-                                                                   int64_t capacity);
+  [[nodiscard]] static arrow::Result<std::unique_ptr<Arena>> Create(
+      const std::string& name, int64_t capacity, PagePolicy pages = PagePolicy::kAuto);
 
   [[nodiscard]] uint8_t* base() const { return mapping_.data(); }
   [[nodiscard]] int64_t capacity() const { return capacity_; }
@@ -49,14 +50,15 @@ class Arena {
   [[nodiscard]] bool sealed() const { return sealed_; }
 
  private:
-  Arena(Memfd memfd, Mapping mapping, int64_t capacity)
-      : memfd_(std::move(memfd)), mapping_(std::move(mapping)), capacity_(capacity) {}
+  Arena(Memfd memfd, Mapping mapping, int64_t capacity, PagePolicy pages)
+      : memfd_(std::move(memfd)), mapping_(std::move(mapping)), capacity_(capacity), pages_(pages) {}
   arrow::Status CommitUpTo(int64_t end);
 
   // Member order: the mapping goes before the fd it maps is closed.
   Memfd memfd_;
   Mapping mapping_;
   const int64_t capacity_;
+  const PagePolicy pages_;
   mutable std::mutex mutex_;
   int64_t front_ = 0;
   int64_t committed_ = 0;

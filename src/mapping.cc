@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "errno_status.h"
+#include "pages.h"
 
 namespace shmarrow::internal {
 namespace {
@@ -16,10 +17,31 @@ int64_t RoundUpToPage(int64_t n) { return (n + PageSize() - 1) / PageSize() * Pa
 
 arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* what) {
   if (size <= 0) return arrow::Status::Invalid("cannot map fd ", fd, ": size ", size);
-  void* addr = ::mmap(nullptr, static_cast<size_t>(size), prot, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  // At a 2 MiB boundary (file offset 0 too), so huge pages of the file can map as huge pages in
+  // this process: address space is reserved with room to spare, the file mapped over it, and
+  // the spare head and tail given back.
+  uint8_t* at = nullptr;
+  int fixed = 0;
+  if (size >= kHugePageSize) {
+    const size_t reserved = static_cast<size_t>(size + kHugePageSize);
+    void* space =
+        ::mmap(nullptr, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (space != MAP_FAILED) {
+      auto* begin = static_cast<uint8_t*>(space);
+      const auto misalign = reinterpret_cast<uintptr_t>(begin) % kHugePageSize;
+      at = begin + (misalign == 0 ? 0 : kHugePageSize - misalign);
+      uint8_t* const end = at + RoundUpToPage(size);
+      if (at > begin) ::munmap(begin, static_cast<size_t>(at - begin));
+      if (end < begin + reserved) ::munmap(end, static_cast<size_t>(begin + reserved - end));
+      fixed = MAP_FIXED;
+    }
+  }
+  void* addr =
+      ::mmap(at, static_cast<size_t>(size), prot, MAP_SHARED | MAP_NORESERVE | fixed, fd, 0);
   if (addr == MAP_FAILED) {
-    // ENOMEM here is usually vm.max_map_count or the address-space limit, not RAM.
     const int err = errno;
+    if (at != nullptr) ::munmap(at, static_cast<size_t>(RoundUpToPage(size)));  // the reservation
+    // ENOMEM here is usually vm.max_map_count or the address-space limit, not RAM.
     return ErrnoStatus(err, "mmap(fd ", fd, ", ", size, " bytes, ", what, ")",
                        err == ENOMEM ? ": vm.max_map_count or RLIMIT_AS reached?" : "");
   }
@@ -46,7 +68,8 @@ Mapping& Mapping::operator=(Mapping&& other) noexcept {
 arrow::Status Mapping::RemapReadOnlyPrivate(int fd, int64_t keep) {
   const int64_t kept = RoundUpToPage(keep);
   if (kept > 0) {
-    void* addr = ::mmap(data_, static_cast<size_t>(kept), PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+    void* addr = ::mmap(data_, static_cast<size_t>(kept), PROT_READ,
+                        MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
     if (addr == MAP_FAILED) {
       return ErrnoStatus(errno, "mmap(MAP_FIXED read-only remap of fd ", fd, ", ", kept, " bytes)");
     }

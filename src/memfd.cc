@@ -14,12 +14,15 @@
 
 namespace shmarrow::internal {
 
-arrow::Result<Memfd> Memfd::Create(const std::string& name) {
-  const unsigned base_flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+arrow::Result<Memfd> Memfd::Create(const std::string& name, PagePolicy pages) {
+  const bool hugetlb = pages == PagePolicy::kHugetlb;
+  const unsigned base_flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | (hugetlb ? MFD_HUGETLB : 0U);
   int fd = ::memfd_create(name.c_str(), base_flags | MFD_NOEXEC_SEAL);
   if (fd < 0 && errno == EINVAL) fd = ::memfd_create(name.c_str(), base_flags);
-  if (fd < 0) return ErrnoStatus(errno, "memfd_create('", name, "')");
-  return Memfd(UniqueFd(fd));
+  if (fd < 0) {
+    return ErrnoStatus(errno, "memfd_create('", name, "'", hugetlb ? ", MFD_HUGETLB" : "", ")");
+  }
+  return Memfd(UniqueFd(fd), hugetlb);
 }
 
 arrow::Status Memfd::Resize(int64_t size) {
@@ -31,6 +34,12 @@ arrow::Status Memfd::Resize(int64_t size) {
 
 arrow::Status Memfd::Commit(int64_t offset, int64_t length) {
   if (RetryOnEintr([&] { return ::fallocate(fd_.get(), 0, offset, length); }) != 0) {
+    if (hugetlb_ && (errno == ENOSPC || errno == ENOMEM)) {
+      return ErrnoStatus(errno, "fallocate(hugetlb memfd fd ", fd_.get(), ", offset ", offset,
+                         ", length ", length, "): too few free huge pages (HugePages_Free in ",
+                         "/proc/meminfo): reserve more with /proc/sys/vm/nr_hugepages, or choose ",
+                         "the page policy auto");
+    }
     return ErrnoStatus(errno, "fallocate(memfd fd ", fd_.get(), ", offset ", offset,
                        ", length ", length, "): shared memory exhausted?");
   }

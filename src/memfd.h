@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow::internal {
@@ -19,8 +20,10 @@ inline constexpr int kImmutableSeals = 0x0001 /*F_SEAL_SEAL*/ | 0x0002 /*F_SEAL_
 class Memfd {
  public:
   /// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL), falling back to no
-  /// MFD_NOEXEC_SEAL on kernels older than 6.3 (which reject it with EINVAL).
-  [[nodiscard]] static arrow::Result<Memfd> Create(const std::string& name);
+  /// MFD_NOEXEC_SEAL on kernels older than 6.3 (which reject it with EINVAL); MFD_HUGETLB too
+  /// for PagePolicy::kHugetlb (its sizes and offsets are then whole huge pages).
+  [[nodiscard]] static arrow::Result<Memfd> Create(const std::string& name,
+                                                   PagePolicy pages = PagePolicy::kOff);
 
   Memfd(Memfd&&) noexcept = default;
   Memfd& operator=(Memfd&&) noexcept = default;
@@ -36,8 +39,9 @@ class Memfd {
   [[nodiscard]] arrow::Status AddSeals(int seals);
 
  private:
-  explicit Memfd(UniqueFd fd) : fd_(std::move(fd)) {}
+  Memfd(UniqueFd fd, bool hugetlb) : fd_(std::move(fd)), hugetlb_(hugetlb) {}
   UniqueFd fd_;
+  bool hugetlb_ = false;
 };
 
 /// F_GET_SEALS of any fd; EINVAL (not a memfd/shmem file) becomes an error naming the fd.

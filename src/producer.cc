@@ -23,6 +23,7 @@
 #include "block_cache.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
+#include "pages.h"
 #include "protocol.h"
 #include "ring.h"
 #include "schema_match.h"
@@ -433,11 +434,16 @@ arrow::Status ProducerImpl::Start() {
       free_queue_slots_.push_back(static_cast<int>(slot));
     }
     ARROW_ASSIGN_OR_RAISE(ring_, internal::Ring::Create(options_.name, options_.ring_size,
-                                                        kRingBlocks, slots * queue_slot_bytes_));
+                                                        kRingBlocks, slots * queue_slot_bytes_,
+                                                        options_.pages));
+    stats_.page_size = ring_->page_size();
     ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
     ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
     ring_pool_requests_ =
         std::make_unique<internal::RingPool>(ring_.get(), options_.request_timeout_ms);
+  } else {
+    ARROW_ASSIGN_OR_RAISE(stats_.page_size,
+                          internal::ProbePageSize(options_.name, options_.pages));
   }
   ARROW_ASSIGN_OR_RAISE(auto listener,
                         UnixSocket::Listen(address_, SOCK_SEQPACKET, options_.socket_mode));
@@ -464,6 +470,7 @@ arrow::Result<std::shared_ptr<Loan>> ProducerImpl::NewLoan(
   WriterOptions writer_options;
   writer_options.capacity = kSealedCapacity;
   writer_options.name = options_.name;
+  writer_options.pages = options_.pages;
   ARROW_ASSIGN_OR_RAISE(auto writer, SharedStreamWriter::Open(schema, writer_options));
   return std::make_shared<Loan>(std::move(writer));
 }

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "errno_status.h"
+#include "pages.h"
 #include "pool_util.h"
 
 namespace shmarrow::internal {
@@ -29,24 +30,28 @@ alignas(64) uint8_t zero_size_area[1];
 }  // namespace
 
 arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64_t arena_size,
-                                                  int64_t max_blocks, int64_t reserved) {
+                                                  int64_t max_blocks, int64_t reserved,
+                                                  PagePolicy pages) {
   if (arena_size < 4096 || max_blocks < 1 || reserved < 0) {
     return arrow::Status::Invalid("ring of ", arena_size, " bytes / ", max_blocks,
                                   " blocks is too small");
   }
   arena_size = AlignUp(arena_size, 4096);
-  const int64_t size = arena_size + AlignUp(reserved, 4096);
-  ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name));
+  const int64_t size = RoundUpForPages(arena_size + AlignUp(reserved, 4096), pages);
+  ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name, pages));
   ARROW_RETURN_NOT_OK(memfd.Resize(size));
-  // Commit it all now: running out of shared memory is an error here, never a SIGBUS later.
-  ARROW_RETURN_NOT_OK(memfd.Commit(0, size));
   ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), size));
+  ARROW_RETURN_NOT_OK(AdviseHugePages(mapping.data(), size, pages));
+  // Commit it all now: running out of shared memory is an error here, never a SIGBUS later.
+  ARROW_RETURN_NOT_OK(CommitPages(memfd, mapping.data(), 0, size, pages));
+  Prefault(mapping.data(), size);
+  ARROW_ASSIGN_OR_RAISE(const int64_t page_size, MappedPageSize(mapping.data()));
   // The producer's writable mapping exists; from now on nobody else can map it writable or write
   // through an fd, and its size is fixed.
   ARROW_RETURN_NOT_OK(memfd.AddSeals(0x0010 /*F_SEAL_FUTURE_WRITE*/ | 0x0002 /*F_SEAL_SHRINK*/ |
                                      0x0004 /*F_SEAL_GROW*/ | 0x0001 /*F_SEAL_SEAL*/));
   return std::unique_ptr<Ring>(
-      new Ring(std::move(memfd), std::move(mapping), arena_size, max_blocks));
+      new Ring(std::move(memfd), std::move(mapping), arena_size, max_blocks, page_size));
 }
 
 Ring::~Ring() = default;

@@ -14,6 +14,7 @@
 
 #include "mapping.h"
 #include "memfd.h"
+#include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow::internal {
@@ -26,10 +27,9 @@ namespace shmarrow::internal {
 class Ring {
  public:
   /// `reserved` bytes after the circular part belong to the producer (its consumers' queues).
-  [[nodiscard]] static arrow::Result<std::unique_ptr<Ring>> Create(const std::string& name,
-                                                                  int64_t size,
-                                                                  int64_t max_blocks,
-                                                                  int64_t reserved = 0);
+  [[nodiscard]] static arrow::Result<std::unique_ptr<Ring>> Create(
+      const std::string& name, int64_t size, int64_t max_blocks, int64_t reserved = 0,
+      PagePolicy pages = PagePolicy::kAuto);
   ~Ring();
 
   [[nodiscard]] uint8_t* base() const { return mapping_.data(); }
@@ -43,6 +43,8 @@ class Ring {
   [[nodiscard]] int64_t OffsetOf(const void* p) const {
     return static_cast<const uint8_t*>(p) - mapping_.data();
   }
+  /// The size of the pages the ring got (4096 or 2 MiB), measured once it was committed.
+  [[nodiscard]] int64_t page_size() const { return page_size_; }
   /// An fd for consumers: opened read-only (through /proc/self/fd) where possible, and the memfd
   /// is sealed against future writes, shrinking and growing, so no consumer can write into it.
   [[nodiscard]] arrow::Result<UniqueFd> ConsumerFd() const;
@@ -64,10 +66,11 @@ class Ring {
     int64_t end = 0;
     bool freed = false;
   };
-  Ring(Memfd memfd, Mapping mapping, int64_t arena_size, int64_t max_blocks)
+  Ring(Memfd memfd, Mapping mapping, int64_t arena_size, int64_t max_blocks, int64_t page_size)
       : memfd_(std::move(memfd)),
         mapping_(std::move(mapping)),
         arena_size_(arena_size),
+        page_size_(page_size),
         blocks_(max_blocks) {}
   /// Where a block of `need` bytes fits now, or -1.
   int64_t FindSpace(int64_t need) const;
@@ -77,6 +80,7 @@ class Ring {
   Memfd memfd_;
   Mapping mapping_;
   const int64_t arena_size_;  // the circular part, from offset 0
+  const int64_t page_size_;
   mutable std::mutex mutex_;
   std::condition_variable space_freed_;
   std::vector<Block> blocks_;  // circular, in allocation order

@@ -91,6 +91,9 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   const bool serve_requests = args.Flag("--serve-requests");
   ARROW_ASSIGN_OR_RAISE(int64_t drain_timeout_ms, args.Int("--drain-timeout-ms", 10000));
   const bool json = args.Flag("--json");
+  auto pages = ParsePagePolicy(args.String("--pages", "auto"));
+  if (!pages.ok()) return UsageError("--pages: " + pages.status().message());
+  options.pages = *pages;
   for (const char* name : {"--from", "--clients", "--capacity"}) {
     ARROW_RETURN_NOT_OK(args.Reject(name, "applies only to the single hand-over (no --mode)"));
   }
@@ -190,13 +193,14 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
                      ",\"producer\":{\"published\":" + std::to_string(stats.published) +
                      ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
                      ",\"consumers_total\":" + std::to_string(stats.consumers_total) +
-                     ",\"dropped\":" + std::to_string(stats.dropped) + "}")
+                     ",\"dropped\":" + std::to_string(stats.dropped) +
+                     ",\"page_size\":" + std::to_string(stats.page_size) + "}")
               << std::endl;
   } else {
     std::cerr << "shmarrow send: published " << stats.published << " batches, " << summary.rows()
               << " rows to " << stats.consumers_total << " consumer(s) (" << stats.dropped
               << " batches dropped by lossy consumers, " << stats.bytes_copied
-              << " body bytes copied)" << std::endl;
+              << " body bytes copied; " << stats.page_size << "-byte pages)" << std::endl;
   }
   return arrow::Status::OK();
 }

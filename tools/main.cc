@@ -61,6 +61,9 @@ const std::vector<Command>& Commands() {
            {"--max-in-flight", "N", "batches a consumer may hold (64)"},
            {"--max-consumers", "N", "consumers attached at once (64)"},
            {"--retain", "N", "batches kept for late consumers asking for the oldest (0)"},
+           {"--pages", "auto|hugetlb|off",
+            "auto: huge pages where shmem_enabled offers them; hugetlb: the reserved "
+            "vm.nr_hugepages; off: 4 KiB pages"},
            {"--schema-change-at", "K", "after K batches, add an int64 column \"extra\""},
            {"--serve-requests", "",
             "answer \"rows=N\" with N generated rows of the current schema"},
@@ -69,7 +72,7 @@ const std::vector<Command>& Commands() {
        },
        {{"--linger-ms", "--drain-timeout-ms"}},
        "--json with --mode: the summary of the stream plus \"producer\": {published,\n"
-       "bytes_copied, consumers_total, dropped}. A terminal shows progress on stderr.\n",
+       "bytes_copied, consumers_total, dropped, page_size}. A terminal shows progress on stderr.\n",
        &shmarrow::cli::RunSend},
       {"recv", "",
        "receive a stream (any mode or Flight) and print a report",

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "shmarrow/pages.h"
+
 namespace shmarrow {
 
 enum class MemoryMode {
@@ -58,6 +60,8 @@ struct ProducerOptions {
   /// How long a request handler waits for room (the ring, the requester's credits) before its
   /// request fails: -1 forever, 0 fail fast, > 0 milliseconds.
   int request_timeout_ms = 10000;
+  /// Which pages back the shared memory (the ring, sealed mode's arenas); see PagePolicy.
+  PagePolicy pages = PagePolicy::kAuto;
 };
 
 struct ProducerStats {
@@ -69,6 +73,10 @@ struct ProducerStats {
   int64_t dropped = 0;       // batches lossy consumers lost
   int64_t in_flight = 0;     // batches some consumer holds or has queued
   int64_t ring_bytes_in_use = 0;  // ring mode: bytes allocated and not yet released
+  /// Bytes per page of the shared memory as obtained (4096, or 2 MiB for huge pages): the ring's,
+  /// or in sealed mode a probe's made like an arena at Listen (arenas take huge pages, under
+  /// PagePolicy::kAuto, from their second 2 MiB on).
+  int64_t page_size = 0;
 };
 
 /// Streams the batches answering one request to the consumer that sent it.

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow {
@@ -21,6 +22,8 @@ struct WriterOptions {
   int64_t capacity = int64_t{64} << 30;
   /// memfd name, visible in /proc/PID/maps and /proc/PID/fd as "memfd:<name>".
   std::string name = "shmarrow";
+  /// Which pages back the arena (see PagePolicy).
+  PagePolicy pages = PagePolicy::kAuto;
 };
 
 /// What publishing cost. For batches built with pool(), bytes_copied stays 0.

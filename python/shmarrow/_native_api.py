@@ -559,6 +559,11 @@ class Producer:
     :param name: memfd name (shows in /proc/PID/maps as ``memfd:NAME``).
     :param drain_timeout: seconds leaving a ``with`` block waits, after :meth:`end`, for the
         consumers to read and release everything before closing (None: forever).
+    :param pages: which pages back the shared memory: ``"auto"`` (huge pages where the kernel
+        offers them for shared memory, ``shmem_enabled`` advise/within_size/always; 4 KiB
+        otherwise), ``"hugetlb"`` (the host's reserved huge pages, ``vm.nr_hugepages``; creating
+        the memory fails when too few are free) or ``"off"`` (4 KiB). ``stats["page_size"]``
+        says which size was obtained.
     """
 
     def __init__(self, address: str, schema: pa.Schema, *, mode: str = "ring",
@@ -566,9 +571,11 @@ class Producer:
                  max_consumers: int = 64, max_in_flight: int = 64, retain: int = 0,
                  socket_mode: int = 0o600, allow_any_uid: bool = False,
                  allowed_uids: Iterable[int] = (), name: str = "shmarrow",
-                 drain_timeout: Optional[float] = 10.0):
+                 drain_timeout: Optional[float] = 10.0, pages: str = "auto"):
         if mode not in ("ring", "sealed"):
             raise ValueError(f"mode must be 'ring' or 'sealed', not {mode!r}")
+        if pages not in ("auto", "hugetlb", "off"):
+            raise ValueError(f"pages must be 'auto', 'hugetlb' or 'off', not {pages!r}")
         for option, value in (("ring_size", ring_size), ("max_consumers", max_consumers),
                               ("max_in_flight", max_in_flight)):
             if value <= 0:
@@ -581,7 +588,7 @@ class Producer:
         self._native = _native._Producer(
             address, _schema_capsule(schema, "schema"), mode == "ring", ring_size,
             _milliseconds(block_timeout, "block_timeout"), max_consumers, max_in_flight, retain,
-            socket_mode, list(allowed_uids), allow_any_uid, name)
+            socket_mode, list(allowed_uids), allow_any_uid, name, pages)
         with _open_producers_lock:
             _open_producers.add(self)
 
@@ -729,7 +736,8 @@ class Producer:
     @property
     def stats(self) -> dict:
         """``{"published", "bytes_copied", "consumers", "consumers_total",
-        "consumers_refused", "dropped", "in_flight", "ring_bytes_in_use"}``."""
+        "consumers_refused", "dropped", "in_flight", "ring_bytes_in_use", "page_size"}``
+        (``page_size``: bytes per page of the shared memory as obtained, see ``pages``)."""
         return self._native.stats()
 
     @property

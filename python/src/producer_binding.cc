@@ -458,6 +458,7 @@ class PyProducer {
     out["dropped"] = stats.dropped;
     out["in_flight"] = stats.in_flight;
     out["ring_bytes_in_use"] = stats.ring_bytes_in_use;
+    out["page_size"] = stats.page_size;
     return out;
   }
 
@@ -579,9 +580,10 @@ of an earlier arena is copied (counted in stats["bytes_copied"]).)")
           [](PyProducer* self, const std::string& address, nb::handle schema_capsule, bool ring,
              int64_t ring_size, int block_timeout_ms, int max_consumers, int max_in_flight,
              int retain, unsigned socket_mode, std::vector<unsigned> allowed_uids,
-             bool allow_any_uid, const std::string& name) {
+             bool allow_any_uid, const std::string& name, const std::string& pages) {
             auto schema = ImportSchemaCapsule(schema_capsule);
             ProducerOptions options;
+            options.pages = ValueOrThrow(ParsePagePolicy(pages), "pages");
             options.mode = ring ? MemoryMode::kRing : MemoryMode::kSealed;
             options.ring_size = ring_size;
             options.block_timeout_ms = block_timeout_ms;
@@ -597,7 +599,7 @@ of an earlier arena is copied (counted in stats["bytes_copied"]).)")
           nb::arg("address"), nb::arg("schema"), nb::arg("ring"), nb::arg("ring_size"),
           nb::arg("block_timeout_ms"), nb::arg("max_consumers"), nb::arg("max_in_flight"),
           nb::arg("retain"), nb::arg("socket_mode"), nb::arg("allowed_uids"),
-          nb::arg("allow_any_uid"), nb::arg("name"))
+          nb::arg("allow_any_uid"), nb::arg("name"), nb::arg("pages"))
       .def("publish_batch", &PyProducer::PublishBatch, nb::arg("schema"), nb::arg("array"))
       .def("publish_stream", &PyProducer::PublishStream, nb::arg("stream"))
       .def("allocate", &PyProducer::Allocate, nb::arg("nbytes"))

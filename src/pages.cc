@@ -1,0 +1,129 @@
+#include "pages.h"
+
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "errno_status.h"
+#include "mapping.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack the name
+#endif
+
+namespace shmarrow {
+
+arrow::Result<PagePolicy> ParsePagePolicy(std::string_view name) {
+  if (name == "auto") return PagePolicy::kAuto;
+  if (name == "hugetlb") return PagePolicy::kHugetlb;
+  if (name == "off") return PagePolicy::kOff;
+  return arrow::Status::Invalid("page policy '", std::string(name),
+                                "' is not one of auto, hugetlb, off");
+}
+
+std::string PagePolicyName(PagePolicy policy) {
+  switch (policy) {
+    case PagePolicy::kAuto:
+      return "auto";
+    case PagePolicy::kHugetlb:
+      return "hugetlb";
+    case PagePolicy::kOff:
+      return "off";
+  }
+  return "unknown";
+}
+
+namespace internal {
+
+int64_t RoundUpForPages(int64_t size, PagePolicy policy) {
+  if (policy != PagePolicy::kHugetlb) return size;
+  return (size + kHugePageSize - 1) / kHugePageSize * kHugePageSize;
+}
+
+arrow::Status AdviseHugePages(uint8_t* base, int64_t size, PagePolicy policy) {
+  if (policy != PagePolicy::kAuto) return arrow::Status::OK();
+  // EINVAL: a kernel built without transparent huge pages; 4 KiB pages then, as with kOff.
+  if (::madvise(base, static_cast<size_t>(size), MADV_HUGEPAGE) != 0 && errno != EINVAL) {
+    return ErrnoStatus(errno, "madvise(MADV_HUGEPAGE, ", size, " bytes)");
+  }
+  return arrow::Status::OK();
+}
+
+namespace {
+/// shmem_enabled is `advise` (read once per process): the kernel then gives a MADV_HUGEPAGE
+/// mapping huge pages when it faults them in, but fallocate on the file only 4 KiB pages.
+bool ShmemHugeOnlyThroughAdvisedFaults() {
+  static const bool advise = [] {
+    std::ifstream in("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    std::string setting;
+    std::getline(in, setting);
+    return setting.find("[advise]") != std::string::npos;
+  }();
+  return advise;
+}
+}  // namespace
+
+arrow::Status CommitPages(Memfd& memfd, uint8_t* base, int64_t offset, int64_t length,
+                          PagePolicy policy) {
+  uint8_t* const at = base + offset;
+  const auto bytes = static_cast<size_t>(length);
+  if (policy == PagePolicy::kAuto && ShmemHugeOnlyThroughAdvisedFaults()) {
+    if (::madvise(at, bytes, MADV_POPULATE_WRITE) == 0) return arrow::Status::OK();
+    // EINVAL: a kernel before 5.14; fallocate commits as well, in 4 KiB pages.
+    if (errno != EINVAL) {
+      return ErrnoStatus(errno, "madvise(MADV_POPULATE_WRITE, memfd fd ", memfd.fd(), ", offset ",
+                         offset, ", length ", length, "): shared memory exhausted?");
+    }
+  }
+  // fallocate, not a fault, allocates: over a memory cgroup limit it fails with ENOMEM, where a
+  // fault would wait for the OOM killer.
+  return memfd.Commit(offset, length);
+}
+
+void Prefault(uint8_t* base, int64_t length) {
+  // Best effort: before Linux 5.14 the writes fault as they go.
+  (void)::madvise(base, static_cast<size_t>(length), MADV_POPULATE_WRITE);
+}
+
+arrow::Result<int64_t> MappedPageSize(const void* addr) {
+  std::ifstream smaps("/proc/self/smaps");
+  if (!smaps) return arrow::Status::IOError("cannot read /proc/self/smaps");
+  const auto target = reinterpret_cast<uintptr_t>(addr);
+  bool inside = false;
+  int64_t kernel_page_kib = 4;
+  std::string line;
+  while (std::getline(smaps, line)) {
+    unsigned long from = 0, to = 0;
+    char perms[8];
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &from, &to, perms) == 3) {
+      if (inside) break;  // the next mapping: ours had no PMD-mapped pages
+      inside = from <= target && target < to;
+      continue;
+    }
+    if (!inside) continue;
+    long kib = 0;
+    if (std::sscanf(line.c_str(), "KernelPageSize: %ld kB", &kib) == 1) kernel_page_kib = kib;
+    if ((std::sscanf(line.c_str(), "ShmemPmdMapped: %ld kB", &kib) == 1 ||
+         std::sscanf(line.c_str(), "FilePmdMapped: %ld kB", &kib) == 1) &&
+        kib > 0) {
+      return kHugePageSize;
+    }
+  }
+  if (!inside) return arrow::Status::Invalid("no mapping holds ", addr, " in /proc/self/smaps");
+  return kernel_page_kib * 1024;
+}
+
+arrow::Result<int64_t> ProbePageSize(const std::string& name, PagePolicy policy) {
+  ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name + "-page-probe", policy));
+  ARROW_RETURN_NOT_OK(memfd.Resize(kHugePageSize));
+  ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), kHugePageSize));
+  ARROW_RETURN_NOT_OK(AdviseHugePages(mapping.data(), kHugePageSize, policy));
+  ARROW_RETURN_NOT_OK(CommitPages(memfd, mapping.data(), 0, kHugePageSize, policy));
+  return MappedPageSize(mapping.data());
+}
+
+}  // namespace internal
+}  // namespace shmarrow
