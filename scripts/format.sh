@@ -24,6 +24,10 @@ fi
 
 mapfile -t files < <(git ls-files --cached --others --exclude-standard -- \
   src include tools tests bench fuzz examples python/src | grep -E '\.(c|cc|h)$' | sort -u)
+if [ ${#files[@]} -eq 0 ]; then
+  echo "format: no C or C++ source found (not a git checkout?)" >&2
+  exit 1
+fi
 if [ "$check" = 0 ]; then
   "$clang_format" -i --style=file "${files[@]}"
   exit 0
