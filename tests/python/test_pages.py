@@ -88,7 +88,8 @@ def test_cli_send_pages_reports_page_size_in_json():
                              "--batches", "2", "--pages", "off", "--json", "--wait-consumers",
                              "1", "--drain-timeout-ms", "10000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    recv = subprocess.run([str(CLI), "recv", "--socket", sock, "--connect-timeout-ms", "10000", "--json"],
+    recv = subprocess.run([str(CLI), "recv", "--socket", sock, "--connect-timeout-ms", "10000",
+                           "--json"],
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     out, err = send.communicate(timeout=TIMEOUT_S)
     assert recv.returncode == 0 and send.returncode == 0, recv.stderr + err
