@@ -27,6 +27,7 @@
 #include "protocol.h"
 #include "schema_match.h"
 #include "shared_stream_internal.h"
+#include "shmarrow/error.h"
 #include "shmarrow/handover.h"
 #include "unix_socket.h"
 
@@ -59,12 +60,12 @@ class Channel {
   arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits) {
     std::lock_guard lock(mutex_);
     if (FindHeld(sequence) != held_.end()) {
-      return arrow::Status::Invalid("protocol: batch ", sequence,
+      return proto::ProtocolError("batch ", sequence,
                                     " arrived while this consumer still holds batch ", sequence);
     }
     size_t& count = response ? held_responses_ : held_published_;
     if (count >= credits) {
-      return arrow::Status::Invalid("protocol: batch ", sequence, " is beyond this consumer's ",
+      return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ",
                                     credits, " credits (it holds ", count, " batches of ",
                                     response ? "answers to requests" : "the published stream",
                                     ")");
@@ -312,7 +313,8 @@ arrow::Status ConsumerImpl::CheckProducerUid(const UnixSocket& socket,
   if (internal::UidAllowed(peer.uid, options_.allowed_uids, options_.allow_any_uid)) {
     return arrow::Status::OK();
   }
-  return arrow::Status::IOError("producer at '", address, "' runs as uid ", peer.uid,
+  return MakeError(arrow::StatusCode::IOError, ErrorCode::kRefused, "producer at '", address,
+                   "' runs as uid ", peer.uid,
                                 ", which this consumer (uid ", ::geteuid(),
                                 ") does not accept: allow it with allowed_uids or allow_any_uid");
 }
@@ -371,12 +373,14 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   auto received = std::move(*receiving);
   if (received.bytes < 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
-    return arrow::Status::IOError("producer at '", address, "' did not answer the handshake within ",
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "producer at '", address,
+                     "' did not answer the handshake within ",
                                   handshake_ms, " ms");
   }
   if (received.bytes == 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
-    return arrow::Status::IOError("producer at '", address, "' closed the connection during the ",
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone, "producer at '", address,
+                     "' closed the connection during the ",
                                   "handshake");
   }
   ARROW_ASSIGN_OR_RAISE(
@@ -395,13 +399,13 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 4, 1, proto::kMaxRun);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
-    if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
+    if (!received.fds.empty()) return proto::ProtocolError("sealed Welcome with an fd");
     return arrow::Status::OK();
   }
   mode_ = "ring";
   ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema_));
   if (received.fds.size() != 1) {
-    return arrow::Status::Invalid("protocol: ring Welcome carries ", received.fds.size(),
+    return proto::ProtocolError("ring Welcome carries ", received.fds.size(),
                                   " fds, expected 1");
   }
   const int ring_fd = received.fds[0].get();
@@ -424,7 +428,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     const uint64_t bytes = proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize;
     if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
         welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
-      return arrow::Status::Invalid("protocol: queue of ", capacity, " entries at offset ",
+      return proto::ProtocolError("queue of ", capacity, " entries at offset ",
                                     welcome.queue_offset, " does not fit the ", ring_size,
                                     "-byte ring (or is not 64-byte aligned)");
     }
@@ -458,11 +462,14 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
     if (received.bytes < 0) return false;
   }
   if (received.bytes == 0) {
-    fatal_ = arrow::Status::IOError(
-        "producer closed the connection without ending the stream (did it die?)");
+    fatal_ = MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone,
+                       "producer closed the connection without ending the stream (did it die?)");
     return true;
   }
   auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
+  // What Handle refuses without a code (Arrow's IPC reader, the flatbuffer patcher) is the
+  // producer's message being invalid: a protocol violation. Errno and coded statuses stay as they are.
+  if (status.IsInvalid() && status.detail() == nullptr) status = WithCode(status, ErrorCode::kProtocol);
   if (!status.ok()) fatal_ = status;
   return true;
 }
@@ -489,7 +496,7 @@ arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
   const uint64_t written =
       __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
   if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
-    return arrow::Status::Invalid("protocol: the queue counts ", written,
+    return proto::ProtocolError("the queue counts ", written,
                                   " entries written, but this consumer read ", queue_read_,
                                   " of a queue of ", queue_capacity_);
   }
@@ -510,7 +517,7 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
     ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
     if (entry.kind == proto::EntryKind::kControls) continue;
     if (entry.kind != proto::EntryKind::kBatch) {
-      return arrow::Status::Invalid("protocol: queue entry ", queue_read_ - 1, " has kind ",
+      return proto::ProtocolError("queue entry ", queue_read_ - 1, " has kind ",
                                     static_cast<uint32_t>(entry.kind));
     }
     proto::Batch message;
@@ -532,7 +539,7 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
     if (!fatal_.ok()) return fatal_;
     ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
     if (received.bytes <= 0) {
-      return arrow::Status::Invalid("protocol: a queue entry counts ", count,
+      return proto::ProtocolError("a queue entry counts ", count,
                                     " control messages before it, but only ", controls_.size(),
                                     " arrived");
     }
@@ -564,11 +571,11 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   proto::Reader reader(std::span<const uint8_t>(data, static_cast<size_t>(size)));
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type != proto::Type::kBatch && !fds.empty()) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " carried ",
+    return proto::ProtocolError(proto::TypeName(header.type), " carried ",
                                   fds.size(), " fds");
   }
   if (header.stream != 0 && streams_.count(header.stream) == 0) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type),
+    return proto::ProtocolError(proto::TypeName(header.type),
                                   " for unknown stream ", header.stream);
   }
   StreamState& stream = Stream(header.stream);
@@ -580,7 +587,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     }
     case proto::Type::kBatches: {
       if (!batch_runs_) {
-        return arrow::Status::Invalid("protocol: Batches message, but batch runs were not agreed");
+        return proto::ProtocolError("Batches message, but batch runs were not agreed");
       }
       ARROW_RETURN_NOT_OK(proto::DecodeBatches(reader, proto::kMaxRun, &run_));
       for (size_t i = 0; i < run_.size(); ++i) {
@@ -619,17 +626,18 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       }
       return arrow::Status::OK();
     case proto::Type::kWake:  // the queue has entries: read by the caller's next look at it
-      if (queue_ == nullptr) return arrow::Status::Invalid("protocol: Wake without a queue");
+      if (queue_ == nullptr) return proto::ProtocolError("Wake without a queue");
       return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
-      auto status = arrow::Status::IOError("producer: ", proto::Printable(error.message));
+      auto status = WithCode(arrow::Status::IOError("producer: ", proto::Printable(error.message)),
+                             error.code, /*from_producer=*/true);
       if (header.stream == 0) return status;  // fatal
       stream.events.emplace_back(status);
       return arrow::Status::OK();
     }
     default:
-      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
                                     " from a producer");
   }
 }
@@ -637,11 +645,11 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
 arrow::Status ConsumerImpl::CountDropped(const proto::Batch& message) {
   if (message.dropped == 0) return arrow::Status::OK();
   if (!options_.lossy) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
+    return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
                                   " batches were dropped, but this consumer is not lossy");
   }
   if (message.dropped > static_cast<uint64_t>(INT64_MAX - stats_.dropped)) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
+    return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
                                   " batches were dropped, after ", stats_.dropped,
                                   ": more than were ever published");
   }
@@ -659,12 +667,12 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
 arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
                                         std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (Stream(stream).schema == nullptr) {  // an answer to a request starts with its Schema
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " on stream ", stream,
+    return proto::ProtocolError("batch ", message.sequence, " on stream ", stream,
                                   " before the stream's Schema");
   }
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
-      return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
+      return proto::ProtocolError("sealed Batch ", message.sequence, " carries ",
                                     fds.size(), " fds, expected 1");
     }
     ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
@@ -706,13 +714,13 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
     }
     return arrow::Status::OK();
   }
-  if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
+  if (!fds.empty()) return proto::ProtocolError("ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
   auto lease = MakeLease(ring_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " metadata at [",
+    return proto::ProtocolError("batch ", message.sequence, " metadata at [",
                                   message.metadata_offset, ", +", message.metadata_length,
                                   ") is outside the ", ring_size, "-byte ring");
   }
@@ -778,7 +786,8 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;
     if (!got && deadline.expired()) {
-      return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                       "no message from the producer within ", timeout_ms, " ms");
     }
   }
 }
@@ -862,7 +871,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     }
     if (!fatal_.ok()) return fatal_;
     if (deadline.expired()) {
-      return arrow::Status::IOError("no answer to request ", stream, " in time");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no answer to request ",
+                       stream, " in time");
     }
     ARROW_RETURN_NOT_OK(Pump(100).status());
   }

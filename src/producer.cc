@@ -26,6 +26,7 @@
 #include "protocol.h"
 #include "ring.h"
 #include "schema_match.h"
+#include "shmarrow/error.h"
 #include "shmarrow/stream_writer.h"
 #include "unix_socket.h"
 
@@ -80,7 +81,8 @@ class LoanPool final : public arrow::MemoryPool {
   arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override {
     std::lock_guard lock(mutex_);
     if (current_ == nullptr) {
-      return arrow::Status::Invalid("no batch is being built: call Producer::pool() again");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                       "no batch is being built: call Producer::pool() again");
     }
     ARROW_RETURN_NOT_OK(current_->writer->pool()->Allocate(size, alignment, out));
     if (size > 0) owners_[*out] = current_;
@@ -590,12 +592,19 @@ arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int time
                                     Predicate ready, std::string_view what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!ready()) {
-    if (closed_) return arrow::Status::Cancelled("producer closed while waiting for ", what);
-    if (timeout_ms == 0) return arrow::Status::IOError("no ", what, " (not waiting: fail fast)");
+    if (closed_) {
+      return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                       "producer closed while waiting for ", what);
+    }
+    if (timeout_ms == 0) {
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what,
+                       " (not waiting: fail fast)");
+    }
     if (timeout_ms < 0) {
       changed_.wait(lock);
     } else if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !ready()) {
-      return arrow::Status::IOError("no ", what, " within ", timeout_ms, " ms");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what, " within ",
+                       timeout_ms, " ms");
     }
   }
   return arrow::Status::OK();
@@ -612,13 +621,16 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
   std::shared_ptr<Loan> loan;
   {
     std::unique_lock lock(mutex_);
-    if (closed_) return arrow::Status::Invalid("producer is closed");
-    if (ended_) return arrow::Status::Invalid("the stream has ended; nothing more can be published");
+    if (closed_) return MakeError(arrow::StatusCode::Invalid, ErrorCode::kClosed, "producer is closed");
+    if (ended_) {
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                       "the stream has ended; nothing more can be published");
+    }
     if (!batch->schema()->Equals(*schema_, /*check_metadata=*/false)) {
-      return arrow::Status::Invalid("batch schema ", internal::DescribeSchema(*batch->schema()),
-                                    " differs from the announced schema ",
-                                    internal::DescribeSchema(*schema_),
-                                    "; call ChangeSchema first");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kSchemaMismatch, "batch schema ",
+                       internal::DescribeSchema(*batch->schema()),
+                       " differs from the announced schema ", internal::DescribeSchema(*schema_),
+                       "; call ChangeSchema first");
     }
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
     ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
@@ -649,7 +661,9 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
 }
 
 arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) {
-  if (schema == nullptr) return arrow::Status::Invalid("ChangeSchema needs a schema");
+  if (schema == nullptr) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "ChangeSchema needs a schema");
+  }
   // options_, not ring_: Listen checks the first schema here before Start() creates the ring.
   if (options_.mode == MemoryMode::kRing) {
     auto no_dictionaries = internal::CheckNoDictionaries(*schema);
@@ -658,7 +672,9 @@ arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) 
     }
   }
   std::lock_guard lock(mutex_);
-  if (ended_ || closed_) return arrow::Status::Invalid("the stream has ended");
+  if (ended_ || closed_) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "the stream has ended");
+  }
   schema_ = std::move(schema);
   loan_.reset();
   for (auto& [id, c] : connections_) {
@@ -1111,14 +1127,14 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (!c.welcomed) {
     if (header.type != proto::Type::kHello) {
-      return arrow::Status::Invalid("protocol: expected Hello, got ", proto::TypeName(header.type));
+      return proto::ProtocolError("expected Hello, got ", proto::TypeName(header.type));
     }
     ARROW_ASSIGN_OR_RAISE(auto hello, proto::DecodeHello(reader));
     return Handshake(c, hello);
   }
   // After Bye a consumer only returns what it holds: a Request would start work for nobody.
   if (c.detached && header.type != proto::Type::kRelease) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " after Bye");
+    return proto::ProtocolError(proto::TypeName(header.type), " after Bye");
   }
   switch (header.type) {
     case proto::Type::kRelease: {
@@ -1126,7 +1142,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
         if (!c.held.Remove(sequence, &released_records_)) {
-          return arrow::Status::Invalid("protocol: released batch ", sequence,
+          return proto::ProtocolError("released batch ", sequence,
                                         ", which this consumer does not hold");
         }
       }
@@ -1136,16 +1152,16 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       return arrow::Status::OK();
     }
     case proto::Type::kRequest: {
-      if (header.stream == 0) return arrow::Status::Invalid("protocol: Request on stream 0");
+      if (header.stream == 0) return proto::ProtocolError("Request on stream 0");
       ARROW_ASSIGN_OR_RAISE(auto request, proto::DecodeRequest(reader));
       StartRequest(c, header.stream, std::move(request));
       return arrow::Status::OK();
     }
     case proto::Type::kWaiting: {
-      if (c.queue_capacity == 0) return arrow::Status::Invalid("protocol: Waiting without a queue");
+      if (c.queue_capacity == 0) return proto::ProtocolError("Waiting without a queue");
       ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
       if (read > c.queue_written) {
-        return arrow::Status::Invalid("protocol: Waiting after reading ", read,
+        return proto::ProtocolError("Waiting after reading ", read,
                                       " queue entries, but ", c.queue_written, " were written");
       }
       c.consumer_waiting = true;
@@ -1162,7 +1178,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       changed_.notify_all();
       return arrow::Status::OK();
     default:
-      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
                                     " from a consumer");
   }
 }
@@ -1377,7 +1393,10 @@ arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
       },
       "room: the requester is a full backlog behind"));
   Connection* c = find();
-  if (c == nullptr) return arrow::Status::Cancelled("the requesting consumer went away");
+  if (c == nullptr) {
+    return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                     "the requesting consumer went away");
+  }
   batch->sequence = next_sequence_++;
   stats_.bytes_copied += batch->bytes_copied;
   if (new_schema != nullptr) {
@@ -1510,7 +1529,9 @@ void ProducerImpl::Close() {
 arrow::Result<std::shared_ptr<Producer>> Producer::Listen(const std::string& address,
                                                           std::shared_ptr<arrow::Schema> schema,
                                                           const ProducerOptions& options) {
-  if (schema == nullptr) return arrow::Status::Invalid("Producer needs a schema");
+  if (schema == nullptr) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "Producer needs a schema");
+  }
   auto producer = std::make_shared<ProducerImpl>(address, schema, options);
   ARROW_RETURN_NOT_OK(producer->ChangeSchema(schema));  // checks the schema fits the mode
   ARROW_RETURN_NOT_OK(producer->Start());

@@ -18,6 +18,8 @@
 #include <arrow/status.h>
 #include <nanobind/nanobind.h>
 
+#include "shmarrow/error.h"
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -31,17 +33,20 @@ inline constexpr int kSliceMs = 100;
 
 // ---- errors --------------------------------------------------------------------------------------
 
-/// The Python callable (set by shmarrow._native_api) that turns (kind, errno, message, context)
-/// into the exception to raise. Without one, RuntimeError is raised.
+/// The Python callable (set by shmarrow._native_api) that turns (kind, code, from_producer,
+/// errno, message, context) into the exception to raise: kind is Arrow's status code ("io",
+/// "invalid", ...), code the shmarrow ErrorCode's name ("timeout", "none", ...). Without one,
+/// RuntimeError is raised.
 void SetErrorFactory(nb::handle factory);
 
 /// Raises the Python exception for `status` (a ShmarrowError subclass chosen by its code, errno and
 /// message). `context` names the operation ("connect", "publish", "request", ...).
 [[noreturn]] void ThrowStatus(const arrow::Status& status, const char* context);
 
-/// Raises an exception of a kind the library has no status code for: "timeout", "closed",
-/// "invalid".
-[[noreturn]] void ThrowKind(const char* kind, const std::string& message, const char* context);
+/// Raises the exception for a failure the binding finds itself (a timeout of its own wait, a
+/// closed object, a bad argument), as if the library had returned it with `code`.
+[[noreturn]] void ThrowError(arrow::StatusCode kind, ErrorCode code, const std::string& message,
+                             const char* context);
 
 inline void CheckOk(const arrow::Status& status, const char* context) {
   if (!status.ok()) ThrowStatus(status, context);

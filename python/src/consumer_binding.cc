@@ -169,7 +169,10 @@ class PyConsumer {
       state_->Wait(spin_until, slice);
       return false;
     });
-    if (!done) ThrowKind("timeout", TimeoutMessage(timeout_ms), "read");
+    if (!done) {
+      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                 TimeoutMessage(timeout_ms), "read");
+    }
     if (!step.ok()) ThrowStatus(step.status(), "read");
     if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
     return nb::none();
@@ -208,7 +211,10 @@ class PyConsumer {
       std::lock_guard lock(state_->mutex);
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
-    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "schema");
+    if (schema == nullptr) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "schema");
+    }
     return SchemaCapsule(*schema);
   }
 
@@ -223,7 +229,10 @@ class PyConsumer {
         open = true;
       }
     }
-    if (!open) ThrowKind("closed", "the consumer is closed", "stats");
+    if (!open) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "stats");
+    }
     nb::dict out;
     out["batches"] = stats.batches;
     out["dropped"] = stats.dropped;
@@ -283,7 +292,10 @@ class PyConsumer {
       std::lock_guard lock(state_->mutex);
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
-    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "export");
+    if (schema == nullptr) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "export");
+    }
     return StreamCapsule(std::make_shared<StreamReader>(state_, std::move(schema), timeout_ms));
   }
 
