@@ -12,16 +12,9 @@
 #include <string_view>
 #include <vector>
 
-namespace shmarrow {
+#include "shmarrow/types.h"
 
-enum class MemoryMode {
-  /// Each published batch is its own memfd, sealed before it is sent: consumers need not trust
-  /// the producer. One fd per batch per consumer.
-  kSealed,
-  /// One memfd ring per producer, sent once at the handshake and mapped read-only by consumers;
-  /// a batch message carries only where the batch is. For producers the consumers trust.
-  kRing,
-};
+namespace shmarrow {
 
 struct ProducerOptions {
   /// Where batches live in shared memory (see MemoryMode).
@@ -58,17 +51,6 @@ struct ProducerOptions {
   /// How long a request handler waits for room (the ring, the requester's credits) before its
   /// request fails: -1 forever, 0 fail fast, > 0 milliseconds.
   int request_timeout_ms = 10000;
-};
-
-struct ProducerStats {
-  int64_t published = 0;     // batches published
-  int64_t bytes_copied = 0;  // body bytes copied in because they were not built in pool()
-  int64_t consumers = 0;     // connected now
-  int64_t consumers_total = 0;    // attached since Listen
-  int64_t consumers_refused = 0;  // connections refused for their uid or for want of fds
-  int64_t dropped = 0;       // batches lossy consumers lost
-  int64_t in_flight = 0;     // batches some consumer holds or has queued
-  int64_t ring_bytes_in_use = 0;  // ring mode: bytes allocated and not yet released
 };
 
 /// Streams the batches answering one request to the consumer that sent it.
