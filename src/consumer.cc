@@ -4,6 +4,7 @@
 #include <arrow/io/memory.h>
 #include <arrow/ipc/reader.h>
 #include <arrow/util/io_util.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -410,8 +411,8 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   }
   const int ring_fd = received.fds[0].get();
   ARROW_ASSIGN_OR_RAISE(int seals, internal::GetSeals(ring_fd));
-  constexpr int kNoResize = 0x0002 /*SHRINK*/ | 0x0004 /*GROW*/;
-  constexpr int kNoWrites = 0x0008 /*WRITE*/ | 0x0010 /*FUTURE_WRITE*/;
+  constexpr int kNoResize = F_SEAL_SHRINK | F_SEAL_GROW;
+  constexpr int kNoWrites = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
   if ((seals & kNoResize) != kNoResize || (seals & kNoWrites) == 0) {
     return arrow::Status::Invalid("ring memfd fd ", ring_fd, " lacks seals: has ",
                                   internal::SealNames(seals),

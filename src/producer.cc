@@ -21,6 +21,7 @@
 #include <unordered_map>
 
 #include "block_cache.h"
+#include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
 #include "protocol.h"
@@ -343,6 +344,13 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
                                        internal::RingPool* pool);
   void Kill(Connection& c, const std::string& why, proto::ErrorCode code);
   void Reap();
+  /// Makes epoll report `events` for c's socket; a failure kills c (it would stall unnoticed).
+  void Watch(Connection& c, uint32_t events);
+  /// Takes c's socket out of the epoll set. A failure (already out) leaves nothing to undo: the
+  /// socket's close, when c is reaped, removes it in any case.
+  void Unwatch(Connection& c) {
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  }
 
   void IoLoop();
   /// Closes connections that have not said Hello within handshake_timeout_ms; the milliseconds
@@ -590,24 +598,19 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
                                     Predicate ready, std::string_view what) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!ready()) {
-    if (closed_) {
-      return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
-                       "producer closed while waiting for ", what);
-    }
-    if (timeout_ms == 0) {
-      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what,
-                       " (not waiting: fail fast)");
-    }
-    if (timeout_ms < 0) {
-      changed_.wait(lock);
-    } else if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !ready()) {
-      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what, " within ",
-                       timeout_ms, " ms");
-    }
+  const internal::Deadline deadline(timeout_ms);
+  deadline.Wait(changed_, lock, [&] { return closed_ || ready(); });
+  if (ready()) return arrow::Status::OK();
+  if (closed_) {
+    return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                     "producer closed while waiting for ", what);
   }
-  return arrow::Status::OK();
+  if (timeout_ms == 0) {
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what,
+                     " (not waiting: fail fast)");
+  }
+  return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what, " within ",
+                   timeout_ms, " ms");
 }
 
 bool ProducerImpl::HasRoom() const {
@@ -882,10 +885,7 @@ void ProducerImpl::Pump(Connection& c) {
     }
     if (!*sent) {  // socket buffer full: continue when it is writable
       c.waiting_writable = true;
-      epoll_event event{};
-      event.events = EPOLLIN | EPOLLOUT;
-      event.data.u64 = c.id + 1;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+      Watch(c, EPOLLIN | EPOLLOUT);
       WakeIfWaiting(c);
       return;
     }
@@ -928,13 +928,23 @@ void ProducerImpl::WakeIfWaiting(Connection& c) {
   (void)c.socket.TrySendDatagram(proto::EncodeWake(writer_), {});
 }
 
+void ProducerImpl::Watch(Connection& c, uint32_t events) {
+  epoll_event event{};
+  event.events = events;
+  event.data.u64 = c.id + 1;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event) != 0) {
+    const auto failed = internal::ErrnoStatus(errno, "epoll_ctl(MOD fd ", c.socket.fd(), ")");
+    Kill(c, failed.ToString(), proto::ErrorCode::kLimit);
+  }
+}
+
 void ProducerImpl::Kill(Connection& c, const std::string& why, proto::ErrorCode code) {
   if (c.dead) return;
   c.dead = true;
   c.death = why;
   proto::Error error{code, why};
   (void)c.socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  Unwatch(c);
   ::shutdown(c.socket.fd(), SHUT_RDWR);
 }
 
@@ -947,7 +957,7 @@ void ProducerImpl::Reap() {
       const auto cancelled = std::erase_if(
           request_jobs_, [id](const RequestJob& job) { return job.connection == id; });
       requests_in_flight_ -= static_cast<int>(cancelled);
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
+      Unwatch(*it->second);
       if (it->second->queue_slot >= 0) free_queue_slots_.push_back(it->second->queue_slot);
       it = connections_.erase(it);  // what it held is released here
       any = true;
@@ -990,10 +1000,7 @@ void ProducerImpl::IoLoop() {
         Connection& c = *it->second;
         if (events[i].events & EPOLLOUT) {
           c.waiting_writable = false;
-          epoll_event event{};
-          event.events = EPOLLIN;
-          event.data.u64 = tag;
-          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+          Watch(c, EPOLLIN);
           Pump(c);
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);

@@ -18,6 +18,7 @@
 #include <arrow/status.h>
 #include <nanobind/nanobind.h>
 
+#include "deadline.h"
 #include "shmarrow/error.h"
 
 #include <chrono>
@@ -110,28 +111,8 @@ PyGILState_STATE EnsureGil();
 
 // ---- time and polling ----------------------------------------------------------------------------
 
-using Clock = std::chrono::steady_clock;
-
-/// Deadline for a timeout in ms (-1: none).
-class Deadline {
- public:
-  explicit Deadline(int64_t timeout_ms)
-      : forever_(timeout_ms < 0),
-        at_(Clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms)) {}
-  bool forever() const { return forever_; }
-  bool passed() const { return !forever_ && Clock::now() >= at_; }
-  /// Milliseconds to wait now: at most `slice`, never past the deadline.
-  int Slice(int slice = kSliceMs) const {
-    if (forever_) return slice;
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(at_ - Clock::now()).count();
-    return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(slice, left)));
-  }
-
- private:
-  bool forever_;
-  Clock::time_point at_;
-};
+/// Deadline for a timeout in ms (-1: none); waits are cut into Slice(kSliceMs).
+using internal::Deadline;
 
 /// Waits up to timeout_ms for `fd` to become readable (or for a signal). fd < 0: just sleeps.
 void WaitReadable(int fd, int timeout_ms);
@@ -149,9 +130,9 @@ bool RepeatInterruptibly(const Deadline& deadline, Step&& step) {
     {
       ReleaseGil release;
       for (;;) {
-        done = step(deadline.Slice());
+        done = step(deadline.Slice(kSliceMs));
         if (done) break;
-        passed = deadline.passed();
+        passed = deadline.expired();
         if (passed || main) break;
       }
     }

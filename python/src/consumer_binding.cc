@@ -97,8 +97,11 @@ class StreamReader final : public arrow::RecordBatchReader {
       }
       if (step == ConsumerState::Step::kEnd) return arrow::Status::OK();
       ARROW_RETURN_NOT_OK(CheckSignalsFromCpp());
-      if (deadline.passed()) return arrow::Status::IOError(TimeoutMessage(timeout_ms_));
-      state_->Wait(spin_until, deadline.Slice());
+      if (deadline.expired()) {
+        return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                         TimeoutMessage(timeout_ms_));
+      }
+      state_->Wait(spin_until, deadline.Slice(kSliceMs));
     }
   }
 
