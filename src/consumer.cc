@@ -62,14 +62,14 @@ class Channel {
     std::lock_guard lock(mutex_);
     if (FindHeld(sequence) != held_.end()) {
       return proto::ProtocolError("batch ", sequence,
-                                    " arrived while this consumer still holds batch ", sequence);
+                                  " arrived while this consumer still holds batch ", sequence);
     }
     size_t& count = response ? held_responses_ : held_published_;
     if (count >= credits) {
       return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ",
-                                    credits, " credits (it holds ", count, " batches of ",
-                                    response ? "answers to requests" : "the published stream",
-                                    ")");
+                                  credits, " credits (it holds ", count, " batches of ",
+                                  response ? "answers to requests" : "the published stream",
+                                  ")");
     }
     held_.push_back({sequence, response});
     ++count;
@@ -407,7 +407,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema_));
   if (received.fds.size() != 1) {
     return proto::ProtocolError("ring Welcome carries ", received.fds.size(),
-                                  " fds, expected 1");
+                                " fds, expected 1");
   }
   const int ring_fd = received.fds[0].get();
   ARROW_ASSIGN_OR_RAISE(int seals, internal::GetSeals(ring_fd));
@@ -430,8 +430,8 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
         welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
       return proto::ProtocolError("queue of ", capacity, " entries at offset ",
-                                    welcome.queue_offset, " does not fit the ", ring_size,
-                                    "-byte ring (or is not 64-byte aligned)");
+                                  welcome.queue_offset, " does not fit the ", ring_size,
+                                  "-byte ring (or is not 64-byte aligned)");
     }
     queue_ = ring_->data() + welcome.queue_offset;
     queue_capacity_ = welcome.queue_capacity;
@@ -469,8 +469,10 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   }
   auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
   // What Handle refuses without a code (Arrow's IPC reader, the flatbuffer patcher) is the
-  // producer's message being invalid: a protocol violation. Errno and coded statuses stay as they are.
-  if (status.IsInvalid() && status.detail() == nullptr) status = WithCode(status, ErrorCode::kProtocol);
+  // producer's message being invalid: a protocol violation. Errno and coded statuses stay so.
+  if (status.IsInvalid() && status.detail() == nullptr) {
+    status = WithCode(status, ErrorCode::kProtocol);
+  }
   if (!status.ok()) fatal_ = status;
   return true;
 }
@@ -498,8 +500,8 @@ arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
       __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
   if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
     return proto::ProtocolError("the queue counts ", written,
-                                  " entries written, but this consumer read ", queue_read_,
-                                  " of a queue of ", queue_capacity_);
+                                " entries written, but this consumer read ", queue_read_,
+                                " of a queue of ", queue_capacity_);
   }
   return written - queue_read_;
 }
@@ -519,7 +521,7 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
     if (entry.kind == proto::EntryKind::kControls) continue;
     if (entry.kind != proto::EntryKind::kBatch) {
       return proto::ProtocolError("queue entry ", queue_read_ - 1, " has kind ",
-                                    static_cast<uint32_t>(entry.kind));
+                                  static_cast<uint32_t>(entry.kind));
     }
     proto::Batch message;
     message.sequence = entry.sequence;
@@ -541,8 +543,8 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
     ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
     if (received.bytes <= 0) {
       return proto::ProtocolError("a queue entry counts ", count,
-                                    " control messages before it, but only ", controls_.size(),
-                                    " arrived");
+                                  " control messages before it, but only ", controls_.size(),
+                                  " arrived");
     }
     ARROW_RETURN_NOT_OK(Handle(receive_buffer_.data(), received.bytes, std::move(received.fds)));
   }
@@ -573,11 +575,11 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type != proto::Type::kBatch && !fds.empty()) {
     return proto::ProtocolError(proto::TypeName(header.type), " carried ",
-                                  fds.size(), " fds");
+                                fds.size(), " fds");
   }
   if (header.stream != 0 && streams_.count(header.stream) == 0) {
     return proto::ProtocolError(proto::TypeName(header.type),
-                                  " for unknown stream ", header.stream);
+                                " for unknown stream ", header.stream);
   }
   StreamState& stream = Stream(header.stream);
   switch (header.type) {
@@ -639,7 +641,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     }
     default:
       return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
-                                    " from a producer");
+                                  " from a producer");
   }
 }
 
@@ -647,12 +649,12 @@ arrow::Status ConsumerImpl::CountDropped(const proto::Batch& message) {
   if (message.dropped == 0) return arrow::Status::OK();
   if (!options_.lossy) {
     return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
-                                  " batches were dropped, but this consumer is not lossy");
+                                " batches were dropped, but this consumer is not lossy");
   }
   if (message.dropped > static_cast<uint64_t>(INT64_MAX - stats_.dropped)) {
     return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
-                                  " batches were dropped, after ", stats_.dropped,
-                                  ": more than were ever published");
+                                " batches were dropped, after ", stats_.dropped,
+                                ": more than were ever published");
   }
   stats_.dropped += static_cast<int64_t>(message.dropped);
   return arrow::Status::OK();
@@ -669,12 +671,12 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
                                         std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (Stream(stream).schema == nullptr) {  // an answer to a request starts with its Schema
     return proto::ProtocolError("batch ", message.sequence, " on stream ", stream,
-                                  " before the stream's Schema");
+                                " before the stream's Schema");
   }
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
       return proto::ProtocolError("sealed Batch ", message.sequence, " carries ",
-                                    fds.size(), " fds, expected 1");
+                                  fds.size(), " fds, expected 1");
     }
     ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
     SharedStreamOptions stream_options;
@@ -701,10 +703,9 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
         // one the consumer reports), or readers would see types they were not told of.
         const auto& announced = Stream(stream).schema;
         if (!batch->schema()->Equals(*announced, /*check_metadata=*/false)) {
-          return arrow::Status::Invalid(
-              "protocol: the memfd holds a batch of schema ",
-              internal::DescribeSchema(*batch->schema()), ", but the producer announced ",
-              internal::DescribeSchema(*announced));
+          return proto::ProtocolError(
+              "the memfd holds a batch of schema ", internal::DescribeSchema(*batch->schema()),
+              ", but the producer announced ", internal::DescribeSchema(*announced));
         }
         events->emplace_back(std::move(batch));
       }
@@ -722,8 +723,8 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
     return proto::ProtocolError("batch ", message.sequence, " metadata at [",
-                                  message.metadata_offset, ", +", message.metadata_length,
-                                  ") is outside the ", ring_size, "-byte ring");
+                                message.metadata_offset, ", +", message.metadata_length,
+                                ") is outside the ", ring_size, "-byte ring");
   }
   // The metadata is copied out of the ring before Arrow parses and checks it, so the producer
   // cannot change it between the check and the use. (Arrow keeps nothing of it: the batch

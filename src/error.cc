@@ -30,7 +30,9 @@ std::string ErrorDetail::ToString() const {
 const ErrorDetail* ErrorDetailOf(const arrow::Status& status) {
   const auto& detail = status.detail();
   // Compared by content: type_id pointers may differ between shared objects.
-  if (detail == nullptr || std::strcmp(detail->type_id(), ErrorDetail::kTypeId) != 0) return nullptr;
+  if (detail == nullptr || std::strcmp(detail->type_id(), ErrorDetail::kTypeId) != 0) {
+    return nullptr;
+  }
   return static_cast<const ErrorDetail*>(detail.get());
 }
 

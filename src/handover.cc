@@ -20,8 +20,8 @@ arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions
   for (int served = 0; served < options.clients;) {
     ARROW_ASSIGN_OR_RAISE(auto client, listener.Accept(options.accept_timeout_ms));
     if (client.fd() < 0) {
-      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no consumer connected to '",
-                       socket_path, "' within ", options.accept_timeout_ms, " ms (", served,
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                       "no consumer connected to '", socket_path, "' within ", options.accept_timeout_ms, " ms (", served,
                        " of ", options.clients, " served)");
     }
     if (options.same_uid_only) {

@@ -86,7 +86,8 @@ arrow::Status ArenaPayloadWriter::ReserveGap(int64_t size) {
 }
 
 arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payload) {
-  const int64_t region = arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), kArenaAlignment);
+  const int64_t region =
+      arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), kArenaAlignment);
   ARROW_ASSIGN_OR_RAISE(int64_t at, arena_->Reserve(region));
   WriteMessagePrefix(at, region, *payload.metadata);
   last_ = {at, at + region, -1};
@@ -98,7 +99,8 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
   if (kPrefixSize + arrow::bit_util::RoundUp(metadata.size(), 8) > gap_.size) {
     // The reserved gap is too small for this message: take a fitting one at the front. The old
     // gap and whatever lies before the new one become part of the previous message's body.
-    ARROW_RETURN_NOT_OK(ReserveGap(arrow::bit_util::RoundUp(kPrefixSize + metadata.size(), kArenaAlignment)));
+    ARROW_RETURN_NOT_OK(
+        ReserveGap(arrow::bit_util::RoundUp(kPrefixSize + metadata.size(), kArenaAlignment)));
   }
   const Region region = gap_;
   const int64_t body_start = region.at + region.size;

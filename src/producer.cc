@@ -624,7 +624,9 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
   std::shared_ptr<Loan> loan;
   {
     std::unique_lock lock(mutex_);
-    if (closed_) return MakeError(arrow::StatusCode::Invalid, ErrorCode::kClosed, "producer is closed");
+    if (closed_) {
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kClosed, "producer is closed");
+    }
     if (ended_) {
       return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
                        "the stream has ended; nothing more can be published");
@@ -665,7 +667,8 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
 
 arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) {
   if (schema == nullptr) {
-    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "ChangeSchema needs a schema");
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                     "ChangeSchema needs a schema");
   }
   // options_, not ring_: Listen checks the first schema here before Start() creates the ring.
   if (options_.mode == MemoryMode::kRing) {
@@ -1150,7 +1153,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       for (uint64_t sequence : released_) {
         if (!c.held.Remove(sequence, &released_records_)) {
           return proto::ProtocolError("released batch ", sequence,
-                                        ", which this consumer does not hold");
+                                      ", which this consumer does not hold");
         }
       }
       if (c.detached && c.held.empty()) c.dead = true;
@@ -1169,7 +1172,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
       if (read > c.queue_written) {
         return proto::ProtocolError("Waiting after reading ", read,
-                                      " queue entries, but ", c.queue_written, " were written");
+                                    " queue entries, but ", c.queue_written, " were written");
       }
       c.consumer_waiting = true;
       c.waiting_at = read;
@@ -1186,7 +1189,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       return arrow::Status::OK();
     default:
       return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
-                                    " from a consumer");
+                                  " from a consumer");
   }
 }
 

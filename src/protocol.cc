@@ -111,12 +111,12 @@ std::span<const uint8_t> Writer::Finish() {
 arrow::Result<Header> Reader::ReadHeader() {
   if (data_.size() < kHeaderSize) {
     return ProtocolError(data_.size(), "-byte message is shorter than the ",
-                                  kHeaderSize, "-byte header");
+                         kHeaderSize, "-byte header");
   }
   ARROW_ASSIGN_OR_RAISE(auto magic, U32("magic"));
   if (magic != kMagic) {
     return ProtocolError("bad magic 0x", std::hex, magic, " (expected 0x",
-                                  kMagic, ")");
+                         kMagic, ")");
   }
   Header header;
   ARROW_ASSIGN_OR_RAISE(auto type, U16("type"));
@@ -129,7 +129,7 @@ arrow::Result<Header> Reader::ReadHeader() {
   if (flags != 0) return ProtocolError("unknown header flags ", flags);
   if (length != data_.size() - kHeaderSize) {
     return ProtocolError("header announces ", length, " payload bytes, the ",
-                                  "message has ", data_.size() - kHeaderSize);
+                         "message has ", data_.size() - kHeaderSize);
   }
   header.type = static_cast<Type>(type);
   return header;
@@ -139,8 +139,8 @@ arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length)
   ARROW_ASSIGN_OR_RAISE(auto length, U32(field));
   if (length > max_length || length > data_.size() - position_) {
     return ProtocolError("field '", field, "' claims ", length,
-                                  " bytes at byte ", position_, "; ", data_.size() - position_,
-                                  " remain, limit ", max_length);
+                         " bytes at byte ", position_, "; ", data_.size() - position_,
+                         " remain, limit ", max_length);
   }
   std::string out(reinterpret_cast<const char*>(data_.data() + position_), length);
   position_ += length;
@@ -150,7 +150,7 @@ arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length)
 arrow::Status Reader::ExpectEnd(const char* message) const {
   if (position_ != data_.size()) {
     return ProtocolError(data_.size() - position_,
-                                  " unexpected trailing bytes in ", message);
+                         " unexpected trailing bytes in ", message);
   }
   return arrow::Status::OK();
 }
@@ -178,7 +178,7 @@ arrow::Result<Hello> DecodeHello(Reader& r) {
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("column count"));
   if (count > kMaxColumns) {
     return ProtocolError("Hello asks for ", count, " columns (limit ",
-                                  kMaxColumns, ")");
+                         kMaxColumns, ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto name, r.Bytes("column name", kMaxName));
@@ -258,7 +258,7 @@ arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* o
   ARROW_ASSIGN_OR_RAISE(uint32_t count, r.U32("count"));
   if (count == 0 || count > max_count) {
     return ProtocolError("Batches of ", count, " batches (1 to ", max_count,
-                                  " allowed)");
+                         " allowed)");
   }
   out->resize(count);
   for (Batch& m : *out) ARROW_RETURN_NOT_OK(GetBatch(r, &m));
@@ -275,7 +275,7 @@ arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("count"));
   if (count > max_count) {
     return ProtocolError("Release of ", count, " batches (limit ", max_count,
-                                  ")");
+                         ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto sequence, r.U64("sequence"));

@@ -186,8 +186,8 @@ class Reader {
   template <typename T>
   arrow::Result<T> Get(const char* field) {
     if (data_.size() - position_ < sizeof(T)) {
-      return arrow::Status::Invalid("protocol: message ends at byte ", data_.size(),
-                                    " before field '", field, "' at byte ", position_);
+      return ProtocolError("message ends at byte ", data_.size(), " before field '", field,
+                           "' at byte ", position_);
     }
     T value;
     std::memcpy(&value, data_.data() + position_, sizeof(T));

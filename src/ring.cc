@@ -92,7 +92,8 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
   std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
     return MakeError(
-        arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout, "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", arena_size_,
+        arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout,
+        "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", arena_size_,
         " bytes held by ", count_, " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };

@@ -27,12 +27,21 @@ using internal::UnixSocket;
 
 constexpr int kTimeoutMs = 10000;  // only a bug waits this long
 
-std::shared_ptr<arrow::Schema> TestSchema() { return arrow::schema({arrow::field("a", arrow::int64())}); }
+std::shared_ptr<arrow::Schema> TestSchema() {
+  return arrow::schema({arrow::field("a", arrow::int64())});
+}
 
 std::shared_ptr<Producer> Listen(const std::string& address, ProducerOptions options = {}) {
   auto producer = Producer::Listen(address, TestSchema(), options);
   EXPECT_TRUE(producer.ok()) << producer.status().ToString();
   return producer.ValueOr(nullptr);
+}
+
+// Options that wait long enough for any answer: only a bug waits for the timeout.
+ConsumerOptions Patient() {
+  ConsumerOptions options;
+  options.read_timeout_ms = kTimeoutMs;
+  return options;
 }
 
 // Answers the first Hello at `address` with `answer` and waits for the consumer to hang up.
@@ -105,8 +114,7 @@ TEST(ErrorCodes, ProducerShutdownMidStream) {
   const auto address = test_util::UniqueAbstractName("error-shutdown");
   auto producer = Listen(address);
   ASSERT_NE(producer, nullptr);
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
+  ConsumerOptions options = Patient();
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, options));
   producer->Close();
   std::shared_ptr<arrow::RecordBatch> batch;
@@ -136,12 +144,12 @@ TEST(ErrorCodes, SchemaMismatch) {
   auto producer = Listen(address);
   ASSERT_NE(producer, nullptr);
   // The consumer's expectation, refused by the producer.
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
+  ConsumerOptions options = Patient();
   options.expect_schema = arrow::schema({arrow::field("a", arrow::utf8())});
   auto refused = Consumer::Connect(address, options);
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(ErrorCodeOf(refused.status()), ErrorCode::kSchemaMismatch) << refused.status().ToString();
+  EXPECT_EQ(ErrorCodeOf(refused.status()), ErrorCode::kSchemaMismatch)
+      << refused.status().ToString();
   EXPECT_TRUE(ErrorDetailOf(refused.status())->from_producer());
   // A batch that does not fit the producer's schema, refused locally.
   auto other = arrow::RecordBatch::Make(arrow::schema({arrow::field("b", arrow::int8())}), 0,
@@ -157,8 +165,7 @@ TEST(ErrorCodes, ConsumerLimit) {
   producer_options.max_consumers = 1;
   auto producer = Listen(address, producer_options);
   ASSERT_NE(producer, nullptr);
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
+  ConsumerOptions options = Patient();
   ASSERT_OK_AND_ASSIGN(auto first, Consumer::Connect(address, options));
   auto second = Consumer::Connect(address, options);
   ASSERT_FALSE(second.ok());
@@ -174,8 +181,7 @@ TEST(ErrorCodes, VersionMismatch) {
   proto::Writer writer;
   auto bytes = proto::Encode(writer, welcome);
   OneAnswer producer(address, {bytes.begin(), bytes.end()});
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
+  ConsumerOptions options = Patient();
   auto consumer = Consumer::Connect(address, options);
   ASSERT_FALSE(consumer.ok());
   EXPECT_EQ(ErrorCodeOf(consumer.status()), ErrorCode::kVersion) << consumer.status().ToString();
@@ -209,8 +215,7 @@ TEST(ErrorCodes, RefusedPeerUid) {
   char byte;
   ASSERT_EQ(::read(ready[0], &byte, 1), 1);
   ::close(ready[0]);
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
+  ConsumerOptions options = Patient();
   auto consumer = Consumer::Connect(address, options);
   int child_status = 0;
   ASSERT_EQ(::waitpid(child, &child_status, 0), child);

@@ -3,10 +3,7 @@ by the message: messages written to mislead a text matcher still map to the righ
 
 from __future__ import annotations
 
-import socket
 import struct
-import threading
-import uuid
 
 import pyarrow as pa
 import pytest
@@ -28,51 +25,38 @@ except ImportError as error:  # pragma: no cover - depends on the build
     pytest.skip(f"the compiled extension shmarrow._native is not importable ({error})",
                 allow_module_level=True)
 
-MAGIC = 0x414D4853
-ERROR = 7
+from test_hostile import ERROR, FakeProducer, message, sized, welcome
+
 SCHEMA = pa.schema([("a", pa.int64())])
+# Reads like a timeout, a refusal and a request failure at once.
+MISLEADING = b"refused: no batch within 5 ms (not waiting: fail fast)"
 
 
-def error_message(code: int, text: str) -> bytes:
+def error_message(code: int, text: bytes = MISLEADING) -> bytes:
     """An Error datagram (docs/protocol.md) on stream 0."""
-    body = text.encode()
-    payload = struct.pack("<II", code, len(body)) + body
-    return struct.pack("<IHHII", MAGIC, ERROR, 0, 0, len(payload)) + payload
-
-
-class AnswersHelloWith:
-    """A producer at an abstract address that answers the first Hello with one datagram."""
-
-    def __init__(self, datagram: bytes):
-        self.address = "@shmarrow-error-codes-" + uuid.uuid4().hex
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._listener.bind("\0" + self.address[1:])
-        self._listener.listen(1)
-        self._listener.settimeout(TIMEOUT_S)
-        self._thread = threading.Thread(target=self._serve, args=(datagram,), daemon=True)
-        self._thread.start()
-
-    def _serve(self, datagram: bytes) -> None:
-        connection, _ = self._listener.accept()
-        with connection:
-            connection.settimeout(TIMEOUT_S)
-            connection.recv(1 << 18)  # the Hello
-            connection.send(datagram)
-            connection.recv(1)  # until the consumer hangs up
-
-    def close(self) -> None:
-        self._thread.join(TIMEOUT_S)
-        self._listener.close()
+    return message(ERROR, struct.pack("<I", code) + sized(text))
 
 
 @pytest.mark.parametrize("code", [1, 2, 3, 4, 6, 7, 100])
 def test_a_producer_refusal_is_refused_whatever_its_text(code):
-    # Text that reads like a timeout, a stream error and a request failure at once.
-    fake = AnswersHelloWith(error_message(code, "no batch within 5 ms (not waiting: fail fast)"))
+    fake = FakeProducer([(error_message(code), [])])
     try:
         with pytest.raises(RefusedError, match="within 5 ms") as raised:
             Consumer(fake.address, read_timeout=TIMEOUT_S)
         assert not isinstance(raised.value, TimeoutError)
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("code", [2, 4, 6, 7])
+def test_a_producer_error_mid_stream_ends_the_stream_whatever_its_text(code):
+    fake = FakeProducer([(welcome(SCHEMA.serialize().to_pybytes()), []),
+                         (error_message(code), [])])
+    try:
+        with Consumer(fake.address, read_timeout=TIMEOUT_S) as consumer:
+            with pytest.raises(StreamError, match="within 5 ms") as raised:
+                consumer.read_next_batch()
+        assert not isinstance(raised.value, (TimeoutError, RefusedError))
     finally:
         fake.close()
 
