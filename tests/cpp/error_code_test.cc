@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "protocol.h"
+#include "schema_match.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/error.h"
 #include "shmarrow/producer.h"
@@ -157,6 +158,10 @@ TEST(ErrorCodes, SchemaMismatch) {
   const auto published = producer->Publish(other);
   EXPECT_EQ(ErrorCodeOf(published), ErrorCode::kSchemaMismatch) << published.ToString();
   EXPECT_FALSE(ErrorDetailOf(published)->from_producer());
+  // The consumer's own check (the single hand-over has no producer to ask).
+  const auto checked = internal::CheckSchema(*options.expect_schema, *TestSchema(),
+                                             SchemaMatch::kSubset);
+  EXPECT_EQ(ErrorCodeOf(checked), ErrorCode::kSchemaMismatch) << checked.ToString();
 }
 
 TEST(ErrorCodes, ConsumerLimit) {
