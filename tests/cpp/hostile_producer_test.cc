@@ -1197,8 +1197,10 @@ TEST_F(HostileProducer, ProducerOfAnotherUidIsRefused) {
     ::close(ready[0]);
     ConsumerOptions options = Options();
     options.read_timeout_ms = 1000;
-    EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+    const auto refused = Consumer::Connect(address, options).status();
+    EXPECT_ERROR_CONTAINS(refused,
                           "runs as uid 65534, which this consumer (uid 0) does not accept");
+    EXPECT_EQ(ErrorCodeOf(refused), ErrorCode::kRefused);
     options.allowed_uids = {65534};
     // Allowed: the squatter is talked to (and then hangs up, which is its own failure).
     auto allowed = Consumer::Connect(address, options);
