@@ -4,6 +4,7 @@
 #include <arrow/io/memory.h>
 #include <arrow/ipc/reader.h>
 #include <arrow/util/io_util.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -27,6 +28,7 @@
 #include "protocol.h"
 #include "schema_match.h"
 #include "shared_stream_internal.h"
+#include "shmarrow/error.h"
 #include "shmarrow/handover.h"
 #include "unix_socket.h"
 
@@ -59,15 +61,15 @@ class Channel {
   arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits) {
     std::lock_guard lock(mutex_);
     if (FindHeld(sequence) != held_.end()) {
-      return arrow::Status::Invalid("protocol: batch ", sequence,
-                                    " arrived while this consumer still holds batch ", sequence);
+      return proto::ProtocolError("batch ", sequence,
+                                  " arrived while this consumer still holds batch ", sequence);
     }
     size_t& count = response ? held_responses_ : held_published_;
     if (count >= credits) {
-      return arrow::Status::Invalid("protocol: batch ", sequence, " is beyond this consumer's ",
-                                    credits, " credits (it holds ", count, " batches of ",
-                                    response ? "answers to requests" : "the published stream",
-                                    ")");
+      return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ",
+                                  credits, " credits (it holds ", count, " batches of ",
+                                  response ? "answers to requests" : "the published stream",
+                                  ")");
     }
     held_.push_back({sequence, response});
     ++count;
@@ -312,7 +314,8 @@ arrow::Status ConsumerImpl::CheckProducerUid(const UnixSocket& socket,
   if (internal::UidAllowed(peer.uid, options_.allowed_uids, options_.allow_any_uid)) {
     return arrow::Status::OK();
   }
-  return arrow::Status::IOError("producer at '", address, "' runs as uid ", peer.uid,
+  return MakeError(arrow::StatusCode::IOError, ErrorCode::kRefused, "producer at '", address,
+                   "' runs as uid ", peer.uid,
                                 ", which this consumer (uid ", ::geteuid(),
                                 ") does not accept: allow it with allowed_uids or allow_any_uid");
 }
@@ -371,12 +374,14 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   auto received = std::move(*receiving);
   if (received.bytes < 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
-    return arrow::Status::IOError("producer at '", address, "' did not answer the handshake within ",
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "producer at '", address,
+                     "' did not answer the handshake within ",
                                   handshake_ms, " ms");
   }
   if (received.bytes == 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
-    return arrow::Status::IOError("producer at '", address, "' closed the connection during the ",
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone, "producer at '", address,
+                     "' closed the connection during the ",
                                   "handshake");
   }
   ARROW_ASSIGN_OR_RAISE(
@@ -395,19 +400,19 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 4, 1, proto::kMaxRun);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
-    if (!received.fds.empty()) return arrow::Status::Invalid("protocol: sealed Welcome with an fd");
+    if (!received.fds.empty()) return proto::ProtocolError("sealed Welcome with an fd");
     return arrow::Status::OK();
   }
   mode_ = "ring";
   ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema_));
   if (received.fds.size() != 1) {
-    return arrow::Status::Invalid("protocol: ring Welcome carries ", received.fds.size(),
-                                  " fds, expected 1");
+    return proto::ProtocolError("ring Welcome carries ", received.fds.size(),
+                                " fds, expected 1");
   }
   const int ring_fd = received.fds[0].get();
   ARROW_ASSIGN_OR_RAISE(int seals, internal::GetSeals(ring_fd));
-  constexpr int kNoResize = 0x0002 /*SHRINK*/ | 0x0004 /*GROW*/;
-  constexpr int kNoWrites = 0x0008 /*WRITE*/ | 0x0010 /*FUTURE_WRITE*/;
+  constexpr int kNoResize = F_SEAL_SHRINK | F_SEAL_GROW;
+  constexpr int kNoWrites = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
   if ((seals & kNoResize) != kNoResize || (seals & kNoWrites) == 0) {
     return arrow::Status::Invalid("ring memfd fd ", ring_fd, " lacks seals: has ",
                                   internal::SealNames(seals),
@@ -424,9 +429,9 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
     const uint64_t bytes = proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize;
     if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
         welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
-      return arrow::Status::Invalid("protocol: queue of ", capacity, " entries at offset ",
-                                    welcome.queue_offset, " does not fit the ", ring_size,
-                                    "-byte ring (or is not 64-byte aligned)");
+      return proto::ProtocolError("queue of ", capacity, " entries at offset ",
+                                  welcome.queue_offset, " does not fit the ", ring_size,
+                                  "-byte ring (or is not 64-byte aligned)");
     }
     queue_ = ring_->data() + welcome.queue_offset;
     queue_capacity_ = welcome.queue_capacity;
@@ -458,11 +463,16 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
     if (received.bytes < 0) return false;
   }
   if (received.bytes == 0) {
-    fatal_ = arrow::Status::IOError(
-        "producer closed the connection without ending the stream (did it die?)");
+    fatal_ = MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone,
+                       "producer closed the connection without ending the stream (did it die?)");
     return true;
   }
   auto status = Handle(receive_buffer_.data(), received.bytes, std::move(received.fds));
+  // What Handle refuses without a code (Arrow's IPC reader, the flatbuffer patcher) is the
+  // producer's message being invalid: a protocol violation. Errno and coded statuses stay so.
+  if (status.IsInvalid() && status.detail() == nullptr) {
+    status = WithCode(status, ErrorCode::kProtocol);
+  }
   if (!status.ok()) fatal_ = status;
   return true;
 }
@@ -489,9 +499,9 @@ arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
   const uint64_t written =
       __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
   if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
-    return arrow::Status::Invalid("protocol: the queue counts ", written,
-                                  " entries written, but this consumer read ", queue_read_,
-                                  " of a queue of ", queue_capacity_);
+    return proto::ProtocolError("the queue counts ", written,
+                                " entries written, but this consumer read ", queue_read_,
+                                " of a queue of ", queue_capacity_);
   }
   return written - queue_read_;
 }
@@ -510,8 +520,8 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
     ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
     if (entry.kind == proto::EntryKind::kControls) continue;
     if (entry.kind != proto::EntryKind::kBatch) {
-      return arrow::Status::Invalid("protocol: queue entry ", queue_read_ - 1, " has kind ",
-                                    static_cast<uint32_t>(entry.kind));
+      return proto::ProtocolError("queue entry ", queue_read_ - 1, " has kind ",
+                                  static_cast<uint32_t>(entry.kind));
     }
     proto::Batch message;
     message.sequence = entry.sequence;
@@ -532,9 +542,9 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
     if (!fatal_.ok()) return fatal_;
     ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
     if (received.bytes <= 0) {
-      return arrow::Status::Invalid("protocol: a queue entry counts ", count,
-                                    " control messages before it, but only ", controls_.size(),
-                                    " arrived");
+      return proto::ProtocolError("a queue entry counts ", count,
+                                  " control messages before it, but only ", controls_.size(),
+                                  " arrived");
     }
     ARROW_RETURN_NOT_OK(Handle(receive_buffer_.data(), received.bytes, std::move(received.fds)));
   }
@@ -564,12 +574,12 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   proto::Reader reader(std::span<const uint8_t>(data, static_cast<size_t>(size)));
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type != proto::Type::kBatch && !fds.empty()) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " carried ",
-                                  fds.size(), " fds");
+    return proto::ProtocolError(proto::TypeName(header.type), " carried ",
+                                fds.size(), " fds");
   }
   if (header.stream != 0 && streams_.count(header.stream) == 0) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type),
-                                  " for unknown stream ", header.stream);
+    return proto::ProtocolError(proto::TypeName(header.type),
+                                " for unknown stream ", header.stream);
   }
   StreamState& stream = Stream(header.stream);
   switch (header.type) {
@@ -580,7 +590,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     }
     case proto::Type::kBatches: {
       if (!batch_runs_) {
-        return arrow::Status::Invalid("protocol: Batches message, but batch runs were not agreed");
+        return proto::ProtocolError("Batches message, but batch runs were not agreed");
       }
       ARROW_RETURN_NOT_OK(proto::DecodeBatches(reader, proto::kMaxRun, &run_));
       for (size_t i = 0; i < run_.size(); ++i) {
@@ -619,31 +629,32 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       }
       return arrow::Status::OK();
     case proto::Type::kWake:  // the queue has entries: read by the caller's next look at it
-      if (queue_ == nullptr) return arrow::Status::Invalid("protocol: Wake without a queue");
+      if (queue_ == nullptr) return proto::ProtocolError("Wake without a queue");
       return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
-      auto status = arrow::Status::IOError("producer: ", proto::Printable(error.message));
+      auto status = WithCode(arrow::Status::IOError("producer: ", proto::Printable(error.message)),
+                             error.code, /*from_producer=*/true);
       if (header.stream == 0) return status;  // fatal
       stream.events.emplace_back(status);
       return arrow::Status::OK();
     }
     default:
-      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
-                                    " from a producer");
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
+                                  " from a producer");
   }
 }
 
 arrow::Status ConsumerImpl::CountDropped(const proto::Batch& message) {
   if (message.dropped == 0) return arrow::Status::OK();
   if (!options_.lossy) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
-                                  " batches were dropped, but this consumer is not lossy");
+    return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
+                                " batches were dropped, but this consumer is not lossy");
   }
   if (message.dropped > static_cast<uint64_t>(INT64_MAX - stats_.dropped)) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " says ", message.dropped,
-                                  " batches were dropped, after ", stats_.dropped,
-                                  ": more than were ever published");
+    return proto::ProtocolError("batch ", message.sequence, " says ", message.dropped,
+                                " batches were dropped, after ", stats_.dropped,
+                                ": more than were ever published");
   }
   stats_.dropped += static_cast<int64_t>(message.dropped);
   return arrow::Status::OK();
@@ -659,13 +670,13 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
 arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
                                         std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (Stream(stream).schema == nullptr) {  // an answer to a request starts with its Schema
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " on stream ", stream,
-                                  " before the stream's Schema");
+    return proto::ProtocolError("batch ", message.sequence, " on stream ", stream,
+                                " before the stream's Schema");
   }
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
-      return arrow::Status::Invalid("protocol: sealed Batch ", message.sequence, " carries ",
-                                    fds.size(), " fds, expected 1");
+      return proto::ProtocolError("sealed Batch ", message.sequence, " carries ",
+                                  fds.size(), " fds, expected 1");
     }
     ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
     SharedStreamOptions stream_options;
@@ -692,10 +703,9 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
         // one the consumer reports), or readers would see types they were not told of.
         const auto& announced = Stream(stream).schema;
         if (!batch->schema()->Equals(*announced, /*check_metadata=*/false)) {
-          return arrow::Status::Invalid(
-              "protocol: the memfd holds a batch of schema ",
-              internal::DescribeSchema(*batch->schema()), ", but the producer announced ",
-              internal::DescribeSchema(*announced));
+          return proto::ProtocolError(
+              "the memfd holds a batch of schema ", internal::DescribeSchema(*batch->schema()),
+              ", but the producer announced ", internal::DescribeSchema(*announced));
         }
         events->emplace_back(std::move(batch));
       }
@@ -706,15 +716,15 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
     }
     return arrow::Status::OK();
   }
-  if (!fds.empty()) return arrow::Status::Invalid("protocol: ring Batch carries an fd");
+  if (!fds.empty()) return proto::ProtocolError("ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
   auto lease = MakeLease(ring_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
-    return arrow::Status::Invalid("protocol: batch ", message.sequence, " metadata at [",
-                                  message.metadata_offset, ", +", message.metadata_length,
-                                  ") is outside the ", ring_size, "-byte ring");
+    return proto::ProtocolError("batch ", message.sequence, " metadata at [",
+                                message.metadata_offset, ", +", message.metadata_length,
+                                ") is outside the ", ring_size, "-byte ring");
   }
   // The metadata is copied out of the ring before Arrow parses and checks it, so the producer
   // cannot change it between the check and the use. (Arrow keeps nothing of it: the batch
@@ -778,7 +788,8 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;
     if (!got && deadline.expired()) {
-      return arrow::Status::IOError("no message from the producer within ", timeout_ms, " ms");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                       "no message from the producer within ", timeout_ms, " ms");
     }
   }
 }
@@ -862,7 +873,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
     }
     if (!fatal_.ok()) return fatal_;
     if (deadline.expired()) {
-      return arrow::Status::IOError("no answer to request ", stream, " in time");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no answer to request ",
+                       stream, " in time");
     }
     ARROW_RETURN_NOT_OK(Pump(100).status());
   }

@@ -15,6 +15,7 @@
 #include "errno_status.h"
 #include "flight_internal.h"
 #include "schema_match.h"
+#include "shmarrow/error.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow::internal::flight {
@@ -150,8 +151,9 @@ class FlightConsumer final : public Consumer {
       arrived_.wait(lock, ready);
     } else if (!arrived_.wait_for(lock, std::chrono::milliseconds(options_.read_timeout_ms),
                                   ready)) {
-      return arrow::Status::IOError("no batch from the Flight server at '", address_, "' within ",
-                                    options_.read_timeout_ms, " ms");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                       "no batch from the Flight server at '", address_, "' within ",
+                       options_.read_timeout_ms, " ms");
     }
     return TakeLocked(batch).status();
   }

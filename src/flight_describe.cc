@@ -7,6 +7,7 @@
 #include "flight_internal.h"
 #include "protocol.h"
 #include "schema_match.h"
+#include "shmarrow/error.h"
 #include "unix_socket.h"
 
 namespace shmarrow::internal::flight {
@@ -44,11 +45,12 @@ arrow::Result<std::shared_ptr<arrow::Schema>> DescribeProducer(const std::string
   if (received.bytes <= 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
     if (received.bytes == 0) {
-      return arrow::Status::IOError("producer at '", socket,
-                                    "' closed the connection when asked to describe its stream");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone, "producer at '",
+                       socket, "' closed the connection when asked to describe its stream");
     }
-    return arrow::Status::IOError("producer at '", socket, "' did not answer within ",
-                                  kDescribeTimeoutMs, " ms when asked to describe its stream");
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "producer at '", socket,
+                     "' did not answer within ", kDescribeTimeoutMs,
+                     " ms when asked to describe its stream");
   }
   ARROW_ASSIGN_OR_RAISE(auto welcome,
                         proto::DecodeHandshakeAnswer(

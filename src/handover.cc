@@ -6,6 +6,7 @@
 #include <array>
 
 #include "handover_internal.h"
+#include "shmarrow/error.h"
 #include "unix_socket.h"
 
 namespace shmarrow {
@@ -19,9 +20,9 @@ arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions
   for (int served = 0; served < options.clients;) {
     ARROW_ASSIGN_OR_RAISE(auto client, listener.Accept(options.accept_timeout_ms));
     if (client.fd() < 0) {
-      return arrow::Status::IOError("no consumer connected to '", socket_path, "' within ",
-                                    options.accept_timeout_ms, " ms (", served, " of ",
-                                    options.clients, " served)");
+      return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                       "no consumer connected to '", socket_path, "' within ", options.accept_timeout_ms, " ms (", served,
+                       " of ", options.clients, " served)");
     }
     if (options.same_uid_only) {
       ARROW_ASSIGN_OR_RAISE(auto peer, client.Peer());
@@ -40,15 +41,16 @@ arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& sock
   // The producer sends right after accepting.
   ARROW_ASSIGN_OR_RAISE(auto received, socket.Receive(byte, 1, timeout_ms));
   if (received.bytes < 0) {
-    return arrow::Status::IOError("producer at '", socket_path, "' sent nothing within ",
-                                  timeout_ms, " ms");
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "producer at '", socket_path,
+                     "' sent nothing within ", timeout_ms, " ms");
   }
   if (received.bytes == 0) {
-    return arrow::Status::IOError("producer at '", socket_path,
-                                  "' closed the connection before sending an fd");
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone, "producer at '",
+                     socket_path, "' closed the connection before sending an fd");
   }
   if (received.fds.empty()) {
-    return arrow::Status::IOError("message from '", socket_path, "' carried no fd");
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kProtocol, "message from '",
+                     socket_path, "' carried no fd");
   }
   return std::move(received.fds.front());
 }

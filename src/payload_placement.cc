@@ -1,6 +1,7 @@
 #include "payload_placement.h"
 
 #include <arrow/buffer.h>
+#include <arrow/util/bit_util.h>
 
 #include <bit>
 #include <cstring>
@@ -18,7 +19,6 @@ static_assert(std::endian::native == std::endian::little,
 constexpr uint32_t kContinuation = 0xFFFFFFFF;
 constexpr int64_t kPrefixSize = 8;  // continuation marker + int32 metadata length
 
-int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
 
 template <typename T>
 void Store(uint8_t* base, int64_t at, T value) {
@@ -86,7 +86,8 @@ arrow::Status ArenaPayloadWriter::ReserveGap(int64_t size) {
 }
 
 arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payload) {
-  const int64_t region = AlignUp(kPrefixSize + payload.metadata->size(), kArenaAlignment);
+  const int64_t region =
+      arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), kArenaAlignment);
   ARROW_ASSIGN_OR_RAISE(int64_t at, arena_->Reserve(region));
   WriteMessagePrefix(at, region, *payload.metadata);
   last_ = {at, at + region, -1};
@@ -95,10 +96,11 @@ arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payl
 
 arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& payload) {
   const arrow::Buffer& metadata = *payload.metadata;
-  if (kPrefixSize + AlignUp(metadata.size(), 8) > gap_.size) {
+  if (kPrefixSize + arrow::bit_util::RoundUp(metadata.size(), 8) > gap_.size) {
     // The reserved gap is too small for this message: take a fitting one at the front. The old
     // gap and whatever lies before the new one become part of the previous message's body.
-    ARROW_RETURN_NOT_OK(ReserveGap(AlignUp(kPrefixSize + metadata.size(), kArenaAlignment)));
+    ARROW_RETURN_NOT_OK(
+        ReserveGap(arrow::bit_util::RoundUp(kPrefixSize + metadata.size(), kArenaAlignment)));
   }
   const Region region = gap_;
   const int64_t body_start = region.at + region.size;

@@ -5,7 +5,7 @@
 #include <arrow/ipc/writer.h>
 
 #include "arena.h"
-#include "shmarrow/stream_writer.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow::internal {
 

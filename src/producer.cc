@@ -21,12 +21,14 @@
 #include <unordered_map>
 
 #include "block_cache.h"
+#include "deadline.h"
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
 #include "pages.h"
 #include "protocol.h"
 #include "ring.h"
 #include "schema_match.h"
+#include "shmarrow/error.h"
 #include "shmarrow/stream_writer.h"
 #include "unix_socket.h"
 
@@ -81,7 +83,8 @@ class LoanPool final : public arrow::MemoryPool {
   arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override {
     std::lock_guard lock(mutex_);
     if (current_ == nullptr) {
-      return arrow::Status::Invalid("no batch is being built: call Producer::pool() again");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                       "no batch is being built: call Producer::pool() again");
     }
     ARROW_RETURN_NOT_OK(current_->writer->pool()->Allocate(size, alignment, out));
     if (size > 0) owners_[*out] = current_;
@@ -342,6 +345,13 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
                                        internal::RingPool* pool);
   void Kill(Connection& c, const std::string& why, proto::ErrorCode code);
   void Reap();
+  /// Makes epoll report `events` for c's socket; a failure kills c (it would stall unnoticed).
+  void Watch(Connection& c, uint32_t events);
+  /// Takes c's socket out of the epoll set. A failure (already out) leaves nothing to undo: the
+  /// socket's close, when c is reaped, removes it in any case.
+  void Unwatch(Connection& c) {
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  }
 
   void IoLoop();
   /// Closes connections that have not said Hello within handshake_timeout_ms; the milliseconds
@@ -595,17 +605,19 @@ arrow::Result<std::shared_ptr<Published>> ProducerImpl::Prepare(
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
                                     Predicate ready, std::string_view what) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!ready()) {
-    if (closed_) return arrow::Status::Cancelled("producer closed while waiting for ", what);
-    if (timeout_ms == 0) return arrow::Status::IOError("no ", what, " (not waiting: fail fast)");
-    if (timeout_ms < 0) {
-      changed_.wait(lock);
-    } else if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !ready()) {
-      return arrow::Status::IOError("no ", what, " within ", timeout_ms, " ms");
-    }
+  const internal::Deadline deadline(timeout_ms);
+  deadline.Wait(changed_, lock, [&] { return closed_ || ready(); });
+  if (ready()) return arrow::Status::OK();
+  if (closed_) {
+    return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                     "producer closed while waiting for ", what);
   }
-  return arrow::Status::OK();
+  if (timeout_ms == 0) {
+    return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what,
+                     " (not waiting: fail fast)");
+  }
+  return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "no ", what, " within ",
+                   timeout_ms, " ms");
 }
 
 bool ProducerImpl::HasRoom() const {
@@ -619,13 +631,18 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
   std::shared_ptr<Loan> loan;
   {
     std::unique_lock lock(mutex_);
-    if (closed_) return arrow::Status::Invalid("producer is closed");
-    if (ended_) return arrow::Status::Invalid("the stream has ended; nothing more can be published");
+    if (closed_) {
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kClosed, "producer is closed");
+    }
+    if (ended_) {
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                       "the stream has ended; nothing more can be published");
+    }
     if (!batch->schema()->Equals(*schema_, /*check_metadata=*/false)) {
-      return arrow::Status::Invalid("batch schema ", internal::DescribeSchema(*batch->schema()),
-                                    " differs from the announced schema ",
-                                    internal::DescribeSchema(*schema_),
-                                    "; call ChangeSchema first");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kSchemaMismatch, "batch schema ",
+                       internal::DescribeSchema(*batch->schema()),
+                       " differs from the announced schema ", internal::DescribeSchema(*schema_),
+                       "; call ChangeSchema first");
     }
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
     ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
@@ -656,7 +673,10 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
 }
 
 arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) {
-  if (schema == nullptr) return arrow::Status::Invalid("ChangeSchema needs a schema");
+  if (schema == nullptr) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                     "ChangeSchema needs a schema");
+  }
   // options_, not ring_: Listen checks the first schema here before Start() creates the ring.
   if (options_.mode == MemoryMode::kRing) {
     auto no_dictionaries = internal::CheckNoDictionaries(*schema);
@@ -665,7 +685,9 @@ arrow::Status ProducerImpl::ChangeSchema(std::shared_ptr<arrow::Schema> schema) 
     }
   }
   std::lock_guard lock(mutex_);
-  if (ended_ || closed_) return arrow::Status::Invalid("the stream has ended");
+  if (ended_ || closed_) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "the stream has ended");
+  }
   schema_ = std::move(schema);
   loan_.reset();
   for (auto& [id, c] : connections_) {
@@ -873,10 +895,7 @@ void ProducerImpl::Pump(Connection& c) {
     }
     if (!*sent) {  // socket buffer full: continue when it is writable
       c.waiting_writable = true;
-      epoll_event event{};
-      event.events = EPOLLIN | EPOLLOUT;
-      event.data.u64 = c.id + 1;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+      Watch(c, EPOLLIN | EPOLLOUT);
       WakeIfWaiting(c);
       return;
     }
@@ -919,13 +938,23 @@ void ProducerImpl::WakeIfWaiting(Connection& c) {
   (void)c.socket.TrySendDatagram(proto::EncodeWake(writer_), {});
 }
 
+void ProducerImpl::Watch(Connection& c, uint32_t events) {
+  epoll_event event{};
+  event.events = events;
+  event.data.u64 = c.id + 1;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event) != 0) {
+    const auto failed = internal::ErrnoStatus(errno, "epoll_ctl(MOD fd ", c.socket.fd(), ")");
+    Kill(c, failed.ToString(), proto::ErrorCode::kLimit);
+  }
+}
+
 void ProducerImpl::Kill(Connection& c, const std::string& why, proto::ErrorCode code) {
   if (c.dead) return;
   c.dead = true;
   c.death = why;
   proto::Error error{code, why};
   (void)c.socket.TrySendDatagram(proto::Encode(writer_, 0, error), {});
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  Unwatch(c);
   ::shutdown(c.socket.fd(), SHUT_RDWR);
 }
 
@@ -938,7 +967,7 @@ void ProducerImpl::Reap() {
       const auto cancelled = std::erase_if(
           request_jobs_, [id](const RequestJob& job) { return job.connection == id; });
       requests_in_flight_ -= static_cast<int>(cancelled);
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.fd(), nullptr);
+      Unwatch(*it->second);
       if (it->second->queue_slot >= 0) free_queue_slots_.push_back(it->second->queue_slot);
       it = connections_.erase(it);  // what it held is released here
       any = true;
@@ -981,10 +1010,7 @@ void ProducerImpl::IoLoop() {
         Connection& c = *it->second;
         if (events[i].events & EPOLLOUT) {
           c.waiting_writable = false;
-          epoll_event event{};
-          event.events = EPOLLIN;
-          event.data.u64 = tag;
-          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.socket.fd(), &event);
+          Watch(c, EPOLLIN);
           Pump(c);
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
@@ -1118,14 +1144,14 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (!c.welcomed) {
     if (header.type != proto::Type::kHello) {
-      return arrow::Status::Invalid("protocol: expected Hello, got ", proto::TypeName(header.type));
+      return proto::ProtocolError("expected Hello, got ", proto::TypeName(header.type));
     }
     ARROW_ASSIGN_OR_RAISE(auto hello, proto::DecodeHello(reader));
     return Handshake(c, hello);
   }
   // After Bye a consumer only returns what it holds: a Request would start work for nobody.
   if (c.detached && header.type != proto::Type::kRelease) {
-    return arrow::Status::Invalid("protocol: ", proto::TypeName(header.type), " after Bye");
+    return proto::ProtocolError(proto::TypeName(header.type), " after Bye");
   }
   switch (header.type) {
     case proto::Type::kRelease: {
@@ -1133,8 +1159,8 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       ARROW_RETURN_NOT_OK(proto::DecodeRelease(reader, 4096, &released_));
       for (uint64_t sequence : released_) {
         if (!c.held.Remove(sequence, &released_records_)) {
-          return arrow::Status::Invalid("protocol: released batch ", sequence,
-                                        ", which this consumer does not hold");
+          return proto::ProtocolError("released batch ", sequence,
+                                      ", which this consumer does not hold");
         }
       }
       if (c.detached && c.held.empty()) c.dead = true;
@@ -1143,17 +1169,17 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       return arrow::Status::OK();
     }
     case proto::Type::kRequest: {
-      if (header.stream == 0) return arrow::Status::Invalid("protocol: Request on stream 0");
+      if (header.stream == 0) return proto::ProtocolError("Request on stream 0");
       ARROW_ASSIGN_OR_RAISE(auto request, proto::DecodeRequest(reader));
       StartRequest(c, header.stream, std::move(request));
       return arrow::Status::OK();
     }
     case proto::Type::kWaiting: {
-      if (c.queue_capacity == 0) return arrow::Status::Invalid("protocol: Waiting without a queue");
+      if (c.queue_capacity == 0) return proto::ProtocolError("Waiting without a queue");
       ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
       if (read > c.queue_written) {
-        return arrow::Status::Invalid("protocol: Waiting after reading ", read,
-                                      " queue entries, but ", c.queue_written, " were written");
+        return proto::ProtocolError("Waiting after reading ", read,
+                                    " queue entries, but ", c.queue_written, " were written");
       }
       c.consumer_waiting = true;
       c.waiting_at = read;
@@ -1169,8 +1195,8 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       changed_.notify_all();
       return arrow::Status::OK();
     default:
-      return arrow::Status::Invalid("protocol: unexpected ", proto::TypeName(header.type),
-                                    " from a consumer");
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
+                                  " from a consumer");
   }
 }
 
@@ -1384,7 +1410,10 @@ arrow::Status ProducerImpl::SendResponse(uint32_t connection, uint32_t stream,
       },
       "room: the requester is a full backlog behind"));
   Connection* c = find();
-  if (c == nullptr) return arrow::Status::Cancelled("the requesting consumer went away");
+  if (c == nullptr) {
+    return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                     "the requesting consumer went away");
+  }
   batch->sequence = next_sequence_++;
   stats_.bytes_copied += batch->bytes_copied;
   if (new_schema != nullptr) {
@@ -1517,7 +1546,9 @@ void ProducerImpl::Close() {
 arrow::Result<std::shared_ptr<Producer>> Producer::Listen(const std::string& address,
                                                           std::shared_ptr<arrow::Schema> schema,
                                                           const ProducerOptions& options) {
-  if (schema == nullptr) return arrow::Status::Invalid("Producer needs a schema");
+  if (schema == nullptr) {
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "Producer needs a schema");
+  }
   auto producer = std::make_shared<ProducerImpl>(address, schema, options);
   ARROW_RETURN_NOT_OK(producer->ChangeSchema(schema));  // checks the schema fits the mode
   ARROW_RETURN_NOT_OK(producer->Start());

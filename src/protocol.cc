@@ -110,13 +110,13 @@ std::span<const uint8_t> Writer::Finish() {
 
 arrow::Result<Header> Reader::ReadHeader() {
   if (data_.size() < kHeaderSize) {
-    return arrow::Status::Invalid("protocol: ", data_.size(), "-byte message is shorter than the ",
-                                  kHeaderSize, "-byte header");
+    return ProtocolError(data_.size(), "-byte message is shorter than the ",
+                         kHeaderSize, "-byte header");
   }
   ARROW_ASSIGN_OR_RAISE(auto magic, U32("magic"));
   if (magic != kMagic) {
-    return arrow::Status::Invalid("protocol: bad magic 0x", std::hex, magic, " (expected 0x",
-                                  kMagic, ")");
+    return ProtocolError("bad magic 0x", std::hex, magic, " (expected 0x",
+                         kMagic, ")");
   }
   Header header;
   ARROW_ASSIGN_OR_RAISE(auto type, U16("type"));
@@ -124,12 +124,12 @@ arrow::Result<Header> Reader::ReadHeader() {
   ARROW_ASSIGN_OR_RAISE(header.stream, U32("stream"));
   ARROW_ASSIGN_OR_RAISE(auto length, U32("length"));
   if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kWaiting)) {
-    return arrow::Status::Invalid("protocol: unknown message type ", type);
+    return ProtocolError("unknown message type ", type);
   }
-  if (flags != 0) return arrow::Status::Invalid("protocol: unknown header flags ", flags);
+  if (flags != 0) return ProtocolError("unknown header flags ", flags);
   if (length != data_.size() - kHeaderSize) {
-    return arrow::Status::Invalid("protocol: header announces ", length, " payload bytes, the ",
-                                  "message has ", data_.size() - kHeaderSize);
+    return ProtocolError("header announces ", length, " payload bytes, the ",
+                         "message has ", data_.size() - kHeaderSize);
   }
   header.type = static_cast<Type>(type);
   return header;
@@ -138,9 +138,9 @@ arrow::Result<Header> Reader::ReadHeader() {
 arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length) {
   ARROW_ASSIGN_OR_RAISE(auto length, U32(field));
   if (length > max_length || length > data_.size() - position_) {
-    return arrow::Status::Invalid("protocol: field '", field, "' claims ", length,
-                                  " bytes at byte ", position_, "; ", data_.size() - position_,
-                                  " remain, limit ", max_length);
+    return ProtocolError("field '", field, "' claims ", length,
+                         " bytes at byte ", position_, "; ", data_.size() - position_,
+                         " remain, limit ", max_length);
   }
   std::string out(reinterpret_cast<const char*>(data_.data() + position_), length);
   position_ += length;
@@ -149,8 +149,8 @@ arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length)
 
 arrow::Status Reader::ExpectEnd(const char* message) const {
   if (position_ != data_.size()) {
-    return arrow::Status::Invalid("protocol: ", data_.size() - position_,
-                                  " unexpected trailing bytes in ", message);
+    return ProtocolError(data_.size() - position_,
+                         " unexpected trailing bytes in ", message);
   }
   return arrow::Status::OK();
 }
@@ -177,8 +177,8 @@ arrow::Result<Hello> DecodeHello(Reader& r) {
   ARROW_ASSIGN_OR_RAISE(m.max_in_flight, r.U32("max_in_flight"));
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("column count"));
   if (count > kMaxColumns) {
-    return arrow::Status::Invalid("protocol: Hello asks for ", count, " columns (limit ",
-                                  kMaxColumns, ")");
+    return ProtocolError("Hello asks for ", count, " columns (limit ",
+                         kMaxColumns, ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto name, r.Bytes("column name", kMaxName));
@@ -206,7 +206,7 @@ arrow::Result<Welcome> DecodeWelcome(Reader& r) {
   ARROW_ASSIGN_OR_RAISE(m.features, r.U32("features"));
   ARROW_ASSIGN_OR_RAISE(auto mode, r.U32("mode"));
   if (mode > static_cast<uint32_t>(Mode::kRing)) {
-    return arrow::Status::Invalid("protocol: unknown memory mode ", mode);
+    return ProtocolError("unknown memory mode ", mode);
   }
   m.mode = static_cast<Mode>(mode);
   ARROW_ASSIGN_OR_RAISE(m.consumer_id, r.U32("consumer_id"));
@@ -257,8 +257,8 @@ std::span<const uint8_t> EncodeBatches(Writer& w, uint32_t stream, std::span<con
 arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out) {
   ARROW_ASSIGN_OR_RAISE(uint32_t count, r.U32("count"));
   if (count == 0 || count > max_count) {
-    return arrow::Status::Invalid("protocol: Batches of ", count, " batches (1 to ", max_count,
-                                  " allowed)");
+    return ProtocolError("Batches of ", count, " batches (1 to ", max_count,
+                         " allowed)");
   }
   out->resize(count);
   for (Batch& m : *out) ARROW_RETURN_NOT_OK(GetBatch(r, &m));
@@ -274,8 +274,8 @@ std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequ
 arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out) {
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("count"));
   if (count > max_count) {
-    return arrow::Status::Invalid("protocol: Release of ", count, " batches (limit ", max_count,
-                                  ")");
+    return ProtocolError("Release of ", count, " batches (limit ", max_count,
+                         ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto sequence, r.U64("sequence"));
@@ -306,7 +306,10 @@ std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Error& m) {
 arrow::Result<Error> DecodeError(Reader& r) {
   Error m;
   ARROW_ASSIGN_OR_RAISE(auto code, r.U32("code"));
-  m.code = static_cast<ErrorCode>(code);
+  // A code this version does not know (or a local one, which never travels) reads as protocol.
+  const bool known = code >= static_cast<uint32_t>(ErrorCode::kProtocol) &&
+                     code <= static_cast<uint32_t>(ErrorCode::kShutdown);
+  m.code = known ? static_cast<ErrorCode>(code) : ErrorCode::kProtocol;
   ARROW_ASSIGN_OR_RAISE(m.message, r.Bytes("message", kMaxMessageSize));
   ARROW_RETURN_NOT_OK(r.ExpectEnd("Error"));
   return m;
@@ -342,14 +345,17 @@ arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type == Type::kError) {
     ARROW_ASSIGN_OR_RAISE(auto error, DecodeError(reader));
-    return arrow::Status::Invalid("producer at '", address, "' refused: ", Printable(error.message));
+    return WithCode(
+        arrow::Status::Invalid("producer at '", address, "' refused: ", Printable(error.message)),
+        error.code, /*from_producer=*/true);
   }
   if (header.type != Type::kWelcome) {
-    return arrow::Status::Invalid("protocol: expected Welcome, got ", TypeName(header.type));
+    return ProtocolError("expected Welcome, got ", TypeName(header.type));
   }
   ARROW_ASSIGN_OR_RAISE(auto welcome, DecodeWelcome(reader));
   if (welcome.major != kMajorVersion) {
-    return arrow::Status::Invalid("producer speaks protocol ", welcome.major, ".", welcome.minor,
+    return MakeError(arrow::StatusCode::Invalid, ErrorCode::kVersion, "producer speaks protocol ",
+                     welcome.major, ".", welcome.minor,
                                   "; this consumer speaks ", kMajorVersion, ".", kMinorVersion,
                                   " (major versions must match)");
   }

@@ -5,11 +5,14 @@
 #include <arrow/result.h>
 #include <arrow/status.h>
 
+#include "shmarrow/error.h"
+
 #include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace shmarrow::internal::protocol {
@@ -69,15 +72,16 @@ inline constexpr uint32_t kMaxRun = 4096;
 
 enum class Mode : uint32_t { kSealed = 0, kRing = 1 };
 
-enum class ErrorCode : uint32_t {
-  kProtocol = 1,        // malformed or unexpected message
-  kVersion = 2,         // incompatible major version
-  kSchemaMismatch = 3,  // required schema or projection does not match
-  kLimit = 4,           // a limit was exceeded (consumers, in-flight, message size)
-  kHandler = 5,         // a request handler failed
-  kRefused = 6,         // the producer refuses this consumer (credentials)
-  kShutdown = 7,        // the producer is going away
-};
+/// The Error message's code: codes 1-7 of the public ErrorCode.
+using ErrorCode = shmarrow::ErrorCode;
+
+/// The Status for a peer's message that breaks the protocol: Invalid, code kProtocol, the message
+/// "protocol: " + what.
+template <typename... Args>
+[[nodiscard]] arrow::Status ProtocolError(Args&&... what) {
+  return MakeError(arrow::StatusCode::Invalid, ErrorCode::kProtocol, "protocol: ",
+                   std::forward<Args>(what)...);
+}
 
 struct Header {
   Type type{};
@@ -182,8 +186,8 @@ class Reader {
   template <typename T>
   arrow::Result<T> Get(const char* field) {
     if (data_.size() - position_ < sizeof(T)) {
-      return arrow::Status::Invalid("protocol: message ends at byte ", data_.size(),
-                                    " before field '", field, "' at byte ", position_);
+      return ProtocolError("message ends at byte ", data_.size(), " before field '", field,
+                           "' at byte ", position_);
     }
     T value;
     std::memcpy(&value, data_.data() + position_, sizeof(T));

@@ -11,6 +11,7 @@
 #include "errno_status.h"
 #include "pages.h"
 #include "pool_util.h"
+#include "shmarrow/error.h"
 
 namespace shmarrow::internal {
 namespace {
@@ -88,22 +89,23 @@ int64_t Ring::FindSpace(int64_t need) const {
 arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
   const int64_t need = kHeaderSize + AlignUp(size, 64);
   if (need > arena_size_) {
-    return arrow::Status::OutOfMemory("allocation of ", size, " bytes can never fit the ",
-                                      arena_size_, "-byte ring (raise the ring size)");
+    return MakeError(arrow::StatusCode::OutOfMemory, ErrorCode::kLimit, "allocation of ", size,
+                     " bytes can never fit the ", arena_size_, "-byte ring (raise the ring size)");
   }
   std::unique_lock lock(mutex_);
   // Read the clock only when the ring is full: most allocations find space at once.
   std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
-    return arrow::Status::OutOfMemory(
+    return MakeError(
+        arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout,
         "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", arena_size_,
         " bytes held by ", count_, " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
-  if (closed_) return arrow::Status::Cancelled("ring closed");
+  if (closed_) return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
   int64_t at;
   while ((at = FindSpace(need)) < 0) {
-    if (closed_) return arrow::Status::Cancelled("ring closed");
+    if (closed_) return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
     if (wait_ms == 0) return full();
     if (wait_ms < 0) {
       space_freed_.wait(lock);

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "protocol.h"
+#include "shmarrow/error.h"
 
 namespace shmarrow::internal {
 
@@ -54,9 +55,10 @@ arrow::Status CheckSchema(const arrow::Schema& expected, const arrow::Schema& ac
     }
   }
   if (problems.empty()) return arrow::Status::OK();
-  return arrow::Status::Invalid("schema mismatch (", match == SchemaMatch::kExact ? "exact" : "subset",
-                                "): ", problems, ". Expected ", DescribeSchema(expected),
-                                ", producer has ", DescribeSchema(actual));
+  return MakeError(arrow::StatusCode::Invalid, ErrorCode::kSchemaMismatch, "schema mismatch (",
+                   match == SchemaMatch::kExact ? "exact" : "subset", "): ", problems,
+                   ". Expected ", DescribeSchema(expected), ", producer has ",
+                   DescribeSchema(actual));
 }
 
 arrow::Result<std::vector<int>> ProjectionIndices(const arrow::Schema& schema,
@@ -65,15 +67,17 @@ arrow::Result<std::vector<int>> ProjectionIndices(const arrow::Schema& schema,
   for (const auto& name : names) {
     const int index = schema.GetFieldIndex(name);
     if (index < 0) {
-      return arrow::Status::Invalid("projection asks for column '", protocol::Printable(name),
-                                    "', which the schema ", DescribeSchema(schema),
-                                    " lacks (or has more than once)");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kSchemaMismatch,
+                       "projection asks for column '", protocol::Printable(name),
+                       "', which the schema ", DescribeSchema(schema),
+                       " lacks (or has more than once)");
     }
     // A name asked twice would cost its column's metadata once more per batch, as often as a
     // peer repeats it; a projection is therefore at most as long as the schema.
     if (std::find(indices.begin(), indices.end(), index) != indices.end()) {
-      return arrow::Status::Invalid("projection asks for column '", protocol::Printable(name),
-                                    "' more than once");
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kSchemaMismatch,
+                       "projection asks for column '", protocol::Printable(name),
+                       "' more than once");
     }
     indices.push_back(index);
   }

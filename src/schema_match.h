@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "shmarrow/consumer.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow::internal {
 

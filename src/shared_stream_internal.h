@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "mapping.h"
-#include "shmarrow/shared_stream.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow::internal {
 

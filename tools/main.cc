@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "shmarrow/error.h"
 #include "shmarrow/version.h"
 
 namespace {
@@ -269,7 +270,13 @@ int main(int argc, char** argv) {
   const arrow::Status status = command->run(*args);
   if (!status.ok()) {
     const bool usage = shmarrow::cli::IsUsageError(status);
-    std::cerr << prefix << OneLine(usage ? status.message() : status.ToString()) << "\n";
+    // shmarrow's error code is for programs (Status::ToString would append it); people read the
+    // kind and the message, and an errno's text where there is one.
+    const std::string text = usage ? status.message()
+                             : shmarrow::ErrorDetailOf(status) != nullptr
+                                 ? status.CodeAsString() + ": " + status.message()
+                                 : status.ToString();
+    std::cerr << prefix << OneLine(text) << "\n";
     return usage ? 2 : 1;
   }
   return 0;

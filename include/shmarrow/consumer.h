@@ -11,15 +11,9 @@
 #include <vector>
 
 #include "shmarrow/shared_stream.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow {
-
-enum class SchemaMatch {
-  /// The producer's schema must equal the expected one (names, types, nullability, order).
-  kExact,
-  /// Every expected field must exist in the producer's schema with the same type.
-  kSubset,
-};
 
 struct ConsumerOptions {
   /// Keep retrying to connect for this long (milliseconds) while no producer listens yet.
@@ -65,13 +59,6 @@ struct ConsumerOptions {
     /// producer's socket and that producer accepts this process (docs/flight.md).
     bool upgrade_to_shared_memory = true;
   } remote;
-};
-
-struct ConsumerStats {
-  int64_t batches = 0;         // batches read
-  int64_t dropped = 0;         // batches a lossy consumer lost
-  int64_t schema_changes = 0;  // new schemas announced by the producer
-  int64_t released = 0;        // batches given back to the producer
 };
 
 /// Connects to a Producer (SOCK_SEQPACKET) — or, for a producer of the single hand-over

@@ -10,6 +10,7 @@
 
 #include "shmarrow/consumer.h"
 #include "shmarrow/producer.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow {
 
@@ -47,14 +48,6 @@ struct FlightBridgeOptions {
   int ingest_wait_consumers = 0;
   /// Ingest: at Shutdown, how long the ended stream waits for local consumers to take the rest.
   int ingest_drain_timeout_ms = 10000;
-};
-
-struct FlightBridgeStats {
-  int64_t streams_served = 0;   // DoGet calls that connected to the producer
-  int64_t streams_active = 0;   // of those, still running
-  int64_t batches_sent = 0;     // batches handed to Flight
-  int64_t calls_refused = 0;    // unknown tickets or descriptors
-  int64_t batches_ingested = 0; // DoPut batches published to local consumers
 };
 
 /// A Flight server (gRPC) in front of one producer's socket. Tickets: "stream" (the published

@@ -13,17 +13,9 @@
 #include <vector>
 
 #include "shmarrow/pages.h"
+#include "shmarrow/types.h"
 
 namespace shmarrow {
-
-enum class MemoryMode {
-  /// Each published batch is its own memfd, sealed before it is sent: consumers need not trust
-  /// the producer. One fd per batch per consumer.
-  kSealed,
-  /// One memfd ring per producer, sent once at the handshake and mapped read-only by consumers;
-  /// a batch message carries only where the batch is. For producers the consumers trust.
-  kRing,
-};
 
 struct ProducerOptions {
   /// Where batches live in shared memory (see MemoryMode).
@@ -62,21 +54,6 @@ struct ProducerOptions {
   int request_timeout_ms = 10000;
   /// Which pages back the shared memory (the ring, sealed mode's arenas); see PagePolicy.
   PagePolicy pages = PagePolicy::kAuto;
-};
-
-struct ProducerStats {
-  int64_t published = 0;     // batches published
-  int64_t bytes_copied = 0;  // body bytes copied in because they were not built in pool()
-  int64_t consumers = 0;     // connected now
-  int64_t consumers_total = 0;    // attached since Listen
-  int64_t consumers_refused = 0;  // connections refused for their uid or for want of fds
-  int64_t dropped = 0;       // batches lossy consumers lost
-  int64_t in_flight = 0;     // batches some consumer holds or has queued
-  int64_t ring_bytes_in_use = 0;  // ring mode: bytes allocated and not yet released
-  /// Bytes per page of the shared memory as obtained (4096, or 2 MiB for huge pages): the ring's,
-  /// or in sealed mode a probe's made like an arena at Listen (arenas take huge pages, under
-  /// PagePolicy::kAuto, from their second 2 MiB on).
-  int64_t page_size = 0;
 };
 
 /// Streams the batches answering one request to the consumer that sent it.

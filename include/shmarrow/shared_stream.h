@@ -9,16 +9,10 @@
 #include <cstdint>
 #include <memory>
 
+#include "shmarrow/types.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow {
-
-enum class Validation {
-  /// Structural checks only (O(1) per array). For producers you trust.
-  kBasic,
-  /// ValidateFull on every batch: offsets, UTF-8 and bounds checked before data is handed out.
-  kFull,
-};
 
 struct SharedStreamOptions {
   /// Refuse fds without F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE|F_SEAL_SEAL. When false, an fd

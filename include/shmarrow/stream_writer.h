@@ -13,6 +13,7 @@
 #include <string>
 
 #include "shmarrow/pages.h"
+#include "shmarrow/types.h"
 #include "shmarrow/unique_fd.h"
 
 namespace shmarrow {
@@ -24,18 +25,6 @@ struct WriterOptions {
   std::string name = "shmarrow";
   /// Which pages back the arena (see PagePolicy).
   PagePolicy pages = PagePolicy::kAuto;
-};
-
-/// What publishing cost. For batches built with pool(), bytes_copied stays 0.
-struct PlacementStats {
-  int64_t record_batches = 0;
-  int64_t dictionary_batches = 0;
-  /// Body bytes referenced where the builders wrote them.
-  int64_t bytes_in_place = 0;
-  /// Body bytes copied into the arena because they lived elsewhere (or were misaligned).
-  int64_t bytes_copied = 0;
-  /// Bytes of IPC metadata written (prefixes, flatbuffers and their padding).
-  int64_t metadata_bytes = 0;
 };
 
 /// A finished stream: a memfd sealed with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE|F_SEAL_SEAL

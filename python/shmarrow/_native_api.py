@@ -76,7 +76,7 @@ class InvalidError(ShmarrowError, ValueError):
 
 class RefusedError(ShmarrowError, ConnectionError):
     """The producer refused this consumer (its consumer limit, the uid, or a schema or projection
-    it cannot serve); the message says why."""
+    it cannot serve), or this consumer refused the producer's uid; the message says why."""
 
 
 class StreamError(ShmarrowError, ConnectionError):
@@ -111,10 +111,6 @@ class ShmarrowOSError(ShmarrowError, OSError):
 
 _os_error_classes: dict = {}
 
-# Messages of the library's timeouts that come as I/O errors.
-_TIMEOUT_MESSAGE = re.compile(r"^no .*(within -?\d+ ms|\(not waiting: fail fast\)|in time)$")
-
-
 def _os_error(err: int, message: str) -> ShmarrowOSError:
     builtin = type(OSError(err, ""))
     cls = ShmarrowOSError
@@ -127,30 +123,36 @@ def _os_error(err: int, message: str) -> ShmarrowOSError:
     return cls(err, message)
 
 
-def _error_from_status(kind: str, err: int, message: str, context: str) -> ShmarrowError:
-    """The exception for a failure of the C++ library (called by shmarrow._native)."""
+def _error_from_status(kind: str, code: str, from_producer: bool, err: int, message: str,
+                       context: str) -> ShmarrowError:
+    """The exception for a failure of the C++ library (called by shmarrow._native).
+
+    ``kind`` is Arrow's status code ("io", "invalid", ...), ``code`` shmarrow's error code
+    ("timeout", "schema_mismatch", ..., "none"; include/shmarrow/error.h), ``from_producer``
+    whether the producer reported it in an Error message. The class follows from those, never
+    from the message."""
     if err:
         return _os_error(err, message)
-    if kind == "timeout":
+    if code == "timeout":
         return ShmarrowTimeoutError(message)
-    if kind in ("cancelled", "closed"):
+    if code == "closed" or kind == "cancelled":
         return ClosedError(message)
-    if kind == "io":
-        if _TIMEOUT_MESSAGE.match(message):
-            return ShmarrowTimeoutError(message)
-        if context == "request":
+    if from_producer:
+        if context == "connect":  # the producer's answer to Hello: it refused this consumer
+            return RefusedError(message)
+        if code == "handler" or context == "request":
             return RequestError(message)
-        if message.startswith("producer"):
-            return StreamError(message)
-        return ShmarrowOSError(message)
+        return StreamError(message)
+    if code == "producer_gone":
+        return StreamError(message)
+    if code == "refused":  # this consumer refused the producer (its uid)
+        return RefusedError(message)
+    if kind == "io":
+        return RequestError(message) if context == "request" else ShmarrowOSError(message)
     if kind == "out_of_memory":
-        if message.startswith("ring full"):
-            return ShmarrowTimeoutError(message)  # the ring stayed full for block_timeout
         return ShmarrowMemoryError(message)
     if kind == "not_implemented":
         return UnsupportedError(message)
-    if " refused: " in message:
-        return RefusedError(message)
     if kind in ("invalid", "type", "key", "index", "capacity", "serialization", "already_exists"):
         return InvalidError(message)
     return ShmarrowError(message)

@@ -37,14 +37,15 @@ const char* KindOf(const arrow::Status& status) {
   }
 }
 
-[[noreturn]] void Raise(const char* kind, int err, const std::string& message,
-                        const char* context) {
+[[noreturn]] void Raise(const char* kind, ErrorCode code, bool from_producer, int err,
+                        const std::string& message, const char* context) {
   if (g_error_factory == nullptr) throw std::runtime_error(message);
   // A message may quote a peer's bytes: kept readable, never a UnicodeDecodeError instead.
   nb::object text = nb::steal(PyUnicode_DecodeUTF8(
       message.data(), static_cast<Py_ssize_t>(message.size()), "backslashreplace"));
   if (!text.is_valid()) throw nb::python_error();
-  nb::object exception = nb::borrow(g_error_factory)(kind, err, text, context);
+  nb::object exception = nb::borrow(g_error_factory)(kind, ErrorCodeName(code), from_producer,
+                                                     err, text, context);
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception.ptr())), exception.ptr());
   throw nb::python_error();
 }
@@ -86,7 +87,8 @@ Struct* CapsulePointer(nb::handle capsule, const char* name) {
   auto* value = static_cast<Struct*>(PyCapsule_GetPointer(capsule.ptr(), name));
   if (value == nullptr) throw nb::python_error();  // TypeError/ValueError: not such a capsule
   if (value->release == nullptr) {
-    ThrowKind("invalid", std::string("the ") + name + " capsule was already consumed", "import");
+    ThrowError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+               std::string("the ") + name + " capsule was already consumed", "import");
   }
   return value;
 }
@@ -102,13 +104,19 @@ void SetErrorFactory(nb::handle factory) {
 
 void ThrowStatus(const arrow::Status& status, const char* context) {
   const int err = arrow::internal::ErrnoFromStatus(status);
+  const ErrorDetail* coded = ErrorDetailOf(status);
   std::string message = status.message();
-  if (status.detail() != nullptr && err == 0) message += " (" + status.detail()->ToString() + ")";
-  Raise(KindOf(status), err, message, context);
+  // A foreign detail (not errno, not shmarrow's code) is kept in the text.
+  if (status.detail() != nullptr && err == 0 && coded == nullptr) {
+    message += " (" + status.detail()->ToString() + ")";
+  }
+  Raise(KindOf(status), coded == nullptr ? ErrorCode::kNone : coded->code(),
+        coded != nullptr && coded->from_producer(), err, message, context);
 }
 
-void ThrowKind(const char* kind, const std::string& message, const char* context) {
-  Raise(kind, 0, message, context);
+void ThrowError(arrow::StatusCode kind, ErrorCode code, const std::string& message,
+                const char* context) {
+  ThrowStatus(MakeError(kind, code, message), context);
 }
 
 nb::object SchemaCapsule(const arrow::Schema& schema) {

@@ -18,6 +18,9 @@
 #include <arrow/status.h>
 #include <nanobind/nanobind.h>
 
+#include "deadline.h"
+#include "shmarrow/error.h"
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -31,17 +34,20 @@ inline constexpr int kSliceMs = 100;
 
 // ---- errors --------------------------------------------------------------------------------------
 
-/// The Python callable (set by shmarrow._native_api) that turns (kind, errno, message, context)
-/// into the exception to raise. Without one, RuntimeError is raised.
+/// The Python callable (set by shmarrow._native_api) that turns (kind, code, from_producer,
+/// errno, message, context) into the exception to raise: kind is Arrow's status code ("io",
+/// "invalid", ...), code the shmarrow ErrorCode's name ("timeout", "none", ...). Without one,
+/// RuntimeError is raised.
 void SetErrorFactory(nb::handle factory);
 
 /// Raises the Python exception for `status` (a ShmarrowError subclass chosen by its code, errno and
 /// message). `context` names the operation ("connect", "publish", "request", ...).
 [[noreturn]] void ThrowStatus(const arrow::Status& status, const char* context);
 
-/// Raises an exception of a kind the library has no status code for: "timeout", "closed",
-/// "invalid".
-[[noreturn]] void ThrowKind(const char* kind, const std::string& message, const char* context);
+/// Raises the exception for a failure the binding finds itself (a timeout of its own wait, a
+/// closed object, a bad argument), as if the library had returned it with `code`.
+[[noreturn]] void ThrowError(arrow::StatusCode kind, ErrorCode code, const std::string& message,
+                             const char* context);
 
 inline void CheckOk(const arrow::Status& status, const char* context) {
   if (!status.ok()) ThrowStatus(status, context);
@@ -105,28 +111,8 @@ PyGILState_STATE EnsureGil();
 
 // ---- time and polling ----------------------------------------------------------------------------
 
-using Clock = std::chrono::steady_clock;
-
-/// Deadline for a timeout in ms (-1: none).
-class Deadline {
- public:
-  explicit Deadline(int64_t timeout_ms)
-      : forever_(timeout_ms < 0),
-        at_(Clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms)) {}
-  bool forever() const { return forever_; }
-  bool passed() const { return !forever_ && Clock::now() >= at_; }
-  /// Milliseconds to wait now: at most `slice`, never past the deadline.
-  int Slice(int slice = kSliceMs) const {
-    if (forever_) return slice;
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(at_ - Clock::now()).count();
-    return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(slice, left)));
-  }
-
- private:
-  bool forever_;
-  Clock::time_point at_;
-};
+/// Deadline for a timeout in ms (-1: none); waits are cut into Slice(kSliceMs).
+using internal::Deadline;
 
 /// Waits up to timeout_ms for `fd` to become readable (or for a signal). fd < 0: just sleeps.
 void WaitReadable(int fd, int timeout_ms);
@@ -144,9 +130,9 @@ bool RepeatInterruptibly(const Deadline& deadline, Step&& step) {
     {
       ReleaseGil release;
       for (;;) {
-        done = step(deadline.Slice());
+        done = step(deadline.Slice(kSliceMs));
         if (done) break;
-        passed = deadline.passed();
+        passed = deadline.expired();
         if (passed || main) break;
       }
     }

@@ -97,8 +97,11 @@ class StreamReader final : public arrow::RecordBatchReader {
       }
       if (step == ConsumerState::Step::kEnd) return arrow::Status::OK();
       ARROW_RETURN_NOT_OK(CheckSignalsFromCpp());
-      if (deadline.passed()) return arrow::Status::IOError(TimeoutMessage(timeout_ms_));
-      state_->Wait(spin_until, deadline.Slice());
+      if (deadline.expired()) {
+        return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                         TimeoutMessage(timeout_ms_));
+      }
+      state_->Wait(spin_until, deadline.Slice(kSliceMs));
     }
   }
 
@@ -169,7 +172,10 @@ class PyConsumer {
       state_->Wait(spin_until, slice);
       return false;
     });
-    if (!done) ThrowKind("timeout", TimeoutMessage(timeout_ms), "read");
+    if (!done) {
+      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
+                 TimeoutMessage(timeout_ms), "read");
+    }
     if (!step.ok()) ThrowStatus(step.status(), "read");
     if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
     return nb::none();
@@ -208,7 +214,10 @@ class PyConsumer {
       std::lock_guard lock(state_->mutex);
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
-    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "schema");
+    if (schema == nullptr) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "schema");
+    }
     return SchemaCapsule(*schema);
   }
 
@@ -223,7 +232,10 @@ class PyConsumer {
         open = true;
       }
     }
-    if (!open) ThrowKind("closed", "the consumer is closed", "stats");
+    if (!open) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "stats");
+    }
     nb::dict out;
     out["batches"] = stats.batches;
     out["dropped"] = stats.dropped;
@@ -283,7 +295,10 @@ class PyConsumer {
       std::lock_guard lock(state_->mutex);
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
-    if (schema == nullptr) ThrowKind("closed", "the consumer is closed", "export");
+    if (schema == nullptr) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the consumer is closed", "export");
+    }
     return StreamCapsule(std::make_shared<StreamReader>(state_, std::move(schema), timeout_ms));
   }
 

@@ -49,7 +49,10 @@ class PyFlightBridge {
 
  private:
   FlightBridge& Live() {
-    if (bridge_ == nullptr) ThrowKind("closed", "the Flight bridge is shut down", "bridge");
+    if (bridge_ == nullptr) {
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
+                 "the Flight bridge is shut down", "bridge");
+    }
     return *bridge_;
   }
   std::unique_ptr<FlightBridge> bridge_;

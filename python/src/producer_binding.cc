@@ -381,7 +381,10 @@ class PyProducer {
   }
 
   PyAllocation Allocate(int64_t size) {
-    if (size < 0) ThrowKind("invalid", "allocate() needs a size >= 0", "allocate");
+    if (size < 0) {
+      ThrowError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                 "allocate() needs a size >= 0", "allocate");
+    }
     auto allocation = std::make_shared<AllocationState>();
     allocation->owner = state_;
     arrow::Status status;
@@ -521,7 +524,7 @@ class PyProducer {
         ReleaseGil release;
         text = message();
       }
-      ThrowKind("timeout", text, "wait");
+      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout, text, "wait");
     }
     CheckOk(status, "wait");  // closed, ...
   }

@@ -27,6 +27,7 @@
 #include "mapping.h"
 #include "schema_match.h"
 #include "shmarrow/consumer.h"
+#include "shmarrow/error.h"
 #include "shmarrow/handover.h"
 #include "shmarrow/shared_stream.h"
 #include "test_util.h"
@@ -1085,6 +1086,7 @@ TEST_F(HostileProducer, DroppedThatCannotBeTrue) {
   }
   EXPECT_ERROR_CONTAINS(status, "protocol: batch 2 says 4611686018427387904 batches were dropped, "
                                 "after 4611686018427387904: more than were ever published");
+  EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProtocol);
   EXPECT_EQ(consumer->stats().dropped, int64_t{1} << 62);
 }
 
@@ -1195,8 +1197,10 @@ TEST_F(HostileProducer, ProducerOfAnotherUidIsRefused) {
     ::close(ready[0]);
     ConsumerOptions options = Options();
     options.read_timeout_ms = 1000;
-    EXPECT_ERROR_CONTAINS(Consumer::Connect(address, options).status(),
+    const auto refused = Consumer::Connect(address, options).status();
+    EXPECT_ERROR_CONTAINS(refused,
                           "runs as uid 65534, which this consumer (uid 0) does not accept");
+    EXPECT_EQ(ErrorCodeOf(refused), ErrorCode::kRefused);
     options.allowed_uids = {65534};
     // Allowed: the squatter is talked to (and then hangs up, which is its own failure).
     auto allowed = Consumer::Connect(address, options);
@@ -1240,8 +1244,10 @@ TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
       EXPECT_OK(first);
     } else if (type == proto::Type::kError) {
       EXPECT_ERROR_CONTAINS(first, "refused: no");
+      EXPECT_TRUE(ErrorDetailOf(first) != nullptr && ErrorDetailOf(first)->from_producer());
     } else {
       EXPECT_ERROR_CONTAINS(first, "protocol: expected Welcome, got " + name);
+      EXPECT_EQ(ErrorCodeOf(first), ErrorCode::kProtocol);
     }
     // After the Welcome.
     const arrow::Status after = ConnectAndRead({SealedWelcome(), datagram, End()});
@@ -1255,6 +1261,7 @@ TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
         break;
       case proto::Type::kError:
         EXPECT_ERROR_CONTAINS(after, "producer: no");
+        EXPECT_TRUE(ErrorDetailOf(after) != nullptr && ErrorDetailOf(after)->from_producer());
         break;
       case proto::Type::kBatches:
         EXPECT_ERROR_CONTAINS(after, "Batches message, but batch runs were not agreed");

@@ -313,7 +313,7 @@ def test_tls_bridge_serves_only_clients_that_trust_its_certificate(producer, tmp
         def read_python() -> None:
             with shmarrow.Consumer(location, upgrade=False,
                                    tls_root_certs=cert.read_text(),
-                                   tls_override_hostname="localhost", timeout=TIMEOUT) as remote:
+                                   tls_override_hostname="localhost", read_timeout=TIMEOUT) as remote:
                 python_summary.update(_summary(iter(remote)))
 
         python_reader = threading.Thread(target=read_python)
@@ -403,7 +403,7 @@ def test_schema_change_what_each_flight_client_sees(producer, bridge):
     changed = pa.schema([*SCHEMA, pa.field("extra", pa.int64())])
     client = flight.connect(bridge)
     old = client.do_get(flight.Ticket(b"stream"), CALL)
-    ours = shmarrow.Consumer(bridge, upgrade=False, timeout=TIMEOUT)  # our Flight consumer
+    ours = shmarrow.Consumer(bridge, upgrade=False, read_timeout=TIMEOUT)  # our Flight consumer
     producer.wait_for_consumers(2, timeout=TIMEOUT)
     producer.publish(_batch(0))
     producer.change_schema(changed)
@@ -447,7 +447,7 @@ def _read_locals(socket: str, count: int) -> tuple[list[threading.Thread], list[
 
     def read(result: dict) -> None:
         result["error"] = None
-        with shmarrow.Consumer(socket, connect_timeout=TIMEOUT, timeout=TIMEOUT) as local:
+        with shmarrow.Consumer(socket, connect_timeout=TIMEOUT, read_timeout=TIMEOUT) as local:
             summary = StreamSummary(local.schema)
             try:
                 for batch in local:
