@@ -66,6 +66,16 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
      same once more with one batch built once and published again each time (`--reuse 1`; only
      the stamp is written), as the socket route does, so that the producer has not just written
      the whole payload through its caches when it publishes.
+   - *shmarrow ring, Rust consumer* and *shmarrow ring, Rust consumer, busy-polling* (every size):
+     the same C++ producer, its forked consumer replaced by the Rust crate's
+     (`handover_bench --consumer-exec "shmarrow-rs bench-handover"`): `Consumer::next_batch`
+     returns the batch as arrow-rs reads it in place (arrow-rs validates every array fully, as the
+     C++ consumer's default does), the stamp is subtracted, the batch dropped (released);
+     busy-polling: `ConsumerOptions::busy_poll` = 3 s. Beside them, in the same loop, the C++
+     consumer blocking and busy-polling; the four interleaved, three repetitions per size, median
+     and min–max of the repetitions' medians, and the Rust / C++ ratio of those medians. The binary
+     comes from `$SHMARROW_RUST_BIN` or `cargo build --release` in `rust/`; without cargo or it,
+     the rows are skipped with the reason.
    - *shmarrow sealed, 4 KiB against 2 MiB pages* (smallest size, 1 MiB, largest size): the
      sealed route with `shmem_enabled` as the machine is set and switched to `advise` for the
      run (root only; restored after), so that `pages=auto` arenas get huge pages; the two

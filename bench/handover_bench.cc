@@ -2,6 +2,7 @@
 //
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
 //                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
+//                             [--consumer-exec "PROGRAM ARGS" (ring, sealed: that consumer, not C++)]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
 //   (handover and e2e take --pages auto|hugetlb|off: the producer's page policy, default auto)
@@ -16,6 +17,9 @@
 // publish time into the batch (column 0, row 0) and the consumer subtracts it from the moment it
 // holds a readable batch. Iterations are paced: the producer waits until the consumer has
 // released the batch (shmarrow: WaitUntilDrained; uds: a one-byte pong) before the next one.
+// --consumer-exec: the forked consumer execs that program (split at spaces) with
+// `--socket ADDRESS --warmup W --busy-poll-us U --kind K --transport T --bytes S` appended; it
+// measures as ShmConsume does and prints the consumer's JSON line (`shmarrow-rs bench-handover`).
 #include <arrow/api.h>
 #include <arrow/io/file.h>
 #include <arrow/io/memory.h>
@@ -285,6 +289,22 @@ arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_po
   return arrow::Status::OK();
 }
 
+// Replaces this (forked) process with `program_and_args` (split at spaces) followed by `extra`.
+// Returns only when exec failed.
+int ExecConsumer(const std::string& program_and_args, const std::vector<std::string>& extra) {
+  std::vector<std::string> words;
+  std::istringstream split(program_and_args);
+  for (std::string word; split >> word;) words.push_back(word);
+  words.insert(words.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (auto& word : words) argv.push_back(word.data());
+  argv.push_back(nullptr);
+  ::execv(argv[0], argv.data());
+  std::cerr << "handover_bench consumer: exec " << words[0] << ": " << std::strerror(errno)
+            << std::endl;
+  return 127;
+}
+
 // ---- UNIX socket Arrow IPC stream ----------------------------------------------------------------
 
 // Arrow's file streams lseek at open, which a socket refuses: these are the plain read/write ones.
@@ -399,7 +419,8 @@ arrow::Status UdsConsume(int fd, int64_t warmup, bool busy, std::vector<int64_t>
 // settle_ms: the producer pauses that long between building a batch and publishing it (the
 // consumer sits idle meanwhile), the control for idle wake-up cost.
 int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
-             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse) {
+             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse,
+             const std::string& consumer_exec) {
   const bool small = kind == "latency";
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   auto make_in = [&](arrow::MemoryPool* pool, int64_t i) {
@@ -412,12 +433,22 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
          ",\"samples_ns\":" + Samples(samples) + "}");
   };
   const int64_t total = iters + warmup;
+  if (!consumer_exec.empty() && transport != "ring" && transport != "sealed") {
+    std::cerr << "--consumer-exec takes --transport ring or sealed, not " << transport << std::endl;
+    return 2;
+  }
 
   if (transport == "ring" || transport == "sealed") {
     const std::string address = Address(kind.c_str());
     return ForkRun(
         1,
         [&](int) {
+          if (!consumer_exec.empty()) {
+            return ExecConsumer(consumer_exec,
+                                {"--socket", address, "--warmup", std::to_string(warmup),
+                                 "--busy-poll-us", std::to_string(busy_poll_us), "--kind", kind,
+                                 "--transport", transport, "--bytes", std::to_string(bytes)});
+          }
           std::vector<int64_t> samples;
           auto st = ShmConsume(address, warmup, busy_poll_us, &samples);
           if (!st.ok()) return Fail("consumer", st);
@@ -754,7 +785,8 @@ int main(int argc, char** argv) {
     return RunPaced(a.command, a.Get("transport", "ring"), a.Int("bytes", 24), a.Int("iters", 100),
                     a.Int("warmup", a.command == "latency" ? 100 : 1),
                     static_cast<int>(a.Int("settle-ms", 0)),
-                    static_cast<int>(a.Int("busy-poll-us", 0)), a.Int("reuse", 0) != 0);
+                    static_cast<int>(a.Int("busy-poll-us", 0)), a.Int("reuse", 0) != 0,
+                    a.Get("consumer-exec", ""));
   }
   if (a.command == "e2e") {
     return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ def _finite_nonneg(value):
 def test_bench_quick(tmp_path):
     pytest.importorskip("matplotlib")
     env = dict(os.environ, SHMARROW_BUILD=str(BUILD))
+    rust = bool(env.get("SHMARROW_RUST_BIN")) or shutil.which("cargo") is not None
+    if rust and not env.get("SHMARROW_RUST_BIN"):
+        # Built here, with a build's time limit, so that bench/run's own cargo build is a no-op.
+        build = subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "shmarrow-rs"],
+                               cwd=ROOT / "rust", capture_output=True, text=True, timeout=3600)
+        assert build.returncode == 0, build.stderr[-3000:]
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run"), "--quick", "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -47,6 +54,7 @@ def test_bench_quick(tmp_path):
     assert {(r["transport"], r["bytes"]) for r in results["handover_busy"]} == {
         (t, s) for t in ("ring_busy", "ring_busy_reuse") for s in (min(sizes), max(sizes))}
     assert all(_positive(r["median"]) for r in results["handover_busy"])
+    _check_rust_consumer(results["handover_rust"], sizes, rust)
 
     e2e = results["e2e"]
     for mode in ("one", "two"):
@@ -75,8 +83,25 @@ def test_bench_quick(tmp_path):
                 assert _positive(value), (key, value)
 
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
+    table = "### Ring hand-over: the C++ and the Rust consumer"
+    assert (table in (tmp_path / "latest.md").read_text()) == rust
     for name in ("latest.md", "handover.png", "latency.png", "small_latency.png", "throughput.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def _check_rust_consumer(measured, sizes, rust):
+    """The C++ and the Rust consumer, blocking and busy-polling, every size, three interleaved
+    repetitions each; skipped, saying why, only without cargo and $SHMARROW_RUST_BIN."""
+    if not rust:
+        assert "cargo is not installed" in measured["skipped"], measured
+        return
+    assert "skipped" not in measured, measured
+    consumers = ("ring", "ring_rust", "ring_busy", "ring_rust_busy")
+    assert {(r["transport"], r["bytes"]) for r in measured["rows"]} == {(t, s) for t in consumers for s in sizes}
+    for r in measured["rows"]:
+        assert r["reps"] == measured["reps"] == 3, r
+        assert all(_positive(r[k]) for k in ("min", "median", "max")), r
+        assert r["min"] <= r["median"] <= r["max"], r
 
 
 def _iceoryx2_imports():

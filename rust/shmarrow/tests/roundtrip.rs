@@ -1,5 +1,6 @@
 //! The Rust producer to the Rust consumer, in both modes: every value arrives, in place, and a
-//! ring far smaller than the stream is reused as batches are released.
+//! ring far smaller than the stream is reused as batches are released; a busy-polling consumer
+//! reads every batch, whether it arrives while the consumer spins or after it went to sleep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +20,27 @@ fn batch(schema: &Arc<Schema>, first: i64) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), vec![Arc::new(numbers), Arc::new(names)]).unwrap()
 }
 
-fn round_trip(ring_size: Option<usize>, mode: Mode) {
+/// `busy_poll`: the consumer's; the producer then pauses 20 times as long before every 50th batch,
+/// so that the consumer's spin runs out and it blocks.
+fn round_trip(ring_size: Option<usize>, mode: Mode, busy_poll: Duration) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("n", DataType::Int64, false),
         Field::new("s", DataType::Utf8, false),
     ]));
-    let address = format!("@shmarrow-rs-roundtrip-{}-{}", std::process::id(), mode.name());
+    let address = format!(
+        "@shmarrow-rs-roundtrip-{}-{}-{}",
+        std::process::id(),
+        mode.name(),
+        busy_poll.as_micros()
+    );
     let options = ProducerOptions { max_in_flight: 4, ring_size, ..ProducerOptions::default() };
     let mut producer = Producer::bind(&address, schema.clone(), options).unwrap();
     let publisher = std::thread::spawn(move || {
         producer.wait_for_consumers(1, Some(Duration::from_secs(20))).unwrap();
         for i in 0..BATCHES {
+            if i % 50 == 0 {
+                std::thread::sleep(busy_poll * 20);
+            }
             producer.publish(&batch(&schema, i * ROWS)).unwrap();
         }
         producer.finish(Some(Duration::from_secs(20))).unwrap();
@@ -37,6 +48,7 @@ fn round_trip(ring_size: Option<usize>, mode: Mode) {
     });
     let options = ConsumerOptions {
         read_timeout: Some(Duration::from_secs(20)),
+        busy_poll,
         ..ConsumerOptions::default()
     };
     let mut consumer = Consumer::connect(&address, options).unwrap();
@@ -66,13 +78,19 @@ fn round_trip(ring_size: Option<usize>, mode: Mode) {
 
 #[test]
 fn sealed_mode() {
-    round_trip(None, Mode::Sealed);
+    round_trip(None, Mode::Sealed, Duration::ZERO);
 }
 
 #[test]
 fn ring_mode_reuses_a_small_ring() {
     // About 2.4 MB of batches through a 256 KiB ring.
-    round_trip(Some(256 << 10), Mode::Ring);
+    round_trip(Some(256 << 10), Mode::Ring, Duration::ZERO);
+}
+
+#[test]
+fn busy_polling_in_both_modes() {
+    round_trip(Some(256 << 10), Mode::Ring, Duration::from_millis(2));
+    round_trip(None, Mode::Sealed, Duration::from_millis(2));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! `shmarrow-rs recv`: reads a shmarrow producer's stream and prints what it received, as
 //! `shmarrow recv` does (the same one-line JSON summary with `--json`). `shmarrow-rs send`:
 //! publishes generated batches in ring or sealed mode, as `shmarrow send --mode` does.
+//! `shmarrow-rs bench-handover`: the Rust consumer of bench/run's ring hand-over rows.
 
+mod bench;
 mod generate;
 
 use std::process::ExitCode;
@@ -16,7 +18,9 @@ const USAGE: &str = "usage: shmarrow-rs recv [--socket ADDRESS] [--columns a,b] 
                         [--max-in-flight N] [--lossy] [--from-oldest]
        shmarrow-rs send [--socket ADDRESS] [--mode sealed|ring] [--ring-size BYTES] [--rows N] [--batches N]
                         [--schema name:type,...] [--seed N] [--null-fraction F]
-                        [--wait-consumers N] [--max-in-flight N] [--accept-timeout-ms N] [--json]";
+                        [--wait-consumers N] [--max-in-flight N] [--accept-timeout-ms N] [--json]
+       shmarrow-rs bench-handover --socket ADDRESS [--warmup N] [--busy-poll-us N]
+                        [--kind NAME] [--transport NAME] [--bytes N]   (started by bench/handover_bench)";
 const DEFAULT_SOCKET: &str = "/tmp/shmarrow.sock";
 
 struct Recv {
@@ -297,6 +301,7 @@ fn main() -> ExitCode {
     let outcome = match command.as_str() {
         "recv" => parse(args).and_then(run),
         "send" => parse_send(args).and_then(run_send),
+        "bench-handover" => bench::parse(args).and_then(bench::run),
         "--help" | "-h" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
