@@ -108,7 +108,7 @@ def consumer_child(address: str) -> None:
     """Reads the stream at `address` (waiting for its producer) and prints the rows it got."""
     import shmarrow
     got = 0
-    with shmarrow.Consumer(address, connect_timeout=TIMEOUT, timeout=TIMEOUT) as consumer:
+    with shmarrow.Consumer(address, connect_timeout=TIMEOUT, read_timeout=TIMEOUT) as consumer:
         for batch in consumer:
             got += batch.num_rows
     print(got, flush=True)

@@ -73,7 +73,8 @@ const std::vector<Command>& Commands() {
        },
        {{"--linger-ms", "--drain-timeout-ms"}},
        "--json with --mode: the summary of the stream plus \"producer\": {published,\n"
-       "bytes_copied, consumers_total, dropped, page_size}. A terminal shows progress on stderr.\n",
+       "bytes_copied, consumers_total, dropped, page_size}. A terminal shows progress on\n"
+       "stderr.\n",
        &shmarrow::cli::RunSend},
       {"recv", "",
        "receive a stream (any mode or Flight) and print a report",

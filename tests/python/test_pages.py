@@ -56,7 +56,7 @@ def test_policy_delivers_correct_data_and_reports_page_size(mode, pages):
     with Producer(_address(), batch.schema, mode=mode, pages=pages,
                   ring_size=32 << 20) as producer:
         assert producer.stats["page_size"] == (_auto_page_size() if pages == "auto" else 4096)
-        with Consumer(producer.address, timeout=TIMEOUT_S) as consumer:
+        with Consumer(producer.address, read_timeout=TIMEOUT_S) as consumer:
             producer.wait_for_consumers(1, timeout=TIMEOUT_S)
             producer.publish(batch)
             producer.end()

@@ -157,7 +157,7 @@ def test_request_answered_by_the_cpp_producer(procs, mode):
 def test_request_to_a_producer_without_handler(procs):
     sock = _socket()
     sender = _send(procs, "--mode", "ring", "--socket", sock, "--batches", 50, "--rows", 10,
-                   "--rate", 50)
+                   "--rate", 50, "--wait-consumers", 0)
     assert "no request handler" in _failed(_rust_recv(procs, sock, "--request", "rows=1"))
     _ok(sender)
 

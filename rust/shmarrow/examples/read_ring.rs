@@ -6,7 +6,8 @@ use shmarrow::{Consumer, ConsumerOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = std::env::args().nth(1).unwrap_or_else(|| "/tmp/shmarrow.sock".into());
-    let options = ConsumerOptions { connect_timeout: Duration::from_secs(10), ..Default::default() };
+    let options =
+        ConsumerOptions { connect_timeout: Duration::from_secs(10), ..Default::default() };
     let mut consumer = Consumer::connect(&address, options)?;
     let (mut batches, mut rows) = (0, 0);
     while let Some(batch) = consumer.next_batch()? {

@@ -75,8 +75,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Recv, String> {
             "--lossy" => recv.options.lossy = true,
             "--from-oldest" => recv.options.start_at_oldest = true,
             "--connect-timeout-ms" => {
-                let ms =
-                    u64::try_from(number(&arg, args.next())?).map_err(|_| "need --connect-timeout-ms >= 0")?;
+                let ms = u64::try_from(number(&arg, args.next())?)
+                    .map_err(|_| "need --connect-timeout-ms >= 0")?;
                 recv.options.connect_timeout = Duration::from_millis(ms);
             }
             "--read-timeout-ms" => {
