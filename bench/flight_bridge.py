@@ -83,12 +83,17 @@ def flight_server_child(count: int, nbytes: int) -> None:
     server.serve()
 
 
+# Every call has a deadline: a failed peer (a consumer child that died, a bridge waiting for it)
+# fails the run instead of hanging it.
+CALL = flight.FlightCallOptions(timeout=TIMEOUT)
+
+
 def child(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
 
 
 def read_flight(location: str) -> int:
-    reader = flight.connect(location).do_get(flight.Ticket(b"stream"))
+    reader = flight.connect(location).do_get(flight.Ticket(b"stream"), CALL)
     got = 0
     for chunk in reader:
         got += chunk.data.num_rows
@@ -118,7 +123,7 @@ def write_flight(location: str, schema: pa.Schema, batches: list[pa.RecordBatch]
     """DoPut of `batches`; seconds until the server has taken the last one."""
     t0 = time.perf_counter()
     writer, _ = flight.connect(location).do_put(flight.FlightDescriptor.for_path("stream"),
-                                                schema)
+                                                schema, CALL)
     for batch in batches:
         writer.write_batch(batch)
     writer.close()
