@@ -84,8 +84,8 @@ def soak(shmarrow: Path, socket_path: str, batches: int, interval_s: float) -> d
                                 "anon_kib": [anon for anon, _ in rss],
                                 "shmem_kib": [shmem for _, shmem in rss],
                                 "fds": [len(_fds(p.pid)) for p in procs]})
-            except (FileNotFoundError, ProcessLookupError, RuntimeError):
-                break  # one just ended
+            except (FileNotFoundError, ProcessLookupError, RuntimeError, KeyError):
+                break  # one just ended (a zombie's status has no RssAnon)
             time.sleep(interval_s)
         elapsed = time.monotonic() - start
         del samples[-1:]  # it may have caught a process closing its fds as it exits
