@@ -109,7 +109,9 @@ shmarrow::PagePolicy g_pages = shmarrow::PagePolicy::kAuto;
 int64_t CpuNs() {
   rusage usage{};
   ::getrusage(RUSAGE_SELF, &usage);
-  auto ns = [](const timeval& t) { return int64_t{t.tv_sec} * 1000000000 + int64_t{t.tv_usec} * 1000; };
+  auto ns = [](const timeval& t) {
+    return int64_t{t.tv_sec} * 1000000000 + int64_t{t.tv_usec} * 1000;
+  };
   return ns(usage.ru_utime) + ns(usage.ru_stime);
 }
 
@@ -186,7 +188,7 @@ std::string Address(const char* what) {
 
 // A batch of one int64 column of bytes/8 rows (values i), its buffer allocated from `pool`.
 arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeColumns(arrow::MemoryPool* pool,
-                                                              int64_t bytes, int cols) {
+                                                               int64_t bytes, int cols) {
   const int64_t rows = std::max<int64_t>(1, bytes / 8 / cols);
   std::vector<std::shared_ptr<arrow::Array>> arrays;
   std::vector<std::shared_ptr<arrow::Field>> fields;
@@ -203,14 +205,16 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeColumns(arrow::MemoryPool
 
 std::shared_ptr<arrow::Schema> ColumnsSchema(int cols) {
   std::vector<std::shared_ptr<arrow::Field>> fields;
-  for (int c = 0; c < cols; ++c) fields.push_back(arrow::field("c" + std::to_string(c), arrow::int64()));
+  for (int c = 0; c < cols; ++c)
+    fields.push_back(arrow::field("c" + std::to_string(c), arrow::int64()));
   return arrow::schema(fields);
 }
 
 // The small batch: 1 row, 3 columns (int64 t, int64 id, float64 value).
 std::shared_ptr<arrow::Schema> SmallSchema() {
-  static const auto schema = arrow::schema({arrow::field("t", arrow::int64()), arrow::field("id", arrow::int64()),
-                        arrow::field("value", arrow::float64())});
+  static const auto schema =
+      arrow::schema({arrow::field("t", arrow::int64()), arrow::field("id", arrow::int64()),
+                     arrow::field("value", arrow::float64())});
   return schema;
 }
 
@@ -223,9 +227,9 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* 
     } else {
       *reinterpret_cast<int64_t*>(buffer->mutable_data()) = id;
     }
-    arrays.push_back(arrow::MakeArray(arrow::ArrayData::Make(
-        c == 2 ? arrow::float64() : arrow::int64(), 1,
-        {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
+    arrays.push_back(arrow::MakeArray(
+        arrow::ArrayData::Make(c == 2 ? arrow::float64() : arrow::int64(), 1,
+                               {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
   }
   return arrow::RecordBatch::Make(SmallSchema(), 1, arrays);
 }
@@ -240,13 +244,14 @@ int64_t ReadStamp(const arrow::RecordBatch& batch) {
 
 // ---- shmarrow producer/consumer (ring, sealed) ----------------------------------------------------
 
-arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(const std::string& address,
-                                                                 std::shared_ptr<arrow::Schema> schema,
-                                                                 const std::string& transport,
-                                                                 int64_t bytes_in_flight) {
+arrow::Result<std::shared_ptr<shmarrow::Producer>> ListenProducer(
+    const std::string& address, std::shared_ptr<arrow::Schema> schema, const std::string& transport,
+    int64_t bytes_in_flight) {
   shmarrow::ProducerOptions options;
-  options.mode = transport == "sealed" ? shmarrow::MemoryMode::kSealed : shmarrow::MemoryMode::kRing;
-  options.ring_size = std::max<int64_t>(int64_t{16} << 20, bytes_in_flight * 2 + (int64_t{16} << 20));
+  options.mode =
+      transport == "sealed" ? shmarrow::MemoryMode::kSealed : shmarrow::MemoryMode::kRing;
+  options.ring_size =
+      std::max<int64_t>(int64_t{16} << 20, bytes_in_flight * 2 + (int64_t{16} << 20));
   options.pages = g_pages;
   return shmarrow::Producer::Listen(address, std::move(schema), options);
 }
@@ -258,7 +263,8 @@ arrow::Result<std::shared_ptr<shmarrow::Consumer>> ConnectConsumer(const std::st
   options.read_timeout_ms = 120000;
   options.busy_poll_us = busy_poll_us;
   // For experiments only (bench/run always uses the default, full validation).
-  if (const char* v = std::getenv("SHMARROW_BENCH_VALIDATION"); v != nullptr && std::string(v) == "basic") {
+  if (const char* v = std::getenv("SHMARROW_BENCH_VALIDATION");
+      v != nullptr && std::string(v) == "basic") {
     options.validation = shmarrow::Validation::kBasic;
   }
   return shmarrow::Consumer::Connect(address, options);
@@ -352,8 +358,8 @@ class SocketInputStream final : public arrow::io::InputStream {
     auto* p = static_cast<uint8_t*>(out);
     int64_t done = 0;
     while (done < nbytes) {
-      const ssize_t n = ::recv(fd_, p + done, static_cast<size_t>(nbytes - done),
-                               busy_ ? MSG_DONTWAIT : 0);
+      const ssize_t n =
+          ::recv(fd_, p + done, static_cast<size_t>(nbytes - done), busy_ ? MSG_DONTWAIT : 0);
       if (n < 0 && (errno == EINTR || (busy_ && errno == EAGAIN))) continue;
       if (n < 0) return arrow::Status::IOError("socket read: ", std::strerror(errno));
       if (n == 0) break;
@@ -375,9 +381,10 @@ class SocketInputStream final : public arrow::io::InputStream {
   int64_t position_ = 0;
 };
 
-arrow::Status UdsProduce(int fd, std::shared_ptr<arrow::Schema> schema,
-                         const std::function<arrow::Result<std::shared_ptr<arrow::RecordBatch>>(int64_t)>& make,
-                         int64_t iters) {
+arrow::Status UdsProduce(
+    int fd, std::shared_ptr<arrow::Schema> schema,
+    const std::function<arrow::Result<std::shared_ptr<arrow::RecordBatch>>(int64_t)>& make,
+    int64_t iters) {
   const int pong = ::dup(fd);
   auto out = std::make_shared<SocketOutputStream>(fd);
   ARROW_ASSIGN_OR_RAISE(auto writer, arrow::ipc::MakeStreamWriter(out, schema));
@@ -428,8 +435,8 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
   };
   auto emit = [&](const std::vector<int64_t>& samples) {
     Emit("{\"role\":\"consumer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
-         "\",\"bytes\":" + std::to_string(bytes) + ",\"busy_poll_us\":" + std::to_string(busy_poll_us) +
-         ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
+         "\",\"bytes\":" + std::to_string(bytes) + ",\"busy_poll_us\":" +
+         std::to_string(busy_poll_us) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
          ",\"samples_ns\":" + Samples(samples) + "}");
   };
   const int64_t total = iters + warmup;
@@ -503,7 +510,10 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
             std::shared_ptr<arrow::RecordBatch> batch;
             ARROW_ASSIGN_OR_RAISE(batch, make_in(arrow::default_memory_pool(), 0));
             ARROW_RETURN_NOT_OK(UdsProduce(
-                sv[0], schema, [&](int64_t) -> arrow::Result<std::shared_ptr<arrow::RecordBatch>> { return batch; },
+                sv[0], schema,
+                [&](int64_t) -> arrow::Result<std::shared_ptr<arrow::RecordBatch>> {
+                  return batch;
+                },
                 total));
             Emit("{\"role\":\"producer\",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
             return arrow::Status::OK();
@@ -582,11 +592,12 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
       build_faults.push_back(f1 - f0);
       sum_faults.push_back(MinorFaults() - f1);
     }
-    Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"one\",\"bytes\":" + std::to_string(bytes) +
-         ",\"check\":" + std::to_string(check) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) +
-         ",\"samples_ns\":" + Samples(samples) + ",\"build_ns\":" + Samples(build_ns) +
-         ",\"sum_ns\":" + Samples(sum_ns) + ",\"build_minflt\":" + Samples(build_faults) +
-         ",\"sum_minflt\":" + Samples(sum_faults) + "}");
+    Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"one\",\"bytes\":" +
+         std::to_string(bytes) + ",\"check\":" + std::to_string(check) +
+         ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + ",\"samples_ns\":" + Samples(samples) +
+         ",\"build_ns\":" + Samples(build_ns) + ",\"sum_ns\":" + Samples(sum_ns) +
+         ",\"build_minflt\":" + Samples(build_faults) + ",\"sum_minflt\":" + Samples(sum_faults) +
+         "}");
     return 0;
   }
   // Two processes, ring mode: the producer takes t0 before building and stores it in column 0,
@@ -614,8 +625,8 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
             sum_faults.push_back(MinorFaults() - f1);
           }
           Emit("{\"role\":\"consumer\",\"kind\":\"e2e\",\"mode\":\"two\",\"bytes\":" +
-               std::to_string(bytes) + ",\"check\":" + std::to_string(check) +
-               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + ",\"samples_ns\":" + Samples(samples) +
+               std::to_string(bytes) + ",\"check\":" + std::to_string(check) + ",\"vmhwm_kb\":" +
+               std::to_string(VmHwmKb()) + ",\"samples_ns\":" + Samples(samples) +
                ",\"sum_ns\":" + Samples(sum_ns) + ",\"sum_minflt\":" + Samples(sum_faults) + "}");
           return arrow::Status::OK();
         }();
@@ -623,7 +634,8 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
       },
       [&]() {
         auto st = [&]() -> arrow::Status {
-          ARROW_ASSIGN_OR_RAISE(auto producer, ListenProducer(address, ColumnsSchema(cols), "ring", bytes));
+          ARROW_ASSIGN_OR_RAISE(auto producer,
+                                ListenProducer(address, ColumnsSchema(cols), "ring", bytes));
           ARROW_RETURN_NOT_OK(producer->WaitForConsumers(1, 20000));
           std::vector<int64_t> build_ns, build_faults;
           for (int64_t it = 0; it < iters; ++it) {
@@ -674,9 +686,8 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
                ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
                ",\"end_ns\":" + std::to_string(end_ns) + ",\"touch\":" + std::to_string(touch) +
-               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
-               ",\"heap_calls\":" + std::to_string(HeapCalls()) +
-               ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) + ",\"heap_calls\":" +
+               std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
                ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
           return arrow::Status::OK();
         }();
@@ -684,8 +695,9 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       },
       [&]() {
         auto st = [&]() -> arrow::Status {
-          ARROW_ASSIGN_OR_RAISE(auto producer,
-                                ListenProducer(address, schema, transport, std::max<int64_t>(bytes, 1 << 20) * 4));
+          ARROW_ASSIGN_OR_RAISE(
+              auto producer,
+              ListenProducer(address, schema, transport, std::max<int64_t>(bytes, 1 << 20) * 4));
           ARROW_RETURN_NOT_OK(producer->WaitForConsumers(consumers, 20000));
           const int64_t start_ns = NowNs();
           // Heap used while the bench builds each batch (Arrow's objects for buffers, arrays and
@@ -697,14 +709,16 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
             if (small) {
               ARROW_ASSIGN_OR_RAISE(batch, MakeSmall(producer->pool(), i));
             } else {
-              ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(bytes / 8 * 8, producer->pool()));
+              ARROW_ASSIGN_OR_RAISE(auto buffer,
+                                    arrow::AllocateBuffer(bytes / 8 * 8, producer->pool()));
               auto* v = reinterpret_cast<int64_t*>(buffer->mutable_data());
               v[0] = i;
               v[bytes / 8 - 1] = i;  // the rest is left as the ring had it: not what is measured
               batch = arrow::RecordBatch::Make(
                   schema, bytes / 8,
                   {arrow::MakeArray(arrow::ArrayData::Make(
-                      arrow::int64(), bytes / 8, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0))});
+                      arrow::int64(), bytes / 8,
+                      {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0))});
             }
             build_calls += HeapCalls() - calls0;
             build_bytes += HeapBytes() - bytes0;
@@ -717,16 +731,14 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           producer->Close();
           producer.reset();
           Emit("{\"role\":\"producer\",\"kind\":\"" + kind + "\",\"transport\":\"" + transport +
-               "\",\"consumers\":" + std::to_string(consumers) + ",\"bytes\":" + std::to_string(bytes) +
-               ",\"batches\":" + std::to_string(batches) + ",\"start_ns\":" + std::to_string(start_ns) +
-               ",\"published_ns\":" + std::to_string(published_ns) +
-               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
-               ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
-               ",\"heap_calls\":" + std::to_string(HeapCalls()) +
-               ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
-               ",\"build_calls\":" + std::to_string(build_calls) +
-               ",\"build_bytes\":" + std::to_string(build_bytes) +
-               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+               "\",\"consumers\":" + std::to_string(consumers) +
+               ",\"bytes\":" + std::to_string(bytes) + ",\"batches\":" + std::to_string(batches) +
+               ",\"start_ns\":" + std::to_string(start_ns) + ",\"published_ns\":" +
+               std::to_string(published_ns) + ",\"cpu_ns\":" + std::to_string(CpuNs()) +
+               ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) + ",\"heap_calls\":" +
+               std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
+               ",\"build_calls\":" + std::to_string(build_calls) + ",\"build_bytes\":" +
+               std::to_string(build_bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
           return arrow::Status::OK();
         }();
         return st.ok() ? 0 : Fail("producer", st);
@@ -741,7 +753,8 @@ int RunHeapFloor(int64_t batches) {
   auto st = [&]() -> arrow::Status {
     ARROW_ASSIGN_OR_RAISE(auto batch, MakeSmall(arrow::default_memory_pool(), 1));
     arrow::ipc::IpcPayload first;
-    ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &first));
+    ARROW_RETURN_NOT_OK(
+        arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &first));
     ARROW_ASSIGN_OR_RAISE(auto body, arrow::AllocateBuffer(first.body_length));
     int64_t at = 0;
     for (const auto& buffer : first.body_buffers) {
@@ -753,19 +766,21 @@ int RunHeapFloor(int64_t batches) {
     const long long write0 = HeapCalls();
     for (int64_t i = 0; i < batches; ++i) {
       arrow::ipc::IpcPayload payload;
-      ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+      ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
+          *batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
     }
     const long long write_calls = HeapCalls() - write0;
     const long long read0 = HeapCalls();
     for (int64_t i = 0; i < batches; ++i) {
       arrow::io::BufferReader reader(body_shared);
-      ARROW_ASSIGN_OR_RAISE(auto read, arrow::ipc::ReadRecordBatch(*first.metadata, SmallSchema(), nullptr,
-                                                                   arrow::ipc::IpcReadOptions::Defaults(), &reader));
+      ARROW_ASSIGN_OR_RAISE(
+          auto read, arrow::ipc::ReadRecordBatch(*first.metadata, SmallSchema(), nullptr,
+                                                 arrow::ipc::IpcReadOptions::Defaults(), &reader));
       ARROW_RETURN_NOT_OK(read->ValidateFull());
     }
     const long long read_calls = HeapCalls() - read0;
-    Emit("{\"role\":\"floor\",\"batches\":" + std::to_string(batches) +
-         ",\"write_calls\":" + std::to_string(write_calls) + ",\"read_calls\":" + std::to_string(read_calls) + "}");
+    Emit("{\"role\":\"floor\",\"batches\":" + std::to_string(batches) + ",\"write_calls\":" +
+         std::to_string(write_calls) + ",\"read_calls\":" + std::to_string(read_calls) + "}");
     return arrow::Status::OK();
   }();
   return st.ok() ? 0 : Fail("floor", st);
@@ -789,8 +804,8 @@ int main(int argc, char** argv) {
                     a.Get("consumer-exec", ""));
   }
   if (a.command == "e2e") {
-    return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20), static_cast<int>(a.Int("cols", 4)),
-                  a.Int("iters", 3));
+    return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20),
+                  static_cast<int>(a.Int("cols", 4)), a.Int("iters", 3));
   }
   if (a.command == "heap-floor") return RunHeapFloor(a.Int("batches", 10000));
   if (a.command == "throughput" || a.command == "heap") {

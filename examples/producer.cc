@@ -16,7 +16,7 @@ arrow::Status Run(const std::string& socket) {
   ARROW_ASSIGN_OR_RAISE(auto column, builder.Finish());
   ARROW_RETURN_NOT_OK(writer->WriteRecordBatch(*arrow::RecordBatch::Make(schema, 1000, {column})));
 
-  ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());  // EOS, trimmed, sealed
+  ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());                   // EOS, trimmed, sealed
   std::cerr << "bytes copied: " << writer->stats().bytes_copied << "\n";  // 0
   return shmarrow::ServeFd(socket, sealed.fd.get());
 }

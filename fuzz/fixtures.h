@@ -57,9 +57,9 @@ inline std::shared_ptr<arrow::RecordBatch> CanonicalBatch() {
   arrow::ListBuilder l(pool, l_values);
   auto d = std::make_shared<arrow::DoubleBuilder>();
   auto b = std::make_shared<arrow::BooleanBuilder>();
-  arrow::StructBuilder st(arrow::struct_({arrow::field("d", arrow::float64()),
-                                          arrow::field("b", arrow::boolean())}),
-                          pool, {d, b});
+  arrow::StructBuilder st(
+      arrow::struct_({arrow::field("d", arrow::float64()), arrow::field("b", arrow::boolean())}),
+      pool, {d, b});
   arrow::StringViewBuilder v;
   auto ux = std::make_shared<arrow::Int8Builder>();
   auto uy = std::make_shared<arrow::LargeStringBuilder>();
@@ -80,8 +80,7 @@ inline std::shared_ptr<arrow::RecordBatch> CanonicalBatch() {
     Check(st.Append(row != 4), "st");
     Check(d->Append(row * 0.5), "st.d");
     Check(b->Append(row % 2 == 0), "st.b");
-    Check(row == 5 ? v.AppendNull()
-                   : v.Append(std::string(static_cast<size_t>(row * 5), 'v')),
+    Check(row == 5 ? v.AppendNull() : v.Append(std::string(static_cast<size_t>(row * 5), 'v')),
           "v");
     if (row % 2 == 0) {
       Check(u.Append(0), "u");
@@ -109,8 +108,9 @@ struct EncodedBatch {
   std::shared_ptr<arrow::Buffer> body;
 };
 inline EncodedBatch Encode(const arrow::RecordBatch& batch) {
-  auto serialized = Unwrap(arrow::ipc::SerializeRecordBatch(batch, arrow::ipc::IpcWriteOptions::Defaults()),
-                           "serialize");
+  auto serialized =
+      Unwrap(arrow::ipc::SerializeRecordBatch(batch, arrow::ipc::IpcWriteOptions::Defaults()),
+             "serialize");
   arrow::io::BufferReader reader(serialized);
   auto message = Unwrap(arrow::ipc::ReadMessage(&reader), "read message");
   return {message->metadata(), message->body()};
@@ -121,7 +121,8 @@ inline std::shared_ptr<arrow::Buffer> RingBody() {
   auto encoded = Encode(*CanonicalBatch());
   constexpr int64_t kRingSize = 16 * 1024;
   auto ring = Unwrap(arrow::AllocateBuffer(kRingSize), "allocate ring");
-  for (int64_t k = 0; k < kRingSize; ++k) ring->mutable_data()[k] = static_cast<uint8_t>(k * 37 + 11);
+  for (int64_t k = 0; k < kRingSize; ++k)
+    ring->mutable_data()[k] = static_cast<uint8_t>(k * 37 + 11);
   std::memcpy(ring->mutable_data(), encoded.body->data(),
               static_cast<size_t>(std::min<int64_t>(encoded.body->size(), kRingSize)));
   return std::shared_ptr<arrow::Buffer>(std::move(ring));

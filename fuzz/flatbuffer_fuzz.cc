@@ -32,7 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (plain && (!fields.ok() || fields->compressed)) Fail("compression check accepted bad input");
   if (!fields.ok()) {
     // Rewriting must fail the same way and leave the bytes alone.
-    if (fb::RewriteBufferOffsets(bytes.data(), n, {}, {}).ok()) Fail("rewrite accepted what locate refused");
+    if (fb::RewriteBufferOffsets(bytes.data(), n, {}, {}).ok())
+      Fail("rewrite accepted what locate refused");
     if (std::memcmp(bytes.data(), data, size) != 0) Fail("failed rewrite changed bytes");
     return 0;
   }
@@ -51,12 +52,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Wrong count, then a wrong length: refused, nothing written.
   offsets.push_back(0);
   lengths.push_back(0);
-  if (fb::RewriteBufferOffsets(bytes.data(), n, offsets, lengths).ok()) Fail("wrong count accepted");
+  if (fb::RewriteBufferOffsets(bytes.data(), n, offsets, lengths).ok())
+    Fail("wrong count accepted");
   offsets.pop_back();
   lengths.pop_back();
   if (count > 0) {
     lengths[0] ^= 1;
-    if (fb::RewriteBufferOffsets(bytes.data(), n, offsets, lengths).ok()) Fail("wrong length accepted");
+    if (fb::RewriteBufferOffsets(bytes.data(), n, offsets, lengths).ok())
+      Fail("wrong length accepted");
     lengths[0] ^= 1;
     // A refused rewrite stops at the first mismatch, so nothing was written before it.
     if (std::memcmp(bytes.data(), data, size) != 0) Fail("refused rewrite changed bytes");

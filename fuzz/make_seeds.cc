@@ -24,8 +24,8 @@ fs::path out_dir;
 void Write(const std::string& target, const std::string& name, const void* data, size_t size) {
   const fs::path dir = out_dir / target;
   fs::create_directories(dir);
-  std::ofstream(dir / name, std::ios::binary).write(static_cast<const char*>(data),
-                                                   static_cast<std::streamsize>(size));
+  std::ofstream(dir / name, std::ios::binary)
+      .write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
 }
 void Write(const std::string& target, const std::string& name, std::span<const uint8_t> bytes) {
   Write(target, name, bytes.data(), bytes.size());
@@ -53,10 +53,10 @@ arrow::ipc::IpcWriteOptions Compressed() {
   return options;
 }
 
-std::shared_ptr<arrow::Buffer> Stream(const std::shared_ptr<arrow::Schema>& schema,
-                                      const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches,
-                                      const arrow::ipc::IpcWriteOptions& options =
-                                          arrow::ipc::IpcWriteOptions::Defaults()) {
+std::shared_ptr<arrow::Buffer> Stream(
+    const std::shared_ptr<arrow::Schema>& schema,
+    const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches,
+    const arrow::ipc::IpcWriteOptions& options = arrow::ipc::IpcWriteOptions::Defaults()) {
   auto sink = Unwrap(arrow::io::BufferOutputStream::Create(), "sink");
   auto writer = Unwrap(arrow::ipc::MakeStreamWriter(sink, schema, options), "writer");
   for (const auto& batch : batches) Check(writer->WriteRecordBatch(*batch), "write");
@@ -91,7 +91,8 @@ void ProtocolSeeds(const std::string& schema_bytes) {
   Write("protocol_fuzz", "release", proto::EncodeRelease(w, sequences));
   Write("protocol_fuzz", "schema", proto::EncodeSchema(w, 5, schema_bytes));
   Write("protocol_fuzz", "end", proto::EncodeEnd(w, 5));
-  Write("protocol_fuzz", "error", proto::Encode(w, 5, proto::Error{proto::ErrorCode::kHandler, "no"}));
+  Write("protocol_fuzz", "error",
+        proto::Encode(w, 5, proto::Error{proto::ErrorCode::kHandler, "no"}));
   Write("protocol_fuzz", "request", proto::EncodeRequest(w, 5, "SELECT 1"));
   Write("protocol_fuzz", "bye", proto::EncodeBye(w));
 }
@@ -116,12 +117,14 @@ int main(int argc, char** argv) {
   Write("stream_fuzz", "dictionary", *dict_stream);
   Write("stream_fuzz", "empty", *empty_stream);
   // Regression: compressed bodies are refused before Arrow allocates their claimed sizes.
-  Write("stream_fuzz", "regression-compressed", *Stream(canonical->schema(), {canonical}, Compressed()));
+  Write("stream_fuzz", "regression-compressed",
+        *Stream(canonical->schema(), {canonical}, Compressed()));
 
   // Message flatbuffers (schema, dictionary batch, record batches) out of those streams.
   int index = 0;
   for (const auto& stream : {ring_stream, dict_stream}) {
-    auto reader = arrow::ipc::MessageReader::Open(std::make_shared<arrow::io::BufferReader>(stream));
+    auto reader =
+        arrow::ipc::MessageReader::Open(std::make_shared<arrow::io::BufferReader>(stream));
     for (;;) {
       auto message = Unwrap(reader->ReadNextMessage(), "message");
       if (message == nullptr) break;
@@ -132,7 +135,8 @@ int main(int argc, char** argv) {
   // Ring: selector byte + record batch flatbuffer whose buffers lie in the fixed ring.
   auto ring_seed = [](uint8_t selector, const arrow::Buffer& metadata, const std::string& name) {
     std::string bytes(1, static_cast<char>(selector));
-    bytes.append(reinterpret_cast<const char*>(metadata.data()), static_cast<size_t>(metadata.size()));
+    bytes.append(reinterpret_cast<const char*>(metadata.data()),
+                 static_cast<size_t>(metadata.size()));
     Write("ring_fuzz", name, bytes.data(), bytes.size());
   };
   ring_seed(0, *shmarrow::fuzz::Encode(*canonical).metadata, "canonical");

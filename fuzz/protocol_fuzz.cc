@@ -29,15 +29,44 @@ void Schema(const std::string& bytes) {
 
 /// Every decoder on the payload, whatever the header says: each must fail cleanly or succeed.
 void EveryDecoder(std::span<const uint8_t> payload) {
-  { proto::Reader r(payload); (void)proto::DecodeHello(r); }
-  { proto::Reader r(payload); (void)proto::DecodeWelcome(r); }
-  { proto::Reader r(payload); (void)proto::DecodeBatch(r); }
-  { proto::Reader r(payload); std::vector<proto::Batch> out; (void)proto::DecodeBatches(r, proto::kMaxRun, &out); }
-  { proto::Reader r(payload); (void)proto::DecodeWaiting(r); }
-  { proto::Reader r(payload); std::vector<uint64_t> out; (void)proto::DecodeRelease(r, 4096, &out); }
-  { proto::Reader r(payload); (void)proto::DecodeSchema(r); }
-  { proto::Reader r(payload); (void)proto::DecodeError(r); }
-  { proto::Reader r(payload); (void)proto::DecodeRequest(r); }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeHello(r);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeWelcome(r);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeBatch(r);
+  }
+  {
+    proto::Reader r(payload);
+    std::vector<proto::Batch> out;
+    (void)proto::DecodeBatches(r, proto::kMaxRun, &out);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeWaiting(r);
+  }
+  {
+    proto::Reader r(payload);
+    std::vector<uint64_t> out;
+    (void)proto::DecodeRelease(r, 4096, &out);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeSchema(r);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeError(r);
+  }
+  {
+    proto::Reader r(payload);
+    (void)proto::DecodeRequest(r);
+  }
 }
 
 }  // namespace

@@ -17,7 +17,9 @@ constexpr int64_t kCommitChunk = int64_t{2} << 20;
 // unused rest of 2 MiB was most of a small sealed batch's cost.
 constexpr int64_t kFirstCommit = int64_t{64} << 10;
 
-int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+int64_t AlignUp(int64_t n, int64_t alignment) {
+  return (n + alignment - 1) / alignment * alignment;
+}
 
 // Zero-byte allocations get this address, as Arrow's own pools do: never in the arena, never freed.
 alignas(kArenaAlignment) uint8_t zero_size_area[1];
@@ -25,7 +27,8 @@ alignas(kArenaAlignment) uint8_t zero_size_area[1];
 
 arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int64_t capacity,
                                                     PagePolicy pages) {
-  if (capacity <= 0) return arrow::Status::Invalid("arena capacity must be positive, got ", capacity);
+  if (capacity <= 0)
+    return arrow::Status::Invalid("arena capacity must be positive, got ", capacity);
   capacity = AlignUp(capacity, kCommitChunk);
   ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name, pages));
   ARROW_RETURN_NOT_OK(memfd.Resize(capacity));
@@ -71,9 +74,9 @@ arrow::Result<int64_t> Arena::Reserve(int64_t size, int64_t alignment) {
   if (sealed_) return arrow::Status::Invalid("arena is sealed: no allocation after Finish()");
   const int64_t offset = AlignUp(front_, alignment);
   if (size > capacity_ - offset) {
-    return arrow::Status::OutOfMemory("shared-memory arena full: ", size, " bytes requested at offset ",
-                                      offset, ", capacity ", capacity_,
-                                      " (raise the writer's capacity option)");
+    return arrow::Status::OutOfMemory("shared-memory arena full: ", size,
+                                      " bytes requested at offset ", offset, ", capacity ",
+                                      capacity_, " (raise the writer's capacity option)");
   }
   ARROW_RETURN_NOT_OK(CommitUpTo(offset + size));
   front_ = offset + size;

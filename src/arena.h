@@ -51,7 +51,10 @@ class Arena {
 
  private:
   Arena(Memfd memfd, Mapping mapping, int64_t capacity, PagePolicy pages)
-      : memfd_(std::move(memfd)), mapping_(std::move(mapping)), capacity_(capacity), pages_(pages) {}
+      : memfd_(std::move(memfd)),
+        mapping_(std::move(mapping)),
+        capacity_(capacity),
+        pages_(pages) {}
   arrow::Status CommitUpTo(int64_t end);
 
   // Member order: the mapping goes before the fd it maps is closed.

@@ -91,7 +91,9 @@ class RecyclingAllocator {
 
   const std::shared_ptr<BlockCache>& cache() const { return cache_; }
   template <typename U>
-  bool operator==(const RecyclingAllocator<U>& other) const { return cache_ == other.cache(); }
+  bool operator==(const RecyclingAllocator<U>& other) const {
+    return cache_ == other.cache();
+  }
 
  private:
   std::shared_ptr<BlockCache> cache_;

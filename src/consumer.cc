@@ -66,10 +66,9 @@ class Channel {
     }
     size_t& count = response ? held_responses_ : held_published_;
     if (count >= credits) {
-      return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ",
-                                  credits, " credits (it holds ", count, " batches of ",
-                                  response ? "answers to requests" : "the published stream",
-                                  ")");
+      return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ", credits,
+                                  " credits (it holds ", count, " batches of ",
+                                  response ? "answers to requests" : "the published stream", ")");
     }
     held_.push_back({sequence, response});
     ++count;
@@ -235,9 +234,10 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Status Handle(const uint8_t* data, int64_t size, std::vector<UniqueFd> fds);
   /// Appends the batches `message` describes to `events`.
   arrow::Status Materialize(const proto::Batch& message, uint32_t stream,
-                            std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events);
+                            std::vector<UniqueFd>& fds,
+                            std::deque<Event, internal::RecyclingAllocator<Event>>* events);
   std::shared_ptr<LeaseBuffer> MakeLease(const std::shared_ptr<arrow::Buffer>& region,
-                                        uint64_t sequence) {
+                                         uint64_t sequence) {
     return std::allocate_shared<LeaseBuffer>(
         internal::RecyclingAllocator<LeaseBuffer>(channel_->lease_cache()), region, sequence,
         channel_);
@@ -271,14 +271,14 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::vector<proto::Batch> run_;
   // The last receive found a message already waiting: the consumer is behind the producer.
   bool behind_ = false;
-  size_t release_batch_ = 1;  // releases per Release message while behind
+  size_t release_batch_ = 1;               // releases per Release message while behind
   std::vector<uint8_t> metadata_scratch_;  // ring mode: the private copy of a batch's metadata
   // kFeatureQueue: stream 0 arrives through a queue the producer writes in the ring.
   const uint8_t* queue_ = nullptr;
   uint32_t queue_capacity_ = 0;
   uint64_t queue_read_ = 0;
   uint64_t waiting_announced_ = UINT64_MAX;  // the count last sent in Waiting
-  std::deque<Event> controls_;  // stream-0 Schema/End received, applied at their entry
+  std::deque<Event> controls_;               // stream-0 Schema/End received, applied at their entry
   std::vector<UniqueFd> no_fds_;
 };
 
@@ -309,30 +309,30 @@ ConsumerImpl::~ConsumerImpl() {
 }
 
 arrow::Status ConsumerImpl::CheckProducerUid(const UnixSocket& socket,
-                                              const std::string& address) const {
+                                             const std::string& address) const {
   ARROW_ASSIGN_OR_RAISE(auto peer, socket.Peer());
   if (internal::UidAllowed(peer.uid, options_.allowed_uids, options_.allow_any_uid)) {
     return arrow::Status::OK();
   }
   return MakeError(arrow::StatusCode::IOError, ErrorCode::kRefused, "producer at '", address,
-                   "' runs as uid ", peer.uid,
-                                ", which this consumer (uid ", ::geteuid(),
-                                ") does not accept: allow it with allowed_uids or allow_any_uid");
+                   "' runs as uid ", peer.uid, ", which this consumer (uid ", ::geteuid(),
+                   ") does not accept: allow it with allowed_uids or allow_any_uid");
 }
 
 arrow::Status ConsumerImpl::OpenHandover(const std::string& address, UnixSocket* connected) {
   std::optional<UnixSocket> own;
   if (connected == nullptr) {
-    ARROW_ASSIGN_OR_RAISE(own, UnixSocket::Connect(address, SOCK_STREAM, options_.connect_timeout_ms));
+    ARROW_ASSIGN_OR_RAISE(own,
+                          UnixSocket::Connect(address, SOCK_STREAM, options_.connect_timeout_ms));
     connected = &*own;
   }
   ARROW_RETURN_NOT_OK(CheckProducerUid(*connected, address));
   // Its handshake: bounded by the read timeout, as the stream protocol's.
-  ARROW_ASSIGN_OR_RAISE(
-      UniqueFd fd,
-      internal::ReceiveHandedOverFd(*connected, address,
-                                    options_.read_timeout_ms > 0 ? options_.read_timeout_ms
-                                                                 : internal::kHandoverReplyTimeoutMs));
+  ARROW_ASSIGN_OR_RAISE(UniqueFd fd,
+                        internal::ReceiveHandedOverFd(*connected, address,
+                                                      options_.read_timeout_ms > 0
+                                                          ? options_.read_timeout_ms
+                                                          : internal::kHandoverReplyTimeoutMs));
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
   stream_options.require_seals = options_.require_seals;
@@ -375,19 +375,16 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   if (received.bytes < 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
     return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout, "producer at '", address,
-                     "' did not answer the handshake within ",
-                                  handshake_ms, " ms");
+                     "' did not answer the handshake within ", handshake_ms, " ms");
   }
   if (received.bytes == 0) {
     ARROW_RETURN_NOT_OK(hello_sent);
     return MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone, "producer at '", address,
-                     "' closed the connection during the ",
-                                  "handshake");
+                     "' closed the connection during the ", "handshake");
   }
   ARROW_ASSIGN_OR_RAISE(
-      auto welcome,
-      proto::DecodeHandshakeAnswer(
-          std::span<const uint8_t>(receive_buffer_.data(), received.bytes), address));
+      auto welcome, proto::DecodeHandshakeAnswer(
+                        std::span<const uint8_t>(receive_buffer_.data(), received.bytes), address));
   ARROW_ASSIGN_OR_RAISE(schema_, internal::DeserializeSchema(welcome.schema));
   if (options_.expect_schema != nullptr && options_.columns.empty()) {
     ARROW_RETURN_NOT_OK(internal::CheckSchema(*options_.expect_schema, *schema_, options_.match));
@@ -406,8 +403,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   mode_ = "ring";
   ARROW_RETURN_NOT_OK(internal::CheckNoDictionaries(*schema_));
   if (received.fds.size() != 1) {
-    return proto::ProtocolError("ring Welcome carries ", received.fds.size(),
-                                " fds, expected 1");
+    return proto::ProtocolError("ring Welcome carries ", received.fds.size(), " fds, expected 1");
   }
   const int ring_fd = received.fds[0].get();
   ARROW_ASSIGN_OR_RAISE(int seals, internal::GetSeals(ring_fd));
@@ -418,7 +414,7 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
                                   internal::SealNames(seals),
                                   ", needs F_SEAL_SHRINK|F_SEAL_GROW and a write seal");
   }
-  struct stat st {};
+  struct stat st{};
   if (::fstat(ring_fd, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", ring_fd, ")");
   ARROW_ASSIGN_OR_RAISE(auto mapping, internal::Mapping::MapReadOnly(ring_fd, st.st_size));
   ring_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
@@ -512,10 +508,10 @@ arrow::Result<bool> ConsumerImpl::DrainQueue() {
   for (uint64_t i = 0; i < unread; ++i) {
     // Copied out first: the producer can write the ring, the consumer checks what it copied.
     proto::QueueEntry entry;
-    std::memcpy(&entry,
-                queue_ + proto::kQueueHeaderSize +
-                    (queue_read_ % queue_capacity_) * proto::kQueueEntrySize,
-                sizeof entry);
+    std::memcpy(
+        &entry,
+        queue_ + proto::kQueueHeaderSize + (queue_read_ % queue_capacity_) * proto::kQueueEntrySize,
+        sizeof entry);
     ++queue_read_;
     ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
     if (entry.kind == proto::EntryKind::kControls) continue;
@@ -574,12 +570,11 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
   proto::Reader reader(std::span<const uint8_t>(data, static_cast<size_t>(size)));
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
   if (header.type != proto::Type::kBatch && !fds.empty()) {
-    return proto::ProtocolError(proto::TypeName(header.type), " carried ",
-                                fds.size(), " fds");
+    return proto::ProtocolError(proto::TypeName(header.type), " carried ", fds.size(), " fds");
   }
   if (header.stream != 0 && streams_.count(header.stream) == 0) {
-    return proto::ProtocolError(proto::TypeName(header.type),
-                                " for unknown stream ", header.stream);
+    return proto::ProtocolError(proto::TypeName(header.type), " for unknown stream ",
+                                header.stream);
   }
   StreamState& stream = Stream(header.stream);
   switch (header.type) {
@@ -640,8 +635,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
       return arrow::Status::OK();
     }
     default:
-      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
-                                  " from a producer");
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type), " from a producer");
   }
 }
 
@@ -663,20 +657,22 @@ arrow::Status ConsumerImpl::CountDropped(const proto::Batch& message) {
 arrow::Result<std::shared_ptr<arrow::RecordBatch>> ConsumerImpl::Project(
     std::shared_ptr<arrow::RecordBatch> batch) {
   if (options_.columns.empty()) return batch;
-  ARROW_ASSIGN_OR_RAISE(auto indices, internal::ProjectionIndices(*batch->schema(), options_.columns));
+  ARROW_ASSIGN_OR_RAISE(auto indices,
+                        internal::ProjectionIndices(*batch->schema(), options_.columns));
   return batch->SelectColumns(indices);
 }
 
-arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t stream,
-                                        std::vector<UniqueFd>& fds, std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
+arrow::Status ConsumerImpl::Materialize(
+    const proto::Batch& message, uint32_t stream, std::vector<UniqueFd>& fds,
+    std::deque<Event, internal::RecyclingAllocator<Event>>* events) {
   if (Stream(stream).schema == nullptr) {  // an answer to a request starts with its Schema
     return proto::ProtocolError("batch ", message.sequence, " on stream ", stream,
                                 " before the stream's Schema");
   }
   if (mode_ == "sealed") {
     if (fds.size() != 1) {
-      return proto::ProtocolError("sealed Batch ", message.sequence, " carries ",
-                                  fds.size(), " fds, expected 1");
+      return proto::ProtocolError("sealed Batch ", message.sequence, " carries ", fds.size(),
+                                  " fds, expected 1");
     }
     ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
     SharedStreamOptions stream_options;
@@ -721,7 +717,8 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   auto lease = MakeLease(ring_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
-      message.metadata_offset > ring_size || message.metadata_length > ring_size - message.metadata_offset) {
+      message.metadata_offset > ring_size ||
+      message.metadata_length > ring_size - message.metadata_offset) {
     return proto::ProtocolError("batch ", message.sequence, " metadata at [",
                                 message.metadata_offset, ", +", message.metadata_length,
                                 ") is outside the ", ring_size, "-byte ring");
@@ -745,14 +742,13 @@ arrow::Status ConsumerImpl::Materialize(const proto::Batch& message, uint32_t st
   auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                           arrow::ipc::IpcReadOptions::Defaults(), &body);
   if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
-    return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
-                                     message.metadata_offset, ", +", message.metadata_length,
-                                     ") of the ", ring_size, "-byte ring): ",
-                                     read.status().message());
+    return read.status().WithMessage(
+        "batch ", message.sequence, " (metadata at [", message.metadata_offset, ", +",
+        message.metadata_length, ") of the ", ring_size, "-byte ring): ", read.status().message());
   }
   std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
-  ARROW_RETURN_NOT_OK(internal::ValidateBatch(*batch, options_.validation,
-                                              static_cast<int64_t>(message.sequence)));
+  ARROW_RETURN_NOT_OK(
+      internal::ValidateBatch(*batch, options_.validation, static_cast<int64_t>(message.sequence)));
   events->emplace_back(std::move(batch));
   return arrow::Status::OK();
 }

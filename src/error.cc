@@ -6,18 +6,30 @@ namespace shmarrow {
 
 const char* ErrorCodeName(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kNone: return "none";
-    case ErrorCode::kProtocol: return "protocol";
-    case ErrorCode::kVersion: return "version";
-    case ErrorCode::kSchemaMismatch: return "schema_mismatch";
-    case ErrorCode::kLimit: return "limit";
-    case ErrorCode::kHandler: return "handler";
-    case ErrorCode::kRefused: return "refused";
-    case ErrorCode::kShutdown: return "shutdown";
-    case ErrorCode::kTimeout: return "timeout";
-    case ErrorCode::kProducerGone: return "producer_gone";
-    case ErrorCode::kClosed: return "closed";
-    case ErrorCode::kBadInput: return "bad_input";
+    case ErrorCode::kNone:
+      return "none";
+    case ErrorCode::kProtocol:
+      return "protocol";
+    case ErrorCode::kVersion:
+      return "version";
+    case ErrorCode::kSchemaMismatch:
+      return "schema_mismatch";
+    case ErrorCode::kLimit:
+      return "limit";
+    case ErrorCode::kHandler:
+      return "handler";
+    case ErrorCode::kRefused:
+      return "refused";
+    case ErrorCode::kShutdown:
+      return "shutdown";
+    case ErrorCode::kTimeout:
+      return "timeout";
+    case ErrorCode::kProducerGone:
+      return "producer_gone";
+    case ErrorCode::kClosed:
+      return "closed";
+    case ErrorCode::kBadInput:
+      return "bad_input";
   }
   return "none";
 }

@@ -92,8 +92,8 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
   out.buffers_at = vector + 4;
   out.num_buffers = count;
   if (out.num_buffers > (fb.size() - out.buffers_at) / kBufferStructSize) {
-    return arrow::Status::Invalid("flatbuffer claims ", count, " buffers at offset ", out.buffers_at,
-                                  " but the message has ", fb.size(), " bytes");
+    return arrow::Status::Invalid("flatbuffer claims ", count, " buffers at offset ",
+                                  out.buffers_at, " but the message has ", fb.size(), " bytes");
   }
   return out;
 }
@@ -101,7 +101,8 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
 arrow::Status CheckNotCompressed(const uint8_t* flatbuffer, int64_t size) {
   ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, size));
   static constexpr std::string_view kExperimental = "ARROW:experimental_compression";
-  const std::string_view bytes(reinterpret_cast<const char*>(flatbuffer), static_cast<size_t>(size));
+  const std::string_view bytes(reinterpret_cast<const char*>(flatbuffer),
+                               static_cast<size_t>(size));
   const bool batch = fields.header_type == MessageHeaderType::kRecordBatch ||
                      fields.header_type == MessageHeaderType::kDictionaryBatch;
   if (fields.compressed || (batch && bytes.find(kExperimental) != std::string_view::npos)) {
@@ -112,12 +113,12 @@ arrow::Status CheckNotCompressed(const uint8_t* flatbuffer, int64_t size) {
 }
 
 arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t size,
-                                                 std::span<const int64_t> offsets,
-                                                 std::span<const int64_t> lengths) {
+                                                  std::span<const int64_t> offsets,
+                                                  std::span<const int64_t> lengths) {
   ARROW_ASSIGN_OR_RAISE(auto fields, LocateMessageFields(flatbuffer, size));
   if (fields.num_buffers != static_cast<int64_t>(offsets.size())) {
-    return arrow::Status::Invalid("IPC metadata lists ", fields.num_buffers, " buffers, payload has ",
-                                  offsets.size());
+    return arrow::Status::Invalid("IPC metadata lists ", fields.num_buffers,
+                                  " buffers, payload has ", offsets.size());
   }
   for (size_t i = 0; i < offsets.size(); ++i) {
     uint8_t* entry = flatbuffer + fields.buffers_at + static_cast<int64_t>(i) * kBufferStructSize;

@@ -26,8 +26,8 @@ constexpr int kWaitSliceMs = 100;
 
 /// The Producer that DoPut publishes through (FlightBridgeOptions::ingest).
 struct Ingest {
-  std::mutex publishing;  // held by the one DoPut publishing
-  std::mutex state;       // guards `producer`; taken after `publishing`, never before
+  std::mutex publishing;               // held by the one DoPut publishing
+  std::mutex state;                    // guards `producer`; taken after `publishing`, never before
   std::shared_ptr<Producer> producer;  // made by the first DoPut
 
   /// At shutdown: ends the stream when no DoPut is publishing and lets local consumers take the
@@ -37,7 +37,8 @@ struct Ingest {
     std::unique_lock idle(publishing, std::try_to_lock);
     std::lock_guard lock(state);
     if (producer == nullptr) return;
-    if (idle.owns_lock() && producer->End().ok()) (void)producer->WaitUntilDrained(drain_timeout_ms);
+    if (idle.owns_lock() && producer->End().ok())
+      (void)producer->WaitUntilDrained(drain_timeout_ms);
     producer->Close();
   }
 };
@@ -97,8 +98,7 @@ class BridgeReader final : public arrow::RecordBatchReader {
       ARROW_RETURN_NOT_OK(CheckLive());
       pollfd readable{consumer_->fd(), POLLIN, 0};
       if (internal::RetryOnEintr([&] { return ::poll(&readable, 1, kWaitSliceMs); }) < 0) {
-        return internal::ErrnoStatus(errno, "poll on the producer's socket (fd ", readable.fd,
-                                     ")");
+        return internal::ErrnoStatus(errno, "poll on the producer's socket (fd ", readable.fd, ")");
       }
     }
   }
@@ -182,8 +182,8 @@ class BridgeServer final : public fl::FlightServerBase {
       ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectProducer(RequestOptions()));
       ARROW_ASSIGN_OR_RAISE(auto answer,
                             consumer->Request(ticket.substr(bridge::kRequestPrefix.size())));
-      reader = std::make_shared<BridgeReader>(std::move(consumer), std::move(answer), shared_,
-                                              context);
+      reader =
+          std::make_shared<BridgeReader>(std::move(consumer), std::move(answer), shared_, context);
     } else {
       return Refuse("unknown ticket '", Printable(ticket), "': this bridge serves '",
                     bridge::kStreamTicket, "'",
@@ -443,7 +443,8 @@ arrow::Result<std::unique_ptr<FlightBridge>> FlightBridge::Start(
   }
   ARROW_ASSIGN_OR_RAISE(auto location, fl::Location::Parse(options.listen));
   fl::FlightServerOptions server_options(location);
-  if (listen.tls) server_options.tls_certificates.push_back({options.tls_cert_pem, options.tls_key_pem});
+  if (listen.tls)
+    server_options.tls_certificates.push_back({options.tls_cert_pem, options.tls_key_pem});
   if (!options.token.empty()) {
     server_options.middleware.emplace_back("shmarrow-token",
                                            std::make_shared<TokenCheck>(options.token));
@@ -457,8 +458,8 @@ arrow::Result<std::unique_ptr<FlightBridge>> FlightBridge::Start(
                                ? "[" + listen.host + "]"
                                : listen.host;
   std::string bound = scheme + "://" + host + ":" + std::to_string(server->port());
-  return std::make_unique<FlightBridgeImpl>(std::move(server), std::move(shared),
-                                            std::move(bound), options.ingest_drain_timeout_ms);
+  return std::make_unique<FlightBridgeImpl>(std::move(server), std::move(shared), std::move(bound),
+                                            options.ingest_drain_timeout_ms);
 }
 
 }  // namespace shmarrow

@@ -88,7 +88,7 @@ arrow::Result<SocketAdvert> AdvertiseSocket(const std::string& socket) {
   ARROW_ASSIGN_OR_RAISE(advert.boot_id, BootId());
   advert.socket = socket;
   if (!IsAbstract(socket)) {
-    struct stat info {};
+    struct stat info{};
     if (::stat(socket.c_str(), &info) != 0) return ErrnoStatus(errno, "stat '", socket, "'");
     advert.device = info.st_dev;
     advert.inode = info.st_ino;
@@ -125,7 +125,7 @@ arrow::Status CheckAdvertIsLocal(const SocketAdvert& advert) {
                                   ", here ", boot_id, ")");
   }
   if (IsAbstract(advert.socket)) return arrow::Status::OK();
-  struct stat info {};
+  struct stat info{};
   if (::stat(advert.socket.c_str(), &info) != 0) {
     return ErrnoStatus(errno, "stat '", advert.socket, "'");
   }

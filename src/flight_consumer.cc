@@ -31,8 +31,7 @@ struct Connection {
   fl::FlightCallOptions call;
 };
 
-arrow::Result<Connection> OpenClient(const fl::Location& location,
-                                     const ConsumerOptions& options) {
+arrow::Result<Connection> OpenClient(const fl::Location& location, const ConsumerOptions& options) {
   auto client_options = fl::FlightClientOptions::Defaults();
   client_options.tls_root_certs = options.remote.tls_root_certs;
   client_options.override_hostname = options.remote.tls_override_hostname;
@@ -72,7 +71,8 @@ auto FirstCall(const std::string& address, int connect_timeout_ms, Call&& call)
 /// A request's answer: the chunks of one DoGet.
 class AnswerReader final : public arrow::RecordBatchReader {
  public:
-  AnswerReader(std::unique_ptr<fl::FlightStreamReader> reader, std::shared_ptr<arrow::Schema> schema)
+  AnswerReader(std::unique_ptr<fl::FlightStreamReader> reader,
+               std::shared_ptr<arrow::Schema> schema)
       : reader_(std::move(reader)), schema_(std::move(schema)) {}
   std::shared_ptr<arrow::Schema> schema() const override { return schema_; }
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* batch) override {
@@ -136,9 +136,8 @@ class FlightConsumer final : public Consumer {
       ARROW_ASSIGN_OR_RAISE(projection_, ProjectionIndices(*schema_, options_.columns));
       schema_ = ProjectSchema(*schema_, projection_);
     }
-    thread_ = std::thread([this, endpoints = std::move(endpoints)]() mutable {
-      Finish(ReadAll(endpoints));
-    });
+    thread_ = std::thread(
+        [this, endpoints = std::move(endpoints)]() mutable { Finish(ReadAll(endpoints)); });
     return arrow::Status::OK();
   }
 
@@ -187,9 +186,8 @@ class FlightConsumer final : public Consumer {
         std::lock_guard lock(mutex_);
         reader = reading_;
       } else {
-        ARROW_ASSIGN_OR_RAISE(
-            reader, endpoints[i].connection.client->DoGet(endpoints[i].connection.call,
-                                                          endpoints[i].ticket));
+        ARROW_ASSIGN_OR_RAISE(reader, endpoints[i].connection.client->DoGet(
+                                          endpoints[i].connection.call, endpoints[i].ticket));
         ARROW_ASSIGN_OR_RAISE(auto schema, reader->GetSchema());
         if (!schema->Equals(*stream_schema_)) {
           return arrow::Status::Invalid("Flight endpoint ", i, " at '", address_,
@@ -304,17 +302,14 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(const std::string& addres
   const bool bridge_stream = parsed.path.empty();
   if (bridge_stream && options.remote.upgrade_to_shared_memory && IsLoopbackHost(parsed.host)) {
     // The call is made when its first result is read.
-    auto advertised = FirstCall(address, options.connect_timeout_ms,
-                                [&]() -> arrow::Result<std::unique_ptr<fl::Result>> {
-                                  ARROW_ASSIGN_OR_RAISE(
-                                      auto results,
-                                      connection.client->DoAction(
-                                          connection.call,
-                                          fl::Action{std::string(kSocketAction), nullptr}));
-                                  return results->Next();
-                                });
-    if (!advertised.ok() &&
-        arrow::internal::ErrnoFromStatus(advertised.status()) == ECONNREFUSED) {
+    auto advertised = FirstCall(
+        address, options.connect_timeout_ms, [&]() -> arrow::Result<std::unique_ptr<fl::Result>> {
+          ARROW_ASSIGN_OR_RAISE(
+              auto results, connection.client->DoAction(
+                                connection.call, fl::Action{std::string(kSocketAction), nullptr}));
+          return results->Next();
+        });
+    if (!advertised.ok() && arrow::internal::ErrnoFromStatus(advertised.status()) == ECONNREFUSED) {
       return advertised.status();  // nobody answers
     }
     // Any refusal (not a bridge, not advertised, another host, another uid) stays on Flight.
@@ -343,8 +338,8 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectFlight(const std::string& addres
   }
   UniqueFd event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!event) return ErrnoStatus(errno, "eventfd for the Flight consumer");
-  auto consumer = std::make_shared<FlightConsumer>(address, options, std::move(connection),
-                                                   std::move(event));
+  auto consumer =
+      std::make_shared<FlightConsumer>(address, options, std::move(connection), std::move(event));
   ARROW_RETURN_NOT_OK(consumer->Start(std::move(endpoints)));
   return consumer;
 }

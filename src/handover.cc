@@ -12,8 +12,8 @@
 namespace shmarrow {
 
 arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions& options) {
-  ARROW_ASSIGN_OR_RAISE(auto listener, internal::UnixSocket::Listen(socket_path, SOCK_STREAM,
-                                                                    options.socket_mode));
+  ARROW_ASSIGN_OR_RAISE(
+      auto listener, internal::UnixSocket::Listen(socket_path, SOCK_STREAM, options.socket_mode));
   if (options.on_listening) options.on_listening();
   const std::array<uint8_t, 1> byte{'F'};
   const std::array<int, 1> fds{fd};
@@ -21,8 +21,9 @@ arrow::Status ServeFd(const std::string& socket_path, int fd, const ServeOptions
     ARROW_ASSIGN_OR_RAISE(auto client, listener.Accept(options.accept_timeout_ms));
     if (client.fd() < 0) {
       return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
-                       "no consumer connected to '", socket_path, "' within ", options.accept_timeout_ms, " ms (", served,
-                       " of ", options.clients, " served)");
+                       "no consumer connected to '", socket_path, "' within ",
+                       options.accept_timeout_ms, " ms (", served, " of ", options.clients,
+                       " served)");
     }
     if (options.same_uid_only) {
       ARROW_ASSIGN_OR_RAISE(auto peer, client.Peer());
@@ -56,8 +57,8 @@ arrow::Result<UniqueFd> internal::ReceiveHandedOverFd(internal::UnixSocket& sock
 }
 
 arrow::Result<UniqueFd> ReceiveFd(const std::string& socket_path, int connect_timeout_ms) {
-  ARROW_ASSIGN_OR_RAISE(auto socket, internal::UnixSocket::Connect(socket_path, SOCK_STREAM,
-                                                                   connect_timeout_ms));
+  ARROW_ASSIGN_OR_RAISE(
+      auto socket, internal::UnixSocket::Connect(socket_path, SOCK_STREAM, connect_timeout_ms));
   return internal::ReceiveHandedOverFd(socket, socket_path, internal::kHandoverReplyTimeoutMs);
 }
 

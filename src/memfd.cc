@@ -40,8 +40,8 @@ arrow::Status Memfd::Commit(int64_t offset, int64_t length) {
                          "/proc/meminfo): reserve more with /proc/sys/vm/nr_hugepages, or choose ",
                          "the page policy auto");
     }
-    return ErrnoStatus(errno, "fallocate(memfd fd ", fd_.get(), ", offset ", offset,
-                       ", length ", length, "): shared memory exhausted?");
+    return ErrnoStatus(errno, "fallocate(memfd fd ", fd_.get(), ", offset ", offset, ", length ",
+                       length, "): shared memory exhausted?");
   }
   return arrow::Status::OK();
 }

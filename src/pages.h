@@ -24,8 +24,8 @@ inline constexpr int64_t kHugePageSize = int64_t{2} << 20;
 /// exhaustion is an error here and never a SIGBUS at a later write. kAuto under
 /// shmem_enabled=advise allocates by faulting the range in (MADV_POPULATE_WRITE): the kernel
 /// then picks huge pages only for a fault in a MADV_HUGEPAGE mapping.
-[[nodiscard]] arrow::Status CommitPages(Memfd& memfd, uint8_t* base, int64_t offset,
-                                        int64_t length, PagePolicy policy);
+[[nodiscard]] arrow::Status CommitPages(Memfd& memfd, uint8_t* base, int64_t offset, int64_t length,
+                                        PagePolicy policy);
 
 /// Maps committed memory into the page table now, so that the first write to each 4 KiB page
 /// does not fault (256 MiB written: about 105 ms faulting, 34 ms pre-mapped, on the development

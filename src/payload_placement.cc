@@ -19,7 +19,6 @@ static_assert(std::endian::native == std::endian::little,
 constexpr uint32_t kContinuation = 0xFFFFFFFF;
 constexpr int64_t kPrefixSize = 8;  // continuation marker + int32 metadata length
 
-
 template <typename T>
 void Store(uint8_t* base, int64_t at, T value) {
   std::memcpy(base + at, &value, sizeof(T));
@@ -115,9 +114,8 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
       return arrow::Status::NotImplemented("body buffer ", i, " is not in CPU memory");
     }
     lengths[i] = buffer->size();
-    const int64_t at = arena_->Contains(buffer->data(), buffer->size())
-                           ? arena_->OffsetOf(buffer->data())
-                           : -1;
+    const int64_t at =
+        arena_->Contains(buffer->data(), buffer->size()) ? arena_->OffsetOf(buffer->data()) : -1;
     if (at >= body_start && (at - body_start) % 8 == 0) {
       offsets[i] = at - body_start;
       stats_->bytes_in_place += buffer->size();

@@ -166,9 +166,9 @@ struct Published {
 struct Outgoing {
   proto::Type type = proto::Type::kBatch;
   uint32_t stream = 0;
-  std::shared_ptr<Published> batch;                 // kBatch
-  std::shared_ptr<const arrow::Schema> schema;      // kSchema
-  proto::Error error;                               // kError
+  std::shared_ptr<Published> batch;             // kBatch
+  std::shared_ptr<const arrow::Schema> schema;  // kSchema
+  proto::Error error;                           // kError
 };
 
 /// The batches one consumer holds (sent, not released yet): at most about twice its credits, so
@@ -235,8 +235,8 @@ struct Connection {
   bool consumer_waiting = false;      // said Waiting having read all `waiting_at` entries
   uint64_t waiting_at = 0;
   bool dead = false;
-  std::string death;  // why it was dropped
-  std::vector<uint32_t> open_requests;  // queued for a worker or running
+  std::string death;                               // why it was dropped
+  std::vector<uint32_t> open_requests;             // queued for a worker or running
   std::chrono::steady_clock::time_point accepted;  // for the handshake deadline
 
   Connection(UnixSocket s, const std::shared_ptr<internal::BlockCache>& cache)
@@ -302,9 +302,9 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   // Shared with ResponseWriterImpl.
   /// Puts the batch in shared memory. For the published stream (`for_stream0`), ring mode also
   /// writes the metadata of every projection consumers asked for.
-  arrow::Result<std::shared_ptr<Published>> Prepare(const std::shared_ptr<arrow::RecordBatch>& batch,
-                                                    std::shared_ptr<Loan>* loan,
-                                                    bool for_stream0);
+  arrow::Result<std::shared_ptr<Published>> Prepare(
+      const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>* loan,
+      bool for_stream0);
   arrow::Result<std::shared_ptr<Loan>> NewLoan(const std::shared_ptr<arrow::Schema>& schema);
   /// Sealed mode: a LoanPool for one request handler's answers, and back.
   LoanPool* AcquireLane();
@@ -374,8 +374,8 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   const ProducerOptions options_;
   // Destroyed last: everything below may hold memory of the ring.
   std::unique_ptr<internal::Ring> ring_;
-  std::unique_ptr<internal::RingPool> ring_pool_;         // waits per block_timeout_ms
-  std::unique_ptr<internal::RingPool> ring_pool_nowait_;  // for work under mutex_
+  std::unique_ptr<internal::RingPool> ring_pool_;           // waits per block_timeout_ms
+  std::unique_ptr<internal::RingPool> ring_pool_nowait_;    // for work under mutex_
   std::unique_ptr<internal::RingPool> ring_pool_requests_;  // waits per request_timeout_ms
   // Sealed mode's pools, destroyed after everything below (batches built in them may be held
   // there): the published stream's, and those lent to request handlers.
@@ -398,12 +398,13 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   ProducerStats stats_;
   proto::Writer writer_;  // encodes under mutex_
   // Published records and queue entries are made per batch: their memory is reused.
-  const std::shared_ptr<internal::BlockCache> block_cache_ = std::make_shared<internal::BlockCache>();
-  std::vector<proto::Batch> run_;  // SendRun's entries, reused under mutex_
+  const std::shared_ptr<internal::BlockCache> block_cache_ =
+      std::make_shared<internal::BlockCache>();
+  std::vector<proto::Batch> run_;          // SendRun's entries, reused under mutex_
   std::vector<uint32_t> blocked_streams_;  // Pump's, reused under mutex_
   std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
   std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
-  bool records_dying_ = false;  // dying_ is being emptied (under mutex_)
+  bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
   // Ring mode: the consumers' queue slots in the ring's reserved part.
   uint32_t queue_capacity_ = 0;
   int64_t queue_slot_bytes_ = 0;
@@ -430,7 +431,6 @@ class ProducerImpl final : public Producer, public std::enable_shared_from_this<
   int requests_in_flight_ = 0;  // queued or running, all consumers
 };
 
-
 arrow::Status ProducerImpl::Start() {
   if (options_.mode == MemoryMode::kRing) {
     // A queue holds every batch a consumer may hold (at most the producer's credits) and End.
@@ -443,17 +443,16 @@ arrow::Status ProducerImpl::Start() {
     for (int64_t slot = slots - 1; slot >= 0; --slot) {
       free_queue_slots_.push_back(static_cast<int>(slot));
     }
-    ARROW_ASSIGN_OR_RAISE(ring_, internal::Ring::Create(options_.name, options_.ring_size,
-                                                        kRingBlocks, slots * queue_slot_bytes_,
-                                                        options_.pages));
+    ARROW_ASSIGN_OR_RAISE(ring_,
+                          internal::Ring::Create(options_.name, options_.ring_size, kRingBlocks,
+                                                 slots * queue_slot_bytes_, options_.pages));
     stats_.page_size = ring_->page_size();
     ring_pool_ = std::make_unique<internal::RingPool>(ring_.get(), options_.block_timeout_ms);
     ring_pool_nowait_ = std::make_unique<internal::RingPool>(ring_.get(), 0);
     ring_pool_requests_ =
         std::make_unique<internal::RingPool>(ring_.get(), options_.request_timeout_ms);
   } else {
-    ARROW_ASSIGN_OR_RAISE(stats_.page_size,
-                          internal::ProbePageSize(options_.name, options_.pages));
+    ARROW_ASSIGN_OR_RAISE(stats_.page_size, internal::ProbePageSize(options_.name, options_.pages));
   }
   ARROW_ASSIGN_OR_RAISE(auto listener,
                         UnixSocket::Listen(address_, SOCK_SEQPACKET, options_.socket_mode));
@@ -515,8 +514,7 @@ arrow::MemoryPool* ProducerImpl::pool() {
   return &stream_lane_;
 }
 
-arrow::Result<Placement> ProducerImpl::PlaceInRing(Published& p,
-                                                   const std::vector<int>& projection,
+arrow::Result<Placement> ProducerImpl::PlaceInRing(Published& p, const std::vector<int>& projection,
                                                    internal::RingPool* pool) {
   std::shared_ptr<arrow::RecordBatch> target = p.batch;
   if (!projection.empty()) {
@@ -645,8 +643,9 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
                        "; call ChangeSchema first");
     }
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
-    ARROW_RETURN_NOT_OK(WaitFor(lock, options_.block_timeout_ms, [this] { return HasRoom(); },
-                                "room: a consumer is a full backlog behind"));
+    ARROW_RETURN_NOT_OK(WaitFor(
+        lock, options_.block_timeout_ms, [this] { return HasRoom(); },
+        "room: a consumer is a full backlog behind"));
     loan = std::move(loan_);
     // The lane stops pointing at this arena (allocations in it keep it alive): once the batch
     // is released everywhere its memory returns, without waiting for the next pool() call.
@@ -725,8 +724,8 @@ void ProducerImpl::Enqueue(Connection& c, Outgoing out) {
     const size_t controls = c.pending.size() - c.pending_batches - c.pending_responses;
     if (controls > kMaxQueuedControls) {
       Kill(c,
-           "consumer does not read: " + std::to_string(controls) +
-               " messages wait for it (limit " + std::to_string(kMaxQueuedControls) + ")",
+           "consumer does not read: " + std::to_string(controls) + " messages wait for it (limit " +
+               std::to_string(kMaxQueuedControls) + ")",
            proto::ErrorCode::kLimit);
       c.pending.clear();  // what it holds stays until the connection is reaped
       c.pending_batches = 0;
@@ -887,8 +886,8 @@ void ProducerImpl::Pump(Connection& c) {
     }
     auto sent = std::next(it) == last ? SendOne(c, out) : SendRun(c, it, last);
     if (!sent.ok()) {
-      const auto code = sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch
-                                                  : proto::ErrorCode::kLimit;
+      const auto code =
+          sent.status().IsInvalid() ? proto::ErrorCode::kSchemaMismatch : proto::ErrorCode::kLimit;
       Kill(c, sent.status().message(), code);
       WakeIfWaiting(c);
       return;
@@ -1088,7 +1087,8 @@ int ProducerImpl::ExpireSilentConnections() {
     if (c->welcomed || c->dead) continue;
     const auto deadline = c->accepted + limit;
     if (deadline <= now) {
-      Kill(*c, "no Hello within " + std::to_string(limit.count()) + " ms", proto::ErrorCode::kLimit);
+      Kill(*c, "no Hello within " + std::to_string(limit.count()) + " ms",
+           proto::ErrorCode::kLimit);
       continue;
     }
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
@@ -1178,8 +1178,8 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       if (c.queue_capacity == 0) return proto::ProtocolError("Waiting without a queue");
       ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
       if (read > c.queue_written) {
-        return proto::ProtocolError("Waiting after reading ", read,
-                                    " queue entries, but ", c.queue_written, " were written");
+        return proto::ProtocolError("Waiting after reading ", read, " queue entries, but ",
+                                    c.queue_written, " were written");
       }
       c.consumer_waiting = true;
       c.waiting_at = read;
@@ -1195,8 +1195,7 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       changed_.notify_all();
       return arrow::Status::OK();
     default:
-      return proto::ProtocolError("unexpected ", proto::TypeName(header.type),
-                                  " from a consumer");
+      return proto::ProtocolError("unexpected ", proto::TypeName(header.type), " from a consumer");
   }
 }
 
@@ -1213,8 +1212,9 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
       (hello.flags & proto::kHelloDescribe) && (hello.features & proto::kFeatureDescribe);
   const int64_t welcomed = ActiveConsumers();
   if (!describe && welcomed >= options_.max_consumers) {
-    Kill(c, "producer already serves " + std::to_string(welcomed) + " consumers (limit " +
-                std::to_string(options_.max_consumers) + ")",
+    Kill(c,
+         "producer already serves " + std::to_string(welcomed) + " consumers (limit " +
+             std::to_string(options_.max_consumers) + ")",
          proto::ErrorCode::kLimit);
     return arrow::Status::OK();
   }
@@ -1261,8 +1261,8 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
     schema = internal::ProjectSchema(*first_schema, c.projection);
   }
   c.lossy = hello.flags & proto::kHelloLossy;
-  c.batch_runs = ring_ != nullptr && (hello.features & proto::FeaturesOf(hello.minor) &
-                                      proto::kFeatureBatchRuns);
+  c.batch_runs = ring_ != nullptr &&
+                 (hello.features & proto::FeaturesOf(hello.minor) & proto::kFeatureBatchRuns);
   c.credits = static_cast<size_t>(options_.max_in_flight);
   if (hello.max_in_flight > 0) c.credits = std::min<size_t>(c.credits, hello.max_in_flight);
 
@@ -1339,10 +1339,10 @@ void ProducerImpl::StartRequest(Connection& c, uint32_t stream, std::string requ
                          " requests in flight (limit " +
                          std::to_string(options_.max_requests_per_consumer) + ")"};
   } else if (requests_in_flight_ >= options_.max_requests) {
-    refusal.error = {proto::ErrorCode::kLimit,
-                     "the producer already has " + std::to_string(requests_in_flight_) +
-                         " requests in flight (limit " + std::to_string(options_.max_requests) +
-                         ")"};
+    refusal.error = {proto::ErrorCode::kLimit, "the producer already has " +
+                                                   std::to_string(requests_in_flight_) +
+                                                   " requests in flight (limit " +
+                                                   std::to_string(options_.max_requests) + ")"};
   }
   if (!refusal.error.message.empty()) {
     Enqueue(c, std::move(refusal));
@@ -1454,8 +1454,7 @@ arrow::Status ResponseWriterImpl::Write(const std::shared_ptr<arrow::RecordBatch
     announced_ = batch->schema();
     new_schema = announced_;
   }
-  return producer_->SendResponse(connection_, stream_, std::move(new_schema),
-                                 std::move(published));
+  return producer_->SendResponse(connection_, stream_, std::move(new_schema), std::move(published));
 }
 
 arrow::Status ProducerImpl::Describe(Connection& c, const proto::Hello& hello) {
@@ -1480,8 +1479,9 @@ arrow::Status ProducerImpl::Describe(Connection& c, const proto::Hello& hello) {
 
 arrow::Status ProducerImpl::WaitForConsumers(int count, int timeout_ms) {
   std::unique_lock lock(mutex_);
-  return WaitFor(lock, timeout_ms, [&] { return ActiveConsumers() >= count; },
-                 std::to_string(count) + " consumers");
+  return WaitFor(
+      lock, timeout_ms, [&] { return ActiveConsumers() >= count; },
+      std::to_string(count) + " consumers");
 }
 
 arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {

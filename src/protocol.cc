@@ -6,18 +6,30 @@ namespace shmarrow::internal::protocol {
 
 const char* TypeName(Type type) {
   switch (type) {
-    case Type::kHello: return "Hello";
-    case Type::kWelcome: return "Welcome";
-    case Type::kBatch: return "Batch";
-    case Type::kRelease: return "Release";
-    case Type::kSchema: return "Schema";
-    case Type::kEnd: return "End";
-    case Type::kError: return "Error";
-    case Type::kRequest: return "Request";
-    case Type::kBye: return "Bye";
-    case Type::kBatches: return "Batches";
-    case Type::kWake: return "Wake";
-    case Type::kWaiting: return "Waiting";
+    case Type::kHello:
+      return "Hello";
+    case Type::kWelcome:
+      return "Welcome";
+    case Type::kBatch:
+      return "Batch";
+    case Type::kRelease:
+      return "Release";
+    case Type::kSchema:
+      return "Schema";
+    case Type::kEnd:
+      return "End";
+    case Type::kError:
+      return "Error";
+    case Type::kRequest:
+      return "Request";
+    case Type::kBye:
+      return "Bye";
+    case Type::kBatches:
+      return "Batches";
+    case Type::kWake:
+      return "Wake";
+    case Type::kWaiting:
+      return "Waiting";
   }
   return "unknown";
 }
@@ -110,13 +122,12 @@ std::span<const uint8_t> Writer::Finish() {
 
 arrow::Result<Header> Reader::ReadHeader() {
   if (data_.size() < kHeaderSize) {
-    return ProtocolError(data_.size(), "-byte message is shorter than the ",
-                         kHeaderSize, "-byte header");
+    return ProtocolError(data_.size(), "-byte message is shorter than the ", kHeaderSize,
+                         "-byte header");
   }
   ARROW_ASSIGN_OR_RAISE(auto magic, U32("magic"));
   if (magic != kMagic) {
-    return ProtocolError("bad magic 0x", std::hex, magic, " (expected 0x",
-                         kMagic, ")");
+    return ProtocolError("bad magic 0x", std::hex, magic, " (expected 0x", kMagic, ")");
   }
   Header header;
   ARROW_ASSIGN_OR_RAISE(auto type, U16("type"));
@@ -128,8 +139,8 @@ arrow::Result<Header> Reader::ReadHeader() {
   }
   if (flags != 0) return ProtocolError("unknown header flags ", flags);
   if (length != data_.size() - kHeaderSize) {
-    return ProtocolError("header announces ", length, " payload bytes, the ",
-                         "message has ", data_.size() - kHeaderSize);
+    return ProtocolError("header announces ", length, " payload bytes, the ", "message has ",
+                         data_.size() - kHeaderSize);
   }
   header.type = static_cast<Type>(type);
   return header;
@@ -138,9 +149,8 @@ arrow::Result<Header> Reader::ReadHeader() {
 arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length) {
   ARROW_ASSIGN_OR_RAISE(auto length, U32(field));
   if (length > max_length || length > data_.size() - position_) {
-    return ProtocolError("field '", field, "' claims ", length,
-                         " bytes at byte ", position_, "; ", data_.size() - position_,
-                         " remain, limit ", max_length);
+    return ProtocolError("field '", field, "' claims ", length, " bytes at byte ", position_, "; ",
+                         data_.size() - position_, " remain, limit ", max_length);
   }
   std::string out(reinterpret_cast<const char*>(data_.data() + position_), length);
   position_ += length;
@@ -149,8 +159,7 @@ arrow::Result<std::string> Reader::Bytes(const char* field, uint32_t max_length)
 
 arrow::Status Reader::ExpectEnd(const char* message) const {
   if (position_ != data_.size()) {
-    return ProtocolError(data_.size() - position_,
-                         " unexpected trailing bytes in ", message);
+    return ProtocolError(data_.size() - position_, " unexpected trailing bytes in ", message);
   }
   return arrow::Status::OK();
 }
@@ -177,8 +186,7 @@ arrow::Result<Hello> DecodeHello(Reader& r) {
   ARROW_ASSIGN_OR_RAISE(m.max_in_flight, r.U32("max_in_flight"));
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("column count"));
   if (count > kMaxColumns) {
-    return ProtocolError("Hello asks for ", count, " columns (limit ",
-                         kMaxColumns, ")");
+    return ProtocolError("Hello asks for ", count, " columns (limit ", kMaxColumns, ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto name, r.Bytes("column name", kMaxName));
@@ -257,8 +265,7 @@ std::span<const uint8_t> EncodeBatches(Writer& w, uint32_t stream, std::span<con
 arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out) {
   ARROW_ASSIGN_OR_RAISE(uint32_t count, r.U32("count"));
   if (count == 0 || count > max_count) {
-    return ProtocolError("Batches of ", count, " batches (1 to ", max_count,
-                         " allowed)");
+    return ProtocolError("Batches of ", count, " batches (1 to ", max_count, " allowed)");
   }
   out->resize(count);
   for (Batch& m : *out) ARROW_RETURN_NOT_OK(GetBatch(r, &m));
@@ -274,8 +281,7 @@ std::span<const uint8_t> EncodeRelease(Writer& w, std::span<const uint64_t> sequ
 arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out) {
   ARROW_ASSIGN_OR_RAISE(auto count, r.U32("count"));
   if (count > max_count) {
-    return ProtocolError("Release of ", count, " batches (limit ", max_count,
-                         ")");
+    return ProtocolError("Release of ", count, " batches (limit ", max_count, ")");
   }
   for (uint32_t i = 0; i < count; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto sequence, r.U64("sequence"));
@@ -355,9 +361,8 @@ arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
   ARROW_ASSIGN_OR_RAISE(auto welcome, DecodeWelcome(reader));
   if (welcome.major != kMajorVersion) {
     return MakeError(arrow::StatusCode::Invalid, ErrorCode::kVersion, "producer speaks protocol ",
-                     welcome.major, ".", welcome.minor,
-                                  "; this consumer speaks ", kMajorVersion, ".", kMinorVersion,
-                                  " (major versions must match)");
+                     welcome.major, ".", welcome.minor, "; this consumer speaks ", kMajorVersion,
+                     ".", kMinorVersion, " (major versions must match)");
   }
   return welcome;
 }

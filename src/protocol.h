@@ -25,15 +25,15 @@ inline constexpr size_t kHeaderSize = 16;
 inline constexpr uint32_t kMaxMessageSize = 256 * 1024;
 
 enum class Type : uint16_t {
-  kHello = 1,    // consumer → producer: versions, wishes (mode flags, credits, projection, schema)
-  kWelcome = 2,  // producer → consumer: versions, limits, mode, schema; ring mode: 1 fd (the ring)
-  kBatch = 3,    // producer → consumer: where one batch is; sealed mode: 1 fd (its memfd)
-  kRelease = 4,  // consumer → producer: batches it no longer holds
-  kSchema = 5,   // producer → consumer: the schema of the batches that follow on a stream
-  kEnd = 6,      // producer → consumer: a stream ended normally
-  kError = 7,    // either way: on stream 0 fatal (the connection closes), else that request failed
-  kRequest = 8,  // consumer → producer: opaque request bytes; the answer is stream `stream`
-  kBye = 9,      // consumer → producer: leaving
+  kHello = 1,     // consumer → producer: versions, wishes (mode flags, credits, projection, schema)
+  kWelcome = 2,   // producer → consumer: versions, limits, mode, schema; ring mode: 1 fd (the ring)
+  kBatch = 3,     // producer → consumer: where one batch is; sealed mode: 1 fd (its memfd)
+  kRelease = 4,   // consumer → producer: batches it no longer holds
+  kSchema = 5,    // producer → consumer: the schema of the batches that follow on a stream
+  kEnd = 6,       // producer → consumer: a stream ended normally
+  kError = 7,     // either way: on stream 0 fatal (the connection closes), else that request failed
+  kRequest = 8,   // consumer → producer: opaque request bytes; the answer is stream `stream`
+  kBye = 9,       // consumer → producer: leaving
   kBatches = 10,  // producer → consumer, ring mode, 1.1 with kFeatureBatchRuns: several Batch
   kWake = 11,     // producer → consumer, 1.1 with kFeatureQueue: the queue has new entries
   kWaiting = 12,  // consumer → producer, 1.1 with kFeatureQueue: read N entries, will sleep
@@ -79,8 +79,8 @@ using ErrorCode = shmarrow::ErrorCode;
 /// "protocol: " + what.
 template <typename... Args>
 [[nodiscard]] arrow::Status ProtocolError(Args&&... what) {
-  return MakeError(arrow::StatusCode::Invalid, ErrorCode::kProtocol, "protocol: ",
-                   std::forward<Args>(what)...);
+  return MakeError(arrow::StatusCode::Invalid, ErrorCode::kProtocol,
+                   "protocol: ", std::forward<Args>(what)...);
 }
 
 struct Header {
@@ -226,7 +226,8 @@ std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
 /// Replaces `out`'s contents (reused by the caller): 1 to `max_count` entries.
 [[nodiscard]] arrow::Status DecodeBatches(Reader& r, uint32_t max_count, std::vector<Batch>* out);
 /// Appends to `out` (reused by the caller); at most `max_count` entries.
-[[nodiscard]] arrow::Status DecodeRelease(Reader& r, uint32_t max_count, std::vector<uint64_t>* out);
+[[nodiscard]] arrow::Status DecodeRelease(Reader& r, uint32_t max_count,
+                                          std::vector<uint64_t>* out);
 [[nodiscard]] arrow::Result<std::string> DecodeSchema(Reader& r);
 [[nodiscard]] arrow::Result<Error> DecodeError(Reader& r);
 [[nodiscard]] arrow::Result<std::string> DecodeRequest(Reader& r);

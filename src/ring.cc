@@ -24,7 +24,9 @@ struct BlockHeader {
   uint32_t slot;
 };
 
-int64_t AlignUp(int64_t n, int64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+int64_t AlignUp(int64_t n, int64_t alignment) {
+  return (n + alignment - 1) / alignment * alignment;
+}
 
 alignas(64) uint8_t zero_size_area[1];
 
@@ -97,9 +99,9 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
   std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
     return MakeError(
-        arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout,
-        "ring full: ", size, " bytes requested, ", bytes_in_use_, " of ", arena_size_,
-        " bytes held by ", count_, " blocks after waiting ", wait_ms,
+        arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout, "ring full: ", size,
+        " bytes requested, ", bytes_in_use_, " of ", arena_size_, " bytes held by ", count_,
+        " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
   if (closed_) return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");

@@ -41,8 +41,8 @@ arrow::Status CheckSchema(const arrow::Schema& expected, const arrow::Schema& ac
       if (i >= actual.num_fields()) break;
       const auto& have = *actual.field(i);
       if (!want.Equals(have)) {
-        note("field " + std::to_string(i) + ": expected '" + want.ToString() +
-             "', producer has '" + have.ToString() + "'");
+        note("field " + std::to_string(i) + ": expected '" + want.ToString() + "', producer has '" +
+             have.ToString() + "'");
       }
       continue;
     }

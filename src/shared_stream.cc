@@ -122,7 +122,8 @@ class UncompressedMessageReader final : public arrow::ipc::MessageReader {
 
 bool DataInside(const SharedStream& stream, const arrow::ArrayData& data) {
   for (const auto& buffer : data.buffers) {
-    if (buffer != nullptr && buffer->size() > 0 && !stream.Contains(buffer->data(), buffer->size())) {
+    if (buffer != nullptr && buffer->size() > 0 &&
+        !stream.Contains(buffer->data(), buffer->size())) {
       return false;
     }
   }
@@ -152,8 +153,8 @@ arrow::Result<std::shared_ptr<arrow::Buffer>> CopyFile(int fd, int64_t size) {
 
 }  // namespace
 
-arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
-                                                                const SharedStreamOptions& options) {
+arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(
+    UniqueFd fd, const SharedStreamOptions& options) {
   const int raw = fd.get();
   auto seals = internal::GetSeals(raw);
   const int missing = internal::kImmutableSeals & ~(seals.ok() ? *seals : 0);
@@ -164,7 +165,7 @@ arrow::Result<std::shared_ptr<SharedStream>> SharedStream::Open(UniqueFd fd,
                                     internal::SealNames(missing));
     }
   }
-  struct stat st {};
+  struct stat st{};
   if (::fstat(raw, &st) != 0) return internal::ErrnoStatus(errno, "fstat(fd ", raw, ")");
   if (!S_ISREG(st.st_mode)) {
     return arrow::Status::Invalid("fd ", raw, " is not a regular file (st_mode 0", std::oct,
@@ -199,21 +200,20 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> SharedStream::OpenReade
 
 namespace internal {
 
-arrow::Status ValidateBatch(const arrow::RecordBatch& batch, Validation validation,
-                            int64_t index) {
+arrow::Status ValidateBatch(const arrow::RecordBatch& batch, Validation validation, int64_t index) {
   auto status = validation == Validation::kFull ? batch.ValidateFull() : batch.Validate();
-  return status.ok() ? status
-                     : status.WithMessage("record batch ", index, " is invalid: ", status.message());
+  return status.ok()
+             ? status
+             : status.WithMessage("record batch ", index, " is invalid: ", status.message());
 }
 
 arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> OpenValidatedStream(
     std::shared_ptr<arrow::Buffer> source, Validation validation, int64_t allocated_bytes) {
   auto input = std::make_shared<arrow::io::BufferReader>(source);
-  ARROW_ASSIGN_OR_RAISE(auto reader,
-                        arrow::ipc::RecordBatchStreamReader::Open(
-                            std::make_unique<UncompressedMessageReader>(
-                                arrow::ipc::MessageReader::Open(std::move(input))),
-                            arrow::ipc::IpcReadOptions::Defaults()));
+  ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(
+                                         std::make_unique<UncompressedMessageReader>(
+                                             arrow::ipc::MessageReader::Open(std::move(input))),
+                                         arrow::ipc::IpcReadOptions::Defaults()));
   ARROW_RETURN_NOT_OK(internal::CheckUtf8Names(*reader->schema()));
   return std::make_shared<ValidatingReader>(std::move(reader), std::move(source), validation,
                                             allocated_bytes);

@@ -52,7 +52,8 @@ arrow::Result<std::unique_ptr<SharedStreamWriter>> SharedStreamWriter::Open(
   // Body compression would rewrite every buffer: never zero-copy, so it stays off.
   auto ipc_options = arrow::ipc::IpcWriteOptions::Defaults();
   ARROW_ASSIGN_OR_RAISE(int64_t gap, MetadataGapSize(*impl->schema, ipc_options));
-  ARROW_ASSIGN_OR_RAISE(impl->arena, internal::Arena::Create(options.name, options.capacity, options.pages));
+  ARROW_ASSIGN_OR_RAISE(impl->arena,
+                        internal::Arena::Create(options.name, options.capacity, options.pages));
   impl->pool = std::make_unique<internal::ArenaPool>(impl->arena.get());
   auto placement =
       std::make_unique<internal::ArenaPayloadWriter>(impl->arena.get(), gap, &impl->stats);

@@ -110,13 +110,27 @@ std::string JsonQuote(const std::string& text) {
       continue;
     }
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20 || c == 0x7F) {
           char escaped[7];
@@ -179,8 +193,9 @@ std::string SummaryJson(const arrow::Schema& schema, int64_t batches, int64_t ro
 
 std::string ColumnJson(const arrow::Field& field, int64_t null_count,
                        std::optional<uint64_t> checksum) {
-  return "{\"name\":" + JsonQuote(field.name()) + ",\"type\":" +
-         JsonQuote(field.type()->ToString()) + ",\"null_count\":" + std::to_string(null_count) +
+  return "{\"name\":" + JsonQuote(field.name()) +
+         ",\"type\":" + JsonQuote(field.type()->ToString()) +
+         ",\"null_count\":" + std::to_string(null_count) +
          ",\"checksum\":" + (checksum ? JsonQuote(Hex(*checksum)) : "null") + "}";
 }
 

@@ -86,7 +86,7 @@ UnixSocket& UnixSocket::operator=(UnixSocket&& other) noexcept {
 
 void UnixSocket::RemoveOwnFile() noexcept {
   if (unlink_path_.empty()) return;
-  struct stat st {};
+  struct stat st{};
   if (::lstat(unlink_path_.c_str(), &st) == 0 && st.st_dev == unlink_device_ &&
       st.st_ino == unlink_inode_) {
     ::unlink(unlink_path_.c_str());
@@ -99,7 +99,7 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
   ARROW_ASSIGN_OR_RAISE(UniqueFd fd, NewSocket(type));
   const bool abstract = path[0] == '@';
   if (!abstract) {
-    struct stat st {};
+    struct stat st{};
     if (::lstat(path.c_str(), &st) == 0) {
       if (!S_ISSOCK(st.st_mode)) {
         return arrow::Status::IOError("refusing to replace '", path, "': it is not a socket");
@@ -126,7 +126,7 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
   }
   UnixSocket socket(std::move(fd), abstract ? "" : path);
   if (!abstract) {
-    struct stat bound {};
+    struct stat bound{};
     if (::lstat(path.c_str(), &bound) != 0) return ErrnoStatus(errno, "lstat('", path, "')");
     socket.unlink_device_ = bound.st_dev;
     socket.unlink_inode_ = bound.st_ino;
@@ -204,7 +204,7 @@ arrow::Status UnixSocket::Send(std::span<const uint8_t> data, std::span<const in
 }
 
 arrow::Result<bool> UnixSocket::TrySendDatagram(std::span<const uint8_t> data,
-                                               std::span<const int> fds) {
+                                                std::span<const int> fds) {
   if (fds.size() > static_cast<size_t>(kMaxFdsPerMessage)) {
     return arrow::Status::Invalid("cannot send ", fds.size(), " fds in one message");
   }
@@ -286,8 +286,7 @@ arrow::Result<Received> UnixSocket::Receive(std::span<uint8_t> data, int max_fds
     return arrow::Status::IOError("unexpected control message (not SCM_RIGHTS) on fd ", fd());
   }
   if (out.fds.size() > static_cast<size_t>(max_fds)) {
-    return arrow::Status::IOError("peer sent ", out.fds.size(), " fds, expected at most ",
-                                  max_fds);
+    return arrow::Status::IOError("peer sent ", out.fds.size(), " fds, expected at most ", max_fds);
   }
   return out;
 }

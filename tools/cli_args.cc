@@ -81,8 +81,7 @@ arrow::Result<Args> Args::Parse(const std::vector<std::string>& argv,
   Args args;
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
-    const bool negative_number =
-        arg.size() > 1 && std::isdigit(static_cast<unsigned char>(arg[1]));
+    const bool negative_number = arg.size() > 1 && std::isdigit(static_cast<unsigned char>(arg[1]));
     if (arg.size() < 2 || arg[0] != '-' || negative_number) {
       args.positional_.push_back(arg);
       continue;
@@ -169,10 +168,14 @@ arrow::Result<int64_t> Args::Bytes(const std::string& name, int64_t fallback) {
   auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), value);
   const std::string suffix(end, text.data() + text.size());
   int shift = -1;
-  if (suffix.empty()) shift = 0;
-  else if (suffix == "K" || suffix == "k" || suffix == "KiB") shift = 10;
-  else if (suffix == "M" || suffix == "MiB") shift = 20;
-  else if (suffix == "G" || suffix == "GiB") shift = 30;
+  if (suffix.empty())
+    shift = 0;
+  else if (suffix == "K" || suffix == "k" || suffix == "KiB")
+    shift = 10;
+  else if (suffix == "M" || suffix == "MiB")
+    shift = 20;
+  else if (suffix == "G" || suffix == "GiB")
+    shift = 30;
   if (err != std::errc() || end == text.data() || shift < 0 || value < 0 ||
       value > (std::numeric_limits<int64_t>::max() >> shift)) {
     return UsageError(name + " expects a byte count (e.g. 4096, 64MiB, 1GiB), got '" + text + "'");

@@ -27,7 +27,8 @@ arrow::Result<std::string> ReadTextFile(const std::string& option, const std::st
 
 arrow::Result<std::string> FlightToken(Args& args) {
   if (args.Has("--token-file")) {
-    ARROW_ASSIGN_OR_RAISE(auto token, ReadTextFile("--token-file", args.String("--token-file", "")));
+    ARROW_ASSIGN_OR_RAISE(auto token,
+                          ReadTextFile("--token-file", args.String("--token-file", "")));
     while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) token.pop_back();
     if (token.empty()) return UsageError("--token-file holds an empty token");
     return token;
@@ -75,11 +76,15 @@ arrow::Status RunFlightServe(Args& args) {
     return UsageError("need --max-in-flight >= 0 and --connect-timeout-ms >= 0");
   }
   if (retain < 0 || retain > INT32_MAX || max_consumers < 1 || max_consumers > INT32_MAX ||
-      wait_consumers < 0 || wait_consumers > INT32_MAX || drain_timeout_ms < 0 || drain_timeout_ms > INT32_MAX) {
-    return UsageError("need --retain, --wait-consumers, --drain-timeout-ms >= 0, --max-consumers >= 1");
+      wait_consumers < 0 || wait_consumers > INT32_MAX || drain_timeout_ms < 0 ||
+      drain_timeout_ms > INT32_MAX) {
+    return UsageError(
+        "need --retain, --wait-consumers, --drain-timeout-ms >= 0, --max-consumers >= 1");
   }
-  if (validate == "basic") options.consumer.validation = Validation::kBasic;
-  else if (validate != "full") return UsageError("--validate takes full or basic");
+  if (validate == "basic")
+    options.consumer.validation = Validation::kBasic;
+  else if (validate != "full")
+    return UsageError("--validate takes full or basic");
   if (mode != "ring" && mode != "sealed") return UsageError("--mode takes ring or sealed");
   options.consumer.max_in_flight = static_cast<int>(max_in_flight);
   options.consumer.connect_timeout_ms = static_cast<int>(connect_timeout_ms);
@@ -104,16 +109,16 @@ arrow::Status RunFlightServe(Args& args) {
   // The address alone on stdout (port 0 picks a free one), for scripts; the rest on stderr.
   std::cout << bridge->location() << std::endl;
   std::cerr << "shmarrow flight-serve: " << (options.ingest ? "ingesting into and " : "")
-            << "serving '" << options.socket << "' at "
-            << bridge->location() << (options.token.empty() ? "" : " (bearer token required)")
+            << "serving '" << options.socket << "' at " << bridge->location()
+            << (options.token.empty() ? "" : " (bearer token required)")
             << "; SIGINT or SIGTERM stops" << std::endl;
   int received = 0;
   sigwait(&stop_signals, &received);
   ARROW_RETURN_NOT_OK(bridge->Shutdown());
   const auto stats = bridge->stats();
   std::cerr << "shmarrow flight-serve: stopped; " << stats.streams_served << " streams, "
-            << stats.batches_sent << " batches sent, " << stats.calls_refused
-            << " calls refused, " << stats.batches_ingested << " batches ingested" << std::endl;
+            << stats.batches_sent << " batches sent, " << stats.calls_refused << " calls refused, "
+            << stats.batches_ingested << " batches ingested" << std::endl;
   return arrow::Status::OK();
 }
 

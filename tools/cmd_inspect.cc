@@ -37,7 +37,8 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadAll(const std::string& path, b
     }
     return file_reader->schema();
   }
-  ARROW_ASSIGN_OR_RAISE(auto stream_reader, arrow::ipc::RecordBatchStreamReader::Open(file, options));
+  ARROW_ASSIGN_OR_RAISE(auto stream_reader,
+                        arrow::ipc::RecordBatchStreamReader::Open(file, options));
   for (int i = 0;; ++i) {
     ARROW_ASSIGN_OR_RAISE(auto batch, stream_reader->Next());
     if (batch == nullptr) break;
@@ -71,7 +72,8 @@ arrow::Status RunInspect(Args& args) {
     return arrow::Status::OK();
   }
   std::cout << path << ": valid Arrow IPC " << format << (is_file ? " (Feather v2)" : "") << "\n"
-            << "schema:\n" << (*schema)->ToString() << "\n"
+            << "schema:\n"
+            << (*schema)->ToString() << "\n"
             << summary.batches() << " record batches, " << summary.rows() << " rows\n";
   for (size_t i = 0; i < batches.size(); ++i) {
     std::cout << "  batch " << i << ": " << batches[i]->num_rows() << " rows\n";

@@ -105,8 +105,9 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   }
   if (!(rate >= 0) || wait_consumers < 0 || wait_consumers > kIntMax || retain < 0 ||
       retain > kIntMax || change_at < 0 || drain_timeout_ms < 0 || drain_timeout_ms > kIntMax) {
-    return UsageError("need --rate, --wait-consumers, --retain, --schema-change-at and "
-                      "--drain-timeout-ms >= 0");
+    return UsageError(
+        "need --rate, --wait-consumers, --retain, --schema-change-at and "
+        "--drain-timeout-ms >= 0");
   }
   if (block_timeout_ms < -1 || block_timeout_ms > kIntMax || accept_timeout_ms < -1 ||
       accept_timeout_ms > kIntMax) {
@@ -132,11 +133,11 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   if (serve_requests) {
     auto requests = std::make_shared<std::atomic<uint64_t>>(0);
     Producer* self = producer.get();  // the handler dies with the producer
-    producer->SetRequestHandler([self, requests, seed, null_fraction](
-                                    std::string_view request, ResponseWriter& response) {
-      const uint64_t request_seed = static_cast<uint64_t>(seed) + 0x9E3779B9ULL * ++*requests;
-      return ServeRequest(*self, request, response, request_seed, null_fraction);
-    });
+    producer->SetRequestHandler(
+        [self, requests, seed, null_fraction](std::string_view request, ResponseWriter& response) {
+          const uint64_t request_seed = static_cast<uint64_t>(seed) + 0x9E3779B9ULL * ++*requests;
+          return ServeRequest(*self, request, response, request_seed, null_fraction);
+        });
   }
   std::cerr << "shmarrow send: " << mode << " producer listening on " << socket;
   if (wait_consumers > 0) std::cerr << "; waiting for " << wait_consumers << " consumer(s)";
@@ -158,8 +159,8 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
       generator = BatchGenerator(schema, static_cast<uint64_t>(seed) + 1, null_fraction);
     }
     if (rate > 0) {
-      std::this_thread::sleep_until(
-          start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / rate)));
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(i / rate)));
     }
     arrow::MemoryPool* pool = producer->pool();
     if (pool == nullptr) return arrow::Status::OutOfMemory("no shared memory for batch ", i + 1);
@@ -188,13 +189,12 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
   producer->Close();
   summary.SetSchema(schema);
   if (json) {
-    std::cout << summary.ToJson(
-                     "\"mode\":" + JsonQuote(mode) + ",\"socket\":" + JsonQuote(socket) +
-                     ",\"producer\":{\"published\":" + std::to_string(stats.published) +
-                     ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
-                     ",\"consumers_total\":" + std::to_string(stats.consumers_total) +
-                     ",\"dropped\":" + std::to_string(stats.dropped) +
-                     ",\"page_size\":" + std::to_string(stats.page_size) + "}")
+    std::cout << summary.ToJson("\"mode\":" + JsonQuote(mode) + ",\"socket\":" + JsonQuote(socket) +
+                                ",\"producer\":{\"published\":" + std::to_string(stats.published) +
+                                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) +
+                                ",\"consumers_total\":" + std::to_string(stats.consumers_total) +
+                                ",\"dropped\":" + std::to_string(stats.dropped) +
+                                ",\"page_size\":" + std::to_string(stats.page_size) + "}")
               << std::endl;
   } else {
     std::cerr << "shmarrow send: published " << stats.published << " batches, " << summary.rows()

@@ -22,8 +22,11 @@ std::string SealList(int seals) {
   static constexpr struct {
     int bit;
     const char* name;
-  } kOrder[] = {{0x1, "F_SEAL_SEAL"}, {0x2, "F_SEAL_SHRINK"}, {0x4, "F_SEAL_GROW"},
-                {0x8, "F_SEAL_WRITE"}, {0x10, "F_SEAL_FUTURE_WRITE"}};
+  } kOrder[] = {{0x1, "F_SEAL_SEAL"},
+                {0x2, "F_SEAL_SHRINK"},
+                {0x4, "F_SEAL_GROW"},
+                {0x8, "F_SEAL_WRITE"},
+                {0x10, "F_SEAL_FUTURE_WRITE"}};
   std::string out;
   for (const auto& seal : kOrder) {
     if (seals & seal.bit) out += (out.empty() ? "" : "|") + std::string(seal.name);
@@ -92,8 +95,10 @@ arrow::Status RunRecv(Args& args) {
   ARROW_RETURN_NOT_OK(args.CheckAllUsed("does not apply to recv"));
   ARROW_ASSIGN_OR_RAISE(options.allowed_uids, SplitUids(allowed_uids));
 
-  if (validate == "basic") options.validation = Validation::kBasic;
-  else if (validate != "full") return UsageError("--validate takes full or basic");
+  if (validate == "basic")
+    options.validation = Validation::kBasic;
+  else if (validate != "full")
+    return UsageError("--validate takes full or basic");
   if (connect_timeout_ms < 0 || connect_timeout_ms > INT32_MAX || read_timeout_ms < -1 ||
       read_timeout_ms > INT32_MAX) {
     return UsageError(

@@ -46,8 +46,7 @@ class SyncReadFile final : public arrow::io::RandomAccessFile {
                                                        bool allow_short_read) override {
     return file_->ReadAt(position, nbytes, allow_short_read);
   }
-  arrow::Result<std::shared_ptr<arrow::Buffer>> ReadAt(int64_t position,
-                                                       int64_t nbytes) override {
+  arrow::Result<std::shared_ptr<arrow::Buffer>> ReadAt(int64_t position, int64_t nbytes) override {
     return file_->ReadAt(position, nbytes);
   }
   arrow::Future<std::shared_ptr<arrow::Buffer>> ReadAsync(const arrow::io::IOContext&,
@@ -121,13 +120,13 @@ arrow::Status RunSend(Args& args) {
   ARROW_ASSIGN_OR_RAISE(int64_t clients, args.Int("--clients", 1));
   ARROW_ASSIGN_OR_RAISE(int64_t accept_timeout_ms, args.Int("--accept-timeout-ms", -1));
   WriterOptions writer_options;
-  ARROW_ASSIGN_OR_RAISE(writer_options.capacity,
-                        args.Bytes("--capacity", writer_options.capacity));
+  ARROW_ASSIGN_OR_RAISE(writer_options.capacity, args.Bytes("--capacity", writer_options.capacity));
   const bool json = args.Flag("--json");
   ARROW_RETURN_NOT_OK(args.CheckAllUsed("needs --mode ring|sealed"));
   if (rows < 0 || batches < 1 || clients < 1 || !(null_fraction >= 0 && null_fraction <= 1)) {
-    return UsageError("need --rows >= 0, --batches >= 1, --clients >= 1 and "
-                      "--null-fraction in [0, 1]");
+    return UsageError(
+        "need --rows >= 0, --batches >= 1, --clients >= 1 and "
+        "--null-fraction in [0, 1]");
   }
 
   std::shared_ptr<arrow::Schema> schema;
@@ -162,16 +161,16 @@ arrow::Status RunSend(Args& args) {
   }
   ARROW_ASSIGN_OR_RAISE(auto sealed, writer->Finish());
 
-  struct stat st {};
+  struct stat st{};
   ::fstat(sealed.fd.get(), &st);
   const auto& stats = writer->stats();
   std::ostringstream announcement;
   if (json) {
     announcement << summary.ToJson(
-        "\"memfd\":{\"inode\":" + std::to_string(st.st_ino) + ",\"bytes\":" +
-        std::to_string(sealed.size) + "},\"placement\":{\"bytes_in_place\":" +
-        std::to_string(stats.bytes_in_place) + ",\"bytes_copied\":" +
-        std::to_string(stats.bytes_copied) + ",\"metadata_bytes\":" +
+        "\"memfd\":{\"inode\":" + std::to_string(st.st_ino) +
+        ",\"bytes\":" + std::to_string(sealed.size) +
+        "},\"placement\":{\"bytes_in_place\":" + std::to_string(stats.bytes_in_place) +
+        ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) + ",\"metadata_bytes\":" +
         std::to_string(stats.metadata_bytes) + "},\"socket\":" + JsonQuote(socket));
   } else {
     announcement << "shmarrow send: " << summary.batches() << " batches, " << summary.rows()

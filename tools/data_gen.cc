@@ -34,11 +34,16 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ParseSchemaSpec(const std::string&
     const std::string name = item.substr(0, colon);
     const std::string type = item.substr(colon + 1);
     std::shared_ptr<arrow::DataType> arrow_type;
-    if (type == "int32") arrow_type = arrow::int32();
-    else if (type == "int64") arrow_type = arrow::int64();
-    else if (type == "float64" || type == "double") arrow_type = arrow::float64();
-    else if (type == "utf8" || type == "string") arrow_type = arrow::utf8();
-    else if (type == "bool") arrow_type = arrow::boolean();
+    if (type == "int32")
+      arrow_type = arrow::int32();
+    else if (type == "int64")
+      arrow_type = arrow::int64();
+    else if (type == "float64" || type == "double")
+      arrow_type = arrow::float64();
+    else if (type == "utf8" || type == "string")
+      arrow_type = arrow::utf8();
+    else if (type == "bool")
+      arrow_type = arrow::boolean();
     else {
       return arrow::Status::Invalid("column '", name, "': unknown type '", type,
                                     "' (int32, int64, float64, utf8, bool)");
@@ -81,33 +86,33 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> BatchGenerator::Next(int64_t 
       case arrow::Type::INT32: {
         arrow::Int32Builder builder(pool);
         ARROW_ASSIGN_OR_RAISE(column, Fill(builder, rows, random_, null_fraction_, [&](auto& b) {
-          b.UnsafeAppend(static_cast<int32_t>(integer(random_)));
-          return arrow::Status::OK();
-        }));
+                                b.UnsafeAppend(static_cast<int32_t>(integer(random_)));
+                                return arrow::Status::OK();
+                              }));
         break;
       }
       case arrow::Type::INT64: {
         arrow::Int64Builder builder(pool);
         ARROW_ASSIGN_OR_RAISE(column, Fill(builder, rows, random_, null_fraction_, [&](auto& b) {
-          b.UnsafeAppend(integer(random_));
-          return arrow::Status::OK();
-        }));
+                                b.UnsafeAppend(integer(random_));
+                                return arrow::Status::OK();
+                              }));
         break;
       }
       case arrow::Type::DOUBLE: {
         arrow::DoubleBuilder builder(pool);
         ARROW_ASSIGN_OR_RAISE(column, Fill(builder, rows, random_, null_fraction_, [&](auto& b) {
-          b.UnsafeAppend(real(random_));
-          return arrow::Status::OK();
-        }));
+                                b.UnsafeAppend(real(random_));
+                                return arrow::Status::OK();
+                              }));
         break;
       }
       case arrow::Type::BOOL: {
         arrow::BooleanBuilder builder(pool);
         ARROW_ASSIGN_OR_RAISE(column, Fill(builder, rows, random_, null_fraction_, [&](auto& b) {
-          b.UnsafeAppend(integer(random_) % 2 == 0);
-          return arrow::Status::OK();
-        }));
+                                b.UnsafeAppend(integer(random_) % 2 == 0);
+                                return arrow::Status::OK();
+                              }));
         break;
       }
       case arrow::Type::STRING: {
@@ -115,10 +120,11 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> BatchGenerator::Next(int64_t 
         ARROW_RETURN_NOT_OK(builder.ReserveData(rows * 8));
         char text[16];
         ARROW_ASSIGN_OR_RAISE(column, Fill(builder, rows, random_, null_fraction_, [&](auto& b) {
-          const int n = length(random_);
-          for (int i = 0; i < n; ++i) text[i] = static_cast<char>(letter(random_));
-          return b.Append(text, n);
-        }));
+                                const int n = length(random_);
+                                for (int i = 0; i < n; ++i)
+                                  text[i] = static_cast<char>(letter(random_));
+                                return b.Append(text, n);
+                              }));
         break;
       }
       default:

@@ -26,7 +26,8 @@ struct GeneratorOptions {
 [[nodiscard]] arrow::Result<GeneratorOptions> ParseGeneratorOptions(Args& args);
 
 /// "name:type[,name:type...]" with types int32, int64, float64, utf8, bool.
-[[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> ParseSchemaSpec(const std::string& spec);
+[[nodiscard]] arrow::Result<std::shared_ptr<arrow::Schema>> ParseSchemaSpec(
+    const std::string& spec);
 
 class BatchGenerator {
  public:

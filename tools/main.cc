@@ -33,7 +33,8 @@ const std::vector<OptionSpec> kVersionAndHelp = {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
-      {"send", "",
+      {"send",
+       "",
        "publish generated batches (or an Arrow IPC file) to consumers",
        {
            {"--socket", "PATH", "where to listen (/tmp/shmarrow.sock; @name: abstract namespace)"},
@@ -45,13 +46,15 @@ const std::vector<Command>& Commands() {
            {"--seed", "N", "random seed (1)"},
            {"--accept-timeout-ms", "N", "give up waiting for consumers after N ms (-1: forever)"},
            {"--json", "", "print a JSON summary of what is sent on stdout"},
-           {"", "", "without --mode, the single hand-over: build the batches in one memfd, seal\n"
-                    "it, hand it to each client"},
+           {"", "",
+            "without --mode, the single hand-over: build the batches in one memfd, seal\n"
+            "it, hand it to each client"},
            {"--from", "FILE", "republish an Arrow IPC file or stream instead"},
            {"--clients", "N", "clients to serve before exiting (1)"},
            {"--capacity", "BYTES", "address space reserved for the memfd (64GiB)"},
-           {"", "", "--mode ring|sealed: a stream to any number of consumers (shmarrow::Producer\n"
-                    "on a SOCK_SEQPACKET socket), batches built in shared memory, zero copy"},
+           {"", "",
+            "--mode ring|sealed: a stream to any number of consumers (shmarrow::Producer\n"
+            "on a SOCK_SEQPACKET socket), batches built in shared memory, zero copy"},
            {"--mode", "ring|sealed", "ring: one shared ring; sealed: a sealed memfd per batch"},
            {"--ring-size", "BYTES", "ring mode's shared memory (64MiB)"},
            {"--wait-consumers", "N",
@@ -76,7 +79,8 @@ const std::vector<Command>& Commands() {
        "bytes_copied, consumers_total, dropped, page_size}. A terminal shows progress on\n"
        "stderr.\n",
        &shmarrow::cli::RunSend},
-      {"recv", "",
+      {"recv",
+       "",
        "receive a stream (any mode or Flight) and print a report",
        {
            {"--socket", "PATH", "the producer's socket (/tmp/shmarrow.sock; @name: abstract)"},
@@ -117,7 +121,8 @@ const std::vector<Command>& Commands() {
        "adds \"memfd\" and \"buffers_in_mapping\", the other modes \"mode\", \"dropped\"\n"
        "and \"schema_changes\" (docs/protocol.md).\n",
        &shmarrow::cli::RunRecv},
-      {"flight-serve", "",
+      {"flight-serve",
+       "",
        "serve a producer's stream to Arrow Flight clients until SIGINT/SIGTERM",
        {
            {"--socket", "PATH", "the producer's socket (/tmp/shmarrow.sock)"},
@@ -134,7 +139,8 @@ const std::vector<Command>& Commands() {
            {"--connect-timeout-ms", "N",
             "per remote stream: retry for up to N ms while no producer listens (0)"},
            {"", "", "ingest (DoPut publishes through a producer at --socket)"},
-           {"--ingest", "", "serve DoPut of path [\"stream\"]: the first DoPut's schema is the stream's"},
+           {"--ingest", "",
+            "serve DoPut of path [\"stream\"]: the first DoPut's schema is the stream's"},
            {"--mode", "ring|sealed", "the producer's memory (ring)"},
            {"--ring-size", "BYTES", "ring mode: bytes of shared memory (64MiB)"},
            {"--retain", "N", "batches kept for late consumers (0)"},
@@ -146,7 +152,8 @@ const std::vector<Command>& Commands() {
        "Prints the address on stdout; tickets are \"stream\" and \"request:<bytes>\"\n"
        "(docs/flight.md).\n",
        &shmarrow::cli::RunFlightServe},
-      {"inspect", " FILE",
+      {"inspect",
+       " FILE",
        "validate an Arrow IPC file or stream on disk, or say what the file is",
        {{"--json", "", "print a one-line JSON summary"}},
        {},

@@ -38,9 +38,9 @@ class SummaryByName {
   struct Column {
     std::shared_ptr<arrow::Schema> schema;  // just this column
     std::unique_ptr<StreamSummary> summary;
-    std::shared_ptr<arrow::Array> nulls;    // padding for rows without the column
+    std::shared_ptr<arrow::Array> nulls;  // padding for rows without the column
     int64_t null_count = 0;
-    uint64_t padding = 0;                   // what the padding added to the checksum
+    uint64_t padding = 0;  // what the padding added to the checksum
   };
   /// Key of the `occurrence`-th field named `name` (duplicate names are followed by position).
   static std::string Key(const std::string& name, int occurrence);

@@ -14,9 +14,9 @@ namespace shmarrow {
 /// Codes 1-7 are the protocol's Error codes (docs/protocol.md) with their wire values; the others
 /// never travel.
 enum class ErrorCode : uint32_t {
-  kNone = 0,  // no shmarrow code: OK, or a failure the library only passes on (errno, Arrow)
-  kProtocol = 1,        // a peer broke the protocol: malformed or unexpected message
-  kVersion = 2,         // incompatible major protocol version
+  kNone = 0,      // no shmarrow code: OK, or a failure the library only passes on (errno, Arrow)
+  kProtocol = 1,  // a peer broke the protocol: malformed or unexpected message
+  kVersion = 2,   // incompatible major protocol version
   kSchemaMismatch = 3,  // a schema or projection does not match
   kLimit = 4,           // a limit was exceeded (consumers, in flight, message size, queued)
   kHandler = 5,         // a request failed at the producer (its handler failed or is missing)

@@ -51,13 +51,13 @@ struct ConsumerStats {
 };
 
 struct ProducerStats {
-  int64_t published = 0;     // batches published
-  int64_t bytes_copied = 0;  // body bytes copied in because they were not built in pool()
-  int64_t consumers = 0;     // connected now
+  int64_t published = 0;          // batches published
+  int64_t bytes_copied = 0;       // body bytes copied in because they were not built in pool()
+  int64_t consumers = 0;          // connected now
   int64_t consumers_total = 0;    // attached since Listen
   int64_t consumers_refused = 0;  // connections refused for their uid or for want of fds
-  int64_t dropped = 0;       // batches lossy consumers lost
-  int64_t in_flight = 0;     // batches some consumer holds or has queued
+  int64_t dropped = 0;            // batches lossy consumers lost
+  int64_t in_flight = 0;          // batches some consumer holds or has queued
   int64_t ring_bytes_in_use = 0;  // ring mode: bytes allocated and not yet released
   /// Bytes per page of the shared memory as obtained (4096, or 2 MiB for huge pages): the ring's,
   /// or in sealed mode a probe's made like an arena at Listen (arenas take huge pages, under
@@ -78,11 +78,11 @@ struct PlacementStats {
 };
 
 struct FlightBridgeStats {
-  int64_t streams_served = 0;   // DoGet calls that connected to the producer
-  int64_t streams_active = 0;   // of those, still running
-  int64_t batches_sent = 0;     // batches handed to Flight
-  int64_t calls_refused = 0;    // unknown tickets or descriptors
-  int64_t batches_ingested = 0; // DoPut batches published to local consumers
+  int64_t streams_served = 0;    // DoGet calls that connected to the producer
+  int64_t streams_active = 0;    // of those, still running
+  int64_t batches_sent = 0;      // batches handed to Flight
+  int64_t calls_refused = 0;     // unknown tickets or descriptors
+  int64_t batches_ingested = 0;  // DoPut batches published to local consumers
 };
 
 }  // namespace shmarrow

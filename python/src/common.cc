@@ -22,18 +22,30 @@ unsigned long g_main_thread = 0;
 
 const char* KindOf(const arrow::Status& status) {
   switch (status.code()) {
-    case arrow::StatusCode::OutOfMemory: return "out_of_memory";
-    case arrow::StatusCode::KeyError: return "key";
-    case arrow::StatusCode::TypeError: return "type";
-    case arrow::StatusCode::Invalid: return "invalid";
-    case arrow::StatusCode::IOError: return "io";
-    case arrow::StatusCode::CapacityError: return "capacity";
-    case arrow::StatusCode::IndexError: return "index";
-    case arrow::StatusCode::Cancelled: return "cancelled";
-    case arrow::StatusCode::NotImplemented: return "not_implemented";
-    case arrow::StatusCode::SerializationError: return "serialization";
-    case arrow::StatusCode::AlreadyExists: return "already_exists";
-    default: return "unknown";
+    case arrow::StatusCode::OutOfMemory:
+      return "out_of_memory";
+    case arrow::StatusCode::KeyError:
+      return "key";
+    case arrow::StatusCode::TypeError:
+      return "type";
+    case arrow::StatusCode::Invalid:
+      return "invalid";
+    case arrow::StatusCode::IOError:
+      return "io";
+    case arrow::StatusCode::CapacityError:
+      return "capacity";
+    case arrow::StatusCode::IndexError:
+      return "index";
+    case arrow::StatusCode::Cancelled:
+      return "cancelled";
+    case arrow::StatusCode::NotImplemented:
+      return "not_implemented";
+    case arrow::StatusCode::SerializationError:
+      return "serialization";
+    case arrow::StatusCode::AlreadyExists:
+      return "already_exists";
+    default:
+      return "unknown";
   }
 }
 
@@ -44,8 +56,8 @@ const char* KindOf(const arrow::Status& status) {
   nb::object text = nb::steal(PyUnicode_DecodeUTF8(
       message.data(), static_cast<Py_ssize_t>(message.size()), "backslashreplace"));
   if (!text.is_valid()) throw nb::python_error();
-  nb::object exception = nb::borrow(g_error_factory)(kind, ErrorCodeName(code), from_producer,
-                                                     err, text, context);
+  nb::object exception =
+      nb::borrow(g_error_factory)(kind, ErrorCodeName(code), from_producer, err, text, context);
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception.ptr())), exception.ptr());
   throw nb::python_error();
 }

@@ -173,8 +173,8 @@ class PyConsumer {
       return false;
     });
     if (!done) {
-      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
-                 TimeoutMessage(timeout_ms), "read");
+      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout, TimeoutMessage(timeout_ms),
+                 "read");
     }
     if (!step.ok()) ThrowStatus(step.status(), "read");
     if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
@@ -215,8 +215,8 @@ class PyConsumer {
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
     if (schema == nullptr) {
-      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
-                 "the consumer is closed", "schema");
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "the consumer is closed",
+                 "schema");
     }
     return SchemaCapsule(*schema);
   }
@@ -233,8 +233,8 @@ class PyConsumer {
       }
     }
     if (!open) {
-      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
-                 "the consumer is closed", "stats");
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "the consumer is closed",
+                 "stats");
     }
     nb::dict out;
     out["batches"] = stats.batches;
@@ -296,8 +296,8 @@ class PyConsumer {
       if (state_->consumer != nullptr) schema = state_->consumer->schema();
     }
     if (schema == nullptr) {
-      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
-                 "the consumer is closed", "export");
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "the consumer is closed",
+                 "export");
     }
     return StreamCapsule(std::make_shared<StreamReader>(state_, std::move(schema), timeout_ms));
   }
@@ -325,17 +325,17 @@ void BindConsumer(nb::module_& m) {
           "__init__",
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
              int max_in_flight, std::vector<std::string> columns, nb::object expect_schema,
-             bool subset, bool validate_full, int64_t connect_timeout_ms,
-             int64_t read_timeout_ms, int busy_poll_us, bool require_seals,
-             const std::string& token, const std::string& tls_root_certs,
-             const std::string& tls_override_hostname, bool upgrade,
-             std::vector<unsigned> allowed_uids, bool allow_any_uid) {
+             bool subset, bool validate_full, int64_t connect_timeout_ms, int64_t read_timeout_ms,
+             int busy_poll_us, bool require_seals, const std::string& token,
+             const std::string& tls_root_certs, const std::string& tls_override_hostname,
+             bool upgrade, std::vector<unsigned> allowed_uids, bool allow_any_uid) {
             ConsumerOptions options;
             options.lossy = lossy;
             options.start_at_oldest = start_at_oldest;
             options.max_in_flight = max_in_flight;
             options.columns = std::move(columns);
-            if (!expect_schema.is_none()) options.expect_schema = ImportSchemaCapsule(expect_schema);
+            if (!expect_schema.is_none())
+              options.expect_schema = ImportSchemaCapsule(expect_schema);
             options.match = subset ? SchemaMatch::kSubset : SchemaMatch::kExact;
             options.validation = validate_full ? Validation::kFull : Validation::kBasic;
             options.read_timeout_ms = static_cast<int>(read_timeout_ms);

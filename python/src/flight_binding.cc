@@ -50,8 +50,8 @@ class PyFlightBridge {
  private:
   FlightBridge& Live() {
     if (bridge_ == nullptr) {
-      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
-                 "the Flight bridge is shut down", "bridge");
+      ThrowError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "the Flight bridge is shut down",
+                 "bridge");
     }
     return *bridge_;
   }
@@ -91,8 +91,8 @@ void BindFlightBridge(nb::module_& m) {
           },
           nb::arg("socket"), nb::arg("listen"), nb::arg("allow_remote"), nb::arg("tls_cert_pem"),
           nb::arg("tls_key_pem"), nb::arg("token"), nb::arg("serve_requests"),
-          nb::arg("advertise_socket"), nb::arg("max_in_flight"), nb::arg("ingest"),
-          nb::arg("ring"), nb::arg("ring_size"), nb::arg("retain"), nb::arg("max_consumers"),
+          nb::arg("advertise_socket"), nb::arg("max_in_flight"), nb::arg("ingest"), nb::arg("ring"),
+          nb::arg("ring_size"), nb::arg("retain"), nb::arg("max_consumers"),
           nb::arg("wait_consumers"), nb::arg("drain_timeout_ms"))
       .def_prop_ro("location", &PyFlightBridge::location)
       .def_prop_ro("port", &PyFlightBridge::port)

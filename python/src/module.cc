@@ -10,9 +10,10 @@ NB_MODULE(_native, m) {
   m.doc() = "shmarrow's C++ library (Producer, Consumer, FlightBridge) for shmarrow._native_api";
   nb::set_leak_warnings(false);  // objects alive at exit (held by a traceback, ...) are fine
   py::InitMainThread();
-  m.def("_set_error_factory", [](nb::handle factory) { py::SetErrorFactory(factory); },
-        nb::arg("factory"),
-        "factory(kind, errno, message, context) -> the exception to raise for a failure");
+  m.def(
+      "_set_error_factory", [](nb::handle factory) { py::SetErrorFactory(factory); },
+      nb::arg("factory"),
+      "factory(kind, errno, message, context) -> the exception to raise for a failure");
   py::BindConsumer(m);
   py::BindProducer(m);
   py::BindFlightBridge(m);

@@ -116,8 +116,8 @@ struct ProducerState {
       const auto& whole = allocation->buffer;
       std::shared_ptr<arrow::Buffer> replacement = whole;
       if (buffer->data() != whole->data() || buffer->size() != whole->size()) {
-        replacement = arrow::SliceMutableBuffer(whole, buffer->data() - whole->data(),
-                                                buffer->size());
+        replacement =
+            arrow::SliceMutableBuffer(whole, buffer->data() - whole->data(), buffer->size());
       }
       copy();
       out->buffers[i] = std::move(replacement);
@@ -282,9 +282,9 @@ nb::object BoxMemoryPool(std::shared_ptr<ProducerState> owner) {
   nb::object result = nb::steal(boxed);
   // The pyarrow object cannot own the pool: a finalizer gives up its reference when it dies.
   nb::module_::import_("weakref").attr("finalize")(result, nb::cpp_function([pool] {
-    ReleaseGil release;
-    pool->ReleasePythonReference();
-  }));
+                                                     ReleaseGil release;
+                                                     pool->ReleasePythonReference();
+                                                   }));
   return result;
 }
 
@@ -382,8 +382,8 @@ class PyProducer {
 
   PyAllocation Allocate(int64_t size) {
     if (size < 0) {
-      ThrowError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
-                 "allocate() needs a size >= 0", "allocate");
+      ThrowError(arrow::StatusCode::Invalid, ErrorCode::kBadInput, "allocate() needs a size >= 0",
+                 "allocate");
     }
     auto allocation = std::make_shared<AllocationState>();
     allocation->owner = state_;
@@ -430,20 +430,23 @@ class PyProducer {
   }
 
   void WaitForConsumers(int count, int64_t timeout_ms) {
-    Wait(timeout_ms, [&](int slice) { return state_->producer->WaitForConsumers(count, slice); },
-         [&] {
-           return "timed out after " + std::to_string(timeout_ms) + " ms waiting for " +
-                  std::to_string(count) + " consumer(s) (" +
-                  std::to_string(state_->producer->stats().consumers) + " attached)";
-         });
+    Wait(
+        timeout_ms, [&](int slice) { return state_->producer->WaitForConsumers(count, slice); },
+        [&] {
+          return "timed out after " + std::to_string(timeout_ms) + " ms waiting for " +
+                 std::to_string(count) + " consumer(s) (" +
+                 std::to_string(state_->producer->stats().consumers) + " attached)";
+        });
   }
 
   void WaitUntilDrained(int64_t timeout_ms) {
-    Wait(timeout_ms, [&](int slice) { return state_->producer->WaitUntilDrained(slice); }, [&] {
-      return "timed out after " + std::to_string(timeout_ms) + " ms waiting for consumers to " +
-             "release " + std::to_string(state_->producer->stats().in_flight) +
-             " batch(es) in flight";
-    });
+    Wait(
+        timeout_ms, [&](int slice) { return state_->producer->WaitUntilDrained(slice); },
+        [&] {
+          return "timed out after " + std::to_string(timeout_ms) + " ms waiting for consumers to " +
+                 "release " + std::to_string(state_->producer->stats().in_flight) +
+                 " batch(es) in flight";
+        });
   }
 
   nb::dict Stats() {

@@ -135,7 +135,7 @@ TEST(Arena, SealAtTrimsSealsAndRefusesMore) {
   ASSERT_OK_AND_ASSIGN(UniqueFd fd, arena->SealAt(5000));
   EXPECT_TRUE(arena->sealed());
   EXPECT_EQ(::fcntl(fd.get(), F_GET_SEALS) & test_util::kAllSeals, test_util::kAllSeals);
-  struct stat st {};
+  struct stat st{};
   ASSERT_EQ(::fstat(fd.get(), &st), 0);
   EXPECT_EQ(st.st_size, 5000);
   // Still readable through the same pointers.
@@ -153,8 +153,8 @@ TEST(ArenaPool, EveryAllocationIs64ByteAlignedOrMore) {
   ASSERT_NE(arena, nullptr);
   ArenaPool pool(arena.get());
   std::vector<std::pair<uint8_t*, int64_t>> blocks;
-  for (int64_t alignment : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{64}, int64_t{128},
-                            int64_t{4096}}) {
+  for (int64_t alignment :
+       {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{64}, int64_t{128}, int64_t{4096}}) {
     for (int64_t size : {int64_t{1}, int64_t{7}, int64_t{63}, int64_t{65}, int64_t{1000}}) {
       uint8_t* p = nullptr;
       ASSERT_OK(pool.Allocate(size, alignment, &p));

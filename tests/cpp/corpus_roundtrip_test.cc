@@ -24,9 +24,7 @@ namespace fs = std::filesystem;
 
 constexpr const char* kAbsent = "";
 
-fs::path CorpusRoot() {
-  return fs::path(SHMARROW_SOURCE_DIR) / ".." / "shared" / "arrow-testing";
-}
+fs::path CorpusRoot() { return fs::path(SHMARROW_SOURCE_DIR) / ".." / "shared" / "arrow-testing"; }
 
 fs::path CorpusDir() { return CorpusRoot() / "arrow-ipc-stream" / "integration"; }
 
@@ -98,8 +96,8 @@ TEST_P(Corpus, RoundTripsThroughSharedMemory) {
   // Opening a file reader reads the footer with ReadAsync on Arrow's IO thread pool: the task
   // that read it into the arena may drop its last reference to that buffer after we got the
   // result. Wait for the pool to go idle so no arena buffer is freed after the writer is gone.
-  if (auto* io_pool = dynamic_cast<arrow::internal::ThreadPool*>(
-          arrow::io::default_io_context().executor())) {
+  if (auto* io_pool =
+          dynamic_cast<arrow::internal::ThreadPool*>(arrow::io::default_io_context().executor())) {
     io_pool->WaitForIdle();
   }
   ASSERT_OK_AND_ASSIGN(test_util::ReadBack back, test_util::FinishAndRead(*writer));
@@ -108,7 +106,8 @@ TEST_P(Corpus, RoundTripsThroughSharedMemory) {
   for (size_t i = 0; i < originals->size(); ++i) {
     SCOPED_TRACE("batch " + std::to_string(i));
     EXPECT_TRUE(back.batches[i]->Equals(*(*originals)[i], /*check_metadata=*/true))
-        << "read back:\n" << back.batches[i]->ToString() << "\noriginal:\n"
+        << "read back:\n"
+        << back.batches[i]->ToString() << "\noriginal:\n"
         << (*originals)[i]->ToString();
     EXPECT_TRUE(AllBuffersInside(*back.stream, *back.batches[i]));
   }

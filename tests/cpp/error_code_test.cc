@@ -88,8 +88,8 @@ TEST(ErrorCodes, StatusWithoutCodeHasNone) {
 // producer's, with the producer's text; a code the protocol does not define reads as kProtocol.
 TEST(ErrorCodes, ProducerErrorKeepsItsCode) {
   const std::pair<uint32_t, ErrorCode> cases[] = {
-      {1, ErrorCode::kProtocol}, {2, ErrorCode::kVersion}, {3, ErrorCode::kSchemaMismatch},
-      {4, ErrorCode::kLimit},    {5, ErrorCode::kHandler}, {6, ErrorCode::kRefused},
+      {1, ErrorCode::kProtocol}, {2, ErrorCode::kVersion},    {3, ErrorCode::kSchemaMismatch},
+      {4, ErrorCode::kLimit},    {5, ErrorCode::kHandler},    {6, ErrorCode::kRefused},
       {7, ErrorCode::kShutdown}, {100, ErrorCode::kProtocol}, {0, ErrorCode::kProtocol}};
   for (const auto& [wire, expected] : cases) {
     const auto address = test_util::UniqueAbstractName("error-code");
@@ -156,8 +156,8 @@ TEST(ErrorCodes, SchemaMismatch) {
   EXPECT_EQ(ErrorCodeOf(published), ErrorCode::kSchemaMismatch) << published.ToString();
   EXPECT_FALSE(ErrorDetailOf(published)->from_producer());
   // The consumer's own check (the single hand-over has no producer to ask).
-  const auto checked = internal::CheckSchema(*options.expect_schema, *TestSchema(),
-                                             SchemaMatch::kSubset);
+  const auto checked =
+      internal::CheckSchema(*options.expect_schema, *TestSchema(), SchemaMatch::kSubset);
   EXPECT_EQ(ErrorCodeOf(checked), ErrorCode::kSchemaMismatch) << checked.ToString();
 }
 

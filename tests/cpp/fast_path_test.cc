@@ -36,8 +36,8 @@ std::shared_ptr<arrow::Schema> ValueSchema() {
 arrow::Status PublishValue(Producer& producer, int64_t value) {
   ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(sizeof(int64_t), producer.pool()));
   *reinterpret_cast<int64_t*>(buffer->mutable_data()) = value;
-  auto data = arrow::ArrayData::Make(arrow::int64(), 1,
-                                     {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
+  auto data = arrow::ArrayData::Make(
+      arrow::int64(), 1, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
   return producer.Publish(arrow::RecordBatch::Make(ValueSchema(), 1, {arrow::MakeArray(data)}));
 }
 

@@ -278,8 +278,8 @@ TEST_F(FlightTest, IngestRefusesAMalformedBatchAndPublishesNothingOfIt) {
   ASSERT_OK_AND_ASSIGN(auto client, ClientOf(*bridge));
   // One string whose offsets claim 1000 bytes of a 5-byte buffer: Arrow's writer sends it as it is.
   const std::vector<int32_t> offsets{0, 1000};
-  auto names = std::make_shared<arrow::StringArray>(
-      1, arrow::Buffer::Wrap(offsets), arrow::Buffer::FromString("short"));
+  auto names = std::make_shared<arrow::StringArray>(1, arrow::Buffer::Wrap(offsets),
+                                                    arrow::Buffer::FromString("short"));
   arrow::Int64Builder id_builder;
   ASSERT_OK(id_builder.Append(1));
   ASSERT_OK_AND_ASSIGN(auto ids, id_builder.Finish());
@@ -387,8 +387,7 @@ TEST_F(FlightTest, SameHostUpgradeReadsSharedMemoryUnlessRefused) {
   EXPECT_EQ(upgraded->mode(), "ring");
   // "localhost" is loopback too.
   ASSERT_OK_AND_ASSIGN(
-      auto by_name,
-      ConnectAny("grpc://localhost:" + std::to_string(bridge->port()), Remote(true)));
+      auto by_name, ConnectAny("grpc://localhost:" + std::to_string(bridge->port()), Remote(true)));
   EXPECT_EQ(by_name->mode(), "ring");
 
   FlightBridgeOptions quiet;

@@ -331,9 +331,9 @@ TEST_P(HostileConsumer, ReleasingWhatItDoesNotHoldGetsItThrownOut) {
     ASSERT_OK_AND_ASSIGN(auto batch, twice.ReceiveBatch());
     ASSERT_OK(twice.Release({batch.sequence}));
     ASSERT_OK(twice.Release({batch.sequence}));
-    ExpectThrownOut(twice, proto::ErrorCode::kProtocol,
-                    "released batch " + std::to_string(batch.sequence) +
-                        ", which this consumer does not hold");
+    ExpectThrownOut(
+        twice, proto::ErrorCode::kProtocol,
+        "released batch " + std::to_string(batch.sequence) + ", which this consumer does not hold");
   }
   {
     // The good consumer's batch: sequences are the producer's, but holding is per connection.
@@ -367,8 +367,8 @@ std::vector<Garbage> GarbageCases() {
   std::vector<Garbage> out;
   const auto protocol = proto::ErrorCode::kProtocol;
   const uint64_t one = 1;
-  out.push_back({"release before hello", false, Bytes(proto::EncodeRelease(w, {&one, 1})),
-                 protocol, "expected Hello, got Release"});
+  out.push_back({"release before hello", false, Bytes(proto::EncodeRelease(w, {&one, 1})), protocol,
+                 "expected Hello, got Release"});
   out.push_back({"random bytes", false, std::vector<uint8_t>(100, 0xA5), protocol, "bad magic"});
   proto::Hello major;
   major.major = 2;
@@ -376,18 +376,17 @@ std::vector<Garbage> GarbageCases() {
                  proto::ErrorCode::kVersion, "protocol version 2."});
   proto::Hello bad_schema;
   bad_schema.required_schema = "garbage";
-  out.push_back({"unparsable required schema", false, Bytes(proto::Encode(w, bad_schema)),
-                 protocol, "schema from the peer (7 bytes) does not parse"});
+  out.push_back({"unparsable required schema", false, Bytes(proto::Encode(w, bad_schema)), protocol,
+                 "schema from the peer (7 bytes) does not parse"});
   proto::Hello no_column;
   no_column.columns = {"nope"};
   out.push_back({"unknown column", false, Bytes(proto::Encode(w, no_column)),
                  proto::ErrorCode::kSchemaMismatch, "nope"});
   out.push_back({"short datagram", true, std::vector<uint8_t>(10, 0), protocol,
                  "10-byte message is shorter than the 16-byte header"});
-  out.push_back({"unknown type", true, RawHeader(77, 0, 0, 0), protocol,
-                 "unknown message type 77"});
-  out.push_back({"header flags", true, RawHeader(9, 4, 0, 0), protocol,
-                 "unknown header flags 4"});
+  out.push_back(
+      {"unknown type", true, RawHeader(77, 0, 0, 0), protocol, "unknown message type 77"});
+  out.push_back({"header flags", true, RawHeader(9, 4, 0, 0), protocol, "unknown header flags 4"});
   out.push_back({"length mismatch", true, RawHeader(9, 0, 0, 8), protocol, "header announces 8"});
   std::vector<uint8_t> truncated = Bytes(proto::EncodeRelease(w, {&one, 1}));
   const uint32_t three = 3;
@@ -492,7 +491,7 @@ TEST_P(HostileConsumer, EveryMessageTypeInEveryState) {
         EXPECT_TRUE(ClosedByPeer(sender.socket()));  // held nothing: gone at once
       } else {
         const std::string expected =
-            type == proto::Type::kRelease   ? "released batch 999, which this consumer does not hold"
+            type == proto::Type::kRelease ? "released batch 999, which this consumer does not hold"
             : type == proto::Type::kWaiting ? "Waiting without a queue"
                                             : "unexpected " + name + " from a consumer";
         ExpectThrownOut(sender, proto::ErrorCode::kProtocol, expected);
@@ -602,7 +601,6 @@ TEST_P(HostileConsumer, AnotherUidIsRefusedByItsCredentials) {
   ExpectGoodConsumerReadsEverything();
   ExpectProducerFdsBack();
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Issue 17: silent connections, old peers, repeated columns, request floods, unread answers, fds.
@@ -734,7 +732,9 @@ TEST_P(HostileConsumer, RequestFloodIsBoundedPerConsumerAndProducer) {
   // The hoarder leaves while both workers run its first two requests: the two waiting are
   // cancelled, never run.
   ASSERT_TRUE(Eventually([&] { return running.load() == options.request_threads; }));
-  { RawConsumer gone = std::move(hoarder); }
+  {
+    RawConsumer gone = std::move(hoarder);
+  }
   ASSERT_TRUE(Eventually([&] { return producer_->stats().consumers == 2; }));
   open.set_value();
   // The second consumer's two requests are answered (a Schema, a Batch, an End each).

@@ -123,9 +123,9 @@ BatchPtr TestBatch() {
   return arrow::RecordBatch::Make(TestSchema(), 3, {ia, sa, la});
 }
 
-std::shared_ptr<arrow::ipc::Message> BatchMessage(const arrow::RecordBatch& batch,
-                                                  const arrow::ipc::IpcWriteOptions& options =
-                                                      arrow::ipc::IpcWriteOptions::Defaults()) {
+std::shared_ptr<arrow::ipc::Message> BatchMessage(
+    const arrow::RecordBatch& batch,
+    const arrow::ipc::IpcWriteOptions& options = arrow::ipc::IpcWriteOptions::Defaults()) {
   auto serialized = arrow::ipc::SerializeRecordBatch(batch, options).ValueOrDie();
   arrow::io::BufferReader reader(serialized);
   return arrow::ipc::ReadMessage(&reader).ValueOrDie();
@@ -197,8 +197,8 @@ Datagram SealedWelcome(const arrow::Schema& schema = *TestSchema()) {
 
 Datagram BatchAt(uint64_t sequence, uint64_t metadata_offset, uint32_t metadata_length) {
   proto::Writer writer;
-  return Message(proto::Encode(writer, 0, proto::Batch{sequence, 0, metadata_offset,
-                                                       metadata_length}));
+  return Message(
+      proto::Encode(writer, 0, proto::Batch{sequence, 0, metadata_offset, metadata_length}));
 }
 Datagram BatchAt(uint64_t sequence, const RingImage& image) {
   return BatchAt(sequence, image.metadata_offset, image.metadata_length);
@@ -232,10 +232,9 @@ arrow::ipc::IpcWriteOptions Compressed(arrow::Compression::type codec) {
 }
 
 /// A complete IPC stream of `batches` (what a sealed Batch's memfd holds).
-std::vector<uint8_t> StreamBytes(const std::shared_ptr<arrow::Schema>& schema,
-                                 const std::vector<BatchPtr>& batches,
-                                 const arrow::ipc::IpcWriteOptions& options =
-                                     arrow::ipc::IpcWriteOptions::Defaults()) {
+std::vector<uint8_t> StreamBytes(
+    const std::shared_ptr<arrow::Schema>& schema, const std::vector<BatchPtr>& batches,
+    const arrow::ipc::IpcWriteOptions& options = arrow::ipc::IpcWriteOptions::Defaults()) {
   auto sink = arrow::io::BufferOutputStream::Create().ValueOrDie();
   auto writer = arrow::ipc::MakeStreamWriter(sink, schema, options).ValueOrDie();
   for (const auto& batch : batches) EXPECT_OK(writer->WriteRecordBatch(*batch));
@@ -254,10 +253,14 @@ UniqueFd SealedStream(const std::vector<uint8_t>& bytes, int seals = test_util::
 enum class OddKind { kPipe, kRegularFile, kSocket, kDirectory };
 const char* Name(OddKind kind) {
   switch (kind) {
-    case OddKind::kPipe: return "pipe";
-    case OddKind::kRegularFile: return "regular file";
-    case OddKind::kSocket: return "socket";
-    case OddKind::kDirectory: return "directory";
+    case OddKind::kPipe:
+      return "pipe";
+    case OddKind::kRegularFile:
+      return "regular file";
+    case OddKind::kSocket:
+      return "socket";
+    case OddKind::kDirectory:
+      return "directory";
   }
   return "?";
 }
@@ -410,10 +413,10 @@ TEST_F(HostileProducer, WrongNumberOfFdsWithWelcome) {
       ConnectAndRead({Welcome(*TestSchema(), proto::Mode::kSealed, {ring.get()})}),
       "sealed Welcome with an fd");
   // SCM_MAX_FD: the kernel delivers what fits the consumer's control buffer and closes the rest.
-  EXPECT_ERROR_CONTAINS(ConnectAndRead({Welcome(*TestSchema(), proto::Mode::kRing,
-                                                std::vector<int>(internal::kMaxFdsPerMessage,
-                                                                 ring.get()))}),
-                        "the peer sent more fds than expected (1)");
+  EXPECT_ERROR_CONTAINS(
+      ConnectAndRead({Welcome(*TestSchema(), proto::Mode::kRing,
+                              std::vector<int>(internal::kMaxFdsPerMessage, ring.get()))}),
+      "the peer sent more fds than expected (1)");
 }
 
 TEST_F(HostileProducer, RingThatIsNoSealedMemfd) {
@@ -437,8 +440,8 @@ TEST_F(HostileProducer, RingThatIsNoSealedMemfd) {
 }
 
 TEST_F(HostileProducer, RingWelcomeWithDictionarySchemaIsRefused) {
-  const auto schema = arrow::schema(
-      {arrow::field("d", arrow::dictionary(arrow::int32(), arrow::utf8()))});
+  const auto schema =
+      arrow::schema({arrow::field("d", arrow::dictionary(arrow::int32(), arrow::utf8()))});
   const UniqueFd ring = RingImage(*TestBatch()).Seal();
   EXPECT_ERROR_CONTAINS(ConnectAndRead({RingWelcome(ring.get(), *schema)}), "dictionary");
 }
@@ -451,11 +454,11 @@ TEST_F(HostileProducer, RingMetadataOutsideTheRing) {
   const UniqueFd ring = image.Seal();
   const uint64_t size = image.bytes.size();
   const std::pair<uint64_t, uint32_t> lies[] = {
-      {size, 1},                                          // just past the end
-      {size - 8, 16},                                     // straddles the end
-      {std::numeric_limits<uint64_t>::max() - 7, 16},     // offset + length wraps around 2^64
-      {0, 0},                                             // empty
-      {0, std::numeric_limits<uint32_t>::max()},          // longer than any metadata
+      {size, 1},                                       // just past the end
+      {size - 8, 16},                                  // straddles the end
+      {std::numeric_limits<uint64_t>::max() - 7, 16},  // offset + length wraps around 2^64
+      {0, 0},                                          // empty
+      {0, std::numeric_limits<uint32_t>::max()},       // longer than any metadata
   };
   for (const auto& [offset, length] : lies) {
     SCOPED_TRACE(std::to_string(offset) + " +" + std::to_string(length));
@@ -534,8 +537,8 @@ TEST_F(HostileProducer, RingOffsetsPointingOutsideTheirData) {
   const UniqueFd ring = image.Seal();
   EXPECT_ERROR_CONTAINS(ConnectAndRead({RingWelcome(ring.get()), BatchAt(1, image)}),
                         "record batch 1 is invalid");
-  EXPECT_OK(ConnectAndRead({RingWelcome(ring.get()), BatchAt(1, image), End()},
-                           Validation::kBasic));
+  EXPECT_OK(
+      ConnectAndRead({RingWelcome(ring.get()), BatchAt(1, image), End()}, Validation::kBasic));
 }
 
 TEST_F(HostileProducer, RingSchemaChangeWithoutNotice) {
@@ -548,8 +551,8 @@ TEST_F(HostileProducer, RingSchemaChangeWithoutNotice) {
       *arrow::RecordBatch::Make(arrow::schema({arrow::field("v", arrow::int32())}), 3, {values}));
   const UniqueFd ring = image.Seal();
   // More fields, and more buffers per field, than the batch has: refused.
-  const auto strings = arrow::schema({arrow::field("s", arrow::utf8()),
-                                      arrow::field("t", arrow::utf8())});
+  const auto strings =
+      arrow::schema({arrow::field("s", arrow::utf8()), arrow::field("t", arrow::utf8())});
   EXPECT_ERROR_CONTAINS(ConnectAndRead({RingWelcome(ring.get(), *strings), BatchAt(1, image)}),
                         "buffer_index out of range");
   // The same layout with narrower values: read as the announced type. The values are wrong, and
@@ -578,8 +581,8 @@ TEST_F(HostileProducer, RingBatchWithCompressedBodyIsRefused) {
 
 TEST_F(HostileProducer, RingSchemaChangeToDictionaryIsRefusedNotACrash) {
   // Before the fix: SIGSEGV in arrow::ipc::ResolveDictionaries (null DictionaryMemo).
-  const auto schema = arrow::schema(
-      {arrow::field("d", arrow::dictionary(arrow::int32(), arrow::utf8()))});
+  const auto schema =
+      arrow::schema({arrow::field("d", arrow::dictionary(arrow::int32(), arrow::utf8()))});
   arrow::StringDictionaryBuilder d;
   ASSERT_OK(d.Append("x"));
   std::shared_ptr<arrow::Array> da;
@@ -664,8 +667,8 @@ TEST_F(HostileProducer, SealedBatchThatIsNoSealedMemfd) {
   const UniqueFd unsealed = SealedStream(bytes, 0);
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), SealedBatch(1, {unsealed.get()})}),
                         "missing F_SEAL_SEAL|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE");
-  const UniqueFd future_write = SealedStream(
-      bytes, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE);
+  const UniqueFd future_write =
+      SealedStream(bytes, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE);
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), SealedBatch(1, {future_write.get()})}),
                         "missing F_SEAL_WRITE");
 }
@@ -689,19 +692,18 @@ TEST_F(HostileProducer, SealedStreamThatLies) {
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), SealedBatch(1, {lie2.get()})}),
                         "metadata bytes, but only read");
   // Cut off in the middle of the batch.
-  const UniqueFd cut = SealedStream(
-      std::vector<uint8_t>(bytes.begin(), bytes.begin() + messages[1].body_at + 8));
+  const UniqueFd cut =
+      SealedStream(std::vector<uint8_t>(bytes.begin(), bytes.begin() + messages[1].body_at + 8));
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), SealedBatch(1, {cut.get()})}),
                         "for message body, got 8");
 }
 
 TEST_F(HostileProducer, SealedStreamWithCompressedBodyIsRefused) {
   const BatchPtr batch = Compressible();
-  const UniqueFd fd = SealedStream(
-      StreamBytes(batch->schema(), {batch}, Compressed(arrow::Compression::ZSTD)));
+  const UniqueFd fd =
+      SealedStream(StreamBytes(batch->schema(), {batch}, Compressed(arrow::Compression::ZSTD)));
   EXPECT_ERROR_CONTAINS(
-      ConnectAndRead({SealedWelcome(*batch->schema()), SealedBatch(1, {fd.get()})}),
-      "compression");
+      ConnectAndRead({SealedWelcome(*batch->schema()), SealedBatch(1, {fd.get()})}), "compression");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,16 +725,15 @@ TEST_F(HostileProducer, TruncatedOversizedAndUnknownMessages) {
   for (auto type : {proto::Type::kHello, proto::Type::kRelease, proto::Type::kRequest,
                     proto::Type::kBye, proto::Type::kWelcome}) {
     EXPECT_ERROR_CONTAINS(
-        ConnectAndRead({SealedWelcome(),
-                        Message(RawHeader(static_cast<uint16_t>(type), 0, 0, 0))}),
+        ConnectAndRead({SealedWelcome(), Message(RawHeader(static_cast<uint16_t>(type), 0, 0, 0))}),
         std::string("unexpected ") + proto::TypeName(type) + " from a producer");
   }
   EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), Message(proto::EncodeEnd(writer, 9))}),
                         "End for unknown stream 9");
   // Longer than any message may be: the socket truncates it and the consumer says so.
   EXPECT_ERROR_CONTAINS(
-      ConnectAndRead({SealedWelcome(),
-                      OversizedDatagram(static_cast<uint16_t>(proto::Type::kSchema))}),
+      ConnectAndRead(
+          {SealedWelcome(), OversizedDatagram(static_cast<uint16_t>(proto::Type::kSchema))}),
       "is longer than 262144 bytes (MSG_TRUNC)");
 }
 
@@ -740,8 +741,8 @@ TEST_F(HostileProducer, ErrorFromTheProducerIsReported) {
   proto::Writer writer;
   EXPECT_ERROR_CONTAINS(
       ConnectAndRead({SealedWelcome(),
-                      Message(proto::Encode(writer, 0, proto::Error{proto::ErrorCode::kShutdown,
-                                                                    "going away"}))}),
+                      Message(proto::Encode(
+                          writer, 0, proto::Error{proto::ErrorCode::kShutdown, "going away"}))}),
       "producer: going away");
 }
 
@@ -781,7 +782,7 @@ TEST_F(HostileProducer, OtherConsumersOfTheSameProducerKeepGoing) {
   const UniqueFd ring = image.Seal();
   FakeProducer producer({
       Script{{RingWelcome(ring.get()), BatchAt(1, image.bytes.size(), 64)}},  // lies
-      Script{{RingWelcome(ring.get()), BatchAt(1, image), End()}},              // does not
+      Script{{RingWelcome(ring.get()), BatchAt(1, image), End()}},            // does not
   });
   ASSERT_OK_AND_ASSIGN(auto lied_to, Consumer::Connect(producer.address(), Options()));
   ASSERT_OK_AND_ASSIGN(auto served, Consumer::Connect(producer.address(), Options()));
@@ -805,8 +806,7 @@ TEST_F(HostileProducer, RingRewrittenAfterValidationIsWhyRingModeIsForTrustedPro
   UniqueFd ring = image.Seal(0);
   ASSERT_OK_AND_ASSIGN(auto writable,
                        internal::Mapping::MapWritable(ring.get(), image.bytes.size()));
-  ASSERT_EQ(::fcntl(ring.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE),
-            0);
+  ASSERT_EQ(::fcntl(ring.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE), 0);
   FakeProducer producer({Script{{RingWelcome(ring.get()), BatchAt(1, image)}}});
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), Options()));
   BatchPtr batch;
@@ -846,9 +846,9 @@ struct QueuedRing {
                        0);
     image.Set<uint64_t>(queue_offset, written);
     for (size_t i = 0; i < entries.size(); ++i) {
-      std::memcpy(image.bytes.data() + queue_offset + proto::kQueueHeaderSize +
-                      i * proto::kQueueEntrySize,
-                  &entries[i], sizeof entries[i]);
+      std::memcpy(
+          image.bytes.data() + queue_offset + proto::kQueueHeaderSize + i * proto::kQueueEntrySize,
+          &entries[i], sizeof entries[i]);
     }
   }
   /// An entry for the batch of the image.
@@ -886,10 +886,9 @@ TEST_F(HostileProducer, QueueTheConsumerReadsInPlaceOfMessages) {
 TEST_F(HostileProducer, QueueOutsideTheRingOrMisaligned) {
   const QueuedRing ring(*TestBatch(), 5, 0, {});
   const UniqueFd fd = ring.image.Seal();
-  for (uint64_t offset : {ring.queue_offset + 8, uint64_t{1} << 40,
-                          static_cast<uint64_t>(ring.image.bytes.size())}) {
-    EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), offset, 5)}),
-                          "does not fit the");
+  for (uint64_t offset :
+       {ring.queue_offset + 8, uint64_t{1} << 40, static_cast<uint64_t>(ring.image.bytes.size())}) {
+    EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), offset, 5)}), "does not fit the");
   }
   EXPECT_ERROR_CONTAINS(ConnectAndRead({QueueWelcome(fd.get(), ring.queue_offset, 1u << 30)}),
                         "queue of 1073741824 entries");
@@ -938,7 +937,6 @@ TEST_F(HostileProducer, WakeWithoutAQueue) {
                         "Wake without a queue");
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Issue 17: type confusion in sealed mode, sparse memfds, credentials, smaller lies.
 
@@ -959,8 +957,8 @@ TEST_F(HostileProducer, SealedMemfdOfAnotherSchemaThanAnnounced) {
     std::shared_ptr<arrow::Array> values, indices;
     EXPECT_OK(value_builder.Finish(&values));
     EXPECT_OK(index_builder.Finish(&indices));
-    auto array = arrow::DictionaryArray::FromArrays(arrow::dictionary(arrow::int32(), arrow::utf8()),
-                                                    indices, values)
+    auto array = arrow::DictionaryArray::FromArrays(
+                     arrow::dictionary(arrow::int32(), arrow::utf8()), indices, values)
                      .ValueOrDie();
     return arrow::RecordBatch::Make(arrow::schema({arrow::field("rand", array->type())}), 3,
                                     {array});
@@ -978,10 +976,12 @@ TEST_F(HostileProducer, SealedMemfdOfAnotherSchemaThanAnnounced) {
   for (const auto& [what, batch] : lies) {
     SCOPED_TRACE(what);
     const UniqueFd memfd = SealedStream(StreamBytes(batch->schema(), {batch}));
-    EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
-                          "protocol: the memfd holds a batch of schema (");
-    EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
-                          "but the producer announced (rand: int32)");
+    EXPECT_ERROR_CONTAINS(
+        ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
+        "protocol: the memfd holds a batch of schema (");
+    EXPECT_ERROR_CONTAINS(
+        ConnectAndRead({SealedWelcome(*announced), SealedBatch(1, {memfd.get()})}),
+        "but the producer announced (rand: int32)");
   }
   // A Schema message announcing int64, then a memfd still holding int32.
   const BatchPtr int32 = OneColumn(arrow::int32());
@@ -998,8 +998,9 @@ TEST_F(HostileProducer, SealedMemfdOfAnotherSchemaThanAnnounced) {
 /// A consumer that expects a schema refuses a Schema message that changes to another one.
 TEST_F(HostileProducer, SchemaChangeAwayFromTheExpectedSchemaIsRefused) {
   const auto expected = arrow::schema({arrow::field("rand", arrow::int32())});
-  FakeProducer producer({Script{{SealedWelcome(*expected),
-                                 SchemaChange(*arrow::schema({arrow::field("rand", arrow::utf8())}))}}});
+  FakeProducer producer(
+      {Script{{SealedWelcome(*expected),
+               SchemaChange(*arrow::schema({arrow::field("rand", arrow::utf8())}))}}});
   ConsumerOptions options = Options();
   options.expect_schema = expected;
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), options));
@@ -1041,9 +1042,8 @@ TEST_F(HostileProducer, SparseMemfdIsRefusedBeforeItsHolesAreRead) {
     // The value's pages become a hole again, as if never written.
     const auto value = std::search_n(bytes.begin(), bytes.end(), 8192, 'x') - bytes.begin();
     const int64_t hole = (value + 4095) / 4096 * 4096;
-    EXPECT_EQ(::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, hole,
-                          kValue - 8192),
-              0);
+    EXPECT_EQ(
+        ::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, hole, kValue - 8192), 0);
     EXPECT_EQ(::fcntl(fd.get(), F_ADD_SEALS, test_util::kAllSeals), 0);
     return fd;
   };
@@ -1070,10 +1070,11 @@ TEST_F(HostileProducer, DroppedThatCannotBeTrue) {
   auto dropped = [&](uint64_t sequence, uint64_t count) {
     return Message(proto::Encode(writer, 0, proto::Batch{sequence, count, 0, 0}), {memfd.get()});
   };
-  EXPECT_ERROR_CONTAINS(ConnectAndRead({SealedWelcome(), dropped(1, 3)}),
-                        "protocol: batch 1 says 3 batches were dropped, but this consumer is not lossy");
-  FakeProducer producer({Script{{SealedWelcome(), dropped(1, uint64_t{1} << 62),
-                                 dropped(2, uint64_t{1} << 62)}}});
+  EXPECT_ERROR_CONTAINS(
+      ConnectAndRead({SealedWelcome(), dropped(1, 3)}),
+      "protocol: batch 1 says 3 batches were dropped, but this consumer is not lossy");
+  FakeProducer producer(
+      {Script{{SealedWelcome(), dropped(1, uint64_t{1} << 62), dropped(2, uint64_t{1} << 62)}}});
   ConsumerOptions options = Options();
   options.lossy = true;
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), options));
@@ -1084,8 +1085,9 @@ TEST_F(HostileProducer, DroppedThatCannotBeTrue) {
     status = consumer->ReadNext(&next);
     held.push_back(next);
   }
-  EXPECT_ERROR_CONTAINS(status, "protocol: batch 2 says 4611686018427387904 batches were dropped, "
-                                "after 4611686018427387904: more than were ever published");
+  EXPECT_ERROR_CONTAINS(status,
+                        "protocol: batch 2 says 4611686018427387904 batches were dropped, "
+                        "after 4611686018427387904: more than were ever published");
   EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProtocol);
   EXPECT_EQ(consumer->stats().dropped, int64_t{1} << 62);
 }
@@ -1096,9 +1098,10 @@ TEST_F(HostileProducer, RequestBatchBeforeItsSchema) {
   const RingImage image(*TestBatch());
   const UniqueFd ring = image.Seal();
   proto::Writer writer;
-  FakeProducer producer({Script{{RingWelcome(ring.get()),
-                                 Message(proto::Encode(writer, 1, proto::Batch{
-                                     1, 0, image.metadata_offset, image.metadata_length}))}}});
+  FakeProducer producer({Script{
+      {RingWelcome(ring.get()),
+       Message(proto::Encode(writer, 1,
+                             proto::Batch{1, 0, image.metadata_offset, image.metadata_length}))}}});
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(producer.address(), Options()));
   EXPECT_ERROR_CONTAINS(consumer->Request("x").status(),
                         "protocol: batch 1 on stream 1 before the stream's Schema");
@@ -1152,7 +1155,8 @@ TEST_F(HostileProducer, PeerTextIsEscapedAndNamesMustBeUtf8) {
                         "field name 'a\\xff' is not valid UTF-8");
   // In the memfd's own stream (what the single hand-over reads).
   const auto batch = OneColumn(arrow::int32(), "a\xff");
-  ASSERT_OK_AND_ASSIGN(auto stream, SharedStream::Open(SealedStream(StreamBytes(batch->schema(), {batch}))));
+  ASSERT_OK_AND_ASSIGN(auto stream,
+                       SharedStream::Open(SealedStream(StreamBytes(batch->schema(), {batch}))));
   EXPECT_ERROR_CONTAINS(stream->OpenReader().status(), "is not valid UTF-8");
 }
 
@@ -1213,7 +1217,6 @@ TEST_F(HostileProducer, ProducerOfAnotherUidIsRefused) {
   }
 }
 
-
 /// Every message type in place of the Welcome, and after a sealed Welcome: what belongs there is
 /// taken, everything else is refused naming it.
 TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
@@ -1228,7 +1231,8 @@ TEST_F(HostileProducer, EveryMessageTypeBeforeAndAfterTheWelcome) {
       {proto::Type::kRelease, bytes(proto::EncodeRelease(w, {&sequence, 1}))},
       {proto::Type::kSchema, SchemaChange(*TestSchema())},
       {proto::Type::kEnd, End()},
-      {proto::Type::kError, bytes(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kLimit, "no"}))},
+      {proto::Type::kError,
+       bytes(proto::Encode(w, 0, proto::Error{proto::ErrorCode::kLimit, "no"}))},
       {proto::Type::kRequest, bytes(proto::EncodeRequest(w, 0, "x"))},
       {proto::Type::kBye, bytes(proto::EncodeBye(w))},
       {proto::Type::kBatches, bytes(proto::EncodeBatches(w, 0, {&batch, 1}))},

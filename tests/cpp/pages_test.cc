@@ -170,8 +170,8 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(PagePolicy::kAuto, PagePolicy::kHugetlb,
                                          PagePolicy::kOff)),
     [](const auto& info) {
-      return std::string(std::get<0>(info.param) == MemoryMode::kRing ? "Ring" : "Sealed") +
-             "_" + PagePolicyName(std::get<1>(info.param));
+      return std::string(std::get<0>(info.param) == MemoryMode::kRing ? "Ring" : "Sealed") + "_" +
+             PagePolicyName(std::get<1>(info.param));
     });
 
 TEST(PagesTest, HugetlbWithTooFewFreePagesFailsAtCreationNamingNrHugepages) {

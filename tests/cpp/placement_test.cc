@@ -124,9 +124,9 @@ BatchResult MakeFloatIntBatch(MemoryPool* pool, int64_t seed) {
   }
   ARROW_ASSIGN_OR_RAISE(auto fa, f.Finish());
   ARROW_ASSIGN_OR_RAISE(auto ia, i32.Finish());
-  return RecordBatch::Make(arrow::schema({arrow::field("f", arrow::float64()),
-                                          arrow::field("i", arrow::int32())}),
-                           fa->length(), {fa, ia});
+  return RecordBatch::Make(
+      arrow::schema({arrow::field("f", arrow::float64()), arrow::field("i", arrow::int32())}),
+      fa->length(), {fa, ia});
 }
 
 BatchResult MakeListBatch(MemoryPool* pool, int64_t seed) {
@@ -185,8 +185,8 @@ BatchResult MakeNullBatch(MemoryPool* pool, int64_t seed) {
   arrow::NullBuilder builder(pool);
   ARROW_RETURN_NOT_OK(builder.AppendNulls(10 + seed));
   ARROW_ASSIGN_OR_RAISE(auto array, builder.Finish());
-  return RecordBatch::Make(arrow::schema({arrow::field("nothing", arrow::null())}),
-                           array->length(), {array});
+  return RecordBatch::Make(arrow::schema({arrow::field("nothing", arrow::null())}), array->length(),
+                           {array});
 }
 
 BatchResult MakeFixedAndLargeBatch(MemoryPool* pool, int64_t seed) {
@@ -203,11 +203,10 @@ BatchResult MakeFixedAndLargeBatch(MemoryPool* pool, int64_t seed) {
   ARROW_RETURN_NOT_OK(fixed.Finish(&columns[0]));
   ARROW_RETURN_NOT_OK(large.Finish(&columns[1]));
   ARROW_RETURN_NOT_OK(date.Finish(&columns[2]));
-  return RecordBatch::Make(
-      arrow::schema({arrow::field("fixed", arrow::fixed_size_binary(5)),
-                     arrow::field("large", arrow::large_utf8()),
-                     arrow::field("date", arrow::date32())}),
-      90, std::move(columns));
+  return RecordBatch::Make(arrow::schema({arrow::field("fixed", arrow::fixed_size_binary(5)),
+                                          arrow::field("large", arrow::large_utf8()),
+                                          arrow::field("date", arrow::date32())}),
+                           90, std::move(columns));
 }
 
 struct TypeCase {
@@ -246,7 +245,9 @@ TEST_P(PlacementTypes, ArenaBuiltBatchesRoundTripWithoutCopy) {
   for (size_t i = 0; i < written.size(); ++i) {
     SCOPED_TRACE("batch " + std::to_string(i));
     EXPECT_TRUE(back.batches[i]->Equals(*written[i]))
-        << "read:\n" << back.batches[i]->ToString() << "\nwritten:\n" << written[i]->ToString();
+        << "read:\n"
+        << back.batches[i]->ToString() << "\nwritten:\n"
+        << written[i]->ToString();
     EXPECT_TRUE(AllBuffersInside(*back.stream, *back.batches[i]));
   }
 }
@@ -254,9 +255,8 @@ TEST_P(PlacementTypes, ArenaBuiltBatchesRoundTripWithoutCopy) {
 INSTANTIATE_TEST_SUITE_P(
     Types, PlacementTypes,
     ::testing::Values(
-        TypeCase{"Mixed", [](MemoryPool* pool, int64_t seed) {
-                   return MakeMixedBatch(pool, 500 + 37 * seed, seed);
-                 }},
+        TypeCase{"Mixed", [](MemoryPool* pool,
+                             int64_t seed) { return MakeMixedBatch(pool, 500 + 37 * seed, seed); }},
         TypeCase{"StringsWithNulls", MakeStringsBatch}, TypeCase{"Bools", MakeBoolBatch},
         TypeCase{"Float64AndInt32", MakeFloatIntBatch}, TypeCase{"ListInt32", MakeListBatch},
         TypeCase{"Struct", MakeStructBatch}, TypeCase{"NullType", MakeNullBatch},
@@ -413,8 +413,8 @@ TEST(Placement, SlicedBatchesRoundTrip) {
   ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(MixedSchema(), SmallWriter()));
   std::vector<std::shared_ptr<RecordBatch>> written;
   int64_t body_bytes = 0;
-  for (int64_t offset : {int64_t{0}, int64_t{1}, int64_t{3}, int64_t{8}, int64_t{64},
-                         int64_t{333}}) {
+  for (int64_t offset :
+       {int64_t{0}, int64_t{1}, int64_t{3}, int64_t{8}, int64_t{64}, int64_t{333}}) {
     ASSERT_OK_AND_ASSIGN(auto full, MakeMixedBatch(writer->pool(), 1000, offset + 1));
     auto slice = full->Slice(offset, 500);
     ASSERT_OK(writer->WriteRecordBatch(*slice));
@@ -474,8 +474,8 @@ TEST(Placement, SchemaOnlyStreamHasNoBatches) {
 // (sized from an empty batch): placement takes a larger gap at the front, which puts the
 // already-built buffers behind it, so they are copied. The stream must still be valid.
 TEST(Placement, ManyVariadicBuffersForceRelocatedMetadata) {
-  auto schema = arrow::schema({arrow::field("sv", arrow::utf8_view()),
-                               arrow::field("bv", arrow::binary_view())});
+  auto schema = arrow::schema(
+      {arrow::field("sv", arrow::utf8_view()), arrow::field("bv", arrow::binary_view())});
   ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, SmallWriter()));
   std::vector<std::shared_ptr<RecordBatch>> written;
   int64_t body_bytes = 0;
@@ -490,8 +490,8 @@ TEST(Placement, ManyVariadicBuffersForceRelocatedMetadata) {
       } else if (i % 3 == 0) {
         ASSERT_OK(sv.Append("short" + std::to_string(i)));  // inline: no data block
       } else {
-        ASSERT_OK(sv.Append("a long string that does not fit inline #" + std::to_string(i) +
-                            "/" + std::to_string(round)));
+        ASSERT_OK(sv.Append("a long string that does not fit inline #" + std::to_string(i) + "/" +
+                            std::to_string(round)));
       }
       ASSERT_OK(bv.Append(std::string(static_cast<size_t>(20 + i % 30), static_cast<char>(i))));
     }
@@ -553,7 +553,7 @@ TEST(Placement, FinishedMemfdIsSealedAndImmutable) {
   EXPECT_EQ(seals & test_util::kAllSeals, test_util::kAllSeals) << "seals: " << seals;
   EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
 
-  struct stat st {};
+  struct stat st{};
   ASSERT_EQ(::fstat(fd, &st), 0);
   EXPECT_EQ(st.st_size, sealed.size);
 
@@ -565,8 +565,8 @@ TEST(Placement, FinishedMemfdIsSealedAndImmutable) {
   EXPECT_EQ(::write(fd, &byte, 1), -1);
   EXPECT_EQ(errno, EPERM);
   errno = 0;
-  void* writable = ::mmap(nullptr, static_cast<size_t>(sealed.size), PROT_READ | PROT_WRITE,
-                          MAP_SHARED, fd, 0);
+  void* writable =
+      ::mmap(nullptr, static_cast<size_t>(sealed.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   EXPECT_EQ(writable, MAP_FAILED);
   EXPECT_EQ(errno, EPERM);
   if (writable != MAP_FAILED) ::munmap(writable, static_cast<size_t>(sealed.size));
@@ -738,7 +738,7 @@ TEST(Placement, MemfdCarriesTheWriterName) {
 TEST(Placement, ConsumerSeesTheSameInode) {
   ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(MixedSchema(), SmallWriter()));
   ASSERT_OK_AND_ASSIGN(SealedStream sealed, writer->Finish());
-  struct stat st {};
+  struct stat st{};
   ASSERT_EQ(::fstat(sealed.fd.get(), &st), 0);
   ASSERT_OK_AND_ASSIGN(auto stream, SharedStream::Open(std::move(sealed.fd)));
   EXPECT_EQ(stream->inode(), st.st_ino);
@@ -793,8 +793,8 @@ TEST(FlatbufferPatch, LocatesBuffersOfRecordBatchMessage) {
   ASSERT_OK_AND_ASSIGN(auto nested, MakeStructBatch(arrow::default_memory_pool(), 1));
   for (const auto& b : {batch, nested}) {
     arrow::ipc::IpcPayload payload;
-    ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*b, arrow::ipc::IpcWriteOptions::Defaults(),
-                                                &payload));
+    ASSERT_OK(
+        arrow::ipc::GetRecordBatchPayload(*b, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
     const auto& metadata = *payload.metadata;
     ASSERT_OK_AND_ASSIGN(auto fields,
                          internal::LocateMessageFields(metadata.data(), metadata.size()));
@@ -850,13 +850,13 @@ TEST(FlatbufferPatch, DictionaryMessageBuffersAreFound) {
 TEST(FlatbufferPatch, ZeroRowBatchBodyLength) {
   // Numeric columns only: an empty batch has an empty body. (A utf8 column would still carry its
   // single zero offset.)
-  auto schema = arrow::schema({arrow::field("a", arrow::int64()),
-                               arrow::field("b", arrow::float64()),
-                               arrow::field("c", arrow::boolean())});
+  auto schema =
+      arrow::schema({arrow::field("a", arrow::int64()), arrow::field("b", arrow::float64()),
+                     arrow::field("c", arrow::boolean())});
   ASSERT_OK_AND_ASSIGN(auto empty, RecordBatch::MakeEmpty(schema));
   arrow::ipc::IpcPayload payload;
-  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*empty, arrow::ipc::IpcWriteOptions::Defaults(),
-                                              &payload));
+  ASSERT_OK(
+      arrow::ipc::GetRecordBatchPayload(*empty, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
   EXPECT_EQ(payload.body_length, 0);
   ASSERT_OK_AND_ASSIGN(auto fields, internal::LocateMessageFields(payload.metadata->data(),
                                                                   payload.metadata->size()));
@@ -874,8 +874,8 @@ TEST(FlatbufferPatch, ZeroRowBatchBodyLength) {
 void ExpectLocatorStaysInBounds(const uint8_t* data, size_t size) {
   std::unique_ptr<uint8_t[]> copy(new uint8_t[size == 0 ? 1 : size]);
   if (size > 0) std::memcpy(copy.get(), data, size);
-  auto result = internal::LocateMessageFields(size == 0 ? nullptr : copy.get(),
-                                              static_cast<int64_t>(size));
+  auto result =
+      internal::LocateMessageFields(size == 0 ? nullptr : copy.get(), static_cast<int64_t>(size));
   if (!result.ok()) {
     EXPECT_TRUE(result.status().IsInvalid()) << result.status().ToString();
     return;

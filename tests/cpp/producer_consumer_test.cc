@@ -214,8 +214,8 @@ void ExpectInReadOnlyMemfd(const arrow::RecordBatch& batch) {
                                << " is in no mapping";
     EXPECT_NE(m->path.find("memfd:"), std::string::npos)
         << "buffer is in '" << m->path << "', not shared memory";
-    EXPECT_EQ(m->perms.substr(0, 2), "r-") << "buffer mapped " << m->perms << " (" << m->path
-                                           << ")";
+    EXPECT_EQ(m->perms.substr(0, 2), "r-")
+        << "buffer mapped " << m->perms << " (" << m->path << ")";
   });
   EXPECT_GT(checked, 0);
 }
@@ -361,8 +361,7 @@ TEST_P(ProducerConsumerTest, ReleasedOnlyWhenTheLastReferenceDies) {
   ASSERT_NE(batch, nullptr);
   std::shared_ptr<arrow::Array> column = batch->column(0);
   // Keep only a slice of one buffer: values 1 and 2 of column a.
-  std::shared_ptr<arrow::Buffer> slice =
-      arrow::SliceBuffer(column->data()->buffers[1], 8, 16);
+  std::shared_ptr<arrow::Buffer> slice = arrow::SliceBuffer(column->data()->buffers[1], 8, 16);
   column.reset();
   batch.reset();
 
@@ -508,9 +507,8 @@ TEST_P(ProducerConsumerTest, FanOutDeliversTheSamePagesToEveryConsumer) {
         auto m = FindMapping(maps, buffer.data(), buffer.size());
         ASSERT_TRUE(m.has_value());
         EXPECT_NE(m->path.find("memfd:"), std::string::npos);
-        places[c].push_back(
-            {buffer.data(), m->inode,
-             reinterpret_cast<uintptr_t>(buffer.data()) - m->start + m->offset});
+        places[c].push_back({buffer.data(), m->inode,
+                             reinterpret_cast<uintptr_t>(buffer.data()) - m->start + m->offset});
       });
     }
     ASSERT_FALSE(places[0].empty());
@@ -684,9 +682,9 @@ TEST_P(ProducerConsumerTest, ProjectionDeliversOnlyTheChosenColumns) {
 }
 
 TEST_P(ProducerConsumerTest, ProjectionFollowsASchemaChangeWithBatchesQueued) {
-  const auto first = arrow::schema({arrow::field("a", arrow::int64()),
-                                    arrow::field("b", arrow::utf8()),
-                                    arrow::field("c", arrow::float64())});
+  const auto first =
+      arrow::schema({arrow::field("a", arrow::int64()), arrow::field("b", arrow::utf8()),
+                     arrow::field("c", arrow::float64())});
   // c moves from index 2 to index 1; a index 2 no longer exists.
   const auto second =
       arrow::schema({arrow::field("a", arrow::int64()), arrow::field("c", arrow::float64())});
@@ -799,9 +797,9 @@ TEST_P(ProducerConsumerTest, SchemaChangeMidStream) {
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, TestSchema(), Options()));
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, ConsumerOpts()));
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
-  const auto second = arrow::schema({arrow::field("a", arrow::int64()),
-                                     arrow::field("b", arrow::utf8()),
-                                     arrow::field("c", arrow::float64())});
+  const auto second =
+      arrow::schema({arrow::field("a", arrow::int64()), arrow::field("b", arrow::utf8()),
+                     arrow::field("c", arrow::float64())});
   ASSERT_OK(PublishPooled(*producer, 0));
   ASSERT_OK(PublishPooled(*producer, 1));
   ASSERT_OK(producer->ChangeSchema(second));
@@ -949,7 +947,8 @@ void Lifecycle(MemoryMode mode) {
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
   for (int seed = 0; seed < 3; ++seed) ASSERT_OK(PublishPooled(*producer, seed));
   ASSERT_OK(producer->Publish(Expected(3)));
-  EXPECT_GT(test_util::CountMemfdMappings(), 0) << "shared memory is mapped while batches are in flight";
+  EXPECT_GT(test_util::CountMemfdMappings(), 0)
+      << "shared memory is mapped while batches are in flight";
   ASSERT_OK(producer->End());
   ASSERT_OK_AND_ASSIGN(auto answer, consumer->Request("4"));
   ExpectAnswer(*answer, 4);

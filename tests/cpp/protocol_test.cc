@@ -299,10 +299,10 @@ TEST(ProtocolTest, SchemaEndErrorRequestByeRoundTrip) {
     EXPECT_EQ(header.stream, 9u);
     EXPECT_OK(r.ExpectEnd("End"));
   }
-  for (auto code : {proto::ErrorCode::kProtocol, proto::ErrorCode::kVersion,
-                    proto::ErrorCode::kSchemaMismatch, proto::ErrorCode::kLimit,
-                    proto::ErrorCode::kHandler, proto::ErrorCode::kRefused,
-                    proto::ErrorCode::kShutdown}) {
+  for (auto code :
+       {proto::ErrorCode::kProtocol, proto::ErrorCode::kVersion, proto::ErrorCode::kSchemaMismatch,
+        proto::ErrorCode::kLimit, proto::ErrorCode::kHandler, proto::ErrorCode::kRefused,
+        proto::ErrorCode::kShutdown}) {
     const Bytes m = Copy(proto::Encode(w, 3, proto::Error{code, "went wrong: \xe2\x9c\x97"}));
     proto::Reader r(m);
     ASSERT_OK_AND_ASSIGN(auto header, r.ReadHeader());
@@ -350,8 +350,8 @@ TEST(ProtocolTest, TruncationAtEveryLengthFails) {
       // As received: the header's length no longer matches.
       Bytes prefix(m.begin(), m.begin() + static_cast<std::ptrdiff_t>(length));
       auto status = DecodeAny(prefix);
-      ASSERT_TRUE(status.IsInvalid()) << "type " << m[4] << " cut at " << length << ": "
-                                      << status.ToString();
+      ASSERT_TRUE(status.IsInvalid())
+          << "type " << m[4] << " cut at " << length << ": " << status.ToString();
       EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProtocol) << status.ToString();
       // With a length that agrees, so the payload decoder itself meets the end.
       if (length >= proto::kHeaderSize) {

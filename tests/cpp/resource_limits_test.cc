@@ -160,7 +160,7 @@ TEST(ResourceLimits, ProducerOutOfFdsRefusesConnectionsWithAClearError) {
         }
         std::shared_ptr<arrow::RecordBatch> batch;
         auto status = (*consumer)->ReadNext(&batch);
-        second = !status.ok() ? status.ToString()
+        second = !status.ok()       ? status.ToString()
                  : batch == nullptr ? "no batch"
                                     : std::to_string(batch->num_rows()) + " rows";
       });
@@ -240,8 +240,8 @@ TEST(ResourceLimits, ConsumerOutOfMappingsFailsConnectNamingTheLimit) {
         // A split takes two mappings: one may be left. Single pages of alternating protection
         // (so that neighbours do not merge) take it.
         for (int k = 0; k < 64; ++k) {
-          if (::mmap(nullptr, page, k % 2 ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0) == MAP_FAILED) {
+          if (::mmap(nullptr, page, k % 2 ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+                     0) == MAP_FAILED) {
             break;
           }
         }
@@ -302,26 +302,25 @@ TEST(ResourceLimits, SharedMemoryBeyondTheCgroupLimitFailsCommit) {
   ASSERT_TRUE(cgroup.Write("memory.limit_in_bytes", std::to_string(64 << 20)));
   ASSERT_TRUE(cgroup.Write("memory.oom_control", "1"));
   const auto child = RunInChild([&](int, int) -> std::string {
-        // From now on this process's allocations are charged to the cgroup.
-        if (!cgroup.Write("cgroup.procs", std::to_string(::getpid()))) return "cannot join";
-        ProducerOptions options;
-        options.ring_size = int64_t{256} << 20;
-        auto ring = Producer::Listen(NextAddress(), OneColumn(), options);
-        options.mode = MemoryMode::kSealed;
-        auto sealed = Producer::Listen(NextAddress(), OneColumn(), options);
-        if (!sealed.ok()) return "sealed Listen: " + sealed.status().ToString();
-        // Built in a sealed arena, committed 2 MiB at a time: fails part way.
-        auto batch = Rows((*sealed)->pool(), int64_t{16} << 20);
-        return (ring.ok() ? std::string("ring listening") : ring.status().ToString()) + "\n" +
-               (batch.ok() ? std::string("batch built") : batch.status().ToString());
-      });
+    // From now on this process's allocations are charged to the cgroup.
+    if (!cgroup.Write("cgroup.procs", std::to_string(::getpid()))) return "cannot join";
+    ProducerOptions options;
+    options.ring_size = int64_t{256} << 20;
+    auto ring = Producer::Listen(NextAddress(), OneColumn(), options);
+    options.mode = MemoryMode::kSealed;
+    auto sealed = Producer::Listen(NextAddress(), OneColumn(), options);
+    if (!sealed.ok()) return "sealed Listen: " + sealed.status().ToString();
+    // Built in a sealed arena, committed 2 MiB at a time: fails part way.
+    auto batch = Rows((*sealed)->pool(), int64_t{16} << 20);
+    return (ring.ok() ? std::string("ring listening") : ring.status().ToString()) + "\n" +
+           (batch.ok() ? std::string("batch built") : batch.status().ToString());
+  });
   ASSERT_TRUE(child.exited_ok()) << child.How() << ": " << child.report;
   EXPECT_NE(child.report.find("fallocate"), std::string::npos) << child.report;
   EXPECT_NE(child.report.find("Cannot allocate memory"), std::string::npos) << child.report;
   EXPECT_EQ(child.report.find("ring listening"), std::string::npos) << child.report;
   EXPECT_EQ(child.report.find("batch built"), std::string::npos) << child.report;
 }
-
 
 /// Issue 17, case 8: a fork() while an arena is mapped writable must not keep its memfd from
 /// being sealed. The child inherited the writable shared mapping, and F_SEAL_WRITE failed with

@@ -169,7 +169,7 @@ TEST(RingTest, FullRingFailsFastNamingSizes) {
   ASSERT_TRUE(status.IsOutOfMemory()) << status.ToString();
   const std::string message = status.message();
   EXPECT_NE(message.find("ring full"), std::string::npos) << message;
-  EXPECT_NE(message.find("12345"), std::string::npos) << message;              // requested
+  EXPECT_NE(message.find("12345"), std::string::npos) << message;                    // requested
   EXPECT_NE(message.find(std::to_string(kRingSize)), std::string::npos) << message;  // ring size
   for (int64_t offset : held) ring->Free(offset);
 }
@@ -226,7 +226,8 @@ TEST(RingTest, CloseWakesABlockedAllocation) {
   ring->Close();
   waiter.join();
   EXPECT_TRUE(blocked_status.IsCancelled()) << blocked_status.ToString();
-  EXPECT_NE(blocked_status.message().find("closed"), std::string::npos) << blocked_status.ToString();
+  EXPECT_NE(blocked_status.message().find("closed"), std::string::npos)
+      << blocked_status.ToString();
   EXPECT_TRUE(closed_first);
   ring->Free(all);
 }
@@ -351,8 +352,8 @@ TEST(RingTest, ConsumerFdCanBeReadButNeverWritten) {
   ASSERT_EQ(::pread(fd.get(), read_back, sizeof read_back, offset),
             static_cast<ssize_t>(sizeof read_back));
   EXPECT_STREQ(read_back, kText);
-  void* readable = ::mmap(nullptr, static_cast<size_t>(kRingSize), PROT_READ, MAP_SHARED,
-                          fd.get(), 0);
+  void* readable =
+      ::mmap(nullptr, static_cast<size_t>(kRingSize), PROT_READ, MAP_SHARED, fd.get(), 0);
   ASSERT_NE(readable, MAP_FAILED) << std::strerror(errno);
   EXPECT_STREQ(static_cast<const char*>(readable) + offset, kText);
   // Later producer writes show through the consumer's mapping (same pages, no copy).
@@ -381,9 +382,9 @@ TEST(RingTest, ReopeningTheConsumerFdWritableStillCannotWrite) {
   if (writable != MAP_FAILED) ::munmap(writable, static_cast<size_t>(kRingSize));
   const char kEvil[] = "evil";
   EXPECT_LT(::pwrite(reopened.get(), kEvil, sizeof kEvil, 128), 0);
-  EXPECT_NE(::ftruncate(reopened.get(), 0), 0);                     // F_SEAL_SHRINK
-  EXPECT_NE(::ftruncate(reopened.get(), kRingSize * 2), 0);         // F_SEAL_GROW
-  EXPECT_NE(::fallocate(reopened.get(), 0, 0, kRingSize * 2), 0);   // F_SEAL_GROW
+  EXPECT_NE(::ftruncate(reopened.get(), 0), 0);                      // F_SEAL_SHRINK
+  EXPECT_NE(::ftruncate(reopened.get(), kRingSize * 2), 0);          // F_SEAL_GROW
+  EXPECT_NE(::fallocate(reopened.get(), 0, 0, kRingSize * 2), 0);    // F_SEAL_GROW
   EXPECT_NE(::fcntl(reopened.get(), F_ADD_SEALS, F_SEAL_WRITE), 0);  // F_SEAL_SEAL
 }
 

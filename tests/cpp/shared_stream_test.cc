@@ -27,8 +27,8 @@ std::shared_ptr<arrow::Schema> TestSchema() {
   return arrow::schema({arrow::field("id", arrow::int64()), arrow::field("text", arrow::utf8())});
 }
 
-arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeBatch(arrow::MemoryPool* pool,
-                                                              int64_t rows, int64_t seed) {
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeBatch(arrow::MemoryPool* pool, int64_t rows,
+                                                             int64_t seed) {
   arrow::Int64Builder ids(pool);
   arrow::StringBuilder texts(pool);
   for (int64_t i = 0; i < rows; ++i) {
@@ -172,8 +172,8 @@ INSTANTIATE_TEST_SUITE_P(
               {"missing F_SEAL_SEAL|F_SEAL_WRITE"}},
         BadFd{"MemfdSealedWithFutureWriteInsteadOfWrite",
               [](const std::vector<uint8_t>& bytes) {
-                return MakeMemfd(bytes, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW |
-                                            F_SEAL_FUTURE_WRITE);
+                return MakeMemfd(bytes,
+                                 F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE);
               },
               {"missing F_SEAL_WRITE"}},
         BadFd{"EmptySealedMemfd",
@@ -316,8 +316,8 @@ TEST(SharedStream, BufferOffsetOutsideTheBodyIsAnError) {
   ASSERT_EQ(messages.size(), 2u);
   const auto& batch_message = messages[1];
   ASSERT_GE(batch_message.fields.num_buffers, 5);
-  for (int64_t bad_offset : {int64_t{1} << 40, batch_message.body_length, int64_t{-8},
-                             batch_message.body_length - 8}) {
+  for (int64_t bad_offset :
+       {int64_t{1} << 40, batch_message.body_length, int64_t{-8}, batch_message.body_length - 8}) {
     SCOPED_TRACE("offset " + std::to_string(bad_offset));
     std::vector<uint8_t> bytes = valid.bytes;
     // Buffer 1: the int64 values (validity, values, then the utf8 column's three buffers).
@@ -433,7 +433,7 @@ TEST(SharedStream, BatchesOutliveTheStream) {
 TEST(SharedStream, MappingIsReadOnlyAndDescribed) {
   ASSERT_OK_AND_ASSIGN(StreamBytes valid, MakeStreamBytes(1));
   ASSERT_OK_AND_ASSIGN(UniqueFd fd, MakeMemfd(valid.bytes, kAllSeals));
-  struct stat st {};
+  struct stat st{};
   ASSERT_EQ(::fstat(fd.get(), &st), 0);
   const int before = CountOpenFds();
   ASSERT_OK_AND_ASSIGN(auto stream, SharedStream::Open(std::move(fd)));
@@ -456,9 +456,8 @@ TEST(SharedStream, MappingIsReadOnlyAndDescribed) {
   EXPECT_FALSE(stream->Contains(nullptr, 1));
   // The mapping really is read-only: mprotect to writable must fail (MAP_SHARED of a sealed fd).
   const long page = ::sysconf(_SC_PAGESIZE);
-  EXPECT_NE(::mprotect(const_cast<uint8_t*>(base), static_cast<size_t>(page),
-                       PROT_READ | PROT_WRITE),
-            0);
+  EXPECT_NE(
+      ::mprotect(const_cast<uint8_t*>(base), static_cast<size_t>(page), PROT_READ | PROT_WRITE), 0);
   // A heap batch is not inside.
   EXPECT_FALSE(AllBuffersInside(*stream, *valid.batches[0]));
 }

@@ -60,7 +60,7 @@ arrow::Result<Published> Publish() {
 }
 
 bool PathExists(const std::string& path) {
-  struct stat st {};
+  struct stat st{};
   return ::lstat(path.c_str(), &st) == 0;
 }
 
@@ -71,7 +71,7 @@ void ExpectReceivedStream(UniqueFd fd, const Published& published) {
   ASSERT_GE(flags, 0);
   EXPECT_NE(flags & FD_CLOEXEC, 0) << "received fd lacks FD_CLOEXEC";
   EXPECT_NE(fd.get(), published.sealed.fd.get()) << "a new descriptor, not the producer's";
-  struct stat mine {}, theirs {};
+  struct stat mine{}, theirs{};
   ASSERT_EQ(::fstat(fd.get(), &mine), 0);
   ASSERT_EQ(::fstat(published.sealed.fd.get(), &theirs), 0);
   EXPECT_EQ(mine.st_ino, theirs.st_ino);
@@ -191,7 +191,7 @@ TEST(HandOverFile, SocketFileHasTheRequestedMode) {
     // Once a first client got its fd the socket is listening, so bind and chmod are done.
     auto first = ReceiveFd(path, 20000);
     ASSERT_OK(first);
-    struct stat st {};
+    struct stat st{};
     ASSERT_EQ(::lstat(path.c_str(), &st), 0) << std::strerror(errno);
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_mode & 07777, mode);
@@ -213,7 +213,7 @@ TEST(HandOverFile, RefusesToReplaceANonSocketFile) {
   ServeOptions options;
   options.accept_timeout_ms = 50;
   EXPECT_ERROR_CONTAINS(ServeFd(path, published.sealed.fd.get(), options), "not a socket");
-  struct stat st {};
+  struct stat st{};
   ASSERT_EQ(::stat(path.c_str(), &st), 0) << "the file was removed";
   EXPECT_TRUE(S_ISREG(st.st_mode));
   EXPECT_EQ(st.st_size, 4);
@@ -257,7 +257,9 @@ TEST(HandOverFile, BadPathsAreRejected) {
   // Not "nobody listens": a missing directory is ENOENT too, but a path through a regular file
   // is ENOTDIR, which is not retried and says what happened.
   const std::string file = test_util::UniqueTempPath("notdir");
-  { UniqueFd f(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)); }
+  {
+    UniqueFd f(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  }
   auto through_file = ReceiveFd(file + "/sock", 5000);
   EXPECT_FALSE(through_file.ok());
   EXPECT_EQ(through_file.status().ToString().find("no producer is listening"), std::string::npos)
@@ -272,8 +274,8 @@ TEST(HandOverFile, OtherUidsGetNoFd) {
   ASSERT_OK_AND_ASSIGN(Published published, Publish());
   for (bool abstract : {true, false}) {
     SCOPED_TRACE(abstract ? "abstract" : "path");
-    const std::string path = abstract ? test_util::UniqueAbstractName("uid")
-                                      : test_util::UniqueTempPath("uid");
+    const std::string path =
+        abstract ? test_util::UniqueAbstractName("uid") : test_util::UniqueTempPath("uid");
     arrow::Status served;
     std::jthread producer([&] { served = ServeFd(path, published.sealed.fd.get(), Serve()); });
     // The child polls until the producer listens (a same-uid probe would take the only slot).
@@ -281,8 +283,8 @@ TEST(HandOverFile, OtherUidsGetNoFd) {
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path.data(), path.size());
     if (abstract) addr.sun_path[0] = '\0';
-    const auto addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() +
-                                                 (abstract ? 0 : 1));
+    const auto addr_len =
+        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
     // The child only makes system calls: the parent has other threads.
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
@@ -356,9 +358,8 @@ const std::array<uint8_t, 1> kByte{'F'};
 TEST(ReceiveFd, PeerSendsAByteWithoutAnFd) {
   const int before = CountOpenFds();
   {
-    FakeProducer producer([](UnixSocket& client) {
-      EXPECT_OK(client.Send(kByte, std::span<const int>()));
-    });
+    FakeProducer producer(
+        [](UnixSocket& client) { EXPECT_OK(client.Send(kByte, std::span<const int>())); });
     auto received = ReceiveFd(producer.path(), 0);
     EXPECT_ERROR_CONTAINS(received, "carried no fd");
     EXPECT_ERROR_CONTAINS(received, producer.path());
@@ -430,11 +431,11 @@ TEST(UnixSocket, SendAndReceiveTheMaximumOf253Fds) {
     EXPECT_EQ(received.bytes, 3);
     EXPECT_EQ(std::memcmp(buffer.data(), "abc", 3), 0);
     ASSERT_EQ(received.fds.size(), static_cast<size_t>(internal::kMaxFdsPerMessage));
-    struct stat original {};
+    struct stat original{};
     ASSERT_EQ(::fstat(memfd.get(), &original), 0);
     std::set<int> distinct;
     for (const auto& fd : received.fds) {
-      struct stat st {};
+      struct stat st{};
       ASSERT_EQ(::fstat(fd.get(), &st), 0);
       EXPECT_EQ(st.st_ino, original.st_ino);
       EXPECT_NE(::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC, 0);
@@ -462,7 +463,9 @@ TEST(UnixSocket, ReceiveReportsSilenceAsMinusOneBytes) {
   ASSERT_OK_AND_ASSIGN(auto polled, pair.client.Receive(buffer, 1, 0));
   EXPECT_EQ(polled.bytes, -1);
   // After the peer hangs up: 0 bytes.
-  { UnixSocket gone = std::move(pair.server); }
+  {
+    UnixSocket gone = std::move(pair.server);
+  }
   ASSERT_OK_AND_ASSIGN(auto closed, pair.client.Receive(buffer, 1, 5000));
   EXPECT_EQ(closed.bytes, 0);
 }
@@ -508,7 +511,7 @@ TEST(UnixSocket, LongMessageArrivesWholeDespitePartialSends) {
   ASSERT_EQ(::setsockopt(pair.client.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
   ASSERT_OK_AND_ASSIGN(UniqueFd memfd, test_util::MakeMemfd({4, 2}, 0));
 
-  struct sigaction action {}, previous {};
+  struct sigaction action{}, previous{};
   action.sa_handler = IgnoreSignal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = 0;  // no SA_RESTART: blocked sendmsg returns early
@@ -562,7 +565,7 @@ TEST(UnixSocket, LongMessageArrivesWholeDespitePartialSends) {
   ASSERT_EQ(received.size(), message.size());
   EXPECT_TRUE(received == message) << "bytes arrived out of order or damaged";
   ASSERT_EQ(fds.size(), 1u);
-  struct stat a {}, b {};
+  struct stat a{}, b{};
   ASSERT_EQ(::fstat(fds[0].get(), &a), 0);
   ASSERT_EQ(::fstat(memfd.get(), &b), 0);
   EXPECT_EQ(a.st_ino, b.st_ino);
@@ -612,7 +615,9 @@ TEST(UnixSocket, ListenerRemovesOnlyItsOwnSocketFile) {
   address.sun_family = AF_UNIX;
   std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
   ASSERT_EQ(::bind(other.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-  { UnixSocket finished = std::move(first); }
+  {
+    UnixSocket finished = std::move(first);
+  }
   EXPECT_TRUE(PathExists(path)) << "the first listener removed a socket file that is not its own";
   ::unlink(path.c_str());
 }

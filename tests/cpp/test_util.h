@@ -40,19 +40,19 @@ const arrow::Status& ToStatus(const arrow::Result<T>& result) {
 /// Fails the test (fatally) when `expr`, a Status or Result, is not OK, printing the status.
 #define ASSERT_OK(expr)                                                              \
   do {                                                                               \
-    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));    \
+    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));     \
     ASSERT_TRUE(_shm_status.ok()) << #expr << " failed: " << _shm_status.ToString(); \
   } while (false)
 
 #define EXPECT_OK(expr)                                                              \
   do {                                                                               \
-    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));    \
+    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));     \
     EXPECT_TRUE(_shm_status.ok()) << #expr << " failed: " << _shm_status.ToString(); \
   } while (false)
 
-#define SHM_ASSIGN_OR_FAIL_IMPL(tmp, lhs, rexpr)                                   \
-  auto tmp = (rexpr);                                                              \
-  ASSERT_TRUE(tmp.ok()) << #rexpr << " failed: " << tmp.status().ToString();       \
+#define SHM_ASSIGN_OR_FAIL_IMPL(tmp, lhs, rexpr)                             \
+  auto tmp = (rexpr);                                                        \
+  ASSERT_TRUE(tmp.ok()) << #rexpr << " failed: " << tmp.status().ToString(); \
   lhs = std::move(tmp).ValueUnsafe()
 
 /// `lhs = *rexpr` for an arrow::Result, failing the test (fatally) on error.
@@ -60,13 +60,12 @@ const arrow::Status& ToStatus(const arrow::Result<T>& result) {
   SHM_ASSIGN_OR_FAIL_IMPL(SHM_CONCAT(_shm_result_, __LINE__), lhs, rexpr)
 
 /// Expects `expr` (Status or Result) to fail with a message containing `substring`.
-#define EXPECT_ERROR_CONTAINS(expr, substring)                                             \
-  do {                                                                                     \
-    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));          \
-    EXPECT_FALSE(_shm_status.ok()) << #expr << " unexpectedly succeeded";                  \
-    EXPECT_NE(_shm_status.ToString().find(substring), std::string::npos)                   \
-        << "status '" << _shm_status.ToString() << "' does not mention '" << (substring) \
-        << "'";                                                                            \
+#define EXPECT_ERROR_CONTAINS(expr, substring)                                                   \
+  do {                                                                                           \
+    const ::arrow::Status _shm_status = ::shmarrow::test_util::ToStatus((expr));                 \
+    EXPECT_FALSE(_shm_status.ok()) << #expr << " unexpectedly succeeded";                        \
+    EXPECT_NE(_shm_status.ToString().find(substring), std::string::npos)                         \
+        << "status '" << _shm_status.ToString() << "' does not mention '" << (substring) << "'"; \
   } while (false)
 
 namespace shmarrow::test_util {
@@ -113,13 +112,13 @@ inline std::string UniqueAbstractName(const std::string& stem) {
 
 /// All bytes of a file, read with pread (the fd's offset is untouched).
 inline arrow::Result<std::vector<uint8_t>> PreadAll(int fd) {
-  struct stat st {};
+  struct stat st{};
   if (::fstat(fd, &st) != 0) return arrow::Status::IOError("fstat failed: ", std::strerror(errno));
   std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::pread(fd, bytes.data() + done, bytes.size() - done,
-                              static_cast<off_t>(done));
+    const ssize_t n =
+        ::pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return arrow::Status::IOError("pread failed at ", done);
     done += static_cast<size_t>(n);

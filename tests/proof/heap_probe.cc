@@ -71,8 +71,9 @@ arrow::Status Run(bool arena, int64_t rows, const Counters& counters, Figures* o
   out->produce = {counters.bytes() - bytes0, counters.calls() - calls0};
   out->stats = writer->stats();
   out->memfd_bytes = sealed.size;
-  struct stat st {};
-  if (::fstat(sealed.fd.get(), &st) != 0) return arrow::Status::IOError("fstat of the sealed memfd");
+  struct stat st{};
+  if (::fstat(sealed.fd.get(), &st) != 0)
+    return arrow::Status::IOError("fstat of the sealed memfd");
   out->producer_inode = st.st_ino;
 
   // Consume: what a receiving process does with the fd it got.

@@ -74,7 +74,8 @@ static _Alignas(16) unsigned char bootstrap[BOOTSTRAP_SIZE];
 static atomic_size_t bootstrap_used;
 
 static int in_bootstrap(const void* p) {
-  return (const unsigned char*)p >= bootstrap && (const unsigned char*)p < bootstrap + BOOTSTRAP_SIZE;
+  return (const unsigned char*)p >= bootstrap &&
+         (const unsigned char*)p < bootstrap + BOOTSTRAP_SIZE;
 }
 
 static void* bootstrap_alloc(size_t size) {
@@ -86,7 +87,7 @@ static void* bootstrap_alloc(size_t size) {
     abort();
   }
   memcpy(bootstrap + at, &size, sizeof(size));
-  return bootstrap + at + 16;  /* static storage: already zero, as calloc needs */
+  return bootstrap + at + 16; /* static storage: already zero, as calloc needs */
 }
 
 static size_t bootstrap_size(const void* p) {
@@ -181,7 +182,7 @@ EXPORT void* reallocarray(void* p, size_t n, size_t size) {
 
 EXPORT void free(void* p) {
   if (p == NULL || in_bootstrap(p)) return;
-  if (!resolve()) return;  /* cannot happen: only memory from a resolved malloc reaches here */
+  if (!resolve()) return; /* cannot happen: only memory from a resolved malloc reaches here */
   real.free(p);
 }
 
@@ -229,9 +230,9 @@ __attribute__((destructor)) static void malloc_counter_report(void) {
   const char* path = getenv("MALLOC_COUNTER_OUT");
   if (path == NULL || path[0] == '\0') return;
   char line[160];
-  const int n = snprintf(line, sizeof(line), "heap_bytes=%lld heap_calls=%lld heap_max=%lld pid=%ld\n",
-                         malloc_counter_bytes(), malloc_counter_calls(), malloc_counter_max(),
-                         (long)getpid());
+  const int n = snprintf(
+      line, sizeof(line), "heap_bytes=%lld heap_calls=%lld heap_max=%lld pid=%ld\n",
+      malloc_counter_bytes(), malloc_counter_calls(), malloc_counter_max(), (long)getpid());
   const int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0 || n <= 0) return;
   (void)!write(fd, line, (size_t)n);
