@@ -21,6 +21,7 @@ SHMARROW_BUILD="$root/build" .venv/bin/python -m pytest -q tests/python
 "$root/scripts/test_wheel.sh"
 "$root/scripts/test_presets.sh"
 "$root/scripts/tidy.sh"
+"$root/scripts/format.sh" --check
 if [ -n "${CI:-}" ] || [ "${SHMARROW_FUZZ:-0}" = 1 ]; then
   "$root/fuzz/run_bounded.sh"
 fi

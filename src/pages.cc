@@ -2,10 +2,13 @@
 
 #include <sys/mman.h>
 
-#include <cstdio>
+#include <charconv>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "errno_status.h"
 #include "mapping.h"
@@ -88,6 +91,31 @@ void Prefault(uint8_t* base, int64_t length) {
   (void)::madvise(base, static_cast<size_t>(length), MADV_POPULATE_WRITE);
 }
 
+/// The address range a mapping's header line of smaps starts with ("7f..-7f.. rw-s ..."), or
+/// nothing for the other lines ("Size:   2048 kB").
+std::optional<std::pair<uintptr_t, uintptr_t>> MappingRange(const std::string& line) {
+  const char* const end = line.c_str() + line.size();
+  uintptr_t from = 0, to = 0;
+  const auto first = std::from_chars(line.c_str(), end, from, 16);
+  if (first.ec != std::errc() || first.ptr == end || *first.ptr != '-') return std::nullopt;
+  const auto second = std::from_chars(first.ptr + 1, end, to, 16);
+  if (second.ec != std::errc() || second.ptr == end || *second.ptr != ' ') return std::nullopt;
+  return std::pair{from, to};
+}
+
+/// The kB value of an smaps field line ("ShmemPmdMapped:    2048 kB") named `key` (with its
+/// colon), or nothing for other lines.
+std::optional<int64_t> FieldKib(std::string_view line, std::string_view key) {
+  if (!line.starts_with(key)) return std::nullopt;
+  line.remove_prefix(key.size());
+  while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+  int64_t kib = 0;
+  if (std::from_chars(line.data(), line.data() + line.size(), kib).ec != std::errc()) {
+    return std::nullopt;
+  }
+  return kib;
+}
+
 arrow::Result<int64_t> MappedPageSize(const void* addr) {
   std::ifstream smaps("/proc/self/smaps");
   if (!smaps) return arrow::Status::IOError("cannot read /proc/self/smaps");
@@ -96,20 +124,15 @@ arrow::Result<int64_t> MappedPageSize(const void* addr) {
   int64_t kernel_page_kib = 4;
   std::string line;
   while (std::getline(smaps, line)) {
-    unsigned long from = 0, to = 0;
-    char perms[8];
-    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &from, &to, perms) == 3) {
+    if (const auto range = MappingRange(line)) {
       if (inside) break;  // the next mapping: ours had no PMD-mapped pages
-      inside = from <= target && target < to;
+      inside = range->first <= target && target < range->second;
       continue;
     }
     if (!inside) continue;
-    long kib = 0;
-    if (std::sscanf(line.c_str(), "KernelPageSize: %ld kB", &kib) == 1) kernel_page_kib = kib;
-    if ((std::sscanf(line.c_str(), "ShmemPmdMapped: %ld kB", &kib) == 1 ||
-         std::sscanf(line.c_str(), "FilePmdMapped: %ld kB", &kib) == 1) &&
-        kib > 0) {
-      return kHugePageSize;
+    if (const auto kib = FieldKib(line, "KernelPageSize:")) kernel_page_kib = *kib;
+    for (const std::string_view key : {"ShmemPmdMapped:", "FilePmdMapped:"}) {
+      if (const auto kib = FieldKib(line, key); kib && *kib > 0) return kHugePageSize;
     }
   }
   if (!inside) return arrow::Status::Invalid("no mapping holds ", addr, " in /proc/self/smaps");
