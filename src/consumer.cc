@@ -629,7 +629,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
       auto status = WithCode(arrow::Status::IOError("producer: ", proto::Printable(error.message)),
-                             error.code, /*from_producer=*/true);
+                             proto::WireErrorCode(error.code), /*from_producer=*/true);
       if (header.stream == 0) return status;  // fatal
       stream.events.emplace_back(status);
       return arrow::Status::OK();

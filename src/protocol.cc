@@ -309,13 +309,17 @@ std::span<const uint8_t> Encode(Writer& w, uint32_t stream, const Error& m) {
   return w.Bytes(m.message.substr(0, kMaxMessageSize / 2)).Finish();
 }
 
+ErrorCode WireErrorCode(ErrorCode sent) {
+  const auto code = static_cast<uint32_t>(sent);
+  const bool known = code >= static_cast<uint32_t>(ErrorCode::kProtocol) &&
+                     code <= static_cast<uint32_t>(ErrorCode::kShutdown);
+  return known ? sent : ErrorCode::kProtocol;
+}
+
 arrow::Result<Error> DecodeError(Reader& r) {
   Error m;
   ARROW_ASSIGN_OR_RAISE(auto code, r.U32("code"));
-  // A code this version does not know (or a local one, which never travels) reads as protocol.
-  const bool known = code >= static_cast<uint32_t>(ErrorCode::kProtocol) &&
-                     code <= static_cast<uint32_t>(ErrorCode::kShutdown);
-  m.code = known ? static_cast<ErrorCode>(code) : ErrorCode::kProtocol;
+  m.code = static_cast<ErrorCode>(code);  // as sent: WireErrorCode judges it
   ARROW_ASSIGN_OR_RAISE(m.message, r.Bytes("message", kMaxMessageSize));
   ARROW_RETURN_NOT_OK(r.ExpectEnd("Error"));
   return m;
@@ -353,7 +357,7 @@ arrow::Result<Welcome> DecodeHandshakeAnswer(std::span<const uint8_t> datagram,
     ARROW_ASSIGN_OR_RAISE(auto error, DecodeError(reader));
     return WithCode(
         arrow::Status::Invalid("producer at '", address, "' refused: ", Printable(error.message)),
-        error.code, /*from_producer=*/true);
+        WireErrorCode(error.code), /*from_producer=*/true);
   }
   if (header.type != Type::kWelcome) {
     return ProtocolError("expected Welcome, got ", TypeName(header.type));

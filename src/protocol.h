@@ -150,9 +150,15 @@ struct Batch {
 };
 
 struct Error {
+  /// As on the wire: decoding keeps a code this version does not know, so that the message
+  /// re-encodes to its bytes; WireErrorCode says what a receiver makes of it.
   ErrorCode code = ErrorCode::kProtocol;
   std::string message;
 };
+
+/// What a received Error's code means here: a code this version does not know (or a local one,
+/// which never travels) reads as kProtocol.
+[[nodiscard]] ErrorCode WireErrorCode(ErrorCode sent);
 
 /// Builds one message; reuse it to avoid allocations.
 class Writer {
