@@ -26,6 +26,7 @@
 #include "mapping.h"
 #include "memfd.h"
 #include "protocol.h"
+#include "ring_queue.h"
 #include "schema_match.h"
 #include "shared_stream_internal.h"
 #include "shmarrow/error.h"
@@ -222,7 +223,6 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   bool HasQueuedBatch() const;
   /// kFeatureQueue: entries the producer wrote and this consumer has not read (an error if the
   /// count is impossible).
-  arrow::Result<uint64_t> QueueUnread() const;
   /// Takes every unread entry of the queue into stream 0's events; false if there was none.
   arrow::Result<bool> DrainQueue();
   /// Applies the next `count` stream-0 Schema/End messages, which the producer sent on the
@@ -274,9 +274,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   size_t release_batch_ = 1;               // releases per Release message while behind
   std::vector<uint8_t> metadata_scratch_;  // ring mode: the private copy of a batch's metadata
   // kFeatureQueue: stream 0 arrives through a queue the producer writes in the ring.
-  const uint8_t* queue_ = nullptr;
-  uint32_t queue_capacity_ = 0;
-  uint64_t queue_read_ = 0;
+  proto::QueueReader queue_;                 // ring mode with kFeatureQueue: stream 0's batches
   uint64_t waiting_announced_ = UINT64_MAX;  // the count last sent in Waiting
   std::deque<Event> controls_;               // stream-0 Schema/End received, applied at their entry
   std::vector<UniqueFd> no_fds_;
@@ -420,17 +418,9 @@ arrow::Status ConsumerImpl::Handshake(const std::string& address, UnixSocket soc
   ring_ = std::make_shared<internal::MappedBuffer>(std::move(mapping));
   if (welcome.minor >= 1 && (welcome.features & proto::kFeatureQueue) &&
       welcome.queue_capacity > 0) {
-    const uint64_t ring_size = static_cast<uint64_t>(ring_->size());
-    const uint64_t capacity = welcome.queue_capacity;
-    const uint64_t bytes = proto::kQueueHeaderSize + capacity * proto::kQueueEntrySize;
-    if (capacity > proto::kMaxQueueCapacity || welcome.queue_offset % 64 != 0 ||
-        welcome.queue_offset > ring_size || bytes > ring_size - welcome.queue_offset) {
-      return proto::ProtocolError("queue of ", capacity, " entries at offset ",
-                                  welcome.queue_offset, " does not fit the ", ring_size,
-                                  "-byte ring (or is not 64-byte aligned)");
-    }
-    queue_ = ring_->data() + welcome.queue_offset;
-    queue_capacity_ = welcome.queue_capacity;
+    ARROW_ASSIGN_OR_RAISE(
+        queue_, proto::QueueReader::Attach(ring_->data(), static_cast<uint64_t>(ring_->size()),
+                                           welcome.queue_offset, welcome.queue_capacity));
   }
   return arrow::Status::OK();
 }
@@ -449,7 +439,7 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   if (!behind_) {
     channel_->SetDeferring(false, release_batch_);  // caught up: the producer hears of everything
     if (timeout_ms == 0) return false;
-    if (queue_ != nullptr) {
+    if (queue_.attached()) {
       ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
       if (!sleep) return true;
     }
@@ -484,39 +474,23 @@ bool ConsumerImpl::HasQueuedBatch() const {
 
 void ConsumerImpl::SettleReleases() {
   if (channel_ == nullptr) return;
-  if (fatal_.ok() && !HasQueuedBatch() && (behind_ || queue_ != nullptr)) {
-    auto prefetched = queue_ != nullptr ? DrainQueue() : Pump(0);
+  if (fatal_.ok() && !HasQueuedBatch() && (behind_ || queue_.attached())) {
+    auto prefetched = queue_.attached() ? DrainQueue() : Pump(0);
     if (!prefetched.ok()) fatal_ = prefetched.status();
   }
   channel_->SetDeferring(HasQueuedBatch(), release_batch_);
 }
 
-arrow::Result<uint64_t> ConsumerImpl::QueueUnread() const {
-  const uint64_t written =
-      __atomic_load_n(reinterpret_cast<const uint64_t*>(queue_), __ATOMIC_ACQUIRE);
-  if (written < queue_read_ || written - queue_read_ > queue_capacity_) {
-    return proto::ProtocolError("the queue counts ", written,
-                                " entries written, but this consumer read ", queue_read_,
-                                " of a queue of ", queue_capacity_);
-  }
-  return written - queue_read_;
-}
-
 arrow::Result<bool> ConsumerImpl::DrainQueue() {
-  if (queue_ == nullptr) return false;
-  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  if (!queue_.attached()) return false;
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, queue_.Unread());
   for (uint64_t i = 0; i < unread; ++i) {
     // Copied out first: the producer can write the ring, the consumer checks what it copied.
-    proto::QueueEntry entry;
-    std::memcpy(
-        &entry,
-        queue_ + proto::kQueueHeaderSize + (queue_read_ % queue_capacity_) * proto::kQueueEntrySize,
-        sizeof entry);
-    ++queue_read_;
+    const proto::QueueEntry entry = queue_.Next();
     ARROW_RETURN_NOT_OK(ApplyControls(entry.controls_before));
     if (entry.kind == proto::EntryKind::kControls) continue;
     if (entry.kind != proto::EntryKind::kBatch) {
-      return proto::ProtocolError("queue entry ", queue_read_ - 1, " has kind ",
+      return proto::ProtocolError("queue entry ", queue_.read() - 1, " has kind ",
                                   static_cast<uint32_t>(entry.kind));
     }
     proto::Batch message;
@@ -557,12 +531,12 @@ arrow::Status ConsumerImpl::ApplyControls(uint32_t count) {
 }
 
 arrow::Result<bool> ConsumerImpl::AnnounceWaiting() {
-  if (waiting_announced_ != queue_read_) {
+  if (waiting_announced_ != queue_.read()) {
     // A producer gone (or not reading) cannot be told; the socket says so when it is read.
-    (void)channel_->Send(proto::EncodeWaiting(writer_, queue_read_));
-    waiting_announced_ = queue_read_;
+    (void)channel_->Send(proto::EncodeWaiting(writer_, queue_.read()));
+    waiting_announced_ = queue_.read();
   }
-  ARROW_ASSIGN_OR_RAISE(uint64_t unread, QueueUnread());
+  ARROW_ASSIGN_OR_RAISE(uint64_t unread, queue_.Unread());
   return unread == 0;
 }
 
@@ -607,7 +581,7 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
         auto suits = internal::CheckSchema(*options_.expect_schema, *schema, options_.match);
         if (!suits.ok()) return suits.WithMessage("schema change: ", suits.message());
       }
-      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+      if (queue_.attached() && header.stream == 0) {  // applies at the entry that counts it
         controls_.emplace_back(std::move(schema));
         return arrow::Status::OK();
       }
@@ -617,14 +591,14 @@ arrow::Status ConsumerImpl::Handle(const uint8_t* data, int64_t size, std::vecto
     }
     case proto::Type::kEnd:
       ARROW_RETURN_NOT_OK(reader.ExpectEnd("End"));
-      if (queue_ != nullptr && header.stream == 0) {  // applies at the entry that counts it
+      if (queue_.attached() && header.stream == 0) {  // applies at the entry that counts it
         controls_.emplace_back(EndOfStream{});
       } else {
         stream.events.emplace_back(EndOfStream{});
       }
       return arrow::Status::OK();
     case proto::Type::kWake:  // the queue has entries: read by the caller's next look at it
-      if (queue_ == nullptr) return proto::ProtocolError("Wake without a queue");
+      if (!queue_.attached()) return proto::ProtocolError("Wake without a queue");
       return reader.ExpectEnd("Wake");
     case proto::Type::kError: {
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
@@ -780,7 +754,7 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
     // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
     // producer going away) every 64th round.
-    if (spin && queue_ != nullptr && round % 64 != 0) continue;
+    if (spin && queue_.attached() && round % 64 != 0) continue;
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;
     if (!got && deadline.expired()) {
@@ -838,7 +812,7 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
     if (got) continue;
     // fd() becomes readable with the producer's Wake once the queue has something.
-    if (queue_ != nullptr) {
+    if (queue_.attached()) {
       ARROW_ASSIGN_OR_RAISE(bool sleep, AnnounceWaiting());
       if (!sleep) continue;
     }

@@ -27,6 +27,7 @@
 #include "pages.h"
 #include "protocol.h"
 #include "ring.h"
+#include "ring_queue.h"
 #include "schema_match.h"
 #include "shmarrow/error.h"
 #include "shmarrow/stream_writer.h"
@@ -226,11 +227,10 @@ struct Connection {
   uint64_t dropped_unreported = 0;
   bool waiting_writable = false;
   bool detached = false;  // said Bye: receives nothing more, keeps what it holds until released
-  // kFeatureQueue: stream 0 goes through this consumer's queue in the ring (protocol.h).
+  // kFeatureQueue: stream 0 goes through this consumer's queue in the ring (ring_queue.h);
+  // unattached: no queue, stream 0 goes in Batch messages.
   int queue_slot = -1;
-  uint8_t* queue = nullptr;
-  uint32_t queue_capacity = 0;  // 0: no queue, stream 0 goes in Batch messages
-  uint64_t queue_written = 0;
+  proto::QueueWriter queue;
   uint32_t controls_unannounced = 0;  // stream-0 Schema/End sent since the last entry
   bool consumer_waiting = false;      // said Waiting having read all `waiting_at` entries
   uint64_t waiting_at = 0;
@@ -436,8 +436,7 @@ arrow::Status ProducerImpl::Start() {
     // A queue holds every batch a consumer may hold (at most the producer's credits) and End.
     queue_capacity_ = static_cast<uint32_t>(
         std::clamp<int64_t>(options_.max_in_flight, 0, proto::kMaxQueueCapacity - 1) + 1);
-    queue_slot_bytes_ = static_cast<int64_t>(
-        (proto::kQueueHeaderSize + queue_capacity_ * proto::kQueueEntrySize + 63) / 64 * 64);
+    queue_slot_bytes_ = static_cast<int64_t>(proto::QueueBytes(queue_capacity_));
     const int64_t slots = std::clamp<int64_t>(kMaxQueueArea / queue_slot_bytes_, 0,
                                               std::max(options_.max_consumers, 0));
     for (int64_t slot = slots - 1; slot >= 0; --slot) {
@@ -835,7 +834,7 @@ arrow::Result<bool> ProducerImpl::SendOne(Connection& c, const Outgoing& out) {
 void ProducerImpl::Pump(Connection& c) {
   if (c.dead || c.waiting_writable) return;
   const bool was_idle = c.held.empty();
-  const uint64_t written_before = c.queue_written;
+  const uint64_t written_before = c.queue.written();
   // Streams are independent: a stream out of credits waits until a release, and with it
   // everything after it on that stream (its order is kept), while the other streams go on.
   std::vector<uint32_t>& blocked = blocked_streams_;
@@ -847,7 +846,7 @@ void ProducerImpl::Pump(Connection& c) {
       continue;
     }
     const bool is_batch = out.type == proto::Type::kBatch;
-    const bool queued = c.queue_capacity > 0 && out.stream == 0;
+    const bool queued = c.queue.attached() && out.stream == 0;
     // The batches that go out now: `out` alone, or with batch runs (or a queue) as many of the
     // batches that follow it on its stream as its credits allow.
     auto last = std::next(it);
@@ -913,7 +912,7 @@ void ProducerImpl::Pump(Connection& c) {
   // A consumer that held nothing has most likely read everything and said Waiting (or is about
   // to: then it sees the new entries itself). Reading that here, rather than when the I/O
   // thread next runs, sends the Wake now.
-  if (was_idle && c.queue_written > written_before && !c.consumer_waiting && !c.dead) {
+  if (was_idle && c.queue.written() > written_before && !c.consumer_waiting && !c.dead) {
     ReadFrom(c);
   }
   WakeIfWaiting(c);
@@ -922,17 +921,11 @@ void ProducerImpl::Pump(Connection& c) {
 
 void ProducerImpl::WriteEntry(Connection& c, proto::QueueEntry entry) {
   entry.controls_before = std::exchange(c.controls_unannounced, 0);
-  uint8_t* queue = c.queue;
-  std::memcpy(queue + proto::kQueueHeaderSize +
-                  (c.queue_written % c.queue_capacity) * proto::kQueueEntrySize,
-              &entry, sizeof entry);
-  ++c.queue_written;
-  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue))
-      .store(c.queue_written, std::memory_order_release);
+  c.queue.Write(entry);
 }
 
 void ProducerImpl::WakeIfWaiting(Connection& c) {
-  if (!c.consumer_waiting || c.dead || c.queue_written <= c.waiting_at) return;
+  if (!c.consumer_waiting || c.dead || c.queue.written() <= c.waiting_at) return;
   c.consumer_waiting = false;
   (void)c.socket.TrySendDatagram(proto::EncodeWake(writer_), {});
 }
@@ -1175,11 +1168,11 @@ arrow::Status ProducerImpl::Handle(Connection& c, const uint8_t* data, int64_t s
       return arrow::Status::OK();
     }
     case proto::Type::kWaiting: {
-      if (c.queue_capacity == 0) return proto::ProtocolError("Waiting without a queue");
+      if (!c.queue.attached()) return proto::ProtocolError("Waiting without a queue");
       ARROW_ASSIGN_OR_RAISE(uint64_t read, proto::DecodeWaiting(reader));
-      if (read > c.queue_written) {
+      if (read > c.queue.written()) {
         return proto::ProtocolError("Waiting after reading ", read, " queue entries, but ",
-                                    c.queue_written, " were written");
+                                    c.queue.written(), " were written");
       }
       c.consumer_waiting = true;
       c.waiting_at = read;
@@ -1278,13 +1271,12 @@ arrow::Status ProducerImpl::Handshake(Connection& c, const proto::Hello& hello) 
       c.credits < queue_capacity_) {
     c.queue_slot = free_queue_slots_.back();
     free_queue_slots_.pop_back();
-    c.queue = ring_->reserved() + c.queue_slot * queue_slot_bytes_;
-    c.queue_capacity = queue_capacity_;
-    std::memset(c.queue, 0, proto::kQueueHeaderSize);  // the slot may have served another
-    welcome.queue_offset = static_cast<uint64_t>(ring_->OffsetOf(c.queue));
-    welcome.queue_capacity = c.queue_capacity;
+    uint8_t* slot = ring_->reserved() + c.queue_slot * queue_slot_bytes_;
+    c.queue = proto::QueueWriter(slot, queue_capacity_);
+    welcome.queue_offset = static_cast<uint64_t>(ring_->OffsetOf(slot));
+    welcome.queue_capacity = queue_capacity_;
   }
-  if (c.queue_capacity == 0) welcome.features &= ~proto::kFeatureQueue;
+  if (!c.queue.attached()) welcome.features &= ~proto::kFeatureQueue;
   ARROW_ASSIGN_OR_RAISE(welcome.schema, internal::SerializeSchema(*schema));
   UniqueFd ring_fd;
   if (ring_ != nullptr) {

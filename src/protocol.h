@@ -114,31 +114,6 @@ struct Welcome {
   uint32_t queue_capacity = 0;
 };
 
-/// The queue of one consumer (kFeatureQueue), written by the producer in the ring: a 64-byte
-/// header whose first u64 counts the entries written so far, then `capacity` entries of 40
-/// bytes; entry n is at slot n % capacity. The producer writes an entry, then the count (release
-/// order). Stream 0's Schema and End messages still travel on the socket, sent before the entry
-/// that counts them in `controls_before`; the consumer applies them there. A slot is written
-/// again only after its batch was released: capacity is the credits plus one (for the last
-/// entry, kControls, after End).
-inline constexpr uint64_t kQueueHeaderSize = 64;
-inline constexpr uint64_t kQueueEntrySize = 40;
-inline constexpr uint32_t kMaxQueueCapacity = 1u << 20;
-enum class EntryKind : uint32_t {
-  kBatch = 1,     // a batch of stream 0, as a Batch message would give it
-  kControls = 2,  // no batch: only the control messages before it (the End)
-};
-struct QueueEntry {
-  EntryKind kind = EntryKind::kBatch;
-  uint32_t metadata_length = 0;
-  uint64_t sequence = 0;
-  uint64_t dropped = 0;
-  uint64_t metadata_offset = 0;
-  uint32_t controls_before = 0;  // stream-0 Schema/End messages on the socket that come first
-  uint32_t reserved = 0;
-};
-static_assert(sizeof(QueueEntry) == kQueueEntrySize);
-
 struct Batch {
   uint64_t sequence = 0;
   uint64_t dropped = 0;  // batches this consumer lost (lossy) since the previous Batch

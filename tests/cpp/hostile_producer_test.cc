@@ -25,6 +25,7 @@
 #include "flatbuffer_patch.h"
 #include "hostile_peer.h"
 #include "mapping.h"
+#include "ring_queue.h"
 #include "schema_match.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/error.h"

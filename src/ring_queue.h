@@ -1,0 +1,125 @@
+// The in-ring queue of one ring-mode consumer (protocol 1.1, kFeatureQueue): its layout and the
+// only code that reads or writes it, one side each, so that both ends agree by construction.
+#pragma once
+
+#include <arrow/result.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "protocol.h"
+
+namespace shmarrow::internal::protocol {
+
+/// The queue, written by the producer in the ring: a 64-byte header whose first u64 counts the
+/// entries written so far, then `capacity` entries of 40 bytes; entry n is at slot n % capacity.
+/// The producer writes an entry, then the count (release order). Stream 0's Schema and End
+/// messages still travel on the socket, sent before the entry that counts them in
+/// `controls_before`; the consumer applies them there. A slot is written again only after its
+/// batch was released: capacity is the credits plus one (for the last entry, kControls, after End).
+inline constexpr uint64_t kQueueHeaderSize = 64;
+inline constexpr uint64_t kQueueEntrySize = 40;
+inline constexpr uint32_t kMaxQueueCapacity = 1u << 20;
+enum class EntryKind : uint32_t {
+  kBatch = 1,     // a batch of stream 0, as a Batch message would give it
+  kControls = 2,  // no batch: only the control messages before it (the End)
+};
+struct QueueEntry {
+  EntryKind kind = EntryKind::kBatch;
+  uint32_t metadata_length = 0;
+  uint64_t sequence = 0;
+  uint64_t dropped = 0;
+  uint64_t metadata_offset = 0;
+  uint32_t controls_before = 0;  // stream-0 Schema/End messages on the socket that come first
+  uint32_t reserved = 0;
+};
+static_assert(sizeof(QueueEntry) == kQueueEntrySize);
+
+/// Bytes a queue of `capacity` entries occupies, header included, rounded up to 64.
+constexpr uint64_t QueueBytes(uint64_t capacity) {
+  return (kQueueHeaderSize + capacity * kQueueEntrySize + 63) / 64 * 64;
+}
+
+/// The producer's end. The count word is only ever accessed through std::atomic_ref.
+class QueueWriter {
+ public:
+  QueueWriter() = default;
+  /// Starts an empty queue at `queue` (the slot may have served another consumer before).
+  QueueWriter(uint8_t* queue, uint32_t capacity) : queue_(queue), capacity_(capacity) {
+    std::memset(queue_, 0, kQueueHeaderSize);
+  }
+
+  bool attached() const { return queue_ != nullptr; }
+  uint32_t capacity() const { return capacity_; }
+  uint64_t written() const { return written_; }
+
+  void Write(const QueueEntry& entry) {
+    std::memcpy(queue_ + kQueueHeaderSize + (written_ % capacity_) * kQueueEntrySize, &entry,
+                sizeof entry);
+    ++written_;
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_))
+        .store(written_, std::memory_order_release);
+  }
+
+ private:
+  uint8_t* queue_ = nullptr;
+  uint32_t capacity_ = 0;
+  uint64_t written_ = 0;
+};
+
+/// The consumer's end. Everything in the ring was written by a peer that may be hostile: the
+/// count is checked against what was read, and entries are copied out before they are looked at.
+class QueueReader {
+ public:
+  QueueReader() = default;
+
+  /// The queue the Welcome placed at `offset` in a mapped ring of `ring_size` bytes.
+  static arrow::Result<QueueReader> Attach(const uint8_t* ring, uint64_t ring_size, uint64_t offset,
+                                           uint32_t capacity) {
+    const uint64_t bytes = kQueueHeaderSize + uint64_t{capacity} * kQueueEntrySize;
+    if (capacity == 0 || capacity > kMaxQueueCapacity || offset % 64 != 0 || offset > ring_size ||
+        bytes > ring_size - offset) {
+      return ProtocolError("queue of ", capacity, " entries at offset ", offset,
+                           " does not fit the ", ring_size,
+                           "-byte ring (or is not 64-byte aligned)");
+    }
+    QueueReader reader;
+    reader.queue_ = ring + offset;
+    reader.capacity_ = capacity;
+    return reader;
+  }
+
+  bool attached() const { return queue_ != nullptr; }
+  uint64_t read() const { return read_; }
+
+  /// Entries written and not yet read.
+  arrow::Result<uint64_t> Unread() const {
+    // The ring is mapped read-only here; an atomic load of a const word is still a plain load.
+    const uint64_t written =
+        std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(reinterpret_cast<const uint64_t*>(queue_)))
+            .load(std::memory_order_acquire);
+    if (written < read_ || written - read_ > capacity_) {
+      return ProtocolError("the queue counts ", written,
+                           " entries written, but this consumer read ", read_, " of a queue of ",
+                           capacity_);
+    }
+    return written - read_;
+  }
+
+  /// The next entry, copied out of the ring (only after Unread() said there is one).
+  QueueEntry Next() {
+    QueueEntry entry;
+    std::memcpy(&entry, queue_ + kQueueHeaderSize + (read_ % capacity_) * kQueueEntrySize,
+                sizeof entry);
+    ++read_;
+    return entry;
+  }
+
+ private:
+  const uint8_t* queue_ = nullptr;
+  uint32_t capacity_ = 0;
+  uint64_t read_ = 0;
+};
+
+}  // namespace shmarrow::internal::protocol
