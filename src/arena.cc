@@ -1,5 +1,6 @@
 #include "arena.h"
 
+#include <arrow/util/bit_util.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -17,10 +18,6 @@ constexpr int64_t kCommitChunk = int64_t{2} << 20;
 // unused rest of 2 MiB was most of a small sealed batch's cost.
 constexpr int64_t kFirstCommit = int64_t{64} << 10;
 
-int64_t AlignUp(int64_t n, int64_t alignment) {
-  return (n + alignment - 1) / alignment * alignment;
-}
-
 // Zero-byte allocations get this address, as Arrow's own pools do: never in the arena, never freed.
 alignas(kArenaAlignment) uint8_t zero_size_area[1];
 }  // namespace
@@ -29,7 +26,7 @@ arrow::Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, int
                                                     PagePolicy pages) {
   if (capacity <= 0)
     return arrow::Status::Invalid("arena capacity must be positive, got ", capacity);
-  capacity = AlignUp(capacity, kCommitChunk);
+  capacity = arrow::bit_util::RoundUp(capacity, kCommitChunk);
   ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name, pages));
   ARROW_RETURN_NOT_OK(memfd.Resize(capacity));
   ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), capacity));
@@ -57,7 +54,7 @@ arrow::Status Arena::CommitUpTo(int64_t end) {
   const int64_t step = pages_ == PagePolicy::kHugetlb
                            ? kCommitChunk
                            : std::clamp(committed_, kFirstCommit, kCommitChunk);
-  const int64_t new_committed = std::min(AlignUp(end, step), capacity_);
+  const int64_t new_committed = std::min(arrow::bit_util::RoundUp(end, step), capacity_);
   ARROW_RETURN_NOT_OK(
       CommitPages(memfd_, mapping_.data(), committed_, new_committed - committed_, pages_));
   committed_ = new_committed;
@@ -72,7 +69,7 @@ arrow::Result<int64_t> Arena::Reserve(int64_t size, int64_t alignment) {
   }
   std::lock_guard lock(mutex_);
   if (sealed_) return arrow::Status::Invalid("arena is sealed: no allocation after Finish()");
-  const int64_t offset = AlignUp(front_, alignment);
+  const int64_t offset = arrow::bit_util::RoundUp(front_, alignment);
   if (size > capacity_ - offset) {
     return arrow::Status::OutOfMemory("shared-memory arena full: ", size,
                                       " bytes requested at offset ", offset, ", capacity ",
@@ -114,14 +111,6 @@ arrow::Result<UniqueFd> Arena::SealAt(int64_t size) {
   return std::move(memfd_).TakeFd();
 }
 
-void ArenaPool::Account(int64_t delta) {
-  const int64_t now = bytes_allocated_.fetch_add(delta) + delta;
-  int64_t peak = max_memory_.load();
-  while (now > peak && !max_memory_.compare_exchange_weak(peak, now)) {
-  }
-  if (delta > 0) total_allocated_.fetch_add(delta);
-}
-
 arrow::Status ArenaPool::Allocate(int64_t size, int64_t alignment, uint8_t** out) {
   if (size == 0) {
     *out = zero_size_area;
@@ -129,8 +118,7 @@ arrow::Status ArenaPool::Allocate(int64_t size, int64_t alignment, uint8_t** out
   }
   ARROW_ASSIGN_OR_RAISE(int64_t offset, arena_->Reserve(size, alignment));
   *out = arena_->base() + offset;
-  num_allocations_.fetch_add(1);
-  Account(size);
+  DidAllocate(size);
   return arrow::Status::OK();
 }
 
@@ -143,7 +131,7 @@ arrow::Status ArenaPool::Reallocate(int64_t old_size, int64_t new_size, int64_t 
     return arrow::Status::OK();
   }
   if (arena_->ResizeLastInPlace(arena_->OffsetOf(*ptr), old_size, new_size)) {
-    Account(new_size - old_size);
+    DidResize(old_size, new_size);
     return arrow::Status::OK();
   }
   return MoveToNewBlock(this, old_size, new_size, alignment, ptr);
@@ -152,7 +140,7 @@ arrow::Status ArenaPool::Reallocate(int64_t old_size, int64_t new_size, int64_t 
 void ArenaPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
   if (size == 0 || buffer == zero_size_area) return;
   arena_->ReleaseIfLast(arena_->OffsetOf(buffer), size);
-  Account(-size);
+  DidFree(size);
 }
 
 }  // namespace shmarrow::internal

@@ -4,13 +4,13 @@
 #include <arrow/memory_pool.h>
 #include <arrow/result.h>
 
-#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
 
 #include "mapping.h"
 #include "memfd.h"
+#include "pool_accounting.h"
 #include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
@@ -69,7 +69,7 @@ class Arena {
 };
 
 /// arrow::MemoryPool over an Arena: every buffer a builder allocates from it lies in the memfd.
-class ArenaPool final : public arrow::MemoryPool {
+class ArenaPool final : public AccountingPool {
  public:
   explicit ArenaPool(Arena* arena) : arena_(arena) {}
 
@@ -78,20 +78,10 @@ class ArenaPool final : public arrow::MemoryPool {
                            uint8_t** ptr) override;
   void Free(uint8_t* buffer, int64_t size, int64_t alignment) override;
 
-  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
-  int64_t max_memory() const override { return max_memory_.load(); }
-  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
-  int64_t num_allocations() const override { return num_allocations_.load(); }
   std::string backend_name() const override { return "shmarrow-memfd-arena"; }
 
  private:
-  void Account(int64_t delta);
-
   Arena* arena_;
-  std::atomic<int64_t> bytes_allocated_{0};
-  std::atomic<int64_t> max_memory_{0};
-  std::atomic<int64_t> total_allocated_{0};
-  std::atomic<int64_t> num_allocations_{0};
 };
 
 }  // namespace shmarrow::internal

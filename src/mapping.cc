@@ -1,5 +1,6 @@
 #include "mapping.h"
 
+#include <arrow/util/bit_util.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -12,7 +13,7 @@ int64_t PageSize() {
   static const int64_t page = ::sysconf(_SC_PAGESIZE);
   return page;
 }
-int64_t RoundUpToPage(int64_t n) { return (n + PageSize() - 1) / PageSize() * PageSize(); }
+int64_t RoundUpToPage(int64_t n) { return arrow::bit_util::RoundUp(n, PageSize()); }
 }  // namespace
 
 arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* what) {
@@ -31,6 +32,8 @@ arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* 
       const auto misalign = reinterpret_cast<uintptr_t>(begin) % kHugePageSize;
       at = begin + (misalign == 0 ? 0 : kHugePageSize - misalign);
       uint8_t* const end = at + RoundUpToPage(size);
+      // Unchecked: trimming the ends of a mapping just made, page-aligned, cannot fail (no EINVAL,
+      // and no split that could hit vm.max_map_count); at worst a spare end stays reserved.
       if (at > begin) ::munmap(begin, static_cast<size_t>(at - begin));
       if (end < begin + reserved) ::munmap(end, static_cast<size_t>(begin + reserved - end));
       fixed = MAP_FIXED;
@@ -40,7 +43,8 @@ arrow::Result<Mapping> Mapping::Map(int fd, int64_t size, int prot, const char* 
       ::mmap(at, static_cast<size_t>(size), prot, MAP_SHARED | MAP_NORESERVE | fixed, fd, 0);
   if (addr == MAP_FAILED) {
     const int err = errno;
-    if (at != nullptr) ::munmap(at, static_cast<size_t>(RoundUpToPage(size)));  // the reservation
+    // The reservation, unchecked as above: the mmap error is the one to report.
+    if (at != nullptr) ::munmap(at, static_cast<size_t>(RoundUpToPage(size)));
     // ENOMEM here is usually vm.max_map_count or the address-space limit, not RAM.
     return ErrnoStatus(err, "mmap(fd ", fd, ", ", size, " bytes, ", what, ")",
                        err == ENOMEM ? ": vm.max_map_count or RLIMIT_AS reached?" : "");
@@ -85,6 +89,8 @@ arrow::Status Mapping::RemapReadOnlyPrivate(int fd, int64_t keep) {
 }
 
 void Mapping::Unmap() noexcept {
+  // Unchecked: a whole mapping of ours, page-aligned, unmaps without error, and a destructor
+  // could not report one.
   if (data_ != nullptr) ::munmap(data_, static_cast<size_t>(size_));
   data_ = nullptr;
   size_ = 0;

@@ -3,6 +3,7 @@
 
 #include <arrow/result.h>
 #include <arrow/status.h>
+#include <fcntl.h>
 
 #include <cstdint>
 #include <string>
@@ -14,8 +15,10 @@ namespace shmarrow::internal {
 
 /// Seals a consumer requires before it maps a memfd it did not create: the file can neither shrink
 /// (no SIGBUS) nor grow nor change, and the seals themselves are final.
-inline constexpr int kImmutableSeals = 0x0001 /*F_SEAL_SEAL*/ | 0x0002 /*F_SEAL_SHRINK*/ |
-                                       0x0004 /*F_SEAL_GROW*/ | 0x0008 /*F_SEAL_WRITE*/;
+inline constexpr int kImmutableSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+/// Seals of a ring's memfd: its size is fixed and final, and nobody can map it writable or write
+/// through an fd any more, while the producer's own writable mapping (made before) keeps working.
+inline constexpr int kRingSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE;
 
 class Memfd {
  public:

@@ -1,5 +1,6 @@
 #include "pages.h"
 
+#include <arrow/util/bit_util.h>
 #include <sys/mman.h>
 
 #include <charconv>
@@ -43,7 +44,7 @@ namespace internal {
 
 int64_t RoundUpForPages(int64_t size, PagePolicy policy) {
   if (policy != PagePolicy::kHugetlb) return size;
-  return (size + kHugePageSize - 1) / kHugePageSize * kHugePageSize;
+  return arrow::bit_util::RoundUp(size, kHugePageSize);
 }
 
 arrow::Status AdviseHugePages(uint8_t* base, int64_t size, PagePolicy policy) {

@@ -1,13 +1,13 @@
 #include "ring.h"
 
+#include <arrow/util/bit_util.h>
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstring>
-#include <optional>
 #include <string>
 
+#include "deadline.h"
 #include "errno_status.h"
 #include "pages.h"
 #include "pool_util.h"
@@ -24,10 +24,6 @@ struct BlockHeader {
   uint32_t slot;
 };
 
-int64_t AlignUp(int64_t n, int64_t alignment) {
-  return (n + alignment - 1) / alignment * alignment;
-}
-
 alignas(64) uint8_t zero_size_area[1];
 
 }  // namespace
@@ -39,8 +35,9 @@ arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64
     return arrow::Status::Invalid("ring of ", arena_size, " bytes / ", max_blocks,
                                   " blocks is too small");
   }
-  arena_size = AlignUp(arena_size, 4096);
-  const int64_t size = RoundUpForPages(arena_size + AlignUp(reserved, 4096), pages);
+  arena_size = arrow::bit_util::RoundUp(arena_size, 4096);
+  const int64_t size =
+      RoundUpForPages(arena_size + arrow::bit_util::RoundUp(reserved, 4096), pages);
   ARROW_ASSIGN_OR_RAISE(auto memfd, Memfd::Create(name, pages));
   ARROW_RETURN_NOT_OK(memfd.Resize(size));
   ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), size));
@@ -51,8 +48,7 @@ arrow::Result<std::unique_ptr<Ring>> Ring::Create(const std::string& name, int64
   ARROW_ASSIGN_OR_RAISE(const int64_t page_size, MappedPageSize(mapping.data()));
   // The producer's writable mapping exists; from now on nobody else can map it writable or write
   // through an fd, and its size is fixed.
-  ARROW_RETURN_NOT_OK(memfd.AddSeals(0x0010 /*F_SEAL_FUTURE_WRITE*/ | 0x0002 /*F_SEAL_SHRINK*/ |
-                                     0x0004 /*F_SEAL_GROW*/ | 0x0001 /*F_SEAL_SEAL*/));
+  ARROW_RETURN_NOT_OK(memfd.AddSeals(kRingSeals));
   return std::unique_ptr<Ring>(
       new Ring(std::move(memfd), std::move(mapping), arena_size, max_blocks, page_size));
 }
@@ -89,14 +85,12 @@ int64_t Ring::FindSpace(int64_t need) const {
 }
 
 arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
-  const int64_t need = kHeaderSize + AlignUp(size, 64);
+  const int64_t need = kHeaderSize + arrow::bit_util::RoundUp(size, 64);
   if (need > arena_size_) {
     return MakeError(arrow::StatusCode::OutOfMemory, ErrorCode::kLimit, "allocation of ", size,
                      " bytes can never fit the ", arena_size_, "-byte ring (raise the ring size)");
   }
   std::unique_lock lock(mutex_);
-  // Read the clock only when the ring is full: most allocations find space at once.
-  std::optional<std::chrono::steady_clock::time_point> deadline;
   auto full = [&] {
     return MakeError(
         arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout, "ring full: ", size,
@@ -104,20 +98,18 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
         " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
-  if (closed_) return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
-  int64_t at;
-  while ((at = FindSpace(need)) < 0) {
-    if (closed_) return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
+  auto closed = [] {
+    return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
+  };
+  if (closed_) return closed();
+  int64_t at = FindSpace(need);
+  if (at < 0) {
     if (wait_ms == 0) return full();
-    if (wait_ms < 0) {
-      space_freed_.wait(lock);
-      continue;
-    }
-    if (!deadline) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-    if (space_freed_.wait_until(lock, *deadline) == std::cv_status::timeout &&
-        FindSpace(need) < 0) {
-      return full();
-    }
+    // The clock is read only here, when the ring is full: most allocations find space at once.
+    // Wait returns with space (`at` >= 0), or at the deadline, or when the ring closes.
+    Deadline(wait_ms).Wait(space_freed_, lock,
+                           [&] { return closed_ || (at = FindSpace(need)) >= 0; });
+    if (at < 0) return closed_ ? closed() : full();
   }
   const size_t slot = (first_ + count_) % blocks_.size();
   blocks_[slot] = Block{at, at + need, false};
@@ -133,7 +125,7 @@ bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
   if (count_ == 0) return false;
   Block& last = newest();
   if (last.start + kHeaderSize != offset) return new_size <= old_size;  // shrink keeps the block
-  const int64_t end = offset + AlignUp(new_size, 64);
+  const int64_t end = offset + arrow::bit_util::RoundUp(new_size, 64);
   const bool wrapped = count_ > 1 && last.start < oldest().start;
   const int64_t limit = wrapped ? oldest().start : arena_size_;
   if (end > limit) return false;
@@ -174,9 +166,7 @@ arrow::Status RingPool::Allocate(int64_t size, int64_t /*alignment: always 64*/,
   }
   ARROW_ASSIGN_OR_RAISE(int64_t offset, ring_->Allocate(size, wait_ms_));
   *out = ring_->base() + offset;
-  bytes_allocated_ += size;
-  total_allocated_ += size;
-  ++num_allocations_;
+  DidAllocate(size);
   return arrow::Status::OK();
 }
 
@@ -184,8 +174,7 @@ arrow::Status RingPool::Reallocate(int64_t old_size, int64_t new_size, int64_t a
                                    uint8_t** ptr) {
   if (old_size == 0 || *ptr == zero_size_area) return Allocate(new_size, alignment, ptr);
   if (ring_->ResizeInPlace(ring_->OffsetOf(*ptr), old_size, new_size)) {
-    bytes_allocated_ += new_size - old_size;
-    if (new_size > old_size) total_allocated_ += new_size - old_size;
+    DidResize(old_size, new_size);
     return arrow::Status::OK();
   }
   return MoveToNewBlock(this, old_size, new_size, alignment, ptr);
@@ -194,7 +183,7 @@ arrow::Status RingPool::Reallocate(int64_t old_size, int64_t new_size, int64_t a
 void RingPool::Free(uint8_t* buffer, int64_t size, int64_t /*alignment*/) {
   if (size == 0 || buffer == zero_size_area) return;
   ring_->Free(ring_->OffsetOf(buffer));
-  bytes_allocated_ -= size;
+  DidFree(size);
 }
 
 arrow::Result<RingBlock> RingBlock::Allocate(RingPool* pool, int64_t size) {

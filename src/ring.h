@@ -5,7 +5,6 @@
 #include <arrow/memory_pool.h>
 #include <arrow/result.h>
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -14,6 +13,7 @@
 
 #include "mapping.h"
 #include "memfd.h"
+#include "pool_accounting.h"
 #include "shmarrow/pages.h"
 #include "shmarrow/unique_fd.h"
 
@@ -91,7 +91,7 @@ class Ring {
 };
 
 /// arrow::MemoryPool over a Ring: builders write straight into ring mode's shared memory.
-class RingPool final : public arrow::MemoryPool {
+class RingPool final : public AccountingPool {
  public:
   /// Allocations wait up to `wait_ms` for a full ring to drain (see Ring::Allocate).
   RingPool(Ring* ring, int wait_ms) : ring_(ring), wait_ms_(wait_ms) {}
@@ -101,17 +101,11 @@ class RingPool final : public arrow::MemoryPool {
                            uint8_t** ptr) override;
   void Free(uint8_t* buffer, int64_t size, int64_t alignment) override;
 
-  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
-  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
-  int64_t num_allocations() const override { return num_allocations_.load(); }
   std::string backend_name() const override { return "shmarrow-ring"; }
 
  private:
   Ring* ring_;
   const int wait_ms_;
-  std::atomic<int64_t> bytes_allocated_{0};
-  std::atomic<int64_t> total_allocated_{0};
-  std::atomic<int64_t> num_allocations_{0};
 };
 
 /// One block of a RingPool that the producer writes itself (a batch's metadata), freed when this

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arrow/result.h>
+#include <arrow/util/bit_util.h>
 
 #include <atomic>
 #include <cstdint>
@@ -38,7 +39,8 @@ static_assert(sizeof(QueueEntry) == kQueueEntrySize);
 
 /// Bytes a queue of `capacity` entries occupies, header included, rounded up to 64.
 constexpr uint64_t QueueBytes(uint64_t capacity) {
-  return (kQueueHeaderSize + capacity * kQueueEntrySize + 63) / 64 * 64;
+  return static_cast<uint64_t>(arrow::bit_util::RoundUpToMultipleOf64(
+      static_cast<int64_t>(kQueueHeaderSize + capacity * kQueueEntrySize)));
 }
 
 /// The producer's end. The count word is only ever accessed through std::atomic_ref.

@@ -3,6 +3,7 @@
 #include <arrow/array/util.h>
 #include <arrow/buffer.h>
 #include <arrow/ipc/writer.h>
+#include <arrow/util/bit_util.h>
 
 #include "arena.h"
 #include "payload_placement.h"
@@ -26,7 +27,7 @@ arrow::Result<int64_t> MetadataGapSize(const arrow::Schema& schema,
   arrow::ipc::IpcPayload payload;
   ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*empty, options, &payload));
   const int64_t needed = 8 + payload.metadata->size() + 64;
-  return (needed + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
+  return arrow::bit_util::RoundUp(needed, kArenaAlignment);
 }
 
 }  // namespace

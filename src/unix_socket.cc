@@ -89,6 +89,8 @@ void UnixSocket::RemoveOwnFile() noexcept {
   struct stat st{};
   if (::lstat(unlink_path_.c_str(), &st) == 0 && st.st_dev == unlink_device_ &&
       st.st_ino == unlink_inode_) {
+    // Unchecked: called while closing, with nobody to tell; a file left behind is replaced by the
+    // next Listen() there, which finds nobody listening.
     ::unlink(unlink_path_.c_str());
   }
   unlink_path_.clear();
@@ -114,7 +116,9 @@ arrow::Result<UnixSocket> UnixSocket::Listen(const std::string& path, int type, 
       if (rc == 0 || errno != ECONNREFUSED) {
         return arrow::Status::IOError("address '", path, "' is in use: a producer listens there");
       }
-      ::unlink(path.c_str());
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) {  // ENOENT: someone else removed it
+        return ErrnoStatus(errno, "unlink of the dead producer's socket '", path, "'");
+      }
     }
   }
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address.first), address.second) != 0) {

@@ -27,6 +27,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "pool_accounting.h"
 #include "shmarrow/producer.h"
 
 namespace shmarrow::python {
@@ -171,7 +172,7 @@ struct ProducerState {
 /// each live allocation) and deletes itself after the last; meanwhile it keeps the producer alive.
 /// Each allocation goes to the producer's pool() of that moment (sealed mode: the arena of the
 /// next batch) and frees into the pool it came from.
-class SharedMemoryPool final : public arrow::MemoryPool {
+class SharedMemoryPool final : public shmarrow::internal::AccountingPool {
  public:
   explicit SharedMemoryPool(std::shared_ptr<ProducerState> owner) : owner_(std::move(owner)) {}
 
@@ -192,7 +193,7 @@ class SharedMemoryPool final : public arrow::MemoryPool {
     refs_.fetch_add(1);
     std::lock_guard lock(mutex_);
     if (size > 0) sources_[*out] = pool;
-    Account(size);
+    DidAllocate(size);
     return arrow::Status::OK();
   }
 
@@ -215,7 +216,7 @@ class SharedMemoryPool final : public arrow::MemoryPool {
     std::lock_guard lock(mutex_);
     sources_.erase(before);
     if (new_size > 0) sources_[*ptr] = pool;
-    Account(new_size - old_size);
+    DidResize(old_size, new_size);
     return arrow::Status::OK();
   }
 
@@ -226,16 +227,13 @@ class SharedMemoryPool final : public arrow::MemoryPool {
       if (auto it = sources_.find(buffer); size > 0 && it != sources_.end()) {
         pool = it->second;
         sources_.erase(it);
-        Account(-size);
+        DidFree(size);
       }
     }
     if (pool != nullptr) pool->Free(buffer, size, alignment);
     Unref();
   }
 
-  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
-  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
-  int64_t num_allocations() const override { return num_allocations_.load(); }
   std::string backend_name() const override {
     return owner_->ring ? "shmarrow-ring" : "shmarrow-sealed";
   }
@@ -253,21 +251,10 @@ class SharedMemoryPool final : public arrow::MemoryPool {
     if (refs_.fetch_sub(1) == 1) delete this;
   }
 
-  void Account(int64_t delta) {
-    bytes_allocated_ += delta;
-    if (delta > 0) {
-      total_allocated_ += delta;
-      ++num_allocations_;
-    }
-  }
-
   std::shared_ptr<ProducerState> owner_;
   std::atomic<int64_t> refs_{1};  // the Python object's
   std::mutex mutex_;
   std::unordered_map<uint8_t*, arrow::MemoryPool*> sources_;  // allocation -> the pool it is from
-  std::atomic<int64_t> bytes_allocated_{0};
-  std::atomic<int64_t> total_allocated_{0};
-  std::atomic<int64_t> num_allocations_{0};
 };
 
 /// A pyarrow.MemoryPool over a new SharedMemoryPool of `owner`.
