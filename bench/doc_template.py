@@ -132,6 +132,22 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    consumer asks of Arrow's reader), per batch over the long run's count.
    **Peak RSS**: `VmHWM` from `/proc/self/status` of each process at its end.
 
+## Comparing two commits
+
+`bench/compare BASE [HEAD]` answers "did this change make anything slower?" with both commits
+measured in the same run on the same machine. It exports each commit (`git archive`), builds its
+`handover_bench` in `build-compare/<commit>/` against the project's `.venv` (reused by later runs;
+ccache shares the unchanged files), then runs these measurements once per commit per repetition,
+the two commits alternating which goes first, 5 repetitions by default (`--reps`): small-batch
+latency in ring mode, blocking and busy-polling (10,000 samples each); throughput of small
+batches to 1 and 4 consumers (100,000 batches); hand-over of 1 KiB, 1 MiB and 64 MiB, ring and
+sealed (200, 50 and 8 iterations). Each run gives one number, lower is better: the median of its
+latency samples, or wall time per batch. It prints, per measurement, each commit's median of its
+runs with their min–max and HEAD/BASE of the medians, with a verdict: *within noise* when the two
+min–max ranges overlap or the ratio is within ±5 % (`--tolerance`), else *HEAD slower* or *HEAD
+faster*. `--quick` (2 repetitions of tiny counts) only proves the script works; the tests run it
+on HEAD against itself.
+
 ## Results
 
 {tables_md}

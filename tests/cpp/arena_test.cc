@@ -337,6 +337,7 @@ TEST(ArenaPool, Statistics) {
   EXPECT_EQ(pool.bytes_allocated(), 1400);
   EXPECT_EQ(pool.max_memory(), 1400);
   EXPECT_EQ(pool.total_bytes_allocated(), 1600);
+  EXPECT_EQ(pool.num_allocations(), 4);  // growing counts, as in Arrow's pools
   pool.Free(a, 100, 64);
   pool.Free(c, 1300, 64);
   EXPECT_EQ(pool.bytes_allocated(), 0);

@@ -235,11 +235,14 @@ def test_memory_returns_to_the_ring_when_pyarrow_and_the_consumers_free_it():
         received = consumer.read_next_batch()
         del batch
         gc.collect()
-        assert pool.bytes_allocated() > 0  # the published batch still holds it
+        held = pool.bytes_allocated()
+        assert held > 0  # the published batch still holds it
         del received
         gc.collect()
         producer.wait_until_drained(timeout=TIMEOUT_S)
         assert pool.bytes_allocated() == 0
+        assert pool.max_memory() >= held  # the peak stays
+        assert pool.total_bytes_allocated() >= held and pool.num_allocations() > 0
         assert producer.stats["ring_bytes_in_use"] == 0
         consumer.close()
 
