@@ -1,7 +1,7 @@
 """bench/compare --quick: HEAD against itself builds, measures every row and gives each a verdict.
 
-It builds the commit (in build-compare/, reused by later runs), so it needs git, cmake and a C++
-compiler; without them it skips. The verdicts of a quick run mean little: it asserts that each row
+It builds the commit (in a temporary directory; ccache, when installed, keeps that cheap), so it
+needs git, cmake and a C++ compiler; without them it skips. The verdicts of a quick run mean little: it asserts that each row
 was measured and judged by the stated rule, never a speed.
 """
 import os
@@ -34,9 +34,9 @@ ROW = re.compile(r"^(?P<name>.+?)\s+(?P<base>\S+ \S+ \[\S+ \S+-\S+ \S+\])\s+(?P<
                  r"\s+(?P<ratio>\d+\.\d+)\s+(?P<verdict>within noise|HEAD slower|HEAD faster)$")
 
 
-def test_compare_head_with_itself_quick():
-    out = subprocess.run([sys.executable, str(COMPARE), "--quick", "HEAD", "HEAD"], capture_output=True,
-                         text=True, timeout=3600, cwd=ROOT)
+def test_compare_head_with_itself_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(COMPARE), "--quick", "--work", str(tmp_path), "HEAD", "HEAD"],
+                         capture_output=True, text=True, timeout=3600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -56,5 +56,6 @@ def test_compare_head_with_itself_quick():
             assert abs(ratio - 1) > 0.05, match.group(0)
     assert lines[-1].startswith("verdict: within noise when the min-max ranges overlap")
     # One build served both sides (the same commit).
-    assert (ROOT / "build-compare" / head / "built").read_text().strip() == head
-    assert os.access(ROOT / "build-compare" / head / "build" / "bench" / "handover_bench", os.X_OK)
+    assert [p.name for p in tmp_path.iterdir()] == [head]
+    assert (tmp_path / head / "built").read_text().strip() == head
+    assert os.access(tmp_path / head / "build" / "bench" / "handover_bench", os.X_OK)
