@@ -19,6 +19,11 @@ static_assert(std::endian::native == std::endian::little,
 constexpr uint32_t kContinuation = 0xFFFFFFFF;
 constexpr int64_t kPrefixSize = 8;  // continuation marker + int32 metadata length
 
+// A message's prefix and metadata, padded so that its body starts 8-byte aligned.
+int64_t MessageHeadSize(const arrow::ipc::IpcPayload& payload) {
+  return arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), 8);
+}
+
 template <typename T>
 void Store(uint8_t* base, int64_t at, T value) {
   std::memcpy(base + at, &value, sizeof(T));
@@ -36,10 +41,11 @@ arrow::Status ArenaPayloadWriter::WritePayload(const arrow::ipc::IpcPayload& pay
       return PlaceSchema(payload);
     case MessageType::DICTIONARY_BATCH:
       ++stats_->dictionary_batches;
-      return PlaceBatch(payload);
+      held_dictionaries_.push_back(payload);
+      return arrow::Status::OK();
     case MessageType::RECORD_BATCH:
       ++stats_->record_batches;
-      return PlaceBatch(payload);
+      return PlaceWithDictionaries(payload);
     default:
       return arrow::Status::NotImplemented("IPC message type ", static_cast<int>(payload.type),
                                            " cannot be placed in a shared stream");
@@ -93,13 +99,70 @@ arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payl
   return ReserveGap(gap_size_);
 }
 
+arrow::Status ArenaPayloadWriter::PlaceWithDictionaries(const arrow::ipc::IpcPayload& batch) {
+  if (!held_dictionaries_.empty()) {
+    if (HeldDictionariesSize() + MessageHeadSize(batch) <= gap_.size) {
+      ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInGap());
+    } else {
+      // Too big for the gap: each dictionary takes the gap in turn, and the batch's buffers, now
+      // in front of its gap, are copied instead.
+      for (const auto& dictionary : held_dictionaries_) ARROW_RETURN_NOT_OK(PlaceBatch(dictionary));
+      held_dictionaries_.clear();
+    }
+  }
+  return PlaceBatch(batch);
+}
+
+int64_t ArenaPayloadWriter::HeldDictionariesSize() const {
+  int64_t size = 0;
+  for (const auto& dictionary : held_dictionaries_) {
+    size += MessageHeadSize(dictionary);
+    for (const auto& buffer : dictionary.body_buffers) {
+      if (buffer != nullptr) size += arrow::bit_util::RoundUp(buffer->size(), 8);
+    }
+  }
+  return size;
+}
+
+arrow::Status ArenaPayloadWriter::PlaceHeldDictionariesInGap() {
+  int64_t at = gap_.at;
+  for (const auto& dictionary : held_dictionaries_) {
+    const int64_t head = MessageHeadSize(dictionary);
+    const int64_t body_start = at + head;
+    const size_t count = dictionary.body_buffers.size();
+    std::vector<int64_t> offsets(count, 0), lengths(count, 0);
+    int64_t body_length = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const auto& buffer = dictionary.body_buffers[i];
+      if (buffer == nullptr || buffer->size() == 0) continue;
+      if (!buffer->is_cpu()) {
+        return arrow::Status::NotImplemented("dictionary buffer ", i, " is not in CPU memory");
+      }
+      lengths[i] = buffer->size();
+      offsets[i] = body_length;
+      std::memcpy(arena_->base() + body_start + body_length, buffer->data(),
+                  static_cast<size_t>(buffer->size()));
+      const int64_t padded = arrow::bit_util::RoundUp(buffer->size(), 8);
+      std::memset(arena_->base() + body_start + body_length + buffer->size(), 0,
+                  static_cast<size_t>(padded - buffer->size()));
+      body_length += padded;
+      stats_->bytes_copied += buffer->size();
+    }
+    ARROW_RETURN_NOT_OK(ExtendLastMessageTo(at));
+    ARROW_RETURN_NOT_OK(WriteBatchMetadata(dictionary, at, head, offsets, lengths));
+    at = body_start + body_length;
+  }
+  held_dictionaries_.clear();
+  gap_ = {at, gap_.at + gap_.size - at};
+  return ExtendLastMessageTo(at);
+}
+
 arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& payload) {
-  const arrow::Buffer& metadata = *payload.metadata;
-  if (kPrefixSize + arrow::bit_util::RoundUp(metadata.size(), 8) > gap_.size) {
+  if (MessageHeadSize(payload) > gap_.size) {
     // The reserved gap is too small for this message: take a fitting one at the front. The old
     // gap and whatever lies before the new one become part of the previous message's body.
-    ARROW_RETURN_NOT_OK(
-        ReserveGap(arrow::bit_util::RoundUp(kPrefixSize + metadata.size(), kArenaAlignment)));
+    ARROW_RETURN_NOT_OK(ReserveGap(
+        arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), kArenaAlignment)));
   }
   const Region region = gap_;
   const int64_t body_start = region.at + region.size;
@@ -129,22 +192,35 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
 
   // The next gap goes after everything allocated so far; this message's body reaches it.
   ARROW_ASSIGN_OR_RAISE(int64_t next_gap_at, arena_->Reserve(gap_size_));
+  ARROW_RETURN_NOT_OK(WriteBatchMetadata(payload, region.at, region.size, offsets, lengths));
+  ARROW_RETURN_NOT_OK(ExtendLastMessageTo(next_gap_at));
+  gap_ = {next_gap_at, gap_size_};
+  return arrow::Status::OK();
+}
 
-  const int64_t flatbuffer_at = WriteMessagePrefix(region.at, region.size, metadata);
+arrow::Status ArenaPayloadWriter::WriteBatchMetadata(const arrow::ipc::IpcPayload& payload,
+                                                     int64_t at, int64_t region_size,
+                                                     const std::vector<int64_t>& offsets,
+                                                     const std::vector<int64_t>& lengths) {
+  const arrow::Buffer& metadata = *payload.metadata;
+  const int64_t flatbuffer_at = WriteMessagePrefix(at, region_size, metadata);
   ARROW_ASSIGN_OR_RAISE(auto fields, RewriteBufferOffsets(arena_->base() + flatbuffer_at,
                                                           metadata.size(), offsets, lengths));
   if (fields.body_length_at < 0 && payload.body_length > 0) {
     return arrow::Status::Invalid("IPC metadata has no bodyLength for a ", payload.body_length,
                                   "-byte body");
   }
-  last_ = {region.at, body_start,
+  last_ = {at, at + region_size,
            fields.body_length_at < 0 ? -1 : flatbuffer_at + fields.body_length_at};
-  ARROW_RETURN_NOT_OK(ExtendLastMessageTo(next_gap_at));
-  gap_ = {next_gap_at, gap_size_};
   return arrow::Status::OK();
 }
 
 arrow::Status ArenaPayloadWriter::Close() {
+  // Arrow sends dictionaries only before a batch; any held now would otherwise be lost.
+  if (!held_dictionaries_.empty()) {
+    return arrow::Status::Invalid(held_dictionaries_.size(),
+                                  " dictionary message(s) without a record batch after them");
+  }
   // The end-of-stream marker takes the unused gap when nothing was allocated after it.
   arena_->ReleaseIfLast(gap_.at, gap_.size);
   ARROW_RETURN_NOT_OK(ReserveGap(kPrefixSize));
