@@ -408,9 +408,9 @@ TEST(Placement, DictionariesAreCopiedInFrontOfTheirBatch) {
 
 // Body bytes of a dictionary's message: those of a one-column batch holding it.
 int64_t DictionaryBodyBytes(const std::shared_ptr<arrow::Array>& dictionary) {
-  return BodyBufferBytes(*RecordBatch::Make(
-      arrow::schema({arrow::field("dictionary", dictionary->type())}), dictionary->length(),
-      {dictionary}));
+  return BodyBufferBytes(
+      *RecordBatch::Make(arrow::schema({arrow::field("dictionary", dictionary->type())}),
+                         dictionary->length(), {dictionary}));
 }
 
 // Builds `rows` words from `distinct` different ones with a dictionary builder, which writes the
@@ -432,9 +432,9 @@ arrow::Result<std::shared_ptr<arrow::Array>> BuildWords(MemoryPool* pool, int64_
 // columns before and after): only the dictionaries are copied, whatever the nesting.
 TEST(Placement, DictionariesBuiltAfterTheirIndicesCopyOnlyTheDictionaries) {
   auto words = arrow::dictionary(arrow::int32(), arrow::utf8());
-  auto schema = arrow::schema({arrow::field("before", arrow::int64()), arrow::field("a", words),
-                               arrow::field("b", words),
-                               arrow::field("nested", arrow::list(words))});
+  auto schema =
+      arrow::schema({arrow::field("before", arrow::int64()), arrow::field("a", words),
+                     arrow::field("b", words), arrow::field("nested", arrow::list(words))});
   ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, SmallWriter()));
   constexpr int64_t kRows = 1000;
   arrow::Int64Builder before(writer->pool());
@@ -448,8 +448,8 @@ TEST(Placement, DictionariesBuiltAfterTheirIndicesCopyOnlyTheDictionaries) {
   arrow::Int32Builder offsets_builder(writer->pool());
   ASSERT_OK(offsets_builder.AppendValues(list_offsets));
   ASSERT_OK_AND_ASSIGN(auto offsets, offsets_builder.Finish());
-  ASSERT_OK_AND_ASSIGN(auto nested, arrow::ListArray::FromArrays(*offsets, *values,
-                                                                  writer->pool()));
+  ASSERT_OK_AND_ASSIGN(auto nested,
+                       arrow::ListArray::FromArrays(*offsets, *values, writer->pool()));
   auto batch = RecordBatch::Make(schema, kRows, {before_column, a, b, nested});
   ASSERT_OK(batch->ValidateFull());
   ASSERT_OK(writer->WriteRecordBatch(*batch));
@@ -482,8 +482,9 @@ TEST(Placement, DictionariesLargerThanTheGapCopyTheBatch) {
   ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
   const PlacementStats& stats = writer->stats();
   EXPECT_EQ(stats.bytes_copied, BodyBufferBytes(*batch));
-  EXPECT_EQ(stats.bytes_in_place,
-            DictionaryBodyBytes(std::static_pointer_cast<arrow::DictionaryArray>(column)->dictionary()));
+  EXPECT_EQ(
+      stats.bytes_in_place,
+      DictionaryBodyBytes(std::static_pointer_cast<arrow::DictionaryArray>(column)->dictionary()));
   ASSERT_EQ(back.batches.size(), 1u);
   EXPECT_TRUE(back.batches[0]->Equals(*batch));
 }
