@@ -24,6 +24,24 @@ int64_t MessageHeadSize(const arrow::ipc::IpcPayload& payload) {
   return arrow::bit_util::RoundUp(kPrefixSize + payload.metadata->size(), 8);
 }
 
+// Offsets (from the body start) and lengths of a message's body buffers; `place(buffer)` puts each
+// non-empty one and returns its offset. Empty and absent buffers stay {0, 0}.
+template <typename Place>
+arrow::Result<BodyLayout> PlaceBodyBuffers(const arrow::ipc::IpcPayload& payload, Place place) {
+  const size_t count = payload.body_buffers.size();
+  BodyLayout layout{std::vector<int64_t>(count, 0), std::vector<int64_t>(count, 0)};
+  for (size_t i = 0; i < count; ++i) {
+    const auto& buffer = payload.body_buffers[i];
+    if (buffer == nullptr || buffer->size() == 0) continue;
+    if (!buffer->is_cpu()) {
+      return arrow::Status::NotImplemented("body buffer ", i, " is not in CPU memory");
+    }
+    layout.lengths[i] = buffer->size();
+    ARROW_ASSIGN_OR_RAISE(layout.offsets[i], place(*buffer));
+  }
+  return layout;
+}
+
 template <typename T>
 void Store(uint8_t* base, int64_t at, T value) {
   std::memcpy(base + at, &value, sizeof(T));
@@ -101,16 +119,24 @@ arrow::Status ArenaPayloadWriter::PlaceSchema(const arrow::ipc::IpcPayload& payl
 
 arrow::Status ArenaPayloadWriter::PlaceWithDictionaries(const arrow::ipc::IpcPayload& batch) {
   if (!held_dictionaries_.empty()) {
-    if (HeldDictionariesSize() + MessageHeadSize(batch) <= gap_.size) {
+    const int64_t dictionaries_size = HeldDictionariesSize();
+    if (dictionaries_size >= 0 && dictionaries_size + MessageHeadSize(batch) <= gap_.size) {
       ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInGap());
     } else {
-      // Too big for the gap: each dictionary takes the gap in turn, and the batch's buffers, now
-      // in front of its gap, are copied instead.
-      for (const auto& dictionary : held_dictionaries_) ARROW_RETURN_NOT_OK(PlaceBatch(dictionary));
-      held_dictionaries_.clear();
+      // Too big for the gap: the batch's buffers, in front of its gap after them, are copied.
+      ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInTurn());
     }
   }
   return PlaceBatch(batch);
+}
+
+arrow::Status ArenaPayloadWriter::PlaceHeldDictionariesInTurn() {
+  // Each is dropped once placed, so that none goes into the stream twice.
+  while (!held_dictionaries_.empty()) {
+    ARROW_RETURN_NOT_OK(PlaceBatch(held_dictionaries_.front()));
+    held_dictionaries_.erase(held_dictionaries_.begin());
+  }
+  return arrow::Status::OK();
 }
 
 int64_t ArenaPayloadWriter::HeldDictionariesSize() const {
@@ -118,7 +144,9 @@ int64_t ArenaPayloadWriter::HeldDictionariesSize() const {
   for (const auto& dictionary : held_dictionaries_) {
     size += MessageHeadSize(dictionary);
     for (const auto& buffer : dictionary.body_buffers) {
-      if (buffer != nullptr) size += arrow::bit_util::RoundUp(buffer->size(), 8);
+      if (buffer == nullptr) continue;
+      if (!buffer->is_cpu()) return -1;
+      size += arrow::bit_util::RoundUp(buffer->size(), 8);
     }
   }
   return size;
@@ -129,27 +157,20 @@ arrow::Status ArenaPayloadWriter::PlaceHeldDictionariesInGap() {
   for (const auto& dictionary : held_dictionaries_) {
     const int64_t head = MessageHeadSize(dictionary);
     const int64_t body_start = at + head;
-    const size_t count = dictionary.body_buffers.size();
-    std::vector<int64_t> offsets(count, 0), lengths(count, 0);
     int64_t body_length = 0;
-    for (size_t i = 0; i < count; ++i) {
-      const auto& buffer = dictionary.body_buffers[i];
-      if (buffer == nullptr || buffer->size() == 0) continue;
-      if (!buffer->is_cpu()) {
-        return arrow::Status::NotImplemented("dictionary buffer ", i, " is not in CPU memory");
-      }
-      lengths[i] = buffer->size();
-      offsets[i] = body_length;
-      std::memcpy(arena_->base() + body_start + body_length, buffer->data(),
-                  static_cast<size_t>(buffer->size()));
-      const int64_t padded = arrow::bit_util::RoundUp(buffer->size(), 8);
-      std::memset(arena_->base() + body_start + body_length + buffer->size(), 0,
-                  static_cast<size_t>(padded - buffer->size()));
-      body_length += padded;
-      stats_->bytes_copied += buffer->size();
-    }
+    ARROW_ASSIGN_OR_RAISE(
+        BodyLayout layout,
+        PlaceBodyBuffers(dictionary, [&](const arrow::Buffer& buffer) -> arrow::Result<int64_t> {
+          uint8_t* copy = arena_->base() + body_start + body_length;
+          const int64_t padded = arrow::bit_util::RoundUp(buffer.size(), 8);
+          std::memcpy(copy, buffer.data(), static_cast<size_t>(buffer.size()));
+          std::memset(copy + buffer.size(), 0, static_cast<size_t>(padded - buffer.size()));
+          stats_->bytes_copied += buffer.size();
+          body_length += padded;
+          return body_length - padded;
+        }));
     ARROW_RETURN_NOT_OK(ExtendLastMessageTo(at));
-    ARROW_RETURN_NOT_OK(WriteBatchMetadata(dictionary, at, head, offsets, lengths));
+    ARROW_RETURN_NOT_OK(WriteBatchMetadata(dictionary, at, head, layout));
     at = body_start + body_length;
   }
   held_dictionaries_.clear();
@@ -168,31 +189,24 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
   const int64_t body_start = region.at + region.size;
 
   // Where each body buffer will be, as an offset from the body start.
-  const size_t count = payload.body_buffers.size();
-  std::vector<int64_t> offsets(count, 0), lengths(count, 0);
-  for (size_t i = 0; i < count; ++i) {
-    const auto& buffer = payload.body_buffers[i];
-    if (buffer == nullptr || buffer->size() == 0) continue;
-    if (!buffer->is_cpu()) {
-      return arrow::Status::NotImplemented("body buffer ", i, " is not in CPU memory");
-    }
-    lengths[i] = buffer->size();
-    const int64_t at =
-        arena_->Contains(buffer->data(), buffer->size()) ? arena_->OffsetOf(buffer->data()) : -1;
-    if (at >= body_start && (at - body_start) % 8 == 0) {
-      offsets[i] = at - body_start;
-      stats_->bytes_in_place += buffer->size();
-      continue;
-    }
-    ARROW_ASSIGN_OR_RAISE(int64_t copy_at, arena_->Reserve(buffer->size()));
-    std::memcpy(arena_->base() + copy_at, buffer->data(), static_cast<size_t>(buffer->size()));
-    offsets[i] = copy_at - body_start;
-    stats_->bytes_copied += buffer->size();
-  }
+  ARROW_ASSIGN_OR_RAISE(
+      BodyLayout layout,
+      PlaceBodyBuffers(payload, [&](const arrow::Buffer& buffer) -> arrow::Result<int64_t> {
+        const int64_t at =
+            arena_->Contains(buffer.data(), buffer.size()) ? arena_->OffsetOf(buffer.data()) : -1;
+        if (at >= body_start && (at - body_start) % 8 == 0) {
+          stats_->bytes_in_place += buffer.size();
+          return at - body_start;
+        }
+        ARROW_ASSIGN_OR_RAISE(int64_t copy_at, arena_->Reserve(buffer.size()));
+        std::memcpy(arena_->base() + copy_at, buffer.data(), static_cast<size_t>(buffer.size()));
+        stats_->bytes_copied += buffer.size();
+        return copy_at - body_start;
+      }));
 
   // The next gap goes after everything allocated so far; this message's body reaches it.
   ARROW_ASSIGN_OR_RAISE(int64_t next_gap_at, arena_->Reserve(gap_size_));
-  ARROW_RETURN_NOT_OK(WriteBatchMetadata(payload, region.at, region.size, offsets, lengths));
+  ARROW_RETURN_NOT_OK(WriteBatchMetadata(payload, region.at, region.size, layout));
   ARROW_RETURN_NOT_OK(ExtendLastMessageTo(next_gap_at));
   gap_ = {next_gap_at, gap_size_};
   return arrow::Status::OK();
@@ -200,12 +214,12 @@ arrow::Status ArenaPayloadWriter::PlaceBatch(const arrow::ipc::IpcPayload& paylo
 
 arrow::Status ArenaPayloadWriter::WriteBatchMetadata(const arrow::ipc::IpcPayload& payload,
                                                      int64_t at, int64_t region_size,
-                                                     const std::vector<int64_t>& offsets,
-                                                     const std::vector<int64_t>& lengths) {
+                                                     const BodyLayout& layout) {
   const arrow::Buffer& metadata = *payload.metadata;
   const int64_t flatbuffer_at = WriteMessagePrefix(at, region_size, metadata);
-  ARROW_ASSIGN_OR_RAISE(auto fields, RewriteBufferOffsets(arena_->base() + flatbuffer_at,
-                                                          metadata.size(), offsets, lengths));
+  ARROW_ASSIGN_OR_RAISE(auto fields,
+                        RewriteBufferOffsets(arena_->base() + flatbuffer_at, metadata.size(),
+                                             layout.offsets, layout.lengths));
   if (fields.body_length_at < 0 && payload.body_length > 0) {
     return arrow::Status::Invalid("IPC metadata has no bodyLength for a ", payload.body_length,
                                   "-byte body");
@@ -216,11 +230,8 @@ arrow::Status ArenaPayloadWriter::WriteBatchMetadata(const arrow::ipc::IpcPayloa
 }
 
 arrow::Status ArenaPayloadWriter::Close() {
-  // Arrow sends dictionaries only before a batch; any held now would otherwise be lost.
-  if (!held_dictionaries_.empty()) {
-    return arrow::Status::Invalid(held_dictionaries_.size(),
-                                  " dictionary message(s) without a record batch after them");
-  }
+  // Dictionaries whose batch failed: Arrow's writer counts them as sent, so they stay in the stream.
+  ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInTurn());
   // The end-of-stream marker takes the unused gap when nothing was allocated after it.
   arena_->ReleaseIfLast(gap_.at, gap_.size);
   ARROW_RETURN_NOT_OK(ReserveGap(kPrefixSize));

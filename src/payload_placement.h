@@ -11,6 +11,12 @@
 
 namespace shmarrow::internal {
 
+/// Where a message's body buffers are: offsets from the body start, and lengths.
+struct BodyLayout {
+  std::vector<int64_t> offsets;
+  std::vector<int64_t> lengths;
+};
+
 /// Layout in the arena, front to back:
 ///   [schema message][gap 1][batch 1 buffers as the builders wrote them][gap 2][batch 2 ...]
 /// A gap is a region reserved after each message for the next message's metadata. When a record
@@ -53,17 +59,20 @@ class ArenaPayloadWriter final : public arrow::ipc::internal::IpcPayloadWriter {
   arrow::Status PlaceSchema(const arrow::ipc::IpcPayload& payload);
   /// Places the held dictionaries, then `batch`: in the gap when they fit, else each in turn.
   arrow::Status PlaceWithDictionaries(const arrow::ipc::IpcPayload& batch);
-  /// Bytes the held dictionary messages take when their buffers are copied in after each one.
+  /// Places the held dictionary messages one after the other, each taking the gap.
+  arrow::Status PlaceHeldDictionariesInTurn();
+  /// Bytes the held dictionary messages take when their buffers are copied in after each one; -1
+  /// when a buffer is not in CPU memory (placing it in turn then fails with a clear error).
   [[nodiscard]] int64_t HeldDictionariesSize() const;
   /// Writes the held dictionary messages from gap_.at on, each followed by copies of its buffers,
   /// and shrinks gap_ to what follows them.
   arrow::Status PlaceHeldDictionariesInGap();
   arrow::Status PlaceBatch(const arrow::ipc::IpcPayload& payload);
   /// Writes a batch or dictionary message's prefix and metadata at `at` (a region of
-  /// `region_size`), pointing its buffers at `offsets` from `body_start`; becomes the last message.
+  /// `region_size`, its body right after), pointing its buffers where `layout` says; the message
+  /// becomes the last one.
   arrow::Status WriteBatchMetadata(const arrow::ipc::IpcPayload& payload, int64_t at,
-                                   int64_t region_size, const std::vector<int64_t>& offsets,
-                                   const std::vector<int64_t>& lengths);
+                                   int64_t region_size, const BodyLayout& layout);
   /// Writes the continuation marker, metadata length and flatbuffer at `at`, zero-padding to
   /// `region_size`; returns the flatbuffer's offset.
   int64_t WriteMessagePrefix(int64_t at, int64_t region_size, const arrow::Buffer& metadata);

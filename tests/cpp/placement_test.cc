@@ -790,6 +790,32 @@ TEST(Placement, FailedWriteLeavesAValidStream) {
   EXPECT_TRUE(back.batches[1]->Equals(*last));
 }
 
+// A batch that fails after its dictionaries were sent: Arrow's writer counts them as sent and does
+// not send them again, so the next batch, which uses them, must still find them in the stream.
+TEST(Placement, FailedWriteAfterItsDictionariesLeavesThemInTheStream) {
+  WriterOptions options = SmallWriter();
+  options.capacity = 4 << 20;
+  auto words = arrow::dictionary(arrow::int32(), arrow::utf8());
+  auto schema = arrow::schema({arrow::field("w", words), arrow::field("n", arrow::int64())});
+  ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, options));
+  ASSERT_OK_AND_ASSIGN(auto column, BuildWords(arrow::default_memory_pool(), 600000, 5, "w"));
+  auto make_batch = [&](MemoryPool* pool, int64_t rows) -> BatchResult {
+    arrow::Int64Builder n(pool);
+    for (int64_t i = 0; i < rows; ++i) ARROW_RETURN_NOT_OK(n.Append(i));
+    ARROW_ASSIGN_OR_RAISE(auto numbers, n.Finish());
+    return RecordBatch::Make(schema, rows, {column->Slice(0, rows), numbers});
+  };
+  ASSERT_OK_AND_ASSIGN(auto huge, make_batch(arrow::default_memory_pool(), 600000));
+  const arrow::Status status = writer->WriteRecordBatch(*huge);
+  EXPECT_TRUE(status.IsOutOfMemory()) << status.ToString();
+  ASSERT_OK_AND_ASSIGN(auto last, make_batch(writer->pool(), 100));
+  ASSERT_OK(writer->WriteRecordBatch(*last));
+  EXPECT_EQ(writer->stats().dictionary_batches, 1);
+  ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
+  ASSERT_EQ(back.batches.size(), 1u);
+  EXPECT_TRUE(back.batches[0]->Equals(*last));
+}
+
 // A writer dropped without Finish releases its memfd and mapping.
 TEST(Placement, AbandonedWriterReleasesItsFd) {
   const int before = test_util::CountOpenFds();
