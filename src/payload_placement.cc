@@ -123,7 +123,8 @@ arrow::Status ArenaPayloadWriter::PlaceWithDictionaries(const arrow::ipc::IpcPay
     if (dictionaries_size >= 0 && dictionaries_size + MessageHeadSize(batch) <= gap_.size) {
       ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInGap());
     } else {
-      // Too big for the gap: the batch's buffers, in front of its gap after them, are copied.
+      // Too big for the gap: each takes a gap as any message does, so the batch's own buffers
+      // end up in front of the batch's gap and are copied.
       ARROW_RETURN_NOT_OK(PlaceHeldDictionariesInTurn());
     }
   }
