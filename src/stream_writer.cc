@@ -13,20 +13,36 @@ namespace {
 
 using internal::kArenaAlignment;
 
+// Room in front of a batch for the dictionary messages Arrow sends before it, with copies of the
+// dictionaries: placement copies those (small, usually) instead of the batch's own buffers, which
+// lie in front of dictionaries built after them (see ArenaPayloadWriter).
+constexpr int64_t kDictionaryRoom = 16 << 10;
+
+bool HasDictionary(const arrow::DataType& type) {
+  if (type.id() == arrow::Type::DICTIONARY) return true;
+  for (const auto& child : type.fields()) {
+    if (HasDictionary(*child->type())) return true;
+  }
+  return false;
+}
+
 // Room for one record batch message of `schema`: the metadata Arrow writes for an empty batch, plus
-// what a non-empty body adds (the bodyLength field) and slack. View types, whose buffer count
-// varies, may still need more; placement then takes a larger gap (see ArenaPayloadWriter).
+// what a non-empty body adds (the bodyLength field) and slack, plus kDictionaryRoom when the schema
+// has dictionaries. View types, whose buffer count varies, may still need more; placement then
+// takes a larger gap (see ArenaPayloadWriter).
 arrow::Result<int64_t> MetadataGapSize(const arrow::Schema& schema,
                                        const arrow::ipc::IpcWriteOptions& options) {
   arrow::ArrayVector columns;
+  bool dictionaries = false;
   for (const auto& field : schema.fields()) {
     ARROW_ASSIGN_OR_RAISE(auto column, arrow::MakeArrayOfNull(field->type(), 0));
     columns.push_back(std::move(column));
+    dictionaries = dictionaries || HasDictionary(*field->type());
   }
   auto empty = arrow::RecordBatch::Make(std::make_shared<arrow::Schema>(schema), 0, columns);
   arrow::ipc::IpcPayload payload;
   ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(*empty, options, &payload));
-  const int64_t needed = 8 + payload.metadata->size() + 64;
+  const int64_t needed = 8 + payload.metadata->size() + 64 + (dictionaries ? kDictionaryRoom : 0);
   return arrow::bit_util::RoundUp(needed, kArenaAlignment);
 }
 

@@ -39,7 +39,9 @@ struct SealedStream {
 /// Build batches with builders (or any Arrow API taking a MemoryPool) on pool(): their buffers are
 /// then already in shared memory, and WriteRecordBatch() only writes Arrow's flatbuffer metadata in
 /// front of them, with buffer offsets pointing at where the data already is. Batches from
-/// elsewhere are accepted too; their buffers are copied in once and counted in stats().
+/// elsewhere are accepted too; their buffers are copied in once and counted in stats(). A
+/// dictionary column's dictionaries are copied in front of their batch (a stream holds them before
+/// the batch's metadata, builders write them after the indices; docs/design.md).
 ///
 /// The writer owns the arena: keep it alive as long as batches built from pool() are in use (the
 /// rule of every arrow::MemoryPool). Not thread-safe, except pool(), which builders on several

@@ -285,9 +285,12 @@ class Consumer:
 
     Other libraries read the rest of the stream in place through ``__arrow_c_stream__``:
     ``pl.DataFrame(consumer)``, ``duckdb.sql("... FROM consumer")``,
-    ``pa.RecordBatchReader.from_stream(consumer)``. (``pl.from_arrow(consumer)`` gives a Series
-    of structs, as it does for every stream that is not pyarrow's own; ``pl.DataFrame`` is the
-    call for a DataFrame.)
+    ``pa.RecordBatchReader.from_stream(consumer)``. ``pl.from_arrow(consumer)`` gives a Series
+    of structs instead, as it does for every stream source that is not pyarrow's own: polars 2.1
+    hands any such ``__arrow_c_stream__`` object to ``pl.Series`` before it looks at anything
+    else (``polars/convert/general.py``: ``if is_pycapsule(data) and not
+    _check_for_pyarrow(data):`` ... ``ret = pl.Series(data)``), so no Arrow stream source gets a
+    DataFrame from it. ``pl.DataFrame(consumer)`` is the call for a DataFrame.
 
     :param address: the producer's socket: a path, or ``"@name"`` (abstract namespace).
         Or a Flight address (``grpc://HOST:PORT``, ``grpc+tls://``; docs/flight.md): a
@@ -653,6 +656,14 @@ class Producer:
         or a pandas column, readers over bytes or a ``pa.Buffer``), and data built elsewhere
         (a pandas DataFrame, a polars DataFrame). ``pa.Table.from_pandas`` and ``Table.cast``
         take no pool in pyarrow 26: build the columns with ``pa.array`` / ``pc.cast``.
+
+        Dictionary columns (sealed mode; ring mode refuses them): an Arrow stream carries each
+        dictionary in a message of its own before the batch, and pyarrow writes a dictionary
+        after its indices, so the dictionaries are copied in front of the batch (counted) while
+        the batch's columns, indices included, stay in place. That holds for up to 16 KiB of
+        dictionaries per batch; beyond it the dictionaries stay in place and the batch's columns
+        are copied instead. A cast to a dictionary type builds in pyarrow's default pool
+        whatever ``memory_pool`` says (copied whole); ``pc.dictionary_encode`` honours it.
 
         Ring mode: allocations come from the ring (waiting per ``block_timeout`` when it is
         full); memory returns to it when pyarrow frees the buffer and every consumer released

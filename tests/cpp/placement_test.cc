@@ -356,12 +356,12 @@ TEST(Placement, WriteTableRoundTrips) {
   EXPECT_EQ(writer->stats().record_batches, 2);
 }
 
-TEST(Placement, DictionaryColumnPlacesDictionaryMessage) {
+TEST(Placement, DictionariesAreCopiedInFrontOfTheirBatch) {
   auto type = arrow::dictionary(arrow::int32(), arrow::utf8());
   auto schema = arrow::schema({arrow::field("d", type), arrow::field("v", arrow::int64())});
   ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, SmallWriter()));
   std::vector<std::shared_ptr<RecordBatch>> written;
-  int64_t index_body_bytes = 0;
+  int64_t batch_body_bytes = 0;
   int64_t dictionary_body_bytes = 0;
   for (int round = 0; round < 2; ++round) {
     arrow::StringBuilder dict_builder(writer->pool());
@@ -387,7 +387,7 @@ TEST(Placement, DictionaryColumnPlacesDictionaryMessage) {
                          arrow::DictionaryArray::FromArrays(type, indices, dictionary));
     auto batch = RecordBatch::Make(schema, 100, {column, values});
     ASSERT_OK(writer->WriteRecordBatch(*batch));
-    index_body_bytes += BodyBufferBytes(*batch);
+    batch_body_bytes += BodyBufferBytes(*batch);
     written.push_back(batch);
   }
   ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
@@ -395,16 +395,98 @@ TEST(Placement, DictionaryColumnPlacesDictionaryMessage) {
   // A replaced dictionary is a second dictionary message (stream format allows replacement).
   EXPECT_EQ(stats.dictionary_batches, 2);
   EXPECT_EQ(stats.record_batches, 2);
-  // The dictionary message is placed first, over everything the builders allocated: its buffers
-  // stay in place, but the record batch's (indices, values) then lie before the next gap and are
-  // copied. One WriteRecordBatch that emits several messages keeps only the first in place.
-  EXPECT_EQ(stats.bytes_in_place, dictionary_body_bytes);
-  EXPECT_EQ(stats.bytes_copied, index_body_bytes);
+  // The dictionary messages go, with copies of their buffers, into the gap in front of their
+  // batch: the batch's own buffers (indices, values) stay where the builders wrote them.
+  EXPECT_EQ(stats.bytes_in_place, batch_body_bytes);
+  EXPECT_EQ(stats.bytes_copied, dictionary_body_bytes);
   ASSERT_EQ(back.batches.size(), 2u);
   for (size_t i = 0; i < written.size(); ++i) {
     EXPECT_TRUE(back.batches[i]->Equals(*written[i])) << back.batches[i]->ToString();
     EXPECT_TRUE(AllBuffersInside(*back.stream, *back.batches[i]));
   }
+}
+
+// Body bytes of a dictionary's message: those of a one-column batch holding it.
+int64_t DictionaryBodyBytes(const std::shared_ptr<arrow::Array>& dictionary) {
+  return BodyBufferBytes(
+      *RecordBatch::Make(arrow::schema({arrow::field("dictionary", dictionary->type())}),
+                         dictionary->length(), {dictionary}));
+}
+
+// Builds `rows` words from `distinct` different ones with a dictionary builder, which writes the
+// indices as it goes and the dictionary at Finish: the dictionary lies behind the indices.
+arrow::Result<std::shared_ptr<arrow::Array>> BuildWords(MemoryPool* pool, int64_t rows,
+                                                        int64_t distinct, const std::string& tag) {
+  arrow::StringDictionary32Builder builder(pool);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (i % 13 == 5) {
+      ARROW_RETURN_NOT_OK(builder.AppendNull());
+    } else {
+      ARROW_RETURN_NOT_OK(builder.Append(tag + std::to_string((i * 7) % distinct)));
+    }
+  }
+  return builder.Finish();
+}
+
+// Columns built in the order pyarrow's functions build them (indices, then the dictionary; other
+// columns before and after): only the dictionaries are copied, whatever the nesting.
+TEST(Placement, DictionariesBuiltAfterTheirIndicesCopyOnlyTheDictionaries) {
+  auto words = arrow::dictionary(arrow::int32(), arrow::utf8());
+  auto schema =
+      arrow::schema({arrow::field("before", arrow::int64()), arrow::field("a", words),
+                     arrow::field("b", words), arrow::field("nested", arrow::list(words))});
+  ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, SmallWriter()));
+  constexpr int64_t kRows = 1000;
+  arrow::Int64Builder before(writer->pool());
+  for (int64_t i = 0; i < kRows; ++i) ASSERT_OK(before.Append(i));
+  ASSERT_OK_AND_ASSIGN(auto before_column, before.Finish());
+  ASSERT_OK_AND_ASSIGN(auto a, BuildWords(writer->pool(), kRows, 7, "a"));
+  ASSERT_OK_AND_ASSIGN(auto b, BuildWords(writer->pool(), kRows, 50, "bee"));
+  ASSERT_OK_AND_ASSIGN(auto values, BuildWords(writer->pool(), kRows * 2, 3, "v"));
+  std::vector<int32_t> list_offsets;
+  for (int64_t i = 0; i <= kRows; ++i) list_offsets.push_back(static_cast<int32_t>(i * 2));
+  arrow::Int32Builder offsets_builder(writer->pool());
+  ASSERT_OK(offsets_builder.AppendValues(list_offsets));
+  ASSERT_OK_AND_ASSIGN(auto offsets, offsets_builder.Finish());
+  ASSERT_OK_AND_ASSIGN(auto nested,
+                       arrow::ListArray::FromArrays(*offsets, *values, writer->pool()));
+  auto batch = RecordBatch::Make(schema, kRows, {before_column, a, b, nested});
+  ASSERT_OK(batch->ValidateFull());
+  ASSERT_OK(writer->WriteRecordBatch(*batch));
+  ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
+
+  int64_t dictionary_bytes = 0;
+  for (const auto& column : {a, b, values}) {
+    dictionary_bytes +=
+        DictionaryBodyBytes(std::static_pointer_cast<arrow::DictionaryArray>(column)->dictionary());
+  }
+  const PlacementStats& stats = writer->stats();
+  EXPECT_EQ(stats.dictionary_batches, 3);
+  EXPECT_EQ(stats.bytes_copied, dictionary_bytes);
+  EXPECT_EQ(stats.bytes_in_place, BodyBufferBytes(*batch));
+  ASSERT_EQ(back.batches.size(), 1u);
+  EXPECT_TRUE(back.batches[0]->Equals(*batch));
+  EXPECT_TRUE(AllBuffersInside(*back.stream, *back.batches[0]));
+}
+
+// Dictionaries too large for the gap take it in turn, as any message does: they stay in place
+// and the batch's buffers, now in front of its gap, are copied instead (counted).
+TEST(Placement, DictionariesLargerThanTheGapCopyTheBatch) {
+  auto words = arrow::dictionary(arrow::int32(), arrow::utf8());
+  auto schema = arrow::schema({arrow::field("w", words)});
+  ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, SmallWriter()));
+  ASSERT_OK_AND_ASSIGN(auto column,
+                       BuildWords(writer->pool(), 20000, 10000, "a word long enough "));
+  auto batch = RecordBatch::Make(schema, column->length(), {column});
+  ASSERT_OK(writer->WriteRecordBatch(*batch));
+  ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
+  const PlacementStats& stats = writer->stats();
+  EXPECT_EQ(stats.bytes_copied, BodyBufferBytes(*batch));
+  EXPECT_EQ(
+      stats.bytes_in_place,
+      DictionaryBodyBytes(std::static_pointer_cast<arrow::DictionaryArray>(column)->dictionary()));
+  ASSERT_EQ(back.batches.size(), 1u);
+  EXPECT_TRUE(back.batches[0]->Equals(*batch));
 }
 
 // Slices make Arrow's writer rebase offsets, shift bitmaps and slice values at unaligned
@@ -706,6 +788,32 @@ TEST(Placement, FailedWriteLeavesAValidStream) {
   ASSERT_EQ(back.batches.size(), 2u);
   EXPECT_TRUE(back.batches[0]->Equals(*first));
   EXPECT_TRUE(back.batches[1]->Equals(*last));
+}
+
+// A batch that fails after its dictionaries were sent: Arrow's writer counts them as sent and does
+// not send them again, so the next batch, which uses them, must still find them in the stream.
+TEST(Placement, FailedWriteAfterItsDictionariesLeavesThemInTheStream) {
+  WriterOptions options = SmallWriter();
+  options.capacity = 4 << 20;
+  auto words = arrow::dictionary(arrow::int32(), arrow::utf8());
+  auto schema = arrow::schema({arrow::field("w", words), arrow::field("n", arrow::int64())});
+  ASSERT_OK_AND_ASSIGN(auto writer, SharedStreamWriter::Open(schema, options));
+  ASSERT_OK_AND_ASSIGN(auto column, BuildWords(arrow::default_memory_pool(), 600000, 5, "w"));
+  auto make_batch = [&](MemoryPool* pool, int64_t rows) -> BatchResult {
+    arrow::Int64Builder n(pool);
+    for (int64_t i = 0; i < rows; ++i) ARROW_RETURN_NOT_OK(n.Append(i));
+    ARROW_ASSIGN_OR_RAISE(auto numbers, n.Finish());
+    return RecordBatch::Make(schema, rows, {column->Slice(0, rows), numbers});
+  };
+  ASSERT_OK_AND_ASSIGN(auto huge, make_batch(arrow::default_memory_pool(), 600000));
+  const arrow::Status status = writer->WriteRecordBatch(*huge);
+  EXPECT_TRUE(status.IsOutOfMemory()) << status.ToString();
+  ASSERT_OK_AND_ASSIGN(auto last, make_batch(writer->pool(), 100));
+  ASSERT_OK(writer->WriteRecordBatch(*last));
+  EXPECT_EQ(writer->stats().dictionary_batches, 1);
+  ASSERT_OK_AND_ASSIGN(ReadBack back, FinishAndRead(*writer));
+  ASSERT_EQ(back.batches.size(), 1u);
+  EXPECT_TRUE(back.batches[0]->Equals(*last));
 }
 
 // A writer dropped without Finish releases its memfd and mapping.

@@ -448,6 +448,21 @@ def test_polars_reads_a_consumer(producer):
     p.wait_until_drained(timeout=TIMEOUT_S)
 
 
+def test_polars_from_arrow_gives_a_series_of_structs_for_a_consumer(producer):
+    """What the Consumer docstring says of pl.from_arrow: polars turns every PyCapsule stream
+    that is not pyarrow's own into a Series of structs. If this fails, polars changed: make the
+    docstring (and examples/python/polars_duckdb.py) name pl.from_arrow."""
+    pl = pytest.importorskip("polars")
+    p, consumer, expected = _published_stream(producer)
+    series = pl.from_arrow(consumer)
+    assert isinstance(series, pl.Series)
+    assert series.dtype == pl.Struct
+    assert series.struct.unnest()["a"].to_list() == expected.column("a").to_pylist()
+    del series
+    gc.collect()
+    p.wait_until_drained(timeout=TIMEOUT_S)
+
+
 def test_duckdb_reads_a_consumer(producer):
     duckdb = pytest.importorskip("duckdb")
     p, consumer, expected = _published_stream(producer)
