@@ -185,9 +185,8 @@ arrow::Result<bool> ConsumerImpl::PollQueue() {
   while (session_.awaiting_controls()) {
     ARROW_ASSIGN_OR_RAISE(auto received, Receive(deadline.remaining_ms()));
     if (received.bytes <= 0) return session_.ControlsMissing();
-    ARROW_RETURN_NOT_OK(
-        session_.Feed(std::span<const uint8_t>(receive_buffer_.data(), received.bytes),
-                      std::move(received.fds)));
+    ARROW_RETURN_NOT_OK(session_.Feed(
+        std::span<const uint8_t>(receive_buffer_.data(), received.bytes), std::move(received.fds)));
     ARROW_RETURN_NOT_OK(session_.PollQueue());
   }
   return true;

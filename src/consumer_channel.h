@@ -88,8 +88,8 @@ class LeaseBuffer final : public arrow::Buffer {
   static std::shared_ptr<LeaseBuffer> Make(const std::shared_ptr<arrow::Buffer>& region,
                                            uint64_t sequence,
                                            const std::shared_ptr<Channel>& channel) {
-    return std::allocate_shared<LeaseBuffer>(RecyclingAllocator<LeaseBuffer>(channel->lease_cache()),
-                                             region, sequence, channel);
+    return std::allocate_shared<LeaseBuffer>(
+        RecyclingAllocator<LeaseBuffer>(channel->lease_cache()), region, sequence, channel);
   }
 
  private:

@@ -50,7 +50,7 @@ arrow::Status ConsumerSession::Feed(std::span<const uint8_t> datagram, std::vect
 
 void ConsumerSession::FeedClosed() {
   Fail(MakeError(arrow::StatusCode::IOError, ErrorCode::kProducerGone,
-                     "producer closed the connection without ending the stream (did it die?)"));
+                 "producer closed the connection without ending the stream (did it die?)"));
 }
 
 arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
@@ -69,8 +69,8 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!fds.empty()) return proto::ProtocolError("sealed Welcome with an fd");
-    source_ = std::make_unique<SealedSource>(channel_, credits_, options_.validation,
-                                             options_.columns);
+    source_ =
+        std::make_unique<SealedSource>(channel_, credits_, options_.validation, options_.columns);
     return arrow::Status::OK();
   }
   mode_ = "ring";
@@ -83,9 +83,9 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
   if (welcome.minor >= 1 && (welcome.features & proto::kFeatureQueue) &&
       welcome.queue_capacity > 0) {
     const auto& mapped = ring->ring();
-    ARROW_ASSIGN_OR_RAISE(queue_, proto::QueueReader::Attach(
-                                      mapped->data(), static_cast<uint64_t>(mapped->size()),
-                                      welcome.queue_offset, welcome.queue_capacity));
+    ARROW_ASSIGN_OR_RAISE(
+        queue_, proto::QueueReader::Attach(mapped->data(), static_cast<uint64_t>(mapped->size()),
+                                           welcome.queue_offset, welcome.queue_capacity));
   }
   source_ = std::move(ring);
   return arrow::Status::OK();
@@ -239,10 +239,9 @@ arrow::Result<bool> ConsumerSession::DrainQueue() {
 
 arrow::Status ConsumerSession::ControlsMissing() {
   if (!fatal_.ok()) return fatal_;
-  fatal_ = proto::ProtocolError("a queue entry counts ",
-                                pending_entry_.has_value() ? pending_entry_->controls_before : 0,
-                                " control messages before it, but only ", controls_.size(),
-                                " arrived");
+  fatal_ = proto::ProtocolError(
+      "a queue entry counts ", pending_entry_.has_value() ? pending_entry_->controls_before : 0,
+      " control messages before it, but only ", controls_.size(), " arrived");
   return fatal_;
 }
 
@@ -265,10 +264,12 @@ arrow::Result<bool> ConsumerSession::Take(uint32_t stream,
     events.pop_front();
     if (auto* schema = std::get_if<std::shared_ptr<arrow::Schema>>(&event)) {
       if (stream == 0) {
-        schema_ = options_.columns.empty()
-                      ? *schema
-                      : ProjectSchema(**schema, ProjectionIndices(**schema, options_.columns)
-                                                    .ValueOr(std::vector<int>{}));
+        schema_ =
+            options_.columns.empty()
+                ? *schema
+                : ProjectSchema(
+                      **schema,
+                      ProjectionIndices(**schema, options_.columns).ValueOr(std::vector<int>{}));
         ++stats_.schema_changes;
       }
       continue;

@@ -122,7 +122,7 @@ class ConsumerSession {
   // The entry read from the queue whose control messages have not all arrived.
   std::optional<protocol::QueueEntry> pending_entry_;
   uint64_t waiting_announced_ = UINT64_MAX;  // the count last sent in Waiting
-  std::deque<ConsumerEvent> controls_;  // stream-0 Schema/End received, applied at their entry
+  std::deque<ConsumerEvent> controls_;       // stream-0 Schema/End received, applied at their entry
   std::vector<UniqueFd> no_fds_;
 };
 

@@ -48,10 +48,10 @@ arrow::Status HandoverConsumer::Open(const std::string& address, UnixSocket* con
   }
   ARROW_RETURN_NOT_OK(CheckProducerUid(*connected, address, options_));
   // Its handshake: bounded by the read timeout, as the stream protocol's.
-  ARROW_ASSIGN_OR_RAISE(UniqueFd fd,
-                        ReceiveHandedOverFd(*connected, address,
-                                            options_.read_timeout_ms > 0 ? options_.read_timeout_ms
-                                                                         : kHandoverReplyTimeoutMs));
+  ARROW_ASSIGN_OR_RAISE(
+      UniqueFd fd, ReceiveHandedOverFd(*connected, address,
+                                       options_.read_timeout_ms > 0 ? options_.read_timeout_ms
+                                                                    : kHandoverReplyTimeoutMs));
   SharedStreamOptions stream_options;
   stream_options.validation = options_.validation;
   stream_options.require_seals = options_.require_seals;

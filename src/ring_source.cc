@@ -30,16 +30,14 @@ arrow::Result<std::unique_ptr<RingSource>> RingSource::Open(int ring_fd,
   constexpr int kNoResize = F_SEAL_SHRINK | F_SEAL_GROW;
   constexpr int kNoWrites = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
   if ((seals & kNoResize) != kNoResize || (seals & kNoWrites) == 0) {
-    return arrow::Status::Invalid("ring memfd fd ", ring_fd, " lacks seals: has ",
-                                  SealNames(seals),
+    return arrow::Status::Invalid("ring memfd fd ", ring_fd, " lacks seals: has ", SealNames(seals),
                                   ", needs F_SEAL_SHRINK|F_SEAL_GROW and a write seal");
   }
   struct stat st{};
   if (::fstat(ring_fd, &st) != 0) return ErrnoStatus(errno, "fstat(fd ", ring_fd, ")");
   ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapReadOnly(ring_fd, st.st_size));
-  return std::unique_ptr<RingSource>(
-      new RingSource(std::make_shared<MappedBuffer>(std::move(mapping)), std::move(channel),
-                     credits, validation));
+  return std::unique_ptr<RingSource>(new RingSource(
+      std::make_shared<MappedBuffer>(std::move(mapping)), std::move(channel), credits, validation));
 }
 
 arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stream,
@@ -79,8 +77,7 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
         message.metadata_length, ") of the ", ring_size, "-byte ring): ", read.status().message());
   }
   std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
-  ARROW_RETURN_NOT_OK(
-      ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
+  ARROW_RETURN_NOT_OK(ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
   out->emplace_back(std::move(batch));
   return arrow::Status::OK();
 }

@@ -24,8 +24,7 @@ arrow::Status SealedSource::Materialize(const proto::Batch& message, uint32_t st
   auto opened = SharedStream::Open(std::move(fds[0]), stream_options);
   if (!opened.ok()) {  // released all the same: the producer may reuse it
     channel_->Release(message.sequence);
-    return opened.status().WithMessage("batch ", message.sequence, ": ",
-                                       opened.status().message());
+    return opened.status().WithMessage("batch ", message.sequence, ": ", opened.status().message());
   }
   auto lease = LeaseBuffer::Make((*opened)->buffer(), message.sequence, channel_);
   const int64_t size = lease->size();
