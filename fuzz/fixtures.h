@@ -1,5 +1,5 @@
 // Fixed inputs shared by the fuzz targets and the seed generator (make_seeds.cc): the schemas and
-// the canonical batch whose body is ring_fuzz's fixed "ring".
+// the canonical batch whose body starts the session targets' ring.
 #pragma once
 
 #include <arrow/api.h>
@@ -116,7 +116,16 @@ inline EncodedBatch Encode(const arrow::RecordBatch& batch) {
   return {message->metadata(), message->body()};
 }
 
-/// ring_fuzz's ring: the canonical batch's body at offset 0, then patterned bytes up to 16 KiB.
+/// Layout of the session targets' ring (session_fixture.h): RingBody() at 0 (the canonical batch's
+/// body, then patterned bytes); the in-ring queue at kQueueOffset; at kMetadataOffset the
+/// canonical batch's metadata (session_fuzz), or the metadata a ring_fuzz input supplies.
+inline constexpr int64_t kQueueOffset = 12 * 1024;
+inline constexpr uint32_t kQueueCapacity = 4;
+inline constexpr int64_t kMetadataOffset = 16 * 1024;
+inline constexpr int64_t kMaxMetadata = 1 << 20;
+inline constexpr int64_t kFixtureRingSize = kMetadataOffset + kMaxMetadata;
+
+/// The ring's first 16 KiB: the canonical batch's body at offset 0, then patterned bytes up to 16 KiB.
 inline std::shared_ptr<arrow::Buffer> RingBody() {
   auto encoded = Encode(*CanonicalBatch());
   constexpr int64_t kRingSize = 16 * 1024;

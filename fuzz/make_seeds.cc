@@ -1,7 +1,7 @@
 // Writes the seed corpora of the fuzz targets: fuzz_make_seeds OUT_DIR creates
-// OUT_DIR/{protocol,flatbuffer,stream,ring}_fuzz/ with one file per seed, all generated here:
-// every protocol message type encoded with proto::Writer, and small Arrow IPC streams and messages
-// of the fixture schemas. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
+// OUT_DIR/{protocol,flatbuffer,stream,ring,session}_fuzz/ with one file per seed, all generated
+// here: every protocol message type encoded with proto::Writer, small Arrow IPC streams and
+// messages of the fixture schemas, and whole conversations in each mode. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -10,6 +10,7 @@
 
 #include "fixtures.h"
 #include "protocol.h"
+#include "ring_queue.h"
 #include "schema_match.h"
 
 namespace fs = std::filesystem;
@@ -97,6 +98,93 @@ void ProtocolSeeds(const std::string& schema_bytes) {
   Write("protocol_fuzz", "bye", proto::EncodeBye(w));
 }
 
+/// A session_fuzz input (its format: session_fuzz.cc): options, then one record per step.
+class Conversation {
+ public:
+  explicit Conversation(uint8_t options) : bytes_(1, static_cast<char>(options)) {}
+  enum Op : uint8_t {
+    kDatagram = 0,
+    kWithSealed = 1,
+    kWithRing = 2,
+    kQueueEntry = 4,
+    kPollQueue = 5,
+    kRelease = 6,
+    kRequest = 8
+  };
+  Conversation& Step(uint8_t op, std::span<const uint8_t> bytes = {}) {
+    bytes_.push_back(static_cast<char>(op));
+    bytes_.push_back(static_cast<char>(bytes.size() & 0xff));
+    bytes_.push_back(static_cast<char>(bytes.size() >> 8));
+    bytes_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    return *this;
+  }
+  Conversation& Entry(const proto::QueueEntry& entry) {
+    return Step(kQueueEntry, {reinterpret_cast<const uint8_t*>(&entry), sizeof entry});
+  }
+  void Write(const std::string& name) const {
+    ::Write("session_fuzz", name, bytes_.data(), bytes_.size());
+  }
+
+ private:
+  std::string bytes_;
+};
+
+void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
+  proto::Writer w;
+  proto::Welcome welcome;
+  welcome.schema = schema_bytes;
+  welcome.max_in_flight = 4;
+  const uint64_t offset = shmarrow::fuzz::kMetadataOffset;
+  // Sealed: batches, a schema change, a request answered, the end.
+  Conversation(0)
+      .Step(Conversation::kDatagram, proto::Encode(w, welcome))
+      .Step(Conversation::kWithSealed, proto::Encode(w, 0, proto::Batch{1, 0, 0, 0}))
+      .Step(Conversation::kWithSealed, proto::Encode(w, 0, proto::Batch{2, 0, 0, 0}))
+      .Step(Conversation::kDatagram, proto::EncodeSchema(w, 0, schema_bytes))
+      .Step(Conversation::kWithSealed, proto::Encode(w, 0, proto::Batch{3, 0, 0, 0}))
+      .Step(Conversation::kRelease)
+      .Step(Conversation::kRequest)
+      .Step(Conversation::kDatagram, proto::EncodeSchema(w, 1, schema_bytes))
+      .Step(Conversation::kWithSealed, proto::Encode(w, 1, proto::Batch{4, 0, 0, 0}))
+      .Step(Conversation::kDatagram, proto::EncodeEnd(w, 1))
+      .Step(Conversation::kDatagram, proto::EncodeEnd(w, 0))
+      .Write("sealed");
+  // Ring, lossy, batches on the socket: one Batch, a run of two, the end.
+  welcome.mode = proto::Mode::kRing;
+  welcome.ring_size = shmarrow::fuzz::kFixtureRingSize;
+  const proto::Batch run[] = {{2, 1, offset, metadata_length}, {3, 0, offset, metadata_length}};
+  Conversation(1)
+      .Step(Conversation::kWithRing, proto::Encode(w, welcome))
+      .Step(Conversation::kDatagram,
+            proto::Encode(w, 0, proto::Batch{1, 0, offset, metadata_length}))
+      .Step(Conversation::kRelease)
+      .Step(Conversation::kDatagram, proto::EncodeBatches(w, 0, run))
+      .Step(Conversation::kRelease)
+      .Step(Conversation::kDatagram, proto::EncodeEnd(w, 0))
+      .Write("ring");
+  // Ring with the in-ring queue: a batch, a schema change before the next, the end.
+  welcome.queue_offset = shmarrow::fuzz::kQueueOffset;
+  welcome.queue_capacity = shmarrow::fuzz::kQueueCapacity;
+  proto::QueueEntry entry;
+  entry.metadata_length = metadata_length;
+  entry.metadata_offset = offset;
+  Conversation queue(0);
+  queue.Step(Conversation::kWithRing, proto::Encode(w, welcome));
+  entry.sequence = 1;
+  queue.Entry(entry).Step(Conversation::kPollQueue).Step(Conversation::kRelease);
+  entry.sequence = 2;
+  entry.controls_before = 1;
+  queue.Step(Conversation::kDatagram, proto::EncodeSchema(w, 0, schema_bytes))
+      .Entry(entry)
+      .Step(Conversation::kPollQueue)
+      .Step(Conversation::kRelease);
+  entry.kind = proto::EntryKind::kControls;
+  queue.Step(Conversation::kDatagram, proto::EncodeEnd(w, 0))
+      .Entry(entry)
+      .Step(Conversation::kPollQueue)
+      .Write("ring-queue");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -107,7 +195,11 @@ int main(int argc, char** argv) {
   out_dir = argv[1];
   auto canonical = shmarrow::fuzz::CanonicalBatch();
   auto dictionary = DictionaryBatch();
-  ProtocolSeeds(Unwrap(shmarrow::internal::SerializeSchema(*canonical->schema()), "schema"));
+  const auto schema_bytes =
+      Unwrap(shmarrow::internal::SerializeSchema(*canonical->schema()), "schema");
+  ProtocolSeeds(schema_bytes);
+  SessionSeeds(schema_bytes,
+               static_cast<uint32_t>(shmarrow::fuzz::Encode(*canonical).metadata->size()));
 
   // Sealed-mode memfd contents: whole IPC streams.
   auto ring_stream = Stream(canonical->schema(), {canonical, canonical->Slice(2, 3)});

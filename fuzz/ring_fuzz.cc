@@ -1,49 +1,62 @@
-// libFuzzer target: the ring-mode consumer path (consumer.cc Materialize). The input is the record
-// batch Message flatbuffer a Batch message points at; as Materialize does, it is copied into
-// private memory and arrow::ipc::ReadRecordBatch reads it against the stream's schema with the
-// ring as body, then the batch is validated (ValidateFull). The ring is fixed (fixtures.h): the
-// canonical batch's body followed by patterned bytes. The first input byte picks the schema: the
-// ring schema, or one with a dictionary column (which a correct producer never announces, and which
-// the consumer refuses since this target found that ReadRecordBatch crashes on it: the same check
-// runs here).
+// libFuzzer target: a ring-mode batch through the real consumer session (src/consumer_session.h,
+// its RingSource). The input is the record batch Message flatbuffer a Batch message points at: it
+// is written into the fixture ring (session_fixture.h; the canonical batch's body at offset 0,
+// then patterned bytes), and a session welcomed in ring mode is fed a Batch message pointing at
+// it; a batch it yields must be valid. The first input byte picks the announced schema: the ring
+// schema, or one with a dictionary column (which a correct producer never announces, and which the
+// session refuses since this target found that ReadRecordBatch crashes on it).
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
-#include "fixtures.h"
-#include "flatbuffer_patch.h"
 #include "schema_match.h"
+#include "session_fixture.h"
 
 namespace {
 
-struct Fixture {
-  std::shared_ptr<arrow::Buffer> ring = shmarrow::fuzz::RingBody();
-  std::shared_ptr<arrow::Schema> schemas[2] = {shmarrow::fuzz::RingSchema(),
-                                               shmarrow::fuzz::DictionarySchema()};
-};
+namespace proto = shmarrow::internal::protocol;
+using shmarrow::fuzz::Unwrap;
 
-const Fixture& Fixed() {
-  static const Fixture* fixture = new Fixture();
-  return *fixture;
+std::string WelcomeFor(const std::shared_ptr<arrow::Schema>& schema) {
+  proto::Welcome welcome;
+  welcome.mode = proto::Mode::kRing;
+  welcome.ring_size = shmarrow::fuzz::kFixtureRingSize;
+  welcome.max_in_flight = 1;
+  welcome.schema = Unwrap(shmarrow::internal::SerializeSchema(*schema), "schema");
+  proto::Writer writer;
+  auto bytes = proto::Encode(writer, welcome);
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+const std::string& Welcome(uint8_t selector) {
+  static const std::string* welcomes[2] = {
+      new std::string(WelcomeFor(shmarrow::fuzz::RingSchema())),
+      new std::string(WelcomeFor(shmarrow::fuzz::DictionarySchema()))};
+  return *welcomes[selector % 2];
+}
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 2 || size > (1 << 20)) return -1;
-  const Fixture& fixed = Fixed();
-  const auto& schema = fixed.schemas[data[0] % 2];
-  if (!shmarrow::internal::CheckNoDictionaries(*schema).ok()) return 0;  // as consumer.cc does
-  // The metadata in private memory, exactly sized (Materialize copies it out of the ring).
-  auto metadata = arrow::AllocateBuffer(static_cast<int64_t>(size - 1)).ValueOrDie();
-  std::memcpy(metadata->mutable_data(), data + 1, size - 1);
-  // As consumer.cc does (this target found that Arrow allocates what a compressed buffer claims).
-  if (!shmarrow::internal::CheckNotCompressed(metadata->data(), metadata->size()).ok()) return 0;
-  arrow::io::BufferReader body(fixed.ring);
-  auto batch = arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
-                                           arrow::ipc::IpcReadOptions::Defaults(), &body);
-  if (!batch.ok()) return 0;
-  if (!(*batch)->ValidateFull().ok()) return 0;
-  (void)(*batch)->ToString();
+  if (size < 2 || size - 1 > static_cast<size_t>(shmarrow::fuzz::kMaxMetadata)) return -1;
+  auto& fixture = shmarrow::fuzz::Fixture();
+  std::memcpy(fixture.ring.data() + shmarrow::fuzz::kMetadataOffset, data + 1, size - 1);
+  auto session = shmarrow::fuzz::SessionFixture::NewSession({});
+  std::vector<shmarrow::UniqueFd> fds;
+  fds.push_back(shmarrow::fuzz::Dup(fixture.ring_fd.get()));
+  if (!session->Feed(Bytes(Welcome(data[0])), std::move(fds)).ok()) return 0;
+  proto::Batch batch;
+  batch.sequence = 1;
+  batch.metadata_offset = shmarrow::fuzz::kMetadataOffset;
+  batch.metadata_length = static_cast<uint32_t>(size - 1);
+  proto::Writer writer;
+  if (!session->Feed(proto::Encode(writer, 0, batch), {}).ok()) return 0;
+  std::shared_ptr<arrow::RecordBatch> out;
+  // A batch the session accepted is delivered.
+  if (!Unwrap(session->Take(0, &out), "take") || out == nullptr) std::abort();
+  (void)out->ToString();
   return 0;
 }

@@ -1,7 +1,7 @@
 // libFuzzer target: the sealed-mode consumer path from received bytes to validated batches. The
 // input is what a producer put in its memfd; it goes into a real sealed memfd, and
 // SharedStream::Open (seal and size checks, read-only mapping) + OpenReader (Arrow's stream reader
-// over the mapping, ValidateFull on every batch) read it to the end, as consumer.cc does for a
+// over the mapping, ValidateFull on every batch) read it to the end, as sealed_source.cc does for a
 // sealed Batch. Every batch handed out is walked (row by row to a string) to touch its buffers.
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,0 +1,73 @@
+#include "consumer_channel.h"
+
+#include <algorithm>
+
+namespace shmarrow::internal {
+
+namespace proto = protocol;
+
+arrow::Status Channel::Hold(uint64_t sequence, bool response, uint32_t credits) {
+  std::lock_guard lock(mutex_);
+  if (FindHeld(sequence) != held_.end()) {
+    return proto::ProtocolError("batch ", sequence,
+                                " arrived while this consumer still holds batch ", sequence);
+  }
+  size_t& count = response ? held_responses_ : held_published_;
+  if (count >= credits) {
+    return proto::ProtocolError("batch ", sequence, " is beyond this consumer's ", credits,
+                                " credits (it holds ", count, " batches of ",
+                                response ? "answers to requests" : "the published stream", ")");
+  }
+  held_.push_back({sequence, response});
+  ++count;
+  return arrow::Status::OK();
+}
+
+void Channel::Release(uint64_t sequence) {
+  std::lock_guard lock(mutex_);
+  if (auto it = FindHeld(sequence); it != held_.end()) {
+    --(it->response ? held_responses_ : held_published_);
+    *it = held_.back();  // the order does not matter
+    held_.pop_back();
+  }
+  unsent_.push_back(sequence);
+  if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+}
+
+void Channel::SetDeferring(bool deferring, size_t flush_at) {
+  std::lock_guard lock(mutex_);
+  deferring_ = deferring;
+  flush_at_ = std::max<size_t>(flush_at, 1);
+  if (!deferring_) FlushLocked();
+}
+
+arrow::Status Channel::Send(std::span<const uint8_t> message) {
+  std::lock_guard lock(mutex_);
+  ARROW_ASSIGN_OR_RAISE(bool sent, outbox_->TrySend(message));
+  if (!sent) return arrow::Status::IOError("socket to the producer is full");
+  return arrow::Status::OK();
+}
+
+int64_t Channel::released() const {
+  std::lock_guard lock(mutex_);
+  return released_;
+}
+
+std::vector<Channel::Held>::iterator Channel::FindHeld(uint64_t sequence) {
+  return std::find_if(held_.begin(), held_.end(),
+                      [&](const Held& h) { return h.sequence == sequence; });
+}
+
+void Channel::FlushLocked() {
+  while (!unsent_.empty()) {
+    const size_t count = std::min<size_t>(unsent_.size(), proto::kMaxRun);
+    std::span<const uint64_t> chunk(unsent_.data() + unsent_.size() - count, count);
+    auto sent = outbox_->TrySend(proto::EncodeRelease(writer_, chunk));
+    if (sent.ok() && !*sent) return;  // full: try again later
+    // Sent, or the producer is gone (then there is nobody left to tell).
+    released_ += static_cast<int64_t>(count);
+    unsent_.resize(unsent_.size() - count);
+  }
+}
+
+}  // namespace shmarrow::internal
