@@ -1,5 +1,5 @@
 // Writes the seed corpora of the fuzz targets: fuzz_make_seeds OUT_DIR creates
-// OUT_DIR/{protocol,flatbuffer,stream,ring}_fuzz/ with one file per seed, all generated here:
+// OUT_DIR/{protocol,handshake,flatbuffer,stream,ring}_fuzz/ with one file per seed, all generated here:
 // every protocol message type encoded with proto::Writer, and small Arrow IPC streams and messages
 // of the fixture schemas. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
 #include <filesystem>
@@ -99,6 +99,29 @@ void ProtocolSeeds(const std::string& schema_bytes) {
 
 }  // namespace
 
+/// Hellos as consumers of each minor version send them: plain, with every wish, describing.
+void HandshakeSeeds(const std::string& schema_bytes) {
+  proto::Writer w;
+  for (uint16_t minor = 0; minor <= proto::kMinorVersion; ++minor) {
+    const std::string version = "hello-1." + std::to_string(minor);
+    proto::Hello hello;
+    hello.minor = minor;
+    hello.features = proto::FeaturesOf(minor);
+    Write("handshake_fuzz", version + "-plain", proto::Encode(w, hello));
+    hello.flags = proto::kHelloLossy | proto::kHelloSchemaSubset | proto::kHelloStartAtOldest;
+    hello.max_in_flight = 4;
+    hello.columns = {"s", "i"};
+    hello.required_schema = schema_bytes;
+    Write("handshake_fuzz", version + "-full", proto::Encode(w, hello));
+    proto::Hello describe;
+    describe.minor = minor;
+    describe.features = proto::FeaturesOf(minor) | proto::kFeatureDescribe;
+    describe.flags = proto::kHelloDescribe;
+    describe.columns = {"i"};
+    Write("handshake_fuzz", version + "-describe", proto::Encode(w, describe));
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
@@ -107,7 +130,10 @@ int main(int argc, char** argv) {
   out_dir = argv[1];
   auto canonical = shmarrow::fuzz::CanonicalBatch();
   auto dictionary = DictionaryBatch();
-  ProtocolSeeds(Unwrap(shmarrow::internal::SerializeSchema(*canonical->schema()), "schema"));
+  const auto schema_bytes =
+      Unwrap(shmarrow::internal::SerializeSchema(*canonical->schema()), "schema");
+  ProtocolSeeds(schema_bytes);
+  HandshakeSeeds(schema_bytes);
 
   // Sealed-mode memfd contents: whole IPC streams.
   auto ring_stream = Stream(canonical->schema(), {canonical, canonical->Slice(2, 3)});

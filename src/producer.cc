@@ -123,8 +123,8 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
         "room: a consumer is a full backlog behind"));
     loan = memory_->TakeStreamLoan();
   }
-  std::vector<std::vector<int>> projections;
-  {
+  auto projections = [&] {
+    std::vector<std::vector<int>> wanted;
     std::lock_guard lock(mutex_);
     for (const auto& [id, s] : sessions_) {
       if (!s->active() || s->projection_names().empty()) continue;
@@ -132,11 +132,12 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
       // it, which is older while a Schema message waits in its queue. (A consumer whose columns
       // this schema lacks is dropped when that Schema message is sent.)
       auto indices = ProjectionIndices(*batch->schema(), s->projection_names());
-      if (indices.ok()) projections.push_back(*std::move(indices));
+      if (indices.ok()) wanted.push_back(*std::move(indices));
     }
-  }
+    return wanted;
+  };
   ARROW_ASSIGN_OR_RAISE(auto published,
-                        memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
+                        memory_->PrepareForStream(batch, std::move(loan), projections));
   std::lock_guard lock(mutex_);
   published->sequence = next_sequence_++;
   stats_.published++;

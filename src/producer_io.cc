@@ -63,6 +63,7 @@ int Poller::Wait(std::span<epoll_event> events, int timeout_ms) {
 }
 
 void Poller::Wake() {
+  if (!wake_) return;
   const uint64_t one = 1;
   (void)::write(wake_.get(), &one, sizeof one);
 }

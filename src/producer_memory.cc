@@ -152,8 +152,8 @@ class RingMemory final : public ProducerMemory {
 
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>,
-      std::vector<std::vector<int>> projections) override {
-    return Prepare(batch, std::move(projections), stream_pool_.get());
+      const Projections& projections) override {
+    return Prepare(batch, projections(), stream_pool_.get());
   }
 
   /// Builds in the ring, waiting for room no longer than a request may take.
@@ -304,7 +304,7 @@ class SealedMemory final : public ProducerMemory {
 
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan> loan,
-      std::vector<std::vector<int>>) override {
+      const Projections&) override {
     return Prepare(batch, std::move(loan));
   }
 
