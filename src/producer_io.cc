@@ -34,21 +34,19 @@ arrow::Status Poller::Open(const std::string& address, unsigned socket_mode) {
 }
 
 arrow::Status Poller::Add(int fd, uint64_t tag, uint32_t events) {
-  epoll_event event{};
-  event.events = events;
-  event.data.u64 = tag;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
-    return ErrnoStatus(errno, "epoll_ctl(ADD fd ", fd, ")");
-  }
-  return arrow::Status::OK();
+  return Control(EPOLL_CTL_ADD, "ADD", fd, tag, events);
 }
 
 arrow::Status Poller::Modify(int fd, uint64_t tag, uint32_t events) {
+  return Control(EPOLL_CTL_MOD, "MOD", fd, tag, events);
+}
+
+arrow::Status Poller::Control(int op, const char* name, int fd, uint64_t tag, uint32_t events) {
   epoll_event event{};
   event.events = events;
   event.data.u64 = tag;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &event) != 0) {
-    return ErrnoStatus(errno, "epoll_ctl(MOD fd ", fd, ")");
+  if (::epoll_ctl(epoll_.get(), op, fd, &event) != 0) {
+    return ErrnoStatus(errno, "epoll_ctl(", name, " fd ", fd, ")");
   }
   return arrow::Status::OK();
 }

@@ -50,6 +50,8 @@ class Poller {
   void CloseListener() { listener_.reset(); }
 
  private:
+  arrow::Status Control(int op, const char* name, int fd, uint64_t tag, uint32_t events);
+
   std::unique_ptr<UnixSocket> listener_;
   UniqueFd epoll_;
   UniqueFd wake_;
