@@ -257,7 +257,6 @@ void Session::WakeIfWaiting(proto::Writer& writer) {
 void Session::Kill(proto::Writer& writer, const std::string& why, proto::ErrorCode code) {
   if (dead()) return;
   state_ = SessionState::kDead;
-  death_ = why;
   proto::Error error{code, why};
   (void)socket_.TrySendDatagram(proto::Encode(writer, 0, error), {});
   ::shutdown(socket_.fd(), SHUT_RDWR);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -85,10 +86,8 @@ class Session {
   bool dead() const { return state_ == SessionState::kDead; }
   /// Attached: receives what is published.
   bool active() const { return state_ == SessionState::kStreaming; }
-  const std::string& death() const { return death_; }
   std::chrono::steady_clock::time_point accepted() const { return accepted_; }
   const std::vector<std::string>& projection_names() const { return projection_names_; }
-  bool queue_attached() const { return queue_.attached(); }
   int queue_slot() const { return queue_slot_; }
 
   /// The terms the handshake agreed; the session streams from now on.
@@ -148,7 +147,6 @@ class Session {
   UnixSocket socket_;
   const uint32_t id_;
   SessionState state_ = SessionState::kHandshaking;
-  std::string death_;                                     // why it was dropped
   const std::chrono::steady_clock::time_point accepted_;  // for the handshake deadline
   bool lossy_ = false;
   bool batch_runs_ = false;
