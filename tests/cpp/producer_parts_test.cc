@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -218,24 +219,21 @@ TEST(RequestPoolTest, LimitsPerConsumerAndPerProducerAndOneWorker) {
 
   EXPECT_FALSE(submit(1, 1, handler).has_value());
   EXPECT_FALSE(submit(1, 2, handler).has_value());
-  auto duplicate = submit(1, 1, handler);
-  ASSERT_TRUE(duplicate.has_value());
-  EXPECT_EQ(duplicate->code, proto::ErrorCode::kHandler);
-  EXPECT_EQ(duplicate->message, "request 1 is already in flight");
-  auto per_consumer = submit(1, 3, handler);
-  ASSERT_TRUE(per_consumer.has_value());
-  EXPECT_EQ(per_consumer->code, proto::ErrorCode::kLimit);
-  EXPECT_EQ(per_consumer->message, "this consumer already has 2 requests in flight (limit 2)");
-
+  auto expect_refused = [](const std::optional<proto::Error>& refusal, proto::ErrorCode code,
+                           const std::string& message) {
+    ASSERT_TRUE(refusal.has_value()) << message;
+    EXPECT_EQ(refusal->code, code);
+    EXPECT_EQ(refusal->message, message);
+  };
+  expect_refused(submit(1, 1, handler), proto::ErrorCode::kHandler,
+                 "request 1 is already in flight");
+  expect_refused(submit(1, 3, handler), proto::ErrorCode::kLimit,
+                 "this consumer already has 2 requests in flight (limit 2)");
   EXPECT_FALSE(submit(2, 1, handler).has_value());
-  auto per_producer = submit(2, 2, handler);
-  ASSERT_TRUE(per_producer.has_value());
-  EXPECT_EQ(per_producer->code, proto::ErrorCode::kLimit);
-  EXPECT_EQ(per_producer->message, "the producer already has 3 requests in flight (limit 3)");
-
-  auto no_handler = submit(3, 1, nullptr);
-  ASSERT_TRUE(no_handler.has_value());
-  EXPECT_EQ(no_handler->message, "this producer has no request handler");
+  expect_refused(submit(2, 2, handler), proto::ErrorCode::kLimit,
+                 "the producer already has 3 requests in flight (limit 3)");
+  expect_refused(submit(3, 1, nullptr), proto::ErrorCode::kHandler,
+                 "this producer has no request handler");
 
   pool.Cancel(2);  // its queued request never runs and no longer counts
   EXPECT_FALSE(submit(3, 1, handler).has_value());
@@ -251,9 +249,7 @@ TEST(RequestPoolTest, LimitsPerConsumerAndPerProducerAndOneWorker) {
   EXPECT_EQ(ran, expected);
   EXPECT_EQ(most_running, 1);
   // Finished freed every slot: no limit refuses it any more, only the stop.
-  auto after_stop = submit(1, 1, handler);
-  ASSERT_TRUE(after_stop.has_value());
-  EXPECT_EQ(after_stop->code, proto::ErrorCode::kShutdown);
+  expect_refused(submit(1, 1, handler), proto::ErrorCode::kShutdown, "producer closed");
 }
 
 }  // namespace
