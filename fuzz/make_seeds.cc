@@ -1,7 +1,8 @@
 // Writes the seed corpora of the fuzz targets: fuzz_make_seeds OUT_DIR creates
-// OUT_DIR/{protocol,flatbuffer,stream,ring,session}_fuzz/ with one file per seed, all generated
-// here: every protocol message type encoded with proto::Writer, small Arrow IPC streams and
-// messages of the fixture schemas, and whole conversations in each mode. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
+// OUT_DIR/{protocol,handshake,flatbuffer,stream,ring,session}_fuzz/ with one file per seed, all
+// generated here: every protocol message type encoded with proto::Writer, Hellos of each minor
+// version, small Arrow IPC streams and messages of the fixture schemas, and whole conversations in
+// each mode. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -187,6 +188,29 @@ void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
 
 }  // namespace
 
+/// Hellos as consumers of each minor version send them: plain, with every wish, describing.
+void HandshakeSeeds(const std::string& schema_bytes) {
+  proto::Writer w;
+  for (uint16_t minor = 0; minor <= proto::kMinorVersion; ++minor) {
+    const std::string version = "hello-1." + std::to_string(minor);
+    proto::Hello hello;
+    hello.minor = minor;
+    hello.features = proto::FeaturesOf(minor);
+    Write("handshake_fuzz", version + "-plain", proto::Encode(w, hello));
+    hello.flags = proto::kHelloLossy | proto::kHelloSchemaSubset | proto::kHelloStartAtOldest;
+    hello.max_in_flight = 4;
+    hello.columns = {"s", "i"};
+    hello.required_schema = schema_bytes;
+    Write("handshake_fuzz", version + "-full", proto::Encode(w, hello));
+    proto::Hello describe;
+    describe.minor = minor;
+    describe.features = proto::FeaturesOf(minor) | proto::kFeatureDescribe;
+    describe.flags = proto::kHelloDescribe;
+    describe.columns = {"i"};
+    Write("handshake_fuzz", version + "-describe", proto::Encode(w, describe));
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
@@ -200,6 +224,7 @@ int main(int argc, char** argv) {
   ProtocolSeeds(schema_bytes);
   SessionSeeds(schema_bytes,
                static_cast<uint32_t>(shmarrow::fuzz::Encode(*canonical).metadata->size()));
+  HandshakeSeeds(schema_bytes);
 
   // Sealed-mode memfd contents: whole IPC streams.
   auto ring_stream = Stream(canonical->schema(), {canonical, canonical->Slice(2, 3)});

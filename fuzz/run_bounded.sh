@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${1:-${SHMARROW_FUZZ_SECONDS:-20}}
-targets=${SHMARROW_FUZZ_TARGETS:-"protocol_fuzz flatbuffer_fuzz stream_fuzz ring_fuzz session_fuzz"}
+targets=${SHMARROW_FUZZ_TARGETS:-"protocol_fuzz flatbuffer_fuzz stream_fuzz ring_fuzz session_fuzz handshake_fuzz"}
 start=$SECONDS
 
 find_clang() {

@@ -1,0 +1,115 @@
+// The producer behind the public Producer: it ties together its parts — the memory strategy
+// (producer_memory.h), one Session per consumer (producer_session.h), the handshake
+// (handshake.h), the request pool (request_pool.h) and the socket I/O (producer_io.h) — under
+// one mutex. producer.cc holds the public calls, producer_io.cc the I/O thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "block_cache.h"
+#include "handshake.h"
+#include "producer_io.h"
+#include "producer_memory.h"
+#include "producer_session.h"
+#include "request_pool.h"
+#include "shmarrow/producer.h"
+
+namespace shmarrow::internal {
+
+class ProducerImpl final : public Producer {
+ public:
+  ProducerImpl(std::string address, std::shared_ptr<arrow::Schema> schema, ProducerOptions options);
+  ~ProducerImpl() override { Close(); }
+
+  [[nodiscard]] arrow::Status Start();
+
+  arrow::MemoryPool* pool() override;
+  arrow::Status Publish(const std::shared_ptr<arrow::RecordBatch>& batch) override;
+  arrow::Status ChangeSchema(std::shared_ptr<arrow::Schema> schema) override;
+  arrow::Status End() override;
+  void SetRequestHandler(RequestHandler handler) override;
+  arrow::Status WaitForConsumers(int count, int timeout_ms) override;
+  arrow::Status WaitUntilDrained(int timeout_ms) override;
+  ProducerStats stats() const override;
+  std::shared_ptr<arrow::Schema> schema() const override;
+  void Close() override;
+
+  /// A request handler's answer: queued for the requester once it has room (waiting per
+  /// request_timeout_ms), after a Schema message if `new_schema` is set.
+  [[nodiscard]] arrow::Status SendResponse(uint32_t consumer, uint32_t stream,
+                                           std::shared_ptr<const arrow::Schema> new_schema,
+                                           std::shared_ptr<Published> batch);
+  ProducerMemory& memory() { return *memory_; }
+
+ private:
+  template <typename Predicate>
+  arrow::Status WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms, Predicate ready,
+                        std::string_view what);
+  bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
+  int64_t ActiveConsumers() const;
+  /// Queues `out` for `s` and sends what can go.
+  void Deliver(Session& s, Outgoing out);
+  void Enqueue(Session& s, Outgoing out);
+  void Kill(Session& s, const std::string& why, proto::ErrorCode code);
+  void Reap();
+  /// The request pool's runner: runs the handler, then sends its last answer (End or Error).
+  void RunRequest(RequestPool::Job& job);
+
+  // producer_io.cc: the I/O thread and what it does with each consumer's messages.
+  void IoLoop();
+  /// Closes connections that have not said Hello within handshake_timeout_ms; the milliseconds
+  /// until the next such deadline (-1: none).
+  int ExpireSilentConnections();
+  void AcceptAll();
+  /// Sends what is due to `s`; then, while what was sent calls for it (a message of the consumer
+  /// to act on, or a consumer that may have gone to sleep on its queue), reads what it said and
+  /// sends again. A loop, not recursion: the send path never calls back into the receive path.
+  void Converse(Session& s, bool read_first);
+  /// Reads and handles one message from `s`; false when none was waiting (or `s` died). Sets
+  /// `to_send` when what it handled left something to send.
+  bool ReadOne(Session& s, bool* to_send);
+  arrow::Status Handle(Session& s, const uint8_t* data, int64_t size, bool* to_send);
+  arrow::Status Admit(Session& s, Admission admission);
+  /// Makes epoll report writability of s's socket too; a failure kills s (it would stall).
+  void WatchWritable(Session& s);
+
+  const std::string address_;
+  const ProducerOptions options_;
+  // Destroyed last: everything below may hold memory of it.
+  std::unique_ptr<ProducerMemory> memory_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::shared_ptr<arrow::Schema> schema_;
+  std::map<uint32_t, std::unique_ptr<Session>> sessions_;
+  std::deque<std::shared_ptr<Published>> retained_;
+  uint64_t next_sequence_ = 1;
+  uint32_t next_session_ = 1;
+  bool ended_ = false;
+  bool closed_ = false;
+  RequestHandler handler_;
+  ProducerStats stats_;
+  SendTools send_;  // under mutex_
+  // Sessions' queues of outgoing messages allocate from here: their memory is reused.
+  const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
+  std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
+  std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
+  bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
+  std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
+  std::vector<uint64_t> released_;
+
+  Poller poller_;
+  std::thread io_thread_;
+  std::unique_ptr<RequestPool> requests_;
+};
+
+}  // namespace shmarrow::internal

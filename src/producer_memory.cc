@@ -1,0 +1,423 @@
+#include "producer_memory.h"
+
+#include <arrow/buffer.h>
+#include <arrow/ipc/writer.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "block_cache.h"
+#include "flatbuffer_patch.h"
+#include "pages.h"
+#include "ring_queue.h"
+#include "shmarrow/error.h"
+
+namespace shmarrow::internal {
+namespace {
+
+constexpr int64_t kRingBlocks = 1 << 16;
+// Consumers' queues live after the ring's circular part, one fixed slot each; past this many
+// bytes in all, the remaining consumers get their batches in messages.
+constexpr int64_t kMaxQueueArea = int64_t{16} << 20;
+constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
+
+/// Sealed mode's pool(): allocations go to the arena of the loan in use, and each allocation
+/// keeps its loan alive until it is freed. A batch built in pool() may so outlive its
+/// publication (the caller keeps it after every consumer released it), a schema change or a
+/// failed Publish, and its buffers still free into a live arena. A pool lives as long as its
+/// producer (the rule of every arrow::MemoryPool: free its buffers before it dies).
+class LoanPool final : public arrow::MemoryPool {
+ public:
+  /// Allocations go to `loan`'s arena from now on (nullptr: allocations fail).
+  void Use(std::shared_ptr<Loan> loan) {
+    std::shared_ptr<Loan> previous;
+    std::lock_guard lock(mutex_);
+    previous = std::exchange(current_, std::move(loan));
+  }
+
+  arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override {
+    std::lock_guard lock(mutex_);
+    if (current_ == nullptr) {
+      return MakeError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                       "no batch is being built: call Producer::pool() again");
+    }
+    ARROW_RETURN_NOT_OK(current_->writer->pool()->Allocate(size, alignment, out));
+    if (size > 0) owners_[*out] = current_;
+    Account(size);
+    return arrow::Status::OK();
+  }
+
+  arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                           uint8_t** ptr) override {
+    std::shared_ptr<Loan> owner;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = owners_.find(*ptr);
+      if (old_size > 0 && it != owners_.end()) {
+        owner = it->second;
+        uint8_t* before = *ptr;
+        ARROW_RETURN_NOT_OK(owner->writer->pool()->Reallocate(old_size, new_size, alignment, ptr));
+        owners_.erase(before);
+        if (new_size > 0) owners_[*ptr] = owner;
+        Account(new_size - old_size);
+        return arrow::Status::OK();
+      }
+    }
+    return Allocate(new_size, alignment, ptr);  // from nothing (a zero-size allocation)
+  }
+
+  void Free(uint8_t* buffer, int64_t size, int64_t alignment) override {
+    std::shared_ptr<Loan> owner;  // destroyed after the lock is released (maybe the arena too)
+    std::lock_guard lock(mutex_);
+    auto it = owners_.find(buffer);
+    if (size == 0 || it == owners_.end()) return;  // a zero-size allocation
+    owner = std::move(it->second);
+    owners_.erase(it);
+    owner->writer->pool()->Free(buffer, size, alignment);
+    Account(-size);
+  }
+
+  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
+  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
+  int64_t num_allocations() const override { return num_allocations_.load(); }
+  std::string backend_name() const override { return "shmarrow-sealed-loans"; }
+
+ private:
+  void Account(int64_t delta) {
+    bytes_allocated_ += delta;
+    if (delta > 0) {
+      total_allocated_ += delta;
+      ++num_allocations_;
+    }
+  }
+
+  std::mutex mutex_;
+  std::shared_ptr<Loan> current_;
+  std::unordered_map<uint8_t*, std::shared_ptr<Loan>> owners_;
+  std::atomic<int64_t> bytes_allocated_{0};
+  std::atomic<int64_t> total_allocated_{0};
+  std::atomic<int64_t> num_allocations_{0};
+};
+
+/// The metadata placed for `projection` (empty: all columns), or nullptr.
+const Placement* FindPlacement(const Published& p, const std::vector<int>& projection) {
+  if (projection.empty()) return &p.all_columns;
+  for (const auto& [columns, placement] : p.projected) {
+    if (columns == projection) return &placement;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<Published> NewRecord(const std::shared_ptr<BlockCache>& cache,
+                                     const std::shared_ptr<arrow::RecordBatch>& batch) {
+  auto published = std::allocate_shared<Published>(RecyclingAllocator<Published>(cache));
+  published->batch = batch;
+  return published;
+}
+
+class RingMemory final : public ProducerMemory {
+ public:
+  arrow::Status Init(const ProducerOptions& options) {
+    // A queue holds every batch a consumer may hold (at most the producer's credits) and End.
+    queue_capacity_ = static_cast<uint32_t>(
+        std::clamp<int64_t>(options.max_in_flight, 0, proto::kMaxQueueCapacity - 1) + 1);
+    queue_slot_bytes_ = static_cast<int64_t>(proto::QueueBytes(queue_capacity_));
+    const int64_t slots = std::clamp<int64_t>(kMaxQueueArea / queue_slot_bytes_, 0,
+                                              std::max(options.max_consumers, 0));
+    for (int64_t slot = slots - 1; slot >= 0; --slot) {
+      free_queue_slots_.push_back(static_cast<int>(slot));
+    }
+    ARROW_ASSIGN_OR_RAISE(ring_, Ring::Create(options.name, options.ring_size, kRingBlocks,
+                                              slots * queue_slot_bytes_, options.pages));
+    stream_pool_ = std::make_unique<RingPool>(ring_.get(), options.block_timeout_ms);
+    nowait_pool_ = std::make_unique<RingPool>(ring_.get(), 0);
+    requests_pool_ = std::make_unique<RingPool>(ring_.get(), options.request_timeout_ms);
+    return arrow::Status::OK();
+  }
+
+  proto::Mode mode() const override { return proto::Mode::kRing; }
+  uint64_t ring_size() const override { return static_cast<uint64_t>(ring_->size()); }
+  int64_t page_size() const override { return ring_->page_size(); }
+  int64_t bytes_in_use() const override { return ring_->bytes_in_use(); }
+  arrow::Result<UniqueFd> ConsumerFd() const override { return ring_->ConsumerFd(); }
+
+  arrow::MemoryPool* StreamPool(const std::shared_ptr<arrow::Schema>&) override {
+    return stream_pool_.get();
+  }
+  std::shared_ptr<Loan> TakeStreamLoan() override { return nullptr; }
+  void ForgetStreamLoan() override {}
+
+  arrow::Result<std::shared_ptr<Published>> PrepareForStream(
+      const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>,
+      const Projections& projections) override {
+    return Prepare(batch, projections(), stream_pool_.get());
+  }
+
+  /// Builds in the ring, waiting for room no longer than a request may take.
+  class Handler final : public HandlerMemory {
+   public:
+    explicit Handler(RingMemory* memory) : memory_(memory) {}
+    arrow::MemoryPool* pool(const std::shared_ptr<arrow::Schema>&) override {
+      return memory_->requests_pool_.get();
+    }
+    arrow::Result<std::shared_ptr<Published>> Prepare(
+        const std::shared_ptr<arrow::RecordBatch>& batch) override {
+      return memory_->Prepare(batch, {}, memory_->requests_pool_.get());
+    }
+
+   private:
+    RingMemory* memory_;
+  };
+  std::unique_ptr<HandlerMemory> ForHandler() override { return std::make_unique<Handler>(this); }
+
+  arrow::Result<std::optional<RingLocation>> Locate(Published& p,
+                                                    const std::vector<int>& projection) override {
+    if (const Placement* placed = FindPlacement(p, projection)) return placed->location;
+    // A projection first seen after the batch was prepared (a late joiner): placed now, without
+    // waiting, since the producer's mutex is held.
+    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, nowait_pool_.get()));
+    const RingLocation location = placement.location;
+    p.projected.emplace_back(projection, std::move(placement));
+    return location;
+  }
+
+  std::optional<QueueSlot> AcquireQueue() override {
+    if (free_queue_slots_.empty()) return std::nullopt;
+    QueueSlot slot;
+    slot.index = free_queue_slots_.back();
+    free_queue_slots_.pop_back();
+    slot.address = ring_->reserved() + slot.index * queue_slot_bytes_;
+    slot.offset = static_cast<uint64_t>(ring_->OffsetOf(slot.address));
+    return slot;
+  }
+  void ReleaseQueue(int index) override { free_queue_slots_.push_back(index); }
+  bool queue_free() const override { return !free_queue_slots_.empty(); }
+  uint32_t queue_capacity() const override { return queue_capacity_; }
+
+  void Close() override { ring_->Close(); }
+
+ private:
+  arrow::Result<std::shared_ptr<Published>> Prepare(
+      const std::shared_ptr<arrow::RecordBatch>& batch, std::vector<std::vector<int>> projections,
+      RingPool* pool) {
+    auto published = NewRecord(block_cache_, batch);
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool));
+    for (auto& projection : projections) {
+      if (FindPlacement(*published, projection) != nullptr) continue;
+      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool));
+      published->projected.emplace_back(std::move(projection), std::move(placement));
+    }
+    return published;
+  }
+
+  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
+  arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
+                                       RingPool* pool) {
+    std::shared_ptr<arrow::RecordBatch> target = p.batch;
+    if (!projection.empty()) {
+      ARROW_ASSIGN_OR_RAISE(target, p.batch->SelectColumns(projection));
+    }
+    arrow::ipc::IpcPayload payload;
+    ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
+        *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+    const size_t count = payload.body_buffers.size();
+    // Reused: this runs for every batch, on the publishing thread or a request handler's.
+    thread_local std::vector<int64_t> offsets, lengths;
+    offsets.assign(count, 0);
+    lengths.assign(count, 0);
+    for (size_t i = 0; i < count; ++i) {
+      const auto& buffer = payload.body_buffers[i];
+      if (buffer == nullptr || buffer->size() == 0) continue;
+      lengths[i] = buffer->size();
+      if (ring_->Contains(buffer->data(), buffer->size()) &&
+          ring_->OffsetOf(buffer->data()) % 8 == 0) {
+        offsets[i] = ring_->OffsetOf(buffer->data());
+        continue;
+      }
+      ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> copy,
+                            arrow::AllocateBuffer(buffer->size(), pool));
+      std::memcpy(copy->mutable_data(), buffer->data(), static_cast<size_t>(buffer->size()));
+      offsets[i] = ring_->OffsetOf(copy->data());
+      p.copies.push_back(std::move(copy));
+      p.bytes_copied += buffer->size();
+    }
+    Placement placement;
+    ARROW_ASSIGN_OR_RAISE(placement.metadata, RingBlock::Allocate(pool, payload.metadata->size()));
+    uint8_t* metadata = placement.metadata.data();
+    std::memcpy(metadata, payload.metadata->data(), static_cast<size_t>(payload.metadata->size()));
+    // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
+    ARROW_ASSIGN_OR_RAISE(
+        auto fields, RewriteBufferOffsets(metadata, placement.metadata.size(), offsets, lengths));
+    SetBodyLength(metadata, fields, ring_->size());
+    placement.location = {ring_->OffsetOf(metadata), placement.metadata.size()};
+    return placement;
+  }
+
+  // Destroyed last: the pools allocate in the ring.
+  std::unique_ptr<Ring> ring_;
+  std::unique_ptr<RingPool> stream_pool_;    // waits per block_timeout_ms
+  std::unique_ptr<RingPool> nowait_pool_;    // for work under the producer's mutex
+  std::unique_ptr<RingPool> requests_pool_;  // waits per request_timeout_ms
+  // Published records are made per batch: their memory is reused.
+  const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
+  // The consumers' queue slots in the ring's reserved part.
+  uint32_t queue_capacity_ = 0;
+  int64_t queue_slot_bytes_ = 0;
+  std::vector<int> free_queue_slots_;
+};
+
+class SealedMemory final : public ProducerMemory {
+ public:
+  arrow::Status Init(const ProducerOptions& options) {
+    name_ = options.name;
+    pages_ = options.pages;
+    ARROW_ASSIGN_OR_RAISE(page_size_, ProbePageSize(options.name, options.pages));
+    return arrow::Status::OK();
+  }
+
+  proto::Mode mode() const override { return proto::Mode::kSealed; }
+  uint64_t ring_size() const override { return 0; }
+  int64_t page_size() const override { return page_size_; }
+  int64_t bytes_in_use() const override { return 0; }
+  arrow::Result<UniqueFd> ConsumerFd() const override { return UniqueFd(); }
+
+  arrow::MemoryPool* StreamPool(const std::shared_ptr<arrow::Schema>& schema) override {
+    if (loan_ == nullptr) {
+      auto loan = NewLoan(schema);
+      // Without a fresh memfd the batch is built on the heap; Publish then copies it in once.
+      if (!loan.ok()) return arrow::default_memory_pool();
+      loan_ = std::move(*loan);
+      stream_lane_.Use(loan_);
+    }
+    return &stream_lane_;
+  }
+  std::shared_ptr<Loan> TakeStreamLoan() override {
+    // The lane stops pointing at this arena (allocations in it keep it alive): once the batch
+    // is released everywhere its memory returns, without waiting for the next pool() call.
+    stream_lane_.Use(nullptr);
+    return std::move(loan_);
+  }
+  void ForgetStreamLoan() override { loan_.reset(); }
+
+  arrow::Result<std::shared_ptr<Published>> PrepareForStream(
+      const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan> loan,
+      const Projections&) override {
+    return Prepare(batch, std::move(loan));
+  }
+
+  /// Builds in arenas of its own, through a lane (a LoanPool) borrowed while it lives.
+  class Handler final : public HandlerMemory {
+   public:
+    explicit Handler(SealedMemory* memory) : memory_(memory) {}
+    ~Handler() override {
+      if (lane_ != nullptr) memory_->ReleaseLane(lane_);
+    }
+    arrow::MemoryPool* pool(const std::shared_ptr<arrow::Schema>& schema) override {
+      if (loan_ == nullptr) {
+        auto loan = memory_->NewLoan(schema);
+        if (!loan.ok()) return arrow::default_memory_pool();  // copied in at Prepare
+        loan_ = std::move(*loan);
+        if (lane_ == nullptr) lane_ = memory_->AcquireLane();
+        lane_->Use(loan_);
+      }
+      return lane_;
+    }
+    arrow::Result<std::shared_ptr<Published>> Prepare(
+        const std::shared_ptr<arrow::RecordBatch>& batch) override {
+      return memory_->Prepare(batch, std::move(loan_));
+    }
+
+   private:
+    SealedMemory* memory_;
+    std::shared_ptr<Loan> loan_;
+    LoanPool* lane_ = nullptr;
+  };
+  std::unique_ptr<HandlerMemory> ForHandler() override { return std::make_unique<Handler>(this); }
+
+  arrow::Result<std::optional<RingLocation>> Locate(Published&, const std::vector<int>&) override {
+    return std::nullopt;
+  }
+
+  std::optional<QueueSlot> AcquireQueue() override { return std::nullopt; }
+  void ReleaseQueue(int) override {}
+  bool queue_free() const override { return false; }
+  uint32_t queue_capacity() const override { return 0; }
+
+  void Close() override {}
+
+ private:
+  arrow::Result<std::shared_ptr<Loan>> NewLoan(const std::shared_ptr<arrow::Schema>& schema) {
+    WriterOptions writer_options;
+    writer_options.capacity = kSealedCapacity;
+    writer_options.name = name_;
+    writer_options.pages = pages_;
+    ARROW_ASSIGN_OR_RAISE(auto writer, SharedStreamWriter::Open(schema, writer_options));
+    return std::make_shared<Loan>(std::move(writer));
+  }
+
+  /// Writes the batch to `loan`'s arena (a fresh one where it has none or another schema) and
+  /// seals it.
+  arrow::Result<std::shared_ptr<Published>> Prepare(
+      const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan> loan) {
+    auto published = NewRecord(block_cache_, batch);
+    if (loan == nullptr || !loan->writer->schema()->Equals(*batch->schema())) {
+      // Written to a fresh arena (copied in); the batch's buffers keep theirs alive.
+      ARROW_ASSIGN_OR_RAISE(loan, NewLoan(batch->schema()));
+    }
+    SharedStreamWriter& writer = *loan->writer;
+    ARROW_RETURN_NOT_OK(writer.WriteRecordBatch(*batch));
+    ARROW_ASSIGN_OR_RAISE(auto sealed, writer.Finish());
+    published->memfd = std::move(sealed.fd);
+    published->bytes_copied = writer.stats().bytes_copied;
+    published->loan = std::move(loan);
+    return published;
+  }
+
+  LoanPool* AcquireLane() {
+    std::lock_guard lock(lanes_mutex_);
+    if (free_lanes_.empty()) {
+      lanes_.push_back(std::make_unique<LoanPool>());
+      free_lanes_.push_back(lanes_.back().get());
+    }
+    LoanPool* lane = free_lanes_.back();
+    free_lanes_.pop_back();
+    return lane;
+  }
+
+  void ReleaseLane(LoanPool* lane) {
+    lane->Use(nullptr);
+    std::lock_guard lock(lanes_mutex_);
+    free_lanes_.push_back(lane);
+  }
+
+  std::string name_;
+  PagePolicy pages_ = PagePolicy::kAuto;
+  int64_t page_size_ = 0;
+  // The pools, destroyed after the loan below (batches built in them may be held anywhere): the
+  // published stream's, and those lent to request handlers.
+  LoanPool stream_lane_;
+  std::mutex lanes_mutex_;
+  std::vector<std::unique_ptr<LoanPool>> lanes_;
+  std::vector<LoanPool*> free_lanes_;
+  std::shared_ptr<Loan> loan_;  // where StreamPool builds the next batch
+  const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
+};
+
+}  // namespace
+
+arrow::Result<std::unique_ptr<ProducerMemory>> ProducerMemory::Create(
+    const ProducerOptions& options) {
+  if (options.mode == MemoryMode::kRing) {
+    auto memory = std::make_unique<RingMemory>();
+    ARROW_RETURN_NOT_OK(memory->Init(options));
+    return memory;
+  }
+  auto memory = std::make_unique<SealedMemory>();
+  ARROW_RETURN_NOT_OK(memory->Init(options));
+  return memory;
+}
+
+}  // namespace shmarrow::internal
