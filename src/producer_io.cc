@@ -51,6 +51,7 @@ arrow::Status Poller::Control(int op, const char* name, int fd, uint64_t tag, ui
   return arrow::Status::OK();
 }
 
+// Fails only for an fd epoll does not watch (never added): nothing to remove then.
 void Poller::Remove(int fd) { (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr); }
 
 int Poller::Wait(std::span<epoll_event> events, int timeout_ms) {
@@ -63,11 +64,13 @@ int Poller::Wait(std::span<epoll_event> events, int timeout_ms) {
 void Poller::Wake() {
   if (!wake_) return;
   const uint64_t one = 1;
+  // EAGAIN only when the counter is full, and then the I/O thread is already due to wake.
   (void)::write(wake_.get(), &one, sizeof one);
 }
 
 void Poller::Drain() {
   uint64_t ignored;
+  // Non-blocking: EAGAIN when nothing was signalled since the last drain.
   (void)::read(wake_.get(), &ignored, sizeof ignored);
 }
 
@@ -183,30 +186,32 @@ void ProducerImpl::AcceptAll() {
            proto::ErrorCode::kLimit);
     }
     const int size = kSocketBuffer;
-    ::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    // Best effort: a smaller buffer only means a consumer's backlog waits in its queue sooner.
+    (void)::setsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     const uint32_t id = next_session_++;
-    auto session = std::make_unique<Session>(std::move(socket), id, block_cache_);
-    if (!poller_.Add(session->socket().fd(), id + Poller::kSessionTagOffset, EPOLLIN).ok())
+    auto session = std::make_unique<Session>(std::move(socket), id, block_cache_,
+                                             std::max(options_.handshake_timeout_ms, 1));
+    // Unwatchable (epoll out of memory or at max_user_watches): closed unserved, like a refusal.
+    if (!poller_.Add(session->socket().fd(), id + Poller::kSessionTagOffset, EPOLLIN).ok()) {
       continue;
+    }
     Session& added = *sessions_.emplace(id, std::move(session)).first->second;
     Converse(added, /*read_first=*/true);
   }
 }
 
 int ProducerImpl::ExpireSilentConnections() {
-  const auto now = std::chrono::steady_clock::now();
-  const auto limit = std::chrono::milliseconds(std::max(options_.handshake_timeout_ms, 1));
   int next_ms = -1;
   for (auto& [id, s] : sessions_) {
     if (s->state() != SessionState::kHandshaking) continue;
-    const auto deadline = s->accepted() + limit;
-    if (deadline <= now) {
-      Kill(*s, "no Hello within " + std::to_string(limit.count()) + " ms",
+    if (s->handshake_deadline().expired()) {
+      Kill(*s,
+           "no Hello within " + std::to_string(std::max(options_.handshake_timeout_ms, 1)) + " ms",
            proto::ErrorCode::kLimit);
       continue;
     }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
-    if (next_ms < 0 || left < next_ms) next_ms = static_cast<int>(left);
+    const int left = std::max(s->handshake_deadline().remaining_ms(), 1);
+    if (next_ms < 0 || left < next_ms) next_ms = left;
   }
   return next_ms;
 }

@@ -12,6 +12,7 @@
 #include "block_cache.h"
 #include "flatbuffer_patch.h"
 #include "pages.h"
+#include "pool_accounting.h"
 #include "ring_queue.h"
 #include "shmarrow/error.h"
 
@@ -29,7 +30,7 @@ constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena pe
 /// publication (the caller keeps it after every consumer released it), a schema change or a
 /// failed Publish, and its buffers still free into a live arena. A pool lives as long as its
 /// producer (the rule of every arrow::MemoryPool: free its buffers before it dies).
-class LoanPool final : public arrow::MemoryPool {
+class LoanPool final : public AccountingPool {
  public:
   /// Allocations go to `loan`'s arena from now on (nullptr: allocations fail).
   void Use(std::shared_ptr<Loan> loan) {
@@ -46,7 +47,7 @@ class LoanPool final : public arrow::MemoryPool {
     }
     ARROW_RETURN_NOT_OK(current_->writer->pool()->Allocate(size, alignment, out));
     if (size > 0) owners_[*out] = current_;
-    Account(size);
+    DidAllocate(size);
     return arrow::Status::OK();
   }
 
@@ -62,7 +63,7 @@ class LoanPool final : public arrow::MemoryPool {
         ARROW_RETURN_NOT_OK(owner->writer->pool()->Reallocate(old_size, new_size, alignment, ptr));
         owners_.erase(before);
         if (new_size > 0) owners_[*ptr] = owner;
-        Account(new_size - old_size);
+        DidResize(old_size, new_size);
         return arrow::Status::OK();
       }
     }
@@ -77,29 +78,15 @@ class LoanPool final : public arrow::MemoryPool {
     owner = std::move(it->second);
     owners_.erase(it);
     owner->writer->pool()->Free(buffer, size, alignment);
-    Account(-size);
+    DidFree(size);
   }
 
-  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
-  int64_t total_bytes_allocated() const override { return total_allocated_.load(); }
-  int64_t num_allocations() const override { return num_allocations_.load(); }
   std::string backend_name() const override { return "shmarrow-sealed-loans"; }
 
  private:
-  void Account(int64_t delta) {
-    bytes_allocated_ += delta;
-    if (delta > 0) {
-      total_allocated_ += delta;
-      ++num_allocations_;
-    }
-  }
-
   std::mutex mutex_;
   std::shared_ptr<Loan> current_;
   std::unordered_map<uint8_t*, std::shared_ptr<Loan>> owners_;
-  std::atomic<int64_t> bytes_allocated_{0};
-  std::atomic<int64_t> total_allocated_{0};
-  std::atomic<int64_t> num_allocations_{0};
 };
 
 /// The metadata placed for `projection` (empty: all columns), or nullptr.

@@ -31,10 +31,11 @@ bool HeldBatches::Remove(uint64_t sequence, std::vector<std::shared_ptr<Publishe
   return true;
 }
 
-Session::Session(UnixSocket socket, uint32_t id, const std::shared_ptr<BlockCache>& cache)
+Session::Session(UnixSocket socket, uint32_t id, const std::shared_ptr<BlockCache>& cache,
+                 int handshake_timeout_ms)
     : socket_(std::move(socket)),
       id_(id),
-      accepted_(std::chrono::steady_clock::now()),
+      handshake_deadline_(handshake_timeout_ms),
       pending_(RecyclingAllocator<Outgoing>(cache)) {}
 
 void Session::Welcomed(Terms terms) {
@@ -259,7 +260,8 @@ void Session::Kill(proto::Writer& writer, const std::string& why, proto::ErrorCo
   state_ = SessionState::kDead;
   proto::Error error{code, why};
   (void)socket_.TrySendDatagram(proto::Encode(writer, 0, error), {});
-  ::shutdown(socket_.fd(), SHUT_RDWR);
+  // Fails only on a socket already shut down or reset by the peer: the session is dead either way.
+  (void)::shutdown(socket_.fd(), SHUT_RDWR);
 }
 
 arrow::Status Session::Release(std::span<const uint64_t> sequences,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "block_cache.h"
+#include "deadline.h"
 #include "producer_memory.h"
 #include "protocol.h"
 #include "ring_queue.h"
@@ -78,7 +79,8 @@ struct SendTools {
 
 class Session {
  public:
-  Session(UnixSocket socket, uint32_t id, const std::shared_ptr<BlockCache>& cache);
+  Session(UnixSocket socket, uint32_t id, const std::shared_ptr<BlockCache>& cache,
+          int handshake_timeout_ms);
 
   uint32_t id() const { return id_; }
   UnixSocket& socket() { return socket_; }
@@ -86,7 +88,8 @@ class Session {
   bool dead() const { return state_ == SessionState::kDead; }
   /// Attached: receives what is published.
   bool active() const { return state_ == SessionState::kStreaming; }
-  std::chrono::steady_clock::time_point accepted() const { return accepted_; }
+  /// When a connection that has not said Hello is closed.
+  const Deadline& handshake_deadline() const { return handshake_deadline_; }
   const std::vector<std::string>& projection_names() const { return projection_names_; }
   int queue_slot() const { return queue_slot_; }
 
@@ -147,7 +150,7 @@ class Session {
   UnixSocket socket_;
   const uint32_t id_;
   SessionState state_ = SessionState::kHandshaking;
-  const std::chrono::steady_clock::time_point accepted_;  // for the handshake deadline
+  const Deadline handshake_deadline_;
   bool lossy_ = false;
   bool batch_runs_ = false;
   size_t credits_ = 0;
