@@ -26,6 +26,12 @@ using internal::UnixSocket;
 
 constexpr int kHandshakeTimeoutMs = 10000;
 constexpr int kControlsWaitMs = 1000;
+// Protocol 1.2: a futex sleep lasts at most this long before the socket is looked at, so that a
+// producer that died (and so never wakes anyone) is noticed.
+constexpr int kSleepSliceMs = 100;
+// A consumer that polls without sleeping looks at its socket unasked this often, for the same
+// reason; otherwise only when the producer's count of datagrams says there is one.
+constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
 
 /// The socket to the producer, as the session's outbox (and the batches', through the Channel,
 /// which may outlive the consumer).
@@ -35,6 +41,9 @@ class SocketOutbox final : public internal::Outbox {
   arrow::Result<bool> TrySend(std::span<const uint8_t> message) override {
     return socket_.TrySendDatagram(message, {});
   }
+  arrow::Result<bool> TrySendWithFd(std::span<const uint8_t> message, int fd) override {
+    return socket_.TrySendDatagram(message, std::span<const int>(&fd, 1));
+  }
   UnixSocket& socket() { return socket_; }
 
  private:
@@ -43,12 +52,13 @@ class SocketOutbox final : public internal::Outbox {
 
 class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<ConsumerImpl> {
  public:
-  ConsumerImpl(const ConsumerOptions& options, const std::string& address, UnixSocket socket)
+  ConsumerImpl(const ConsumerOptions& options, const std::string& address, UnixSocket socket,
+               uint16_t minor)
       : options_(options),
         address_(address),
         outbox_(std::make_shared<SocketOutbox>(std::move(socket))),
         channel_(std::make_shared<internal::Channel>(outbox_)),
-        session_(options, channel_, address) {}
+        session_(options, channel_, address, minor) {}
   ~ConsumerImpl() override;
 
   arrow::Status Handshake();
@@ -77,6 +87,11 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Result<internal::Received> Receive(int timeout_ms);
   /// Receives one message and feeds it to the session; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
+  /// Pump with the wake region (1.2): the socket only when the producer counted a datagram
+  /// there (or now and then), sleeping on the queue's wake word in slices.
+  arrow::Result<bool> PumpWithRegion(int timeout_ms);
+  /// Feeds what a receive returned: false if nothing arrived.
+  bool FeedReceived(internal::Received received);
   /// Takes the queue's new entries; false if there was none. An entry waits for the control
   /// messages that the producer sent before it, which are on the socket already: a producer
   /// that got the order wrong gets a moment, not a hang.
@@ -93,6 +108,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   // The last receive found a message already waiting: the consumer is behind the producer.
   bool behind_ = false;
+  std::chrono::steady_clock::time_point next_socket_look_;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -122,6 +138,8 @@ ConsumerImpl::~ConsumerImpl() {
 
 arrow::Status ConsumerImpl::Handshake() {
   arrow::Status hello_sent;
+  ARROW_ASSIGN_OR_RAISE(auto region, internal::RegionWriter::Create());
+  session_.OfferRegion(std::move(region));  // used if the versions agree on it
   ARROW_RETURN_NOT_OK(session_.Start(&hello_sent));
   // The read timeout bounds the handshake too; reads that poll (0) or wait forever (-1) leave
   // it to a default, since a connection must not hang on a producer that never answers.
@@ -153,6 +171,7 @@ arrow::Result<internal::Received> ConsumerImpl::Receive(int timeout_ms) {
 }
 
 arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
+  if (session_.wake_region()) return PumpWithRegion(timeout_ms);
   ARROW_ASSIGN_OR_RAISE(auto received, Receive(0));
   behind_ = received.bytes >= 0;
   if (!behind_) {
@@ -168,6 +187,11 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
     ARROW_ASSIGN_OR_RAISE(received, Receive(0));
     if (received.bytes < 0) return false;
   }
+  return FeedReceived(std::move(received));
+}
+
+bool ConsumerImpl::FeedReceived(internal::Received received) {
+  if (received.bytes < 0) return false;
   if (received.bytes == 0) {
     session_.FeedClosed();
     return true;
@@ -176,6 +200,24 @@ arrow::Result<bool> ConsumerImpl::Pump(int timeout_ms) {
   (void)session_.Feed(std::span<const uint8_t>(receive_buffer_.data(), received.bytes),
                       std::move(received.fds));
   return true;
+}
+
+arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
+  const auto now = std::chrono::steady_clock::now();
+  if (session_.SocketMessagesPending() || now >= next_socket_look_) {
+    next_socket_look_ = now + kSocketLookInterval;
+    ARROW_ASSIGN_OR_RAISE(auto received, Receive(0));
+    behind_ = FeedReceived(std::move(received));
+    if (behind_) return true;
+  }
+  channel_->SetDeferring(false, session_.release_batch());  // caught up
+  if (timeout_ms == 0) return false;
+  const std::optional<uint32_t> wake = session_.AnnounceSleep(internal::SleepMode::kFutex);
+  if (!wake) return true;  // news arrived meanwhile
+  auto woke = internal::FutexWait(session_.wake_word(), *wake,
+                                  timeout_ms < 0 ? kSleepSliceMs : std::min(timeout_ms, kSleepSliceMs));
+  session_.AnnounceAwake();
+  return woke;
 }
 
 arrow::Result<bool> ConsumerImpl::PollQueue() {
@@ -218,8 +260,8 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     if (drained) continue;
     const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
     // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
-    // producer going away) every 64th round.
-    if (spin && session_.has_queue() && round % 64 != 0) continue;
+    // producer going away) every 64th round, or (1.2) when the producer's count says so.
+    if (spin && session_.has_queue() && !session_.wake_region() && round % 64 != 0) continue;
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;
     if (!got && deadline.expired()) {
@@ -243,7 +285,9 @@ arrow::Result<Consumer::Poll> ConsumerImpl::TryNext(std::shared_ptr<arrow::Recor
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(0));
     if (got) continue;
     // fd() becomes readable with the producer's Wake once the queue has something.
-    if (session_.has_queue()) {
+    if (session_.wake_region()) {
+      if (!session_.AnnounceSleep(internal::SleepMode::kSocket)) continue;
+    } else if (session_.has_queue()) {
       ARROW_ASSIGN_OR_RAISE(bool sleep, session_.AnnounceWaiting());
       if (!sleep) continue;
     }
@@ -272,9 +316,12 @@ arrow::Result<std::shared_ptr<arrow::RecordBatchReader>> ConsumerImpl::Request(
 
 }  // namespace
 
-arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
-                                                           const ConsumerOptions& options) {
-  if (internal::IsFlightAddress(address)) {
+namespace internal {
+
+arrow::Result<std::shared_ptr<Consumer>> ConnectSpeaking(const std::string& address,
+                                                         const ConsumerOptions& options,
+                                                         uint16_t minor) {
+  if (IsFlightAddress(address)) {
     // Flight is a library of its own, so that a user of shared memory links no gRPC.
     return arrow::Status::NotImplemented(
         "'", address, "' is an Arrow Flight address; Consumer::Connect reads UNIX sockets only: ",
@@ -291,7 +338,8 @@ arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& ad
     auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, 0);
     if (socket.ok()) {
       ARROW_RETURN_NOT_OK(internal::CheckProducerUid(*socket, address, options));
-      auto consumer = std::make_shared<ConsumerImpl>(options, address, std::move(*socket));
+      auto consumer =
+          std::make_shared<ConsumerImpl>(options, address, std::move(*socket), minor);
       ARROW_RETURN_NOT_OK(consumer->Handshake());
       return consumer;
     }
@@ -305,6 +353,13 @@ arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& ad
     if (!nobody_listens || deadline.expired()) return socket.status();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
+
+}  // namespace internal
+
+arrow::Result<std::shared_ptr<Consumer>> Consumer::Connect(const std::string& address,
+                                                           const ConsumerOptions& options) {
+  return internal::ConnectSpeaking(address, options, proto::kMinorVersion);
 }
 
 }  // namespace shmarrow

@@ -41,9 +41,10 @@ void Channel::SetDeferring(bool deferring, size_t flush_at) {
   if (!deferring_) FlushLocked();
 }
 
-arrow::Status Channel::Send(std::span<const uint8_t> message) {
+arrow::Status Channel::Send(std::span<const uint8_t> message, int fd) {
   std::lock_guard lock(mutex_);
-  ARROW_ASSIGN_OR_RAISE(bool sent, outbox_->TrySend(message));
+  ARROW_ASSIGN_OR_RAISE(bool sent,
+                        fd < 0 ? outbox_->TrySend(message) : outbox_->TrySendWithFd(message, fd));
   if (!sent) return arrow::Status::IOError("socket to the producer is full");
   return arrow::Status::OK();
 }

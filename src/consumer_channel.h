@@ -25,6 +25,13 @@ class Outbox {
   /// One message, without blocking: false when there is no room now (try again later); an
   /// error when the producer cannot be reached.
   [[nodiscard]] virtual arrow::Result<bool> TrySend(std::span<const uint8_t> message) = 0;
+  /// The same with one fd (the Hello's region); an outbox that cannot pass fds says so.
+  [[nodiscard]] virtual arrow::Result<bool> TrySendWithFd(std::span<const uint8_t> message,
+                                                          int fd) {
+    (void)message;
+    (void)fd;
+    return arrow::Status::NotImplemented("this outbox passes no fds");
+  }
 };
 
 /// Shared by the consumer and every batch it handed out: a batch dying on any thread tells the
@@ -47,8 +54,8 @@ class Channel {
   /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
   /// then answers several batches. Stopping sends what waits.
   void SetDeferring(bool deferring, size_t flush_at);
-  /// A message other than Release; an error if there is no room for it.
-  [[nodiscard]] arrow::Status Send(std::span<const uint8_t> message);
+  /// A message other than Release (with `fd` if not -1); an error if there is no room for it.
+  [[nodiscard]] arrow::Status Send(std::span<const uint8_t> message, int fd = -1);
   int64_t released() const;
 
  private:

@@ -14,11 +14,17 @@ namespace shmarrow::internal {
 namespace proto = protocol;
 
 ConsumerSession::ConsumerSession(ConsumerOptions options, std::shared_ptr<Channel> channel,
-                                 std::string address)
-    : options_(std::move(options)), channel_(std::move(channel)), address_(std::move(address)) {}
+                                 std::string address, uint16_t minor)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      address_(std::move(address)),
+      minor_(minor) {}
 
 arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   proto::Hello hello;
+  hello.minor = minor_;
+  hello.features = proto::FeaturesOf(minor_);
+  if (region_.fd() < 0) hello.features &= ~proto::kFeatureWakeRegion;
   if (options_.lossy) hello.flags |= proto::kHelloLossy;
   if (options_.start_at_oldest) hello.flags |= proto::kHelloStartAtOldest;
   if (options_.match == SchemaMatch::kSubset) hello.flags |= proto::kHelloSchemaSubset;
@@ -27,7 +33,8 @@ arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   if (options_.expect_schema != nullptr) {
     ARROW_ASSIGN_OR_RAISE(hello.required_schema, SerializeSchema(*options_.expect_schema));
   }
-  *sent = channel_->Send(proto::Encode(writer_, hello));
+  const bool offer = hello.features & proto::kFeatureWakeRegion;
+  *sent = channel_->Send(proto::Encode(writer_, hello), offer ? region_.fd() : -1);
   return arrow::Status::OK();
 }
 
@@ -37,6 +44,7 @@ arrow::Status ConsumerSession::Feed(std::span<const uint8_t> datagram, std::vect
   if (!welcomed()) {
     status = Welcome(datagram, std::move(fds));
   } else {
+    ++fed_;
     status = Handle(datagram, std::move(fds));
     // What Handle refuses without a code (Arrow's IPC reader, the flatbuffer patcher) is the
     // producer's message being invalid: a protocol violation. Errno and coded statuses stay so.
@@ -87,6 +95,9 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
         queue_, proto::QueueReader::Attach(mapped->data(), static_cast<uint64_t>(mapped->size()),
                                            welcome.queue_offset, welcome.queue_capacity));
   }
+  // Only a region offered, with a queue: otherwise the socket path of 1.1 (it works either way).
+  wake_region_ = welcome.minor >= 2 && (welcome.features & proto::kFeatureWakeRegion) &&
+                 queue_.attached() && region_.fd() >= 0;
   source_ = std::move(ring);
   return arrow::Status::OK();
 }
@@ -284,6 +295,17 @@ arrow::Result<bool> ConsumerSession::Take(uint32_t stream,
     return true;
   }
   return false;
+}
+
+std::optional<uint32_t> ConsumerSession::AnnounceSleep(SleepMode mode) {
+  const uint32_t wake = queue_.wake();
+  region_.Announce(SleepWord(mode, wake));
+  const auto unread = queue_.Unread();
+  if (!unread.ok() || *unread > 0 || SocketMessagesPending()) {
+    AnnounceAwake();
+    return std::nullopt;
+  }
+  return wake;
 }
 
 bool ConsumerSession::HasQueuedBatch() const {

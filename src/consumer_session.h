@@ -20,6 +20,7 @@
 
 #include "batch_source.h"
 #include "consumer_channel.h"
+#include "futex.h"
 #include "ring_queue.h"
 #include "shmarrow/consumer.h"
 
@@ -27,8 +28,14 @@ namespace shmarrow::internal {
 
 class ConsumerSession {
  public:
-  /// `address` names the producer in errors.
-  ConsumerSession(ConsumerOptions options, std::shared_ptr<Channel> channel, std::string address);
+  /// `address` names the producer in errors; `minor` is the protocol version spoken (an older
+  /// one only to test a newer producer's fallback).
+  ConsumerSession(ConsumerOptions options, std::shared_ptr<Channel> channel, std::string address,
+                  uint16_t minor = protocol::kMinorVersion);
+
+  /// Protocol 1.2: the region to offer in the Hello (before Start); without one, the session
+  /// speaks 1.2 without kFeatureWakeRegion.
+  void OfferRegion(RegionWriter region) { region_ = std::move(region); }
 
   /// Sends the Hello: an error if it cannot be built; `sent` says how sending went (a producer
   /// that refuses this consumer may close before the Hello arrives, and its answer says more).
@@ -58,6 +65,19 @@ class ConsumerSession {
   /// Before sleeping: tells the producer how far the queue was read, so that it sends a Wake with
   /// the next entry. False if entries arrived meanwhile (do not sleep).
   [[nodiscard]] arrow::Result<bool> AnnounceWaiting();
+
+  /// Protocol 1.2 (kFeatureWakeRegion agreed): the producer is told of sleeps through the region,
+  /// wakes through the queue header, and counts there what it sent on the socket.
+  bool wake_region() const { return wake_region_; }
+  /// The producer sent datagrams that were not fed yet (by its count, which only says when to
+  /// read the socket).
+  bool SocketMessagesPending() const { return queue_.messages() != fed_; }
+  /// Says this consumer sleeps, woken as `mode` says, then looks again (the producer's stores and
+  /// this announcement are both sequentially consistent: one of them sees the other). The wake
+  /// word's value to wait on, or nothing if the queue or the socket has news (do not sleep).
+  std::optional<uint32_t> AnnounceSleep(SleepMode mode);
+  void AnnounceAwake() { region_.Announce(SleepWord(SleepMode::kAwake, 0)); }
+  const uint32_t* wake_word() const { return queue_.wake_word(); }
 
   /// Takes the next event of `stream`: true with `batch` set for a batch, true with `batch` null
   /// at the end, false when nothing decisive was fed yet (schema changes are applied on the way);
@@ -105,6 +125,10 @@ class ConsumerSession {
   const ConsumerOptions options_;
   const std::shared_ptr<Channel> channel_;
   const std::string address_;
+  const uint16_t minor_;
+  RegionWriter region_;       // offered in the Hello, if made
+  bool wake_region_ = false;  // agreed in the Welcome
+  uint64_t fed_ = 0;          // datagrams fed after the Welcome
   std::string mode_;
   std::unique_ptr<BatchSource> source_;  // from the Welcome
   std::shared_ptr<arrow::Schema> schema_;
@@ -125,5 +149,9 @@ class ConsumerSession {
   std::deque<ConsumerEvent> controls_;       // stream-0 Schema/End received, applied at their entry
   std::vector<UniqueFd> no_fds_;
 };
+
+/// Consumer::Connect speaking protocol version 1.`minor` (to test a newer producer's fallback).
+[[nodiscard]] arrow::Result<std::shared_ptr<Consumer>> ConnectSpeaking(
+    const std::string& address, const ConsumerOptions& options, uint16_t minor);
 
 }  // namespace shmarrow::internal

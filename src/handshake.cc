@@ -117,7 +117,9 @@ arrow::Result<HandshakeOutcome> Handshake(std::span<const uint8_t> datagram,
   welcome.max_in_flight = static_cast<uint32_t>(terms.credits);
   admission.wants_queue = (welcome.features & proto::kFeatureQueue) && view.queue_free &&
                           terms.credits < view.queue_capacity;
-  if (!admission.wants_queue) welcome.features &= ~proto::kFeatureQueue;
+  if (!admission.wants_queue) {
+    welcome.features &= ~(proto::kFeatureQueue | proto::kFeatureWakeRegion);
+  }
   ARROW_ASSIGN_OR_RAISE(welcome.schema, SerializeSchema(*schema));
   return outcome;
 }

@@ -77,7 +77,8 @@ class ProducerImpl final : public Producer {
   /// Reads and handles one message from `s`; false when none was waiting (or `s` died). Sets
   /// `to_send` when what it handled left something to send.
   bool ReadOne(Session& s, bool* to_send);
-  arrow::Status Handle(Session& s, const uint8_t* data, int64_t size, bool* to_send);
+  arrow::Status Handle(Session& s, const uint8_t* data, int64_t size, std::vector<UniqueFd> fds,
+                       bool* to_send);
   arrow::Status Admit(Session& s, Admission admission);
   /// Makes epoll report writability of s's socket too; a failure kills s (it would stall).
   void WatchWritable(Session& s);

@@ -243,7 +243,9 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
 bool ProducerImpl::ReadOne(Session& s, bool* to_send) {
   *to_send = false;
   if (s.dead()) return false;
-  auto received = s.socket().Receive(receive_buffer_, /*max_fds=*/0, /*timeout_ms=*/0);
+  // A Hello may carry the consumer's region; nothing else carries an fd.
+  const int max_fds = s.state() == SessionState::kHandshaking ? 1 : 0;
+  auto received = s.socket().Receive(receive_buffer_, max_fds, /*timeout_ms=*/0);
   if (!received.ok()) {
     Kill(s, received.status().message(), proto::ErrorCode::kProtocol);
     return false;
@@ -253,12 +255,14 @@ bool ProducerImpl::ReadOne(Session& s, bool* to_send) {
     s.Gone();
     return false;
   }
-  auto status = Handle(s, receive_buffer_.data(), received->bytes, to_send);
+  auto status =
+      Handle(s, receive_buffer_.data(), received->bytes, std::move(received->fds), to_send);
   if (!status.ok()) Kill(s, status.message(), proto::ErrorCode::kProtocol);
   return true;
 }
 
-arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size, bool* to_send) {
+arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size,
+                                   std::vector<UniqueFd> fds, bool* to_send) {
   const std::span<const uint8_t> datagram(data, static_cast<size_t>(size));
   if (s.state() == SessionState::kHandshaking) {
     ProducerView view;
@@ -275,6 +279,12 @@ arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size
     if (outcome.refusal) {
       Kill(s, outcome.refusal->message, outcome.refusal->code);
       return arrow::Status::OK();
+    }
+    auto& welcome = outcome.admission.welcome;
+    // A Hello that offers no region gets none: the 1.1 wake-up over the socket.
+    if (fds.empty()) welcome.features &= ~proto::kFeatureWakeRegion;
+    if (welcome.features & proto::kFeatureWakeRegion) {
+      ARROW_ASSIGN_OR_RAISE(outcome.admission.terms.region, RegionReader::Open(fds[0].get()));
     }
     *to_send = true;
     return Admit(s, std::move(outcome.admission));
@@ -335,7 +345,8 @@ arrow::Status ProducerImpl::Admit(Session& s, Admission admission) {
     welcome.queue_offset = terms.queue->offset;
     welcome.queue_capacity = terms.queue_capacity;
   } else {
-    welcome.features &= ~proto::kFeatureQueue;
+    welcome.features &= ~(proto::kFeatureQueue | proto::kFeatureWakeRegion);
+    terms.region = RegionReader();
   }
   auto sent = [&]() -> arrow::Result<bool> {
     ARROW_ASSIGN_OR_RAISE(UniqueFd ring_fd, memory_->ConsumerFd());

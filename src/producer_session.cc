@@ -48,6 +48,7 @@ void Session::Welcomed(Terms terms) {
   if (terms.queue) {
     queue_slot_ = terms.queue->index;
     queue_ = proto::QueueWriter(terms.queue->address, terms.queue_capacity);
+    region_ = std::move(terms.region);
   }
 }
 
@@ -115,7 +116,7 @@ arrow::Result<bool> Session::SendRun(SendTools& tools, OutgoingQueue::iterator f
     message.dropped = it == first ? dropped_unreported_ : 0;
     tools.run.push_back(message);
   }
-  return socket_.TrySendDatagram(proto::EncodeBatches(tools.writer, first->stream, tools.run), {});
+  return Send(proto::EncodeBatches(tools.writer, first->stream, tools.run), {});
 }
 
 void Session::Sent(const Outgoing& out) {
@@ -158,7 +159,31 @@ arrow::Result<bool> Session::SendOne(SendTools& tools, const Outgoing& out) {
   }
   std::span<const int> fds;
   if (fd >= 0) fds = std::span<const int>(&fd, 1);
-  return socket_.TrySendDatagram(bytes, fds);
+  return Send(bytes, fds);
+}
+
+arrow::Result<bool> Session::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
+  ARROW_ASSIGN_OR_RAISE(bool sent, socket_.TrySendDatagram(bytes, fds));
+  if (sent && region_.attached()) queue_.CountMessage();
+  return sent;
+}
+
+void Session::WakeSleeper(proto::Writer& writer) {
+  if (!region_.attached()) return;
+  // Sequentially consistent after the stores to the queue header: a consumer that announced
+  // its sleep before looking at the counts is seen here, or saw them move.
+  const uint64_t sleep = region_.Load();
+  const auto mode = static_cast<SleepMode>(sleep >> 32);
+  // Only the sleep announced since the last wake-up is answered: a consumer that leaves its word
+  // set (or writes anything) costs at most one wake-up per look, and nothing else.
+  if (mode == SleepMode::kAwake || static_cast<uint32_t>(sleep) != queue_.wake()) return;
+  const uint32_t* word = queue_.Wake();
+  if (mode == SleepMode::kFutex) {
+    FutexWake(word);
+  } else if (mode == SleepMode::kSocket) {
+    // A full socket means the consumer has messages to read, and wakes anyway.
+    (void)Send(proto::EncodeWake(writer), {});
+  }
 }
 
 Pumped Session::Pump(SendTools& tools) {
@@ -238,7 +263,9 @@ Pumped Session::Pump(SendTools& tools) {
   // A consumer that held nothing has most likely read everything and said Waiting (or is about
   // to: then it sees the new entries itself). Reading that now, rather than when the I/O thread
   // next runs, sends the Wake now.
-  if (was_idle && queue_.written() > written_before && !consumer_waiting_ && !dead()) {
+  WakeSleeper(tools.writer);
+  if (!region_.attached() && was_idle && queue_.written() > written_before &&
+      !consumer_waiting_ && !dead()) {
     return Pumped::kReadWanted;
   }
   return Pumped::kDone;
@@ -252,16 +279,17 @@ void Session::WriteEntry(proto::QueueEntry entry) {
 void Session::WakeIfWaiting(proto::Writer& writer) {
   if (!consumer_waiting_ || dead() || queue_.written() <= waiting_at_) return;
   consumer_waiting_ = false;
-  (void)socket_.TrySendDatagram(proto::EncodeWake(writer), {});
+  (void)Send(proto::EncodeWake(writer), {});
 }
 
 void Session::Kill(proto::Writer& writer, const std::string& why, proto::ErrorCode code) {
   if (dead()) return;
   state_ = SessionState::kDead;
   proto::Error error{code, why};
-  (void)socket_.TrySendDatagram(proto::Encode(writer, 0, error), {});
+  (void)Send(proto::Encode(writer, 0, error), {});
   // Fails only on a socket already shut down or reset by the peer: the session is dead either way.
   (void)::shutdown(socket_.fd(), SHUT_RDWR);
+  WakeSleeper(writer);  // to read the Error
 }
 
 arrow::Status Session::Release(std::span<const uint64_t> sequences,

@@ -13,6 +13,7 @@
 
 #include "block_cache.h"
 #include "deadline.h"
+#include "futex.h"
 #include "producer_memory.h"
 #include "protocol.h"
 #include "ring_queue.h"
@@ -102,6 +103,7 @@ class Session {
     std::vector<int> projection;  // indices in the first schema sent; empty = all columns
     std::optional<QueueSlot> queue;
     uint32_t queue_capacity = 0;
+    RegionReader region;  // 1.2 with the queue: where the consumer says it sleeps
   };
   void Welcomed(Terms terms);
   /// A describer got its answer: closed when reaped (the Welcome stays readable in its socket).
@@ -145,6 +147,11 @@ class Session {
   void Sent(const Outgoing& out);
   /// Appends to the queue in the ring (publishing the new count), counting the controls sent.
   void WriteEntry(proto::QueueEntry entry);
+  /// Every datagram after the Welcome goes out here: 1.2 counts it in the queue header.
+  arrow::Result<bool> Send(std::span<const uint8_t> bytes, std::span<const int> fds);
+  /// 1.2: wakes the consumer if its region says it sleeps and nobody woke it since; the publishing
+  /// thread does this itself, after the queue header's counts moved.
+  void WakeSleeper(proto::Writer& writer);
   void ForgetPending();
 
   UnixSocket socket_;
@@ -169,6 +176,7 @@ class Session {
   int queue_slot_ = -1;
   proto::QueueWriter queue_;
   uint32_t controls_unannounced_ = 0;  // stream-0 Schema/End sent since the last entry
+  RegionReader region_;                // 1.2: read-only, untrusted
   bool consumer_waiting_ = false;      // said Waiting having read all `waiting_at_` entries
   uint64_t waiting_at_ = 0;
 };

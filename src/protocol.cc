@@ -193,7 +193,7 @@ arrow::Result<Hello> DecodeHello(Reader& r) {
     m.columns.push_back(std::move(name));
   }
   ARROW_ASSIGN_OR_RAISE(m.required_schema, r.Bytes("required schema", kMaxMessageSize));
-  if (m.minor == kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Hello"));
+  if (m.minor <= kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Hello"));
   return m;  // a newer minor version may append fields: they are ignored
 }
 
@@ -227,7 +227,7 @@ arrow::Result<Welcome> DecodeWelcome(Reader& r) {
     ARROW_ASSIGN_OR_RAISE(m.queue_offset, r.U64("queue_offset"));
     ARROW_ASSIGN_OR_RAISE(m.queue_capacity, r.U32("queue_capacity"));
   }
-  if (m.minor == kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Welcome"));
+  if (m.minor <= kMinorVersion) ARROW_RETURN_NOT_OK(r.ExpectEnd("Welcome"));
   return m;
 }
 

@@ -18,7 +18,7 @@
 namespace shmarrow::internal::protocol {
 
 inline constexpr uint16_t kMajorVersion = 1;
-inline constexpr uint16_t kMinorVersion = 1;
+inline constexpr uint16_t kMinorVersion = 2;
 inline constexpr uint32_t kMagic = 0x414D4853;  // "SHMA" in little-endian byte order
 inline constexpr size_t kHeaderSize = 16;
 /// Largest datagram either side sends or accepts (a schema travels in one message).
@@ -59,12 +59,19 @@ inline constexpr uint32_t kFeatureQueue = 1u << 4;
 /// The producer honours kHelloDescribe; a Welcome without it means the describer was welcomed as
 /// a consumer (an older producer) and must say Bye.
 inline constexpr uint32_t kFeatureDescribe = 1u << 5;
+/// With the queue: the Hello carries the consumer's region (1 fd, futex.h), where it says it
+/// sleeps; the producer wakes it through the queue header's wake word, and sends no Wake for
+/// Waiting (protocol 1.2).
+inline constexpr uint32_t kFeatureWakeRegion = 1u << 6;
 inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy |
-                                         kFeatureBatchRuns | kFeatureQueue | kFeatureDescribe;
+                                         kFeatureBatchRuns | kFeatureQueue | kFeatureDescribe |
+                                         kFeatureWakeRegion;
 /// What a peer of minor version `minor` may use: 1.0 knows neither batch runs, the queue nor
-/// describing.
+/// describing; 1.1 not the wake region.
 constexpr uint32_t FeaturesOf(uint16_t minor) {
-  return minor >= 1 ? kAllFeatures : kFeatureRequests | kFeatureProjection | kFeatureLossy;
+  if (minor >= 2) return kAllFeatures;
+  return minor == 1 ? kAllFeatures & ~kFeatureWakeRegion
+                    : kFeatureRequests | kFeatureProjection | kFeatureLossy;
 }
 
 /// Most batches in one Batches message (and sequences in one Release).

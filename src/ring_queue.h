@@ -15,11 +15,17 @@ namespace shmarrow::internal::protocol {
 
 /// The queue, written by the producer in the ring: a 64-byte header whose first u64 counts the
 /// entries written so far, then `capacity` entries of 40 bytes; entry n is at slot n % capacity.
+/// Protocol 1.2 (kFeatureWakeRegion) uses two more header words: at byte 8 the u32 wake word (the
+/// futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64 count
+/// of the datagrams the producer sent on the socket since the Welcome (a busy-polling consumer
+/// reads its socket only when this moved). The rest of the header is zero.
 /// The producer writes an entry, then the count (release order). Stream 0's Schema and End
 /// messages still travel on the socket, sent before the entry that counts them in
 /// `controls_before`; the consumer applies them there. A slot is written again only after its
 /// batch was released: capacity is the credits plus one (for the last entry, kControls, after End).
 inline constexpr uint64_t kQueueHeaderSize = 64;
+inline constexpr uint64_t kQueueWakeOffset = 8;
+inline constexpr uint64_t kQueueMessagesOffset = 16;
 inline constexpr uint64_t kQueueEntrySize = 40;
 inline constexpr uint32_t kMaxQueueCapacity = 1u << 20;
 enum class EntryKind : uint32_t {
@@ -56,18 +62,33 @@ class QueueWriter {
   uint32_t capacity() const { return capacity_; }
   uint64_t written() const { return written_; }
 
+  // The stores below are sequentially consistent: a consumer that says it sleeps and then looks
+  // at these counts either sees them moved or is seen asleep by the producer's next look.
   void Write(const QueueEntry& entry) {
     std::memcpy(queue_ + kQueueHeaderSize + (written_ % capacity_) * kQueueEntrySize, &entry,
                 sizeof entry);
     ++written_;
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_))
-        .store(written_, std::memory_order_release);
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_)).store(written_);
+  }
+  /// A datagram went out on the socket (1.2).
+  void CountMessage() {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
+        .store(++messages_);
+  }
+  uint32_t wake() const { return wake_; }
+  /// Moves the wake word on; the caller then wakes its waiters.
+  const uint32_t* Wake() {
+    auto* word = reinterpret_cast<uint32_t*>(queue_ + kQueueWakeOffset);
+    std::atomic_ref<uint32_t>(*word).store(++wake_);
+    return word;
   }
 
  private:
   uint8_t* queue_ = nullptr;
   uint32_t capacity_ = 0;
   uint64_t written_ = 0;
+  uint64_t messages_ = 0;
+  uint32_t wake_ = 0;
 };
 
 /// The consumer's end. Everything in the ring was written by a peer that may be hostile: the
@@ -97,16 +118,20 @@ class QueueReader {
 
   /// Entries written and not yet read.
   arrow::Result<uint64_t> Unread() const {
-    // The ring is mapped read-only here; an atomic load of a const word is still a plain load.
-    const uint64_t written =
-        std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(reinterpret_cast<const uint64_t*>(queue_)))
-            .load(std::memory_order_acquire);
+    const uint64_t written = Load<uint64_t>(0);
     if (written < read_ || written - read_ > capacity_) {
       return ProtocolError("the queue counts ", written,
                            " entries written, but this consumer read ", read_, " of a queue of ",
                            capacity_);
     }
     return written - read_;
+  }
+
+  /// 1.2: the producer's count of datagrams sent (any value: it only says when to look).
+  uint64_t messages() const { return Load<uint64_t>(kQueueMessagesOffset); }
+  uint32_t wake() const { return Load<uint32_t>(kQueueWakeOffset); }
+  const uint32_t* wake_word() const {
+    return reinterpret_cast<const uint32_t*>(queue_ + kQueueWakeOffset);
   }
 
   /// The next entry, copied out of the ring (only after Unread() said there is one).
@@ -119,6 +144,12 @@ class QueueReader {
   }
 
  private:
+  // The ring is mapped read-only here; an atomic load of a const word is still a plain load.
+  template <typename T>
+  T Load(uint64_t offset) const {
+    return std::atomic_ref<T>(*const_cast<T*>(reinterpret_cast<const T*>(queue_ + offset))).load();
+  }
+
   const uint8_t* queue_ = nullptr;
   uint32_t capacity_ = 0;
   uint64_t read_ = 0;

@@ -54,7 +54,7 @@ class OneAnswer {
       auto accepted = listener_->Accept(kTimeoutMs);
       if (!accepted.ok() || accepted->fd() < 0) return;
       std::vector<uint8_t> buffer(proto::kMaxMessageSize);
-      if (!accepted->Receive(buffer, 0, kTimeoutMs).ok()) return;  // the Hello
+      if (!accepted->Receive(buffer, 1, kTimeoutMs).ok()) return;  // the Hello, with the region
       if (!accepted->Send(answer, {}).ok()) return;
       (void)accepted->Receive(buffer, 0, kTimeoutMs);  // until the consumer closes
     });

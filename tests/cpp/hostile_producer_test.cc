@@ -80,7 +80,7 @@ class FakeProducer {
  private:
   static void Serve(UnixSocket socket, Script script) {
     RaiseSendBuffer(socket);
-    if (!Receive(socket, 0).ok()) return;  // the Hello
+    if (!Receive(socket, 1).ok()) return;  // the Hello (with the consumer's region)
     std::this_thread::sleep_for(std::chrono::milliseconds(script.answer_after_ms));
     for (const auto& datagram : script.datagrams) {
       if (!socket.Send(datagram.bytes, datagram.fds).ok()) return;  // the consumer gave up
