@@ -1,0 +1,265 @@
+// Protocol 1.2's wake-up: consumers that sleep on the futex, busy-poll, wait on fd() or speak
+// 1.1 all read one producer; a producer killed under a sleeping consumer is noticed; a region
+// that could fault the producer, or a sleep word full of garbage, harms nobody else.
+#include <arrow/api.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "consumer_session.h"
+#include "futex.h"
+#include "hostile_peer.h"
+#include "mapping.h"
+#include "protocol.h"
+#include "shmarrow/consumer.h"
+#include "shmarrow/error.h"
+#include "shmarrow/producer.h"
+#include "test_util.h"
+#include "unix_socket.h"
+
+namespace shmarrow {
+namespace {
+
+namespace proto = internal::protocol;
+using BatchPtr = std::shared_ptr<arrow::RecordBatch>;
+using hostile::kTimeoutMs;
+
+constexpr int kBatches = 300;
+
+std::string NextAddress() { return test_util::UniqueAbstractName("wake-region"); }
+
+std::shared_ptr<arrow::Schema> ValueSchema() {
+  return arrow::schema({arrow::field("v", arrow::int64(), /*nullable=*/false)});
+}
+
+arrow::Status PublishValue(Producer& producer, int64_t value) {
+  ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(sizeof(int64_t), producer.pool()));
+  *reinterpret_cast<int64_t*>(buffer->mutable_data()) = value;
+  auto data = arrow::ArrayData::Make(
+      arrow::int64(), 1, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
+  return producer.Publish(arrow::RecordBatch::Make(ValueSchema(), 1, {arrow::MakeArray(data)}));
+}
+
+int64_t ValueOf(const arrow::RecordBatch& batch) {
+  return std::static_pointer_cast<arrow::Int64Array>(batch.column(0))->Value(0);
+}
+
+ProducerOptions RingOptions() {
+  ProducerOptions options;
+  options.mode = MemoryMode::kRing;
+  options.ring_size = int64_t{4} << 20;
+  options.block_timeout_ms = kTimeoutMs;  // a bug fails the test instead of hanging it
+  return options;
+}
+
+ConsumerOptions Blocking() {
+  ConsumerOptions options;
+  options.read_timeout_ms = kTimeoutMs;
+  return options;
+}
+
+/// Reads to the end with ReadNext: the values in order, or why it stopped.
+arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
+  std::vector<int64_t> values;
+  for (;;) {
+    BatchPtr batch;
+    ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
+    if (batch == nullptr) return values;
+    values.push_back(ValueOf(*batch));
+  }
+}
+
+/// Reads to the end with TryNext, sleeping in epoll on fd() whenever nothing is there.
+arrow::Result<std::vector<int64_t>> ReadToEndWithEpoll(Consumer& consumer) {
+  const UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) return arrow::Status::IOError("epoll_create1 failed");
+  epoll_event event{};
+  event.events = EPOLLIN;
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, consumer.fd(), &event) != 0) {
+    return arrow::Status::IOError("epoll_ctl failed");
+  }
+  std::vector<int64_t> values;
+  for (;;) {
+    BatchPtr batch;
+    ARROW_ASSIGN_OR_RAISE(auto poll, consumer.TryNext(&batch));
+    if (poll == Consumer::Poll::kEnd) return values;
+    if (poll == Consumer::Poll::kBatch) {
+      values.push_back(ValueOf(*batch));
+      continue;
+    }
+    if (::epoll_wait(epoll.get(), &event, 1, kTimeoutMs) == 0) {
+      return arrow::Status::IOError("fd() never became readable after ", values.size(),
+                                    " batches");
+    }
+  }
+}
+
+std::vector<int64_t> Iota(int64_t count) {
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) out[static_cast<size_t>(i)] = i;
+  return out;
+}
+
+TEST(WakeRegion, SleepingBusyEpollAndOldConsumersAllGetEverything) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ConsumerOptions busy = Blocking();
+  busy.busy_poll_us = 1000000;
+  ASSERT_OK_AND_ASSIGN(auto sleeping, Consumer::Connect(address, Blocking()));
+  ASSERT_OK_AND_ASSIGN(auto spinning, Consumer::Connect(address, busy));
+  ASSERT_OK_AND_ASSIGN(auto polled, Consumer::Connect(address, Blocking()));
+  // Version 1.1 (Waiting and Wake messages) against this 1.2 producer: the fallback.
+  ASSERT_OK_AND_ASSIGN(auto old, internal::ConnectSpeaking(address, Blocking(), 1));
+  ASSERT_OK_AND_ASSIGN(auto old_polled, internal::ConnectSpeaking(address, Blocking(), 1));
+  ASSERT_OK(producer->WaitForConsumers(5, kTimeoutMs));
+
+  auto sleeping_read = std::async(std::launch::async, [&] { return ReadToEnd(*sleeping); });
+  auto spinning_read = std::async(std::launch::async, [&] { return ReadToEnd(*spinning); });
+  auto polled_read = std::async(std::launch::async, [&] { return ReadToEndWithEpoll(*polled); });
+  auto old_read = std::async(std::launch::async, [&] { return ReadToEnd(*old); });
+  auto old_polled_read =
+      std::async(std::launch::async, [&] { return ReadToEndWithEpoll(*old_polled); });
+  for (int64_t i = 0; i < kBatches; ++i) {
+    ASSERT_OK(PublishValue(*producer, i));
+    // Now and then the consumers catch up and fall asleep: each kind of wake-up is used.
+    if (i % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_OK(producer->End());
+  const auto expected = Iota(kBatches);
+  for (auto* read : {&sleeping_read, &spinning_read, &polled_read, &old_read, &old_polled_read}) {
+    ASSERT_EQ(read->wait_for(std::chrono::milliseconds(kTimeoutMs * 3)), std::future_status::ready);
+    ASSERT_OK_AND_ASSIGN(auto values, read->get());
+    EXPECT_EQ(values, expected);
+  }
+}
+
+TEST(WakeRegion, ProducerKilledWhileTheConsumerSleepsIsNoticed) {
+  const std::string address = NextAddress();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the producer: one batch, then it waits to be killed
+    auto producer = Producer::Listen(address, ValueSchema(), RingOptions());
+    if (!producer.ok() || !(*producer)->WaitForConsumers(1, kTimeoutMs).ok() ||
+        !PublishValue(**producer, 7).ok()) {
+      ::_exit(1);
+    }
+    for (;;) ::pause();
+  }
+  ConsumerOptions options;
+  options.connect_timeout_ms = kTimeoutMs;
+  options.read_timeout_ms = -1;  // forever: only noticing the death ends the read
+  auto consumer = Consumer::Connect(address, options);
+  if (!consumer.ok()) ::kill(pid, SIGKILL);
+  ASSERT_OK(consumer.status());
+  BatchPtr batch;
+  ASSERT_OK((*consumer)->ReadNext(&batch));
+  ASSERT_NE(batch, nullptr);
+  EXPECT_EQ(ValueOf(*batch), 7);
+  batch.reset();
+  auto next = std::async(std::launch::async, [&] {
+    BatchPtr more;
+    return (*consumer)->ReadNext(&more);
+  });
+  // Most likely asleep on the futex by now (if not, it falls asleep on a dead producer's ring).
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  int wait_status = 0;
+  ASSERT_EQ(::waitpid(pid, &wait_status, 0), pid);
+  ASSERT_EQ(next.wait_for(std::chrono::milliseconds(kTimeoutMs)), std::future_status::ready)
+      << "the consumer did not notice its producer's death";
+  const arrow::Status status = next.get();
+  EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProducerGone) << status.ToString();
+}
+
+/// A Hello of version 1.2 by hand, offering `region` (an fd) as the wake region.
+arrow::Result<internal::UnixSocket> HelloWithRegion(const std::string& address, int region,
+                                                    uint32_t flags = 0) {
+  ARROW_ASSIGN_OR_RAISE(auto socket,
+                        internal::UnixSocket::Connect(address, SOCK_SEQPACKET, kTimeoutMs));
+  proto::Writer writer;
+  proto::Hello hello;
+  hello.flags = flags;
+  ARROW_RETURN_NOT_OK(socket.Send(proto::Encode(writer, hello), {&region, 1}));
+  return socket;
+}
+
+/// What the producer answered a Hello: the error it sent, or "welcomed".
+std::string Answer(internal::UnixSocket& socket) {
+  auto answer = hostile::Receive(socket, internal::kMaxFdsPerMessage);
+  if (!answer.ok()) return answer.status().ToString();
+  if (answer->header.type == proto::Type::kWelcome) return "welcomed";
+  auto reader = answer->reader();
+  (void)reader.ReadHeader();
+  auto error = proto::DecodeError(reader);
+  return error.ok() ? error->message : error.status().ToString();
+}
+
+TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  const std::vector<uint8_t> page(internal::kRegionSize);
+  // It could shrink under the producer's mapping.
+  ASSERT_OK_AND_ASSIGN(auto unsealed, test_util::MakeMemfd(page, 0));
+  ASSERT_OK_AND_ASSIGN(auto socket, HelloWithRegion(address, unsealed.get()));
+  EXPECT_NE(Answer(socket).find("not sealed against"), std::string::npos);
+  // Sealed, but not the size of a region.
+  ASSERT_OK_AND_ASSIGN(auto wrong_size,
+                       test_util::MakeMemfd(std::vector<uint8_t>(100), test_util::kAllSeals));
+  ASSERT_OK_AND_ASSIGN(auto second, HelloWithRegion(address, wrong_size.get()));
+  EXPECT_NE(Answer(second).find("expected 4096"), std::string::npos);
+  // Not a memfd at all.
+  const UniqueFd pipe_end = [] {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return UniqueFd();
+    ::close(fds[1]);
+    return UniqueFd(fds[0]);
+  }();
+  ASSERT_OK_AND_ASSIGN(auto third, HelloWithRegion(address, pipe_end.get()));
+  EXPECT_NE(Answer(third).find("not a memfd"), std::string::npos);
+
+  // Nothing changed for a consumer that behaves.
+  ASSERT_OK_AND_ASSIGN(auto good, Consumer::Connect(address, Blocking()));
+  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  ASSERT_OK(PublishValue(*producer, 1));
+  ASSERT_OK(producer->End());
+  ASSERT_OK_AND_ASSIGN(auto values, ReadToEnd(*good));
+  EXPECT_EQ(values, std::vector<int64_t>{1});
+}
+
+TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto region, internal::RegionWriter::Create());
+  // Lossy: it never reads, and so never holds the producer back; it only scribbles.
+  ASSERT_OK_AND_ASSIGN(auto hostile, HelloWithRegion(address, region.fd(), proto::kHelloLossy));
+  ASSERT_EQ(Answer(hostile), "welcomed");
+  ASSERT_OK_AND_ASSIGN(auto good, Consumer::Connect(address, Blocking()));
+  ASSERT_OK(producer->WaitForConsumers(2, kTimeoutMs));
+  std::atomic<bool> stop{false};
+  std::thread scribbler([&] {
+    std::mt19937_64 random(12);
+    while (!stop.load()) region.Announce(random());
+  });
+  auto read = std::async(std::launch::async, [&] { return ReadToEnd(*good); });
+  for (int64_t i = 0; i < kBatches; ++i) ASSERT_OK(PublishValue(*producer, i));
+  ASSERT_OK(producer->End());
+  ASSERT_EQ(read.wait_for(std::chrono::milliseconds(kTimeoutMs * 3)), std::future_status::ready);
+  stop = true;
+  scribbler.join();
+  ASSERT_OK_AND_ASSIGN(auto values, read.get());
+  EXPECT_EQ(values, Iota(kBatches));
+}
+
+}  // namespace
+}  // namespace shmarrow
