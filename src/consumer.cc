@@ -214,8 +214,9 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   if (timeout_ms == 0) return false;
   const std::optional<uint32_t> wake = session_.AnnounceSleep(internal::SleepMode::kFutex);
   if (!wake) return true;  // news arrived meanwhile
-  auto woke = internal::FutexWait(session_.wake_word(), *wake,
-                                  timeout_ms < 0 ? kSleepSliceMs : std::min(timeout_ms, kSleepSliceMs));
+  auto woke =
+      internal::FutexWait(session_.wake_word(), *wake,
+                          timeout_ms < 0 ? kSleepSliceMs : std::min(timeout_ms, kSleepSliceMs));
   session_.AnnounceAwake();
   return woke;
 }
@@ -338,8 +339,7 @@ arrow::Result<std::shared_ptr<Consumer>> ConnectSpeaking(const std::string& addr
     auto socket = UnixSocket::Connect(address, SOCK_SEQPACKET, 0);
     if (socket.ok()) {
       ARROW_RETURN_NOT_OK(internal::CheckProducerUid(*socket, address, options));
-      auto consumer =
-          std::make_shared<ConsumerImpl>(options, address, std::move(*socket), minor);
+      auto consumer = std::make_shared<ConsumerImpl>(options, address, std::move(*socket), minor);
       ARROW_RETURN_NOT_OK(consumer->Handshake());
       return consumer;
     }

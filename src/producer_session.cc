@@ -264,8 +264,8 @@ Pumped Session::Pump(SendTools& tools) {
   // to: then it sees the new entries itself). Reading that now, rather than when the I/O thread
   // next runs, sends the Wake now.
   WakeSleeper(tools.writer);
-  if (!region_.attached() && was_idle && queue_.written() > written_before &&
-      !consumer_waiting_ && !dead()) {
+  if (!region_.attached() && was_idle && queue_.written() > written_before && !consumer_waiting_ &&
+      !dead()) {
     return Pumped::kReadWanted;
   }
   return Pumped::kDone;

@@ -99,8 +99,7 @@ arrow::Result<std::vector<int64_t>> ReadToEndWithEpoll(Consumer& consumer) {
       continue;
     }
     if (::epoll_wait(epoll.get(), &event, 1, kTimeoutMs) == 0) {
-      return arrow::Status::IOError("fd() never became readable after ", values.size(),
-                                    " batches");
+      return arrow::Status::IOError("fd() never became readable after ", values.size(), " batches");
     }
   }
 }
