@@ -110,7 +110,9 @@ class Conversation {
     kQueueEntry = 4,
     kPollQueue = 5,
     kRelease = 6,
-    kRequest = 8
+    kRequest = 8,
+    kMaySleep = 9,
+    kProducerCounts = 10
   };
   Conversation& Step(uint8_t op, std::span<const uint8_t> bytes = {}) {
     bytes_.push_back(static_cast<char>(op));
@@ -184,6 +186,21 @@ void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
       .Entry(entry)
       .Step(Conversation::kPollQueue)
       .Write("ring-queue");
+  // 1.2, the wake region agreed: looks before sleeping around a batch and the producer's counts.
+  entry = proto::QueueEntry{};
+  entry.metadata_length = metadata_length;
+  entry.metadata_offset = offset;
+  entry.sequence = 1;
+  Conversation region(0);
+  region.Step(Conversation::kWithRing, proto::Encode(w, welcome))
+      .Step(Conversation::kMaySleep)
+      .Entry(entry)
+      .Step(Conversation::kMaySleep)
+      .Step(Conversation::kPollQueue)
+      .Step(Conversation::kProducerCounts)
+      .Step(Conversation::kMaySleep)
+      .Step(Conversation::kRelease)
+      .Write("ring-wake-region");
 }
 
 }  // namespace

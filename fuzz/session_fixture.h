@@ -23,6 +23,7 @@ namespace shmarrow::fuzz {
 class NullOutbox final : public internal::Outbox {
  public:
   arrow::Result<bool> TrySend(std::span<const uint8_t>) override { return true; }
+  arrow::Result<bool> TrySendWithFd(std::span<const uint8_t>, int) override { return true; }
 };
 
 /// A new fd for the same file, as a datagram would bring.
@@ -63,10 +64,13 @@ struct SessionFixture {
     sealed_fd = std::move(sealed_memfd).TakeFd();
   }
 
-  /// A session as Consumer::Connect makes one, before its Hello.
+  /// A session as Consumer::Connect makes one, before its Hello (offering a wake region).
   static std::unique_ptr<internal::ConsumerSession> NewSession(const ConsumerOptions& options) {
     auto channel = std::make_shared<internal::Channel>(std::make_shared<NullOutbox>());
-    return std::make_unique<internal::ConsumerSession>(options, std::move(channel), "@fuzz");
+    auto session =
+        std::make_unique<internal::ConsumerSession>(options, std::move(channel), "@fuzz");
+    session->OfferRegion(Unwrap(internal::RegionWriter::Create(), "consumer region"));
+    return session;
   }
 
   internal::Mapping ring;  // writable: the producer's view

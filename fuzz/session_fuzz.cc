@@ -10,6 +10,8 @@
 //     op 6     the consumer releases every batch it holds (it also does past kMaxHeld batches)
 //     op 7     the producer closes the connection
 //     op 8     the consumer sends a request
+//     op 9     (1.2) the consumer looks whether it may sleep (the region and both header counts)
+//     op 10    (1.2) the producer counts a datagram sent and moves the wake word
 // After each step the consumer takes what the session yields on stream 0 and on every request
 // stream, and holds the batches. Whatever the sequence (Welcome after Welcome, Batch before
 // Welcome, schema changes mid-run, End then more), the session must not crash, leak or hang.
@@ -92,6 +94,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             stream.ok()) {
           requests.push_back(*stream);
         }
+        break;
+      case 9:
+        if (session->wake_region()) {
+          (void)session->SocketMessagesPending();
+          if (session->AnnounceSleep(shmarrow::internal::SleepMode::kFutex)) {
+            session->AnnounceAwake();
+          }
+        }
+        break;
+      case 10:
+        queue.CountMessage();
+        (void)queue.Wake();
         break;
       default:
         break;
