@@ -28,22 +28,9 @@ constexpr int kTimeoutMs = 10000;  // only ever reached when something is broken
 
 std::string NextAddress() { return test_util::UniqueAbstractName("fast-path"); }
 
-std::shared_ptr<arrow::Schema> ValueSchema() {
-  return arrow::schema({arrow::field("v", arrow::int64(), /*nullable=*/false)});
-}
-
-/// One row: v = value, built in the producer's pool (the ring).
-arrow::Status PublishValue(Producer& producer, int64_t value) {
-  ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(sizeof(int64_t), producer.pool()));
-  *reinterpret_cast<int64_t*>(buffer->mutable_data()) = value;
-  auto data = arrow::ArrayData::Make(
-      arrow::int64(), 1, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
-  return producer.Publish(arrow::RecordBatch::Make(ValueSchema(), 1, {arrow::MakeArray(data)}));
-}
-
-int64_t ValueOf(const arrow::RecordBatch& batch) {
-  return std::static_pointer_cast<arrow::Int64Array>(batch.column(0))->Value(0);
-}
+using test_util::PublishValue;
+using test_util::ValueOf;
+using test_util::ValueSchema;
 
 ProducerOptions RingOptions() {
   ProducerOptions options;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "flatbuffer_patch.h"
+#include "shmarrow/producer.h"
 #include "shmarrow/shared_stream.h"
 #include "shmarrow/stream_writer.h"
 #include "shmarrow/unique_fd.h"
@@ -266,6 +267,24 @@ inline void SetBufferOffset(std::vector<uint8_t>& bytes, const StreamMessage& me
                             int64_t index, int64_t offset) {
   std::memcpy(bytes.data() + message.metadata_at + message.fields.buffers_at + 16 * index, &offset,
               8);
+}
+
+/// One int64 column "v": the stream of the tests that publish one value per batch.
+inline std::shared_ptr<arrow::Schema> ValueSchema() {
+  return arrow::schema({arrow::field("v", arrow::int64(), /*nullable=*/false)});
+}
+
+/// One row: v = value, built in the producer's pool (the ring).
+inline arrow::Status PublishValue(Producer& producer, int64_t value) {
+  ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(sizeof(int64_t), producer.pool()));
+  *reinterpret_cast<int64_t*>(buffer->mutable_data()) = value;
+  auto data = arrow::ArrayData::Make(
+      arrow::int64(), 1, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
+  return producer.Publish(arrow::RecordBatch::Make(ValueSchema(), 1, {arrow::MakeArray(data)}));
+}
+
+inline int64_t ValueOf(const arrow::RecordBatch& batch) {
+  return std::static_pointer_cast<arrow::Int64Array>(batch.column(0))->Value(0);
 }
 
 }  // namespace shmarrow::test_util

@@ -39,27 +39,12 @@ constexpr int kBatches = 300;
 
 std::string NextAddress() { return test_util::UniqueAbstractName("wake-region"); }
 
-std::shared_ptr<arrow::Schema> ValueSchema() {
-  return arrow::schema({arrow::field("v", arrow::int64(), /*nullable=*/false)});
-}
-
-arrow::Status PublishValue(Producer& producer, int64_t value) {
-  ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(sizeof(int64_t), producer.pool()));
-  *reinterpret_cast<int64_t*>(buffer->mutable_data()) = value;
-  auto data = arrow::ArrayData::Make(
-      arrow::int64(), 1, {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0);
-  return producer.Publish(arrow::RecordBatch::Make(ValueSchema(), 1, {arrow::MakeArray(data)}));
-}
-
-int64_t ValueOf(const arrow::RecordBatch& batch) {
-  return std::static_pointer_cast<arrow::Int64Array>(batch.column(0))->Value(0);
-}
-
+/// A 4 MiB ring, whose waits fail the test rather than hang it.
 ProducerOptions RingOptions() {
   ProducerOptions options;
-  options.mode = MemoryMode::kRing;
+  options.block_timeout_ms = kTimeoutMs;
   options.ring_size = int64_t{4} << 20;
-  options.block_timeout_ms = kTimeoutMs;  // a bug fails the test instead of hanging it
+  options.mode = MemoryMode::kRing;
   return options;
 }
 
@@ -76,7 +61,7 @@ arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
     BatchPtr batch;
     ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
     if (batch == nullptr) return values;
-    values.push_back(ValueOf(*batch));
+    values.push_back(test_util::ValueOf(*batch));
   }
 }
 
@@ -95,7 +80,7 @@ arrow::Result<std::vector<int64_t>> ReadToEndWithEpoll(Consumer& consumer) {
     ARROW_ASSIGN_OR_RAISE(auto poll, consumer.TryNext(&batch));
     if (poll == Consumer::Poll::kEnd) return values;
     if (poll == Consumer::Poll::kBatch) {
-      values.push_back(ValueOf(*batch));
+      values.push_back(test_util::ValueOf(*batch));
       continue;
     }
     if (::epoll_wait(epoll.get(), &event, 1, kTimeoutMs) == 0) {
@@ -112,7 +97,8 @@ std::vector<int64_t> Iota(int64_t count) {
 
 TEST(WakeRegion, SleepingBusyEpollAndOldConsumersAllGetEverything) {
   const std::string address = NextAddress();
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
   ConsumerOptions busy = Blocking();
   busy.busy_poll_us = 1000000;
   ASSERT_OK_AND_ASSIGN(auto sleeping, Consumer::Connect(address, Blocking()));
@@ -130,7 +116,7 @@ TEST(WakeRegion, SleepingBusyEpollAndOldConsumersAllGetEverything) {
   auto old_polled_read =
       std::async(std::launch::async, [&] { return ReadToEndWithEpoll(*old_polled); });
   for (int64_t i = 0; i < kBatches; ++i) {
-    ASSERT_OK(PublishValue(*producer, i));
+    ASSERT_OK(test_util::PublishValue(*producer, i));
     // Now and then the consumers catch up and fall asleep: each kind of wake-up is used.
     if (i % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -148,9 +134,9 @@ TEST(WakeRegion, ProducerKilledWhileTheConsumerSleepsIsNoticed) {
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {  // the producer: one batch, then it waits to be killed
-    auto producer = Producer::Listen(address, ValueSchema(), RingOptions());
+    auto producer = Producer::Listen(address, test_util::ValueSchema(), RingOptions());
     if (!producer.ok() || !(*producer)->WaitForConsumers(1, kTimeoutMs).ok() ||
-        !PublishValue(**producer, 7).ok()) {
+        !test_util::PublishValue(**producer, 7).ok()) {
       ::_exit(1);
     }
     for (;;) ::pause();
@@ -164,7 +150,7 @@ TEST(WakeRegion, ProducerKilledWhileTheConsumerSleepsIsNoticed) {
   BatchPtr batch;
   ASSERT_OK((*consumer)->ReadNext(&batch));
   ASSERT_NE(batch, nullptr);
-  EXPECT_EQ(ValueOf(*batch), 7);
+  EXPECT_EQ(test_util::ValueOf(*batch), 7);
   batch.reset();
   auto next = std::async(std::launch::async, [&] {
     BatchPtr more;
@@ -206,7 +192,8 @@ std::string Answer(internal::UnixSocket& socket) {
 
 TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
   const std::string address = NextAddress();
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
   const std::vector<uint8_t> page(internal::kRegionSize);
   // It could shrink under the producer's mapping.
   ASSERT_OK_AND_ASSIGN(auto unsealed, test_util::MakeMemfd(page, 0));
@@ -230,7 +217,7 @@ TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
   // Nothing changed for a consumer that behaves.
   ASSERT_OK_AND_ASSIGN(auto good, Consumer::Connect(address, Blocking()));
   ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
-  ASSERT_OK(PublishValue(*producer, 1));
+  ASSERT_OK(test_util::PublishValue(*producer, 1));
   ASSERT_OK(producer->End());
   ASSERT_OK_AND_ASSIGN(auto values, ReadToEnd(*good));
   EXPECT_EQ(values, std::vector<int64_t>{1});
@@ -238,7 +225,8 @@ TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
 
 TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
   const std::string address = NextAddress();
-  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
   ASSERT_OK_AND_ASSIGN(auto region, internal::RegionWriter::Create());
   // Lossy: it never reads, and so never holds the producer back; it only scribbles.
   ASSERT_OK_AND_ASSIGN(auto hostile, HelloWithRegion(address, region.fd(), proto::kHelloLossy));
@@ -251,7 +239,7 @@ TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
     while (!stop.load()) region.Announce(random());
   });
   auto read = std::async(std::launch::async, [&] { return ReadToEnd(*good); });
-  for (int64_t i = 0; i < kBatches; ++i) ASSERT_OK(PublishValue(*producer, i));
+  for (int64_t i = 0; i < kBatches; ++i) ASSERT_OK(test_util::PublishValue(*producer, i));
   ASSERT_OK(producer->End());
   ASSERT_EQ(read.wait_for(std::chrono::milliseconds(kTimeoutMs * 3)), std::future_status::ready);
   stop = true;
