@@ -27,6 +27,8 @@ RING_KIB = 4096  # small, so that the stream wraps the ring many times
 # After the ring, the memfd holds the consumers' queues (one slot each for up to 64 consumers of
 # 64 credits: 168 KiB; docs/protocol.md, "The queue").
 QUEUES_KIB = 168
+# Each consumer's wake region (protocol 1.2): one page, mapped by it and by the producer.
+REGION_KIB = 4
 # Private RSS may settle (allocator caches) but not grow with the stream: the last quarter's peak
 # may exceed the first quarter's by at most this much.
 RSS_GROWTH_LIMIT_KIB = 8 * 1024
@@ -124,7 +126,9 @@ def check(result: dict, batches: int) -> None:
         assert last - first <= RSS_GROWTH_LIMIT_KIB, \
             f"process {i} private RSS grew from {first} KiB to {last} KiB"
         shmem = max(s["shmem_kib"][i] for s in samples)
-        assert shmem <= RING_KIB + QUEUES_KIB, f"process {i} maps {shmem} KiB of shared memory"
+        regions_kib = REGION_KIB * (CONSUMERS if i == 0 else 1)
+        assert shmem <= RING_KIB + QUEUES_KIB + regions_kib, \
+            f"process {i} maps {shmem} KiB of shared memory"
 
 
 def test_soak_ring_three_consumers(shmarrow_bin, sock_path):
