@@ -286,6 +286,7 @@ arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size
     if (welcome.features & proto::kFeatureWakeRegion) {
       ARROW_ASSIGN_OR_RAISE(outcome.admission.terms.region, RegionReader::Open(fds[0].get()));
     }
+    fds.clear();  // mapped, or not wanted: closed before the Welcome, as the consumer may count fds
     *to_send = true;
     return Admit(s, std::move(outcome.admission));
   }
