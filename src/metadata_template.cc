@@ -86,8 +86,8 @@ bool ListArray(const ArrayData& data, BodyList* out, int depth) {
     // Arrow copies a bitmap longer than needed; the copy holds the same bits, so the original's
     // prefix is described instead.
     const int64_t size = bitmap->size();
-    Add(out, bitmap, size > PaddedLength(BytesForBits(data.length)) ? BytesForBits(data.length)
-                                                                    : size);
+    Add(out, bitmap,
+        size > PaddedLength(BytesForBits(data.length)) ? BytesForBits(data.length) : size);
   } else {
     Add(out, nullptr, 0);
   }
@@ -192,7 +192,8 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   }
   for (int64_t i = 0; i < fields->num_buffers; ++i) {
     int64_t length;
-    std::memcpy(&length, metadata.data() + fields->buffers_at + i * kBufferStructSize + 8, sizeof length);
+    std::memcpy(&length, metadata.data() + fields->buffers_at + i * kBufferStructSize + 8,
+                sizeof length);
     if (length != body.buffer_lengths[i]) return;
   }
   std::lock_guard lock(mutex_);

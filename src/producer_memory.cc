@@ -239,8 +239,8 @@ class RingMemory final : public ProducerMemory {
       p.bytes_copied = 0;
     }
     ARROW_RETURN_NOT_OK(PlaceBuffers(p, data, lengths, pool, &offsets));
-    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceMetadata(payload.metadata->data(),
-                                                        payload.metadata->size(), pool));
+    ARROW_ASSIGN_OR_RAISE(auto placement,
+                          PlaceMetadata(payload.metadata->data(), payload.metadata->size(), pool));
     uint8_t* metadata = placement.metadata.data();
     // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
     ARROW_ASSIGN_OR_RAISE(

@@ -95,8 +95,8 @@ std::vector<uint8_t> ArrowMessage(const arrow::RecordBatch& batch,
                                   const std::vector<int64_t>& offsets,
                                   const std::vector<int64_t>& lengths, int64_t body_length) {
   arrow::ipc::IpcPayload payload;
-  EXPECT_OK(arrow::ipc::GetRecordBatchPayload(batch, arrow::ipc::IpcWriteOptions::Defaults(),
-                                              &payload));
+  EXPECT_OK(
+      arrow::ipc::GetRecordBatchPayload(batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
   std::vector<uint8_t> bytes(payload.metadata->data(),
                              payload.metadata->data() + payload.metadata->size());
   auto fields = internal::RewriteBufferOffsets(bytes.data(), static_cast<int64_t>(bytes.size()),
@@ -153,8 +153,8 @@ TEST(MetadataTemplate, ExactlySizedBuffersAndLongerOnesBothMatch) {
       ASSERT_OK_AND_ASSIGN(auto bitmap, arrow::AllocateBuffer((rows + 7) / 8 + spare));
       std::memset(bitmap->mutable_data(), 0xff, static_cast<size_t>(bitmap->size()));
       bitmap->mutable_data()[0] = 0xfe;  // row 0 is null
-      auto data = arrow::ArrayData::Make(arrow::int64(), rows,
-                                         {std::move(bitmap), std::move(values)}, 1);
+      auto data =
+          arrow::ArrayData::Make(arrow::int64(), rows, {std::move(bitmap), std::move(values)}, 1);
       auto batch = arrow::RecordBatch::Make(arrow::schema({arrow::field("v", arrow::int64())}),
                                             rows, {arrow::MakeArray(data)});
       ASSERT_TRUE(ListBody(*batch, &body));
@@ -184,19 +184,18 @@ TEST(MetadataTemplate, BatchesArrowRewritesAreLeftToArrow) {
   ASSERT_OK(words.AppendValues({"a", "b"}));
   ASSERT_OK_AND_ASSIGN(auto index_array, indices.Finish());
   ASSERT_OK_AND_ASSIGN(auto word_array, words.Finish());
-  ASSERT_OK_AND_ASSIGN(auto dictionary,
-                       arrow::DictionaryArray::FromArrays(
-                           arrow::dictionary(arrow::int8(), arrow::utf8()), index_array,
-                           word_array));
+  ASSERT_OK_AND_ASSIGN(auto dictionary, arrow::DictionaryArray::FromArrays(
+                                            arrow::dictionary(arrow::int8(), arrow::utf8()),
+                                            index_array, word_array));
   auto with_dictionary = arrow::RecordBatch::Make(
       arrow::schema({arrow::field("d", dictionary->type())}), 3, {dictionary});
   EXPECT_FALSE(ListBody(*with_dictionary, &body)) << "dictionary";
   arrow::BooleanBuilder flag_builder;
   ASSERT_OK(flag_builder.AppendValues(std::vector<bool>{true, false}));
   ASSERT_OK_AND_ASSIGN(auto flags, flag_builder.Finish());
-  EXPECT_FALSE(ListBody(*arrow::RecordBatch::Make(
-                            arrow::schema({arrow::field("b", arrow::boolean())}), 2, {flags}),
-                        &body))
+  EXPECT_FALSE(ListBody(
+      *arrow::RecordBatch::Make(arrow::schema({arrow::field("b", arrow::boolean())}), 2, {flags}),
+      &body))
       << "boolean";
 }
 
