@@ -50,7 +50,21 @@ class FlatbufferView {
     return at + static_cast<int64_t>(delta);
   }
 
-  int64_t size() const { return size_; }
+  /// Where the vector of `struct_size`-byte structs in field `field` (-1: absent, leaving the
+  /// outputs as they are) begins, and how many it holds, all of them inside the flatbuffer.
+  arrow::Status StructVector(int64_t field, int64_t struct_size, const char* what, int64_t* at,
+                             int64_t* count) const {
+    if (field < 0) return arrow::Status::OK();
+    ARROW_ASSIGN_OR_RAISE(int64_t vector, Deref(field));
+    ARROW_ASSIGN_OR_RAISE(auto claimed, Read<uint32_t>(vector));
+    *at = vector + 4;
+    *count = claimed;
+    if (*count > (size_ - *at) / struct_size) {
+      return arrow::Status::Invalid("flatbuffer claims ", claimed, " ", what, " at offset ", *at,
+                                    " but the message has ", size_, " bytes");
+    }
+    return arrow::Status::OK();
+  }
 
  private:
   const uint8_t* data_;
@@ -89,26 +103,11 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
   ARROW_ASSIGN_OR_RAISE(out.length_at, fb.Field(record_batch, kRecordBatchLength));
   if (out.length_at >= 0) ARROW_RETURN_NOT_OK(fb.Read<int64_t>(out.length_at).status());
   ARROW_ASSIGN_OR_RAISE(int64_t nodes_field, fb.Field(record_batch, kRecordBatchNodes));
-  if (nodes_field >= 0) {
-    ARROW_ASSIGN_OR_RAISE(int64_t nodes, fb.Deref(nodes_field));
-    ARROW_ASSIGN_OR_RAISE(auto node_count, fb.Read<uint32_t>(nodes));
-    out.nodes_at = nodes + 4;
-    out.num_nodes = node_count;
-    if (out.num_nodes > (fb.size() - out.nodes_at) / kFieldNodeStructSize) {
-      return arrow::Status::Invalid("flatbuffer claims ", node_count, " field nodes at offset ",
-                                    out.nodes_at, " but the message has ", fb.size(), " bytes");
-    }
-  }
+  ARROW_RETURN_NOT_OK(fb.StructVector(nodes_field, kFieldNodeStructSize, "field nodes",
+                                      &out.nodes_at, &out.num_nodes));
   ARROW_ASSIGN_OR_RAISE(int64_t buffers_field, fb.Field(record_batch, kRecordBatchBuffers));
-  if (buffers_field < 0) return out;  // no buffers at all
-  ARROW_ASSIGN_OR_RAISE(int64_t vector, fb.Deref(buffers_field));
-  ARROW_ASSIGN_OR_RAISE(auto count, fb.Read<uint32_t>(vector));
-  out.buffers_at = vector + 4;
-  out.num_buffers = count;
-  if (out.num_buffers > (fb.size() - out.buffers_at) / kBufferStructSize) {
-    return arrow::Status::Invalid("flatbuffer claims ", count, " buffers at offset ",
-                                  out.buffers_at, " but the message has ", fb.size(), " bytes");
-  }
+  ARROW_RETURN_NOT_OK(fb.StructVector(buffers_field, kBufferStructSize, "buffers", &out.buffers_at,
+                                      &out.num_buffers));
   return out;
 }
 
