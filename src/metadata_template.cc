@@ -156,9 +156,10 @@ bool ListBody(const arrow::RecordBatch& batch, BodyList* out) {
   return true;
 }
 
-bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
-                          std::span<const int64_t> buffer_offsets, int64_t body_length,
-                          std::vector<uint8_t>* out) {
+namespace {
+
+BatchValues ValuesOf(const BodyList& body, std::span<const int64_t> buffer_offsets,
+                     int64_t body_length) {
   BatchValues values;
   values.num_rows = body.num_rows;
   values.node_lengths = body.node_lengths;
@@ -166,6 +167,22 @@ bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
   values.buffer_offsets = buffer_offsets;
   values.buffer_lengths = body.buffer_lengths;
   values.body_length = body_length;
+  return values;
+}
+
+}  // namespace
+
+bool MetadataCache::Fits(const arrow::RecordBatch& batch, const BodyList& body) {
+  // Only how many buffer offsets there are matters here: the lengths stand in for them.
+  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);
+  std::lock_guard lock(mutex_);
+  return schema_ != nullptr && schema_ == batch.schema() && CanPatch(fields_, values);
+}
+
+bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
+                          std::span<const int64_t> buffer_offsets, int64_t body_length,
+                          std::vector<uint8_t>* out) {
+  const BatchValues values = ValuesOf(body, buffer_offsets, body_length);
   std::lock_guard lock(mutex_);
   if (schema_ == nullptr || schema_ != batch.schema() || !CanPatch(fields_, values)) return false;
   out->assign(message_.begin(), message_.end());
@@ -179,11 +196,7 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   if (!fields.ok()) return;
   // Arrow's writer must have listed the same nodes and buffer lengths as ListBody: then the
   // Message can describe every later batch of the layout.
-  BatchValues values;
-  values.node_lengths = body.node_lengths;
-  values.node_null_counts = body.node_null_counts;
-  values.buffer_offsets = body.buffer_lengths;  // only the count matters for CanPatch
-  values.buffer_lengths = body.buffer_lengths;
+  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);  // as in Fits
   if (!CanPatch(*fields, values)) return;
   for (int64_t i = 0; i < fields->num_nodes; ++i) {
     int64_t node[2];

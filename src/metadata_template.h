@@ -45,6 +45,9 @@ struct BodyList {
 /// by identity), patched for each batch of that layout; thread-safe.
 class MetadataCache {
  public:
+  /// True when a Message of `batch`'s layout (its body listed by ListBody) is cached.
+  [[nodiscard]] bool Fits(const arrow::RecordBatch& batch, const BodyList& body);
+
   /// Writes the Message of `batch` (its body listed by ListBody) into `out` (whose capacity is
   /// reused) with buffer i at buffer_offsets[i] and a body `body_length` long. False when no
   /// Message of this layout is cached: the caller then asks Arrow's writer and offers its Message

@@ -141,7 +141,7 @@ class RingMemory final : public ProducerMemory {
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>,
       const Projections& projections) override {
-    return Prepare(batch, projections(), stream_pool_.get());
+    return Prepare(batch, projections(), stream_pool_.get(), &stream_metadata_);
   }
 
   /// Builds in the ring, waiting for room no longer than a request may take.
@@ -153,7 +153,7 @@ class RingMemory final : public ProducerMemory {
     }
     arrow::Result<std::shared_ptr<Published>> Prepare(
         const std::shared_ptr<arrow::RecordBatch>& batch) override {
-      return memory_->Prepare(batch, {}, memory_->requests_pool_.get());
+      return memory_->Prepare(batch, {}, memory_->requests_pool_.get(), nullptr);
     }
 
    private:
@@ -166,7 +166,7 @@ class RingMemory final : public ProducerMemory {
     if (const Placement* placed = FindPlacement(p, projection)) return placed->location;
     // A projection first seen after the batch was prepared (a late joiner): placed now, without
     // waiting, since the producer's mutex is held.
-    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, nowait_pool_.get()));
+    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, nowait_pool_.get(), nullptr));
     const RingLocation location = placement.location;
     p.projected.emplace_back(projection, std::move(placement));
     return location;
@@ -190,32 +190,37 @@ class RingMemory final : public ProducerMemory {
  private:
   arrow::Result<std::shared_ptr<Published>> Prepare(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::vector<std::vector<int>> projections,
-      RingPool* pool) {
+      RingPool* pool, MetadataCache* cache) {
     auto published = NewRecord(block_cache_, batch);
-    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool));
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool, cache));
     for (auto& projection : projections) {
       if (FindPlacement(*published, projection) != nullptr) continue;
-      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool));
+      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool, nullptr));
       published->projected.emplace_back(std::move(projection), std::move(placement));
     }
     return published;
   }
 
-  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there. A batch
-  /// of the stream's cached layout (all columns) gets a patched copy of the cached Message;
-  /// any other is described by Arrow's writer.
+  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there. With
+  /// `cache` (all columns of a stream batch), a batch of the layout it holds gets a patched copy
+  /// of its Message; any other is described by Arrow's writer (and offered to `cache`).
   arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
-                                       RingPool* pool) {
+                                       RingPool* pool, MetadataCache* cache) {
     // Reused: this runs for every batch, on the publishing thread or a request handler's.
     thread_local BodyList body;
     thread_local std::vector<int64_t> offsets;
     thread_local std::vector<uint8_t> message;
-    const bool listed = projection.empty() && ListBody(*p.batch, &body);
-    if (listed) {
+    const bool listed = cache != nullptr && ListBody(*p.batch, &body);
+    const size_t copies_before = p.copies.size();
+    const int64_t copied_before = p.bytes_copied;
+    if (listed && cache->Fits(*p.batch, body)) {
       ARROW_RETURN_NOT_OK(PlaceBuffers(p, body.buffer_data, body.buffer_lengths, pool, &offsets));
-      if (metadata_cache_.Write(*p.batch, body, offsets, ring_->size(), &message)) {
+      if (cache->Write(*p.batch, body, offsets, ring_->size(), &message)) {
         return PlaceMetadata(message.data(), static_cast<int64_t>(message.size()), pool);
       }
+      // Another thread replaced the cached layout meanwhile: Arrow's writer, from the start.
+      p.copies.resize(copies_before);
+      p.bytes_copied = copied_before;
     }
     std::shared_ptr<arrow::RecordBatch> target = p.batch;
     if (!projection.empty()) {
@@ -224,7 +229,7 @@ class RingMemory final : public ProducerMemory {
     arrow::ipc::IpcPayload payload;
     ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
         *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
-    if (listed) metadata_cache_.Remember(*p.batch, body, *payload.metadata);
+    if (listed) cache->Remember(*p.batch, body, *payload.metadata);
     thread_local std::vector<const uint8_t*> data;
     thread_local std::vector<int64_t> lengths;
     data.clear();
@@ -233,10 +238,6 @@ class RingMemory final : public ProducerMemory {
       const int64_t length = buffer == nullptr ? 0 : buffer->size();
       data.push_back(length == 0 ? nullptr : buffer->data());
       lengths.push_back(length);
-    }
-    if (!p.copies.empty()) {  // the attempt above copied for a layout not cached: start over
-      p.copies.clear();
-      p.bytes_copied = 0;
     }
     ARROW_RETURN_NOT_OK(PlaceBuffers(p, data, lengths, pool, &offsets));
     ARROW_ASSIGN_OR_RAISE(auto placement,
@@ -285,8 +286,9 @@ class RingMemory final : public ProducerMemory {
   std::unique_ptr<RingPool> stream_pool_;    // waits per block_timeout_ms
   std::unique_ptr<RingPool> nowait_pool_;    // for work under the producer's mutex
   std::unique_ptr<RingPool> requests_pool_;  // waits per request_timeout_ms
-  // The Message of the stream's layout, patched for each of its batches.
-  MetadataCache metadata_cache_;
+  // The Message of the published stream's layout, patched for each of its batches (request
+  // handlers' answers, of any schema, go through Arrow's writer).
+  MetadataCache stream_metadata_;
   // Published records are made per batch: their memory is reused.
   const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
   // The consumers' queue slots in the ring's reserved part.
