@@ -172,11 +172,18 @@ BatchValues ValuesOf(const BodyList& body, std::span<const int64_t> buffer_offse
 
 }  // namespace
 
+bool MetadataCache::SameSchema(const arrow::RecordBatch& batch) const {
+  // Usually the very object; bindings may import an equal one with each batch. (The Message does
+  // not hold the schema: the field names and metadata do not matter, only the types.)
+  return schema_ != nullptr &&
+         (schema_ == batch.schema() || schema_->Equals(*batch.schema(), /*check_metadata=*/false));
+}
+
 bool MetadataCache::Fits(const arrow::RecordBatch& batch, const BodyList& body) {
   // Only how many buffer offsets there are matters here: the lengths stand in for them.
   const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);
   std::lock_guard lock(mutex_);
-  return schema_ != nullptr && schema_ == batch.schema() && CanPatch(fields_, values);
+  return SameSchema(batch) && CanPatch(fields_, values);
 }
 
 bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
@@ -184,7 +191,7 @@ bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
                           std::vector<uint8_t>* out) {
   const BatchValues values = ValuesOf(body, buffer_offsets, body_length);
   std::lock_guard lock(mutex_);
-  if (schema_ == nullptr || schema_ != batch.schema() || !CanPatch(fields_, values)) return false;
+  if (!SameSchema(batch) || !CanPatch(fields_, values)) return false;
   out->assign(message_.begin(), message_.end());
   PatchBatchValues(out->data(), fields_, values);
   return true;

@@ -41,8 +41,8 @@ struct BodyList {
 /// goes through Arrow's writer.
 [[nodiscard]] bool ListBody(const arrow::RecordBatch& batch, BodyList* out);
 
-/// The RecordBatch Message Arrow's writer produced for the stream's layout (one schema, compared
-/// by identity), patched for each batch of that layout; thread-safe.
+/// The RecordBatch Message Arrow's writer produced for the stream's layout (one schema), patched
+/// for each batch of that layout; thread-safe.
 class MetadataCache {
  public:
   /// True when a Message of `batch`'s layout (its body listed by ListBody) is cached.
@@ -62,6 +62,9 @@ class MetadataCache {
                 const arrow::Buffer& metadata);
 
  private:
+  /// `batch` has the cached Message's schema (under mutex_).
+  [[nodiscard]] bool SameSchema(const arrow::RecordBatch& batch) const;
+
   std::mutex mutex_;
   std::shared_ptr<arrow::Schema> schema_;
   std::vector<uint8_t> message_;

@@ -111,6 +111,7 @@ TEST(MetadataTemplate, PatchedMessagesEqualArrowsWriterByteForByte) {
   MetadataCache cache;
   BodyList body;
   int patched = 0;
+  int remembered = 0;
   const int64_t row_counts[] = {1, 2, 7, 8, 9, 63, 64, 65, 200, 513};
   const double null_shares[] = {0.0, 0.3, 1.0};
   for (int round = 0; round < 3; ++round) {
@@ -118,6 +119,9 @@ TEST(MetadataTemplate, PatchedMessagesEqualArrowsWriterByteForByte) {
       for (double nulls : null_shares) {
         ASSERT_OK_AND_ASSIGN(auto batch,
                              RandomBatch(arrow::default_memory_pool(), rng, rows, nulls));
+        if (round == 1) {  // an equal schema object of its own, as a binding may import
+          ASSERT_OK_AND_ASSIGN(batch, batch->ReplaceSchema(arrow::schema(MixedSchema()->fields())));
+        }
         ASSERT_TRUE(ListBody(*batch, &body)) << rows << " rows";
         std::vector<int64_t> offsets;
         for (size_t i = 0; i < body.buffer_lengths.size(); ++i) {
@@ -131,6 +135,7 @@ TEST(MetadataTemplate, PatchedMessagesEqualArrowsWriterByteForByte) {
           ASSERT_OK(arrow::ipc::GetRecordBatchPayload(
               *batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
           cache.Remember(*batch, body, *payload.metadata);
+          ++remembered;
           ASSERT_TRUE(cache.Write(*batch, body, offsets, body_length, &message))
               << "Arrow's Message for " << rows << " rows was not cached";
         }
@@ -140,6 +145,7 @@ TEST(MetadataTemplate, PatchedMessagesEqualArrowsWriterByteForByte) {
     }
   }
   EXPECT_EQ(patched, 90);
+  EXPECT_EQ(remembered, 1) << "one Message serves every batch of the layout";
 }
 
 TEST(MetadataTemplate, ExactlySizedBuffersAndLongerOnesBothMatch) {
