@@ -201,6 +201,12 @@ def _rss(results, transport, size):
     return "?"
 
 
+def _range(row):
+    """A repeated row's p50: median (min–max) of its repetitions."""
+    p50 = row["median"]
+    return f"{_ns(p50['median'])} ({_ns(p50['min'])}–{_ns(p50['max'])})"
+
+
 def _lat(results, key):
     return results.get("latency", {}).get(key)
 
@@ -276,19 +282,18 @@ def notes(results):
     ring_busy, uds_busy = _lat(results, "ring_busy"), _lat(results, "uds_busy")
     if ring and uds:
         text = (
-            f"- **Small-batch latency.** Blocking: p50 ring {_ns(ring['median'])}, UNIX socket "
-            f"{_ns(uds['median'])}. Both pay the wake-up of a blocked process, which is of the same "
+            f"- **Small-batch latency.** Blocking: p50 ring {_range(ring)}, UNIX socket "
+            f"{_range(uds)}. Both pay the wake-up of a blocked process, which is of the same "
             "order as the in-process thread hand-over here; a 1-row batch has only a few hundred "
             "bytes that ring mode does not copy, so the socket's copies cost little. A ring "
             "consumer that goes to sleep also tells the producer so (Waiting, read by the "
             "producer's I/O thread) and is woken by a Wake message: one more message and one more "
-            "thread woken per sleep than the socket's stream, on two vCPUs. Separate runs of "
-            "this measurement on this machine gave a ring p50 anywhere from 7 to 31 µs and a "
-            "socket p50 from 13 to 20 µs, depending on how idle the vCPUs were.")
+            "thread woken per sleep than the socket's stream, on two vCPUs. The ranges are the "
+            "p50 of each interleaved repetition: how idle the vCPUs were moves them.")
         if ring_busy and uds_busy:
             text += (
-                f" Busy-polling: p50 ring {_ns(ring_busy['median'])}, UNIX socket "
-                f"{_ns(uds_busy['median'])}. A busy-polling ring consumer watches its queue's count "
+                f" Busy-polling: p50 ring {_range(ring_busy)}, UNIX socket "
+                f"{_range(uds_busy)}. A busy-polling ring consumer watches its queue's count "
                 "in the ring, so no system call is left on the path: what remains is `Publish` "
                 "(Arrow's `GetRecordBatchPayload`, the flatbuffer copied into the ring and patched, "
                 "the queue entry) and on the consumer Arrow's `ReadRecordBatch` and `ValidateFull`. "
@@ -348,7 +353,7 @@ def notes(results):
         parts.append(text)
     py = results.get("small_latency", {}).get("measurements", {})
     if all("median" in py.get(k, {}) for k in ("iceoryx2", "ring-busy", "uds-blocking")):
-        iox, ring, uds = (py[k]["median"] for k in ("iceoryx2", "ring-busy", "uds-blocking"))
+        iox, ring, uds = (py[k]["median"]["median"] for k in ("iceoryx2", "ring-busy", "uds-blocking"))
         than_uds = "slower" if ring > uds else "faster"
         parts.append(
             f"- **Small batches in Python against iceoryx2** (p50: iceoryx2 {_us(iox)}, shmarrow ring "
