@@ -190,7 +190,6 @@ def send_uds(name: str, count: int) -> list[int]:
                     sink.flush()  # one send() per batch
                     if paced:
                         receiver.wait_ack()
-            sink.close()
             return receiver.result() if paced else [start] + receiver.result()
         finally:
             receiver.close()
