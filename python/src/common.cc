@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <arrow/c/bridge.h>
+#include <arrow/type.h>
 #include <arrow/util/io_util.h>
 #include <nanobind/stl/string.h>
 #include <poll.h>
@@ -142,17 +143,33 @@ nb::object SchemaCapsule(const arrow::Schema& schema) {
   return MakeCapsule(out, "arrow_schema", DeleteSchemaCapsule);
 }
 
-nb::tuple BatchCapsules(const std::shared_ptr<arrow::RecordBatch>& batch) {
-  nb::object schema = SchemaCapsule(*batch->schema());
-  auto* out = new ArrowArray;
-  out->release = nullptr;
-  const auto status = arrow::ExportRecordBatch(*batch, out);
-  if (!status.ok()) {
-    delete out;
-    ThrowStatus(status, "export");
+PyBatchMaker::PyBatchMaker() {
+  nb::module_ pyarrow = nb::module_::import_("pyarrow");
+  import_schema_ = pyarrow.attr("Schema").attr("_import_from_c_capsule");
+  import_batch_ = pyarrow.attr("RecordBatch").attr("_import_from_c");
+}
+
+nb::object PyBatchMaker::Make(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  nb::object py_schema = py_schema_;
+  if (batch->schema() != schema_ &&
+      (schema_ == nullptr || !batch->schema()->Equals(*schema_, /*check_metadata=*/true))) {
+    // A local until the end: the import runs Python code, and another thread may make a batch
+    // of its own meanwhile.
+    py_schema = import_schema_(SchemaCapsule(*batch->schema()));
+    schema_ = batch->schema();
+    py_schema_ = py_schema;
   }
-  nb::object array = MakeCapsule(out, "arrow_array", DeleteArrayCapsule);
-  return nb::make_tuple(schema, array);
+  ArrowArray array;
+  array.release = nullptr;
+  const auto status = arrow::ExportRecordBatch(*batch, &array);
+  if (!status.ok()) ThrowStatus(status, "export");
+  try {
+    // pyarrow moves the struct out (its release becomes null) before it can fail.
+    return import_batch_(reinterpret_cast<uintptr_t>(&array), py_schema);
+  } catch (...) {
+    if (array.release != nullptr) array.release(&array);
+    throw;
+  }
 }
 
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader) {
