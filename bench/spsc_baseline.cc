@@ -152,8 +152,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Mapped before fork, so both processes share it; it goes with the processes.
-  void* memory = ::mmap(nullptr, sizeof(Queue), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                        -1, 0);
+  void* memory =
+      ::mmap(nullptr, sizeof(Queue), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (memory == MAP_FAILED) {
     std::perror("spsc_baseline: mmap");
     return 1;

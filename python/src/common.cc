@@ -216,7 +216,8 @@ bool CSchemaKey(const ArrowSchema& schema, std::string* out) {
     }
   }
   append_int(metadata_size);
-  out->append(schema.metadata != nullptr ? schema.metadata : "", static_cast<size_t>(metadata_size));
+  out->append(schema.metadata != nullptr ? schema.metadata : "",
+              static_cast<size_t>(metadata_size));
   append_int(schema.n_children);
   for (int64_t i = 0; i < schema.n_children; ++i) {
     if (!CSchemaKey(*schema.children[i], out)) return false;
