@@ -128,6 +128,9 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    flush per batch over the `socketpair`, the receiver iterating its reader. Batches per second
    from just before the first send to the receiver holding the last batch; three runs, median
    (min–max).
+   The binding's own cost per call, producer and consumer in one process (`publish` of a heap
+   batch and of one built in `allocate()`, `try_next`, `next`): `bench/py_calls.py`, run by hand
+   (not by `bench/run`); under `perf record` it is the profile of the Python fast path.
 4. **Throughput** — ring mode, unpaced: the producer publishes as fast as credits and the ring
    allow; 1 or 4 consumer processes read every batch and touch its first and last value (the
    payload is not read in full: "GB/s" is payload handed over per second, not memory bandwidth).
