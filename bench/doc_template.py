@@ -98,7 +98,14 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    the ring for shmarrow; once, on the heap, for the socket); one-way latency percentiles for ring
    mode and the UNIX-socket IPC stream, each twice: the reader blocking (`ReadNext`; Arrow's
    reader over a blocking socket) and busy-polling (`busy_poll_us` = 3 s; Arrow's reader over
-   `recv(MSG_DONTWAIT)` retried until data is there).
+   `recv(MSG_DONTWAIT)` retried until data is there). Beside them, the floor of the machine
+   (`bench/spsc_baseline.cc`): a 64-byte message (the stamp and a sequence number) through a
+   single-producer single-consumer queue in shared memory between two processes, the consumer
+   woken with a futex on the queue's head (`FUTEX_WAIT`/`FUTEX_WAKE` on a shared mapping, the
+   wake-up shmarrow's control plane uses) or spinning on it; no Arrow, no metadata, no release.
+   Paced the same way (the producer sleeps on the consumer's cursor until the message is
+   taken). The six routes run interleaved, three repetitions; each cell is the median (min–max)
+   of the repetitions' percentiles.
    *In Python, against iceoryx2* (`bench/small_latency.py`; iceoryx2 from PyPI, pinned in
    `requirements.txt`): one Python sender and one Python receiver process per route, sending the
    same row (t, id, value) from a value built once and updated in place, with one call that
@@ -113,14 +120,25 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    returns the message. Paced: after recording and letting go of the message the receiver writes
    one byte to a pipe, and the sender sleeps reading it before the next send, so the
    acknowledgement is outside the timed path. The garbage collector is off in both processes
-   while measuring. Percentiles over all samples after the warm-up messages are dropped.
+   while measuring. Percentiles over all samples after the warm-up messages are dropped. The
+   script runs three times (every route once per run, so the routes interleave); each cell is
+   the median (min–max) of the runs' percentiles.
+   *Python throughput* (the same script, unpaced): shmarrow `publish` of the same 1-row batch in
+   a loop, the receiver iterating the `Consumer` (blocking); pyarrow's `write_batch` plus one
+   flush per batch over the `socketpair`, the receiver iterating its reader. Batches per second
+   from just before the first send to the receiver holding the last batch; three runs, median
+   (min–max).
+   The binding's own cost per call, producer and consumer in one process (`publish` of a heap
+   batch and of one built in `allocate()`, `try_next`, `next`): `bench/py_calls.py`, run by hand
+   (not by `bench/run`); under `perf record` it is the profile of the Python fast path.
 4. **Throughput** — ring mode, unpaced: the producer publishes as fast as credits and the ring
    allow; 1 or 4 consumer processes read every batch and touch its first and last value (the
    payload is not read in full: "GB/s" is payload handed over per second, not memory bandwidth).
    Timed from the producer's first build to the last consumer reading end-of-stream. The
    "producer alone" row builds and publishes the same small batches with no consumer connected
    (no message is sent): the ceiling that building a batch and writing its metadata puts on
-   the rows below it.
+   the rows below it. Every row runs three times, the rows interleaved; batches/s is the median
+   (min–max) of the three, the other columns come from the median run.
 5. **Heap allocations per batch** — `LD_PRELOAD=build/tests/proof/libmalloc_counter.so`,
    `ARROW_DEFAULT_MEMORY_POOL=system`, the throughput loop (small batches, one consumer) run twice
    with different lengths; (calls at exit of the long run − of the short run) / (difference in
@@ -130,7 +148,23 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    calls made by `arrow::ipc::GetRecordBatchPayload` on the small batch (what `Publish` asks of
    Arrow's writer) and by `arrow::ipc::ReadRecordBatch` + `ValidateFull` on its message (what a
    consumer asks of Arrow's reader), per batch over the long run's count.
+   The table shows Arrow's floor beside each side's total: what shmarrow's own code adds is the
+   difference (a target).
    **Peak RSS**: `VmHWM` from `/proc/self/status` of each process at its end.
+6. **System calls per batch** — each route run under `strace -f` (the tool bench/run finds on
+   the machine; the row is reported as not measured without it) at two run lengths (quick:
+   200 and 1,000 batches, full: 1,000 and 5,000; ten times that for the unpaced route); the
+   counts of each side differenced and divided by the difference in batches, so start-up and
+   tear-down cancel out. A side is a process with all its threads: the traced process is the
+   producer (every bench binary runs it in the parent), its forked children the consumers
+   (threads are told from processes by `CLONE_THREAD` in the clone that made them). Routes:
+   shmarrow ring paced with the consumer blocking and busy-polling, ring unpaced with one
+   consumer (the consumer behind), Arrow IPC over a UNIX socket paced (reader blocking and
+   busy-polling), and the SPSC floor paced (blocking and busy-polling). Paced, the producer
+   sleeps once per batch until the consumer is done with it, so even the floor makes a wait and
+   a wake per batch; the targets compare shmarrow against the floor's counts. Tracing slows
+   every system call, so a busy-polling loop that makes system calls spins fewer times under
+   `strace` than without it: such counts are lower bounds.
 
 ## Comparing two commits
 
@@ -199,6 +233,12 @@ def _rss(results, transport, size):
         if r["transport"] == transport and r["bytes"] == size and r.get("vmhwm"):
             return f"{r['vmhwm']['consumer_kb'] / 1024:.0f} MiB"
     return "?"
+
+
+def _range(row):
+    """A repeated row's p50: median (min–max) of its repetitions."""
+    p50 = row["median"]
+    return f"{_us(p50['median'])} ({_us(p50['min'])}–{_us(p50['max'])})"
 
 
 def _lat(results, key):
@@ -276,26 +316,34 @@ def notes(results):
     ring_busy, uds_busy = _lat(results, "ring_busy"), _lat(results, "uds_busy")
     if ring and uds:
         text = (
-            f"- **Small-batch latency.** Blocking: p50 ring {_ns(ring['median'])}, UNIX socket "
-            f"{_ns(uds['median'])}. Both pay the wake-up of a blocked process, which is of the same "
+            f"- **Small-batch latency.** Blocking: p50 ring {_range(ring)}, UNIX socket "
+            f"{_range(uds)}. Both pay the wake-up of a blocked process, which is of the same "
             "order as the in-process thread hand-over here; a 1-row batch has only a few hundred "
             "bytes that ring mode does not copy, so the socket's copies cost little. A ring "
             "consumer that goes to sleep also tells the producer so (Waiting, read by the "
             "producer's I/O thread) and is woken by a Wake message: one more message and one more "
-            "thread woken per sleep than the socket's stream, on two vCPUs. Separate runs of "
-            "this measurement on this machine gave a ring p50 anywhere from 7 to 31 µs and a "
-            "socket p50 from 13 to 20 µs, depending on how idle the vCPUs were.")
+            "thread woken per sleep than the socket's stream, on two vCPUs. The ranges are the "
+            "p50 of each interleaved repetition: how idle the vCPUs were moves them.")
         if ring_busy and uds_busy:
             text += (
-                f" Busy-polling: p50 ring {_ns(ring_busy['median'])}, UNIX socket "
-                f"{_ns(uds_busy['median'])}. A busy-polling ring consumer watches its queue's count "
-                "in the ring, so no system call is left on the path: what remains is `Publish` "
+                f" Busy-polling: p50 ring {_range(ring_busy)}, UNIX socket "
+                f"{_range(uds_busy)}. A busy-polling ring consumer watches its queue's count "
+                "in the ring; the system calls each side still makes per batch are counted in the "
+                "table above. Besides them there is `Publish` "
                 "(Arrow's `GetRecordBatchPayload`, the flatbuffer copied into the ring and patched, "
                 "the queue entry) and on the consumer Arrow's `ReadRecordBatch` and `ValidateFull`. "
                 "Arrow's socket reader makes several `recv` calls a message (prefix, flatbuffer, "
                 "body) and copies the body. Busy-polling needs a CPU per waiting consumer: on this "
                 "two-vCPU machine the spinning consumer competes with the producer's threads, and "
                 "these figures moved between runs.")
+        spsc, spsc_busy = _lat(results, "spsc"), _lat(results, "spsc_busy")
+        if spsc and spsc_busy:
+            text += (
+                f" The floor of the machine, a 64-byte message through a shared-memory queue woken "
+                f"with a futex (`bench/spsc_baseline.cc`): p50 {_range(spsc)} blocking, "
+                f"{_range(spsc_busy)} busy-polling; everything above it in the rows of shmarrow is "
+                "Arrow (building, writing and reading the IPC metadata, validating) and shmarrow's "
+                "own bookkeeping.")
         parts.append(text)
     tps = results.get("throughput", [])
     one = next((r for r in tps if r["consumers"] == 1 and r["batch_bytes"] == 24), None)
@@ -348,7 +396,7 @@ def notes(results):
         parts.append(text)
     py = results.get("small_latency", {}).get("measurements", {})
     if all("median" in py.get(k, {}) for k in ("iceoryx2", "ring-busy", "uds-blocking")):
-        iox, ring, uds = (py[k]["median"] for k in ("iceoryx2", "ring-busy", "uds-blocking"))
+        iox, ring, uds = (py[k]["median"]["median"] for k in ("iceoryx2", "ring-busy", "uds-blocking"))
         than_uds = "slower" if ring > uds else "faster"
         parts.append(
             f"- **Small batches in Python against iceoryx2** (p50: iceoryx2 {_us(iox)}, shmarrow ring "
@@ -356,7 +404,10 @@ def notes(results):
             f"blocking, {_us(uds)}, so ring mode is {than_uds} than it from Python). Busy-polling "
             "removes the wake-up but not the per-batch work, which from Python is most of the "
             "figure: a profile of a publish/`try_next` loop in one process (`perf record`) spreads "
-            "the time over the `publish` wrapper (exporting the batch through the C data interface), "
+            "the time over the `publish` wrapper (pyarrow exporting the batch through the C data "
+            "interface; the binding imports the schema only when it differs from the previous "
+            "batch's, and hands the consumer's batches to pyarrow with the pyarrow Schema of the "
+            "previous batch), "
             "the native publish (copy into the ring, metadata, the queue entry), and on the "
             "consumer reading the queue entry, decoding the metadata, validating, "
             "building the batch objects and handing them to pyarrow through the C data interface "

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """One-way latency of small messages between two Python processes: iceoryx2 publish-subscribe,
 shmarrow ring mode and an Arrow IPC stream over a UNIX socket, each receiver busy-polling (and,
-for shmarrow and the socket, blocking too).
+for shmarrow and the socket, blocking too); and the unpaced throughput of the same batches through
+shmarrow (publish / iterate) and the socket (write_batch / read_next_batch).
 
   small_latency.py [--quick] [--samples N] [--warmup N] [--only NAME,...]
 
-Prints one JSON object (one line): per measurement the one-way latency summary in ns (n, min,
-median, p99, p999, max), or "skipped"/"error" with the reason; versions and the machine. Exits 1
-when a measurement failed (its error also goes to stderr).
+Prints one JSON object (one line): per latency measurement the one-way latency summary in ns (n,
+min, median, p99, p999, max), per throughput measurement batches and batches_per_s (from just
+before the first send to the receiver holding the last batch), or "skipped"/"error" with the
+reason; versions and the machine. Exits 1 when a measurement failed (its error also goes to
+stderr).
 
 Every route sends the same row (t int64, id int64, value float64) from a value built once and
 updated in place, with one call that copies it into the transport: iceoryx2 `send_copy` of a
@@ -53,7 +56,12 @@ MEASUREMENTS = {
     "uds-busy": ("Arrow IPC stream over a UNIX socket, reader after busy-polling the socket", "busy"),
     "uds-blocking": ("Arrow IPC stream over a UNIX socket, reader blocking in read_next_batch()",
                      "blocking"),
+    # Unpaced: batches/s from the first publish to the last batch read, not latency.
+    "ring-throughput": ("shmarrow ring, 1-row RecordBatch, publish / iterate unpaced", "blocking"),
+    "uds-throughput": ("Arrow IPC stream over a UNIX socket, write_batch / read_next_batch unpaced",
+                       "blocking"),
 }
+THROUGHPUT = ("ring-throughput", "uds-throughput")
 ACK_TIMEOUT_MS = 20000
 
 
@@ -149,13 +157,16 @@ def send_ring(name: str, count: int) -> list[int]:
         try:
             producer.wait_for_consumers(1, timeout=ACK_TIMEOUT_MS / 1000)
             receiver.wait_ack()
+            paced = name not in THROUGHPUT
+            start = time.monotonic_ns()
             for i in range(count):
                 stamped.id[0] = i
                 stamped.t[0] = time.monotonic_ns()
                 producer.publish(stamped.batch)
-                receiver.wait_ack()
+                if paced:
+                    receiver.wait_ack()
             producer.end()
-            return receiver.result()
+            return receiver.result() if paced else [start] + receiver.result()
         finally:
             receiver.close()
 
@@ -168,15 +179,18 @@ def send_uds(name: str, count: int) -> list[int]:
         theirs.close()
         try:
             receiver.wait_ack()
+            paced = name not in THROUGHPUT
             sink = mine.makefile("wb")
+            start = time.monotonic_ns()
             with pa.ipc.new_stream(sink, SCHEMA) as writer:
                 for i in range(count):
                     stamped.id[0] = i
                     stamped.t[0] = time.monotonic_ns()
                     writer.write_batch(stamped.batch)
                     sink.flush()  # one send() per batch
-                    receiver.wait_ack()
-            return receiver.result()
+                    if paced:
+                        receiver.wait_ack()
+            return receiver.result() if paced else [start] + receiver.result()
         finally:
             receiver.close()
     finally:
@@ -207,12 +221,23 @@ def recv_iceoryx2(address: str, count: int, ack: int) -> list[int]:
     return samples
 
 
-def recv_ring(busy: bool, address: str, count: int, ack: int) -> list[int]:
+def recv_unpaced(batches, count: int) -> list[int]:
+    """Reads `count` batches as they come; [the moment the last one was read]."""
+    for i in range(count):
+        batch = next(batches)
+        check(i, row_of(batch)[1])
+        del batch
+    return [time.monotonic_ns()]
+
+
+def recv_ring(busy: bool, address: str, count: int, ack: int, paced: bool = True) -> list[int]:
     import shmarrow
 
     consumer = shmarrow.Consumer(address, connect_timeout=ACK_TIMEOUT_MS / 1000,
                                  read_timeout=ACK_TIMEOUT_MS / 1000)
     os.write(ack, b"r")
+    if not paced:
+        return recv_unpaced(consumer, count)
     samples = []
     for i in range(count):
         if busy:
@@ -231,11 +256,13 @@ def recv_ring(busy: bool, address: str, count: int, ack: int) -> list[int]:
     return samples
 
 
-def recv_uds(busy: bool, fd: int, count: int, ack: int) -> list[int]:
+def recv_uds(busy: bool, fd: int, count: int, ack: int, paced: bool = True) -> list[int]:
     sock = socket.socket(fileno=fd)
     readable = select.poll()
     readable.register(sock, select.POLLIN)
     os.write(ack, b"r")
+    if not paced:
+        return recv_unpaced(iter(pa.ipc.open_stream(sock.makefile("rb"))), count)
     reader = None
     samples = []
     for i in range(count):
@@ -267,9 +294,11 @@ def receive(args) -> None:
     if args.recv == "iceoryx2":
         samples = recv_iceoryx2(args.address, args.count, args.ack_fd)
     elif args.recv.startswith("ring-"):
-        samples = recv_ring(args.recv == "ring-busy", args.address, args.count, args.ack_fd)
+        samples = recv_ring(args.recv == "ring-busy", args.address, args.count, args.ack_fd,
+                            args.recv not in THROUGHPUT)
     else:
-        samples = recv_uds(args.recv == "uds-busy", int(args.address), args.count, args.ack_fd)
+        samples = recv_uds(args.recv == "uds-busy", int(args.address), args.count, args.ack_fd,
+                           args.recv not in THROUGHPUT)
     print(json.dumps({"samples_ns": samples}))
 
 
@@ -303,6 +332,9 @@ def measure(name: str, samples: int, warmup: int) -> dict:
         return {**record, "error": f"{type(e).__name__}: {e}"}
     finally:
         gc.enable()
+    if name in THROUGHPUT:
+        start, end = got
+        return {**record, "batches": count, "batches_per_s": count / ((end - start) / 1e9)}
     return {**record, **summary(got[warmup:])}
 
 

@@ -46,6 +46,7 @@ missing_debian_packages() {
   python3 -c 'import venv, ensurepip' 2>/dev/null || echo python3-venv
   if [ "$mode" = full ]; then
     [ -f "$gtest_header" ] || echo libgtest-dev
+    command -v strace >/dev/null || echo strace  # bench/run counts system calls per batch with it
   fi
 }
 

@@ -13,9 +13,10 @@ constexpr int kMessageHeaderType = 1;
 constexpr int kMessageHeader = 2;
 constexpr int kMessageBodyLength = 3;
 constexpr int kDictionaryBatchData = 1;
+constexpr int kRecordBatchLength = 0;
+constexpr int kRecordBatchNodes = 1;
 constexpr int kRecordBatchBuffers = 2;
 constexpr int kRecordBatchCompression = 3;
-constexpr int64_t kBufferStructSize = 16;
 
 class FlatbufferView {
  public:
@@ -49,7 +50,21 @@ class FlatbufferView {
     return at + static_cast<int64_t>(delta);
   }
 
-  int64_t size() const { return size_; }
+  /// Where the vector of `struct_size`-byte structs in field `field` (-1: absent, leaving the
+  /// outputs as they are) begins, and how many it holds, all of them inside the flatbuffer.
+  arrow::Status StructVector(int64_t field, int64_t struct_size, const char* what, int64_t* at,
+                             int64_t* count) const {
+    if (field < 0) return arrow::Status::OK();
+    ARROW_ASSIGN_OR_RAISE(int64_t vector, Deref(field));
+    ARROW_ASSIGN_OR_RAISE(auto claimed, Read<uint32_t>(vector));
+    *at = vector + 4;
+    *count = claimed;
+    if (*count > (size_ - *at) / struct_size) {
+      return arrow::Status::Invalid("flatbuffer claims ", claimed, " ", what, " at offset ", *at,
+                                    " but the message has ", size_, " bytes");
+    }
+    return arrow::Status::OK();
+  }
 
  private:
   const uint8_t* data_;
@@ -85,16 +100,14 @@ arrow::Result<MessageFields> LocateMessageFields(const uint8_t* flatbuffer, int6
   }
   ARROW_ASSIGN_OR_RAISE(int64_t compression_field, fb.Field(record_batch, kRecordBatchCompression));
   out.compressed = compression_field >= 0;
+  ARROW_ASSIGN_OR_RAISE(out.length_at, fb.Field(record_batch, kRecordBatchLength));
+  if (out.length_at >= 0) ARROW_RETURN_NOT_OK(fb.Read<int64_t>(out.length_at).status());
+  ARROW_ASSIGN_OR_RAISE(int64_t nodes_field, fb.Field(record_batch, kRecordBatchNodes));
+  ARROW_RETURN_NOT_OK(fb.StructVector(nodes_field, kFieldNodeStructSize, "field nodes",
+                                      &out.nodes_at, &out.num_nodes));
   ARROW_ASSIGN_OR_RAISE(int64_t buffers_field, fb.Field(record_batch, kRecordBatchBuffers));
-  if (buffers_field < 0) return out;  // no buffers at all
-  ARROW_ASSIGN_OR_RAISE(int64_t vector, fb.Deref(buffers_field));
-  ARROW_ASSIGN_OR_RAISE(auto count, fb.Read<uint32_t>(vector));
-  out.buffers_at = vector + 4;
-  out.num_buffers = count;
-  if (out.num_buffers > (fb.size() - out.buffers_at) / kBufferStructSize) {
-    return arrow::Status::Invalid("flatbuffer claims ", count, " buffers at offset ",
-                                  out.buffers_at, " but the message has ", fb.size(), " bytes");
-  }
+  ARROW_RETURN_NOT_OK(fb.StructVector(buffers_field, kBufferStructSize, "buffers", &out.buffers_at,
+                                      &out.num_buffers));
   return out;
 }
 
@@ -131,6 +144,33 @@ arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t s
     std::memcpy(entry, &offsets[i], sizeof offsets[i]);
   }
   return fields;
+}
+
+bool CanPatch(const MessageFields& fields, const BatchValues& values) {
+  return fields.header_type == MessageHeaderType::kRecordBatch && !fields.compressed &&
+         fields.length_at >= 0 && fields.body_length_at >= 0 &&
+         fields.num_nodes == static_cast<int64_t>(values.node_lengths.size()) &&
+         values.node_null_counts.size() == values.node_lengths.size() &&
+         fields.num_buffers == static_cast<int64_t>(values.buffer_offsets.size()) &&
+         values.buffer_lengths.size() == values.buffer_offsets.size();
+}
+
+void PatchBatchValues(uint8_t* flatbuffer, const MessageFields& fields, const BatchValues& values) {
+  auto store = [flatbuffer](int64_t at, int64_t value) {
+    std::memcpy(flatbuffer + at, &value, sizeof value);
+  };
+  store(fields.length_at, values.num_rows);
+  for (size_t i = 0; i < values.node_lengths.size(); ++i) {
+    const int64_t node = fields.nodes_at + static_cast<int64_t>(i) * kFieldNodeStructSize;
+    store(node, values.node_lengths[i]);
+    store(node + 8, values.node_null_counts[i]);
+  }
+  for (size_t i = 0; i < values.buffer_offsets.size(); ++i) {
+    const int64_t buffer = fields.buffers_at + static_cast<int64_t>(i) * kBufferStructSize;
+    store(buffer, values.buffer_offsets[i]);
+    store(buffer + 8, values.buffer_lengths[i]);
+  }
+  store(fields.body_length_at, values.body_length);
 }
 
 void SetBodyLength(uint8_t* flatbuffer, const MessageFields& fields, int64_t body_length) {

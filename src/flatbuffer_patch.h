@@ -13,6 +13,11 @@
 
 namespace shmarrow::internal {
 
+/// Sizes of the Buffer{int64 offset, int64 length} and FieldNode{int64 length, int64 null_count}
+/// structs in their vectors.
+inline constexpr int64_t kBufferStructSize = 16;
+inline constexpr int64_t kFieldNodeStructSize = 16;
+
 /// MessageHeader union tags (Message.fbs).
 enum class MessageHeaderType : uint8_t {
   kNone = 0,
@@ -28,6 +33,11 @@ struct MessageFields {
   /// Byte offset of the first Buffer{int64 offset, int64 length} struct; the structs are contiguous.
   int64_t buffers_at = -1;
   int64_t num_buffers = 0;
+  /// Byte offset of RecordBatch.length (int64); -1 when absent (zero rows, the default).
+  int64_t length_at = -1;
+  /// Byte offset of the first FieldNode{int64 length, int64 null_count} struct (contiguous).
+  int64_t nodes_at = -1;
+  int64_t num_nodes = 0;
   /// The batch declares body compression (RecordBatch.compression). shmarrow never writes it, and a
   /// consumer refuses it: decompression allocates whatever size each buffer claims.
   bool compressed = false;
@@ -50,6 +60,24 @@ struct MessageFields {
 [[nodiscard]] arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t size,
                                                                 std::span<const int64_t> offsets,
                                                                 std::span<const int64_t> lengths);
+
+/// A batch's values that a cached RecordBatch Message of the same layout is patched with.
+struct BatchValues {
+  int64_t num_rows = 0;
+  std::span<const int64_t> node_lengths;
+  std::span<const int64_t> node_null_counts;
+  std::span<const int64_t> buffer_offsets;
+  std::span<const int64_t> buffer_lengths;
+  int64_t body_length = 0;
+};
+
+/// True when `fields` (located in a RecordBatch Message) can take any batch with as many field
+/// nodes and buffers as `values` has: every value patched is present in the flatbuffer (a field
+/// equal to its default, such as a zero length, is left out of it, changing its layout).
+[[nodiscard]] bool CanPatch(const MessageFields& fields, const BatchValues& values);
+
+/// Writes `values` into a RecordBatch Message located as `fields` (CanPatch must hold).
+void PatchBatchValues(uint8_t* flatbuffer, const MessageFields& fields, const BatchValues& values);
 
 /// Stores Message.bodyLength (which must be present: it is absent only for an empty body).
 void SetBodyLength(uint8_t* flatbuffer, const MessageFields& fields, int64_t body_length);

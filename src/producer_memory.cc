@@ -11,6 +11,7 @@
 
 #include "block_cache.h"
 #include "flatbuffer_patch.h"
+#include "metadata_template.h"
 #include "pages.h"
 #include "pool_accounting.h"
 #include "ring_queue.h"
@@ -140,7 +141,7 @@ class RingMemory final : public ProducerMemory {
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>,
       const Projections& projections) override {
-    return Prepare(batch, projections(), stream_pool_.get());
+    return Prepare(batch, projections(), stream_pool_.get(), &stream_metadata_);
   }
 
   /// Builds in the ring, waiting for room no longer than a request may take.
@@ -152,7 +153,7 @@ class RingMemory final : public ProducerMemory {
     }
     arrow::Result<std::shared_ptr<Published>> Prepare(
         const std::shared_ptr<arrow::RecordBatch>& batch) override {
-      return memory_->Prepare(batch, {}, memory_->requests_pool_.get());
+      return memory_->Prepare(batch, {}, memory_->requests_pool_.get(), nullptr);
     }
 
    private:
@@ -165,7 +166,7 @@ class RingMemory final : public ProducerMemory {
     if (const Placement* placed = FindPlacement(p, projection)) return placed->location;
     // A projection first seen after the batch was prepared (a late joiner): placed now, without
     // waiting, since the producer's mutex is held.
-    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, nowait_pool_.get()));
+    ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(p, projection, nowait_pool_.get(), nullptr));
     const RingLocation location = placement.location;
     p.projected.emplace_back(projection, std::move(placement));
     return location;
@@ -189,20 +190,38 @@ class RingMemory final : public ProducerMemory {
  private:
   arrow::Result<std::shared_ptr<Published>> Prepare(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::vector<std::vector<int>> projections,
-      RingPool* pool) {
+      RingPool* pool, MetadataCache* cache) {
     auto published = NewRecord(block_cache_, batch);
-    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool));
+    ARROW_ASSIGN_OR_RAISE(published->all_columns, PlaceInRing(*published, {}, pool, cache));
     for (auto& projection : projections) {
       if (FindPlacement(*published, projection) != nullptr) continue;
-      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool));
+      ARROW_ASSIGN_OR_RAISE(auto placement, PlaceInRing(*published, projection, pool, nullptr));
       published->projected.emplace_back(std::move(projection), std::move(placement));
     }
     return published;
   }
 
-  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there.
+  /// Writes the batch's (projected) Message into the ring, pointing at its buffers there. With
+  /// `cache` (all columns of a stream batch), a batch of the layout it holds gets a patched copy
+  /// of its Message; any other is described by Arrow's writer (and offered to `cache`).
   arrow::Result<Placement> PlaceInRing(Published& p, const std::vector<int>& projection,
-                                       RingPool* pool) {
+                                       RingPool* pool, MetadataCache* cache) {
+    // Reused: this runs for every batch, on the publishing thread or a request handler's.
+    thread_local BodyList body;
+    thread_local std::vector<int64_t> offsets;
+    thread_local std::vector<uint8_t> message;
+    const bool listed = cache != nullptr && ListBody(*p.batch, &body);
+    const size_t copies_before = p.copies.size();
+    const int64_t copied_before = p.bytes_copied;
+    if (listed && cache->Fits(*p.batch, body)) {
+      ARROW_RETURN_NOT_OK(PlaceBuffers(p, body.buffer_data, body.buffer_lengths, pool, &offsets));
+      if (cache->Write(*p.batch, body, offsets, ring_->size(), &message)) {
+        return PlaceMetadata(message.data(), static_cast<int64_t>(message.size()), pool);
+      }
+      // Another thread replaced the cached layout meanwhile: Arrow's writer, from the start.
+      p.copies.resize(copies_before);
+      p.bytes_copied = copied_before;
+    }
     std::shared_ptr<arrow::RecordBatch> target = p.batch;
     if (!projection.empty()) {
       ARROW_ASSIGN_OR_RAISE(target, p.batch->SelectColumns(projection));
@@ -210,36 +229,55 @@ class RingMemory final : public ProducerMemory {
     arrow::ipc::IpcPayload payload;
     ARROW_RETURN_NOT_OK(arrow::ipc::GetRecordBatchPayload(
         *target, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
-    const size_t count = payload.body_buffers.size();
-    // Reused: this runs for every batch, on the publishing thread or a request handler's.
-    thread_local std::vector<int64_t> offsets, lengths;
-    offsets.assign(count, 0);
-    lengths.assign(count, 0);
-    for (size_t i = 0; i < count; ++i) {
-      const auto& buffer = payload.body_buffers[i];
-      if (buffer == nullptr || buffer->size() == 0) continue;
-      lengths[i] = buffer->size();
-      if (ring_->Contains(buffer->data(), buffer->size()) &&
-          ring_->OffsetOf(buffer->data()) % 8 == 0) {
-        offsets[i] = ring_->OffsetOf(buffer->data());
-        continue;
-      }
-      ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> copy,
-                            arrow::AllocateBuffer(buffer->size(), pool));
-      std::memcpy(copy->mutable_data(), buffer->data(), static_cast<size_t>(buffer->size()));
-      offsets[i] = ring_->OffsetOf(copy->data());
-      p.copies.push_back(std::move(copy));
-      p.bytes_copied += buffer->size();
+    if (listed) cache->Remember(*p.batch, body, *payload.metadata);
+    thread_local std::vector<const uint8_t*> data;
+    thread_local std::vector<int64_t> lengths;
+    data.clear();
+    lengths.clear();
+    for (const auto& buffer : payload.body_buffers) {
+      const int64_t length = buffer == nullptr ? 0 : buffer->size();
+      data.push_back(length == 0 ? nullptr : buffer->data());
+      lengths.push_back(length);
     }
-    Placement placement;
-    ARROW_ASSIGN_OR_RAISE(placement.metadata, RingBlock::Allocate(pool, payload.metadata->size()));
+    ARROW_RETURN_NOT_OK(PlaceBuffers(p, data, lengths, pool, &offsets));
+    ARROW_ASSIGN_OR_RAISE(auto placement,
+                          PlaceMetadata(payload.metadata->data(), payload.metadata->size(), pool));
     uint8_t* metadata = placement.metadata.data();
-    std::memcpy(metadata, payload.metadata->data(), static_cast<size_t>(payload.metadata->size()));
     // Offsets count from byte 0 of the ring: the consumer reads the whole ring as the body.
     ARROW_ASSIGN_OR_RAISE(
         auto fields, RewriteBufferOffsets(metadata, placement.metadata.size(), offsets, lengths));
     SetBodyLength(metadata, fields, ring_->size());
-    placement.location = {ring_->OffsetOf(metadata), placement.metadata.size()};
+    return placement;
+  }
+
+  /// Sets `offsets` to where each buffer lies in the ring, copying those outside it (or not
+  /// 8-byte aligned in it) into `pool`.
+  arrow::Status PlaceBuffers(Published& p, const std::vector<const uint8_t*>& data,
+                             const std::vector<int64_t>& lengths, RingPool* pool,
+                             std::vector<int64_t>* offsets) {
+    offsets->assign(data.size(), 0);
+    for (size_t i = 0; i < data.size(); ++i) {
+      if (lengths[i] == 0) continue;
+      if (ring_->Contains(data[i], lengths[i]) && ring_->OffsetOf(data[i]) % 8 == 0) {
+        (*offsets)[i] = ring_->OffsetOf(data[i]);
+        continue;
+      }
+      ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> copy,
+                            arrow::AllocateBuffer(lengths[i], pool));
+      std::memcpy(copy->mutable_data(), data[i], static_cast<size_t>(lengths[i]));
+      (*offsets)[i] = ring_->OffsetOf(copy->data());
+      p.copies.push_back(std::move(copy));
+      p.bytes_copied += lengths[i];
+    }
+    return arrow::Status::OK();
+  }
+
+  /// Copies a Message flatbuffer into a ring block of its own.
+  arrow::Result<Placement> PlaceMetadata(const uint8_t* flatbuffer, int64_t size, RingPool* pool) {
+    Placement placement;
+    ARROW_ASSIGN_OR_RAISE(placement.metadata, RingBlock::Allocate(pool, size));
+    std::memcpy(placement.metadata.data(), flatbuffer, static_cast<size_t>(size));
+    placement.location = {ring_->OffsetOf(placement.metadata.data()), placement.metadata.size()};
     return placement;
   }
 
@@ -248,6 +286,9 @@ class RingMemory final : public ProducerMemory {
   std::unique_ptr<RingPool> stream_pool_;    // waits per block_timeout_ms
   std::unique_ptr<RingPool> nowait_pool_;    // for work under the producer's mutex
   std::unique_ptr<RingPool> requests_pool_;  // waits per request_timeout_ms
+  // The Message of the published stream's layout, patched for each of its batches (request
+  // handlers' answers, of any schema, go through Arrow's writer).
+  MetadataCache stream_metadata_;
   // Published records are made per batch: their memory is reused.
   const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
   // The consumers' queue slots in the ring's reserved part.

@@ -8,6 +8,7 @@ Arrow PyCapsules ("arrow_schema", "arrow_array", "arrow_array_stream") and times
 
 from typing import Any, Callable, Optional
 
+import pyarrow as pa
 from typing_extensions import CapsuleType
 
 class Allocation:
@@ -43,11 +44,11 @@ class _Consumer:
                  busy_poll_us: int, require_seals: bool, token: str, tls_root_certs: str,
                  tls_override_hostname: str, upgrade: bool, allowed_uids: list[int],
                  allow_any_uid: bool) -> None: ...
-    def next(self, timeout_ms: int) -> Optional[tuple[CapsuleType, CapsuleType]]:
-        """Next batch as (schema capsule, array capsule); None at the end. Blocks,
+    def next(self, timeout_ms: int) -> Optional[pa.RecordBatch]:
+        """Next batch as a pyarrow.RecordBatch; None at the end. Blocks,
         interruptibly; raises a timeout error after timeout_ms (-1: never)."""
-    def try_next(self) -> Optional[tuple[CapsuleType, CapsuleType]]:
-        """Next batch's capsules if one has arrived, else None (see ended)."""
+    def try_next(self) -> Optional[pa.RecordBatch]:
+        """Next batch if one has arrived, else None (see ended)."""
     @property
     def ended(self) -> bool: ...
     def fileno(self) -> int: ...

@@ -363,10 +363,10 @@ class Consumer:
         return self
 
     def __next__(self) -> pa.RecordBatch:
-        capsules = self._native.next(self._timeout_ms)
-        if capsules is None:
+        batch = self._native.next(self._timeout_ms)
+        if batch is None:
             raise StopIteration
-        return pa.RecordBatch._import_from_c_capsule(*capsules)
+        return batch
 
     def read_next_batch(self, read_timeout: Optional[float] = None) -> pa.RecordBatch:
         """The next batch, waiting up to ``read_timeout`` seconds (None: the consumer's).
@@ -375,10 +375,10 @@ class Consumer:
         """
         timeout_ms = (self._timeout_ms if read_timeout is None
                       else _milliseconds(read_timeout, "read_timeout"))
-        capsules = self._native.next(timeout_ms)
-        if capsules is None:
+        batch = self._native.next(timeout_ms)
+        if batch is None:
             raise StopIteration
-        return pa.RecordBatch._import_from_c_capsule(*capsules)
+        return batch
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
         """``async for batch in consumer``: waits in the event loop (``loop.add_reader`` on
@@ -424,8 +424,7 @@ class Consumer:
     def try_next(self) -> Optional[pa.RecordBatch]:
         """The next batch if one has arrived, else None at once (then :attr:`ended` tells
         whether the stream is over). For event loops, with :meth:`fileno`."""
-        capsules = self._native.try_next()
-        return None if capsules is None else pa.RecordBatch._import_from_c_capsule(*capsules)
+        return self._native.try_next()
 
     @property
     def ended(self) -> bool:

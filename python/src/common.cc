@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <arrow/c/bridge.h>
+#include <arrow/type.h>
 #include <arrow/util/io_util.h>
 #include <nanobind/stl/string.h>
 #include <poll.h>
@@ -9,6 +10,7 @@
 #include <cxxabi.h>
 
 #include <cerrno>
+#include <cstring>
 #include <new>
 #include <thread>
 
@@ -142,17 +144,33 @@ nb::object SchemaCapsule(const arrow::Schema& schema) {
   return MakeCapsule(out, "arrow_schema", DeleteSchemaCapsule);
 }
 
-nb::tuple BatchCapsules(const std::shared_ptr<arrow::RecordBatch>& batch) {
-  nb::object schema = SchemaCapsule(*batch->schema());
-  auto* out = new ArrowArray;
-  out->release = nullptr;
-  const auto status = arrow::ExportRecordBatch(*batch, out);
-  if (!status.ok()) {
-    delete out;
-    ThrowStatus(status, "export");
+PyBatchMaker::PyBatchMaker() {
+  nb::module_ pyarrow = nb::module_::import_("pyarrow");
+  import_schema_ = pyarrow.attr("Schema").attr("_import_from_c_capsule");
+  import_batch_ = pyarrow.attr("RecordBatch").attr("_import_from_c");
+}
+
+nb::object PyBatchMaker::Make(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  nb::object py_schema = py_schema_;
+  if (batch->schema() != schema_ &&
+      (schema_ == nullptr || !batch->schema()->Equals(*schema_, /*check_metadata=*/true))) {
+    // A local until the end: the import runs Python code, and another thread may make a batch
+    // of its own meanwhile.
+    py_schema = import_schema_(SchemaCapsule(*batch->schema()));
+    schema_ = batch->schema();
+    py_schema_ = py_schema;
   }
-  nb::object array = MakeCapsule(out, "arrow_array", DeleteArrayCapsule);
-  return nb::make_tuple(schema, array);
+  ArrowArray array;
+  array.release = nullptr;
+  const auto status = arrow::ExportRecordBatch(*batch, &array);
+  if (!status.ok()) ThrowStatus(status, "export");
+  try {
+    // pyarrow moves the struct out (its release becomes null) before it can fail.
+    return import_batch_(reinterpret_cast<uintptr_t>(&array), py_schema);
+  } catch (...) {
+    if (array.release != nullptr) array.release(&array);
+    throw;
+  }
 }
 
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader) {
@@ -171,10 +189,58 @@ std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule) {
   return ValueOrThrow(arrow::ImportSchema(schema), "import");
 }
 
-std::shared_ptr<arrow::RecordBatch> ImportBatchCapsules(nb::handle schema, nb::handle array) {
+namespace {
+
+// Appends everything ImportSchema reads from `schema`, unambiguously: C strings end with their
+// NUL, metadata and counts go with their lengths. False for metadata with a negative length,
+// which ImportSchema is left to refuse.
+bool CSchemaKey(const ArrowSchema& schema, std::string* out) {
+  const auto append_int = [out](int64_t v) {
+    out->append(reinterpret_cast<const char*>(&v), sizeof v);
+  };
+  out->append(schema.format != nullptr ? schema.format : "").push_back('\0');
+  out->append(schema.name != nullptr ? schema.name : "").push_back('\0');
+  append_int(schema.flags);
+  int64_t metadata_size = 0;
+  if (schema.metadata != nullptr) {
+    // int32 pair count, then per key and value an int32 length and the bytes
+    int32_t pairs = 0;
+    std::memcpy(&pairs, schema.metadata, sizeof pairs);
+    if (pairs < 0) return false;
+    metadata_size = sizeof pairs;
+    for (int64_t i = 0; i < 2 * int64_t{pairs}; ++i) {
+      int32_t length = 0;
+      std::memcpy(&length, schema.metadata + metadata_size, sizeof length);
+      if (length < 0) return false;
+      metadata_size += int64_t{sizeof length} + length;
+    }
+  }
+  append_int(metadata_size);
+  out->append(schema.metadata != nullptr ? schema.metadata : "",
+              static_cast<size_t>(metadata_size));
+  append_int(schema.n_children);
+  for (int64_t i = 0; i < schema.n_children; ++i) {
+    if (!CSchemaKey(*schema.children[i], out)) return false;
+  }
+  out->push_back(schema.dictionary != nullptr ? 'd' : '-');
+  return schema.dictionary == nullptr || CSchemaKey(*schema.dictionary, out);
+}
+
+}  // namespace
+
+std::shared_ptr<arrow::RecordBatch> BatchImporter::Import(nb::handle schema, nb::handle array) {
   auto* c_schema = CapsulePointer<ArrowSchema>(schema, "arrow_schema");
   auto* c_array = CapsulePointer<ArrowArray>(array, "arrow_array");
-  return ValueOrThrow(arrow::ImportRecordBatch(c_array, c_schema), "import");
+  scratch_.clear();
+  if (CSchemaKey(*c_schema, &scratch_) && schema_ != nullptr && scratch_ == key_) {
+    c_schema->release(c_schema);  // the capsule's destructor then only frees the struct
+  } else {
+    schema_.reset();  // until the key and the import agree again
+    auto imported = ValueOrThrow(arrow::ImportSchema(c_schema), "import");
+    key_.swap(scratch_);
+    schema_ = std::move(imported);
+  }
+  return ValueOrThrow(arrow::ImportRecordBatch(c_array, schema_), "import");
 }
 
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule) {

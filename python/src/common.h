@@ -62,14 +62,40 @@ T ValueOrThrow(arrow::Result<T> result, const char* context) {
 // ---- Arrow C data interface capsules (names from the Arrow PyCapsule interface) -----------------
 
 nb::object SchemaCapsule(const arrow::Schema& schema);
-/// (arrow_schema capsule, arrow_array capsule) of a record batch: the array shares the batch's
-/// buffers (no copy) and keeps the batch alive until it is released.
-nb::tuple BatchCapsules(const std::shared_ptr<arrow::RecordBatch>& batch);
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader);
 
+/// Makes pyarrow RecordBatches of a stream's batches. A batch's arrays go through the C data
+/// interface; its schema only when it differs from the previous batch's: the pyarrow Schema made
+/// then is reused, so a batch of the same schema costs no schema export or import.
+class PyBatchMaker {
+ public:
+  PyBatchMaker();
+  /// A pyarrow.RecordBatch sharing the batch's buffers (no copy), keeping it alive until pyarrow
+  /// lets go of them. Holds the GIL.
+  nb::object Make(const std::shared_ptr<arrow::RecordBatch>& batch);
+
+ private:
+  nb::object import_schema_;  // pyarrow.Schema._import_from_c_capsule
+  nb::object import_batch_;   // pyarrow.RecordBatch._import_from_c(address, pyarrow.Schema)
+  std::shared_ptr<arrow::Schema> schema_;
+  nb::object py_schema_;  // schema_ as a pyarrow.Schema
+};
+
+/// Imports the (schema, array) capsules of batches published one after another. A schema equal,
+/// field by field in its C form (formats, names, flags, metadata), to the previous one is not
+/// imported again: the previous import is reused. Holds the GIL.
+class BatchImporter {
+ public:
+  /// Moves the structs out of the capsules (the capsules are then spent).
+  std::shared_ptr<arrow::RecordBatch> Import(nb::handle schema, nb::handle array);
+
+ private:
+  std::string key_;      // the C form of schema_ (see CSchemaKey in common.cc)
+  std::string scratch_;  // the C form of the schema being imported (kept for its capacity)
+  std::shared_ptr<arrow::Schema> schema_;
+};
+
 std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule);
-/// Moves the structs out of the capsules (the capsules are then spent).
-std::shared_ptr<arrow::RecordBatch> ImportBatchCapsules(nb::handle schema, nb::handle array);
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule);
 
 // ---- signals -------------------------------------------------------------------------------------

@@ -160,8 +160,8 @@ class PyConsumer {
     state_.reset();
   }
 
-  /// Blocks (interruptibly) for the next batch: (schema capsule, array capsule), or None at the
-  /// end of the stream.
+  /// Blocks (interruptibly) for the next batch (a pyarrow.RecordBatch), or None at the end of
+  /// the stream.
   nb::object Next(int64_t timeout_ms) {
     std::shared_ptr<arrow::RecordBatch> batch;
     arrow::Result<ConsumerState::Step> step;
@@ -177,11 +177,11 @@ class PyConsumer {
                  "read");
     }
     if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
+    if (*step == ConsumerState::Step::kBatch) return batches_.Make(batch);
     return nb::none();
   }
 
-  /// Never blocks: capsules of the next batch, or None (nothing yet, or the end: see ended).
+  /// Never blocks: the next batch, or None (nothing yet, or the end: see ended).
   nb::object TryNext() {
     std::shared_ptr<arrow::RecordBatch> batch;
     arrow::Result<ConsumerState::Step> step;
@@ -190,7 +190,7 @@ class PyConsumer {
       step = state_->Take(&batch);
     }
     if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return BatchCapsules(batch);
+    if (*step == ConsumerState::Step::kBatch) return batches_.Make(batch);
     return nb::none();
   }
 
@@ -314,6 +314,7 @@ class PyConsumer {
 
  private:
   std::shared_ptr<ConsumerState> state_;
+  PyBatchMaker batches_;
 };
 
 }  // namespace
@@ -356,10 +357,10 @@ void BindConsumer(nb::module_& m) {
           nb::arg("token"), nb::arg("tls_root_certs"), nb::arg("tls_override_hostname"),
           nb::arg("upgrade"), nb::arg("allowed_uids"), nb::arg("allow_any_uid"))
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
-           "Next batch as (schema capsule, array capsule); None at the end. Blocks, "
+           "Next batch as a pyarrow.RecordBatch; None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")
       .def("try_next", &PyConsumer::TryNext,
-           "Next batch's capsules if one has arrived, else None (see ended).")
+           "Next batch if one has arrived, else None (see ended).")
       .def_prop_ro("ended", &PyConsumer::ended)
       .def("fileno", &PyConsumer::fileno)
       .def("schema", &PyConsumer::Schema)

@@ -337,7 +337,7 @@ class PyProducer {
   }
 
   void PublishBatch(nb::handle schema_capsule, nb::handle array_capsule) {
-    auto batch = ImportBatchCapsules(schema_capsule, array_capsule);
+    auto batch = batches_.Import(schema_capsule, array_capsule);
     arrow::Status status;
     {
       ReleaseGil release;
@@ -547,6 +547,7 @@ class PyProducer {
   }
 
   std::shared_ptr<ProducerState> state_;
+  BatchImporter batches_;
 };
 
 }  // namespace

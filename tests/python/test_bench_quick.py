@@ -61,16 +61,20 @@ def test_bench_quick(tmp_path):
         assert _positive(e2e[mode]["median"]) and e2e[mode]["n"] > 0
     assert _positive(e2e["ratio"]) and e2e["checks_equal"]
 
-    for t in ("ring", "uds", "ring_busy", "uds_busy"):
+    for t in ("ring", "uds", "spsc", "ring_busy", "uds_busy", "spsc_busy"):
         lat = results["latency"][t]
-        assert lat["n"] > 0 and all(_positive(lat[k]) for k in ("median", "p99", "p999"))
+        assert lat["n"] > 0 and lat["reps"] == 3, (t, lat)
+        for k in ("median", "p99", "p999"):
+            _check_spread(lat[k])
 
+    _check_syscalls(results)
     _check_small_latency(results)
 
     assert {(r["consumers"], r["batch_bytes"]) for r in results["throughput"]} == {
         (0, 24), (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
+        assert r["reps"] == 3 and r["batches_per_s_min"] <= r["batches_per_s"] <= r["batches_per_s_max"], r
 
     assert {h["transport"] for h in results["heap"]} == {"ring", "sealed"}
     floor = results["heap_floor"]
@@ -87,6 +91,25 @@ def test_bench_quick(tmp_path):
     assert (table in (tmp_path / "latest.md").read_text()) == rust
     for name in ("latest.md", "handover.png", "latency.png", "small_latency.png", "throughput.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def _check_spread(r):
+    """A figure repeated in interleaved runs: the median and min-max of the runs."""
+    assert all(_positive(r[k]) for k in ("min", "median", "max")), r
+    assert r["min"] <= r["median"] <= r["max"], r
+
+
+def _check_syscalls(results):
+    """System calls per batch for each side of every route; unmeasured only without strace."""
+    if shutil.which("strace") is None:  # scripts/bootstrap.sh installs it
+        assert "strace is not installed" in results["syscalls"]["unavailable"]
+        return
+    calls = {r["route"]: r for r in results["syscalls"]["rows"]}
+    assert set(calls) == {"ring", "ring_busy", "ring_throughput", "uds", "uds_busy", "spsc", "spsc_busy"}
+    for r in calls.values():
+        assert _finite_nonneg(r["producer_per_batch"]) and _finite_nonneg(r["consumer_per_batch"]), r
+    # Arrow's socket stream makes a system call per batch on each side at the least.
+    assert calls["uds"]["producer_per_batch"] >= 1 and calls["uds"]["consumer_per_batch"] >= 1
 
 
 def _check_rust_consumer(measured, sizes, rust):
@@ -116,18 +139,26 @@ def _check_small_latency(results):
     """bench/small_latency.py: every route measured (iceoryx2 skipped only when it cannot import),
     ordered percentiles, and the ratio against iceoryx2 in the targets."""
     measured = results["small_latency"]["measurements"]
-    assert set(measured) == {"iceoryx2", "ring-busy", "ring-blocking", "uds-busy", "uds-blocking"}
+    assert set(measured) == {"iceoryx2", "ring-busy", "ring-blocking", "uds-busy", "uds-blocking",
+                             "ring-throughput", "uds-throughput"}
     have_iceoryx2 = _iceoryx2_imports()
     for name, m in measured.items():
         if name == "iceoryx2" and not have_iceoryx2:
             assert m["skipped"], m
             continue
-        assert m["n"] > 0, (name, m)
-        assert all(_positive(m[k]) for k in ("min", "median", "p99", "p999", "max")), (name, m)
-        assert m["min"] <= m["median"] <= m["p99"] <= m["p999"] <= m["max"], (name, m)
+        assert m["reps"] == 3, (name, m)
+        if name.endswith("-throughput"):
+            assert m["batches"] > 0, (name, m)
+            _check_spread(m["batches_per_s"])
+            continue
+        assert m["n"] > 0 and _positive(m["max"]), (name, m)
+        for k in ("median", "p99", "p999"):
+            _check_spread(m[k])
+        assert m["median"]["median"] <= m["p99"]["max"] and m["p999"]["max"] <= m["max"], (name, m)
     ratio = [t for t in results["targets"] if "shmarrow ring / iceoryx2" in t["target"]]
     assert len(ratio) == (1 if have_iceoryx2 else 0)
     assert all(_positive(t["measured"]) for t in ratio)
+    assert [t for t in results["targets"] if "Python publish/iterate" in t["target"]]
 
 
 def test_small_latency_reports_iceoryx2_skipped_when_it_does_not_import():

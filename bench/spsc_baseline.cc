@@ -1,0 +1,179 @@
+// spsc_baseline: the floor of this machine for bench/run's small-batch latency rows (see
+// docs/benchmarks.md). A 64-byte message goes from one process to another through a
+// single-producer single-consumer queue in shared memory; a sleeping consumer is woken with a
+// futex on a word of that memory (FUTEX_WAIT / FUTEX_WAKE, not _PRIVATE: the mapping is shared
+// between processes), the mechanism shmarrow's control plane uses. Nothing else: no Arrow, no
+// metadata, no validation, no release.
+//
+//   spsc_baseline --iters N [--warmup W] [--busy 1]
+//
+// Paced one-way latency, like handover_bench latency: the producer writes CLOCK_MONOTONIC into
+// the message just before publishing it, the consumer subtracts it from the time it holds the
+// message, and the producer sends the next message only once the consumer has taken this one
+// (it sleeps on the consumer's cursor, outside the timed path). --busy 1: the consumer spins on
+// the queue instead of sleeping. The consumer prints one JSON line on stdout,
+// {"role":"consumer","kind":"spsc","busy":B,"samples_ns":[...]}; the producer one with its role.
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr uint32_t kSlots = 64;  // a power of two: slot = sequence % kSlots
+
+struct alignas(64) Message {
+  int64_t stamp_ns;
+  uint64_t sequence;
+  char filler[48];
+};
+static_assert(sizeof(Message) == 64);
+
+// Each cursor on its own cache line; `*_sleeping` says the other side must be woken.
+struct Queue {
+  alignas(64) std::atomic<uint32_t> head{0};  // messages published (the consumer's futex word)
+  std::atomic<uint32_t> consumer_sleeping{0};
+  alignas(64) std::atomic<uint32_t> tail{0};  // messages taken (the producer's futex word)
+  std::atomic<uint32_t> producer_sleeping{0};
+  alignas(64) Message slots[kSlots];
+};
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+int64_t NowNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+// A peer that died leaves the other side waiting: give up after this long without a change.
+constexpr int64_t kGiveUpNs = int64_t{20} * 1000000000;
+
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
+  // EAGAIN (the word changed), EINTR and ETIMEDOUT all mean: look again.
+  const timespec timeout{0, 100 * 1000 * 1000};
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &timeout, nullptr,
+            0);
+}
+
+void FutexWake(std::atomic<uint32_t>* word) {
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, 1, nullptr, nullptr, 0);
+}
+
+// Waits until `word` differs from `seen`, sleeping on it unless `busy`. The sleeping flag is set
+// before the last look (sequentially consistent on both sides), so the other side either sees the
+// flag and wakes us, or we see its new value and do not sleep. False: no change for kGiveUpNs.
+bool WaitChange(std::atomic<uint32_t>* word, std::atomic<uint32_t>* sleeping, uint32_t seen,
+                bool busy) {
+  const int64_t give_up = NowNs() + kGiveUpNs;
+  for (uint64_t spins = 1;; ++spins) {
+    if (word->load(std::memory_order_acquire) != seen) return true;
+    if (busy) {
+      if (spins % 65536 == 0 && NowNs() > give_up) return false;
+      continue;
+    }
+    sleeping->store(1, std::memory_order_seq_cst);
+    if (word->load(std::memory_order_seq_cst) == seen) FutexWait(word, seen);
+    sleeping->store(0, std::memory_order_relaxed);
+    if (NowNs() > give_up) return word->load(std::memory_order_acquire) != seen;
+  }
+}
+
+void Advance(std::atomic<uint32_t>* word, std::atomic<uint32_t>* sleeping, uint32_t value) {
+  word->store(value, std::memory_order_seq_cst);
+  if (sleeping->load(std::memory_order_seq_cst) != 0) FutexWake(word);
+}
+
+int Consume(Queue* q, int64_t total, int64_t warmup, bool busy) {
+  std::vector<int64_t> samples;
+  samples.reserve(static_cast<size_t>(total));
+  for (uint32_t taken = 0; taken < total; ++taken) {
+    if (!WaitChange(&q->head, &q->consumer_sleeping, taken, busy)) {
+      std::cerr << "spsc_baseline: no message " << taken << " from the producer" << std::endl;
+      return 1;
+    }
+    const int64_t t1 = NowNs();
+    const Message& m = q->slots[taken % kSlots];
+    if (m.sequence != taken) {
+      std::cerr << "spsc_baseline: message " << m.sequence << ", expected " << taken << std::endl;
+      return 1;
+    }
+    if (taken >= warmup) samples.push_back(t1 - m.stamp_ns);
+    Advance(&q->tail, &q->producer_sleeping, taken + 1);
+  }
+  std::string line = "{\"role\":\"consumer\",\"kind\":\"spsc\",\"busy\":" + std::to_string(busy) +
+                     ",\"samples_ns\":[";
+  for (size_t i = 0; i < samples.size(); ++i) line += (i ? "," : "") + std::to_string(samples[i]);
+  std::printf("%s]}\n", line.c_str());
+  return 0;
+}
+
+bool Produce(Queue* q, int64_t total) {
+  for (uint32_t sent = 0; sent < total; ++sent) {
+    Message& m = q->slots[sent % kSlots];
+    m.sequence = sent;
+    m.stamp_ns = NowNs();
+    Advance(&q->head, &q->consumer_sleeping, sent + 1);
+    if (!WaitChange(&q->tail, &q->producer_sleeping, sent, false)) {  // paced: the consumer took it
+      std::cerr << "spsc_baseline: the consumer did not take message " << sent << std::endl;
+      return false;
+    }
+  }
+  return true;
+}
+
+int64_t Arg(int argc, char** argv, const std::string& name, int64_t fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (argv[i] == "--" + name) return std::atoll(argv[i + 1]);
+  }
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t iters = Arg(argc, argv, "iters", 10000);
+  const int64_t warmup = Arg(argc, argv, "warmup", 100);
+  const bool busy = Arg(argc, argv, "busy", 0) != 0;
+  if (iters <= 0 || warmup < 0 || iters + warmup > INT32_MAX) {
+    std::cerr << "usage: spsc_baseline --iters N [--warmup W] [--busy 1]\n";
+    return 2;
+  }
+  // Mapped before fork, so both processes share it; it goes with the processes.
+  void* memory =
+      ::mmap(nullptr, sizeof(Queue), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) {
+    std::perror("spsc_baseline: mmap");
+    return 1;
+  }
+  auto* q = new (memory) Queue;
+  std::fflush(stdout);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("spsc_baseline: fork");
+    return 1;
+  }
+  if (pid == 0) {
+    const int rc = Consume(q, iters + warmup, warmup, busy);
+    std::fflush(stdout);
+    std::_Exit(rc);
+  }
+  const bool sent = Produce(q, iters + warmup);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!sent || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+  std::printf("{\"role\":\"producer\",\"kind\":\"spsc\"}\n");
+  return 0;
+}

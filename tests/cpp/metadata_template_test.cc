@@ -1,0 +1,248 @@
+// The cached RecordBatch Message, patched per batch, is byte for byte what Arrow's writer
+// produces, and batches published through it read back equal.
+#include <arrow/api.h>
+#include <arrow/ipc/api.h>
+#include <arrow/ipc/writer.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstring>
+#include <random>
+
+#include "flatbuffer_patch.h"
+#include "metadata_template.h"
+#include "shmarrow/consumer.h"
+#include "shmarrow/producer.h"
+#include "test_util.h"
+
+namespace shmarrow {
+namespace {
+
+using internal::BodyList;
+using internal::ListBody;
+using internal::MetadataCache;
+
+constexpr int kTimeoutMs = 10000;  // only ever reached when something is broken
+
+std::shared_ptr<arrow::Schema> MixedSchema() {
+  static const auto schema = arrow::schema({
+      arrow::field("i64", arrow::int64(), false),
+      arrow::field("f64", arrow::float64()),
+      arrow::field("i8", arrow::int8()),
+      arrow::field("ts", arrow::timestamp(arrow::TimeUnit::NANO)),
+      arrow::field("s", arrow::utf8()),
+      arrow::field("ls", arrow::large_utf8()),
+      arrow::field("l", arrow::list(arrow::int32())),
+      arrow::field("st", arrow::struct_({arrow::field("a", arrow::int16()),
+                                         arrow::field("b", arrow::binary())})),
+  });
+  return schema;
+}
+
+/// A batch of `rows` rows, built in `pool`; `null_share` of the values null (0: no bitmaps).
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> RandomBatch(arrow::MemoryPool* pool,
+                                                               std::mt19937& rng, int64_t rows,
+                                                               double null_share) {
+  std::unique_ptr<arrow::ArrayBuilder> builder;
+  ARROW_RETURN_NOT_OK(arrow::MakeBuilder(pool, arrow::struct_(MixedSchema()->fields()), &builder));
+  auto& root = static_cast<arrow::StructBuilder&>(*builder);
+  std::bernoulli_distribution null(null_share);
+  std::uniform_int_distribution<int> small(0, 5);
+  for (int64_t r = 0; r < rows; ++r) {
+    ARROW_RETURN_NOT_OK(root.Append());
+    ARROW_RETURN_NOT_OK(static_cast<arrow::Int64Builder*>(root.field_builder(0))->Append(r));
+    auto* f64 = static_cast<arrow::DoubleBuilder*>(root.field_builder(1));
+    ARROW_RETURN_NOT_OK(null(rng) ? f64->AppendNull() : f64->Append(r * 0.5));
+    auto* i8 = static_cast<arrow::Int8Builder*>(root.field_builder(2));
+    ARROW_RETURN_NOT_OK(null(rng) ? i8->AppendNull() : i8->Append(static_cast<int8_t>(r)));
+    auto* ts = static_cast<arrow::TimestampBuilder*>(root.field_builder(3));
+    ARROW_RETURN_NOT_OK(null(rng) ? ts->AppendNull() : ts->Append(r * 1000));
+    const std::string text(static_cast<size_t>(small(rng)), 'x');
+    auto* s = static_cast<arrow::StringBuilder*>(root.field_builder(4));
+    ARROW_RETURN_NOT_OK(null(rng) ? s->AppendNull() : s->Append(text));
+    auto* ls = static_cast<arrow::LargeStringBuilder*>(root.field_builder(5));
+    ARROW_RETURN_NOT_OK(null(rng) ? ls->AppendNull() : ls->Append(text));
+    auto* l = static_cast<arrow::ListBuilder*>(root.field_builder(6));
+    if (null(rng)) {
+      ARROW_RETURN_NOT_OK(l->AppendNull());
+    } else {
+      ARROW_RETURN_NOT_OK(l->Append());
+      auto* values = static_cast<arrow::Int32Builder*>(l->value_builder());
+      for (int v = small(rng); v > 0; --v) ARROW_RETURN_NOT_OK(values->Append(v));
+    }
+    auto* st = static_cast<arrow::StructBuilder*>(root.field_builder(7));
+    auto* a = static_cast<arrow::Int16Builder*>(st->field_builder(0));
+    auto* b = static_cast<arrow::BinaryBuilder*>(st->field_builder(1));
+    if (null(rng)) {
+      ARROW_RETURN_NOT_OK(st->AppendNull());  // appends a null to each child too
+    } else {
+      ARROW_RETURN_NOT_OK(st->Append());
+      ARROW_RETURN_NOT_OK(a->Append(static_cast<int16_t>(r)));
+      ARROW_RETURN_NOT_OK(b->Append(text));
+    }
+  }
+  std::shared_ptr<arrow::Array> array;
+  ARROW_RETURN_NOT_OK(root.Finish(&array));
+  return arrow::RecordBatch::FromStructArray(array).Map(
+      [](std::shared_ptr<arrow::RecordBatch> batch) {
+        return batch->ReplaceSchema(MixedSchema()).ValueOrDie();
+      });
+}
+
+/// Arrow's Message for `batch`, its buffer offsets set to `offsets` and its body length to
+/// `body_length`, as the ring's Messages are.
+std::vector<uint8_t> ArrowMessage(const arrow::RecordBatch& batch,
+                                  const std::vector<int64_t>& offsets,
+                                  const std::vector<int64_t>& lengths, int64_t body_length) {
+  arrow::ipc::IpcPayload payload;
+  EXPECT_OK(
+      arrow::ipc::GetRecordBatchPayload(batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+  std::vector<uint8_t> bytes(payload.metadata->data(),
+                             payload.metadata->data() + payload.metadata->size());
+  auto fields = internal::RewriteBufferOffsets(bytes.data(), static_cast<int64_t>(bytes.size()),
+                                               offsets, lengths);
+  EXPECT_OK(fields);  // also checks that ListBody gave the lengths Arrow's writer gives
+  if (fields.ok()) internal::SetBodyLength(bytes.data(), *fields, body_length);
+  return bytes;
+}
+
+TEST(MetadataTemplate, PatchedMessagesEqualArrowsWriterByteForByte) {
+  std::mt19937 rng(12);
+  MetadataCache cache;
+  BodyList body;
+  int patched = 0;
+  int remembered = 0;
+  const int64_t row_counts[] = {1, 2, 7, 8, 9, 63, 64, 65, 200, 513};
+  const double null_shares[] = {0.0, 0.3, 1.0};
+  for (int round = 0; round < 3; ++round) {
+    for (int64_t rows : row_counts) {
+      for (double nulls : null_shares) {
+        ASSERT_OK_AND_ASSIGN(auto batch,
+                             RandomBatch(arrow::default_memory_pool(), rng, rows, nulls));
+        if (round == 1) {  // an equal schema object of its own, as a binding may import
+          ASSERT_OK_AND_ASSIGN(batch, batch->ReplaceSchema(arrow::schema(MixedSchema()->fields())));
+        }
+        ASSERT_TRUE(ListBody(*batch, &body)) << rows << " rows";
+        std::vector<int64_t> offsets;
+        for (size_t i = 0; i < body.buffer_lengths.size(); ++i) {
+          offsets.push_back(static_cast<int64_t>(i) * 4096 + rows * 8);
+        }
+        const int64_t body_length = 1 << 20;
+        const auto expected = ArrowMessage(*batch, offsets, body.buffer_lengths, body_length);
+        std::vector<uint8_t> message;
+        if (!cache.Write(*batch, body, offsets, body_length, &message)) {
+          arrow::ipc::IpcPayload payload;
+          ASSERT_OK(arrow::ipc::GetRecordBatchPayload(
+              *batch, arrow::ipc::IpcWriteOptions::Defaults(), &payload));
+          cache.Remember(*batch, body, *payload.metadata);
+          ++remembered;
+          ASSERT_TRUE(cache.Write(*batch, body, offsets, body_length, &message))
+              << "Arrow's Message for " << rows << " rows was not cached";
+        }
+        ++patched;
+        EXPECT_EQ(message, expected) << rows << " rows, null share " << nulls;
+      }
+    }
+  }
+  EXPECT_EQ(patched, 90);
+  EXPECT_EQ(remembered, 1) << "one Message serves every batch of the layout";
+}
+
+TEST(MetadataTemplate, ExactlySizedBuffersAndLongerOnesBothMatch) {
+  // Buffers exactly as long as the values (as a producer building by hand makes them) and
+  // buffers much longer (Arrow then describes only the prefix in use).
+  MetadataCache cache;
+  BodyList body;
+  for (int64_t spare : {int64_t{0}, int64_t{1000}}) {
+    for (int64_t rows : {1, 3, 100}) {
+      ASSERT_OK_AND_ASSIGN(auto values, arrow::AllocateBuffer(rows * 8 + spare));
+      ASSERT_OK_AND_ASSIGN(auto bitmap, arrow::AllocateBuffer((rows + 7) / 8 + spare));
+      std::memset(bitmap->mutable_data(), 0xff, static_cast<size_t>(bitmap->size()));
+      bitmap->mutable_data()[0] = 0xfe;  // row 0 is null
+      auto data =
+          arrow::ArrayData::Make(arrow::int64(), rows, {std::move(bitmap), std::move(values)}, 1);
+      auto batch = arrow::RecordBatch::Make(arrow::schema({arrow::field("v", arrow::int64())}),
+                                            rows, {arrow::MakeArray(data)});
+      ASSERT_TRUE(ListBody(*batch, &body));
+      const std::vector<int64_t> offsets = {64, 128};
+      const auto expected = ArrowMessage(*batch, offsets, body.buffer_lengths, 4096);
+      arrow::ipc::IpcPayload payload;
+      ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(),
+                                                  &payload));
+      cache.Remember(*batch, body, *payload.metadata);
+      std::vector<uint8_t> message;
+      ASSERT_TRUE(cache.Write(*batch, body, offsets, 4096, &message));
+      EXPECT_EQ(message, expected) << rows << " rows, " << spare << " spare bytes";
+    }
+  }
+}
+
+TEST(MetadataTemplate, BatchesArrowRewritesAreLeftToArrow) {
+  std::mt19937 rng(5);
+  BodyList body;
+  ASSERT_OK_AND_ASSIGN(auto batch, RandomBatch(arrow::default_memory_pool(), rng, 20, 0.2));
+  EXPECT_TRUE(ListBody(*batch, &body));
+  EXPECT_FALSE(ListBody(*batch->Slice(3, 5), &body)) << "sliced";
+  EXPECT_FALSE(ListBody(*batch->Slice(0, 0), &body)) << "empty";
+  arrow::Int8Builder indices;
+  ASSERT_OK(indices.AppendValues({0, 1, 0}));
+  arrow::StringBuilder words;
+  ASSERT_OK(words.AppendValues({"a", "b"}));
+  ASSERT_OK_AND_ASSIGN(auto index_array, indices.Finish());
+  ASSERT_OK_AND_ASSIGN(auto word_array, words.Finish());
+  ASSERT_OK_AND_ASSIGN(auto dictionary, arrow::DictionaryArray::FromArrays(
+                                            arrow::dictionary(arrow::int8(), arrow::utf8()),
+                                            index_array, word_array));
+  auto with_dictionary = arrow::RecordBatch::Make(
+      arrow::schema({arrow::field("d", dictionary->type())}), 3, {dictionary});
+  EXPECT_FALSE(ListBody(*with_dictionary, &body)) << "dictionary";
+  arrow::BooleanBuilder flag_builder;
+  ASSERT_OK(flag_builder.AppendValues(std::vector<bool>{true, false}));
+  ASSERT_OK_AND_ASSIGN(auto flags, flag_builder.Finish());
+  EXPECT_FALSE(ListBody(
+      *arrow::RecordBatch::Make(arrow::schema({arrow::field("b", arrow::boolean())}), 2, {flags}),
+      &body))
+      << "boolean";
+}
+
+TEST(MetadataTemplate, RingBatchesOfEveryShapeReadBackEqual) {
+  const std::string address = test_util::UniqueAbstractName("metadata");
+  ProducerOptions options;
+  options.mode = MemoryMode::kRing;
+  options.ring_size = 8 << 20;
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, MixedSchema(), options));
+  ConsumerOptions consumer_options;
+  consumer_options.read_timeout_ms = kTimeoutMs;
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, consumer_options));
+  // A projection's Message comes from Arrow's writer, placed after the whole batch's (whose
+  // copies of heap-built buffers it must leave alone).
+  ConsumerOptions projected_options = consumer_options;
+  projected_options.columns = {"s", "l"};
+  ASSERT_OK_AND_ASSIGN(auto projected, Consumer::Connect(address, projected_options));
+  ASSERT_OK(producer->WaitForConsumers(2, kTimeoutMs));
+  std::mt19937 rng(7);
+  std::vector<std::shared_ptr<arrow::RecordBatch>> sent;
+  for (int i = 0; i < 60; ++i) {
+    const int64_t rows = std::array<int64_t, 5>{1, 2, 17, 100, 0}[i % 5];
+    // Built in the ring and on the heap (copied in), whole or sliced.
+    arrow::MemoryPool* pool = i % 3 == 0 ? arrow::default_memory_pool() : producer->pool();
+    ASSERT_OK_AND_ASSIGN(auto batch, RandomBatch(pool, rng, rows + 4, (i % 4) * 0.25));
+    batch = i % 7 == 6 ? batch->Slice(2, rows) : batch->Slice(0, rows + 4);
+    ASSERT_OK(producer->Publish(batch));
+    sent.push_back(batch);
+    std::shared_ptr<arrow::RecordBatch> received;
+    ASSERT_OK(consumer->ReadNext(&received));
+    ASSERT_NE(received, nullptr);
+    std::shared_ptr<arrow::RecordBatch> received_columns;
+    ASSERT_OK(projected->ReadNext(&received_columns));
+    ASSERT_NE(received_columns, nullptr);
+    ASSERT_OK_AND_ASSIGN(auto columns, batch->SelectColumns({4, 6}));
+    EXPECT_TRUE(received_columns->Equals(*columns)) << "batch " << i << ", projected";
+    EXPECT_TRUE(received->Equals(*batch)) << "batch " << i << "\n"
+                                          << received->ToString() << "\n"
+                                          << batch->ToString();
+  }
+}
+
+}  // namespace
+}  // namespace shmarrow
