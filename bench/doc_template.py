@@ -320,9 +320,9 @@ def notes(results):
             f"{_range(uds)}. Both pay the wake-up of a blocked process, which is of the same "
             "order as the in-process thread hand-over here; a 1-row batch has only a few hundred "
             "bytes that ring mode does not copy, so the socket's copies cost little. A ring "
-            "consumer that goes to sleep also tells the producer so (Waiting, read by the "
-            "producer's I/O thread) and is woken by a Wake message: one more message and one more "
-            "thread woken per sleep than the socket's stream, on two vCPUs. The ranges are the "
+            "consumer (protocol 1.2) that goes to sleep says so in its own wake region and waits on "
+            "a futex in its queue's header; the publishing thread wakes it itself (one FUTEX_WAKE, "
+            "no message, no hop through the producer's I/O thread). The ranges are the "
             "p50 of each interleaved repetition: how idle the vCPUs were moves them.")
         if ring_busy and uds_busy:
             text += (
@@ -330,8 +330,8 @@ def notes(results):
                 f"{_range(uds_busy)}. A busy-polling ring consumer watches its queue's count "
                 "in the ring; the system calls each side still makes per batch are counted in the "
                 "table above. Besides them there is `Publish` "
-                "(Arrow's `GetRecordBatchPayload`, the flatbuffer copied into the ring and patched, "
-                "the queue entry) and on the consumer Arrow's `ReadRecordBatch` and `ValidateFull`. "
+                "(a cached RecordBatch Message patched with the batch's lengths and offsets, the "
+                "queue entry) and on the consumer Arrow's `ReadRecordBatch` and `ValidateFull`. "
                 "Arrow's socket reader makes several `recv` calls a message (prefix, flatbuffer, "
                 "body) and copies the body. Busy-polling needs a CPU per waiting consumer: on this "
                 "two-vCPU machine the spinning consumer competes with the producer's threads, and "
@@ -355,8 +355,8 @@ def notes(results):
             text += (
                 f" The producer alone, building and publishing the same batches with no consumer "
                 f"(no message sent), reaches {alone['batches_per_s']:,.0f}/s: that much of each "
-                "batch's cost is building three Arrow arrays and writing their IPC metadata with "
-                "Arrow's writer, before any transport.")
+                "batch's cost is building three Arrow arrays and writing their IPC metadata, "
+                "before any transport.")
         if one.get("consumer_cpu_us_per_batch"):
             text += (
                 f" Each batch cost {one['producer_cpu_us_per_batch']:.2f} µs of CPU in the producer "
@@ -366,8 +366,9 @@ def notes(results):
                 "together under 4 µs, on a machine where nothing else runs.")
         text += (
             " Batches travel through the consumer's queue in the ring and releases go back one "
-            "message per quarter of the credits while the consumer is behind, so there is no "
-            "system call per batch on either side; what is left per batch is building the Arrow "
+            "message per quarter of the credits while the consumer is behind (the system calls "
+            "per batch each side makes are counted in the table above); what is left per batch is "
+            "building the Arrow "
             "objects on both sides (Arrow's allocations below), the queue's bookkeeping and, when "
             "the producer gets ahead by its credits, waiting for releases.")
         parts.append(text)
