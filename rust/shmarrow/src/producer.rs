@@ -502,7 +502,9 @@ impl Producer {
     /// Reads the Hello of a new connection and answers Welcome or Error.
     fn greet(&mut self, socket: OwnedFd) {
         let hello = match sys::receive(socket.as_fd(), &mut self.receive_buffer) {
-            Ok(Some(received)) if received.bytes > 0 && received.fds.is_empty() => {
+            // A 1.2 consumer sends its wake region with the Hello: this producer speaks 1.1, so
+            // the fd is closed (dropped with `received`) and the Welcome tells it to fall back.
+            Ok(Some(received)) if received.bytes > 0 => {
                 let mut reader = Reader::new(&self.receive_buffer[..received.bytes]);
                 reader.header().and_then(|h| match h.kind {
                     Type::Hello => reader.hello(),
@@ -510,7 +512,7 @@ impl Producer {
                 })
             }
             Ok(None) => return self.waiting.push(socket), // woken for nothing: still waiting
-            Ok(Some(_)) => Err(Error::Protocol("a Hello must be a message without fds".into())),
+            Ok(Some(_)) => Err(Error::Protocol("empty Hello".into())),
             Err(error) => Err(error),
         };
         let hello = match hello {
