@@ -22,8 +22,11 @@ def _positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def _finite_nonneg(value):
-    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+def _differenced(value, floor):
+    """A per-batch figure from the difference of two runs' totals: where nothing happens per batch
+    (no allocation, no system call) the runs' fixed costs, which vary a little, can leave it just
+    below zero; once per batch makes it at least 1."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > floor
 
 
 def test_bench_quick(tmp_path):
@@ -82,7 +85,8 @@ def test_bench_quick(tmp_path):
     for h in results["heap"]:
         for key, value in h.items():
             if key.endswith("_per_batch"):
-                assert _finite_nonneg(value), (key, value)
+                floor = -1 if key.endswith("_calls_per_batch") else -4096
+                assert _differenced(value, floor), (key, value)
             elif key.endswith("_kb"):
                 assert _positive(value), (key, value)
 
@@ -107,7 +111,7 @@ def _check_syscalls(results):
     calls = {r["route"]: r for r in results["syscalls"]["rows"]}
     assert set(calls) == {"ring", "ring_busy", "ring_throughput", "uds", "uds_busy", "spsc", "spsc_busy"}
     for r in calls.values():
-        assert _finite_nonneg(r["producer_per_batch"]) and _finite_nonneg(r["consumer_per_batch"]), r
+        assert _differenced(r["producer_per_batch"], -1) and _differenced(r["consumer_per_batch"], -1), r
     # Arrow's socket stream makes a system call per batch on each side at the least.
     assert calls["uds"]["producer_per_batch"] >= 1 and calls["uds"]["consumer_per_batch"] >= 1
 
