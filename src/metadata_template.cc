@@ -4,6 +4,7 @@
 #include <arrow/ipc/util.h>
 #include <arrow/type.h>
 #include <arrow/util/bit_util.h>
+#include <arrow/util/ubsan.h>
 
 #include <algorithm>
 #include <cstring>
@@ -45,10 +46,12 @@ int64_t AddOffsets(const ArrayData& data, BodyList* out) {
   if (data.length == 0) return -1;
   const int64_t required = static_cast<int64_t>(sizeof(Offset)) * (data.length + 1);
   if (buffer == nullptr || buffer->size() < required || !buffer->is_cpu()) return -1;
-  const auto* offsets = reinterpret_cast<const Offset*>(buffer->data());
-  if (offsets[0] != 0) return -1;
+  // A buffer from elsewhere (a Flight DoPut's gRPC message) need not be aligned for Offset.
+  const uint8_t* offsets = buffer->data();
+  if (arrow::util::SafeLoadAs<Offset>(offsets) != 0) return -1;
   Add(out, buffer, required);
-  return static_cast<int64_t>(offsets[data.length]);
+  return static_cast<int64_t>(
+      arrow::util::SafeLoadAs<Offset>(offsets + sizeof(Offset) * static_cast<size_t>(data.length)));
 }
 
 bool ListArray(const ArrayData& data, BodyList* out, int depth);
