@@ -45,7 +45,10 @@ class ResponseWriterImpl final : public ResponseWriter {
 
 ProducerImpl::ProducerImpl(std::string address, std::shared_ptr<arrow::Schema> schema,
                            ProducerOptions options)
-    : address_(std::move(address)), options_(std::move(options)), schema_(std::move(schema)) {}
+    : address_(std::move(address)),
+      options_(std::move(options)),
+      schema_(std::move(schema)),
+      handler_(options_.request_handler) {}
 
 arrow::Status ProducerImpl::Start() {
   ARROW_ASSIGN_OR_RAISE(memory_, ProducerMemory::Create(options_));

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
 #include "commands.h"
@@ -52,10 +53,28 @@ class Progress {
   Clock::time_point shown_{};
 };
 
+/// The published schema, read by the request handler on the producer's threads.
+class CurrentSchema {
+ public:
+  explicit CurrentSchema(std::shared_ptr<arrow::Schema> schema) : schema_(std::move(schema)) {}
+  std::shared_ptr<arrow::Schema> Get() const {
+    std::lock_guard lock(mutex_);
+    return schema_;
+  }
+  void Set(std::shared_ptr<arrow::Schema> schema) {
+    std::lock_guard lock(mutex_);
+    schema_ = std::move(schema);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::shared_ptr<arrow::Schema> schema_;
+};
+
 /// The request handler of --serve-requests: "rows=N" answers with one generated batch of N rows
 /// of the current schema.
-arrow::Status ServeRequest(Producer& producer, std::string_view request, ResponseWriter& response,
-                           uint64_t seed, double null_fraction) {
+arrow::Status ServeRequest(const CurrentSchema& current, std::string_view request,
+                           ResponseWriter& response, uint64_t seed, double null_fraction) {
   constexpr std::string_view kRows = "rows=";
   int64_t rows = -1;
   if (request.substr(0, kRows.size()) == kRows) {
@@ -67,7 +86,7 @@ arrow::Status ServeRequest(Producer& producer, std::string_view request, Respons
   if (rows < 0) return arrow::Status::Invalid("unknown request '", request, "'");
   arrow::MemoryPool* pool = response.pool();
   if (pool == nullptr) return arrow::Status::OutOfMemory("no shared memory for the answer");
-  BatchGenerator generator(producer.schema(), seed, null_fraction);
+  BatchGenerator generator(current.Get(), seed, null_fraction);
   ARROW_ASSIGN_OR_RAISE(auto batch, generator.Next(rows, pool));
   return response.Write(batch);
 }
@@ -129,16 +148,19 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
     if (!parsed.ok()) return UsageError("--schema: " + parsed.status().message());
     schema = *parsed;
   }
-  ARROW_ASSIGN_OR_RAISE(auto producer, Producer::Listen(socket, schema, options));
+  // Installed before listening, so that no request finds the producer without its handler.
+  auto current_schema = std::make_shared<CurrentSchema>(schema);
   if (serve_requests) {
     auto requests = std::make_shared<std::atomic<uint64_t>>(0);
-    Producer* self = producer.get();  // the handler dies with the producer
-    producer->SetRequestHandler(
-        [self, requests, seed, null_fraction](std::string_view request, ResponseWriter& response) {
-          const uint64_t request_seed = static_cast<uint64_t>(seed) + 0x9E3779B9ULL * ++*requests;
-          return ServeRequest(*self, request, response, request_seed, null_fraction);
-        });
+    // Init-captures: clang before 16 cannot capture structured bindings by name.
+    options.request_handler = [current_schema, requests, seed = seed,
+                               null_fraction = null_fraction](std::string_view request,
+                                                              ResponseWriter& response) {
+      const uint64_t request_seed = static_cast<uint64_t>(seed) + 0x9E3779B9ULL * ++*requests;
+      return ServeRequest(*current_schema, request, response, request_seed, null_fraction);
+    };
   }
+  ARROW_ASSIGN_OR_RAISE(auto producer, Producer::Listen(socket, schema, options));
   std::cerr << "shmarrow send: " << mode << " producer listening on " << socket;
   if (wait_consumers > 0) std::cerr << "; waiting for " << wait_consumers << " consumer(s)";
   std::cerr << std::endl;
@@ -156,6 +178,7 @@ arrow::Status RunPublish(Args& args, const std::string& mode) {
       // Same columns plus an int64 column "extra" (its values come from a second generator).
       schema = *schema->AddField(schema->num_fields(), arrow::field("extra", arrow::int64()));
       ARROW_RETURN_NOT_OK(producer->ChangeSchema(schema));
+      current_schema->Set(schema);
       generator = BatchGenerator(schema, static_cast<uint64_t>(seed) + 1, null_fraction);
     }
     if (rate > 0) {

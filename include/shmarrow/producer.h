@@ -17,6 +17,20 @@
 
 namespace shmarrow {
 
+/// Streams the batches answering one request to the consumer that sent it.
+class ResponseWriter {
+ public:
+  virtual ~ResponseWriter() = default;
+  /// Memory to build response batches in (as Producer::pool()).
+  virtual arrow::MemoryPool* pool() = 0;
+  [[nodiscard]] virtual arrow::Status Write(const std::shared_ptr<arrow::RecordBatch>& batch) = 0;
+};
+
+/// Answers a request: the bytes the consumer sent, and where to write the answer. A non-OK status
+/// reaches the requester as an error with its message.
+using RequestHandler =
+    std::function<arrow::Status(std::string_view request, ResponseWriter& response)>;
+
 struct ProducerOptions {
   /// Where batches live in shared memory (see MemoryMode).
   MemoryMode mode = MemoryMode::kRing;
@@ -54,21 +68,10 @@ struct ProducerOptions {
   int request_timeout_ms = 10000;
   /// Which pages back the shared memory (the ring, sealed mode's arenas); see PagePolicy.
   PagePolicy pages = PagePolicy::kAuto;
+  /// Answers consumers' requests from the first connection on (as SetRequestHandler, without the
+  /// moment after Listen when a request would be refused). Empty: none until SetRequestHandler.
+  RequestHandler request_handler;
 };
-
-/// Streams the batches answering one request to the consumer that sent it.
-class ResponseWriter {
- public:
-  virtual ~ResponseWriter() = default;
-  /// Memory to build response batches in (as Producer::pool()).
-  virtual arrow::MemoryPool* pool() = 0;
-  [[nodiscard]] virtual arrow::Status Write(const std::shared_ptr<arrow::RecordBatch>& batch) = 0;
-};
-
-/// Answers a request: the bytes the consumer sent, and where to write the answer. A non-OK status
-/// reaches the requester as an error with its message.
-using RequestHandler =
-    std::function<arrow::Status(std::string_view request, ResponseWriter& response)>;
 
 /// Listens on a UNIX SOCK_SEQPACKET socket ("@name": abstract namespace) and serves the protocol of
 /// docs/protocol.md on a background thread. Thread-safe.

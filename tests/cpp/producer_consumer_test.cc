@@ -619,6 +619,21 @@ TEST_P(ProducerConsumerTest, RequestsAreAnsweredOnTheirOwnStreams) {
   EXPECT_TRUE(consumer->schema()->Equals(*TestSchema()));  // the published stream's, unchanged
 }
 
+TEST_P(ProducerConsumerTest, HandlerInTheOptionsAnswersTheFirstRequest) {
+  const std::string address = NextAddress();
+  ProducerOptions options = Options();
+  options.request_handler = AnswerRequest;
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, TestSchema(), options));
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, ConsumerOpts()));
+  ASSERT_OK_AND_ASSIGN(auto first, consumer->Request("4"));
+  ExpectAnswer(*first, 4);
+  // SetRequestHandler still replaces it.
+  producer->SetRequestHandler([](std::string_view, ResponseWriter&) {
+    return arrow::Status::Invalid("the replacement");
+  });
+  EXPECT_ERROR_CONTAINS(consumer->Request("5"), "the replacement");
+}
+
 TEST_P(ProducerConsumerTest, HandlerErrorsReachTheRequester) {
   const std::string address = NextAddress();
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, TestSchema(), Options()));
