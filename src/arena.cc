@@ -102,8 +102,8 @@ arrow::Result<UniqueFd> Arena::SealAt(int64_t size) {
     return arrow::Status::Invalid("cannot seal arena at ", size, ": front is at ", front_);
   }
   sealed_ = true;
-  // A hugetlb file ends on a huge page; the stream inside still ends at `size`.
-  const int64_t file_size = RoundUpForPages(size, pages_);
+  // A file may end on a huge page (SealedFileSize); the stream inside still ends at `size`.
+  const int64_t file_size = SealedFileSize(size, pages_);
   ARROW_RETURN_NOT_OK(mapping_.RemapReadOnlyPrivate(memfd_.fd(), file_size));
   ARROW_RETURN_NOT_OK(memfd_.Resize(file_size));
   ARROW_RETURN_NOT_OK(memfd_.AddSeals(kImmutableSeals));
