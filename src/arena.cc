@@ -13,11 +13,6 @@
 namespace shmarrow::internal {
 namespace {
 constexpr int64_t kCommitChunk = int64_t{2} << 20;
-// The first commit of an arena, one page; each later one doubles what is committed, up to
-// kCommitChunk. Every page committed and left unused is zeroed, then freed when the sealed file is
-// trimmed: a first commit of 64 KiB made a 1 KiB sealed hand-over about 5 µs slower and a 1 MiB
-// one about 10 µs (development machine, 3 interleaved runs), a first commit of 2 MiB most of it.
-constexpr int64_t kFirstCommit = int64_t{4} << 10;
 
 // Zero-byte allocations get this address, as Arrow's own pools do: never in the arena, never freed.
 alignas(kArenaAlignment) uint8_t zero_size_area[1];
@@ -51,14 +46,17 @@ int64_t Arena::front() const {
 
 arrow::Status Arena::CommitUpTo(int64_t end) {
   if (end <= committed_) return arrow::Status::OK();
-  // hugetlb memory commits whole huge pages.
-  const int64_t step = pages_ == PagePolicy::kHugetlb
-                           ? kCommitChunk
-                           : std::clamp(committed_, kFirstCommit, kCommitChunk);
+  // Commits round up to a step that starts at one page and doubles with each commit, up to
+  // kCommitChunk: few fallocate calls for a builder that grows a block bit by bit, and little
+  // committed past the end (allocated, then freed when the sealed file is trimmed) where a
+  // large block is followed by a small one, as a batch's Message follows its body. hugetlb
+  // memory commits whole huge pages.
+  const int64_t step = pages_ == PagePolicy::kHugetlb ? kCommitChunk : commit_step_;
   const int64_t new_committed = std::min(arrow::bit_util::RoundUp(end, step), capacity_);
   ARROW_RETURN_NOT_OK(
       CommitPages(memfd_, mapping_.data(), committed_, new_committed - committed_, pages_));
   committed_ = new_committed;
+  commit_step_ = std::min(commit_step_ * 2, kCommitChunk);
   return arrow::Status::OK();
 }
 
