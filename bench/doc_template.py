@@ -65,7 +65,11 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
      sleeping while the producer builds the next batch (up to about a second at 1 GiB); and the
      same once more with one batch built once and published again each time (`--reuse 1`; only
      the stamp is written), as the socket route does, so that the producer has not just written
-     the whole payload through its caches when it publishes.
+     the whole payload through its caches when it publishes; and the smallest batch published
+     right after the producer wrote as many bytes as the largest into memory of its own
+     (`--cold-bytes`): the caches as after building the largest batch, few bytes handed over. The
+     three interleaved, three repetitions, median and min–max of the repetitions' medians. (The
+     consumer keeps spinning through the build: its voluntary context switches do not grow.)
    - *shmarrow ring, Rust consumer* and *shmarrow ring, Rust consumer, busy-polling* (every size):
      the same C++ producer, its forked consumer replaced by the Rust crate's
      (`handover_bench --consumer-exec "shmarrow-rs bench-handover"`): `Consumer::next_batch`
