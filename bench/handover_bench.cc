@@ -3,7 +3,7 @@
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
 //                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
 //                             [--cold-bytes C (ring, sealed: before each publish the producer
-//                              writes C bytes of memory of its own, as building a C-byte batch does)]
+//                              writes C bytes of its own memory, as building C bytes does)]
 //                             [--consumer-exec "PROGRAM ARGS" (ring, sealed: that consumer, not C++)]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
@@ -476,14 +476,16 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
             // changes), as the socket route does: the producer's caches are not cold from
             // writing the payload just before the hand-over.
             std::shared_ptr<arrow::RecordBatch> built;
-            std::vector<int64_t> elsewhere(static_cast<size_t>(std::max<int64_t>(cold_bytes, 0) / 8));
+            std::vector<int64_t> elsewhere(
+                static_cast<size_t>(std::max<int64_t>(cold_bytes, 0) / 8));
             for (int64_t i = 0; i < total; ++i) {
               std::shared_ptr<arrow::RecordBatch> batch = built;
               if (batch == nullptr) {
                 ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
               }
               if (reuse) built = batch;
-              for (size_t k = 0; k < elsewhere.size(); ++k) elsewhere[k] = static_cast<int64_t>(k) + i;
+              for (size_t k = 0; k < elsewhere.size(); ++k)
+                elsewhere[k] = static_cast<int64_t>(k) + i;
               if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
               FirstValue(*batch)[0] = NowNs();
               ARROW_RETURN_NOT_OK(producer->Publish(batch));

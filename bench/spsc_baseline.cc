@@ -13,7 +13,8 @@
 // (it sleeps on the consumer's cursor, outside the timed path). --busy 1: the consumer spins on
 // the queue instead of sleeping. The controls for handover_bench's rows of the same names: before
 // stamping each message the producer sleeps P ms (--settle-ms: both processes idle) or writes C
-// bytes of memory of its own (--cold-bytes: the producer busy, as when it builds a large batch). The consumer prints one JSON line on stdout,
+// bytes of memory of its own (--cold-bytes: the producer busy, as when it builds a large batch).
+// The consumer prints one JSON line on stdout,
 // {"role":"consumer","kind":"spsc","busy":B,"samples_ns":[...]}; the producer one with its role.
 #include <linux/futex.h>
 #include <sys/mman.h>

@@ -81,8 +81,8 @@ bool ShmemHugeOnlyThroughAdvisedFaults() { return ShmemEnabled() == "advise"; }
 int64_t SealedFileSize(int64_t size, PagePolicy policy) {
   if (policy != PagePolicy::kAuto || size <= kHugePageSize) return RoundUpForPages(size, policy);
   const std::string& shmem = ShmemEnabled();
-  const bool huge = shmem == "advise" || shmem == "always" || shmem == "within_size" ||
-                    shmem == "force";
+  const bool huge =
+      shmem == "advise" || shmem == "always" || shmem == "within_size" || shmem == "force";
   return huge ? arrow::bit_util::RoundUp(size, kHugePageSize) : size;
 }
 
