@@ -2,6 +2,8 @@
 //
 //   handover_bench handover   --transport ring|sealed|uds|inproc --bytes S --iters N [--settle-ms P]
 //                             [--busy-poll-us U] [--reuse 1 (ring: publish one batch again and again)]
+//                             [--cold-bytes C (ring, sealed: before each publish the producer
+//                              writes C bytes of its own memory, as building C bytes does)]
 //                             [--consumer-exec "PROGRAM ARGS" (ring, sealed: that consumer, not C++)]
 //   handover_bench latency    --transport ring|uds --iters N [--warmup W] [--busy-poll-us U]
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
@@ -425,8 +427,12 @@ arrow::Status UdsConsume(int fd, int64_t warmup, bool busy, std::vector<int64_t>
 // Hand-over (and small-batch latency, which is the same loop with 1-row batches).
 // settle_ms: the producer pauses that long between building a batch and publishing it (the
 // consumer sits idle meanwhile), the control for idle wake-up cost.
+// cold_bytes: before each publish the producer writes that many bytes of a buffer of its own
+// (allocated and faulted in once), which leaves the caches as cold as building a batch that
+// large does, whatever the batch's size: the control that tells the transport's cost of a size
+// from the machine's cost of having just written that much.
 int RunPaced(const std::string& kind, const std::string& transport, int64_t bytes, int64_t iters,
-             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse,
+             int64_t warmup, int settle_ms, int busy_poll_us, bool reuse, int64_t cold_bytes,
              const std::string& consumer_exec) {
   const bool small = kind == "latency";
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
@@ -470,12 +476,16 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
             // changes), as the socket route does: the producer's caches are not cold from
             // writing the payload just before the hand-over.
             std::shared_ptr<arrow::RecordBatch> built;
+            std::vector<int64_t> elsewhere(
+                static_cast<size_t>(std::max<int64_t>(cold_bytes, 0) / 8));
             for (int64_t i = 0; i < total; ++i) {
               std::shared_ptr<arrow::RecordBatch> batch = built;
               if (batch == nullptr) {
                 ARROW_ASSIGN_OR_RAISE(batch, make_in(producer->pool(), i));
               }
               if (reuse) built = batch;
+              for (size_t k = 0; k < elsewhere.size(); ++k)
+                elsewhere[k] = static_cast<int64_t>(k) + i;
               if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
               FirstValue(*batch)[0] = NowNs();
               ARROW_RETURN_NOT_OK(producer->Publish(batch));
@@ -801,7 +811,7 @@ int main(int argc, char** argv) {
                     a.Int("warmup", a.command == "latency" ? 100 : 1),
                     static_cast<int>(a.Int("settle-ms", 0)),
                     static_cast<int>(a.Int("busy-poll-us", 0)), a.Int("reuse", 0) != 0,
-                    a.Get("consumer-exec", ""));
+                    a.Int("cold-bytes", 0), a.Get("consumer-exec", ""));
   }
   if (a.command == "e2e") {
     return RunE2e(a.Get("mode", "two"), a.Int("bytes", 16 << 20),

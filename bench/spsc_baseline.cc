@@ -5,13 +5,16 @@
 // between processes), the mechanism shmarrow's control plane uses. Nothing else: no Arrow, no
 // metadata, no validation, no release.
 //
-//   spsc_baseline --iters N [--warmup W] [--busy 1]
+//   spsc_baseline --iters N [--warmup W] [--busy 1] [--settle-ms P] [--cold-bytes C]
 //
 // Paced one-way latency, like handover_bench latency: the producer writes CLOCK_MONOTONIC into
 // the message just before publishing it, the consumer subtracts it from the time it holds the
 // message, and the producer sends the next message only once the consumer has taken this one
 // (it sleeps on the consumer's cursor, outside the timed path). --busy 1: the consumer spins on
-// the queue instead of sleeping. The consumer prints one JSON line on stdout,
+// the queue instead of sleeping. The controls for handover_bench's rows of the same names: before
+// stamping each message the producer sleeps P ms (--settle-ms: both processes idle) or writes C
+// bytes of memory of its own (--cold-bytes: the producer busy, as when it builds a large batch).
+// The consumer prints one JSON line on stdout,
 // {"role":"consumer","kind":"spsc","busy":B,"samples_ns":[...]}; the producer one with its role.
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -21,6 +24,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +33,7 @@
 #include <iostream>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -120,8 +125,11 @@ int Consume(Queue* q, int64_t total, int64_t warmup, bool busy) {
   return 0;
 }
 
-bool Produce(Queue* q, int64_t total) {
+bool Produce(Queue* q, int64_t total, int64_t settle_ms, int64_t cold_bytes) {
+  std::vector<int64_t> elsewhere(static_cast<size_t>(cold_bytes / 8));
   for (uint32_t sent = 0; sent < total; ++sent) {
+    if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
+    for (size_t k = 0; k < elsewhere.size(); ++k) elsewhere[k] = static_cast<int64_t>(k) + sent;
     Message& m = q->slots[sent % kSlots];
     m.sequence = sent;
     m.stamp_ns = NowNs();
@@ -147,8 +155,11 @@ int main(int argc, char** argv) {
   const int64_t iters = Arg(argc, argv, "iters", 10000);
   const int64_t warmup = Arg(argc, argv, "warmup", 100);
   const bool busy = Arg(argc, argv, "busy", 0) != 0;
-  if (iters <= 0 || warmup < 0 || iters + warmup > INT32_MAX) {
-    std::cerr << "usage: spsc_baseline --iters N [--warmup W] [--busy 1]\n";
+  const int64_t settle_ms = Arg(argc, argv, "settle-ms", 0);
+  const int64_t cold_bytes = Arg(argc, argv, "cold-bytes", 0);
+  if (iters <= 0 || warmup < 0 || iters + warmup > INT32_MAX || settle_ms < 0 || cold_bytes < 0) {
+    std::cerr << "usage: spsc_baseline --iters N [--warmup W] [--busy 1] [--settle-ms P] "
+                 "[--cold-bytes C]\n";
     return 2;
   }
   // Mapped before fork, so both processes share it; it goes with the processes.
@@ -170,7 +181,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::_Exit(rc);
   }
-  const bool sent = Produce(q, iters + warmup);
+  const bool sent = Produce(q, iters + warmup, settle_ms, cold_bytes);
   int status = 0;
   ::waitpid(pid, &status, 0);
   if (!sent || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;

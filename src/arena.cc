@@ -13,10 +13,6 @@
 namespace shmarrow::internal {
 namespace {
 constexpr int64_t kCommitChunk = int64_t{2} << 20;
-// The first commit of an arena; each later one doubles what is committed, up to kCommitChunk.
-// Small batches then commit (and at sealing give back) 64 KiB, not 2 MiB: zeroing and freeing the
-// unused rest of 2 MiB was most of a small sealed batch's cost.
-constexpr int64_t kFirstCommit = int64_t{64} << 10;
 
 // Zero-byte allocations get this address, as Arrow's own pools do: never in the arena, never freed.
 alignas(kArenaAlignment) uint8_t zero_size_area[1];
@@ -50,14 +46,17 @@ int64_t Arena::front() const {
 
 arrow::Status Arena::CommitUpTo(int64_t end) {
   if (end <= committed_) return arrow::Status::OK();
-  // hugetlb memory commits whole huge pages.
-  const int64_t step = pages_ == PagePolicy::kHugetlb
-                           ? kCommitChunk
-                           : std::clamp(committed_, kFirstCommit, kCommitChunk);
+  // Commits round up to a step that starts at one page and doubles with each commit, up to
+  // kCommitChunk: few fallocate calls for a builder that grows a block bit by bit, and little
+  // committed past the end (allocated, then freed when the sealed file is trimmed) where a
+  // large block is followed by a small one, as a batch's Message follows its body. hugetlb
+  // memory commits whole huge pages.
+  const int64_t step = pages_ == PagePolicy::kHugetlb ? kCommitChunk : commit_step_;
   const int64_t new_committed = std::min(arrow::bit_util::RoundUp(end, step), capacity_);
   ARROW_RETURN_NOT_OK(
       CommitPages(memfd_, mapping_.data(), committed_, new_committed - committed_, pages_));
   committed_ = new_committed;
+  commit_step_ = std::min(commit_step_ * 2, kCommitChunk);
   return arrow::Status::OK();
 }
 
@@ -102,8 +101,8 @@ arrow::Result<UniqueFd> Arena::SealAt(int64_t size) {
     return arrow::Status::Invalid("cannot seal arena at ", size, ": front is at ", front_);
   }
   sealed_ = true;
-  // A hugetlb file ends on a huge page; the stream inside still ends at `size`.
-  const int64_t file_size = RoundUpForPages(size, pages_);
+  // A file may end on a huge page (SealedFileSize); the stream inside still ends at `size`.
+  const int64_t file_size = SealedFileSize(size, pages_);
   ARROW_RETURN_NOT_OK(mapping_.RemapReadOnlyPrivate(memfd_.fd(), file_size));
   ARROW_RETURN_NOT_OK(memfd_.Resize(file_size));
   ARROW_RETURN_NOT_OK(memfd_.AddSeals(kImmutableSeals));

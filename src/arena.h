@@ -65,6 +65,7 @@ class Arena {
   mutable std::mutex mutex_;
   int64_t front_ = 0;
   int64_t committed_ = 0;
+  int64_t commit_step_ = 4096;  // what the next commit rounds up to (see CommitUpTo)
   bool sealed_ = false;
 };
 

@@ -57,18 +57,34 @@ arrow::Status AdviseHugePages(uint8_t* base, int64_t size, PagePolicy policy) {
 }
 
 namespace {
-/// shmem_enabled is `advise` (read once per process): the kernel then gives a MADV_HUGEPAGE
-/// mapping huge pages when it faults them in, but fallocate on the file only 4 KiB pages.
-bool ShmemHugeOnlyThroughAdvisedFaults() {
-  static const bool advise = [] {
+/// The bracketed choice of shmem_enabled ("always within_size [advise] never deny force"), read
+/// once per process; empty where the kernel has no transparent huge pages.
+const std::string& ShmemEnabled() {
+  static const std::string chosen = [] {
     std::ifstream in("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
     std::string setting;
     std::getline(in, setting);
-    return setting.find("[advise]") != std::string::npos;
+    const auto open = setting.find('['), close = setting.find(']');
+    if (open == std::string::npos || close == std::string::npos || close < open) {
+      return std::string();
+    }
+    return setting.substr(open + 1, close - open - 1);
   }();
-  return advise;
+  return chosen;
 }
+
+/// shmem_enabled is `advise`: the kernel then gives a MADV_HUGEPAGE mapping huge pages when it
+/// faults them in, but fallocate on the file only 4 KiB pages.
+bool ShmemHugeOnlyThroughAdvisedFaults() { return ShmemEnabled() == "advise"; }
 }  // namespace
+
+int64_t SealedFileSize(int64_t size, PagePolicy policy) {
+  if (policy != PagePolicy::kAuto || size <= kHugePageSize) return RoundUpForPages(size, policy);
+  const std::string& shmem = ShmemEnabled();
+  const bool huge =
+      shmem == "advise" || shmem == "always" || shmem == "within_size" || shmem == "force";
+  return huge ? arrow::bit_util::RoundUp(size, kHugePageSize) : size;
+}
 
 arrow::Status CommitPages(Memfd& memfd, uint8_t* base, int64_t offset, int64_t length,
                           PagePolicy policy) {

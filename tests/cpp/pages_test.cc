@@ -3,11 +3,14 @@
 // pages fails when the memory is created, naming nr_hugepages.
 #include <arrow/api.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <string>
 
+#include "arena.h"
 #include "mapping.h"
 #include "memfd.h"
 #include "pages.h"
@@ -203,6 +206,29 @@ TEST(PagesTest, MappingsStartAtHugePageBoundaries) {
       EXPECT_EQ(reinterpret_cast<uintptr_t>(mapping.data()) % kHugePageSize, 0u) << size;
     }
     EXPECT_EQ(mapping.size(), size);
+  }
+}
+
+// A sealed arena's stream past its first 2 MiB ends its file on a huge page where kAuto gets
+// huge pages (truncating inside one would zero its tail and split it), at the stream's own size
+// elsewhere; either way the stream's bytes are intact and what follows them reads as zeros.
+TEST(PagesTest, SealedArenaEndsOnAHugePageWhereItsPagesAreHuge) {
+  for (const PagePolicy policy : {PagePolicy::kAuto, PagePolicy::kOff}) {
+    ASSERT_OK_AND_ASSIGN(auto arena,
+                         internal::Arena::Create("pages-seal", 8 * kHugePageSize, policy));
+    const int64_t size = 2 * kHugePageSize + 5000;
+    ASSERT_OK_AND_ASSIGN(int64_t at, arena->Reserve(size));
+    std::memset(arena->base() + at, 0x5A, static_cast<size_t>(size - at));
+    ASSERT_OK_AND_ASSIGN(UniqueFd fd, arena->SealAt(size));
+    struct stat st{};
+    ASSERT_EQ(::fstat(fd.get(), &st), 0);
+    const bool huge = policy == PagePolicy::kAuto && ExpectedAutoPageSize() == kHugePageSize;
+    EXPECT_EQ(st.st_size, huge ? 3 * kHugePageSize : size) << PagePolicyName(policy);
+    ASSERT_OK_AND_ASSIGN(auto mapping, internal::Mapping::MapReadOnly(fd.get(), st.st_size));
+    const uint8_t* bytes = mapping.data();
+    int64_t wrong = 0;
+    for (int64_t i = at; i < st.st_size; ++i) wrong += bytes[i] != (i < size ? 0x5A : 0);
+    EXPECT_EQ(wrong, 0) << PagePolicyName(policy);
   }
 }
 

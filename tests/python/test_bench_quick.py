@@ -54,9 +54,14 @@ def test_bench_quick(tmp_path):
             assert _positive(r[key]), r
 
     assert results["idle_control"] and all(_positive(r["median"]) for r in results["idle_control"])
+    assert _positive(results["idle_control_floor"]["median"])
     assert {(r["transport"], r["bytes"]) for r in results["handover_busy"]} == {
-        (t, s) for t in ("ring_busy", "ring_busy_reuse") for s in (min(sizes), max(sizes))}
-    assert all(_positive(r["median"]) for r in results["handover_busy"])
+        (t, s) for t in ("ring_busy", "ring_busy_reuse") for s in (min(sizes), max(sizes))} | {
+        ("ring_busy_cold", min(sizes))}
+    for r in results["handover_busy"]:
+        assert r["reps"] == 3, r
+        assert r["cold_bytes"] == (max(sizes) if r["transport"] == "ring_busy_cold" else 0), r
+        _check_spread(r)
     _check_rust_consumer(results["handover_rust"], sizes, rust)
 
     e2e = results["e2e"]
