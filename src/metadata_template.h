@@ -25,7 +25,6 @@
 #include <utility>
 #include <vector>
 
-#include "block_cache.h"
 #include "flatbuffer_patch.h"
 
 namespace shmarrow::internal {
@@ -121,7 +120,6 @@ class BatchLayout {
   std::vector<uint8_t> message_;  // empty: none remembered
   MessageFields fields_;
   std::array<std::pair<int64_t, int64_t>, 4> sorted_patched_{};  // {offset, bytes}, by offset
-  std::shared_ptr<BlockCache> cache_ = std::make_shared<BlockCache>();
 };
 
 }  // namespace shmarrow::internal
