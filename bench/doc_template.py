@@ -405,14 +405,12 @@ def notes(results):
             f"blocking, {_us(uds)}, so ring mode is {than_uds} than it from Python). Busy-polling "
             "removes the wake-up but not the per-batch work, which from Python is most of the "
             "figure: a profile of a publish/`try_next` loop in one process (`perf record`) spreads "
-            "the time over the `publish` wrapper (pyarrow exporting the batch through the C data "
-            "interface; the binding imports the schema only when it differs from the previous "
-            "batch's, and hands the consumer's batches to pyarrow with the pyarrow Schema of the "
-            "previous batch), "
-            "the native publish (copy into the ring, metadata, the queue entry), and on the "
-            "consumer reading the queue entry, decoding the metadata, validating, "
-            "building the batch objects and handing them to pyarrow through the C data interface "
-            "again. iceoryx2 moves a fixed-size struct with no metadata (a loan, a 24-byte copy, "
+            "the time over the `publish` wrapper (a pyarrow batch goes to the binding as the C++ "
+            "batch it wraps, through pyarrow's C API, with no export), the native publish (copy "
+            "into the ring, metadata, the queue entry), and on the consumer reading the queue "
+            "entry, building the batch objects (from the values of the stream's known layout, "
+            "without parsing the flatbuffer again), validating, and wrapping the C++ batch in a "
+            "pyarrow object. iceoryx2 moves a fixed-size struct with no metadata (a loan, a 24-byte copy, "
             "a send) and its subscriber gets a ctypes view of it.")
     fb = results.get("flight_bridge", {})
     if "bridge_vs_pyarrow_flight" in fb:

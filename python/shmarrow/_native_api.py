@@ -619,11 +619,15 @@ class Producer:
         if _is_pandas(data):
             data = pa.RecordBatch.from_pandas(data, schema=self.schema, preserve_index=False)
         if hasattr(data, "__arrow_c_array__"):
-            batch = data if isinstance(data, pa.RecordBatch) else pa.record_batch(data)
             try:
                 # The producer compares schemas itself; comparing here too would cost more than
-                # publishing a small batch.
-                self._native.publish_batch(*batch.__arrow_c_array__())
+                # publishing a small batch. A pyarrow batch goes as the C++ batch it wraps.
+                if isinstance(data, pa.RecordBatch):
+                    batch = data
+                    self._native.publish_pyarrow_batch(batch)
+                else:
+                    batch = pa.record_batch(data)
+                    self._native.publish_batch(*batch.__arrow_c_array__())
             except InvalidError:
                 schema = self.schema
                 if batch.schema.equals(schema):

@@ -1,6 +1,8 @@
 #include "common.h"
 
 #include <arrow/c/bridge.h>
+#include <arrow/record_batch.h>
+#include <arrow/sparse_tensor.h>
 #include <arrow/type.h>
 #include <arrow/util/io_util.h>
 #include <nanobind/stl/string.h>
@@ -13,6 +15,9 @@
 #include <cstring>
 #include <new>
 #include <thread>
+
+// pyarrow's C API: after the Arrow headers whose types it names (it includes none itself).
+#include <arrow/python/lib_api.h>
 
 namespace shmarrow::python {
 namespace {
@@ -144,33 +149,19 @@ nb::object SchemaCapsule(const arrow::Schema& schema) {
   return MakeCapsule(out, "arrow_schema", DeleteSchemaCapsule);
 }
 
-PyBatchMaker::PyBatchMaker() {
-  nb::module_ pyarrow = nb::module_::import_("pyarrow");
-  import_schema_ = pyarrow.attr("Schema").attr("_import_from_c_capsule");
-  import_batch_ = pyarrow.attr("RecordBatch").attr("_import_from_c");
+void ImportPyarrowApi() {
+  if (import_pyarrow__lib() != 0) throw nb::python_error();
 }
 
-nb::object PyBatchMaker::Make(const std::shared_ptr<arrow::RecordBatch>& batch) {
-  nb::object py_schema = py_schema_;
-  if (batch->schema() != schema_ &&
-      (schema_ == nullptr || !batch->schema()->Equals(*schema_, /*check_metadata=*/true))) {
-    // A local until the end: the import runs Python code, and another thread may make a batch
-    // of its own meanwhile.
-    py_schema = import_schema_(SchemaCapsule(*batch->schema()));
-    schema_ = batch->schema();
-    py_schema_ = py_schema;
-  }
-  ArrowArray array;
-  array.release = nullptr;
-  const auto status = arrow::ExportRecordBatch(*batch, &array);
-  if (!status.ok()) ThrowStatus(status, "export");
-  try {
-    // pyarrow moves the struct out (its release becomes null) before it can fail.
-    return import_batch_(reinterpret_cast<uintptr_t>(&array), py_schema);
-  } catch (...) {
-    if (array.release != nullptr) array.release(&array);
-    throw;
-  }
+nb::object WrapBatch(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  PyObject* wrapped = pyarrow_wrap_batch(batch);
+  if (wrapped == nullptr) throw nb::python_error();
+  return nb::steal(wrapped);
+}
+
+std::shared_ptr<arrow::RecordBatch> UnwrapBatch(nb::handle object) {
+  if (!pyarrow_is_batch(object.ptr())) return nullptr;
+  return pyarrow_unwrap_batch(object.ptr());
 }
 
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader) {

@@ -1,6 +1,7 @@
-"""The binding's batch path: a consumer reuses the pyarrow Schema of the previous batch while the
-schema stays the same, and a producer the imported schema of the previous publish; neither may
-show a batch under a schema it was not sent with, or keep memory after Python lets go."""
+"""The binding's batch path: a consumer hands pyarrow the C++ batch itself, a producer takes the
+C++ batch a pyarrow batch wraps (other libraries' batches: the imported schema of the previous
+publish is reused); neither may show a batch under a schema it was not sent with, or keep memory
+after Python lets go."""
 
 from __future__ import annotations
 
