@@ -21,6 +21,33 @@ using arrow::ipc::PaddedLength;
 // unsliced array: everything, or the prefix the array uses where the buffer is longer than that
 // prefix padded to Arrow's alignment. metadata_template_test checks them against the writer.
 
+/// A number, date, time, timestamp or duration: a type of whole bytes whose array has a validity
+/// bitmap and one buffer of values.
+bool IsWholeBytesNumber(arrow::Type::type id) {
+  switch (id) {
+    case arrow::Type::INT8:
+    case arrow::Type::UINT8:
+    case arrow::Type::INT16:
+    case arrow::Type::UINT16:
+    case arrow::Type::HALF_FLOAT:
+    case arrow::Type::INT32:
+    case arrow::Type::UINT32:
+    case arrow::Type::FLOAT:
+    case arrow::Type::DATE32:
+    case arrow::Type::TIME32:
+    case arrow::Type::INT64:
+    case arrow::Type::UINT64:
+    case arrow::Type::DOUBLE:
+    case arrow::Type::DATE64:
+    case arrow::Type::TIME64:
+    case arrow::Type::TIMESTAMP:
+    case arrow::Type::DURATION:
+      return true;
+    default:
+      return false;
+  }
+}
+
 int64_t Size(const std::shared_ptr<arrow::Buffer>& buffer) {
   return buffer == nullptr ? 0 : buffer->size();
 }
@@ -94,30 +121,14 @@ bool ListArray(const ArrayData& data, BodyList* out, int depth) {
   } else {
     Add(out, nullptr, 0);
   }
+  if (IsWholeBytesNumber(type.id())) {
+    if (data.buffers.size() != 2) return false;
+    const int width = type.byte_width();
+    if (Size(data.buffers[1]) < data.length * width) return false;
+    Add(out, data.buffers[1], ValuesLength(data, width));
+    return true;
+  }
   switch (type.id()) {
-    case arrow::Type::INT8:
-    case arrow::Type::UINT8:
-    case arrow::Type::INT16:
-    case arrow::Type::UINT16:
-    case arrow::Type::HALF_FLOAT:
-    case arrow::Type::INT32:
-    case arrow::Type::UINT32:
-    case arrow::Type::FLOAT:
-    case arrow::Type::DATE32:
-    case arrow::Type::TIME32:
-    case arrow::Type::INT64:
-    case arrow::Type::UINT64:
-    case arrow::Type::DOUBLE:
-    case arrow::Type::DATE64:
-    case arrow::Type::TIME64:
-    case arrow::Type::TIMESTAMP:
-    case arrow::Type::DURATION: {
-      if (data.buffers.size() != 2) return false;
-      const int width = type.byte_width();
-      if (Size(data.buffers[1]) < data.length * width) return false;
-      Add(out, data.buffers[1], ValuesLength(data, width));
-      return true;
-    }
     case arrow::Type::STRING:
     case arrow::Type::BINARY:
       return data.buffers.size() == 3 && ListBinary<int32_t>(data, out);
@@ -257,60 +268,47 @@ struct BatchLayout::Cursor {
   bool refused = false;  // a value Arrow's reader refuses: it is asked instead
 };
 
-bool BatchLayout::Plan(const arrow::DataType& type, const std::shared_ptr<arrow::DataType>& as,
-                       int depth) {
-  if (depth >= kMaxNesting) return false;
-  Load load;
-  switch (type.id()) {
+std::optional<BatchLayout::Load> BatchLayout::LoadOf(arrow::Type::type id) {
+  if (IsWholeBytesNumber(id)) return Load::kFixedWidth;
+  switch (id) {
     case arrow::Type::BOOL:
-    case arrow::Type::INT8:
-    case arrow::Type::UINT8:
-    case arrow::Type::INT16:
-    case arrow::Type::UINT16:
-    case arrow::Type::HALF_FLOAT:
-    case arrow::Type::INT32:
-    case arrow::Type::UINT32:
-    case arrow::Type::FLOAT:
-    case arrow::Type::DATE32:
-    case arrow::Type::TIME32:
-    case arrow::Type::INT64:
-    case arrow::Type::UINT64:
-    case arrow::Type::DOUBLE:
-    case arrow::Type::DATE64:
-    case arrow::Type::TIME64:
-    case arrow::Type::TIMESTAMP:
-    case arrow::Type::DURATION:
     case arrow::Type::INTERVAL_MONTHS:
     case arrow::Type::INTERVAL_DAY_TIME:
     case arrow::Type::INTERVAL_MONTH_DAY_NANO:
-      load = Load::kFixedWidth;
-      break;
+      return Load::kFixedWidth;
     case arrow::Type::FIXED_SIZE_BINARY:
     case arrow::Type::DECIMAL32:
     case arrow::Type::DECIMAL64:
     case arrow::Type::DECIMAL128:
     case arrow::Type::DECIMAL256:
-      load = Load::kFixedSizeBinary;
-      break;
+      return Load::kFixedSizeBinary;
     case arrow::Type::STRING:
     case arrow::Type::BINARY:
     case arrow::Type::LARGE_STRING:
     case arrow::Type::LARGE_BINARY:
-      load = Load::kBinary;
-      break;
+      return Load::kBinary;
     case arrow::Type::LIST:
     case arrow::Type::LARGE_LIST:
-      load = Load::kList;
-      break;
+      return Load::kList;
     case arrow::Type::STRUCT:
-      load = Load::kStruct;
-      break;
-    default:  // dictionaries, unions, views, maps, extensions...: Arrow's reader only
-      return false;
+      return Load::kStruct;
+    default:  // dictionaries, unions, views, maps, extensions...
+      return std::nullopt;
   }
-  plan_.push_back({as, load});
-  num_buffers_ += load == Load::kBinary ? 3 : load == Load::kStruct ? 1 : 2;
-  if (load != Load::kList && load != Load::kStruct) return true;
+}
+
+int BatchLayout::BuffersOf(Load load) {
+  return load == Load::kBinary ? 3 : load == Load::kStruct ? 1 : 2;  // the bitmap, then values
+}
+
+bool BatchLayout::Plan(const arrow::DataType& type, const std::shared_ptr<arrow::DataType>& as,
+                       int depth) {
+  if (depth >= kMaxNesting) return false;
+  const auto load = LoadOf(type.id());
+  if (!load.has_value()) return false;  // Arrow's reader reads every batch of such a schema
+  plan_.push_back({as, *load});
+  num_buffers_ += BuffersOf(*load);
+  if (*load != Load::kList && *load != Load::kStruct) return true;
   for (const auto& child : type.fields()) {
     if (!Plan(*child->type(), child->type(), depth + 1)) return false;
   }
@@ -343,7 +341,7 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
   data->length = LoadInt64(field_node);
   data->null_count = LoadInt64(field_node + 8);
   data->offset = 0;
-  data->buffers.resize(node.load == Load::kBinary ? 3 : node.load == Load::kStruct ? 1 : 2);
+  data->buffers.resize(static_cast<size_t>(BuffersOf(node.load)));
   if (data->null_count != 0) data->buffers[0] = buffer(cursor->buffer);
   ++cursor->buffer;
   switch (node.load) {

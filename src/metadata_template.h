@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -105,6 +106,11 @@ class BatchLayout {
     Load load;
   };
   struct Cursor;
+
+  /// How Arrow's reader loads an array of type `id`; none for types Build does not make.
+  static std::optional<Load> LoadOf(arrow::Type::type id);
+  /// How many Buffer structs (and ArrayData buffers) an array loaded as `load` has.
+  static int BuffersOf(Load load);
 
   /// Adds `type` (a field's, given as `as`, `depth` levels down) and its children to plan_; false
   /// for a type Build does not make (Arrow's reader then reads every batch).

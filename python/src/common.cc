@@ -180,60 +180,6 @@ std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule) {
   return ValueOrThrow(arrow::ImportSchema(schema), "import");
 }
 
-namespace {
-
-// Appends everything ImportSchema reads from `schema`, unambiguously: C strings end with their
-// NUL, metadata and counts go with their lengths. False for metadata with a negative length,
-// which ImportSchema is left to refuse.
-bool CSchemaKey(const ArrowSchema& schema, std::string* out) {
-  const auto append_int = [out](int64_t v) {
-    out->append(reinterpret_cast<const char*>(&v), sizeof v);
-  };
-  out->append(schema.format != nullptr ? schema.format : "").push_back('\0');
-  out->append(schema.name != nullptr ? schema.name : "").push_back('\0');
-  append_int(schema.flags);
-  int64_t metadata_size = 0;
-  if (schema.metadata != nullptr) {
-    // int32 pair count, then per key and value an int32 length and the bytes
-    int32_t pairs = 0;
-    std::memcpy(&pairs, schema.metadata, sizeof pairs);
-    if (pairs < 0) return false;
-    metadata_size = sizeof pairs;
-    for (int64_t i = 0; i < 2 * int64_t{pairs}; ++i) {
-      int32_t length = 0;
-      std::memcpy(&length, schema.metadata + metadata_size, sizeof length);
-      if (length < 0) return false;
-      metadata_size += int64_t{sizeof length} + length;
-    }
-  }
-  append_int(metadata_size);
-  out->append(schema.metadata != nullptr ? schema.metadata : "",
-              static_cast<size_t>(metadata_size));
-  append_int(schema.n_children);
-  for (int64_t i = 0; i < schema.n_children; ++i) {
-    if (!CSchemaKey(*schema.children[i], out)) return false;
-  }
-  out->push_back(schema.dictionary != nullptr ? 'd' : '-');
-  return schema.dictionary == nullptr || CSchemaKey(*schema.dictionary, out);
-}
-
-}  // namespace
-
-std::shared_ptr<arrow::RecordBatch> BatchImporter::Import(nb::handle schema, nb::handle array) {
-  auto* c_schema = CapsulePointer<ArrowSchema>(schema, "arrow_schema");
-  auto* c_array = CapsulePointer<ArrowArray>(array, "arrow_array");
-  scratch_.clear();
-  if (CSchemaKey(*c_schema, &scratch_) && schema_ != nullptr && scratch_ == key_) {
-    c_schema->release(c_schema);  // the capsule's destructor then only frees the struct
-  } else {
-    schema_.reset();  // until the key and the import agree again
-    auto imported = ValueOrThrow(arrow::ImportSchema(c_schema), "import");
-    key_.swap(scratch_);
-    schema_ = std::move(imported);
-  }
-  return ValueOrThrow(arrow::ImportRecordBatch(c_array, schema_), "import");
-}
-
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule) {
   auto* stream = CapsulePointer<ArrowArrayStream>(capsule, "arrow_array_stream");
   return ValueOrThrow(arrow::ImportRecordBatchReader(stream), "import");

@@ -78,20 +78,6 @@ nb::object WrapBatch(const std::shared_ptr<arrow::RecordBatch>& batch);
 /// GIL.
 std::shared_ptr<arrow::RecordBatch> UnwrapBatch(nb::handle object);
 
-/// Imports the (schema, array) capsules of batches published one after another. A schema equal,
-/// field by field in its C form (formats, names, flags, metadata), to the previous one is not
-/// imported again: the previous import is reused. Holds the GIL.
-class BatchImporter {
- public:
-  /// Moves the structs out of the capsules (the capsules are then spent).
-  std::shared_ptr<arrow::RecordBatch> Import(nb::handle schema, nb::handle array);
-
- private:
-  std::string key_;      // the C form of schema_ (see CSchemaKey in common.cc)
-  std::string scratch_;  // the C form of the schema being imported (kept for its capacity)
-  std::shared_ptr<arrow::Schema> schema_;
-};
-
 std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule);
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule);
 

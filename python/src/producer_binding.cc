@@ -1,8 +1,8 @@
 // shmarrow._native._Producer and _Allocation: shmarrow::Producer for Python.
 //
-// Batches come in as the C++ batch a pyarrow.RecordBatch wraps (pyarrow's C API), or through the
-// Arrow C data interface (capsules) from any other library, so their buffers are wherever the
-// Python objects keep them. Memory from allocate() is taken from the producer's pool() (the ring,
+// Batches come in as the C++ batch a pyarrow.RecordBatch wraps (pyarrow's C API; other libraries'
+// batches become pyarrow's through the Arrow PyCapsule interface first), so their buffers are
+// wherever the Python objects keep them. Memory from allocate() is taken from the producer's pool() (the ring,
 // or in sealed mode the arena of the next batch, which each allocation keeps alive until freed):
 // a batch whose buffers lie there is published without a copy. Before publishing, such buffers are
 // swapped for slices of the allocation's own buffer, so that the published batch pins the shared
@@ -337,10 +337,6 @@ class PyProducer {
     state_.reset();
   }
 
-  void PublishBatch(nb::handle schema_capsule, nb::handle array_capsule) {
-    PublishImported(batches_.Import(schema_capsule, array_capsule));
-  }
-
   /// A pyarrow.RecordBatch, published as the C++ batch it wraps.
   void PublishPyarrowBatch(nb::handle object) {
     auto batch = UnwrapBatch(object);
@@ -562,7 +558,6 @@ class PyProducer {
   }
 
   std::shared_ptr<ProducerState> state_;
-  BatchImporter batches_;
 };
 
 }  // namespace
@@ -609,7 +604,6 @@ of an earlier arena is copied (counted in stats["bytes_copied"]).)")
           nb::arg("block_timeout_ms"), nb::arg("max_consumers"), nb::arg("max_in_flight"),
           nb::arg("retain"), nb::arg("socket_mode"), nb::arg("allowed_uids"),
           nb::arg("allow_any_uid"), nb::arg("name"), nb::arg("pages"))
-      .def("publish_batch", &PyProducer::PublishBatch, nb::arg("schema"), nb::arg("array"))
       .def("publish_pyarrow_batch", &PyProducer::PublishPyarrowBatch, nb::arg("batch"))
       .def("publish_stream", &PyProducer::PublishStream, nb::arg("stream"))
       .def("allocate", &PyProducer::Allocate, nb::arg("nbytes"))

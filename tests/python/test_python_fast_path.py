@@ -1,7 +1,6 @@
 """The binding's batch path: a consumer hands pyarrow the C++ batch itself, a producer takes the
-C++ batch a pyarrow batch wraps (other libraries' batches: the imported schema of the previous
-publish is reused); neither may show a batch under a schema it was not sent with, or keep memory
-after Python lets go."""
+C++ batch a pyarrow batch wraps; neither may show a batch under a schema it was not sent with, or
+keep memory after Python lets go."""
 
 from __future__ import annotations
 
