@@ -239,7 +239,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* 
 // the three values, sliced into the columns' buffers, the batch made of ArrayData directly (no
 // Array objects, no buffer object per column from the pool).
 arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmallInBlock(arrow::MemoryPool* pool,
-                                                                   int64_t id) {
+                                                                    int64_t id) {
   ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> block, arrow::AllocateBuffer(24, pool));
   auto* values = reinterpret_cast<int64_t*>(block->mutable_data());
   values[0] = id;
@@ -762,9 +762,9 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                std::to_string(published_ns) + ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) + ",\"heap_calls\":" +
                std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
-               ",\"build_ns\":" + std::to_string(build_ns) +
-               ",\"build_calls\":" + std::to_string(build_calls) + ",\"build_bytes\":" +
-               std::to_string(build_bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+               ",\"build_ns\":" + std::to_string(build_ns) + ",\"build_calls\":" +
+               std::to_string(build_calls) + ",\"build_bytes\":" + std::to_string(build_bytes) +
+               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
           return arrow::Status::OK();
         }();
         return st.ok() ? 0 : Fail("producer", st);
@@ -837,7 +837,8 @@ int main(int argc, char** argv) {
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000),
-                     static_cast<int>(a.Int("busy-poll-us", 0)), a.Get("build", "arrays") == "block");
+                     static_cast<int>(a.Int("busy-poll-us", 0)),
+                     a.Get("build", "arrays") == "block");
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;

@@ -59,7 +59,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if ((data[0] & 2) != 0) {
     // The canonical batch, read and released: the session then knows its layout. (Its Message
     // goes where the input's will, which the session copied out before reading.)
-    static const auto canonical = shmarrow::fuzz::Encode(*shmarrow::fuzz::CanonicalBatch()).metadata;
+    static const auto canonical =
+        shmarrow::fuzz::Encode(*shmarrow::fuzz::CanonicalBatch()).metadata;
     proto::Batch first = batch;
     first.metadata_length = static_cast<uint32_t>(canonical->size());
     std::memcpy(fixture.ring.data() + shmarrow::fuzz::kMetadataOffset, canonical->data(),

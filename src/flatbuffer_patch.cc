@@ -205,16 +205,17 @@ bool PatchedValuesIsolated(const uint8_t* flatbuffer, int64_t size, const Messag
     return false;
   }
   const FlatbufferView fb(flatbuffer, size);
-  std::vector<ByteRange> structure{{0, 4},
-                                   {fields.nodes_at - 4, fields.nodes_at},
-                                   {fields.buffers_at - 4, fields.buffers_at}};
+  std::vector<ByteRange> structure{
+      {0, 4}, {fields.nodes_at - 4, fields.nodes_at}, {fields.buffers_at - 4, fields.buffers_at}};
   auto collect = [&]() -> arrow::Result<bool> {
     ARROW_ASSIGN_OR_RAISE(int64_t message, fb.Deref(0));
     // Message: version (int16), header type (uint8), header (uoffset); bodyLength is patched.
-    constexpr std::pair<int, int> kMessage[] = {
-        {kMessageVersion, 2}, {kMessageHeaderType, 1}, {kMessageHeader, 4}, {kMessageBodyLength, 8}};
-    ARROW_ASSIGN_OR_RAISE(bool plain, AddTable(fb, message, kMessage, kMessageCustomMetadata,
-                                               &structure));
+    constexpr std::pair<int, int> kMessage[] = {{kMessageVersion, 2},
+                                                {kMessageHeaderType, 1},
+                                                {kMessageHeader, 4},
+                                                {kMessageBodyLength, 8}};
+    ARROW_ASSIGN_OR_RAISE(bool plain,
+                          AddTable(fb, message, kMessage, kMessageCustomMetadata, &structure));
     if (!plain) return false;
     ARROW_ASSIGN_OR_RAISE(int64_t header_at, fb.Field(message, kMessageHeader));
     ARROW_ASSIGN_OR_RAISE(int64_t record_batch, fb.Deref(header_at));

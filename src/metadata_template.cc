@@ -263,8 +263,8 @@ const std::shared_ptr<arrow::Buffer>& EmptyBuffer() {
 struct BatchLayout::Cursor {
   const uint8_t* metadata;
   const std::shared_ptr<arrow::Buffer>* body;
-  size_t node = 0;    // the next entry of plan_ (one per field node)
-  int64_t buffer = 0;  // the next Buffer struct
+  size_t node = 0;       // the next entry of plan_ (one per field node)
+  int64_t buffer = 0;    // the next Buffer struct
   bool refused = false;  // a value Arrow's reader refuses: it is asked instead
 };
 
@@ -368,9 +368,9 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
   return data;
 }
 
-std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(
-    const uint8_t* metadata, int64_t size, const std::shared_ptr<arrow::Schema>& schema,
-    const std::shared_ptr<arrow::Buffer>& body) {
+std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(const uint8_t* metadata, int64_t size,
+                                                       const std::shared_ptr<arrow::Schema>& schema,
+                                                       const std::shared_ptr<arrow::Buffer>& body) {
   if (schema != schema_ || message_.empty() || size != static_cast<int64_t>(message_.size())) {
     return nullptr;
   }

@@ -643,7 +643,8 @@ TEST_F(HostileProducer, RingLiesInTheLayoutOfTheBatchBeforeAreRefusedAsArrowsRea
        }},
       {"a misaligned buffer",
        [](RingImage& image, const Second& at) {
-         image.Set<int64_t>(at.Buffer(image, kIData), image.Get<int64_t>(at.Buffer(image, kIData)) + 4);
+         image.Set<int64_t>(at.Buffer(image, kIData),
+                            image.Get<int64_t>(at.Buffer(image, kIData)) + 4);
        }},
   };
   for (const auto& lie : lies) {
@@ -655,7 +656,8 @@ TEST_F(HostileProducer, RingLiesInTheLayoutOfTheBatchBeforeAreRefusedAsArrowsRea
     image.bytes.insert(image.bytes.end(), good.bytes.begin(), good.bytes.begin() + body_length);
     at.metadata = (image.bytes.size() + 7) / 8 * 8;
     image.bytes.resize(at.metadata);
-    image.bytes.insert(image.bytes.end(), good.bytes.begin() + good.metadata_offset, good.bytes.end());
+    image.bytes.insert(image.bytes.end(), good.bytes.begin() + good.metadata_offset,
+                       good.bytes.end());
     for (int i = 0; i < image.fields.num_buffers; ++i) {  // the copy points at the copied body
       image.Set<int64_t>(at.Buffer(image, i),
                          image.Get<int64_t>(at.Buffer(image, i)) + static_cast<int64_t>(at.body));

@@ -279,8 +279,8 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ArrowRead(
     const std::vector<uint8_t>& message, const std::shared_ptr<arrow::Schema>& schema,
     const std::shared_ptr<arrow::Buffer>& body) {
   arrow::io::BufferReader reader(body);
-  return arrow::ipc::ReadRecordBatch(arrow::Buffer(message.data(), message.size()), schema,
-                                     nullptr, arrow::ipc::IpcReadOptions::Defaults(), &reader);
+  return arrow::ipc::ReadRecordBatch(arrow::Buffer(message.data(), message.size()), schema, nullptr,
+                                     arrow::ipc::IpcReadOptions::Defaults(), &reader);
 }
 
 std::shared_ptr<arrow::RecordBatch> Build(BatchLayout& layout, const std::vector<uint8_t>& message,
@@ -318,8 +318,8 @@ TEST(BatchLayout, BuildsEachBatchOfTheLayoutAsArrowsReaderDoes) {
   int remembered = 0;
   for (int round = 0; round < 40; ++round) {
     const int64_t rows = std::array<int64_t, 6>{1, 2, 9, 64, 65, 300}[round % 6];
-    ASSERT_OK_AND_ASSIGN(auto batch, RandomBatch(arrow::default_memory_pool(), rng, rows,
-                                                 (round % 4) * 0.25));
+    ASSERT_OK_AND_ASSIGN(auto batch,
+                         RandomBatch(arrow::default_memory_pool(), rng, rows, (round % 4) * 0.25));
     body.used = 0;
     const auto message = body.Place(*batch);
     ASSERT_OK_AND_ASSIGN(auto read, ArrowRead(message, MixedSchema(), body.bytes));
@@ -420,13 +420,13 @@ TEST(BatchLayout, OnlyMessagesWithNothingBesidesTheValuesAreRemembered) {
     return fields.ok() && internal::PatchedValuesIsolated(m.data(), m.size(), *fields);
   };
   arrow::ipc::IpcPayload plain;
-  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(),
-                                              &plain));
+  ASSERT_OK(
+      arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &plain));
   EXPECT_TRUE(isolated(plain));
   arrow::ipc::IpcPayload with_metadata;
-  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(
-      *batch, arrow::key_value_metadata({"k"}, {"v"}), arrow::ipc::IpcWriteOptions::Defaults(),
-      &with_metadata));
+  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::key_value_metadata({"k"}, {"v"}),
+                                              arrow::ipc::IpcWriteOptions::Defaults(),
+                                              &with_metadata));
   EXPECT_FALSE(isolated(with_metadata)) << "custom metadata";
   auto options = arrow::ipc::IpcWriteOptions::Defaults();
   ASSERT_OK_AND_ASSIGN(options.codec, arrow::util::Codec::Create(arrow::Compression::LZ4_FRAME));
