@@ -334,8 +334,8 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     }
     return std::make_shared<arrow::Buffer>(body, offset, length);
   };
-  // (std::make_shared: for these objects, malloc's per-thread cache is faster than BlockCache,
-  // whose allocator copies its shared_ptr several times per object: 53 against 152 ns measured.)
+  // (std::make_shared: malloc's per-thread cache is faster for these than BlockCache's mutex:
+  // 53 against 74 ns an object, measured.)
   auto data = std::make_shared<arrow::ArrayData>();
   data->type = node.type;
   data->length = LoadInt64(field_node);
