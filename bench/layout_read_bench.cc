@@ -30,8 +30,8 @@ arrow::Status Run(int64_t batches, int reps) {
   for (int c = 0; c < 3; ++c) {
     ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> values, arrow::AllocateBuffer(8));
     std::memset(values->mutable_data(), 0, 8);
-    arrays.push_back(arrow::MakeArray(arrow::ArrayData::Make(schema->field(c)->type(), 1,
-                                                             {nullptr, std::move(values)}, 0)));
+    arrays.push_back(arrow::MakeArray(
+        arrow::ArrayData::Make(schema->field(c)->type(), 1, {nullptr, std::move(values)}, 0)));
   }
   const auto batch = arrow::RecordBatch::Make(schema, 1, arrays);
   ARROW_ASSIGN_OR_RAISE(auto serialized,
@@ -53,9 +53,9 @@ arrow::Status Run(int64_t batches, int reps) {
     auto start = Clock::now();
     for (int64_t i = 0; i < batches; ++i) {
       arrow::io::BufferReader source(body);
-      ARROW_ASSIGN_OR_RAISE(auto read, arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
-                                                                   arrow::ipc::IpcReadOptions{},
-                                                                   &source));
+      ARROW_ASSIGN_OR_RAISE(auto read,
+                            arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
+                                                        arrow::ipc::IpcReadOptions{}, &source));
       ARROW_RETURN_NOT_OK(read->ValidateFull());
     }
     arrow_ns += (rep ? "," : "") + std::to_string(per_batch(start));
