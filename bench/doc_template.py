@@ -383,8 +383,12 @@ def notes(results):
                 "own bookkeeping.")
         parts.append(text)
     tps = results.get("throughput", [])
-    one = next((r for r in tps if r["consumers"] == 1 and r["batch_bytes"] == 24), None)
-    alone = next((r for r in tps if r["consumers"] == 0), None)
+    arrays = [r for r in tps if r.get("build") != "block"]
+    blocks = [r for r in tps if r.get("build") == "block"]
+    one = next((r for r in arrays if r["consumers"] == 1 and r["batch_bytes"] == 24), None)
+    alone = next((r for r in arrays if r["consumers"] == 0), None)
+    alone_block = next((r for r in blocks if r["consumers"] == 0), None)
+    one_block = next((r for r in blocks if r["consumers"] == 1), None)
     if one:
         per = 1e9 / one["batches_per_s"]
         text = f"- **Batches per second** ({one['batches_per_s']:,.0f}/s to one consumer, {per / 1e3:.1f} µs a batch)."
@@ -394,6 +398,21 @@ def notes(results):
                 f"(no message sent), reaches {alone['batches_per_s']:,.0f}/s: that much of each "
                 "batch's cost is building three Arrow arrays and writing their IPC metadata, "
                 "before any transport.")
+            if alone.get("producer_build_us_per_batch") is not None:
+                text += (
+                    f" Building took {alone['producer_build_us_per_batch']:.2f} µs a batch there "
+                    f"(wall time in the loop; with consumers it includes waiting for ring room) "
+                    f"and the producer's CPU was {alone['producer_cpu_us_per_batch']:.2f} µs a batch"
+                    + (": above 1 µs, so one producer cannot reach 1,000,000 batches/s on this "
+                       "machine whatever the transport." if alone["producer_cpu_us_per_batch"] > 1
+                       else "."))
+        if alone_block and one_block:
+            text += (
+                f" A producer that writes the three values into one 24-byte block of the ring "
+                f"(`--build block`: one pool allocation sliced into the columns, the batch made of "
+                f"ArrayData) builds in {alone_block['producer_build_us_per_batch']:.2f} µs and "
+                f"reaches {alone_block['batches_per_s']:,.0f}/s alone, "
+                f"{one_block['batches_per_s']:,.0f}/s to one consumer.")
         if one.get("consumer_cpu_us_per_batch"):
             text += (
                 f" Each batch cost {one['producer_cpu_us_per_batch']:.2f} µs of CPU in the producer "
@@ -442,14 +461,12 @@ def notes(results):
             f"blocking, {_us(uds)}, so ring mode is {than_uds} than it from Python). Busy-polling "
             "removes the wake-up but not the per-batch work, which from Python is most of the "
             "figure: a profile of a publish/`try_next` loop in one process (`perf record`) spreads "
-            "the time over the `publish` wrapper (pyarrow exporting the batch through the C data "
-            "interface; the binding imports the schema only when it differs from the previous "
-            "batch's, and hands the consumer's batches to pyarrow with the pyarrow Schema of the "
-            "previous batch), "
-            "the native publish (copy into the ring, metadata, the queue entry), and on the "
-            "consumer reading the queue entry, decoding the metadata, validating, "
-            "building the batch objects and handing them to pyarrow through the C data interface "
-            "again. iceoryx2 moves a fixed-size struct with no metadata (a loan, a 24-byte copy, "
+            "the time over the `publish` wrapper (a pyarrow batch goes to the binding as the C++ "
+            "batch it wraps, through pyarrow's C API, with no export), the native publish (copy "
+            "into the ring, metadata, the queue entry), and on the consumer reading the queue "
+            "entry, building the batch objects (from the values of the stream's known layout, "
+            "without parsing the flatbuffer again), validating, and wrapping the C++ batch in a "
+            "pyarrow object. iceoryx2 moves a fixed-size struct with no metadata (a loan, a 24-byte copy, "
             "a send) and its subscriber gets a ctypes view of it.")
     fb = results.get("flight_bridge", {})
     if "bridge_vs_pyarrow_flight" in fb:

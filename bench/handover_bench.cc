@@ -9,6 +9,7 @@
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
 //   (handover and e2e take --pages auto|hugetlb|off: the producer's page policy, default auto)
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
+//                             [--build arrays|block (small batches: three arrays, or one block; below)]
 //   handover_bench heap       --transport ring|sealed --batches M
 //   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
 //
@@ -234,6 +235,26 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* 
                                {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
   }
   return arrow::RecordBatch::Make(SmallSchema(), 1, arrays);
+}
+
+// The same batch as a producer can write it in place: one 24-byte block of `pool` (the ring) holding
+// the three values, sliced into the columns' buffers, the batch made of ArrayData directly (no
+// Array objects, no buffer object per column from the pool).
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmallInBlock(arrow::MemoryPool* pool,
+                                                                    int64_t id) {
+  ARROW_ASSIGN_OR_RAISE(std::shared_ptr<arrow::Buffer> block, arrow::AllocateBuffer(24, pool));
+  auto* values = reinterpret_cast<int64_t*>(block->mutable_data());
+  values[0] = id;
+  values[1] = id;
+  const double value = static_cast<double>(id) * 0.5;
+  std::memcpy(&values[2], &value, sizeof value);
+  std::vector<std::shared_ptr<arrow::ArrayData>> columns;
+  columns.reserve(3);
+  for (int c = 0; c < 3; ++c) {
+    columns.push_back(arrow::ArrayData::Make(SmallSchema()->field(c)->type(), 1,
+                                             {nullptr, arrow::SliceBuffer(block, 8 * c, 8)}, 0));
+  }
+  return arrow::RecordBatch::Make(SmallSchema(), 1, std::move(columns));
 }
 
 int64_t* FirstValue(const arrow::RecordBatch& batch) {
@@ -672,7 +693,7 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
 // Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
 // and touch its first and last value; the producer publishes `batches` as fast as credits allow.
 int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
-              int64_t batches, int busy_poll_us) {
+              int64_t batches, int busy_poll_us, bool in_block) {
   const bool small = bytes <= 0;
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   const std::string address = Address(kind.c_str());
@@ -713,11 +734,14 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           // Heap used while the bench builds each batch (Arrow's objects for buffers, arrays and
           // the batch), told apart from what publishing costs.
           long long build_calls = 0, build_bytes = 0;
+          int64_t build_ns = 0;  // the time spent building, of the producer's wall time
           for (int64_t i = 0; i < batches; ++i) {
             const long long calls0 = HeapCalls(), bytes0 = HeapBytes();
+            const int64_t build0 = NowNs();
             std::shared_ptr<arrow::RecordBatch> batch;
             if (small) {
-              ARROW_ASSIGN_OR_RAISE(batch, MakeSmall(producer->pool(), i));
+              ARROW_ASSIGN_OR_RAISE(batch, in_block ? MakeSmallInBlock(producer->pool(), i)
+                                                    : MakeSmall(producer->pool(), i));
             } else {
               ARROW_ASSIGN_OR_RAISE(auto buffer,
                                     arrow::AllocateBuffer(bytes / 8 * 8, producer->pool()));
@@ -730,6 +754,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                       arrow::int64(), bytes / 8,
                       {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0))});
             }
+            build_ns += NowNs() - build0;
             build_calls += HeapCalls() - calls0;
             build_bytes += HeapBytes() - bytes0;
             ARROW_RETURN_NOT_OK(producer->Publish(batch));
@@ -747,8 +772,9 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                std::to_string(published_ns) + ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) + ",\"heap_calls\":" +
                std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
-               ",\"build_calls\":" + std::to_string(build_calls) + ",\"build_bytes\":" +
-               std::to_string(build_bytes) + ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
+               ",\"build_ns\":" + std::to_string(build_ns) + ",\"build_calls\":" +
+               std::to_string(build_calls) + ",\"build_bytes\":" + std::to_string(build_bytes) +
+               ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
           return arrow::Status::OK();
         }();
         return st.ok() ? 0 : Fail("producer", st);
@@ -821,7 +847,8 @@ int main(int argc, char** argv) {
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000),
-                     static_cast<int>(a.Int("busy-poll-us", 0)));
+                     static_cast<int>(a.Int("busy-poll-us", 0)),
+                     a.Get("build", "arrays") == "block");
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;

@@ -275,6 +275,9 @@ int main(int argc, char** argv) {
   };
   ring_seed(0, *shmarrow::fuzz::Encode(*canonical).metadata, "canonical");
   ring_seed(0, *shmarrow::fuzz::Encode(*canonical->Slice(0, 0)).metadata, "empty");
+  // After the canonical batch: the same Message (its layout, remembered), and a shorter batch.
+  ring_seed(2, *shmarrow::fuzz::Encode(*canonical).metadata, "layout-again");
+  ring_seed(2, *shmarrow::fuzz::Encode(*canonical->Slice(0, 1)).metadata, "layout-shorter");
   // Regressions: a dictionary schema (null DictionaryMemo crash) and a compressed body (allocation
   // of the claimed uncompressed sizes), both refused by the consumer since.
   ring_seed(1, *shmarrow::fuzz::Encode(*dictionary).metadata, "regression-dictionary");

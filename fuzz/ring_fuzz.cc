@@ -2,9 +2,11 @@
 // its RingSource). The input is the record batch Message flatbuffer a Batch message points at: it
 // is written into the fixture ring (session_fixture.h; the canonical batch's body at offset 0,
 // then patterned bytes), and a session welcomed in ring mode is fed a Batch message pointing at
-// it; a batch it yields must be valid. The first input byte picks the announced schema: the ring
-// schema, or one with a dictionary column (which a correct producer never announces, and which the
-// session refuses since this target found that ReadRecordBatch crashes on it).
+// it; a batch it yields must be valid. The first input byte's lowest bit picks the announced
+// schema: the ring schema, or one with a dictionary column (which a correct producer never
+// announces, and which the session refuses since this target found that ReadRecordBatch crashes
+// on it). Its second bit sends the canonical batch first, so that the input is read against that
+// batch's remembered layout (src/metadata_template.h's BatchLayout) where it matches it.
 #include <cstdint>
 #include <cstring>
 
@@ -53,8 +55,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   batch.metadata_offset = shmarrow::fuzz::kMetadataOffset;
   batch.metadata_length = static_cast<uint32_t>(size - 1);
   proto::Writer writer;
-  if (!session->Feed(proto::Encode(writer, 0, batch), {}).ok()) return 0;
   std::shared_ptr<arrow::RecordBatch> out;
+  if ((data[0] & 2) != 0) {
+    // The canonical batch, read and released: the session then knows its layout. (Its Message
+    // goes where the input's will, which the session copied out before reading.)
+    static const auto canonical =
+        shmarrow::fuzz::Encode(*shmarrow::fuzz::CanonicalBatch()).metadata;
+    proto::Batch first = batch;
+    first.metadata_length = static_cast<uint32_t>(canonical->size());
+    std::memcpy(fixture.ring.data() + shmarrow::fuzz::kMetadataOffset, canonical->data(),
+                static_cast<size_t>(canonical->size()));
+    if (!session->Feed(proto::Encode(writer, 0, first), {}).ok()) return 0;
+    if (!Unwrap(session->Take(0, &out), "take") || out == nullptr) std::abort();
+    out.reset();
+    std::memcpy(fixture.ring.data() + shmarrow::fuzz::kMetadataOffset, data + 1, size - 1);
+    batch.sequence = 2;
+  }
+  if (!session->Feed(proto::Encode(writer, 0, batch), {}).ok()) return 0;
   // A batch the session accepted is delivered.
   if (!Unwrap(session->Take(0, &out), "take") || out == nullptr) std::abort();
   (void)out->ToString();

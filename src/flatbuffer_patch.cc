@@ -3,12 +3,17 @@
 #include <arrow/status.h>
 
 #include <cstring>
+#include <iterator>
+#include <span>
+#include <utility>
+#include <vector>
 #include <string_view>
 
 namespace shmarrow::internal {
 namespace {
 
 // Field slots, in declaration order of Message.fbs.
+constexpr int kMessageVersion = 0;
 constexpr int kMessageHeaderType = 1;
 constexpr int kMessageHeader = 2;
 constexpr int kMessageBodyLength = 3;
@@ -17,6 +22,8 @@ constexpr int kRecordBatchLength = 0;
 constexpr int kRecordBatchNodes = 1;
 constexpr int kRecordBatchBuffers = 2;
 constexpr int kRecordBatchCompression = 3;
+constexpr int kRecordBatchVariadicCounts = 4;
+constexpr int kMessageCustomMetadata = 4;
 
 class FlatbufferView {
  public:
@@ -42,6 +49,18 @@ class FlatbufferView {
     if (entry + 2 > vtable_size) return -1;
     ARROW_ASSIGN_OR_RAISE(auto field_delta, Read<uint16_t>(vtable + entry));
     return field_delta == 0 ? -1 : table + field_delta;
+  }
+
+  /// The vtable of the table at `table`: where it starts and how many bytes it has.
+  arrow::Status VTable(int64_t table, int64_t* at, int64_t* bytes) const {
+    ARROW_ASSIGN_OR_RAISE(auto vtable_delta, Read<int32_t>(table));
+    *at = table - vtable_delta;
+    ARROW_ASSIGN_OR_RAISE(auto vtable_size, Read<uint16_t>(*at));
+    *bytes = vtable_size;
+    if (*at < 0 || *bytes < 4 || *at > size_ - *bytes) {
+      return arrow::Status::Invalid("flatbuffer vtable at offset ", *at, " is outside the message");
+    }
+    return arrow::Status::OK();
   }
 
   /// Follows the uoffset stored at `at` (tables, vectors).
@@ -144,6 +163,86 @@ arrow::Result<MessageFields> RewriteBufferOffsets(uint8_t* flatbuffer, int64_t s
     std::memcpy(entry, &offsets[i], sizeof offsets[i]);
   }
   return fields;
+}
+
+namespace {
+
+struct ByteRange {
+  int64_t begin, end;
+};
+
+bool Overlap(const ByteRange& a, const ByteRange& b) { return a.begin < b.end && b.begin < a.end; }
+
+/// The structural bytes of the Message table or the RecordBatch table at `table` (its vtable
+/// offset, vtable, and the fields in `fields`, each `widths[i]` bytes), added to `out`; false
+/// when a field outside `fields` (up to slot `last_slot`) is present.
+arrow::Result<bool> AddTable(const FlatbufferView& fb, int64_t table,
+                             std::span<const std::pair<int, int>> fields, int last_slot,
+                             std::vector<ByteRange>* out) {
+  int64_t vtable = 0, vtable_bytes = 0;
+  ARROW_RETURN_NOT_OK(fb.VTable(table, &vtable, &vtable_bytes));
+  out->push_back({table, table + 4});
+  out->push_back({vtable, vtable + vtable_bytes});
+  for (int slot = 0; slot <= last_slot; ++slot) {
+    ARROW_ASSIGN_OR_RAISE(int64_t at, fb.Field(table, slot));
+    if (at < 0) continue;
+    int width = 0;
+    for (const auto& [field, bytes] : fields) {
+      if (field == slot) width = bytes;
+    }
+    if (width == 0) return false;  // a field Arrow's reader would use beyond what is checked
+    out->push_back({at, at + width});
+  }
+  return true;
+}
+
+}  // namespace
+
+bool PatchedValuesIsolated(const uint8_t* flatbuffer, int64_t size, const MessageFields& fields) {
+  if (fields.header_type != MessageHeaderType::kRecordBatch || fields.compressed ||
+      fields.length_at < 0 || fields.body_length_at < 0 || fields.nodes_at < 4 ||
+      fields.buffers_at < 4) {
+    return false;
+  }
+  const FlatbufferView fb(flatbuffer, size);
+  std::vector<ByteRange> structure{
+      {0, 4}, {fields.nodes_at - 4, fields.nodes_at}, {fields.buffers_at - 4, fields.buffers_at}};
+  auto collect = [&]() -> arrow::Result<bool> {
+    ARROW_ASSIGN_OR_RAISE(int64_t message, fb.Deref(0));
+    // Message: version (int16), header type (uint8), header (uoffset); bodyLength is patched.
+    constexpr std::pair<int, int> kMessage[] = {{kMessageVersion, 2},
+                                                {kMessageHeaderType, 1},
+                                                {kMessageHeader, 4},
+                                                {kMessageBodyLength, 8}};
+    ARROW_ASSIGN_OR_RAISE(bool plain,
+                          AddTable(fb, message, kMessage, kMessageCustomMetadata, &structure));
+    if (!plain) return false;
+    ARROW_ASSIGN_OR_RAISE(int64_t header_at, fb.Field(message, kMessageHeader));
+    ARROW_ASSIGN_OR_RAISE(int64_t record_batch, fb.Deref(header_at));
+    // RecordBatch: length is patched; nodes and buffers are uoffsets to their vectors.
+    constexpr std::pair<int, int> kBatch[] = {
+        {kRecordBatchLength, 8}, {kRecordBatchNodes, 4}, {kRecordBatchBuffers, 4}};
+    return AddTable(fb, record_batch, kBatch, kRecordBatchVariadicCounts, &structure);
+  };
+  auto collected = collect();
+  if (!collected.ok() || !*collected) return false;
+  const ByteRange patched[] = {
+      {fields.length_at, fields.length_at + 8},
+      {fields.body_length_at, fields.body_length_at + 8},
+      {fields.nodes_at, fields.nodes_at + fields.num_nodes * kFieldNodeStructSize},
+      {fields.buffers_at, fields.buffers_at + fields.num_buffers * kBufferStructSize}};
+  for (size_t i = 0; i < std::size(patched); ++i) {
+    for (size_t j = i + 1; j < std::size(patched); ++j) {
+      if (Overlap(patched[i], patched[j])) return false;
+    }
+    // The patched values themselves were added as fields of their tables: those ranges are
+    // the values', not structure, and are skipped here.
+    for (const ByteRange& range : structure) {
+      const bool itself = range.begin == patched[i].begin && range.end == patched[i].end;
+      if (!itself && Overlap(range, patched[i])) return false;
+    }
+  }
+  return true;
 }
 
 bool CanPatch(const MessageFields& fields, const BatchValues& values) {

@@ -79,6 +79,16 @@ struct BatchValues {
 /// Writes `values` into a RecordBatch Message located as `fields` (CanPatch must hold).
 void PatchBatchValues(uint8_t* flatbuffer, const MessageFields& fields, const BatchValues& values);
 
+/// True when the values PatchBatchValues writes into this RecordBatch Message (CanPatch holds for
+/// its counts) lie apart from each other and from every byte that gives the Message its structure
+/// (the root offset, both tables and their vtables, the header type, version, header and vector
+/// offsets, the vectors' counts), and the Message carries no custom metadata, compression nor
+/// variadic buffer counts. Then a Message whose other bytes equal these has the same structure:
+/// the same fields at the same offsets, so the flatbuffer verifier and Arrow's reader would find
+/// in it what they found in this one, except the patched values.
+[[nodiscard]] bool PatchedValuesIsolated(const uint8_t* flatbuffer, int64_t size,
+                                         const MessageFields& fields);
+
 /// Stores Message.bodyLength (which must be present: it is absent only for an empty body).
 void SetBodyLength(uint8_t* flatbuffer, const MessageFields& fields, int64_t body_length);
 

@@ -21,6 +21,33 @@ using arrow::ipc::PaddedLength;
 // unsliced array: everything, or the prefix the array uses where the buffer is longer than that
 // prefix padded to Arrow's alignment. metadata_template_test checks them against the writer.
 
+/// A number, date, time, timestamp or duration: a type of whole bytes whose array has a validity
+/// bitmap and one buffer of values.
+bool IsWholeBytesNumber(arrow::Type::type id) {
+  switch (id) {
+    case arrow::Type::INT8:
+    case arrow::Type::UINT8:
+    case arrow::Type::INT16:
+    case arrow::Type::UINT16:
+    case arrow::Type::HALF_FLOAT:
+    case arrow::Type::INT32:
+    case arrow::Type::UINT32:
+    case arrow::Type::FLOAT:
+    case arrow::Type::DATE32:
+    case arrow::Type::TIME32:
+    case arrow::Type::INT64:
+    case arrow::Type::UINT64:
+    case arrow::Type::DOUBLE:
+    case arrow::Type::DATE64:
+    case arrow::Type::TIME64:
+    case arrow::Type::TIMESTAMP:
+    case arrow::Type::DURATION:
+      return true;
+    default:
+      return false;
+  }
+}
+
 int64_t Size(const std::shared_ptr<arrow::Buffer>& buffer) {
   return buffer == nullptr ? 0 : buffer->size();
 }
@@ -94,30 +121,14 @@ bool ListArray(const ArrayData& data, BodyList* out, int depth) {
   } else {
     Add(out, nullptr, 0);
   }
+  if (IsWholeBytesNumber(type.id())) {
+    if (data.buffers.size() != 2) return false;
+    const int width = type.byte_width();
+    if (Size(data.buffers[1]) < data.length * width) return false;
+    Add(out, data.buffers[1], ValuesLength(data, width));
+    return true;
+  }
   switch (type.id()) {
-    case arrow::Type::INT8:
-    case arrow::Type::UINT8:
-    case arrow::Type::INT16:
-    case arrow::Type::UINT16:
-    case arrow::Type::HALF_FLOAT:
-    case arrow::Type::INT32:
-    case arrow::Type::UINT32:
-    case arrow::Type::FLOAT:
-    case arrow::Type::DATE32:
-    case arrow::Type::TIME32:
-    case arrow::Type::INT64:
-    case arrow::Type::UINT64:
-    case arrow::Type::DOUBLE:
-    case arrow::Type::DATE64:
-    case arrow::Type::TIME64:
-    case arrow::Type::TIMESTAMP:
-    case arrow::Type::DURATION: {
-      if (data.buffers.size() != 2) return false;
-      const int width = type.byte_width();
-      if (Size(data.buffers[1]) < data.length * width) return false;
-      Add(out, data.buffers[1], ValuesLength(data, width));
-      return true;
-    }
     case arrow::Type::STRING:
     case arrow::Type::BINARY:
       return data.buffers.size() == 3 && ListBinary<int32_t>(data, out);
@@ -223,6 +234,198 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   schema_ = batch.schema();
   message_.assign(metadata.data(), metadata.data() + metadata.size());
   fields_ = *fields;
+}
+
+}  // namespace shmarrow::internal
+
+namespace shmarrow::internal {
+
+namespace {
+
+constexpr int kMaxNesting = 64;  // Arrow's reader refuses deeper nesting (its own limit)
+
+int64_t LoadInt64(const uint8_t* at) {
+  int64_t value;
+  std::memcpy(&value, at, sizeof value);
+  return value;
+}
+
+/// The zero-byte buffer Arrow's reader gives for a buffer of length 0 (which it does not look up).
+const std::shared_ptr<arrow::Buffer>& EmptyBuffer() {
+  alignas(64) static const uint8_t kNothing[64] = {};
+  static const auto empty = std::make_shared<arrow::Buffer>(kNothing, 0);
+  return empty;
+}
+
+}  // namespace
+
+/// Where Make is in the Message being built: its nodes and buffers, and the body they point into.
+struct BatchLayout::Cursor {
+  const uint8_t* metadata;
+  const std::shared_ptr<arrow::Buffer>* body;
+  size_t node = 0;       // the next entry of plan_ (one per field node)
+  int64_t buffer = 0;    // the next Buffer struct
+  bool refused = false;  // a value Arrow's reader refuses: it is asked instead
+};
+
+std::optional<BatchLayout::Load> BatchLayout::LoadOf(arrow::Type::type id) {
+  if (IsWholeBytesNumber(id)) return Load::kFixedWidth;
+  switch (id) {
+    case arrow::Type::BOOL:
+    case arrow::Type::INTERVAL_MONTHS:
+    case arrow::Type::INTERVAL_DAY_TIME:
+    case arrow::Type::INTERVAL_MONTH_DAY_NANO:
+      return Load::kFixedWidth;
+    case arrow::Type::FIXED_SIZE_BINARY:
+    case arrow::Type::DECIMAL32:
+    case arrow::Type::DECIMAL64:
+    case arrow::Type::DECIMAL128:
+    case arrow::Type::DECIMAL256:
+      return Load::kFixedSizeBinary;
+    case arrow::Type::STRING:
+    case arrow::Type::BINARY:
+    case arrow::Type::LARGE_STRING:
+    case arrow::Type::LARGE_BINARY:
+      return Load::kBinary;
+    case arrow::Type::LIST:
+    case arrow::Type::LARGE_LIST:
+      return Load::kList;
+    case arrow::Type::STRUCT:
+      return Load::kStruct;
+    default:  // dictionaries, unions, views, maps, extensions...
+      return std::nullopt;
+  }
+}
+
+int BatchLayout::BuffersOf(Load load) {
+  return load == Load::kBinary ? 3 : load == Load::kStruct ? 1 : 2;  // the bitmap, then values
+}
+
+bool BatchLayout::Plan(const arrow::DataType& type, const std::shared_ptr<arrow::DataType>& as,
+                       int depth) {
+  if (depth >= kMaxNesting) return false;
+  const auto load = LoadOf(type.id());
+  if (!load.has_value()) return false;  // Arrow's reader reads every batch of such a schema
+  plan_.push_back({as, *load});
+  num_buffers_ += BuffersOf(*load);
+  if (*load != Load::kList && *load != Load::kStruct) return true;
+  for (const auto& child : type.fields()) {
+    if (!Plan(*child->type(), child->type(), depth + 1)) return false;
+  }
+  return true;
+}
+
+std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
+  const Node& node = plan_[cursor->node];
+  const uint8_t* field_node =
+      cursor->metadata + fields_.nodes_at + cursor->node * kFieldNodeStructSize;
+  ++cursor->node;
+  // Buffer `index` as Arrow's reader gives it: its bytes of the body, or an empty buffer.
+  auto buffer = [&](int64_t index) -> std::shared_ptr<arrow::Buffer> {
+    const uint8_t* entry = cursor->metadata + fields_.buffers_at + index * kBufferStructSize;
+    const int64_t offset = LoadInt64(entry);
+    const int64_t length = LoadInt64(entry + 8);
+    if (length == 0) return EmptyBuffer();
+    const auto& body = *cursor->body;
+    if (offset < 0 || length < 0 || offset % 8 != 0 || offset > body->size() ||
+        length > body->size() - offset) {
+      cursor->refused = true;
+      return nullptr;
+    }
+    return std::make_shared<arrow::Buffer>(body, offset, length);
+  };
+  // (std::make_shared: malloc's per-thread cache is faster for these than BlockCache's mutex:
+  // 53 against 74 ns an object, measured.)
+  auto data = std::make_shared<arrow::ArrayData>();
+  data->type = node.type;
+  data->length = LoadInt64(field_node);
+  data->null_count = LoadInt64(field_node + 8);
+  data->offset = 0;
+  data->buffers.resize(static_cast<size_t>(BuffersOf(node.load)));
+  if (data->null_count != 0) data->buffers[0] = buffer(cursor->buffer);
+  ++cursor->buffer;
+  switch (node.load) {
+    case Load::kFixedWidth:
+      // Arrow's reader leaves an empty array's values alone.
+      data->buffers[1] = data->length > 0 ? buffer(cursor->buffer) : EmptyBuffer();
+      ++cursor->buffer;
+      break;
+    case Load::kFixedSizeBinary:
+    case Load::kList:
+      data->buffers[1] = buffer(cursor->buffer++);
+      break;
+    case Load::kBinary:
+      data->buffers[1] = buffer(cursor->buffer++);
+      data->buffers[2] = buffer(cursor->buffer++);
+      break;
+    case Load::kStruct:
+      break;
+  }
+  if (node.load == Load::kList || node.load == Load::kStruct) {
+    data->child_data.resize(static_cast<size_t>(node.type->num_fields()));
+    for (auto& child : data->child_data) child = Make(cursor);
+  }
+  return data;
+}
+
+std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(const uint8_t* metadata, int64_t size,
+                                                       const std::shared_ptr<arrow::Schema>& schema,
+                                                       const std::shared_ptr<arrow::Buffer>& body) {
+  if (schema != schema_ || message_.empty() || size != static_cast<int64_t>(message_.size())) {
+    return nullptr;
+  }
+  // Every byte but the patched values as remembered (PatchedValuesIsolated held for them).
+  int64_t at = 0;
+  for (const auto& [begin, bytes] : sorted_patched_) {
+    if (std::memcmp(metadata + at, message_.data() + at, static_cast<size_t>(begin - at)) != 0) {
+      return nullptr;
+    }
+    at = begin + bytes;
+  }
+  if (std::memcmp(metadata + at, message_.data() + at, static_cast<size_t>(size - at)) != 0) {
+    return nullptr;
+  }
+  const int64_t num_rows = LoadInt64(metadata + fields_.length_at);
+  Cursor cursor{metadata, &body};
+  std::vector<std::shared_ptr<arrow::ArrayData>> columns(static_cast<size_t>(schema->num_fields()));
+  for (auto& column : columns) {
+    column = Make(&cursor);
+    // Arrow's reader refuses a column that is not as long as the batch.
+    if (cursor.refused || column->length != num_rows) return nullptr;
+  }
+  return arrow::RecordBatch::Make(schema, num_rows, std::move(columns));
+}
+
+void BatchLayout::Remember(const arrow::Buffer& metadata,
+                           const std::shared_ptr<arrow::Schema>& schema) {
+  if (schema != schema_) {
+    schema_ = schema;
+    message_.clear();
+    plan_.clear();
+    num_buffers_ = 0;
+    plannable_ = true;
+    for (const auto& field : schema->fields()) {
+      if (!Plan(*field->type(), field->type(), 0)) {
+        plannable_ = false;
+        break;
+      }
+    }
+  }
+  message_.clear();
+  if (!plannable_) return;
+  auto fields = LocateMessageFields(metadata.data(), metadata.size());
+  if (!fields.ok() || fields->num_nodes != static_cast<int64_t>(plan_.size()) ||
+      fields->num_buffers != num_buffers_ ||
+      !PatchedValuesIsolated(metadata.data(), metadata.size(), *fields)) {
+    return;
+  }
+  fields_ = *fields;
+  sorted_patched_ = {{{fields_.length_at, 8},
+                      {fields_.body_length_at, 8},
+                      {fields_.nodes_at, fields_.num_nodes * kFieldNodeStructSize},
+                      {fields_.buffers_at, fields_.num_buffers * kBufferStructSize}}};
+  std::sort(sorted_patched_.begin(), sorted_patched_.end());
+  message_.assign(metadata.data(), metadata.data() + metadata.size());
 }
 
 }  // namespace shmarrow::internal

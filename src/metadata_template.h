@@ -1,4 +1,5 @@
-// Publishing a streamed batch without building its IPC metadata from scratch.
+// Publishing and reading a streamed batch without building or parsing its IPC metadata from
+// scratch.
 //
 // Batches of a stream usually share one layout: the same schema, so the same field nodes and
 // body buffers, only lengths, null counts and buffer positions change. Arrow's writer
@@ -6,15 +7,23 @@
 // flatbuffer is kept, and each later batch of the layout gets a copy with its own values patched
 // into the fixed-size fields (flatbuffer_patch.h), no heap allocation. The bytes are those
 // Arrow's writer would produce (tests/cpp/metadata_template_test.cc compares them).
+//
+// A consumer keeps the last Message Arrow's reader accepted (BatchLayout): a Message equal to it
+// except in those values describes a batch of the same layout, whose objects are then made from
+// the values alone, with no flatbuffer verifier or decoder run again; what the values claim is
+// checked as Arrow's reader checks it, and the batch is validated as before.
 #pragma once
 
 #include <arrow/buffer.h>
 #include <arrow/record_batch.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "flatbuffer_patch.h"
@@ -69,6 +78,54 @@ class MetadataCache {
   std::shared_ptr<arrow::Schema> schema_;
   std::vector<uint8_t> message_;
   MessageFields fields_;
+};
+
+/// A consumer's record of its stream's layout: the RecordBatch Message Arrow's reader last turned
+/// into a batch of the stream's schema. Not thread-safe (one per source).
+class BatchLayout {
+ public:
+  /// The batch `metadata` (a RecordBatch Message copied out of the producer's reach) describes,
+  /// its buffers sliced from `body`, made as Arrow's reader would make it (not yet validated).
+  /// nullptr when `metadata` is not the remembered Message with other values patched in, or when
+  /// a value is one Arrow's reader refuses (a buffer outside `body` or misaligned, a column
+  /// shorter or longer than the batch): the caller then asks Arrow's reader, which says why.
+  [[nodiscard]] std::shared_ptr<arrow::RecordBatch> Build(
+      const uint8_t* metadata, int64_t size, const std::shared_ptr<arrow::Schema>& schema,
+      const std::shared_ptr<arrow::Buffer>& body);
+
+  /// Keeps `metadata`, a Message Arrow's reader accepted for a batch of `schema`, when Build can
+  /// follow its layout: every type in the schema one whose buffers Arrow's reader takes as the
+  /// Message gives them, and the patched values apart from the Message's structure.
+  void Remember(const arrow::Buffer& metadata, const std::shared_ptr<arrow::Schema>& schema);
+
+ private:
+  /// How Arrow's reader turns a field's node and buffers into ArrayData.
+  enum class Load : uint8_t { kFixedWidth, kFixedSizeBinary, kBinary, kList, kStruct };
+  struct Node {  // a field, children after their parent (the order of the Message's nodes)
+    std::shared_ptr<arrow::DataType> type;
+    Load load;
+  };
+  struct Cursor;
+
+  /// How Arrow's reader loads an array of type `id`; none for types Build does not make.
+  static std::optional<Load> LoadOf(arrow::Type::type id);
+  /// How many Buffer structs (and ArrayData buffers) an array loaded as `load` has.
+  static int BuffersOf(Load load);
+
+  /// Adds `type` (a field's, given as `as`, `depth` levels down) and its children to plan_; false
+  /// for a type Build does not make (Arrow's reader then reads every batch).
+  [[nodiscard]] bool Plan(const arrow::DataType& type, const std::shared_ptr<arrow::DataType>& as,
+                          int depth);
+  /// The ArrayData of the field node at the cursor and its children.
+  [[nodiscard]] std::shared_ptr<arrow::ArrayData> Make(Cursor* cursor);
+
+  std::shared_ptr<arrow::Schema> schema_;  // the schema plan_ was made for
+  bool plannable_ = false;
+  std::vector<Node> plan_;
+  int64_t num_buffers_ = 0;
+  std::vector<uint8_t> message_;  // empty: none remembered
+  MessageFields fields_;
+  std::array<std::pair<int64_t, int64_t>, 4> sorted_patched_{};  // {offset, bytes}, by offset
 };
 
 }  // namespace shmarrow::internal

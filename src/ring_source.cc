@@ -63,21 +63,29 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   std::memcpy(metadata_scratch_.data(), ring_->data() + message.metadata_offset,
               message.metadata_length);
   const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
-  // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
-  if (auto plain = CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
-    return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
+  // The stream's layout again, with other values: built from them, with no flatbuffer parsed.
+  std::shared_ptr<arrow::RecordBatch> batch =
+      layout_.Build(metadata.data(), metadata.size(), schema, lease);
+  const bool remember = batch == nullptr;
+  if (remember) {
+    // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
+    if (auto plain = CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
+      return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
+    }
+    arrow::io::BufferReader body(lease);
+    auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
+                                            arrow::ipc::IpcReadOptions::Defaults(), &body);
+    if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
+      return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
+                                       message.metadata_offset, ", +", message.metadata_length,
+                                       ") of the ", ring_size,
+                                       "-byte ring): ", read.status().message());
+    }
+    batch = *std::move(read);
   }
-  arrow::io::BufferReader body(lease);
   lease.reset();
-  auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
-                                          arrow::ipc::IpcReadOptions::Defaults(), &body);
-  if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
-    return read.status().WithMessage(
-        "batch ", message.sequence, " (metadata at [", message.metadata_offset, ", +",
-        message.metadata_length, ") of the ", ring_size, "-byte ring): ", read.status().message());
-  }
-  std::shared_ptr<arrow::RecordBatch> batch = *std::move(read);
   ARROW_RETURN_NOT_OK(ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
+  if (remember) layout_.Remember(metadata, schema);
   out->emplace_back(std::move(batch));
   return arrow::Status::OK();
 }

@@ -1,6 +1,7 @@
 // Ring mode's batches: the producer's ring, mapped read-only once (from the Welcome's fd); a
 // Batch message (or queue entry) points at a batch's metadata in it, which is copied out and
-// parsed, and the batch's buffers are read in place.
+// parsed (or, for the layout of the batch before, only its values read), and the batch's buffers
+// are read in place.
 #pragma once
 
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include "batch_source.h"
 #include "consumer_channel.h"
+#include "metadata_template.h"
 #include "shmarrow/types.h"
 
 namespace shmarrow::internal {
@@ -38,6 +40,7 @@ class RingSource final : public BatchSource {
   const uint32_t credits_;
   const Validation validation_;
   std::vector<uint8_t> metadata_scratch_;  // the private copy of a batch's metadata
+  BatchLayout layout_;                     // the stream's last layout Arrow's reader accepted
 };
 
 }  // namespace shmarrow::internal

@@ -1,6 +1,8 @@
 #include "common.h"
 
 #include <arrow/c/bridge.h>
+#include <arrow/record_batch.h>
+#include <arrow/sparse_tensor.h>
 #include <arrow/type.h>
 #include <arrow/util/io_util.h>
 #include <nanobind/stl/string.h>
@@ -13,6 +15,9 @@
 #include <cstring>
 #include <new>
 #include <thread>
+
+// pyarrow's C API: after the Arrow headers whose types it names (it includes none itself).
+#include <arrow/python/lib_api.h>
 
 namespace shmarrow::python {
 namespace {
@@ -144,33 +149,19 @@ nb::object SchemaCapsule(const arrow::Schema& schema) {
   return MakeCapsule(out, "arrow_schema", DeleteSchemaCapsule);
 }
 
-PyBatchMaker::PyBatchMaker() {
-  nb::module_ pyarrow = nb::module_::import_("pyarrow");
-  import_schema_ = pyarrow.attr("Schema").attr("_import_from_c_capsule");
-  import_batch_ = pyarrow.attr("RecordBatch").attr("_import_from_c");
+void ImportPyarrowApi() {
+  if (import_pyarrow__lib() != 0) throw nb::python_error();
 }
 
-nb::object PyBatchMaker::Make(const std::shared_ptr<arrow::RecordBatch>& batch) {
-  nb::object py_schema = py_schema_;
-  if (batch->schema() != schema_ &&
-      (schema_ == nullptr || !batch->schema()->Equals(*schema_, /*check_metadata=*/true))) {
-    // A local until the end: the import runs Python code, and another thread may make a batch
-    // of its own meanwhile.
-    py_schema = import_schema_(SchemaCapsule(*batch->schema()));
-    schema_ = batch->schema();
-    py_schema_ = py_schema;
-  }
-  ArrowArray array;
-  array.release = nullptr;
-  const auto status = arrow::ExportRecordBatch(*batch, &array);
-  if (!status.ok()) ThrowStatus(status, "export");
-  try {
-    // pyarrow moves the struct out (its release becomes null) before it can fail.
-    return import_batch_(reinterpret_cast<uintptr_t>(&array), py_schema);
-  } catch (...) {
-    if (array.release != nullptr) array.release(&array);
-    throw;
-  }
+nb::object WrapBatch(const std::shared_ptr<arrow::RecordBatch>& batch) {
+  PyObject* wrapped = pyarrow_wrap_batch(batch);
+  if (wrapped == nullptr) throw nb::python_error();
+  return nb::steal(wrapped);
+}
+
+std::shared_ptr<arrow::RecordBatch> UnwrapBatch(nb::handle object) {
+  if (!pyarrow_is_batch(object.ptr())) return nullptr;
+  return pyarrow_unwrap_batch(object.ptr());
 }
 
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader) {
@@ -187,60 +178,6 @@ nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader) {
 std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule) {
   auto* schema = CapsulePointer<ArrowSchema>(capsule, "arrow_schema");
   return ValueOrThrow(arrow::ImportSchema(schema), "import");
-}
-
-namespace {
-
-// Appends everything ImportSchema reads from `schema`, unambiguously: C strings end with their
-// NUL, metadata and counts go with their lengths. False for metadata with a negative length,
-// which ImportSchema is left to refuse.
-bool CSchemaKey(const ArrowSchema& schema, std::string* out) {
-  const auto append_int = [out](int64_t v) {
-    out->append(reinterpret_cast<const char*>(&v), sizeof v);
-  };
-  out->append(schema.format != nullptr ? schema.format : "").push_back('\0');
-  out->append(schema.name != nullptr ? schema.name : "").push_back('\0');
-  append_int(schema.flags);
-  int64_t metadata_size = 0;
-  if (schema.metadata != nullptr) {
-    // int32 pair count, then per key and value an int32 length and the bytes
-    int32_t pairs = 0;
-    std::memcpy(&pairs, schema.metadata, sizeof pairs);
-    if (pairs < 0) return false;
-    metadata_size = sizeof pairs;
-    for (int64_t i = 0; i < 2 * int64_t{pairs}; ++i) {
-      int32_t length = 0;
-      std::memcpy(&length, schema.metadata + metadata_size, sizeof length);
-      if (length < 0) return false;
-      metadata_size += int64_t{sizeof length} + length;
-    }
-  }
-  append_int(metadata_size);
-  out->append(schema.metadata != nullptr ? schema.metadata : "",
-              static_cast<size_t>(metadata_size));
-  append_int(schema.n_children);
-  for (int64_t i = 0; i < schema.n_children; ++i) {
-    if (!CSchemaKey(*schema.children[i], out)) return false;
-  }
-  out->push_back(schema.dictionary != nullptr ? 'd' : '-');
-  return schema.dictionary == nullptr || CSchemaKey(*schema.dictionary, out);
-}
-
-}  // namespace
-
-std::shared_ptr<arrow::RecordBatch> BatchImporter::Import(nb::handle schema, nb::handle array) {
-  auto* c_schema = CapsulePointer<ArrowSchema>(schema, "arrow_schema");
-  auto* c_array = CapsulePointer<ArrowArray>(array, "arrow_array");
-  scratch_.clear();
-  if (CSchemaKey(*c_schema, &scratch_) && schema_ != nullptr && scratch_ == key_) {
-    c_schema->release(c_schema);  // the capsule's destructor then only frees the struct
-  } else {
-    schema_.reset();  // until the key and the import agree again
-    auto imported = ValueOrThrow(arrow::ImportSchema(c_schema), "import");
-    key_.swap(scratch_);
-    schema_ = std::move(imported);
-  }
-  return ValueOrThrow(arrow::ImportRecordBatch(c_array, schema_), "import");
 }
 
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule) {

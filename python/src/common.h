@@ -64,36 +64,19 @@ T ValueOrThrow(arrow::Result<T> result, const char* context) {
 nb::object SchemaCapsule(const arrow::Schema& schema);
 nb::object StreamCapsule(std::shared_ptr<arrow::RecordBatchReader> reader);
 
-/// Makes pyarrow RecordBatches of a stream's batches. A batch's arrays go through the C data
-/// interface; its schema only when it differs from the previous batch's: the pyarrow Schema made
-/// then is reused, so a batch of the same schema costs no schema export or import.
-class PyBatchMaker {
- public:
-  PyBatchMaker();
-  /// A pyarrow.RecordBatch sharing the batch's buffers (no copy), keeping it alive until pyarrow
-  /// lets go of them. Holds the GIL.
-  nb::object Make(const std::shared_ptr<arrow::RecordBatch>& batch);
+/// Imports pyarrow's own C API (pyarrow.lib's, declared in arrow/python/lib_api.h), through which
+/// batches pass between pyarrow and this module as the C++ objects pyarrow wraps: no export and
+/// import through the C data interface, no schema compared or converted. Holds the GIL; throws
+/// when pyarrow.lib does not provide it.
+void ImportPyarrowApi();
 
- private:
-  nb::object import_schema_;  // pyarrow.Schema._import_from_c_capsule
-  nb::object import_batch_;   // pyarrow.RecordBatch._import_from_c(address, pyarrow.Schema)
-  std::shared_ptr<arrow::Schema> schema_;
-  nb::object py_schema_;  // schema_ as a pyarrow.Schema
-};
+/// A pyarrow.RecordBatch of `batch` itself (no copy): it holds the batch until pyarrow lets go of
+/// it. Holds the GIL.
+nb::object WrapBatch(const std::shared_ptr<arrow::RecordBatch>& batch);
 
-/// Imports the (schema, array) capsules of batches published one after another. A schema equal,
-/// field by field in its C form (formats, names, flags, metadata), to the previous one is not
-/// imported again: the previous import is reused. Holds the GIL.
-class BatchImporter {
- public:
-  /// Moves the structs out of the capsules (the capsules are then spent).
-  std::shared_ptr<arrow::RecordBatch> Import(nb::handle schema, nb::handle array);
-
- private:
-  std::string key_;      // the C form of schema_ (see CSchemaKey in common.cc)
-  std::string scratch_;  // the C form of the schema being imported (kept for its capacity)
-  std::shared_ptr<arrow::Schema> schema_;
-};
+/// The C++ batch a pyarrow.RecordBatch wraps (no copy); nullptr for any other object. Holds the
+/// GIL.
+std::shared_ptr<arrow::RecordBatch> UnwrapBatch(nb::handle object);
 
 std::shared_ptr<arrow::Schema> ImportSchemaCapsule(nb::handle capsule);
 std::shared_ptr<arrow::RecordBatchReader> ImportStreamCapsule(nb::handle capsule);

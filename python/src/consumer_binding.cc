@@ -2,8 +2,9 @@
 //
 // Reads never block inside the library: a blocking read is TryNext, then poll() on the consumer's
 // socket for at most kSliceMs with the GIL released, then a look at pending signals, again. Batches
-// leave as Arrow C data interface capsules over the shared memory itself (no copy); the memory
-// returns to the producer when the last Python object over a batch is freed.
+// leave as pyarrow.RecordBatch objects wrapping the C++ batch itself (pyarrow's C API), over the
+// shared memory (no copy); the memory returns to the producer when the last Python object over a
+// batch is freed.
 #include <arrow/type.h>
 #include <arrow/util/io_util.h>
 #include <nanobind/stl/string.h>
@@ -177,7 +178,7 @@ class PyConsumer {
                  "read");
     }
     if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return batches_.Make(batch);
+    if (*step == ConsumerState::Step::kBatch) return WrapBatch(batch);
     return nb::none();
   }
 
@@ -190,7 +191,7 @@ class PyConsumer {
       step = state_->Take(&batch);
     }
     if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return batches_.Make(batch);
+    if (*step == ConsumerState::Step::kBatch) return WrapBatch(batch);
     return nb::none();
   }
 
@@ -314,7 +315,6 @@ class PyConsumer {
 
  private:
   std::shared_ptr<ConsumerState> state_;
-  PyBatchMaker batches_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@ NB_MODULE(_native, m) {
   m.doc() = "shmarrow's C++ library (Producer, Consumer, FlightBridge) for shmarrow._native_api";
   nb::set_leak_warnings(false);  // objects alive at exit (held by a traceback, ...) are fine
   py::InitMainThread();
+  py::ImportPyarrowApi();
   m.def(
       "_set_error_factory", [](nb::handle factory) { py::SetErrorFactory(factory); },
       nb::arg("factory"),

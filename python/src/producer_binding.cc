@@ -1,7 +1,8 @@
 // shmarrow._native._Producer and _Allocation: shmarrow::Producer for Python.
 //
-// Batches come in through the Arrow C data interface (capsules), so their buffers are wherever the
-// Python objects keep them. Memory from allocate() is taken from the producer's pool() (the ring,
+// Batches come in as the C++ batch a pyarrow.RecordBatch wraps (pyarrow's C API; other libraries'
+// batches become pyarrow's through the Arrow PyCapsule interface first), so their buffers are
+// wherever the Python objects keep them. Memory from allocate() is taken from the producer's pool() (the ring,
 // or in sealed mode the arena of the next batch, which each allocation keeps alive until freed):
 // a batch whose buffers lie there is published without a copy. Before publishing, such buffers are
 // swapped for slices of the allocation's own buffer, so that the published batch pins the shared
@@ -336,15 +337,14 @@ class PyProducer {
     state_.reset();
   }
 
-  void PublishBatch(nb::handle schema_capsule, nb::handle array_capsule) {
-    auto batch = batches_.Import(schema_capsule, array_capsule);
-    arrow::Status status;
-    {
-      ReleaseGil release;
-      status = state_->Publish(batch);
-      batch.reset();
+  /// A pyarrow.RecordBatch, published as the C++ batch it wraps.
+  void PublishPyarrowBatch(nb::handle object) {
+    auto batch = UnwrapBatch(object);
+    if (batch == nullptr) {
+      ThrowError(arrow::StatusCode::Invalid, ErrorCode::kBadInput,
+                 "publish_pyarrow_batch takes a pyarrow.RecordBatch", "publish");
     }
-    CheckOk(status, "publish");
+    PublishImported(std::move(batch));
   }
 
   int64_t PublishStream(nb::handle stream_capsule) {
@@ -479,6 +479,17 @@ class PyProducer {
   }
 
  private:
+  /// Publishes with the GIL released.
+  void PublishImported(std::shared_ptr<arrow::RecordBatch> batch) {
+    arrow::Status status;
+    {
+      ReleaseGil release;
+      status = state_->Publish(batch);
+      batch.reset();
+    }
+    CheckOk(status, "publish");
+  }
+
   arrow::Status AllocateInto(const std::shared_ptr<AllocationState>& allocation, int64_t size) {
     auto& state = *state_;
     {
@@ -547,7 +558,6 @@ class PyProducer {
   }
 
   std::shared_ptr<ProducerState> state_;
-  BatchImporter batches_;
 };
 
 }  // namespace
@@ -594,7 +604,7 @@ of an earlier arena is copied (counted in stats["bytes_copied"]).)")
           nb::arg("block_timeout_ms"), nb::arg("max_consumers"), nb::arg("max_in_flight"),
           nb::arg("retain"), nb::arg("socket_mode"), nb::arg("allowed_uids"),
           nb::arg("allow_any_uid"), nb::arg("name"), nb::arg("pages"))
-      .def("publish_batch", &PyProducer::PublishBatch, nb::arg("schema"), nb::arg("array"))
+      .def("publish_pyarrow_batch", &PyProducer::PublishPyarrowBatch, nb::arg("batch"))
       .def("publish_stream", &PyProducer::PublishStream, nb::arg("stream"))
       .def("allocate", &PyProducer::Allocate, nb::arg("nbytes"))
       .def("memory_pool", &PyProducer::MemoryPool)

@@ -595,6 +595,84 @@ TEST_F(HostileProducer, RingSchemaChangeToDictionaryIsRefusedNotACrash) {
       "dictionary");
 }
 
+TEST_F(HostileProducer, RingLiesInTheLayoutOfTheBatchBeforeAreRefusedAsArrowsReaderRefusesThem) {
+  // A consumer builds a batch whose Message is the batch before's with other values patched in
+  // without asking Arrow's reader again. Whatever a producer writes into those values, and into
+  // the bytes they point at, is refused with the very error the first batch of a stream gets.
+  const RingImage good(*TestBatch());
+  const size_t body_length = good.metadata_offset;
+  struct Second {  // where the lying batch's copy of the body and Message are
+    size_t body, metadata;
+    size_t Node(const RingImage& image, int index) const {
+      return metadata + static_cast<size_t>(image.fields.nodes_at) + 16 * index;
+    }
+    size_t Buffer(const RingImage& image, int index) const {
+      return metadata + static_cast<size_t>(image.fields.buffers_at) + 16 * index;
+    }
+  };
+  const struct {
+    std::string what;
+    std::function<void(RingImage&, const Second&)> lie;
+  } lies[] = {
+      {"more rows than the buffers hold",
+       [](RingImage& image, const Second& at) {
+         image.Set<int64_t>(at.metadata + static_cast<size_t>(image.fields.length_at), 100);
+         for (int node : {0, 1, 2}) image.Set<int64_t>(at.Node(image, node), 100);
+       }},
+      {"more nulls than rows",
+       [](RingImage& image, const Second& at) { image.Set<int64_t>(at.Node(image, 0) + 8, 4); }},
+      {"nulls without a bitmap",
+       [](RingImage& image, const Second& at) { image.Set<int64_t>(at.Node(image, 1) + 8, 1); }},
+      {"string offsets that decrease",
+       [](RingImage& image, const Second& at) {
+         const auto offsets = at.body + static_cast<size_t>(image.BufferOffset(kSOffsets));
+         image.Set<int32_t>(offsets + sizeof(int32_t), 5);
+       }},
+      {"strings that are no UTF-8",
+       [](RingImage& image, const Second& at) {
+         image.bytes[at.body + static_cast<size_t>(image.BufferOffset(kSData))] = 0xff;
+       }},
+      {"list offsets past the values",
+       [](RingImage& image, const Second& at) {
+         const auto offsets = at.body + static_cast<size_t>(image.BufferOffset(kLOffsets));
+         image.Set<int32_t>(offsets + 3 * sizeof(int32_t), 1 << 20);
+       }},
+      {"a buffer past the ring",
+       [](RingImage& image, const Second& at) {
+         image.Set<int64_t>(at.Buffer(image, kSData), static_cast<int64_t>(image.bytes.size()));
+       }},
+      {"a misaligned buffer",
+       [](RingImage& image, const Second& at) {
+         image.Set<int64_t>(at.Buffer(image, kIData),
+                            image.Get<int64_t>(at.Buffer(image, kIData)) + 4);
+       }},
+  };
+  for (const auto& lie : lies) {
+    SCOPED_TRACE(lie.what);
+    RingImage image = good;
+    Second at{};
+    at.body = (image.bytes.size() + 63) / 64 * 64;
+    image.bytes.resize(at.body);
+    image.bytes.insert(image.bytes.end(), good.bytes.begin(), good.bytes.begin() + body_length);
+    at.metadata = (image.bytes.size() + 7) / 8 * 8;
+    image.bytes.resize(at.metadata);
+    image.bytes.insert(image.bytes.end(), good.bytes.begin() + good.metadata_offset,
+                       good.bytes.end());
+    for (int i = 0; i < image.fields.num_buffers; ++i) {  // the copy points at the copied body
+      image.Set<int64_t>(at.Buffer(image, i),
+                         image.Get<int64_t>(at.Buffer(image, i)) + static_cast<int64_t>(at.body));
+    }
+    lie.lie(image, at);
+    const UniqueFd ring = image.Seal();
+    const Datagram second = BatchAt(2, at.metadata, good.metadata_length);
+    const auto first_of_its_layout = ConnectAndRead({RingWelcome(ring.get()), second});
+    const auto after_one_of_its_layout =
+        ConnectAndRead({RingWelcome(ring.get()), BatchAt(1, image), second});
+    EXPECT_FALSE(first_of_its_layout.ok());
+    EXPECT_EQ(after_one_of_its_layout.ToString(), first_of_its_layout.ToString());
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch messages: slots, fds and sequences.
 

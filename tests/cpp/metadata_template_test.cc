@@ -1,8 +1,13 @@
 // The cached RecordBatch Message, patched per batch, is byte for byte what Arrow's writer
-// produces, and batches published through it read back equal.
+// produces, and batches published through it read back equal. A consumer's remembered layout
+// builds each batch of the layout as Arrow's reader does, and leaves to that reader every Message
+// that is not the layout's or whose values the reader refuses.
 #include <arrow/api.h>
+#include <arrow/io/memory.h>
 #include <arrow/ipc/api.h>
 #include <arrow/ipc/writer.h>
+#include <arrow/util/compression.h>
+#include <arrow/util/key_value_metadata.h>
 #include <gtest/gtest.h>
 
 #include <array>
@@ -18,6 +23,7 @@
 namespace shmarrow {
 namespace {
 
+using internal::BatchLayout;
 using internal::BodyList;
 using internal::ListBody;
 using internal::MetadataCache;
@@ -242,6 +248,191 @@ TEST(MetadataTemplate, RingBatchesOfEveryShapeReadBackEqual) {
                                           << received->ToString() << "\n"
                                           << batch->ToString();
   }
+}
+
+/// A ring's worth of bytes holding batches' bodies where a producer would put them, and the
+/// Messages that describe them there.
+struct Body {
+  std::shared_ptr<arrow::Buffer> bytes = arrow::AllocateBuffer(1 << 20).ValueOrDie();
+  int64_t used = 0;
+
+  /// Copies `batch`'s body in (each buffer 8-aligned) and returns its Message pointing there.
+  std::vector<uint8_t> Place(const arrow::RecordBatch& batch) {
+    arrow::ipc::IpcPayload payload;
+    EXPECT_OK(arrow::ipc::GetRecordBatchPayload(batch, arrow::ipc::IpcWriteOptions::Defaults(),
+                                                &payload));
+    std::vector<int64_t> offsets, lengths;
+    for (const auto& buffer : payload.body_buffers) {
+      const int64_t length = buffer == nullptr ? 0 : buffer->size();
+      used = (used + 63) / 64 * 64;
+      EXPECT_LE(used + length, bytes->size());
+      if (length > 0) std::memcpy(bytes->mutable_data() + used, buffer->data(), length);
+      offsets.push_back(used);
+      lengths.push_back(length);
+      used += length;
+    }
+    return ArrowMessage(batch, offsets, lengths, used);
+  }
+};
+
+arrow::Result<std::shared_ptr<arrow::RecordBatch>> ArrowRead(
+    const std::vector<uint8_t>& message, const std::shared_ptr<arrow::Schema>& schema,
+    const std::shared_ptr<arrow::Buffer>& body) {
+  arrow::io::BufferReader reader(body);
+  return arrow::ipc::ReadRecordBatch(arrow::Buffer(message.data(), message.size()), schema, nullptr,
+                                     arrow::ipc::IpcReadOptions::Defaults(), &reader);
+}
+
+std::shared_ptr<arrow::RecordBatch> Build(BatchLayout& layout, const std::vector<uint8_t>& message,
+                                          const std::shared_ptr<arrow::Schema>& schema,
+                                          const std::shared_ptr<arrow::Buffer>& body) {
+  return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, body);
+}
+
+/// The same objects: lengths, null counts, and buffers at the same bytes.
+void ExpectSameData(const arrow::ArrayData& built, const arrow::ArrayData& read,
+                    const std::string& where) {
+  EXPECT_TRUE(built.type->Equals(*read.type)) << where;
+  EXPECT_EQ(built.length, read.length) << where;
+  EXPECT_EQ(built.null_count.load(), read.null_count.load()) << where;
+  EXPECT_EQ(built.offset, read.offset) << where;
+  ASSERT_EQ(built.buffers.size(), read.buffers.size()) << where;
+  for (size_t i = 0; i < built.buffers.size(); ++i) {
+    const auto& a = built.buffers[i];
+    const auto& b = read.buffers[i];
+    ASSERT_EQ(a == nullptr, b == nullptr) << where << " buffer " << i;
+    if (a == nullptr) continue;
+    EXPECT_EQ(a->size(), b->size()) << where << " buffer " << i;
+    if (a->size() > 0) EXPECT_EQ(a->data(), b->data()) << where << " buffer " << i;
+  }
+  ASSERT_EQ(built.child_data.size(), read.child_data.size()) << where;
+  for (size_t i = 0; i < built.child_data.size(); ++i) {
+    ExpectSameData(*built.child_data[i], *read.child_data[i], where + "." + std::to_string(i));
+  }
+}
+
+TEST(BatchLayout, BuildsEachBatchOfTheLayoutAsArrowsReaderDoes) {
+  std::mt19937 rng(3);
+  BatchLayout layout;
+  Body body;
+  int remembered = 0;
+  for (int round = 0; round < 40; ++round) {
+    const int64_t rows = std::array<int64_t, 6>{1, 2, 9, 64, 65, 300}[round % 6];
+    ASSERT_OK_AND_ASSIGN(auto batch,
+                         RandomBatch(arrow::default_memory_pool(), rng, rows, (round % 4) * 0.25));
+    body.used = 0;
+    const auto message = body.Place(*batch);
+    ASSERT_OK_AND_ASSIGN(auto read, ArrowRead(message, MixedSchema(), body.bytes));
+    auto built = Build(layout, message, MixedSchema(), body.bytes);
+    if (built == nullptr) {
+      layout.Remember(arrow::Buffer(message.data(), message.size()), MixedSchema());
+      ++remembered;
+      built = Build(layout, message, MixedSchema(), body.bytes);
+    }
+    ASSERT_NE(built, nullptr) << rows << " rows: the remembered layout was not followed";
+    EXPECT_EQ(built->schema(), read->schema());
+    ASSERT_EQ(built->num_rows(), read->num_rows());
+    for (int c = 0; c < read->num_columns(); ++c) {
+      ExpectSameData(*built->column_data(c), *read->column_data(c),
+                     "round " + std::to_string(round) + " column " + std::to_string(c));
+    }
+    EXPECT_OK(built->ValidateFull());
+    EXPECT_TRUE(built->Equals(*batch));
+  }
+  EXPECT_EQ(remembered, 1) << "one Message describes every batch of the layout";
+}
+
+TEST(BatchLayout, LeavesEveryOtherMessageToArrowsReader) {
+  std::mt19937 rng(5);
+  Body body;
+  ASSERT_OK_AND_ASSIGN(auto first, RandomBatch(arrow::default_memory_pool(), rng, 10, 0.3));
+  const auto remembered = body.Place(*first);
+  ASSERT_OK_AND_ASSIGN(auto second, RandomBatch(arrow::default_memory_pool(), rng, 12, 0.3));
+  const auto good = body.Place(*second);
+  BatchLayout layout;
+  layout.Remember(arrow::Buffer(remembered.data(), remembered.size()), MixedSchema());
+  ASSERT_NE(Build(layout, good, MixedSchema(), body.bytes), nullptr);
+  ASSERT_OK_AND_ASSIGN(auto fields, internal::LocateMessageFields(good.data(), good.size()));
+  auto buffer_at = [&](int i) { return static_cast<size_t>(fields.buffers_at) + 16 * i; };
+  auto node_at = [&](int i) { return static_cast<size_t>(fields.nodes_at) + 16 * i; };
+  auto with = [&](size_t at, int64_t value) {
+    auto message = good;
+    std::memcpy(message.data() + at, &value, sizeof value);
+    return message;
+  };
+  // Not the layout: another schema object, a byte changed outside the values, another size.
+  EXPECT_EQ(Build(layout, good, arrow::schema(MixedSchema()->fields()), body.bytes), nullptr);
+  // (The root offset, a vtable's, the two vectors' counts.)
+  for (size_t at : {size_t{0}, size_t{4}, static_cast<size_t>(fields.nodes_at) - 4,
+                    static_cast<size_t>(fields.buffers_at) - 1}) {
+    auto message = good;
+    message[at] ^= 1;
+    EXPECT_EQ(Build(layout, message, MixedSchema(), body.bytes), nullptr) << "byte " << at;
+  }
+  auto longer = good;
+  longer.resize(longer.size() + 8);
+  EXPECT_EQ(Build(layout, longer, MixedSchema(), body.bytes), nullptr);
+  // Values Arrow's reader refuses: Build leaves them to it (and the reader does refuse them).
+  // The string column's values, after two buffers each of i64, f64, i8, ts and the string
+  // column's validity and offsets: Arrow's reader looks at a buffer only if it has bytes.
+  const int s_data = 10;
+  ASSERT_EQ(first->schema()->field(4)->name(), "s");
+  ASSERT_GT(second->column_data(4)->buffers[2]->size(), 0);
+  const std::vector<std::pair<std::string, std::vector<uint8_t>>> refused = {
+      {"misaligned buffer", with(buffer_at(s_data), 4)},
+      {"buffer past the body", with(buffer_at(s_data), body.bytes->size())},
+      {"buffer straddling the body's end", with(buffer_at(s_data), body.bytes->size() - 8)},
+      {"negative offset", with(buffer_at(s_data), -64)},
+      {"negative length", with(buffer_at(s_data) + 8, -8)},
+      {"column longer than the batch", with(node_at(0), 13)},
+      {"batch longer than its columns", with(static_cast<size_t>(fields.length_at), 13)},
+  };
+  for (const auto& [what, message] : refused) {
+    EXPECT_EQ(Build(layout, message, MixedSchema(), body.bytes), nullptr) << what;
+    EXPECT_FALSE(ArrowRead(message, MixedSchema(), body.bytes).ok()) << what;
+  }
+  // Values only validation can judge: built like Arrow's reader's batch, refused alike.
+  const std::vector<std::pair<std::string, std::vector<uint8_t>>> invalid = {
+      // Nodes: i64, f64, i8, ts, s, ls, l, its values, st, st.a, st.b.
+      {"more values than the buffer holds", with(node_at(9), 4000)},
+      {"more nulls than values", with(node_at(1) + 8, 13)},
+      {"a null count the bitmap does not have", with(node_at(1) + 8, 12)},
+      {"string offsets past the data", with(buffer_at(s_data) + 8, 0)},
+  };
+  for (const auto& [what, message] : invalid) {
+    auto built = Build(layout, message, MixedSchema(), body.bytes);
+    auto read = ArrowRead(message, MixedSchema(), body.bytes);
+    ASSERT_TRUE(read.ok()) << what << ": " << read.status().ToString();
+    ASSERT_NE(built, nullptr) << what;
+    const auto built_status = built->ValidateFull();
+    const auto read_status = (*read)->ValidateFull();
+    EXPECT_FALSE(read_status.ok()) << what;
+    EXPECT_EQ(built_status.ToString(), read_status.ToString()) << what;
+  }
+}
+
+TEST(BatchLayout, OnlyMessagesWithNothingBesidesTheValuesAreRemembered) {
+  std::mt19937 rng(9);
+  ASSERT_OK_AND_ASSIGN(auto batch, RandomBatch(arrow::default_memory_pool(), rng, 5, 0.3));
+  auto isolated = [&](const arrow::ipc::IpcPayload& payload) {
+    const auto& m = *payload.metadata;
+    auto fields = internal::LocateMessageFields(m.data(), m.size());
+    return fields.ok() && internal::PatchedValuesIsolated(m.data(), m.size(), *fields);
+  };
+  arrow::ipc::IpcPayload plain;
+  ASSERT_OK(
+      arrow::ipc::GetRecordBatchPayload(*batch, arrow::ipc::IpcWriteOptions::Defaults(), &plain));
+  EXPECT_TRUE(isolated(plain));
+  arrow::ipc::IpcPayload with_metadata;
+  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*batch, arrow::key_value_metadata({"k"}, {"v"}),
+                                              arrow::ipc::IpcWriteOptions::Defaults(),
+                                              &with_metadata));
+  EXPECT_FALSE(isolated(with_metadata)) << "custom metadata";
+  auto options = arrow::ipc::IpcWriteOptions::Defaults();
+  ASSERT_OK_AND_ASSIGN(options.codec, arrow::util::Codec::Create(arrow::Compression::LZ4_FRAME));
+  arrow::ipc::IpcPayload compressed;
+  ASSERT_OK(arrow::ipc::GetRecordBatchPayload(*batch, options, &compressed));
+  EXPECT_FALSE(isolated(compressed)) << "compression";
 }
 
 }  // namespace

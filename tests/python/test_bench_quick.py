@@ -78,10 +78,12 @@ def test_bench_quick(tmp_path):
     _check_syscalls(results)
     _check_small_latency(results)
 
-    assert {(r["consumers"], r["batch_bytes"]) for r in results["throughput"]} == {
-        (0, 24), (1, 24), (4, 24), (1, 1 << 20), (4, 1 << 20)}
+    assert {(r["consumers"], r["batch_bytes"], r["build"]) for r in results["throughput"]} == {
+        (0, 24, "arrays"), (0, 24, "block"), (1, 24, "arrays"), (1, 24, "block"), (4, 24, "arrays"),
+        (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays")}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
+        assert _positive(r["producer_build_us_per_batch"]), r
         assert r["reps"] == 3 and r["batches_per_s_min"] <= r["batches_per_s"] <= r["batches_per_s_max"], r
 
     assert {h["transport"] for h in results["heap"]} == {"ring", "sealed"}

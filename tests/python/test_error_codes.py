@@ -65,7 +65,7 @@ def test_a_local_schema_mismatch_is_invalid_even_when_it_says_refused(sock_dir):
     with Producer(str(sock_dir / "p.sock"), SCHEMA) as producer:
         odd = pa.record_batch({"x refused: y": pa.array([1], pa.int64())})
         with pytest.raises(InvalidError, match="refused: ") as raised:
-            producer._native.publish_batch(*odd.__arrow_c_array__())
+            producer._native.publish_pyarrow_batch(odd)
         assert not isinstance(raised.value, RefusedError)
 
 

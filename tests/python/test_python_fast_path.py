@@ -1,6 +1,6 @@
-"""The binding's batch path: a consumer reuses the pyarrow Schema of the previous batch while the
-schema stays the same, and a producer the imported schema of the previous publish; neither may
-show a batch under a schema it was not sent with, or keep memory after Python lets go."""
+"""The binding's batch path: a consumer hands pyarrow the C++ batch itself, a producer takes the
+C++ batch a pyarrow batch wraps; neither may show a batch under a schema it was not sent with, or
+keep memory after Python lets go."""
 
 from __future__ import annotations
 
