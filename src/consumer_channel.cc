@@ -30,8 +30,24 @@ void Channel::Release(uint64_t sequence) {
     *it = held_.back();  // the order does not matter
     held_.pop_back();
   }
+  const auto written =
+      releases_.attached() ? releases_.TryWrite(sequence) : ReleaseWriter::Written::kFull;
+  if (written == ReleaseWriter::Written::kAnnounce) {
+    // Full socket: messages of this consumer wait there, and the producer looks at the region
+    // when it reads them.
+    (void)outbox_->TrySend(proto::EncodeRelease(writer_, {}));
+  }
+  if (written != ReleaseWriter::Written::kFull) {
+    ++released_;
+    return;
+  }
   unsent_.push_back(sequence);
   if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+}
+
+void Channel::AttachReleases(ReleaseWriter releases) {
+  std::lock_guard lock(mutex_);
+  releases_ = std::move(releases);
 }
 
 void Channel::SetDeferring(bool deferring, size_t flush_at) {

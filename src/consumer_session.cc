@@ -24,7 +24,6 @@ arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   proto::Hello hello;
   hello.minor = minor_;
   hello.features = proto::FeaturesOf(minor_);
-  if (region_.fd() < 0) hello.features &= ~proto::kFeatureWakeRegion;
   if (options_.lossy) hello.flags |= proto::kHelloLossy;
   if (options_.start_at_oldest) hello.flags |= proto::kHelloStartAtOldest;
   if (options_.match == SchemaMatch::kSubset) hello.flags |= proto::kHelloSchemaSubset;
@@ -33,8 +32,7 @@ arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   if (options_.expect_schema != nullptr) {
     ARROW_ASSIGN_OR_RAISE(hello.required_schema, SerializeSchema(*options_.expect_schema));
   }
-  const bool offer = hello.features & proto::kFeatureWakeRegion;
-  *sent = channel_->Send(proto::Encode(writer_, hello), offer ? region_.fd() : -1);
+  *sent = channel_->Send(proto::Encode(writer_, hello));
   return arrow::Status::OK();
 }
 
@@ -95,9 +93,20 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
         queue_, proto::QueueReader::Attach(mapped->data(), static_cast<uint64_t>(mapped->size()),
                                            welcome.queue_offset, welcome.queue_capacity));
   }
-  // Only a region offered, with a queue: otherwise the socket path of 1.1 (it works either way).
-  wake_region_ = welcome.minor >= 2 && (welcome.features & proto::kFeatureWakeRegion) &&
-                 queue_.attached() && region_.fd() >= 0;
+  // Only with a queue: otherwise the socket path of 1.1 (it works either way).
+  wake_region_ = welcome.minor >= 3 && (welcome.features & proto::kFeatureWakeRegion) &&
+                 queue_.attached();
+  if (wake_region_) {
+    // The Region message goes first, before anything else this consumer says; the producer
+    // keeps the fd, the mapping stays here (and with the channel, for batches released later).
+    ARROW_ASSIGN_OR_RAISE(region_, RegionWriter::Create());
+    ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRegion(writer_), region_.fd()));
+    region_.CloseFd();
+    const auto& mapped = ring->ring();
+    channel_->AttachReleases(ReleaseWriter(region_.mapping(), mapped, mapped->data(),
+                                           static_cast<uint64_t>(mapped->size()),
+                                           queue_.header()));
+  }
   source_ = std::move(ring);
   return arrow::Status::OK();
 }
@@ -337,7 +346,11 @@ arrow::Result<bool> ConsumerSession::RequestAnswered(uint32_t stream) {
   return true;
 }
 
-void ConsumerSession::SendBye() { (void)channel_->Send(proto::EncodeBye(writer_)); }
+void ConsumerSession::SendBye() {
+  // Releases after Bye go in messages, behind it: a producer that has them all has read Bye.
+  channel_->AttachReleases(ReleaseWriter());
+  (void)channel_->Send(proto::EncodeBye(writer_));
+}
 
 ConsumerStats ConsumerSession::stats() const {
   ConsumerStats out = stats_;

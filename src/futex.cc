@@ -11,6 +11,7 @@
 
 #include "errno_status.h"
 #include "memfd.h"
+#include "ring_queue.h"
 
 namespace shmarrow::internal {
 
@@ -33,9 +34,45 @@ arrow::Result<RegionWriter> RegionWriter::Create() {
   ARROW_RETURN_NOT_OK(memfd.Commit(0, kRegionSize));
   ARROW_RETURN_NOT_OK(memfd.AddSeals(F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW));
   RegionWriter region;
-  ARROW_ASSIGN_OR_RAISE(region.mapping_, Mapping::MapWritable(memfd.fd(), kRegionSize));
+  ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), kRegionSize));
+  region.mapping_ = std::make_shared<Mapping>(std::move(mapping));
   region.fd_ = std::move(memfd).TakeFd();
   return region;
+}
+
+ReleaseWriter::Written ReleaseWriter::TryWrite(uint64_t sequence) {
+  namespace proto = protocol;
+  auto header_word = [&](uint64_t offset) {
+    return std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(
+        reinterpret_cast<const uint64_t*>(header_ + offset)));
+  };
+  // The producer's count is any value: one that claims more than was written means no room.
+  const uint64_t read = header_word(proto::kQueueReleasesReadOffset).load();
+  if (read > written_ || written_ - read >= kRegionSlots) return Written::kFull;
+  uint8_t* region = region_->data();
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(
+                                region + kRegionSlotsOffset + (written_ % kRegionSlots) * 8))
+      .store(sequence, std::memory_order_relaxed);
+  ++written_;
+  // Sequentially consistent, as the loads of the producer's words below: a producer that said
+  // it waits (for room, or for credits) before looking at this count is seen here, or sees the
+  // count moved.
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(region + kRegionReleasesOffset))
+      .store(written_);
+  const uint64_t block = header_word(proto::kQueueWaitBlockOffset).load();
+  // Any value: a wait block outside the ring is never woken (the producer's waits are bounded).
+  if (block % 8 == 0 && block <= ring_size_ && ring_size_ - block >= kWaitBlockSize) {
+    const auto* futex = reinterpret_cast<const uint32_t*>(ring_ + block);
+    const uint32_t waiters =
+        std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(futex + kWaitBlockWaitersOffset / 4))
+            .load();
+    if (waiters != 0) FutexWake(futex);
+  }
+  const uint32_t held_back = std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(
+                                                           reinterpret_cast<const uint32_t*>(
+                                                               header_ + proto::kQueueHeldBackOffset)))
+                                 .load();
+  return held_back != 0 ? Written::kAnnounce : Written::kWritten;
 }
 
 arrow::Result<RegionReader> RegionReader::Open(int fd) {
