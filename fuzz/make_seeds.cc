@@ -91,6 +91,7 @@ void ProtocolSeeds(const std::string& schema_bytes) {
   Write("protocol_fuzz", "batches-ring", proto::EncodeBatches(w, 0, run));
   Write("protocol_fuzz", "wake", proto::EncodeWake(w));
   Write("protocol_fuzz", "waiting", proto::EncodeWaiting(w, 12));
+  Write("protocol_fuzz", "region", proto::EncodeRegion(w));
   const uint64_t sequences[] = {1, 2, 3};
   Write("protocol_fuzz", "release", proto::EncodeRelease(w, sequences));
   Write("protocol_fuzz", "schema", proto::EncodeSchema(w, 5, schema_bytes));

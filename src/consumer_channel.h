@@ -71,12 +71,15 @@ class Channel {
   // A flat list: at most the credits of both streams, and nothing allocated per batch.
   std::vector<Held>::iterator FindHeld(uint64_t sequence);
   void FlushLocked();
+  /// Tells the producer of the releases written into the region since the last time.
+  void AnnounceLocked();
 
   const std::shared_ptr<Outbox> outbox_;
   const std::shared_ptr<BlockCache> lease_cache_ = std::make_shared<BlockCache>();
   mutable std::mutex mutex_;
   protocol::Writer writer_;
   ReleaseWriter releases_;
+  size_t unannounced_ = 0;  // releases in the region the producer was not told of yet
   std::vector<uint64_t> unsent_;
   bool deferring_ = false;
   size_t flush_at_ = 1;

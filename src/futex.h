@@ -88,14 +88,13 @@ class ReleaseWriter {
         ring_size_(ring_size),
         header_(header) {}
   bool attached() const { return region_ != nullptr; }
-  enum class Written {
-    kFull,      // no free slot by the producer's count (or that count is impossible): not written
-    kWritten,   // the producer reads it when it next looks
-    kAnnounce,  // written, and batches wait for credits: an empty Release message must wake the
-                // producer's I/O thread
-  };
-  /// Writes `sequence` into the region, and wakes the producer's threads waiting for room.
-  Written TryWrite(uint64_t sequence);
+  /// Writes `sequence` into the region; false when there is no free slot by the producer's count
+  /// (or that count is impossible): the caller sends a Release message instead.
+  bool TryWrite(uint64_t sequence);
+  /// After releases were written: wakes the producer's threads waiting for room, if any; else
+  /// true when batches wait for this consumer's credits and nobody will look at the region soon:
+  /// the caller sends an empty Release message, which wakes the producer's I/O thread.
+  bool Announce();
 
  private:
   std::shared_ptr<Mapping> region_;
