@@ -315,8 +315,10 @@ arrow::Status Session::Release(std::span<const uint64_t> sequences,
 
 void Session::AttachRegion(proto::Writer& writer, RegionReader region) {
   region_ = std::move(region);
-  // It may have announced a sleep before its region was read, past entries already written.
-  WakeSleeper(writer);
+  // It may have announced a sleep before its region was read, past what was already sent (if
+  // nothing was, there is nothing to wake it for: a consumer waiting on fd() must not see it
+  // readable).
+  if (queue_.written() > 0 || queue_.messages() > 0) WakeSleeper(writer);
 }
 
 arrow::Status Session::DrainRegion(std::vector<std::shared_ptr<Published>>* released) {

@@ -68,6 +68,7 @@ class QueueWriter {
   bool attached() const { return queue_ != nullptr; }
   uint32_t capacity() const { return capacity_; }
   uint64_t written() const { return written_; }
+  uint64_t messages() const { return messages_; }
 
   // The stores below are sequentially consistent: a consumer that says it sleeps and then looks
   // at these counts either sees them moved or is seen asleep by the producer's next look.
