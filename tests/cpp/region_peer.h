@@ -1,23 +1,55 @@
-// A protocol 1.3 consumer by hand, for tests of the producer's region handling: it says Hello,
-// maps the ring and its queue from the Welcome, passes a region (its own, or any fd) in a Region
-// message, and then does with its queue and its region whatever the test says.
+// What the region tests share: a protocol 1.3 consumer by hand, for tests of the producer's
+// region handling (it says Hello, maps the ring and its queue from the Welcome, passes a region,
+// its own or any fd, in a Region message, and then does with its queue and its region whatever
+// the test says), a ring producer's options, and a good consumer's reading.
 #pragma once
 
 #include <arrow/result.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
-#include <sys/socket.h>
+#include <vector>
 
 #include "futex.h"
 #include "hostile_peer.h"
 #include "mapping.h"
 #include "protocol.h"
 #include "ring_queue.h"
+#include "shmarrow/consumer.h"
+#include "shmarrow/producer.h"
+#include "test_util.h"
 #include "unix_socket.h"
 
 namespace shmarrow::hostile {
+
+/// A 4 MiB ring, whose waits fail the test rather than hang it.
+inline ProducerOptions RingOptions() {
+  ProducerOptions options;
+  options.block_timeout_ms = kTimeoutMs;
+  options.ring_size = int64_t{4} << 20;
+  options.mode = MemoryMode::kRing;
+  return options;
+}
+
+inline ConsumerOptions Blocking() {
+  ConsumerOptions options;
+  options.read_timeout_ms = kTimeoutMs;
+  return options;
+}
+
+/// Reads to the end with ReadNext: the values in order, or why it stopped.
+inline arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
+  std::vector<int64_t> values;
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
+    if (batch == nullptr) return values;
+    values.push_back(test_util::ValueOf(*batch));
+  }
+}
 
 class RegionPeer {
  public:

@@ -28,34 +28,17 @@ namespace {
 
 namespace proto = internal::protocol;
 using BatchPtr = std::shared_ptr<arrow::RecordBatch>;
+using hostile::Blocking;
 using hostile::kTimeoutMs;
+using hostile::ReadToEnd;
 
 constexpr int64_t kBatches = 300;
 
-ProducerOptions RingOptions() {
-  ProducerOptions options;
-  options.block_timeout_ms = kTimeoutMs;
-  options.ring_size = int64_t{4} << 20;
-  options.mode = MemoryMode::kRing;
+/// Few credits, so that releases matter.
+ProducerOptions FewCredits() {
+  ProducerOptions options = hostile::RingOptions();
   options.max_in_flight = 8;
   return options;
-}
-
-ConsumerOptions Blocking() {
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
-  return options;
-}
-
-/// Every batch's value, in order, or why reading stopped.
-arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
-  std::vector<int64_t> values;
-  for (;;) {
-    BatchPtr batch;
-    ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
-    if (batch == nullptr) return values;
-    values.push_back(test_util::ValueOf(*batch));
-  }
 }
 
 enum class Garbage {
@@ -157,7 +140,7 @@ TEST_P(HostileRegion, OnlyTheWriterIsThrownOutAndEveryBatchComesBack) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   const std::string address = test_util::UniqueAbstractName("release-region");
   ASSERT_OK_AND_ASSIGN(auto producer,
-                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
+                       Producer::Listen(address, test_util::ValueSchema(), FewCredits()));
   ASSERT_OK_AND_ASSIGN(auto first, Consumer::Connect(address, Blocking()));
   ASSERT_OK_AND_ASSIGN(auto second, Consumer::Connect(address, Blocking()));
   ASSERT_OK(producer->WaitForConsumers(2, kTimeoutMs));
@@ -204,7 +187,7 @@ INSTANTIATE_TEST_SUITE_P(Garbage, HostileRegion,
 
 TEST(ReleaseRegion, ReleasesInTheRegionUnblockAPublishWaitingForCredits) {
   const std::string address = test_util::UniqueAbstractName("release-region");
-  ProducerOptions options = RingOptions();
+  ProducerOptions options = FewCredits();
   options.max_in_flight = 2;
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, test_util::ValueSchema(), options));
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, Blocking()));
@@ -226,7 +209,7 @@ TEST(ReleaseRegion, ReleasesInTheRegionUnblockAPublishWaitingForCredits) {
 
 TEST(ReleaseRegion, ReleasesInTheRegionUnblockAnAllocationWaitingForTheRing) {
   const std::string address = test_util::UniqueAbstractName("release-region");
-  ProducerOptions options = RingOptions();
+  ProducerOptions options = FewCredits();
   options.ring_size = 1 << 20;
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, test_util::ValueSchema(), options));
   ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, Blocking()));

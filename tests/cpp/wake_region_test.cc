@@ -36,37 +36,14 @@ namespace {
 
 namespace proto = internal::protocol;
 using BatchPtr = std::shared_ptr<arrow::RecordBatch>;
+using hostile::Blocking;
 using hostile::kTimeoutMs;
+using hostile::ReadToEnd;
+using hostile::RingOptions;
 
 constexpr int kBatches = 300;
 
 std::string NextAddress() { return test_util::UniqueAbstractName("wake-region"); }
-
-/// A 4 MiB ring, whose waits fail the test rather than hang it.
-ProducerOptions RingOptions() {
-  ProducerOptions options;
-  options.block_timeout_ms = kTimeoutMs;
-  options.ring_size = int64_t{4} << 20;
-  options.mode = MemoryMode::kRing;
-  return options;
-}
-
-ConsumerOptions Blocking() {
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
-  return options;
-}
-
-/// Reads to the end with ReadNext: the values in order, or why it stopped.
-arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
-  std::vector<int64_t> values;
-  for (;;) {
-    BatchPtr batch;
-    ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
-    if (batch == nullptr) return values;
-    values.push_back(test_util::ValueOf(*batch));
-  }
-}
 
 /// Reads to the end with TryNext, sleeping in epoll on fd() whenever nothing is there.
 arrow::Result<std::vector<int64_t>> ReadToEndWithEpoll(Consumer& consumer) {
