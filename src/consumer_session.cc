@@ -100,8 +100,12 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
     // The Region message goes first, before anything else this consumer says; the producer
     // keeps the fd, the mapping stays here (and with the channel, for batches released later).
     ARROW_ASSIGN_OR_RAISE(region_, RegionWriter::Create());
-    ARROW_RETURN_NOT_OK(channel_->Send(proto::EncodeRegion(writer_), region_.fd()));
+    // Not sent (the producer already ended and left, say): the exchange of 1.1, which the
+    // producer keeps until a Region arrives; the socket tells the rest when it is read.
+    wake_region_ = channel_->Send(proto::EncodeRegion(writer_), region_.fd()).ok();
     region_.CloseFd();
+  }
+  if (wake_region_) {
     const auto& mapped = ring->ring();
     channel_->AttachReleases(ReleaseWriter(region_.mapping(), mapped, mapped->data(),
                                            static_cast<uint64_t>(mapped->size()),
