@@ -180,7 +180,11 @@ arrow::Status ConsumerSession::Handle(std::span<const uint8_t> datagram,
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
       auto status = WithCode(arrow::Status::IOError("producer: ", proto::Printable(error.message)),
                              proto::WireErrorCode(error.code), /*from_producer=*/true);
-      if (header.stream == 0) return status;  // fatal
+      if (header.stream == 0) {  // fatal, after what the queue holds that was sent before it
+        // (a producer that ended and closed at once: the End is read, not lost to its Error)
+        if (queue_.attached()) (void)DrainQueue();
+        return status;
+      }
       stream.events.emplace_back(status);
       return arrow::Status::OK();
     }

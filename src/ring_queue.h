@@ -15,14 +15,14 @@ namespace shmarrow::internal::protocol {
 
 /// The queue, written by the producer in the ring: a 64-byte header whose first u64 counts the
 /// entries written so far, then `capacity` entries of 40 bytes; entry n is at slot n % capacity.
-/// Protocol 1.2 (kFeatureWakeRegion) uses two more header words: at byte 8 the u32 wake word (the
-/// futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64 count
-/// of the datagrams the producer sent on the socket since the Welcome (a busy-polling consumer
-/// reads its socket only when this moved). Protocol 1.3 adds, at byte 24, the u64 count of the
-/// releases the producer read from the consumer's region (futex.h), at byte 32 the u64 offset
-/// in the ring of the producer's wait block, and at byte 40 a u32, nonzero while batches for
-/// this consumer wait for its credits (a release then also needs a message, which wakes the
-/// producer's I/O thread). The rest of the header is zero.
+/// Protocol 1.3 (kFeatureWakeRegion) uses five more header words: at byte 8 the u32 wake word
+/// (the futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64
+/// count of the datagrams the producer sent on the socket since the Welcome (a busy-polling
+/// consumer reads its socket only when this moved), at byte 24 the u64 count of the releases the
+/// producer read from the consumer's region (futex.h), at byte 32 the u64 offset in the ring of
+/// the producer's wait block, and at byte 40 a u32, nonzero while batches for this consumer wait
+/// for its credits (a release then also needs a message, which wakes the producer's I/O thread).
+/// The rest of the header is zero.
 /// The producer writes an entry, then the count (release order). Stream 0's Schema and End
 /// messages still travel on the socket, sent before the entry that counts them in
 /// `controls_before`; the consumer applies them there. A slot is written again only after its
@@ -78,7 +78,7 @@ class QueueWriter {
     ++written_;
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_)).store(written_);
   }
-  /// A datagram went out on the socket (1.2).
+  /// A datagram went out on the socket (1.3).
   void CountMessage() {
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
         .store(++messages_);
@@ -152,7 +152,7 @@ class QueueReader {
     return written - read_;
   }
 
-  /// 1.2: the producer's count of datagrams sent (any value: it only says when to look).
+  /// 1.3: the producer's count of datagrams sent (any value: it only says when to look).
   uint64_t messages() const { return Load<uint64_t>(kQueueMessagesOffset); }
   uint32_t wake() const { return Load<uint32_t>(kQueueWakeOffset); }
   const uint32_t* wake_word() const {
