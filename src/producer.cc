@@ -132,14 +132,16 @@ template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
                                     Predicate ready, std::string_view what) {
   const Deadline deadline(timeout_ms);
+  bool is_ready = false;
   for (;;) {
     DrainRegions();
-    if (closed_ || ready() || deadline.expired()) break;
+    is_ready = ready();
+    if (closed_ || is_ready || deadline.expired()) break;
     // In slices: a consumer's release that wakes nobody (it looked before the announcement,
     // or it is hostile) costs at most one slice.
     WaitSlice(lock, deadline.Slice(kWaitSliceMs), [&] { return closed_ || ready(); });
   }
-  if (ready()) return arrow::Status::OK();
+  if (is_ready) return arrow::Status::OK();
   if (closed_) {
     return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
                      "producer closed while waiting for ", what);
@@ -356,14 +358,18 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
   return WaitFor(
       lock, timeout_ms,
       [&] {
-        // What consumers said is taken now, not on the I/O thread: a release in a region is
-        // seen before the messages sent ahead of it (a Bye, the connection's close).
+        auto drained = [&] {
+          Reap();  // a connection that just died returns what it held now, not on the I/O thread
+          return !records_dying_ &&
+                 std::all_of(sessions_.begin(), sessions_.end(),
+                             [](const auto& entry) { return entry.second->in_flight() == 0; });
+        };
+        if (!drained()) return false;
+        // Then what consumers said is taken now, not on the I/O thread: a release in a region
+        // is seen before the messages sent ahead of it (a Bye, the connection's close).
         for (auto& [id, s] : sessions_) Converse(*s, /*read_first=*/true);
         released_records_.clear();
-        Reap();  // a connection that just died returns what it held now, not on the I/O thread
-        if (records_dying_) return false;
-        return std::all_of(sessions_.begin(), sessions_.end(),
-                           [](const auto& entry) { return entry.second->in_flight() == 0; });
+        return drained();
       },
       "drain: consumers still hold batches");
 }
