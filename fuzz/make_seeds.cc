@@ -3,9 +3,11 @@
 // generated here: every protocol message type encoded with proto::Writer, Hellos of each minor
 // version, small Arrow IPC streams and messages of the fixture schemas, and whole conversations in
 // each mode. (fuzz/run_bounded.sh adds arrow-testing files at run time, uncommitted.)
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <arrow/util/compression.h>
 
@@ -89,6 +91,7 @@ void ProtocolSeeds(const std::string& schema_bytes) {
   Write("protocol_fuzz", "batches-ring", proto::EncodeBatches(w, 0, run));
   Write("protocol_fuzz", "wake", proto::EncodeWake(w));
   Write("protocol_fuzz", "waiting", proto::EncodeWaiting(w, 12));
+  Write("protocol_fuzz", "region", proto::EncodeRegion(w));
   const uint64_t sequences[] = {1, 2, 3};
   Write("protocol_fuzz", "release", proto::EncodeRelease(w, sequences));
   Write("protocol_fuzz", "schema", proto::EncodeSchema(w, 5, schema_bytes));
@@ -112,7 +115,8 @@ class Conversation {
     kRelease = 6,
     kRequest = 8,
     kMaySleep = 9,
-    kProducerCounts = 10
+    kProducerCounts = 10,
+    kProducerReleaseWords = 11
   };
   Conversation& Step(uint8_t op, std::span<const uint8_t> bytes = {}) {
     bytes_.push_back(static_cast<char>(op));
@@ -131,6 +135,15 @@ class Conversation {
  private:
   std::string bytes_;
 };
+
+/// The queue header's words from byte 24 (ring_queue.h), as a producer writes them.
+std::vector<uint8_t> ReleaseWords(uint64_t releases_read, uint64_t wait_block, uint32_t held_back) {
+  std::vector<uint8_t> words(24);
+  std::memcpy(words.data(), &releases_read, 8);
+  std::memcpy(words.data() + 8, &wait_block, 8);
+  std::memcpy(words.data() + 16, &held_back, 4);
+  return words;
+}
 
 void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
   proto::Writer w;
@@ -186,7 +199,9 @@ void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
       .Entry(entry)
       .Step(Conversation::kPollQueue)
       .Write("ring-queue");
-  // 1.2, the wake region agreed: looks before sleeping around a batch and the producer's counts.
+  // 1.3, the region agreed: looks before sleeping around a batch and the producer's counts, and
+  // releases into the region while the producer's words say it read one, batches are held back,
+  // and its wait block is at the start of the ring.
   entry = proto::QueueEntry{};
   entry.metadata_length = metadata_length;
   entry.metadata_offset = offset;
@@ -199,6 +214,7 @@ void SessionSeeds(const std::string& schema_bytes, uint32_t metadata_length) {
       .Step(Conversation::kPollQueue)
       .Step(Conversation::kProducerCounts)
       .Step(Conversation::kMaySleep)
+      .Step(Conversation::kProducerReleaseWords, ReleaseWords(1, 0, 1))
       .Step(Conversation::kRelease)
       .Write("ring-wake-region");
 }

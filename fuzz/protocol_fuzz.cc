@@ -154,6 +154,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (m.ok() && stream == 0) Same(proto::EncodeWaiting(w, *m), input, "Waiting");
       break;
     }
+    case proto::Type::kRegion:
+      if (reader.ExpectEnd("Region").ok() && stream == 0) {
+        Same(proto::EncodeRegion(w), input, "Region");
+      }
+      break;
   }
   (void)proto::TypeName(header->type);
   return 0;

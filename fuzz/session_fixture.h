@@ -64,12 +64,11 @@ struct SessionFixture {
     sealed_fd = std::move(sealed_memfd).TakeFd();
   }
 
-  /// A session as Consumer::Connect makes one, before its Hello (offering a wake region).
+  /// A session as Consumer::Connect makes one, before its Hello.
   static std::unique_ptr<internal::ConsumerSession> NewSession(const ConsumerOptions& options) {
     auto channel = std::make_shared<internal::Channel>(std::make_shared<NullOutbox>());
     auto session =
         std::make_unique<internal::ConsumerSession>(options, std::move(channel), "@fuzz");
-    session->OfferRegion(Unwrap(internal::RegionWriter::Create(), "consumer region"));
     return session;
   }
 

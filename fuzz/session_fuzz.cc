@@ -12,9 +12,13 @@
 //     op 8     the consumer sends a request
 //     op 9     (1.2) the consumer looks whether it may sleep (the region and both header counts)
 //     op 10    (1.2) the producer counts a datagram sent and moves the wake word
+//     op 11    (1.3) the producer writes the record's bytes (up to 24) over the queue header's
+//              words the consumer reads when it releases into its region: releases read, the
+//              wait block's offset, batches held back
 // After each step the consumer takes what the session yields on stream 0 and on every request
 // stream, and holds the batches. Whatever the sequence (Welcome after Welcome, Batch before
 // Welcome, schema changes mid-run, End then more), the session must not crash, leak or hang.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -106,6 +110,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 10:
         queue.CountMessage();
         (void)queue.Wake();
+        break;
+      case 11:
+        std::memcpy(fixture.ring.data() + shmarrow::fuzz::kQueueOffset +
+                        proto::kQueueReleasesReadOffset,
+                    bytes.data(), std::min<size_t>(bytes.size(), 24));
         break;
       default:
         break;

@@ -26,7 +26,7 @@ using internal::UnixSocket;
 
 constexpr int kHandshakeTimeoutMs = 10000;
 constexpr int kControlsWaitMs = 1000;
-// Protocol 1.2: a futex sleep lasts at most this long before the socket is looked at, so that a
+// Protocol 1.3: a futex sleep lasts at most this long before the socket is looked at, so that a
 // producer that died (and so never wakes anyone) is noticed.
 constexpr int kSleepSliceMs = 100;
 // A consumer that polls without sleeping looks at its socket unasked this often, for the same
@@ -87,7 +87,7 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   arrow::Result<internal::Received> Receive(int timeout_ms);
   /// Receives one message and feeds it to the session; false if none arrived within timeout_ms.
   arrow::Result<bool> Pump(int timeout_ms);
-  /// Pump with the wake region (1.2): the socket only when the producer counted a datagram
+  /// Pump with the wake region (1.3): the socket only when the producer counted a datagram
   /// there (or now and then), sleeping on the queue's wake word in slices.
   arrow::Result<bool> PumpWithRegion(int timeout_ms);
   /// Feeds what a receive returned: false if nothing arrived.
@@ -138,8 +138,6 @@ ConsumerImpl::~ConsumerImpl() {
 
 arrow::Status ConsumerImpl::Handshake() {
   arrow::Status hello_sent;
-  ARROW_ASSIGN_OR_RAISE(auto region, internal::RegionWriter::Create());
-  session_.OfferRegion(std::move(region));  // used if the versions agree on it
   ARROW_RETURN_NOT_OK(session_.Start(&hello_sent));
   // The read timeout bounds the handshake too; reads that poll (0) or wait forever (-1) leave
   // it to a default, since a connection must not hang on a producer that never answers.
@@ -261,7 +259,7 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     if (drained) continue;
     const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
     // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
-    // producer going away) every 64th round, or (1.2) when the producer's count says so.
+    // producer going away) every 64th round, or (1.3) when the producer's count says so.
     if (spin && session_.has_queue() && !session_.wake_region() && round % 64 != 0) continue;
     ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
     if (spin) continue;

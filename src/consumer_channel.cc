@@ -30,15 +30,38 @@ void Channel::Release(uint64_t sequence) {
     *it = held_.back();  // the order does not matter
     held_.pop_back();
   }
+  if (releases_.attached() && releases_.TryWrite(sequence)) {
+    ++released_;
+    // Deferred as messages are: a consumer that is behind wakes the producer once per `flush_at`
+    // releases, or when it catches up.
+    if (!deferring_ || ++unannounced_ >= flush_at_) AnnounceLocked();
+    return;
+  }
   unsent_.push_back(sequence);
   if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+}
+
+void Channel::AttachReleases(ReleaseWriter releases) {
+  std::lock_guard lock(mutex_);
+  if (unannounced_ > 0) AnnounceLocked();
+  releases_ = std::move(releases);
 }
 
 void Channel::SetDeferring(bool deferring, size_t flush_at) {
   std::lock_guard lock(mutex_);
   deferring_ = deferring;
   flush_at_ = std::max<size_t>(flush_at, 1);
-  if (!deferring_) FlushLocked();
+  if (!deferring_) {
+    FlushLocked();
+    if (unannounced_ > 0) AnnounceLocked();
+  }
+}
+
+void Channel::AnnounceLocked() {
+  unannounced_ = 0;
+  // A full socket holds messages of this consumer, and the producer looks at the region when it
+  // reads them; a producer gone has nobody to tell.
+  if (releases_.Announce()) (void)outbox_->TrySend(proto::EncodeRelease(writer_, {}));
 }
 
 arrow::Status Channel::Send(std::span<const uint8_t> message, int fd) {

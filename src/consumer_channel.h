@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "block_cache.h"
+#include "futex.h"
 #include "protocol.h"
 
 namespace shmarrow::internal {
@@ -25,7 +26,7 @@ class Outbox {
   /// One message, without blocking: false when there is no room now (try again later); an
   /// error when the producer cannot be reached.
   [[nodiscard]] virtual arrow::Result<bool> TrySend(std::span<const uint8_t> message) = 0;
-  /// The same with one fd (the Hello's region); an outbox that cannot pass fds says so.
+  /// The same with one fd (the Region message's); an outbox that cannot pass fds says so.
   [[nodiscard]] virtual arrow::Result<bool> TrySendWithFd(std::span<const uint8_t> message,
                                                           int fd) {
     (void)message;
@@ -48,8 +49,12 @@ class Channel {
   /// published stream, or the answers to requests): each would cost memory, and in sealed mode a
   /// mapping and an fd, without bound.
   [[nodiscard]] arrow::Status Hold(uint64_t sequence, bool response, uint32_t credits);
-  /// Tells the producer at once — or, while deferring, with the next `flush_at` releases, or when
-  /// the consumer catches up. If the outbox is full it waits for the next Flush.
+  /// Protocol 1.3: releases are written into the consumer's region from now on (a Release
+  /// message when its ring is full).
+  void AttachReleases(ReleaseWriter releases);
+  /// Tells the producer at once (in the region, or a message) — or, while deferring messages,
+  /// with the next `flush_at` releases, or when the consumer catches up. If the outbox is full
+  /// it waits for the next Flush.
   void Release(uint64_t sequence);
   /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
   /// then answers several batches. Stopping sends what waits.
@@ -66,11 +71,15 @@ class Channel {
   // A flat list: at most the credits of both streams, and nothing allocated per batch.
   std::vector<Held>::iterator FindHeld(uint64_t sequence);
   void FlushLocked();
+  /// Tells the producer of the releases written into the region since the last time.
+  void AnnounceLocked();
 
   const std::shared_ptr<Outbox> outbox_;
   const std::shared_ptr<BlockCache> lease_cache_ = std::make_shared<BlockCache>();
   mutable std::mutex mutex_;
   protocol::Writer writer_;
+  ReleaseWriter releases_;
+  size_t unannounced_ = 0;  // releases in the region the producer was not told of yet
   std::vector<uint64_t> unsent_;
   bool deferring_ = false;
   size_t flush_at_ = 1;

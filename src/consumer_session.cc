@@ -24,7 +24,6 @@ arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   proto::Hello hello;
   hello.minor = minor_;
   hello.features = proto::FeaturesOf(minor_);
-  if (region_.fd() < 0) hello.features &= ~proto::kFeatureWakeRegion;
   if (options_.lossy) hello.flags |= proto::kHelloLossy;
   if (options_.start_at_oldest) hello.flags |= proto::kHelloStartAtOldest;
   if (options_.match == SchemaMatch::kSubset) hello.flags |= proto::kHelloSchemaSubset;
@@ -33,8 +32,7 @@ arrow::Status ConsumerSession::Start(arrow::Status* sent) {
   if (options_.expect_schema != nullptr) {
     ARROW_ASSIGN_OR_RAISE(hello.required_schema, SerializeSchema(*options_.expect_schema));
   }
-  const bool offer = hello.features & proto::kFeatureWakeRegion;
-  *sent = channel_->Send(proto::Encode(writer_, hello), offer ? region_.fd() : -1);
+  *sent = channel_->Send(proto::Encode(writer_, hello));
   return arrow::Status::OK();
 }
 
@@ -95,9 +93,24 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
         queue_, proto::QueueReader::Attach(mapped->data(), static_cast<uint64_t>(mapped->size()),
                                            welcome.queue_offset, welcome.queue_capacity));
   }
-  // Only a region offered, with a queue: otherwise the socket path of 1.1 (it works either way).
-  wake_region_ = welcome.minor >= 2 && (welcome.features & proto::kFeatureWakeRegion) &&
-                 queue_.attached() && region_.fd() >= 0;
+  // Only with a queue: otherwise the socket path of 1.1 (it works either way).
+  wake_region_ = welcome.minor >= 3 && (welcome.features & proto::kFeatureWakeRegion) &&
+                 queue_.attached();
+  if (wake_region_) {
+    // The Region message goes first, before anything else this consumer says; the producer
+    // keeps the fd, the mapping stays here (and with the channel, for batches released later).
+    ARROW_ASSIGN_OR_RAISE(region_, RegionWriter::Create());
+    // Not sent (the producer already ended and left, say): the exchange of 1.1, which the
+    // producer keeps until a Region arrives; the socket tells the rest when it is read.
+    wake_region_ = channel_->Send(proto::EncodeRegion(writer_), region_.fd()).ok();
+    region_.CloseFd();
+  }
+  if (wake_region_) {
+    const auto& mapped = ring->ring();
+    channel_->AttachReleases(ReleaseWriter(region_.mapping(), mapped, mapped->data(),
+                                           static_cast<uint64_t>(mapped->size()),
+                                           queue_.header()));
+  }
   source_ = std::move(ring);
   return arrow::Status::OK();
 }
@@ -167,7 +180,11 @@ arrow::Status ConsumerSession::Handle(std::span<const uint8_t> datagram,
       ARROW_ASSIGN_OR_RAISE(auto error, proto::DecodeError(reader));
       auto status = WithCode(arrow::Status::IOError("producer: ", proto::Printable(error.message)),
                              proto::WireErrorCode(error.code), /*from_producer=*/true);
-      if (header.stream == 0) return status;  // fatal
+      if (header.stream == 0) {  // fatal, after what the queue holds that was sent before it
+        // (a producer that ended and closed at once: the End is read, not lost to its Error)
+        if (queue_.attached()) (void)DrainQueue();
+        return status;
+      }
       stream.events.emplace_back(status);
       return arrow::Status::OK();
     }
@@ -337,7 +354,11 @@ arrow::Result<bool> ConsumerSession::RequestAnswered(uint32_t stream) {
   return true;
 }
 
-void ConsumerSession::SendBye() { (void)channel_->Send(proto::EncodeBye(writer_)); }
+void ConsumerSession::SendBye() {
+  // Releases after Bye go in messages, behind it: a producer that has them all has read Bye.
+  channel_->AttachReleases(ReleaseWriter());
+  (void)channel_->Send(proto::EncodeBye(writer_));
+}
 
 ConsumerStats ConsumerSession::stats() const {
   ConsumerStats out = stats_;

@@ -33,10 +33,6 @@ class ConsumerSession {
   ConsumerSession(ConsumerOptions options, std::shared_ptr<Channel> channel, std::string address,
                   uint16_t minor = protocol::kMinorVersion);
 
-  /// Protocol 1.2: the region to offer in the Hello (before Start); without one, the session
-  /// speaks 1.2 without kFeatureWakeRegion.
-  void OfferRegion(RegionWriter region) { region_ = std::move(region); }
-
   /// Sends the Hello: an error if it cannot be built; `sent` says how sending went (a producer
   /// that refuses this consumer may close before the Hello arrives, and its answer says more).
   [[nodiscard]] arrow::Status Start(arrow::Status* sent);
@@ -66,8 +62,9 @@ class ConsumerSession {
   /// the next entry. False if entries arrived meanwhile (do not sleep).
   [[nodiscard]] arrow::Result<bool> AnnounceWaiting();
 
-  /// Protocol 1.2 (kFeatureWakeRegion agreed): the producer is told of sleeps through the region,
-  /// wakes through the queue header, and counts there what it sent on the socket.
+  /// Protocol 1.3 (kFeatureWakeRegion agreed): the producer is told of sleeps and releases
+  /// through the region, wakes through the queue header, and counts there what it sent on the
+  /// socket.
   bool wake_region() const { return wake_region_; }
   /// The producer sent datagrams that were not fed yet (by its count, which only says when to
   /// read the socket).
@@ -126,7 +123,7 @@ class ConsumerSession {
   const std::shared_ptr<Channel> channel_;
   const std::string address_;
   const uint16_t minor_;
-  RegionWriter region_;       // offered in the Hello, if made
+  RegionWriter region_;       // made and sent after a Welcome that agreed on it
   bool wake_region_ = false;  // agreed in the Welcome
   uint64_t fed_ = 0;          // datagrams fed after the Welcome
   std::string mode_;

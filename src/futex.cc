@@ -11,6 +11,7 @@
 
 #include "errno_status.h"
 #include "memfd.h"
+#include "ring_queue.h"
 
 namespace shmarrow::internal {
 
@@ -33,9 +34,51 @@ arrow::Result<RegionWriter> RegionWriter::Create() {
   ARROW_RETURN_NOT_OK(memfd.Commit(0, kRegionSize));
   ARROW_RETURN_NOT_OK(memfd.AddSeals(F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW));
   RegionWriter region;
-  ARROW_ASSIGN_OR_RAISE(region.mapping_, Mapping::MapWritable(memfd.fd(), kRegionSize));
+  ARROW_ASSIGN_OR_RAISE(auto mapping, Mapping::MapWritable(memfd.fd(), kRegionSize));
+  region.mapping_ = std::make_shared<Mapping>(std::move(mapping));
   region.fd_ = std::move(memfd).TakeFd();
   return region;
+}
+
+namespace {
+
+std::atomic_ref<uint64_t> ReadOnlyWord(const uint8_t* at) {
+  // The ring is mapped read-only here; an atomic load of a const word is still a plain load.
+  return std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(reinterpret_cast<const uint64_t*>(at)));
+}
+
+std::atomic_ref<uint32_t> ReadOnlyWord32(const uint8_t* at) {
+  return std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(reinterpret_cast<const uint32_t*>(at)));
+}
+
+}  // namespace
+
+bool ReleaseWriter::TryWrite(uint64_t sequence) {
+  // The producer's count is any value: one that claims more than was written means no room.
+  const uint64_t read = ReadOnlyWord(header_ + protocol::kQueueReleasesReadOffset).load();
+  if (read > written_ || written_ - read >= kRegionSlots) return false;
+  uint8_t* region = region_->data();
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(
+                                region + kRegionSlotsOffset + (written_ % kRegionSlots) * 8))
+      .store(sequence, std::memory_order_relaxed);
+  ++written_;
+  // Sequentially consistent, as Announce's loads of the producer's words: a producer that said
+  // it waits (for room, or for credits) before looking at this count is seen there, or sees the
+  // count moved.
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(region + kRegionReleasesOffset))
+      .store(written_);
+  return true;
+}
+
+bool ReleaseWriter::Announce() {
+  const uint64_t block = ReadOnlyWord(header_ + protocol::kQueueWaitBlockOffset).load();
+  // Any value: a wait block outside the ring is never woken (the producer's waits are bounded).
+  if (block % 8 == 0 && block <= ring_size_ && ring_size_ - block >= kWaitBlockSize &&
+      ReadOnlyWord32(ring_ + block + kWaitBlockWaitersOffset).load() != 0) {
+    FutexWake(reinterpret_cast<const uint32_t*>(ring_ + block));  // the waiter takes them all
+    return false;
+  }
+  return ReadOnlyWord32(header_ + protocol::kQueueHeldBackOffset).load() != 0;
 }
 
 arrow::Result<RegionReader> RegionReader::Open(int fd) {

@@ -1,8 +1,9 @@
-// The wake-up of protocol 1.2 (kFeatureWakeRegion): a futex on a word in the consumer's queue
-// header, and the consumer's own small writable region where it says it sleeps. A consumer makes
-// the region (a sealed memfd) and passes it in its Hello; the producer maps it read-only and
-// treats what it reads there as untrusted: a value there decides only whether the producer wakes
-// this consumer, never what it frees or where it writes.
+// The wake-up and the release region of protocol 1.3 (kFeatureWakeRegion): a futex on a word in
+// the consumer's queue header, and the consumer's own small writable region where it says it
+// sleeps and writes the sequences it releases. A consumer makes the region (a sealed memfd) after
+// the Welcome and passes it in a Region message; the producer maps it read-only and treats what
+// it reads there as untrusted: a sleep word decides only whether the producer wakes this
+// consumer; a released sequence is checked against what this consumer holds.
 #pragma once
 
 #include <arrow/result.h>
@@ -31,41 +32,101 @@ enum class SleepMode : uint32_t {
   kSocket = 2,  // a Wake message on its socket (a consumer that waits on fd())
 };
 
-/// The consumer's region: one page, of which the first 8 bytes are the sleep word, a u64 written
-/// only by the consumer: 0 awake, else (mode << 32) | the wake word's value when it fell asleep.
+/// The consumer's region: one page, written only by the consumer (docs/protocol.md, "The wake
+/// region"): at byte 0 the sleep word, u64: 0 awake, else (mode << 32) | the wake word's value
+/// when it fell asleep; at byte 8 the u64 count of releases written; from byte 64 a ring of u64
+/// released sequences, release n in slot n % kRegionSlots.
 inline constexpr int64_t kRegionSize = 4096;
+inline constexpr int64_t kRegionReleasesOffset = 8;
+inline constexpr int64_t kRegionSlotsOffset = 64;
+inline constexpr uint64_t kRegionSlots = (kRegionSize - kRegionSlotsOffset) / 8;
 inline constexpr uint64_t SleepWord(SleepMode mode, uint32_t wake_seen) {
   return (uint64_t{static_cast<uint32_t>(mode)} << 32) | wake_seen;
 }
+
+/// The producer's wait block (8 bytes in its ring, located by the queue header): a u32 futex word
+/// its threads sleep on while Publish waits for room, and the u32 count of those threads. A
+/// consumer that wrote a release and sees the count nonzero wakes them (FUTEX_WAKE works on its
+/// read-only mapping).
+inline constexpr uint64_t kWaitBlockSize = 8;
+inline constexpr uint64_t kWaitBlockWaitersOffset = 4;
 
 /// The consumer's end: a memfd sealed against shrinking and growing (so the producer's read-only
 /// mapping cannot fault), mapped writable here.
 class RegionWriter {
  public:
   [[nodiscard]] static arrow::Result<RegionWriter> Create();
+  bool created() const { return mapping_ != nullptr; }
   int fd() const { return fd_.get(); }
+  /// Once the fd was passed: the mapping stays.
+  void CloseFd() { fd_.reset(); }
   /// Says the consumer sleeps (or not); sequentially consistent, against the producer's stores
   /// to the queue header.
   void Announce(uint64_t sleep_word) {
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapping_.data())).store(sleep_word);
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapping_->data())).store(sleep_word);
   }
+  /// Shared with the releasing side (the consumer's Channel), which may outlive the consumer.
+  const std::shared_ptr<Mapping>& mapping() const { return mapping_; }
 
  private:
   UniqueFd fd_;
-  Mapping mapping_;
+  std::shared_ptr<Mapping> mapping_;
 };
 
-/// The producer's end: the consumer's memfd, checked (seals, size) and mapped read-only.
+/// The consumer's release ring: it writes released sequences into its region, and learns from
+/// its queue header in the (read-only) ring how far the producer read them. Not thread-safe: its
+/// owner serializes the writes (one writer, as the producer expects).
+class ReleaseWriter {
+ public:
+  ReleaseWriter() = default;
+  /// `header` is the consumer's queue header inside `ring` (both kept alive here).
+  ReleaseWriter(std::shared_ptr<Mapping> region, std::shared_ptr<const void> ring_owner,
+                const uint8_t* ring, uint64_t ring_size, const uint8_t* header)
+      : region_(std::move(region)),
+        ring_owner_(std::move(ring_owner)),
+        ring_(ring),
+        ring_size_(ring_size),
+        header_(header) {}
+  bool attached() const { return region_ != nullptr; }
+  /// Writes `sequence` into the region; false when there is no free slot by the producer's count
+  /// (or that count is impossible): the caller sends a Release message instead.
+  bool TryWrite(uint64_t sequence);
+  /// After releases were written: wakes the producer's threads waiting for room, if any; else
+  /// true when batches wait for this consumer's credits and nobody will look at the region soon:
+  /// the caller sends an empty Release message, which wakes the producer's I/O thread.
+  bool Announce();
+
+ private:
+  std::shared_ptr<Mapping> region_;
+  std::shared_ptr<const void> ring_owner_;
+  const uint8_t* ring_ = nullptr;
+  uint64_t ring_size_ = 0;
+  const uint8_t* header_ = nullptr;
+  uint64_t written_ = 0;
+};
+
+/// The producer's end: the consumer's memfd, checked (seals, size) and mapped read-only. Every
+/// value read here is any value the consumer chose.
 class RegionReader {
  public:
   [[nodiscard]] static arrow::Result<RegionReader> Open(int fd);
   bool attached() const { return mapping_ != nullptr; }
-  /// The sleep word as the consumer last wrote it (any value).
-  uint64_t Load() const {
-    return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapping_->data())).load();
+  /// The sleep word as the consumer last wrote it.
+  uint64_t Load() const { return Word(0).load(); }
+  /// The consumer's count of releases written (acquire: the slots before it are written).
+  uint64_t ReleasesWritten() const {
+    return Word(kRegionReleasesOffset).load(std::memory_order_acquire);
+  }
+  /// Slot of release `n`, read once.
+  uint64_t Released(uint64_t n) const {
+    return Word(kRegionSlotsOffset + static_cast<int64_t>(n % kRegionSlots) * 8)
+        .load(std::memory_order_relaxed);
   }
 
  private:
+  std::atomic_ref<uint64_t> Word(int64_t offset) const {
+    return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapping_->data() + offset));
+  }
   std::shared_ptr<const Mapping> mapping_;  // shared: the handshake's terms are copied
 };
 

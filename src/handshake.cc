@@ -102,13 +102,20 @@ arrow::Result<HandshakeOutcome> Handshake(std::span<const uint8_t> datagram,
     schema = ProjectSchema(*admission.first_schema, terms.projection);
   }
   terms.lossy = hello.flags & proto::kHelloLossy;
-  terms.batch_runs = view.mode == proto::Mode::kRing &&
-                     (hello.features & proto::FeaturesOf(hello.minor) & proto::kFeatureBatchRuns);
+  // The features both versions know: this producer's may be limited (options.protocol_minor).
+  const uint16_t spoken =
+      options.protocol_minor < 0
+          ? proto::kMinorVersion
+          : static_cast<uint16_t>(std::min<int>(options.protocol_minor, proto::kMinorVersion));
+  const uint32_t known = proto::FeaturesOf(std::min(hello.minor, spoken));
+  terms.batch_runs =
+      view.mode == proto::Mode::kRing && (hello.features & known & proto::kFeatureBatchRuns);
   terms.credits = static_cast<size_t>(options.max_in_flight);
   if (hello.max_in_flight > 0) terms.credits = std::min<size_t>(terms.credits, hello.max_in_flight);
 
   proto::Welcome& welcome = admission.welcome;
-  welcome.features = hello.features & proto::FeaturesOf(hello.minor);
+  welcome.minor = spoken;
+  welcome.features = hello.features & known;
   if (!terms.batch_runs) welcome.features &= ~proto::kFeatureBatchRuns;
   welcome.mode = view.mode;
   welcome.consumer_id = view.consumer_id;

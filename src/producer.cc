@@ -11,6 +11,9 @@ namespace shmarrow {
 namespace internal {
 namespace {
 
+// The longest a producer thread sleeps before it looks at the consumers' regions again.
+constexpr int kWaitSliceMs = 5;
+
 /// Hands one request's answers to the producer: built in the handler's memory, sent on its
 /// stream.
 class ResponseWriterImpl final : public ResponseWriter {
@@ -52,6 +55,12 @@ ProducerImpl::ProducerImpl(std::string address, std::shared_ptr<arrow::Schema> s
 
 arrow::Status ProducerImpl::Start() {
   ARROW_ASSIGN_OR_RAISE(memory_, ProducerMemory::Create(options_));
+  if (uint32_t* block = memory_->wait_block()) wait_word_ = block;
+  // A full ring waits as Publish does, looking at the release regions.
+  memory_->SetWaitHook([this](int slice_ms, const std::function<bool()>& ready) {
+    std::unique_lock lock(mutex_);
+    if (!closed_) WaitSlice(lock, slice_ms, ready);
+  });
   stats_.page_size = memory_->page_size();
   send_.memory = memory_.get();
   requests_ =
@@ -76,12 +85,66 @@ arrow::MemoryPool* ProducerImpl::pool() {
   return memory_->StreamPool(schema_);
 }
 
+void ProducerImpl::Notify() {
+  if (std::atomic_ref<uint32_t>(wait_word_[1]).load() == 0) return;  // nobody waits
+  std::atomic_ref<uint32_t>(wait_word_[0]).fetch_add(1);
+  FutexWake(wait_word_);
+}
+
+bool ProducerImpl::Drain(Session& s) {
+  const size_t before = drained_.size();
+  auto status = s.DrainRegion(&drained_);
+  if (!status.ok()) Kill(s, status.message(), proto::ErrorCode::kProtocol);
+  return drained_.size() > before;
+}
+
+bool ProducerImpl::DrainRegions() {
+  bool any = false;
+  bool killed = false;
+  for (auto& [id, s] : sessions_) {
+    const bool was_dead = s->dead();
+    if (Drain(*s)) {
+      any = true;
+      Converse(*s, /*read_first=*/false);  // what waited for its credits goes now
+    }
+    killed |= !was_dead && s->dead();
+  }
+  drained_.clear();  // the ring's blocks come back here, without a thread hop
+  if (killed) Reap();
+  return any;
+}
+
+template <typename Predicate>
+void ProducerImpl::WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, Predicate ready) {
+  std::atomic_ref<uint32_t> waiters(wait_word_[1]);
+  waiters.fetch_add(1);
+  // Announced, then a last look (both sequentially consistent, as a consumer's release and its
+  // look at the waiters): a release written meanwhile is seen here or wakes the futex. The
+  // I/O thread and other producer threads change the word under the mutex held here.
+  const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).load();
+  if (!DrainRegions() && !ready()) {
+    lock.unlock();
+    // An error here (none is expected for a mapped word) only ends this slice early.
+    (void)FutexWait(wait_word_, seen, slice_ms);
+    lock.lock();
+  }
+  waiters.fetch_sub(1);
+}
+
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
                                     Predicate ready, std::string_view what) {
   const Deadline deadline(timeout_ms);
-  deadline.Wait(changed_, lock, [&] { return closed_ || ready(); });
-  if (ready()) return arrow::Status::OK();
+  bool is_ready = false;
+  for (;;) {
+    DrainRegions();
+    is_ready = ready();
+    if (closed_ || is_ready || deadline.expired()) break;
+    // In slices: a consumer's release that wakes nobody (it looked before the announcement,
+    // or it is hostile) costs at most one slice.
+    WaitSlice(lock, deadline.Slice(kWaitSliceMs), [&] { return closed_ || ready(); });
+  }
+  if (is_ready) return arrow::Status::OK();
   if (closed_) {
     return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed,
                      "producer closed while waiting for ", what);
@@ -230,7 +293,7 @@ void ProducerImpl::Reap() {
       ++it;
     }
   }
-  if (any) changed_.notify_all();
+  if (any) Notify();
 }
 
 void ProducerImpl::RunRequest(RequestPool::Job& job) {
@@ -298,16 +361,26 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
   return WaitFor(
       lock, timeout_ms,
       [&] {
-        Reap();  // a connection that just died returns what it held now, not on the I/O thread
-        if (records_dying_) return false;
-        return std::all_of(sessions_.begin(), sessions_.end(),
-                           [](const auto& entry) { return entry.second->in_flight() == 0; });
+        auto drained = [&] {
+          Reap();  // a connection that just died returns what it held now, not on the I/O thread
+          return !records_dying_ &&
+                 std::all_of(sessions_.begin(), sessions_.end(),
+                             [](const auto& entry) { return entry.second->in_flight() == 0; });
+        };
+        if (!drained()) return false;
+        // Then what consumers said is taken now, not on the I/O thread: a release in a region
+        // is seen before the messages sent ahead of it (a Bye, the connection's close).
+        for (auto& [id, s] : sessions_) Converse(*s, /*read_first=*/true);
+        released_records_.clear();
+        return drained();
       },
       "drain: consumers still hold batches");
 }
 
 ProducerStats ProducerImpl::stats() const {
   std::lock_guard lock(mutex_);
+  // Releases written into regions count as soon as they are there: taken now, as a wait would.
+  const_cast<ProducerImpl*>(this)->DrainRegions();
   ProducerStats out = stats_;
   out.consumers = ActiveConsumers();
   out.in_flight = 0;
@@ -324,7 +397,7 @@ void ProducerImpl::Close() {
     if (poller_.opened()) {
       for (auto& [id, s] : sessions_) Kill(*s, "producer closed", proto::ErrorCode::kShutdown);
     }
-    changed_.notify_all();
+    Notify();
   }
   if (poller_.opened()) poller_.Wake();
   if (io_thread_.joinable()) io_thread_.join();

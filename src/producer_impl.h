@@ -4,7 +4,6 @@
 // one mutex. producer.cc holds the public calls, producer_io.cc the I/O thread.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -54,6 +53,18 @@ class ProducerImpl final : public Producer {
   template <typename Predicate>
   arrow::Status WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms, Predicate ready,
                         std::string_view what);
+  /// One slice of a wait for `ready` (under `lock`): announced in the wait block, so that a
+  /// consumer writing a release into its region wakes it, after a last look at the regions.
+  template <typename Predicate>
+  void WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, Predicate ready);
+  /// Wakes the threads waiting in WaitFor (the condition variable's and the wait block's).
+  void Notify();
+  /// Takes the releases `s` wrote into its region into drained_ (killing it if they break the
+  /// rules); true if there were any.
+  bool Drain(Session& s);
+  /// Takes the releases consumers wrote into their regions (a consumer whose region breaks the
+  /// rules is killed), and frees what they released; true if anything was released.
+  bool DrainRegions();
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
@@ -89,7 +100,6 @@ class ProducerImpl final : public Producer {
   std::unique_ptr<ProducerMemory> memory_;
 
   mutable std::mutex mutex_;
-  std::condition_variable changed_;
   std::shared_ptr<arrow::Schema> schema_;
   std::map<uint32_t, std::unique_ptr<Session>> sessions_;
   std::deque<std::shared_ptr<Published>> retained_;
@@ -107,6 +117,11 @@ class ProducerImpl final : public Producer {
   bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
+  std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, freed at once
+  // The wait block's futex word and its count of waiters: in the ring, where consumers can wake
+  // it; sealed mode (no regions) waits on these two private words.
+  uint32_t private_wait_block_[2] = {0, 0};
+  uint32_t* wait_word_ = private_wait_block_;
 
   Poller poller_;
   std::thread io_thread_;

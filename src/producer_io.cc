@@ -96,6 +96,7 @@ void ProducerImpl::IoLoop() {
     {
       std::lock_guard lock(mutex_);
       wait_ms = ExpireSilentConnections();
+      DrainRegions();
       Reap();
     }
     const int n = poller_.Wait(events, wait_ms);
@@ -133,7 +134,7 @@ void ProducerImpl::IoLoop() {
       dying_.clear();
       std::lock_guard lock(mutex_);
       records_dying_ = false;
-      changed_.notify_all();
+      Notify();
     }
     std::lock_guard lock(mutex_);
     Reap();
@@ -227,6 +228,7 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
   bool send = !read_first;
   for (;;) {
     if (send) {
+      Drain(s);  // credits first
       const Pumped pumped = s.Pump(send_);
       if (pumped == Pumped::kWaitWritable) WatchWritable(s);
       // A consumer that held nothing has most likely read everything and said Waiting (or is
@@ -234,17 +236,24 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
       // I/O thread next runs, sends the Wake now.
       if (pumped == Pumped::kReadWanted) read = true;
       s.WakeIfWaiting(send_.writer);
-      changed_.notify_all();
+      Notify();
+      // Said in the queue header, then a last look: a release written before the consumer could
+      // see that is found here (after it, the consumer also sends a message).
+      if (s.held_back() && Drain(s)) continue;
     }
-    if (!read || !ReadOne(s, &send)) return;
+    if (!read || !ReadOne(s, &send)) {
+      drained_.clear();
+      return;
+    }
   }
 }
 
 bool ProducerImpl::ReadOne(Session& s, bool* to_send) {
   *to_send = false;
   if (s.dead()) return false;
-  // A Hello may carry the consumer's region; nothing else carries an fd.
-  const int max_fds = s.state() == SessionState::kHandshaking ? 1 : 0;
+  // Only a Region carries an fd. One that comes with a Hello (a 1.2 consumer's) is received to
+  // be closed: such a consumer is answered without the region.
+  const int max_fds = s.state() == SessionState::kHandshaking || s.awaiting_region() ? 1 : 0;
   auto received = s.socket().Receive(receive_buffer_, max_fds, /*timeout_ms=*/0);
   if (!received.ok()) {
     Kill(s, received.status().message(), proto::ErrorCode::kProtocol);
@@ -280,18 +289,30 @@ arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size
       Kill(s, outcome.refusal->message, outcome.refusal->code);
       return arrow::Status::OK();
     }
-    auto& welcome = outcome.admission.welcome;
-    // A Hello that offers no region gets none: the 1.1 wake-up over the socket.
-    if (fds.empty()) welcome.features &= ~proto::kFeatureWakeRegion;
-    if (welcome.features & proto::kFeatureWakeRegion) {
-      ARROW_ASSIGN_OR_RAISE(outcome.admission.terms.region, RegionReader::Open(fds[0].get()));
-    }
-    fds.clear();  // mapped, or not wanted: closed before the Welcome, as the consumer may count fds
+    // A Hello with an fd is a 1.2 consumer's, whose region this producer does not take: closed
+    // before the Welcome (the consumer may count its fds), and answered as 1.1.
+    if (!fds.empty()) outcome.admission.welcome.features &= ~proto::kFeatureWakeRegion;
+    fds.clear();
     *to_send = true;
     return Admit(s, std::move(outcome.admission));
   }
   proto::Reader reader(datagram);
   ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
+  if (header.type == proto::Type::kRegion) {
+    // Once, when agreed: until it arrives the consumer is served as in 1.1 (it wakes on Waiting,
+    // its releases come in messages), so a late Region only costs it the fast path.
+    if (!s.awaiting_region()) return proto::ProtocolError("Region message not agreed or repeated");
+    ARROW_RETURN_NOT_OK(reader.ExpectEnd("Region"));
+    if (fds.size() != 1) {
+      return proto::ProtocolError("Region message carries ", fds.size(), " fds, expected 1");
+    }
+    ARROW_ASSIGN_OR_RAISE(auto region, RegionReader::Open(fds[0].get()));
+    s.AttachRegion(send_.writer, std::move(region));
+    return arrow::Status::OK();
+  }
+  if (!fds.empty()) {
+    return proto::ProtocolError(proto::TypeName(header.type), " carried ", fds.size(), " fds");
+  }
   // After Bye a consumer only returns what it holds: a Request would start work for nobody.
   if (s.state() == SessionState::kDetached && header.type != proto::Type::kRelease) {
     return proto::ProtocolError(proto::TypeName(header.type), " after Bye");
@@ -323,7 +344,7 @@ arrow::Status ProducerImpl::Handle(Session& s, const uint8_t* data, int64_t size
     }
     case proto::Type::kBye:
       s.Bye();
-      changed_.notify_all();
+      Notify();
       return arrow::Status::OK();
     default:
       return proto::ProtocolError("unexpected ", proto::TypeName(header.type), " from a consumer");
@@ -347,8 +368,9 @@ arrow::Status ProducerImpl::Admit(Session& s, Admission admission) {
     welcome.queue_capacity = terms.queue_capacity;
   } else {
     welcome.features &= ~(proto::kFeatureQueue | proto::kFeatureWakeRegion);
-    terms.region = RegionReader();
   }
+  terms.region_agreed = (welcome.features & proto::kFeatureWakeRegion) != 0;
+  terms.wait_block = memory_->wait_block_offset();
   auto sent = [&]() -> arrow::Result<bool> {
     ARROW_ASSIGN_OR_RAISE(UniqueFd ring_fd, memory_->ConsumerFd());
     const int fd = ring_fd.get();

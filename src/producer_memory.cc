@@ -24,6 +24,8 @@ constexpr int64_t kRingBlocks = 1 << 16;
 // Consumers' queues live after the ring's circular part, one fixed slot each; past this many
 // bytes in all, the remaining consumers get their batches in messages.
 constexpr int64_t kMaxQueueArea = int64_t{16} << 20;
+// After the queues: the producer's wait block (futex.h), on a line of its own.
+constexpr int64_t kWaitBlockBytes = 64;
 constexpr int64_t kSealedCapacity = int64_t{16} << 30;  // virtual; one arena per sealed batch
 
 /// Sealed mode's pool(): allocations go to the arena of the loan in use, and each allocation
@@ -119,7 +121,10 @@ class RingMemory final : public ProducerMemory {
       free_queue_slots_.push_back(static_cast<int>(slot));
     }
     ARROW_ASSIGN_OR_RAISE(ring_, Ring::Create(options.name, options.ring_size, kRingBlocks,
-                                              slots * queue_slot_bytes_, options.pages));
+                                              slots * queue_slot_bytes_ + kWaitBlockBytes,
+                                              options.pages));
+    wait_block_offset_ = static_cast<uint64_t>(ring_->OffsetOf(ring_->reserved())) +
+                         static_cast<uint64_t>(slots * queue_slot_bytes_);
     stream_pool_ = std::make_unique<RingPool>(ring_.get(), options.block_timeout_ms);
     nowait_pool_ = std::make_unique<RingPool>(ring_.get(), 0);
     requests_pool_ = std::make_unique<RingPool>(ring_.get(), options.request_timeout_ms);
@@ -182,6 +187,11 @@ class RingMemory final : public ProducerMemory {
     return slot;
   }
   void ReleaseQueue(int index) override { free_queue_slots_.push_back(index); }
+  uint32_t* wait_block() override {
+    return reinterpret_cast<uint32_t*>(ring_->base() + wait_block_offset_);
+  }
+  uint64_t wait_block_offset() const override { return wait_block_offset_; }
+  void SetWaitHook(Ring::WaitHook hook) override { ring_->SetWaitHook(std::move(hook)); }
   bool queue_free() const override { return !free_queue_slots_.empty(); }
   uint32_t queue_capacity() const override { return queue_capacity_; }
 
@@ -294,6 +304,7 @@ class RingMemory final : public ProducerMemory {
   // The consumers' queue slots in the ring's reserved part.
   uint32_t queue_capacity_ = 0;
   int64_t queue_slot_bytes_ = 0;
+  uint64_t wait_block_offset_ = 0;
   std::vector<int> free_queue_slots_;
 };
 

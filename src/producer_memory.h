@@ -121,6 +121,12 @@ class ProducerMemory {
   virtual void ReleaseQueue(int index) = 0;
   virtual bool queue_free() const = 0;
   virtual uint32_t queue_capacity() const = 0;
+  /// Ring mode: the producer's wait block (futex.h) in the ring's reserved part, and its offset
+  /// from byte 0 of the ring (sealed mode: null, 0).
+  virtual uint32_t* wait_block() { return nullptr; }
+  virtual uint64_t wait_block_offset() const { return 0; }
+  /// Ring mode: how allocation waits for a full ring (Ring::SetWaitHook), set before it starts.
+  virtual void SetWaitHook(Ring::WaitHook) {}
 
   /// Makes waiting and future allocations fail (shutdown).
   virtual void Close() = 0;

@@ -48,7 +48,8 @@ void Session::Welcomed(Terms terms) {
   if (terms.queue) {
     queue_slot_ = terms.queue->index;
     queue_ = proto::QueueWriter(terms.queue->address, terms.queue_capacity);
-    region_ = std::move(terms.region);
+    region_agreed_ = terms.region_agreed;
+    if (region_agreed_) queue_.StoreWaitBlock(terms.wait_block);
   }
 }
 
@@ -164,7 +165,7 @@ arrow::Result<bool> Session::SendOne(SendTools& tools, const Outgoing& out) {
 
 arrow::Result<bool> Session::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
   ARROW_ASSIGN_OR_RAISE(bool sent, socket_.TrySendDatagram(bytes, fds));
-  if (sent && region_.attached()) queue_.CountMessage();
+  if (sent && region_agreed_) queue_.CountMessage();
   return sent;
 }
 
@@ -260,6 +261,8 @@ Pumped Session::Pump(SendTools& tools) {
     }
     it = pending_.erase(it, last);
   }
+  held_back_ = !blocked.empty();
+  if (region_agreed_) queue_.StoreHeldBack(held_back_);
   // A consumer that held nothing has most likely read everything and said Waiting (or is about
   // to: then it sees the new entries itself). Reading that now, rather than when the I/O thread
   // next runs, sends the Wake now.
@@ -292,15 +295,48 @@ void Session::Kill(proto::Writer& writer, const std::string& why, proto::ErrorCo
   WakeSleeper(writer);  // to read the Error
 }
 
+arrow::Status Session::ReleaseOne(uint64_t sequence, const char* how,
+                                  std::vector<std::shared_ptr<Published>>* released) {
+  if (!held_.Remove(sequence, released)) {
+    return proto::ProtocolError("released batch ", sequence,
+                                ", which this consumer does not hold (", how, ")");
+  }
+  if (state_ == SessionState::kDetached && held_.empty()) state_ = SessionState::kDead;
+  return arrow::Status::OK();
+}
+
 arrow::Status Session::Release(std::span<const uint64_t> sequences,
                                std::vector<std::shared_ptr<Published>>* released) {
   for (uint64_t sequence : sequences) {
-    if (!held_.Remove(sequence, released)) {
-      return proto::ProtocolError("released batch ", sequence,
-                                  ", which this consumer does not hold");
-    }
+    ARROW_RETURN_NOT_OK(ReleaseOne(sequence, "in a Release message", released));
   }
-  if (state_ == SessionState::kDetached && held_.empty()) state_ = SessionState::kDead;
+  return arrow::Status::OK();
+}
+
+void Session::AttachRegion(proto::Writer& writer, RegionReader region) {
+  region_ = std::move(region);
+  // It may have announced a sleep before its region was read, past what was already sent (if
+  // nothing was, there is nothing to wake it for: a consumer waiting on fd() must not see it
+  // readable).
+  if (queue_.written() > 0 || queue_.messages() > 0) WakeSleeper(writer);
+}
+
+arrow::Status Session::DrainRegion(std::vector<std::shared_ptr<Published>>* released) {
+  if (!region_.attached() || dead()) return arrow::Status::OK();
+  const uint64_t written = region_.ReleasesWritten();
+  if (written == region_releases_read_) return arrow::Status::OK();
+  if (written < region_releases_read_ || written - region_releases_read_ > kRegionSlots) {
+    return proto::ProtocolError("the release region counts ", written,
+                                " releases written, but the producer read ",
+                                region_releases_read_, " of a ring of ", kRegionSlots, " slots");
+  }
+  while (region_releases_read_ < written) {
+    // Read once into a local: the consumer may rewrite the slot while it is checked.
+    const uint64_t sequence = region_.Released(region_releases_read_);
+    ARROW_RETURN_NOT_OK(ReleaseOne(sequence, "in the release region", released));
+    ++region_releases_read_;
+  }
+  queue_.StoreReleasesRead(region_releases_read_);
   return arrow::Status::OK();
 }
 

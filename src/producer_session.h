@@ -103,7 +103,10 @@ class Session {
     std::vector<int> projection;  // indices in the first schema sent; empty = all columns
     std::optional<QueueSlot> queue;
     uint32_t queue_capacity = 0;
-    RegionReader region;  // 1.2 with the queue: where the consumer says it sleeps
+    // 1.3 with the queue: the consumer's region comes in a Region message, first after the
+    // Welcome; the queue header says where the producer's wait block is.
+    bool region_agreed = false;
+    uint64_t wait_block = 0;
   };
   void Welcomed(Terms terms);
   /// A describer got its answer: closed when reaped (the Welcome stays readable in its socket).
@@ -123,9 +126,21 @@ class Session {
   /// The socket is writable again.
   void Writable() { waiting_writable_ = false; }
 
+  /// Batches wait for this consumer's credits (then 1.3 tells it in its queue header).
+  bool held_back() const { return held_back_; }
+  /// 1.3: the Region message is due (the first message after the Welcome, with one fd).
+  bool awaiting_region() const { return region_agreed_ && !region_.attached(); }
+  /// The consumer's region arrived: from now on its sleeps and releases are read there.
+  void AttachRegion(proto::Writer& writer, RegionReader region);
+  /// Takes the releases the consumer wrote into its region since the last look (one load when
+  /// there are none). Any value there is untrusted: a count that goes backwards or past the
+  /// ring, or a sequence this consumer does not hold, is a protocol error.
+  [[nodiscard]] arrow::Status DrainRegion(std::vector<std::shared_ptr<Published>>* released);
   // What the consumer said after the handshake.
   [[nodiscard]] arrow::Status Release(std::span<const uint64_t> sequences,
                                       std::vector<std::shared_ptr<Published>>* released);
+  [[nodiscard]] arrow::Status ReleaseOne(uint64_t sequence, const char* how,
+                                         std::vector<std::shared_ptr<Published>>* released);
   [[nodiscard]] arrow::Status Waiting(proto::Writer& writer, uint64_t read);
   void Bye();
 
@@ -147,9 +162,9 @@ class Session {
   void Sent(const Outgoing& out);
   /// Appends to the queue in the ring (publishing the new count), counting the controls sent.
   void WriteEntry(proto::QueueEntry entry);
-  /// Every datagram after the Welcome goes out here: 1.2 counts it in the queue header.
+  /// Every datagram after the Welcome goes out here: 1.3 counts it in the queue header.
   arrow::Result<bool> Send(std::span<const uint8_t> bytes, std::span<const int> fds);
-  /// 1.2: wakes the consumer if its region says it sleeps and nobody woke it since; the publishing
+  /// 1.3: wakes the consumer if its region says it sleeps and nobody woke it since; the publishing
   /// thread does this itself, after the queue header's counts moved.
   void WakeSleeper(proto::Writer& writer);
   void ForgetPending();
@@ -176,7 +191,10 @@ class Session {
   int queue_slot_ = -1;
   proto::QueueWriter queue_;
   uint32_t controls_unannounced_ = 0;  // stream-0 Schema/End sent since the last entry
-  RegionReader region_;                // 1.2: read-only, untrusted
+  bool region_agreed_ = false;          // 1.3: datagrams are counted, a Region is due
+  bool held_back_ = false;              // the last Pump left batches for want of credits
+  RegionReader region_;                // read-only, untrusted
+  uint64_t region_releases_read_ = 0;
   bool consumer_waiting_ = false;      // said Waiting having read all `waiting_at_` entries
   uint64_t waiting_at_ = 0;
 };

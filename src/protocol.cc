@@ -30,6 +30,8 @@ const char* TypeName(Type type) {
       return "Wake";
     case Type::kWaiting:
       return "Waiting";
+    case Type::kRegion:
+      return "Region";
   }
   return "unknown";
 }
@@ -134,7 +136,7 @@ arrow::Result<Header> Reader::ReadHeader() {
   ARROW_ASSIGN_OR_RAISE(auto flags, U16("flags"));
   ARROW_ASSIGN_OR_RAISE(header.stream, U32("stream"));
   ARROW_ASSIGN_OR_RAISE(auto length, U32("length"));
-  if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kWaiting)) {
+  if (type < static_cast<uint16_t>(Type::kHello) || type > static_cast<uint16_t>(Type::kRegion)) {
     return ProtocolError("unknown message type ", type);
   }
   if (flags != 0) return ProtocolError("unknown header flags ", flags);
@@ -338,6 +340,8 @@ arrow::Result<std::string> DecodeRequest(Reader& r) {
 std::span<const uint8_t> EncodeBye(Writer& w) { return w.Start(Type::kBye, 0).Finish(); }
 
 std::span<const uint8_t> EncodeWake(Writer& w) { return w.Start(Type::kWake, 0).Finish(); }
+
+std::span<const uint8_t> EncodeRegion(Writer& w) { return w.Start(Type::kRegion, 0).Finish(); }
 
 std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read) {
   return w.Start(Type::kWaiting, 0).U64(entries_read).Finish();

@@ -18,7 +18,7 @@
 namespace shmarrow::internal::protocol {
 
 inline constexpr uint16_t kMajorVersion = 1;
-inline constexpr uint16_t kMinorVersion = 2;
+inline constexpr uint16_t kMinorVersion = 3;
 inline constexpr uint32_t kMagic = 0x414D4853;  // "SHMA" in little-endian byte order
 inline constexpr size_t kHeaderSize = 16;
 /// Largest datagram either side sends or accepts (a schema travels in one message).
@@ -37,6 +37,7 @@ enum class Type : uint16_t {
   kBatches = 10,  // producer → consumer, ring mode, 1.1 with kFeatureBatchRuns: several Batch
   kWake = 11,     // producer → consumer, 1.1 with kFeatureQueue: the queue has new entries
   kWaiting = 12,  // consumer → producer, 1.1 with kFeatureQueue: read N entries, will sleep
+  kRegion = 13,   // consumer → producer, 1.3 with kFeatureWakeRegion: 1 fd (its region), first
 };
 const char* TypeName(Type type);
 
@@ -59,18 +60,20 @@ inline constexpr uint32_t kFeatureQueue = 1u << 4;
 /// The producer honours kHelloDescribe; a Welcome without it means the describer was welcomed as
 /// a consumer (an older producer) and must say Bye.
 inline constexpr uint32_t kFeatureDescribe = 1u << 5;
-/// With the queue: the Hello carries the consumer's region (1 fd, futex.h), where it says it
-/// sleeps; the producer wakes it through the queue header's wake word, and sends no Wake for
-/// Waiting (protocol 1.2).
+/// With the queue: the consumer's region (futex.h), where it says it sleeps and writes what it
+/// releases; the producer wakes it through the queue header's wake word. Protocol 1.3: the region
+/// travels in a Region message right after the Welcome (1.2 put it in the Hello; a producer
+/// answers such a Hello without this feature).
 inline constexpr uint32_t kFeatureWakeRegion = 1u << 6;
 inline constexpr uint32_t kAllFeatures = kFeatureRequests | kFeatureProjection | kFeatureLossy |
                                          kFeatureBatchRuns | kFeatureQueue | kFeatureDescribe |
                                          kFeatureWakeRegion;
 /// What a peer of minor version `minor` may use: 1.0 knows neither batch runs, the queue nor
-/// describing; 1.1 not the wake region.
+/// describing; 1.1 not the wake region; 1.2's wake region (sent with the Hello) is not spoken
+/// any more: a 1.2 peer gets what a 1.1 peer gets.
 constexpr uint32_t FeaturesOf(uint16_t minor) {
-  if (minor >= 2) return kAllFeatures;
-  return minor == 1 ? kAllFeatures & ~kFeatureWakeRegion
+  if (minor >= 3) return kAllFeatures;
+  return minor >= 1 ? kAllFeatures & ~kFeatureWakeRegion
                     : kFeatureRequests | kFeatureProjection | kFeatureLossy;
 }
 
@@ -198,6 +201,7 @@ std::span<const uint8_t> EncodeRequest(Writer& w, uint32_t stream, std::string_v
 std::span<const uint8_t> EncodeBye(Writer& w);
 std::span<const uint8_t> EncodeWake(Writer& w);
 std::span<const uint8_t> EncodeWaiting(Writer& w, uint64_t entries_read);
+std::span<const uint8_t> EncodeRegion(Writer& w);
 
 /// Length of the valid UTF-8 sequence starting at text[i] (i < size), or 0 if there is none.
 [[nodiscard]] size_t Utf8SequenceLength(std::string_view text, size_t i);

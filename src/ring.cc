@@ -18,6 +18,8 @@ namespace {
 
 constexpr int64_t kHeaderSize = 64;  // keeps the block's data 64-byte aligned
 constexpr uint32_t kHeaderMagic = 0x52494E47;
+// A wait hook's slice: how long a release nobody announced can go unseen.
+constexpr int kWaitSliceMs = 5;
 
 struct BlockHeader {
   uint32_t magic;
@@ -107,8 +109,20 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
     if (wait_ms == 0) return full();
     // The clock is read only here, when the ring is full: most allocations find space at once.
     // Wait returns with space (`at` >= 0), or at the deadline, or when the ring closes.
-    Deadline(wait_ms).Wait(space_freed_, lock,
-                           [&] { return closed_ || (at = FindSpace(need)) >= 0; });
+    const Deadline deadline(wait_ms);
+    if (wait_hook_) {
+      auto ready = [&] {
+        std::lock_guard relock(mutex_);
+        return closed_ || FindSpace(need) >= 0;
+      };
+      while (!closed_ && (at = FindSpace(need)) < 0 && !deadline.expired()) {
+        lock.unlock();
+        wait_hook_(deadline.Slice(kWaitSliceMs), ready);
+        lock.lock();
+      }
+    } else {
+      deadline.Wait(space_freed_, lock, [&] { return closed_ || (at = FindSpace(need)) >= 0; });
+    }
     if (at < 0) return closed_ ? closed() : full();
   }
   const size_t slot = (first_ + count_) % blocks_.size();

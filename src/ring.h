@@ -6,6 +6,7 @@
 #include <arrow/result.h>
 
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <mutex>
 #include <utility>
@@ -54,6 +55,12 @@ class Ring {
 
   /// Waits for space up to `wait_ms`: -1 forever, 0 not at all.
   [[nodiscard]] arrow::Result<int64_t> Allocate(int64_t size, int wait_ms);
+  /// How a full ring is waited on instead of the condition variable, one slice at a time (the
+  /// producer looks at its consumers' release regions, whose releases nothing else announces):
+  /// called without the ring's lock, with the slice's milliseconds and whether space is there.
+  using WaitHook = std::function<void(int slice_ms, const std::function<bool()>& ready)>;
+  /// Before the first allocation.
+  void SetWaitHook(WaitHook hook) { wait_hook_ = std::move(hook); }
   [[nodiscard]] bool ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size);
   void Free(int64_t offset);
 
@@ -88,6 +95,7 @@ class Ring {
   size_t count_ = 0;
   int64_t bytes_in_use_ = 0;
   bool closed_ = false;
+  WaitHook wait_hook_;
 };
 
 /// arrow::MemoryPool over a Ring: builders write straight into ring mode's shared memory.

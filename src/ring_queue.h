@@ -15,10 +15,14 @@ namespace shmarrow::internal::protocol {
 
 /// The queue, written by the producer in the ring: a 64-byte header whose first u64 counts the
 /// entries written so far, then `capacity` entries of 40 bytes; entry n is at slot n % capacity.
-/// Protocol 1.2 (kFeatureWakeRegion) uses two more header words: at byte 8 the u32 wake word (the
-/// futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64 count
-/// of the datagrams the producer sent on the socket since the Welcome (a busy-polling consumer
-/// reads its socket only when this moved). The rest of the header is zero.
+/// Protocol 1.3 (kFeatureWakeRegion) uses five more header words: at byte 8 the u32 wake word
+/// (the futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64
+/// count of the datagrams the producer sent on the socket since the Welcome (a busy-polling
+/// consumer reads its socket only when this moved), at byte 24 the u64 count of the releases the
+/// producer read from the consumer's region (futex.h), at byte 32 the u64 offset in the ring of
+/// the producer's wait block, and at byte 40 a u32, nonzero while batches for this consumer wait
+/// for its credits (a release then also needs a message, which wakes the producer's I/O thread).
+/// The rest of the header is zero.
 /// The producer writes an entry, then the count (release order). Stream 0's Schema and End
 /// messages still travel on the socket, sent before the entry that counts them in
 /// `controls_before`; the consumer applies them there. A slot is written again only after its
@@ -26,6 +30,9 @@ namespace shmarrow::internal::protocol {
 inline constexpr uint64_t kQueueHeaderSize = 64;
 inline constexpr uint64_t kQueueWakeOffset = 8;
 inline constexpr uint64_t kQueueMessagesOffset = 16;
+inline constexpr uint64_t kQueueReleasesReadOffset = 24;
+inline constexpr uint64_t kQueueWaitBlockOffset = 32;
+inline constexpr uint64_t kQueueHeldBackOffset = 40;
 inline constexpr uint64_t kQueueEntrySize = 40;
 inline constexpr uint32_t kMaxQueueCapacity = 1u << 20;
 enum class EntryKind : uint32_t {
@@ -61,6 +68,7 @@ class QueueWriter {
   bool attached() const { return queue_ != nullptr; }
   uint32_t capacity() const { return capacity_; }
   uint64_t written() const { return written_; }
+  uint64_t messages() const { return messages_; }
 
   // The stores below are sequentially consistent: a consumer that says it sleeps and then looks
   // at these counts either sees them moved or is seen asleep by the producer's next look.
@@ -70,10 +78,26 @@ class QueueWriter {
     ++written_;
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_)).store(written_);
   }
-  /// A datagram went out on the socket (1.2).
+  /// A datagram went out on the socket (1.3).
   void CountMessage() {
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
         .store(++messages_);
+  }
+  /// 1.3: the consumer's releases read so far from its region, and where the wait block is.
+  void StoreReleasesRead(uint64_t count) {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueReleasesReadOffset))
+        .store(count);
+  }
+  void StoreWaitBlock(uint64_t offset) {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueWaitBlockOffset))
+        .store(offset);
+  }
+  /// Whether batches wait for this consumer's credits; stored only when that changes.
+  void StoreHeldBack(bool held_back) {
+    if (held_back == held_back_) return;
+    held_back_ = held_back;
+    std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(queue_ + kQueueHeldBackOffset))
+        .store(held_back ? 1 : 0);
   }
   uint32_t wake() const { return wake_; }
   /// Moves the wake word on; the caller then wakes its waiters.
@@ -89,6 +113,7 @@ class QueueWriter {
   uint64_t written_ = 0;
   uint64_t messages_ = 0;
   uint32_t wake_ = 0;
+  bool held_back_ = false;
 };
 
 /// The consumer's end. Everything in the ring was written by a peer that may be hostile: the
@@ -127,12 +152,13 @@ class QueueReader {
     return written - read_;
   }
 
-  /// 1.2: the producer's count of datagrams sent (any value: it only says when to look).
+  /// 1.3: the producer's count of datagrams sent (any value: it only says when to look).
   uint64_t messages() const { return Load<uint64_t>(kQueueMessagesOffset); }
   uint32_t wake() const { return Load<uint32_t>(kQueueWakeOffset); }
   const uint32_t* wake_word() const {
     return reinterpret_cast<const uint32_t*>(queue_ + kQueueWakeOffset);
   }
+  const uint8_t* header() const { return queue_; }
 
   /// The next entry, copied out of the ring (only after Unread() said there is one).
   QueueEntry Next() {

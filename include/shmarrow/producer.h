@@ -56,6 +56,10 @@ struct ProducerOptions {
   /// A connection that has not said Hello within this long is closed (> 0 milliseconds). When
   /// max_consumers connections are waiting to say Hello, the oldest is closed for the next one.
   int handshake_timeout_ms = 5000;
+  /// The stream protocol's minor version this producer speaks (docs/protocol.md): -1 the newest;
+  /// an older one (0-2) answers every consumer as a producer of that version would, to test
+  /// consumers against older producers.
+  int protocol_minor = -1;
   /// Requests one consumer may have in flight (received, answer not finished); more are
   /// answered with Error code 4 (limit).
   int max_requests_per_consumer = 16;

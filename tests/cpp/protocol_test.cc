@@ -66,6 +66,8 @@ arrow::Status DecodeAny(std::span<const uint8_t> datagram) {
       return r.ExpectEnd("Wake");
     case proto::Type::kWaiting:
       return proto::DecodeWaiting(r).status();
+    case proto::Type::kRegion:
+      return r.ExpectEnd("Region");
   }
   return arrow::Status::UnknownError("unreachable");
 }
@@ -395,7 +397,7 @@ TEST(ProtocolTest, WrongMagicFails) {
 TEST(ProtocolTest, UnknownTypeFails) {
   proto::Writer w;
   const Bytes original = Copy(proto::EncodeBye(w));
-  for (uint16_t type : {0, 13, 14, 0x100, 0xFFFF}) {
+  for (uint16_t type : {0, 14, 15, 0x100, 0xFFFF}) {
     Bytes m = original;
     SetU16(m, 4, type);
     EXPECT_ERROR_CONTAINS(DecodeAny(m), "unknown message type " + std::to_string(type));

@@ -1,6 +1,7 @@
-// Protocol 1.2's wake-up: consumers that sleep on the futex, busy-poll, wait on fd() or speak
+// Protocol 1.3's wake-up: consumers that sleep on the futex, busy-poll, wait on fd() or speak
 // 1.1 all read one producer; a producer killed under a sleeping consumer is noticed; a region
-// that could fault the producer, or a sleep word full of garbage, harms nobody else.
+// that could fault the producer, or a sleep word full of garbage, harms nobody else; the
+// region's fallbacks for older peers on either side.
 #include <arrow/api.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -20,7 +21,9 @@
 #include "consumer_session.h"
 #include "futex.h"
 #include "hostile_peer.h"
+#include "region_peer.h"
 #include "mapping.h"
+#include "memfd.h"
 #include "protocol.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/error.h"
@@ -33,37 +36,14 @@ namespace {
 
 namespace proto = internal::protocol;
 using BatchPtr = std::shared_ptr<arrow::RecordBatch>;
+using hostile::Blocking;
 using hostile::kTimeoutMs;
+using hostile::ReadToEnd;
+using hostile::RingOptions;
 
 constexpr int kBatches = 300;
 
 std::string NextAddress() { return test_util::UniqueAbstractName("wake-region"); }
-
-/// A 4 MiB ring, whose waits fail the test rather than hang it.
-ProducerOptions RingOptions() {
-  ProducerOptions options;
-  options.block_timeout_ms = kTimeoutMs;
-  options.ring_size = int64_t{4} << 20;
-  options.mode = MemoryMode::kRing;
-  return options;
-}
-
-ConsumerOptions Blocking() {
-  ConsumerOptions options;
-  options.read_timeout_ms = kTimeoutMs;
-  return options;
-}
-
-/// Reads to the end with ReadNext: the values in order, or why it stopped.
-arrow::Result<std::vector<int64_t>> ReadToEnd(Consumer& consumer) {
-  std::vector<int64_t> values;
-  for (;;) {
-    BatchPtr batch;
-    ARROW_RETURN_NOT_OK(consumer.ReadNext(&batch));
-    if (batch == nullptr) return values;
-    values.push_back(test_util::ValueOf(*batch));
-  }
-}
 
 /// Reads to the end with TryNext, sleeping in epoll on fd() whenever nothing is there.
 arrow::Result<std::vector<int64_t>> ReadToEndWithEpoll(Consumer& consumer) {
@@ -104,7 +84,7 @@ TEST(WakeRegion, SleepingBusyEpollAndOldConsumersAllGetEverything) {
   ASSERT_OK_AND_ASSIGN(auto sleeping, Consumer::Connect(address, Blocking()));
   ASSERT_OK_AND_ASSIGN(auto spinning, Consumer::Connect(address, busy));
   ASSERT_OK_AND_ASSIGN(auto polled, Consumer::Connect(address, Blocking()));
-  // Version 1.1 (Waiting and Wake messages) against this 1.2 producer: the fallback.
+  // Version 1.1 (Waiting and Wake messages) against this 1.3 producer: the fallback.
   ASSERT_OK_AND_ASSIGN(auto old, internal::ConnectSpeaking(address, Blocking(), 1));
   ASSERT_OK_AND_ASSIGN(auto old_polled, internal::ConnectSpeaking(address, Blocking(), 1));
   ASSERT_OK(producer->WaitForConsumers(5, kTimeoutMs));
@@ -167,26 +147,13 @@ TEST(WakeRegion, ProducerKilledWhileTheConsumerSleepsIsNoticed) {
   EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProducerGone) << status.ToString();
 }
 
-/// A Hello of version 1.2 by hand, offering `region` (an fd) as the wake region.
-arrow::Result<internal::UnixSocket> HelloWithRegion(const std::string& address, int region,
-                                                    uint32_t flags = 0) {
-  ARROW_ASSIGN_OR_RAISE(auto socket,
-                        internal::UnixSocket::Connect(address, SOCK_SEQPACKET, kTimeoutMs));
-  proto::Writer writer;
-  proto::Hello hello;
-  hello.flags = flags;
-  ARROW_RETURN_NOT_OK(socket.Send(proto::Encode(writer, hello), {&region, 1}));
-  return socket;
-}
-
-/// What the producer answered a Hello: the error it sent, or "welcomed".
-std::string Answer(internal::UnixSocket& socket) {
-  auto answer = hostile::Receive(socket, internal::kMaxFdsPerMessage);
-  if (!answer.ok()) return answer.status().ToString();
-  if (answer->header.type == proto::Type::kWelcome) return "welcomed";
-  auto reader = answer->reader();
-  (void)reader.ReadHeader();
-  auto error = proto::DecodeError(reader);
+/// The producer's answer to a Region message carrying `fd`: its Error, or "accepted" when it
+/// goes on streaming.
+std::string RegionAnswer(const std::string& address, int fd) {
+  auto peer = hostile::RegionPeer::Welcomed(address);
+  if (!peer.ok()) return peer.status().ToString();
+  if (auto sent = peer->SendRegion(fd); !sent.ok()) return sent.ToString();
+  auto error = hostile::ErrorBeforeClose(peer->socket());
   return error.ok() ? error->message : error.status().ToString();
 }
 
@@ -197,13 +164,11 @@ TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
   const std::vector<uint8_t> page(internal::kRegionSize);
   // It could shrink under the producer's mapping.
   ASSERT_OK_AND_ASSIGN(auto unsealed, test_util::MakeMemfd(page, 0));
-  ASSERT_OK_AND_ASSIGN(auto socket, HelloWithRegion(address, unsealed.get()));
-  EXPECT_NE(Answer(socket).find("not sealed against"), std::string::npos);
+  EXPECT_NE(RegionAnswer(address, unsealed.get()).find("not sealed against"), std::string::npos);
   // Sealed, but not the size of a region.
   ASSERT_OK_AND_ASSIGN(auto wrong_size,
                        test_util::MakeMemfd(std::vector<uint8_t>(100), test_util::kAllSeals));
-  ASSERT_OK_AND_ASSIGN(auto second, HelloWithRegion(address, wrong_size.get()));
-  EXPECT_NE(Answer(second).find("expected 4096"), std::string::npos);
+  EXPECT_NE(RegionAnswer(address, wrong_size.get()).find("expected 4096"), std::string::npos);
   // Not a memfd at all.
   const UniqueFd pipe_end = [] {
     int fds[2];
@@ -211,8 +176,7 @@ TEST(WakeRegion, ARegionThatCouldFaultTheProducerIsRefused) {
     ::close(fds[1]);
     return UniqueFd(fds[0]);
   }();
-  ASSERT_OK_AND_ASSIGN(auto third, HelloWithRegion(address, pipe_end.get()));
-  EXPECT_NE(Answer(third).find("not a memfd"), std::string::npos);
+  EXPECT_NE(RegionAnswer(address, pipe_end.get()).find("not a memfd"), std::string::npos);
 
   // Nothing changed for a consumer that behaves.
   ASSERT_OK_AND_ASSIGN(auto good, Consumer::Connect(address, Blocking()));
@@ -227,10 +191,10 @@ TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
   const std::string address = NextAddress();
   ASSERT_OK_AND_ASSIGN(auto producer,
                        Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
-  ASSERT_OK_AND_ASSIGN(auto region, internal::RegionWriter::Create());
   // Lossy: it never reads, and so never holds the producer back; it only scribbles.
-  ASSERT_OK_AND_ASSIGN(auto hostile, HelloWithRegion(address, region.fd(), proto::kHelloLossy));
-  ASSERT_EQ(Answer(hostile), "welcomed");
+  ASSERT_OK_AND_ASSIGN(auto hostile, hostile::RegionPeer::Welcomed(address, proto::kHelloLossy));
+  ASSERT_OK(hostile.SendRegion());
+  internal::RegionWriter& region = hostile.region();
   ASSERT_OK_AND_ASSIGN(auto good, Consumer::Connect(address, Blocking()));
   ASSERT_OK(producer->WaitForConsumers(2, kTimeoutMs));
   std::atomic<bool> stop{false};
@@ -246,6 +210,91 @@ TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
   scribbler.join();
   ASSERT_OK_AND_ASSIGN(auto values, read.get());
   EXPECT_EQ(values, Iota(kBatches));
+}
+
+
+/// Publishes 0..kBatches-1 to `consumers` readers and ends: what each read.
+void ExpectEveryoneReadsEverything(Producer& producer, std::vector<std::shared_ptr<Consumer>> all) {
+  ASSERT_OK(producer.WaitForConsumers(static_cast<int>(all.size()), kTimeoutMs));
+  std::vector<std::future<arrow::Result<std::vector<int64_t>>>> reads;
+  for (auto& consumer : all) {
+    reads.push_back(std::async(std::launch::async, [&] { return ReadToEnd(*consumer); }));
+  }
+  for (int64_t i = 0; i < kBatches; ++i) ASSERT_OK(test_util::PublishValue(producer, i));
+  ASSERT_OK(producer.End());
+  for (auto& read : reads) {
+    ASSERT_EQ(read.wait_for(std::chrono::milliseconds(kTimeoutMs * 3)), std::future_status::ready);
+    ASSERT_OK_AND_ASSIGN(auto values, read.get());
+    EXPECT_EQ(values, Iota(kBatches));
+  }
+  ASSERT_OK(producer.WaitUntilDrained(kTimeoutMs));
+  EXPECT_EQ(producer.stats().ring_bytes_in_use, 0);
+}
+
+TEST(WakeRegion, NewConsumerReadsFromProducersOfOlderVersions) {
+  for (int minor : {0, 1, 2}) {
+    SCOPED_TRACE("producer speaking 1." + std::to_string(minor));
+    const std::string address = NextAddress();
+    ProducerOptions options = RingOptions();
+    options.protocol_minor = minor;
+    options.max_in_flight = 4;  // releases matter: they travel in Release messages here
+    ASSERT_OK_AND_ASSIGN(auto producer,
+                         Producer::Listen(address, test_util::ValueSchema(), options));
+    ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, Blocking()));
+    ExpectEveryoneReadsEverything(*producer, {consumer});
+  }
+}
+
+TEST(WakeRegion, OldConsumersReadFromTheNewProducer) {
+  const std::string address = NextAddress();
+  ProducerOptions options = RingOptions();
+  options.max_in_flight = 4;
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, test_util::ValueSchema(), options));
+  ASSERT_OK_AND_ASSIGN(auto v11, internal::ConnectSpeaking(address, Blocking(), 1));
+  ASSERT_OK_AND_ASSIGN(auto v13, Consumer::Connect(address, Blocking()));
+  ExpectEveryoneReadsEverything(*producer, {v11, v13});
+}
+
+/// The fds of this process open on a memfd named `name` (their links in /proc/self/fd).
+int OpenMemfdsNamed(const std::string& name) {
+  const std::string prefix = "/memfd:" + name;
+  int count = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    char link[256] = {};
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    if (::readlink(path.c_str(), link, sizeof link - 1) > 0 &&
+        std::string(link).rfind(prefix, 0) == 0) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+TEST(WakeRegion, HelloWithAnFdIsAnsweredWithoutTheRegionAndTheFdClosed) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
+  // What a consumer of protocol 1.2 sent: its region with the Hello.
+  const std::string name = "shmarrow-test-region-of-a-1.2-hello";
+  ASSERT_OK_AND_ASSIGN(auto memfd, internal::Memfd::Create(name));
+  ASSERT_OK(memfd.Resize(internal::kRegionSize));
+  const UniqueFd region = std::move(memfd).TakeFd();
+  ASSERT_OK_AND_ASSIGN(auto socket,
+                       internal::UnixSocket::Connect(address, SOCK_SEQPACKET, kTimeoutMs));
+  proto::Writer writer;
+  proto::Hello hello;
+  hello.minor = 2;
+  const int fd = region.get();
+  ASSERT_OK(socket.Send(proto::Encode(writer, hello), {&fd, 1}));
+  ASSERT_OK_AND_ASSIGN(auto answer, hostile::Receive(socket, 1));
+  ASSERT_EQ(answer.header.type, proto::Type::kWelcome);
+  auto reader = answer.reader();
+  ASSERT_OK(reader.ReadHeader().status());
+  ASSERT_OK_AND_ASSIGN(auto welcome, proto::DecodeWelcome(reader));
+  EXPECT_EQ(welcome.features & proto::kFeatureWakeRegion, 0u);
+  EXPECT_NE(welcome.features & proto::kFeatureQueue, 0u);  // served as 1.1
+  // The producer (this process) kept no copy of the fd: only the test's own is open.
+  EXPECT_EQ(OpenMemfdsNamed(name), 1);
 }
 
 }  // namespace

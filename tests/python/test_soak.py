@@ -25,9 +25,10 @@ SCHEMA = "seq:int64,s:utf8"
 WAIT_MS = 20000
 RING_KIB = 4096  # small, so that the stream wraps the ring many times
 # After the ring, the memfd holds the consumers' queues (one slot each for up to 64 consumers of
-# 64 credits: 168 KiB; docs/protocol.md, "The queue").
-QUEUES_KIB = 168
-# Each consumer's wake region (protocol 1.2): one page, mapped by it and by the producer.
+# 64 credits: 168 KiB; docs/protocol.md, "The queue") and the producer's wait block (protocol 1.3:
+# 64 bytes, here one more page).
+QUEUES_KIB = 168 + 4
+# Each consumer's region (protocol 1.3): one page, mapped by it and by the producer.
 REGION_KIB = 4
 # Private RSS may settle (allocator caches) but not grow with the stream: the last quarter's peak
 # may exceed the first quarter's by at most this much.

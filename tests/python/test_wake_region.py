@@ -1,6 +1,7 @@
-"""Protocol 1.2's wake-up seen from Python: a consumer blocking in iteration (the futex), one
-busy-polling, one waiting on fileno() with select, and one in asyncio (loop.add_reader), all on
-one ring producer, each get every batch in order."""
+"""Protocol 1.3's wake-up and release region seen from Python: a consumer blocking in iteration
+(the futex), one busy-polling, one waiting on fileno() with select, and one in asyncio
+(loop.add_reader), all on one ring producer, each get every batch in order; batches a Python
+consumer lets go of return through its region and unblock a publish that waits for them."""
 
 from __future__ import annotations
 
@@ -79,3 +80,27 @@ def test_sleeping_busy_select_and_asyncio_consumers_all_get_everything():
         for name, (consumer, _) in readers.items():
             assert results.get(name) == list(range(BATCHES)), name
             consumer.close()
+
+
+def test_batches_let_go_in_python_unblock_a_waiting_publish():
+    address = f"@py-wake-{uuid.uuid4().hex}"
+    with Producer(address, SCHEMA, mode="ring", block_timeout=TIMEOUT_S) as producer:
+        consumer = Consumer(address, read_timeout=TIMEOUT_S, max_in_flight=2)
+        producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+        batch = lambda v: pa.record_batch([pa.array([v], pa.int64())], schema=SCHEMA)
+        for v in range(4):  # two held, two waiting for credits
+            producer.publish(batch(v))
+        held = [next(consumer), next(consumer)]
+        published = threading.Event()
+        publisher = threading.Thread(target=lambda: (producer.publish(batch(4)), published.set()))
+        publisher.start()
+        assert not published.wait(0.05), "publish did not wait for the consumer's credits"
+        del held  # released through the consumer's region
+        publisher.join(TIMEOUT_S * 2)
+        assert published.is_set()
+        producer.end()
+        assert read_blocking(consumer) == [2, 3, 4]
+        producer.wait_until_drained(timeout=TIMEOUT_S)
+        assert producer.stats["in_flight"] == 0
+        assert producer.stats["ring_bytes_in_use"] == 0
+        consumer.close()
