@@ -117,8 +117,11 @@ def _check_syscalls(results):
         return
     calls = {r["route"]: r for r in results["syscalls"]["rows"]}
     assert set(calls) == {"ring", "ring_busy", "ring_throughput", "uds", "uds_busy", "spsc", "spsc_busy"}
-    for r in calls.values():
-        assert _differenced(r["producer_per_batch"], -1) and _differenced(r["consumer_per_batch"], -1), r
+    for route, r in calls.items():
+        assert _differenced(r["producer_per_batch"], -1), r
+        # The socket consumer that busy-polls makes a system call per spin, as many as time allows
+        # whether batches come or not: differenced over two run lengths, its count is noise.
+        assert _differenced(r["consumer_per_batch"], -math.inf if route == "uds_busy" else -1), r
     # Arrow's socket stream makes a system call per batch on each side at the least.
     assert calls["uds"]["producer_per_batch"] >= 1 and calls["uds"]["consumer_per_batch"] >= 1
 
