@@ -169,6 +169,7 @@ int64_t ProducerImpl::ActiveConsumers() const {
 
 arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& batch) {
   std::shared_ptr<Loan> loan;
+  std::vector<std::vector<int>> projections;  // what consumers ask for, by column index
   {
     std::unique_lock lock(mutex_);
     if (closed_) {
@@ -188,22 +189,19 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
         lock, options_.block_timeout_ms, [this] { return HasRoom(); },
         "room: a consumer is a full backlog behind"));
     loan = memory_->TakeStreamLoan();
-  }
-  auto projections = [&] {
-    std::vector<std::vector<int>> wanted;
-    std::lock_guard lock(mutex_);
+    // Taken under this lock rather than a second one (a consumer joining before the batch is
+    // delivered gets its projection placed then).
     for (const auto& [id, s] : sessions_) {
       if (!s->active() || s->projection_names().empty()) continue;
       // By name, in this batch's schema: a session's projection indexes the schema last sent to
       // it, which is older while a Schema message waits in its queue. (A consumer whose columns
       // this schema lacks is dropped when that Schema message is sent.)
       auto indices = ProjectionIndices(*batch->schema(), s->projection_names());
-      if (indices.ok()) wanted.push_back(*std::move(indices));
+      if (indices.ok()) projections.push_back(*std::move(indices));
     }
-    return wanted;
-  };
-  ARROW_ASSIGN_OR_RAISE(auto published,
-                        memory_->PrepareForStream(batch, std::move(loan), projections));
+  }
+  ARROW_ASSIGN_OR_RAISE(
+      auto published, memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
   std::lock_guard lock(mutex_);
   published->sequence = next_sequence_++;
   stats_.published++;

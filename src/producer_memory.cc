@@ -145,8 +145,8 @@ class RingMemory final : public ProducerMemory {
 
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan>,
-      const Projections& projections) override {
-    return Prepare(batch, projections(), stream_pool_.get(), &stream_metadata_);
+      std::vector<std::vector<int>> projections) override {
+    return Prepare(batch, std::move(projections), stream_pool_.get(), &stream_metadata_);
   }
 
   /// Builds in the ring, waiting for room no longer than a request may take.
@@ -343,7 +343,7 @@ class SealedMemory final : public ProducerMemory {
 
   arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan> loan,
-      const Projections&) override {
+      std::vector<std::vector<int>>) override {
     return Prepare(batch, std::move(loan));
   }
 

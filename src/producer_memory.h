@@ -100,14 +100,12 @@ class ProducerMemory {
   virtual std::shared_ptr<Loan> TakeStreamLoan() = 0;
   /// The schema changed: the next batch is built in a new arena (under the producer's mutex).
   virtual void ForgetStreamLoan() = 0;
-  /// The projections (column indices in the batch's schema) consumers ask for; called only
-  /// where placing a batch depends on them.
-  using Projections = std::function<std::vector<std::vector<int>>()>;
   /// Puts a batch of the published stream in shared memory (built in `loan`, if it was), with
-  /// the metadata of each projection; may wait per block_timeout_ms for room.
+  /// the metadata of each projection consumers ask for (column indices in the batch's schema);
+  /// may wait per block_timeout_ms for room.
   [[nodiscard]] virtual arrow::Result<std::shared_ptr<Published>> PrepareForStream(
       const std::shared_ptr<arrow::RecordBatch>& batch, std::shared_ptr<Loan> loan,
-      const Projections& projections) = 0;
+      std::vector<std::vector<int>> projections) = 0;
   virtual std::unique_ptr<HandlerMemory> ForHandler() = 0;
 
   /// Where `p`'s metadata for `projection` (empty: all columns) lies, placing it now, without
