@@ -202,21 +202,31 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
   }
   ARROW_ASSIGN_OR_RAISE(
       auto published, memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
-  std::lock_guard lock(mutex_);
-  published->sequence = next_sequence_++;
-  stats_.published++;
-  stats_.bytes_copied += published->bytes_copied;
-  for (auto& [id, s] : sessions_) {
-    if (!s->active()) continue;
-    Outgoing out;
-    out.batch = published;
-    Deliver(*s, std::move(out));
+  // The sleeping consumers' futex wakes, made after the mutex is released; the buffers swap with
+  // send_'s, so that neither allocates once grown.
+  thread_local std::vector<const uint32_t*> wakes;
+  {
+    std::lock_guard lock(mutex_);
+    published->sequence = next_sequence_++;
+    stats_.published++;
+    stats_.bytes_copied += published->bytes_copied;
+    send_.defer_wakes = true;
+    for (auto& [id, s] : sessions_) {
+      if (!s->active()) continue;
+      Outgoing out;
+      out.batch = published;
+      Deliver(*s, std::move(out));
+    }
+    send_.defer_wakes = false;
+    wakes.clear();
+    wakes.swap(send_.wakes);
+    if (options_.retain > 0) {
+      retained_.push_back(published);
+      if (retained_.size() > static_cast<size_t>(options_.retain)) retained_.pop_front();
+    }
+    Reap();  // a reaped consumer's queue slot stays in the ring: a wake there is only spurious
   }
-  if (options_.retain > 0) {
-    retained_.push_back(published);
-    if (retained_.size() > static_cast<size_t>(options_.retain)) retained_.pop_front();
-  }
-  Reap();
+  for (const uint32_t* word : wakes) FutexWake(word);
   return arrow::Status::OK();
 }
 

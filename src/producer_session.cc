@@ -169,22 +169,22 @@ arrow::Result<bool> Session::Send(std::span<const uint8_t> bytes, std::span<cons
   return sent;
 }
 
-void Session::WakeSleeper(proto::Writer& writer) {
-  if (!region_.attached()) return;
+const uint32_t* Session::WakeSleeper(proto::Writer& writer) {
+  if (!region_.attached()) return nullptr;
   // Sequentially consistent after the stores to the queue header: a consumer that announced
   // its sleep before looking at the counts is seen here, or saw them move.
   const uint64_t sleep = region_.Load();
   const auto mode = static_cast<SleepMode>(sleep >> 32);
   // Only the sleep announced since the last wake-up is answered: a consumer that leaves its word
   // set (or writes anything) costs at most one wake-up per look, and nothing else.
-  if (mode == SleepMode::kAwake || static_cast<uint32_t>(sleep) != queue_.wake()) return;
+  if (mode == SleepMode::kAwake || static_cast<uint32_t>(sleep) != queue_.wake()) return nullptr;
   const uint32_t* word = queue_.Wake();
-  if (mode == SleepMode::kFutex) {
-    FutexWake(word);
-  } else if (mode == SleepMode::kSocket) {
+  if (mode == SleepMode::kFutex) return word;
+  if (mode == SleepMode::kSocket) {
     // A full socket means the consumer has messages to read, and wakes anyway.
     (void)Send(proto::EncodeWake(writer), {});
   }
+  return nullptr;
 }
 
 Pumped Session::Pump(SendTools& tools) {
@@ -266,7 +266,15 @@ Pumped Session::Pump(SendTools& tools) {
   // A consumer that held nothing has most likely read everything and said Waiting (or is about
   // to: then it sees the new entries itself). Reading that now, rather than when the I/O thread
   // next runs, sends the Wake now.
-  WakeSleeper(tools.writer);
+  if (const uint32_t* word = WakeSleeper(tools.writer)) {
+    // The wake word moved already: a futex wake made later still finds the consumer asleep or
+    // lets it see the new value.
+    if (tools.defer_wakes) {
+      tools.wakes.push_back(word);
+    } else {
+      FutexWake(word);
+    }
+  }
   if (!region_.attached() && was_idle && queue_.written() > written_before && !consumer_waiting_ &&
       !dead()) {
     return Pumped::kReadWanted;
@@ -292,7 +300,7 @@ void Session::Kill(proto::Writer& writer, const std::string& why, proto::ErrorCo
   (void)Send(proto::Encode(writer, 0, error), {});
   // Fails only on a socket already shut down or reset by the peer: the session is dead either way.
   (void)::shutdown(socket_.fd(), SHUT_RDWR);
-  WakeSleeper(writer);  // to read the Error
+  if (const uint32_t* word = WakeSleeper(writer)) FutexWake(word);  // to read the Error
 }
 
 arrow::Status Session::ReleaseOne(uint64_t sequence, const char* how,
@@ -318,7 +326,9 @@ void Session::AttachRegion(proto::Writer& writer, RegionReader region) {
   // It may have announced a sleep before its region was read, past what was already sent (if
   // nothing was, there is nothing to wake it for: a consumer waiting on fd() must not see it
   // readable).
-  if (queue_.written() > 0 || queue_.messages() > 0) WakeSleeper(writer);
+  if (queue_.written() > 0 || queue_.messages() > 0) {
+    if (const uint32_t* word = WakeSleeper(writer)) FutexWake(word);
+  }
 }
 
 arrow::Status Session::DrainRegion(std::vector<std::shared_ptr<Published>>* released) {

@@ -76,6 +76,11 @@ struct SendTools {
   proto::Writer writer;
   std::vector<proto::Batch> run;  // SendRun's entries
   std::vector<uint32_t> blocked;  // Pump's streams out of credits
+  // While set, Pump leaves the futex wakes of sleeping consumers in `wakes`, for its caller to
+  // make once the producer's mutex is released (Publish: the woken consumers do not then find it
+  // held, nor does the I/O thread wait behind the system calls).
+  bool defer_wakes = false;
+  std::vector<const uint32_t*> wakes;
 };
 
 class Session {
@@ -165,8 +170,9 @@ class Session {
   /// Every datagram after the Welcome goes out here: 1.3 counts it in the queue header.
   arrow::Result<bool> Send(std::span<const uint8_t> bytes, std::span<const int> fds);
   /// 1.3: wakes the consumer if its region says it sleeps and nobody woke it since; the publishing
-  /// thread does this itself, after the queue header's counts moved.
-  void WakeSleeper(proto::Writer& writer);
+  /// thread does this itself, after the queue header's counts moved. A futex sleeper's word is
+  /// returned, moved on, for the caller to FutexWake; nullptr when there is none to wake.
+  [[nodiscard]] const uint32_t* WakeSleeper(proto::Writer& writer);
   void ForgetPending();
 
   UnixSocket socket_;
