@@ -77,8 +77,8 @@ struct SendTools {
   std::vector<proto::Batch> run;  // SendRun's entries
   std::vector<uint32_t> blocked;  // Pump's streams out of credits
   // While set, Pump leaves the futex wakes of sleeping consumers in `wakes`, for its caller to
-  // make once the producer's mutex is released (Publish: the woken consumers do not then find it
-  // held, nor does the I/O thread wait behind the system calls).
+  // make once the producer's mutex is released (Publish: the I/O thread does not then wait behind
+  // the system calls, nor behind a publishing thread that a woken consumer preempted).
   bool defer_wakes = false;
   std::vector<const uint32_t*> wakes;
 };
