@@ -105,12 +105,15 @@ bool ProducerImpl::DrainRegions() {
     const bool was_dead = s->dead();
     if (Drain(*s)) {
       any = true;
-      Converse(*s, /*read_first=*/false);  // what waited for its credits goes now
+      // What waited for its credits goes now. Only then: a Pump that writes nothing would
+      // still wake a consumer asleep since the last entry, for nothing.
+      if (s->held_back()) Converse(*s, /*read_first=*/false);
     }
     killed |= !was_dead && s->dead();
   }
   drained_.clear();  // the ring's blocks come back here, without a thread hop
   if (killed) Reap();
+  if (any) Notify();  // other threads may wait for the room or the drain this made
   return any;
 }
 
