@@ -123,8 +123,9 @@ void ProducerImpl::WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, P
   waiters.fetch_add(1);
   // Announced, then a last look (both sequentially consistent, as a consumer's release and its
   // look at the waiters): a release written meanwhile is seen here or wakes the futex. The
-  // I/O thread and other producer threads change the word under the mutex held here.
-  const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).load();
+  // I/O thread and other producer threads change the word under the mutex held here. Each sleep
+  // adds one to it, so that a consumer wakes each sleep once, not once per release.
+  const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).fetch_add(1) + 1;
   if (!DrainRegions() && !ready()) {
     lock.unlock();
     // An error here (none is expected for a mapped word) only ends this slice early.
