@@ -40,8 +40,8 @@ Every time is `CLOCK_MONOTONIC` (one clock for all processes of a host): the pro
 moment it starts handing a batch over in the batch itself (column 0, row 0) and the consumer
 subtracts it from the moment it holds a batch it can read. Iterations are paced: the next batch
 is sent only after the consumer is done with the previous one (shmarrow small batches on the
-ring: a shared word the consumer advances once it has read a batch, as the SPSC floor paces, see
-3.; other shmarrow rows: `WaitUntilDrained`; socket: a one-byte pong; `/dev/shm`: the consumer's
+ring: a shared word the consumer advances once it has read and let go of a batch, as the SPSC
+floor paces, see 3.; other shmarrow rows: `WaitUntilDrained`; socket: a one-byte pong; `/dev/shm`: the consumer's
 reply), so each figure is one hand-over into
 a waiting consumer, not a queue. One warm-up iteration per size is dropped; tables show medians.
 
@@ -111,10 +111,12 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    wake-up shmarrow's control plane uses) or spinning on it; no Arrow, no metadata, no release.
    Both ring rows and the floor pace with the same code (`bench/pace.h`): the producer sleeps
    (`FUTEX_WAIT`) on a word in memory shared with the consumer until the consumer has taken the
-   message (the floor: its queue's tail cursor; shmarrow: a word the consumer advances right
-   after `ReadNext` returned the batch, which it then lets go; the producer's next `Publish`
-   takes that release), and the consumer wakes it (`FUTEX_WAKE`) only if it sleeps. The six
-   routes run interleaved, three repetitions; each cell is the median (min–max)
+   message (the floor: its queue's tail cursor; shmarrow: a word the consumer advances once
+   `ReadNext` returned the batch and it let the batch go), and the consumer wakes it
+   (`FUTEX_WAKE`) only if it sleeps. The shmarrow producer then calls `stats()`, which takes the
+   release from the consumer's region without a system call, before it stamps the next batch:
+   as `WaitUntilDrained` did, the release is not in the timed path. The six routes run
+   interleaved, three repetitions; each cell is the median (min–max)
    of the repetitions' percentiles.
    *In Python, against iceoryx2* (`bench/small_latency.py`; iceoryx2 from PyPI, pinned in
    `requirements.txt`): one Python sender and one Python receiver process per route, sending the

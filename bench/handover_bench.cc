@@ -21,7 +21,8 @@
 // holds a readable batch. Iterations are paced: the producer publishes the next batch only once
 // the consumer is done with this one. Small batches on the ring (latency) are paced as
 // spsc_baseline's messages are (bench/pace.h: the consumer advances a shared word once it has
-// read a batch, then lets it go; the producer's next Publish takes that release); the other
+// read and let go of a batch; the producer takes that release with stats() before it stamps the
+// next batch, as WaitUntilDrained did, without reading the consumer's socket); the other
 // shmarrow routes and an exec'd consumer by WaitUntilDrained; uds by a one-byte pong.
 // --consumer-exec: the forked consumer execs that program (split at spaces) with
 // `--socket ADDRESS --warmup W --busy-poll-us U --kind K --transport T --bytes S` appended; it
@@ -321,6 +322,7 @@ arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_po
     if (batch == nullptr) break;
     const int64_t t0 = ReadStamp(*batch);
     if (n++ >= warmup) samples->push_back(t1 - t0);
+    batch.reset();  // let go before saying so: the producer's next Publish finds the release
     if (taken != nullptr) bench::Advance(taken, static_cast<uint32_t>(n));
   }
   return arrow::Status::OK();
@@ -535,6 +537,10 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
                 ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
               } else if (!bench::WaitChange(taken, static_cast<uint32_t>(i), /*busy=*/false)) {
                 return arrow::Status::IOError("the consumer did not read batch ", i);
+              } else {
+                // The consumer let go before it said so: stats() takes that release from its
+                // region now (no system call), so that the next Publish, timed, does not.
+                (void)producer->stats();
               }
             }
             return FinishProducer(*producer);
