@@ -39,8 +39,10 @@ gave positive finite numbers, never speed).
 Every time is `CLOCK_MONOTONIC` (one clock for all processes of a host): the producer stores the
 moment it starts handing a batch over in the batch itself (column 0, row 0) and the consumer
 subtracts it from the moment it holds a batch it can read. Iterations are paced: the next batch
-is sent only after the consumer has let go of the previous one (shmarrow: `WaitUntilDrained`;
-socket: a one-byte pong; `/dev/shm`: the consumer's reply), so each figure is one hand-over into
+is sent only after the consumer is done with the previous one (shmarrow small batches on the
+ring: a shared word the consumer advances once it has read and let go of a batch, as the SPSC
+floor paces, see 3.; other shmarrow rows: `WaitUntilDrained`; socket: a one-byte pong; `/dev/shm`: the consumer's
+reply), so each figure is one hand-over into
 a waiting consumer, not a queue. One warm-up iteration per size is dropped; tables show medians.
 
 1. **Hand-over time against payload size** — one `int64` column of `payload/8` rows.
@@ -107,8 +109,14 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    single-producer single-consumer queue in shared memory between two processes, the consumer
    woken with a futex on the queue's head (`FUTEX_WAIT`/`FUTEX_WAKE` on a shared mapping, the
    wake-up shmarrow's control plane uses) or spinning on it; no Arrow, no metadata, no release.
-   Paced the same way (the producer sleeps on the consumer's cursor until the message is
-   taken). The six routes run interleaved, three repetitions; each cell is the median (min–max)
+   Both ring rows and the floor pace with the same code (`bench/pace.h`): the producer sleeps
+   (`FUTEX_WAIT`) on a word in memory shared with the consumer until the consumer has taken the
+   message (the floor: its queue's tail cursor; shmarrow: a word the consumer advances once
+   `ReadNext` returned the batch and it let the batch go), and the consumer wakes it
+   (`FUTEX_WAKE`) only if it sleeps. The shmarrow producer then calls `stats()`, which takes the
+   release from the consumer's region without a system call, before it stamps the next batch:
+   as `WaitUntilDrained` did, the release is not in the timed path. The six routes run
+   interleaved, three repetitions; each cell is the median (min–max)
    of the repetitions' percentiles.
    *In Python, against iceoryx2* (`bench/small_latency.py`; iceoryx2 from PyPI, pinned in
    `requirements.txt`): one Python sender and one Python receiver process per route, sending the
@@ -166,7 +174,9 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    consumer (the consumer behind), Arrow IPC over a UNIX socket paced (reader blocking and
    busy-polling), and the SPSC floor paced (blocking and busy-polling). Paced, the producer
    sleeps once per batch until the consumer is done with it, so even the floor makes a wait and
-   a wake per batch; the targets compare shmarrow against the floor's counts. Tracing slows
+   a wake per batch; the ring rows and the floor pace with the same code (3.), so what a ring
+   row counts above the floor's is shmarrow's own (the UNIX-socket rows pace with a pong, two
+   call per side per batch of their own). Tracing slows
    every system call, so a busy-polling loop that makes system calls spins fewer times under
    `strace` than without it: such counts are lower bounds.
 

@@ -18,8 +18,12 @@
 // Each process prints one JSON line on stdout with a "role" key; bench/run parses them. Times are
 // CLOCK_MONOTONIC nanoseconds, one clock for every process of the host: the producer writes its
 // publish time into the batch (column 0, row 0) and the consumer subtracts it from the moment it
-// holds a readable batch. Iterations are paced: the producer waits until the consumer has
-// released the batch (shmarrow: WaitUntilDrained; uds: a one-byte pong) before the next one.
+// holds a readable batch. Iterations are paced: the producer publishes the next batch only once
+// the consumer is done with this one. Small batches on the ring (latency) are paced as
+// spsc_baseline's messages are (bench/pace.h: the consumer advances a shared word once it has
+// read and let go of a batch; the producer takes that release with stats() before it stamps the
+// next batch, as WaitUntilDrained did, without reading the consumer's socket); the other
+// shmarrow routes and an exec'd consumer by WaitUntilDrained; uds by a one-byte pong.
 // --consumer-exec: the forked consumer execs that program (split at spaces) with
 // `--socket ADDRESS --warmup W --busy-poll-us U --kind K --transport T --bytes S` appended; it
 // measures as ShmConsume does and prints the consumer's JSON line (`shmarrow-rs bench-handover`).
@@ -29,6 +33,7 @@
 #include <arrow/util/bit_util.h>
 #include <arrow/ipc/api.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <fcntl.h>
@@ -48,6 +53,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -55,6 +61,7 @@
 
 #include "shmarrow/consumer.h"
 #include "shmarrow/producer.h"
+#include "pace.h"
 
 namespace {
 
@@ -302,9 +309,10 @@ arrow::Status FinishProducer(shmarrow::Producer& producer) {
   return arrow::Status::OK();
 }
 
-// Consumer loop shared by handover and latency: read until end, record now - stamp.
+// Consumer loop shared by handover and latency: read until end, record now - stamp, and (paced
+// by a shared word) say it has read one more.
 arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_poll_us,
-                         std::vector<int64_t>* samples) {
+                         bench::PaceWord* taken, std::vector<int64_t>* samples) {
   ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
   int64_t n = 0;
   for (;;) {
@@ -314,6 +322,8 @@ arrow::Status ShmConsume(const std::string& address, int64_t warmup, int busy_po
     if (batch == nullptr) break;
     const int64_t t0 = ReadStamp(*batch);
     if (n++ >= warmup) samples->push_back(t1 - t0);
+    batch.reset();  // let go before saying so: the producer's next Publish finds the release
+    if (taken != nullptr) bench::Advance(taken, static_cast<uint32_t>(n));
   }
   return arrow::Status::OK();
 }
@@ -474,6 +484,18 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
 
   if (transport == "ring" || transport == "sealed") {
     const std::string address = Address(kind.c_str());
+    // Small batches on the ring with a forked consumer: paced as spsc_baseline is (above).
+    bench::PaceWord* taken = nullptr;
+    if (small && transport == "ring" && consumer_exec.empty()) {
+      // Mapped before fork, so both processes share it; it goes with the processes.
+      void* memory = ::mmap(nullptr, sizeof(bench::PaceWord), PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (memory == MAP_FAILED) {
+        std::perror("mmap of the pacing word");
+        return 1;
+      }
+      taken = new (memory) bench::PaceWord;
+    }
     return ForkRun(
         1,
         [&](int) {
@@ -484,7 +506,7 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
                                  "--transport", transport, "--bytes", std::to_string(bytes)});
           }
           std::vector<int64_t> samples;
-          auto st = ShmConsume(address, warmup, busy_poll_us, &samples);
+          auto st = ShmConsume(address, warmup, busy_poll_us, taken, &samples);
           if (!st.ok()) return Fail("consumer", st);
           emit(samples);
           return 0;
@@ -511,7 +533,15 @@ int RunPaced(const std::string& kind, const std::string& transport, int64_t byte
               FirstValue(*batch)[0] = NowNs();
               ARROW_RETURN_NOT_OK(producer->Publish(batch));
               batch.reset();
-              ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+              if (taken == nullptr) {
+                ARROW_RETURN_NOT_OK(producer->WaitUntilDrained(120000));
+              } else if (!bench::WaitChange(taken, static_cast<uint32_t>(i), /*busy=*/false)) {
+                return arrow::Status::IOError("the consumer did not read batch ", i);
+              } else {
+                // The consumer let go before it said so: stats() takes that release from its
+                // region now (no system call), so that the next Publish, timed, does not.
+                (void)producer->stats();
+              }
             }
             return FinishProducer(*producer);
           }();

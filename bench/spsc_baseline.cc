@@ -16,9 +16,7 @@
 // bytes of memory of its own (--cold-bytes: the producer busy, as when it builds a large batch).
 // The consumer prints one JSON line on stdout,
 // {"role":"consumer","kind":"spsc","busy":B,"samples_ns":[...]}; the producer one with its role.
-#include <linux/futex.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +34,8 @@
 #include <thread>
 #include <vector>
 
+#include "pace.h"
+
 namespace {
 
 constexpr uint32_t kSlots = 64;  // a power of two: slot = sequence % kSlots
@@ -47,15 +47,13 @@ struct alignas(64) Message {
 };
 static_assert(sizeof(Message) == 64);
 
-// Each cursor on its own cache line; `*_sleeping` says the other side must be woken.
+// Each cursor (bench/pace.h) on its own cache line: head counts the messages published (the
+// consumer waits on it), tail the messages taken (the producer waits on it).
 struct Queue {
-  alignas(64) std::atomic<uint32_t> head{0};  // messages published (the consumer's futex word)
-  std::atomic<uint32_t> consumer_sleeping{0};
-  alignas(64) std::atomic<uint32_t> tail{0};  // messages taken (the producer's futex word)
-  std::atomic<uint32_t> producer_sleeping{0};
+  bench::PaceWord head;
+  bench::PaceWord tail;
   alignas(64) Message slots[kSlots];
 };
-static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 int64_t NowNs() {
   timespec ts{};
@@ -63,49 +61,11 @@ int64_t NowNs() {
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
-// A peer that died leaves the other side waiting: give up after this long without a change.
-constexpr int64_t kGiveUpNs = int64_t{20} * 1000000000;
-
-void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
-  // EAGAIN (the word changed), EINTR and ETIMEDOUT all mean: look again.
-  const timespec timeout{0, 100 * 1000 * 1000};
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &timeout, nullptr,
-            0);
-}
-
-void FutexWake(std::atomic<uint32_t>* word) {
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, 1, nullptr, nullptr, 0);
-}
-
-// Waits until `word` differs from `seen`, sleeping on it unless `busy`. The sleeping flag is set
-// before the last look (sequentially consistent on both sides), so the other side either sees the
-// flag and wakes us, or we see its new value and do not sleep. False: no change for kGiveUpNs.
-bool WaitChange(std::atomic<uint32_t>* word, std::atomic<uint32_t>* sleeping, uint32_t seen,
-                bool busy) {
-  const int64_t give_up = NowNs() + kGiveUpNs;
-  for (uint64_t spins = 1;; ++spins) {
-    if (word->load(std::memory_order_acquire) != seen) return true;
-    if (busy) {
-      if (spins % 65536 == 0 && NowNs() > give_up) return false;
-      continue;
-    }
-    sleeping->store(1, std::memory_order_seq_cst);
-    if (word->load(std::memory_order_seq_cst) == seen) FutexWait(word, seen);
-    sleeping->store(0, std::memory_order_relaxed);
-    if (NowNs() > give_up) return word->load(std::memory_order_acquire) != seen;
-  }
-}
-
-void Advance(std::atomic<uint32_t>* word, std::atomic<uint32_t>* sleeping, uint32_t value) {
-  word->store(value, std::memory_order_seq_cst);
-  if (sleeping->load(std::memory_order_seq_cst) != 0) FutexWake(word);
-}
-
 int Consume(Queue* q, int64_t total, int64_t warmup, bool busy) {
   std::vector<int64_t> samples;
   samples.reserve(static_cast<size_t>(total));
   for (uint32_t taken = 0; taken < total; ++taken) {
-    if (!WaitChange(&q->head, &q->consumer_sleeping, taken, busy)) {
+    if (!bench::WaitChange(&q->head, taken, busy)) {
       std::cerr << "spsc_baseline: no message " << taken << " from the producer" << std::endl;
       return 1;
     }
@@ -116,7 +76,7 @@ int Consume(Queue* q, int64_t total, int64_t warmup, bool busy) {
       return 1;
     }
     if (taken >= warmup) samples.push_back(t1 - m.stamp_ns);
-    Advance(&q->tail, &q->producer_sleeping, taken + 1);
+    bench::Advance(&q->tail, taken + 1);
   }
   std::string line = "{\"role\":\"consumer\",\"kind\":\"spsc\",\"busy\":" + std::to_string(busy) +
                      ",\"samples_ns\":[";
@@ -133,8 +93,8 @@ bool Produce(Queue* q, int64_t total, int64_t settle_ms, int64_t cold_bytes) {
     Message& m = q->slots[sent % kSlots];
     m.sequence = sent;
     m.stamp_ns = NowNs();
-    Advance(&q->head, &q->consumer_sleeping, sent + 1);
-    if (!WaitChange(&q->tail, &q->producer_sleeping, sent, false)) {  // paced: the consumer took it
+    bench::Advance(&q->head, sent + 1);
+    if (!bench::WaitChange(&q->tail, sent, false)) {  // paced: the consumer took it
       std::cerr << "spsc_baseline: the consumer did not take message " << sent << std::endl;
       return false;
     }

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <thread>
+#include <utility>
 
 #include "address.h"
 #include "consumer_channel.h"
@@ -29,8 +30,9 @@ constexpr int kControlsWaitMs = 1000;
 // Protocol 1.3: a futex sleep lasts at most this long before the socket is looked at, so that a
 // producer that died (and so never wakes anyone) is noticed.
 constexpr int kSleepSliceMs = 100;
-// A consumer that polls without sleeping looks at its socket unasked this often, for the same
-// reason; otherwise only when the producer's count of datagrams says there is one.
+// A consumer that polls without sleeping looks at its socket unasked once this long has passed
+// without an entry from the producer, for the same reason (entries say it is alive); otherwise
+// only when the producer's count of datagrams says there is one.
 constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
 
 /// The socket to the producer, as the session's outbox (and the batches', through the Channel,
@@ -109,6 +111,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   // The last receive found a message already waiting: the consumer is behind the producer.
   bool behind_ = false;
   std::chrono::steady_clock::time_point next_socket_look_;
+  // An entry came from the queue since PumpWithRegion last ran: the producer is alive.
+  bool heard_from_queue_ = false;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -202,6 +206,7 @@ bool ConsumerImpl::FeedReceived(internal::Received received) {
 
 arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   const auto now = std::chrono::steady_clock::now();
+  if (std::exchange(heard_from_queue_, false)) next_socket_look_ = now + kSocketLookInterval;
   if (session_.SocketMessagesPending() || now >= next_socket_look_) {
     next_socket_look_ = now + kSocketLookInterval;
     ARROW_ASSIGN_OR_RAISE(auto received, Receive(0));
@@ -221,6 +226,7 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
 
 arrow::Result<bool> ConsumerImpl::PollQueue() {
   ARROW_ASSIGN_OR_RAISE(bool took, session_.PollQueue());
+  heard_from_queue_ |= took;
   if (!session_.awaiting_controls()) return took;
   const internal::Deadline deadline(kControlsWaitMs);
   while (session_.awaiting_controls()) {

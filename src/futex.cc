@@ -75,7 +75,13 @@ bool ReleaseWriter::Announce() {
   // Any value: a wait block outside the ring is never woken (the producer's waits are bounded).
   if (block % 8 == 0 && block <= ring_size_ && ring_size_ - block >= kWaitBlockSize &&
       ReadOnlyWord32(ring_ + block + kWaitBlockWaitersOffset).load() != 0) {
-    FutexWake(reinterpret_cast<const uint32_t*>(ring_ + block));  // the waiter takes them all
+    // A waiter adds one to the futex word before each sleep: the word this consumer last woke
+    // means that waiter has not run yet (it takes these releases too when it does).
+    const uint32_t sleep = ReadOnlyWord32(ring_ + block).load();
+    if (sleep != last_woken_) {
+      FutexWake(reinterpret_cast<const uint32_t*>(ring_ + block));  // the waiter takes them all
+      last_woken_ = sleep;
+    }
     return false;
   }
   return ReadOnlyWord32(header_ + protocol::kQueueHeldBackOffset).load() != 0;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "mapping.h"
 #include "shmarrow/unique_fd.h"
@@ -103,6 +104,7 @@ class ReleaseWriter {
   uint64_t ring_size_ = 0;
   const uint8_t* header_ = nullptr;
   uint64_t written_ = 0;
+  std::optional<uint32_t> last_woken_;  // the wait block's futex word at this writer's last wake
 };
 
 /// The producer's end: the consumer's memfd, checked (seals, size) and mapped read-only. Every

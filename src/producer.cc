@@ -105,12 +105,15 @@ bool ProducerImpl::DrainRegions() {
     const bool was_dead = s->dead();
     if (Drain(*s)) {
       any = true;
-      Converse(*s, /*read_first=*/false);  // what waited for its credits goes now
+      // What waited for its credits goes now. Only then: a Pump that writes nothing would
+      // still wake a consumer asleep since the last entry, for nothing.
+      if (s->held_back()) Converse(*s, /*read_first=*/false);
     }
     killed |= !was_dead && s->dead();
   }
   drained_.clear();  // the ring's blocks come back here, without a thread hop
   if (killed) Reap();
+  if (any) Notify();  // other threads may wait for the room or the drain this made
   return any;
 }
 
@@ -120,8 +123,9 @@ void ProducerImpl::WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, P
   waiters.fetch_add(1);
   // Announced, then a last look (both sequentially consistent, as a consumer's release and its
   // look at the waiters): a release written meanwhile is seen here or wakes the futex. The
-  // I/O thread and other producer threads change the word under the mutex held here.
-  const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).load();
+  // I/O thread and other producer threads change the word under the mutex held here. Each sleep
+  // adds one to it, so that a consumer wakes each sleep once, not once per release.
+  const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).fetch_add(1) + 1;
   if (!DrainRegions() && !ready()) {
     lock.unlock();
     // An error here (none is expected for a mapped word) only ends this slice early.

@@ -119,6 +119,8 @@ class RegionPeer {
         .load();
   }
 
+  /// The queue header's wake word: the producer adds one for each wake-up it makes.
+  uint32_t Wakes() const { return queue_.wake(); }
   internal::UnixSocket& socket() { return socket_; }
   internal::RegionWriter& region() { return region_; }
   const proto::Welcome& welcome() const { return welcome_; }

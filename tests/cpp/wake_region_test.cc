@@ -1,5 +1,6 @@
 // Protocol 1.3's wake-up: consumers that sleep on the futex, busy-poll, wait on fd() or speak
-// 1.1 all read one producer; a producer killed under a sleeping consumer is noticed; a region
+// 1.1 all read one producer; a sleeping consumer is woken for a new entry, not for a release the
+// producer takes; a producer killed under a sleeping consumer is noticed; a region
 // that could fault the producer, or a sleep word full of garbage, harms nobody else; the
 // region's fallbacks for older peers on either side.
 #include <arrow/api.h>
@@ -212,6 +213,44 @@ TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
   EXPECT_EQ(values, Iota(kBatches));
 }
 
+TEST(WakeRegion, AReleaseDoesNotWakeTheSleepingConsumerOnlyANewEntryDoes) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto peer, hostile::RegionPeer::Welcomed(address));
+  ASSERT_OK(peer.SendRegion());
+  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  // Takes the next batch and releases it in the region (release number `n`).
+  auto take_and_release = [&](uint64_t n, auto&& before_release) {
+    uint64_t sequence = 0;
+    ASSERT_TRUE(hostile::Eventually([&] {
+      auto next = peer.NextSequence(&sequence);
+      return next.ok() && *next;
+    }));
+    before_release();
+    peer.WriteRelease(n, sequence, n + 1);
+  };
+  // A first release, taken: from then on the producer has the region.
+  ASSERT_OK(test_util::PublishValue(*producer, 0));
+  take_and_release(0, [] {});
+  ASSERT_TRUE(hostile::Eventually([&] {
+    (void)producer->stats();  // takes the region's releases
+    return peer.ReleasesRead() == 1;
+  }));
+  // Asleep (futex) with nothing unread: a release drained is no news to it.
+  ASSERT_OK(test_util::PublishValue(*producer, 1));
+  uint32_t wakes = 0;
+  take_and_release(1, [&] {
+    wakes = peer.Wakes();
+    peer.region().Announce((uint64_t{static_cast<uint32_t>(internal::SleepMode::kFutex)} << 32) |
+                           wakes);
+  });
+  ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
+  EXPECT_EQ(peer.ReleasesRead(), 2);
+  EXPECT_EQ(peer.Wakes(), wakes);
+  ASSERT_OK(test_util::PublishValue(*producer, 2));  // news: it is woken, once
+  EXPECT_EQ(peer.Wakes(), wakes + 1);
+}
 
 /// Publishes 0..kBatches-1 to `consumers` readers and ends: what each read.
 void ExpectEveryoneReadsEverything(Producer& producer, std::vector<std::shared_ptr<Consumer>> all) {
