@@ -112,9 +112,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         (void)queue.Wake();
         break;
       case 11:
-        std::memcpy(fixture.ring.data() + shmarrow::fuzz::kQueueOffset +
-                        proto::kQueueReleasesReadOffset,
-                    bytes.data(), std::min<size_t>(bytes.size(), 24));
+        std::memcpy(
+            fixture.ring.data() + shmarrow::fuzz::kQueueOffset + proto::kQueueReleasesReadOffset,
+            bytes.data(), std::min<size_t>(bytes.size(), 24));
         break;
       default:
         break;

@@ -94,8 +94,8 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
                                            welcome.queue_offset, welcome.queue_capacity));
   }
   // Only with a queue: otherwise the socket path of 1.1 (it works either way).
-  wake_region_ = welcome.minor >= 3 && (welcome.features & proto::kFeatureWakeRegion) &&
-                 queue_.attached();
+  wake_region_ =
+      welcome.minor >= 3 && (welcome.features & proto::kFeatureWakeRegion) && queue_.attached();
   if (wake_region_) {
     // The Region message goes first, before anything else this consumer says; the producer
     // keeps the fd, the mapping stays here (and with the channel, for batches released later).
@@ -108,8 +108,7 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
   if (wake_region_) {
     const auto& mapped = ring->ring();
     channel_->AttachReleases(ReleaseWriter(region_.mapping(), mapped, mapped->data(),
-                                           static_cast<uint64_t>(mapped->size()),
-                                           queue_.header()));
+                                           static_cast<uint64_t>(mapped->size()), queue_.header()));
   }
   source_ = std::move(ring);
   return arrow::Status::OK();

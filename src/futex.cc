@@ -58,8 +58,8 @@ bool ReleaseWriter::TryWrite(uint64_t sequence) {
   const uint64_t read = ReadOnlyWord(header_ + protocol::kQueueReleasesReadOffset).load();
   if (read > written_ || written_ - read >= kRegionSlots) return false;
   uint8_t* region = region_->data();
-  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(
-                                region + kRegionSlotsOffset + (written_ % kRegionSlots) * 8))
+  std::atomic_ref<uint64_t>(
+      *reinterpret_cast<uint64_t*>(region + kRegionSlotsOffset + (written_ % kRegionSlots) * 8))
       .store(sequence, std::memory_order_relaxed);
   ++written_;
   // Sequentially consistent, as Announce's loads of the producer's words: a producer that said

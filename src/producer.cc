@@ -204,8 +204,8 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
       if (indices.ok()) projections.push_back(*std::move(indices));
     }
   }
-  ARROW_ASSIGN_OR_RAISE(
-      auto published, memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
+  ARROW_ASSIGN_OR_RAISE(auto published,
+                        memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
   // The sleeping consumers' futex wakes, made after the mutex is released; the buffers swap with
   // send_'s, so that neither allocates once grown.
   thread_local std::vector<const uint32_t*> wakes;

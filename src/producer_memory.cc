@@ -120,9 +120,9 @@ class RingMemory final : public ProducerMemory {
     for (int64_t slot = slots - 1; slot >= 0; --slot) {
       free_queue_slots_.push_back(static_cast<int>(slot));
     }
-    ARROW_ASSIGN_OR_RAISE(ring_, Ring::Create(options.name, options.ring_size, kRingBlocks,
-                                              slots * queue_slot_bytes_ + kWaitBlockBytes,
-                                              options.pages));
+    ARROW_ASSIGN_OR_RAISE(ring_,
+                          Ring::Create(options.name, options.ring_size, kRingBlocks,
+                                       slots * queue_slot_bytes_ + kWaitBlockBytes, options.pages));
     wait_block_offset_ = static_cast<uint64_t>(ring_->OffsetOf(ring_->reserved())) +
                          static_cast<uint64_t>(slots * queue_slot_bytes_);
     stream_pool_ = std::make_unique<RingPool>(ring_.get(), options.block_timeout_ms);

@@ -337,8 +337,8 @@ arrow::Status Session::DrainRegion(std::vector<std::shared_ptr<Published>>* rele
   if (written == region_releases_read_) return arrow::Status::OK();
   if (written < region_releases_read_ || written - region_releases_read_ > kRegionSlots) {
     return proto::ProtocolError("the release region counts ", written,
-                                " releases written, but the producer read ",
-                                region_releases_read_, " of a ring of ", kRegionSlots, " slots");
+                                " releases written, but the producer read ", region_releases_read_,
+                                " of a ring of ", kRegionSlots, " slots");
   }
   while (region_releases_read_ < written) {
     // Read once into a local: the consumer may rewrite the slot while it is checked.

@@ -197,11 +197,11 @@ class Session {
   int queue_slot_ = -1;
   proto::QueueWriter queue_;
   uint32_t controls_unannounced_ = 0;  // stream-0 Schema/End sent since the last entry
-  bool region_agreed_ = false;          // 1.3: datagrams are counted, a Region is due
-  bool held_back_ = false;              // the last Pump left batches for want of credits
+  bool region_agreed_ = false;         // 1.3: datagrams are counted, a Region is due
+  bool held_back_ = false;             // the last Pump left batches for want of credits
   RegionReader region_;                // read-only, untrusted
   uint64_t region_releases_read_ = 0;
-  bool consumer_waiting_ = false;      // said Waiting having read all `waiting_at_` entries
+  bool consumer_waiting_ = false;  // said Waiting having read all `waiting_at_` entries
   uint64_t waiting_at_ = 0;
 };
 

@@ -628,9 +628,8 @@ TEST_P(ProducerConsumerTest, HandlerInTheOptionsAnswersTheFirstRequest) {
   ASSERT_OK_AND_ASSIGN(auto first, consumer->Request("4"));
   ExpectAnswer(*first, 4);
   // SetRequestHandler still replaces it.
-  producer->SetRequestHandler([](std::string_view, ResponseWriter&) {
-    return arrow::Status::Invalid("the replacement");
-  });
+  producer->SetRequestHandler(
+      [](std::string_view, ResponseWriter&) { return arrow::Status::Invalid("the replacement"); });
   EXPECT_ERROR_CONTAINS(consumer->Request("5"), "the replacement");
 }
 

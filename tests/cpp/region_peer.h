@@ -74,13 +74,13 @@ class RegionPeer {
     if ((peer.welcome_.features & proto::kFeatureWakeRegion) == 0) {
       return arrow::Status::Invalid("the region was not agreed");
     }
-    ARROW_ASSIGN_OR_RAISE(peer.ring_, internal::Mapping::MapReadOnly(
-                                          answer.fds[0].get(),
-                                          static_cast<int64_t>(peer.welcome_.ring_size)));
-    ARROW_ASSIGN_OR_RAISE(peer.queue_, proto::QueueReader::Attach(
-                                           peer.ring_.data(), peer.welcome_.ring_size,
-                                           peer.welcome_.queue_offset,
-                                           peer.welcome_.queue_capacity));
+    ARROW_ASSIGN_OR_RAISE(
+        peer.ring_, internal::Mapping::MapReadOnly(answer.fds[0].get(),
+                                                   static_cast<int64_t>(peer.welcome_.ring_size)));
+    ARROW_ASSIGN_OR_RAISE(
+        peer.queue_,
+        proto::QueueReader::Attach(peer.ring_.data(), peer.welcome_.ring_size,
+                                   peer.welcome_.queue_offset, peer.welcome_.queue_capacity));
     ARROW_ASSIGN_OR_RAISE(peer.region_, internal::RegionWriter::Create());
     return peer;
   }
@@ -104,12 +104,12 @@ class RegionPeer {
   /// Writes `sequence` as release number `count - 1` and publishes `count`, whatever they are.
   void WriteRelease(uint64_t slot_index, uint64_t sequence, uint64_t count) {
     uint8_t* region = region_.mapping()->data();
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(
-                                  region + internal::kRegionSlotsOffset +
-                                  (slot_index % internal::kRegionSlots) * 8))
+    std::atomic_ref<uint64_t>(
+        *reinterpret_cast<uint64_t*>(region + internal::kRegionSlotsOffset +
+                                     (slot_index % internal::kRegionSlots) * 8))
         .store(sequence);
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(region +
-                                                           internal::kRegionReleasesOffset))
+    std::atomic_ref<uint64_t>(
+        *reinterpret_cast<uint64_t*>(region + internal::kRegionReleasesOffset))
         .store(count);
   }
   /// The producer's count of releases read (queue header).

@@ -53,9 +53,9 @@ enum class Garbage {
 };
 
 std::string Name(const testing::TestParamInfo<Garbage>& info) {
-  static const char* const kNames[] = {"CountBackwards",   "CountPastTheRing", "NeverSent",
-                                       "Huge",             "Duplicate",        "AlreadyReleased",
-                                       "AnotherConsumers", "RandomWords"};
+  static const char* const kNames[] = {
+      "CountBackwards", "CountPastTheRing", "NeverSent",        "Huge",
+      "Duplicate",      "AlreadyReleased",  "AnotherConsumers", "RandomWords"};
   return kNames[static_cast<int>(info.param)];
 }
 
@@ -151,8 +151,8 @@ TEST_P(HostileRegion, OnlyTheWriterIsThrownOutAndEveryBatchComesBack) {
   ASSERT_OK_AND_ASSIGN(auto peer, hostile::RegionPeer::Welcomed(address));
   ASSERT_OK(peer.SendRegion());
   ASSERT_OK(producer->WaitForConsumers(3, kTimeoutMs));
-  auto thrown_out = std::async(std::launch::async,
-                               [&] { return BehaveThenBreak(peer, GetParam(), 1, seed); });
+  auto thrown_out =
+      std::async(std::launch::async, [&] { return BehaveThenBreak(peer, GetParam(), 1, seed); });
   for (int64_t i = 1; i < kBatches; ++i) ASSERT_OK(test_util::PublishValue(*producer, i));
   ASSERT_OK(producer->End());
 
@@ -196,7 +196,8 @@ TEST(ReleaseRegion, ReleasesInTheRegionUnblockAPublishWaitingForCredits) {
   for (int64_t i = 0; i < 4; ++i) ASSERT_OK(test_util::PublishValue(*producer, i));
   std::vector<BatchPtr> held(2);
   for (auto& batch : held) ASSERT_OK(consumer->ReadNext(&batch));
-  auto fifth = std::async(std::launch::async, [&] { return test_util::PublishValue(*producer, 4); });
+  auto fifth =
+      std::async(std::launch::async, [&] { return test_util::PublishValue(*producer, 4); });
   EXPECT_EQ(fifth.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout)
       << "Publish did not wait for credits";
   held.clear();  // released through the region
@@ -218,7 +219,8 @@ TEST(ReleaseRegion, ReleasesInTheRegionUnblockAnAllocationWaitingForTheRing) {
   auto big = [&](int64_t rows) {
     arrow::Int64Builder builder(producer->pool());
     EXPECT_TRUE(builder.AppendEmptyValues(rows).ok());
-    return arrow::RecordBatch::Make(test_util::ValueSchema(), rows, {builder.Finish().ValueOrDie()});
+    return arrow::RecordBatch::Make(test_util::ValueSchema(), rows,
+                                    {builder.Finish().ValueOrDie()});
   };
   const int64_t rows = (int64_t{600} << 10) / 8;
   ASSERT_OK(producer->Publish(big(rows)));
@@ -263,8 +265,7 @@ TEST(ReleaseRegion, AFullRegionFallsBackToReleaseMessages) {
   const uint64_t slots = internal::kRegionSlots;
   for (uint64_t sequence = 1; sequence <= slots + 2; ++sequence) channel->Release(sequence);
   // The region took as many as it has slots; the rest went in messages.
-  EXPECT_EQ(outbox->messages,
-            (std::vector<std::vector<uint64_t>>{{slots + 1}, {slots + 2}}));
+  EXPECT_EQ(outbox->messages, (std::vector<std::vector<uint64_t>>{{slots + 1}, {slots + 2}}));
   EXPECT_EQ(channel->released(), static_cast<int64_t>(slots + 2));
   // The producer read them all: the region has room again.
   std::memcpy(header + proto::kQueueReleasesReadOffset, &slots, sizeof slots);
@@ -277,8 +278,8 @@ TEST(ReleaseRegion, AFullRegionFallsBackToReleaseMessages) {
   ASSERT_EQ(outbox->messages.size(), 3u);
   EXPECT_TRUE(outbox->messages.back().empty());
   // What the producer would find: every sequence written in the region, in order.
-  const auto* count = reinterpret_cast<const uint64_t*>(region.mapping()->data() +
-                                                        internal::kRegionReleasesOffset);
+  const auto* count =
+      reinterpret_cast<const uint64_t*>(region.mapping()->data() + internal::kRegionReleasesOffset);
   EXPECT_EQ(*count, slots + 2);
   // A count of releases read that no consumer wrote is no room at all.
   const uint64_t impossible = slots * 5;
