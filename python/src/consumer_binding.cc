@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "bindings.h"
 #include "common.h"
@@ -186,12 +187,14 @@ class PyConsumer {
   nb::object Next(int64_t timeout_ms) {
     std::shared_ptr<arrow::RecordBatch> batch;
     auto step = state_->TakeHoldingGil(&batch);  // a batch already there: returned at once
-    if (step && step->ok() && **step == ConsumerState::Step::kPending) step.reset();
-    if (!step) {
+    if (!step || (step->ok() && **step == ConsumerState::Step::kPending)) {
+      bool wait_first = step.has_value();  // nothing there just now: no second look before waiting
       const auto spin_until = state_->SpinUntil();
       const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
-        step = state_->Take(&batch);
-        if (!step->ok() || **step != ConsumerState::Step::kPending) return true;
+        if (!std::exchange(wait_first, false)) {
+          step = state_->Take(&batch);
+          if (!step->ok() || **step != ConsumerState::Step::kPending) return true;
+        }
         state_->Wait(spin_until, slice);
         return false;
       });
