@@ -9,7 +9,7 @@ shmarrow (publish / iterate) and the socket (write_batch / read_next_batch).
 Prints one JSON object (one line): per latency measurement the one-way latency summary in ns (n,
 min, median, p99, p999, max), per throughput measurement batches and batches_per_s (from just
 before the first send to the receiver holding the last batch), or "skipped"/"error" with the
-reason; versions and the machine. Exits 1 when a measurement failed (its error also goes to
+reason; versions and the machine. Every process runs with OPENBLAS_NUM_THREADS=1 (unless set). Exits 1 when a measurement failed (its error also goes to
 stderr).
 
 Every route sends the same row (t int64, id int64, value float64) from a value built once and
@@ -41,6 +41,11 @@ import socket
 import subprocess
 import sys
 import time
+
+# numpy's OpenBLAS starts threads that take CPU from the processes measured (a tenth of the samples
+# of a profile); no route uses BLAS. Set before numpy loads, for every route alike (the receiving
+# processes inherit it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import pyarrow as pa
@@ -222,10 +227,11 @@ def recv_iceoryx2(address: str, count: int, ack: int) -> list[int]:
 
 
 def recv_unpaced(batches, count: int) -> list[int]:
-    """Reads `count` batches as they come; [the moment the last one was read]."""
+    """Reads `count` batches as they come, checking each one's id (only: pyarrow's scalars cost
+    more than a small batch's transport); [the moment the last one was read]."""
     for i in range(count):
         batch = next(batches)
-        check(i, row_of(batch)[1])
+        check(i, batch.column(1)[0].as_py())
         del batch
     return [time.monotonic_ns()]
 

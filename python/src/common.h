@@ -4,7 +4,8 @@
 // - Every call into shmarrow::Producer or shmarrow::Consumer is made with the GIL released. The
 //   producer's I/O thread may free batches whose buffers belong to Python objects (their release
 //   takes the GIL) while it holds the producer's lock, so a thread holding the GIL must never wait
-//   for that lock.
+//   for that lock. One exception: Consumer::TryNext, which never blocks, runs with the GIL held
+//   when the binding's lock is free at once (ConsumerState::TakeHoldingGil).
 // - A binding lock (ConsumerState::mutex, ProducerState::mutex) is never held while the GIL is
 //   being acquired.
 // - Blocking waits are slices of at most kSliceMs; between slices pending signals are handled, so

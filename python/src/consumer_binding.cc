@@ -14,7 +14,9 @@
 #include <cerrno>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <string_view>
+#include <utility>
 
 #include "bindings.h"
 #include "common.h"
@@ -51,6 +53,24 @@ struct ConsumerState {
   /// Takes what has arrived, without blocking. Call without the GIL.
   arrow::Result<Step> Take(std::shared_ptr<arrow::RecordBatch>* batch) {
     std::lock_guard lock(mutex);
+    return TakeLocked(batch);
+  }
+
+  /// Take with the GIL held, sparing a release and re-acquisition of the GIL per batch, where
+  /// that cannot deadlock or stall other threads: the lock is free (try_lock: a thread holding
+  /// the GIL never waits for it) and TryNext's work is short (basic validation; full validation
+  /// of a large batch would hold the GIL for long). nullopt: take it with the GIL released.
+  std::optional<arrow::Result<Step>> TakeHoldingGil(std::shared_ptr<arrow::RecordBatch>* batch) {
+    if (!take_holding_gil) return std::nullopt;
+    std::unique_lock lock(mutex, std::try_to_lock);
+    if (!lock.owns_lock()) return std::nullopt;
+    return TakeLocked(batch);
+  }
+
+  bool take_holding_gil = false;
+
+ private:
+  arrow::Result<Step> TakeLocked(std::shared_ptr<arrow::RecordBatch>* batch) {
     batch->reset();
     if (consumer == nullptr) return arrow::Status::Cancelled("the consumer is closed");
     if (ended) return Step::kEnd;
@@ -148,6 +168,7 @@ class PyConsumer {
     });
     state_->consumer = ValueOrThrow(std::move(connected), "connect");
     state_->busy_poll_us = options.busy_poll_us;
+    state_->take_holding_gil = options.validation == Validation::kBasic;
     state_->mode = state_->consumer->mode();
     state_->poll_fd = state_->consumer->fd();
     if (state_->poll_fd < 0) {
@@ -165,34 +186,35 @@ class PyConsumer {
   /// the stream.
   nb::object Next(int64_t timeout_ms) {
     std::shared_ptr<arrow::RecordBatch> batch;
-    arrow::Result<ConsumerState::Step> step;
-    const auto spin_until = state_->SpinUntil();
-    const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
-      step = state_->Take(&batch);
-      if (!step.ok() || *step != ConsumerState::Step::kPending) return true;
-      state_->Wait(spin_until, slice);
-      return false;
-    });
-    if (!done) {
-      ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout, TimeoutMessage(timeout_ms),
-                 "read");
+    auto step = state_->TakeHoldingGil(&batch);  // a batch already there: returned at once
+    if (!step || (step->ok() && **step == ConsumerState::Step::kPending)) {
+      bool wait_first = step.has_value();  // nothing there just now: no second look before waiting
+      const auto spin_until = state_->SpinUntil();
+      const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
+        if (!std::exchange(wait_first, false)) {
+          step = state_->Take(&batch);
+          if (!step->ok() || **step != ConsumerState::Step::kPending) return true;
+        }
+        state_->Wait(spin_until, slice);
+        return false;
+      });
+      if (!done) {
+        ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout, TimeoutMessage(timeout_ms),
+                   "read");
+      }
     }
-    if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return WrapBatch(batch);
-    return nb::none();
+    return Result(*step, batch);
   }
 
   /// Never blocks: the next batch, or None (nothing yet, or the end: see ended).
   nb::object TryNext() {
     std::shared_ptr<arrow::RecordBatch> batch;
-    arrow::Result<ConsumerState::Step> step;
-    {
+    auto step = state_->TakeHoldingGil(&batch);
+    if (!step) {
       ReleaseGil release;
       step = state_->Take(&batch);
     }
-    if (!step.ok()) ThrowStatus(step.status(), "read");
-    if (*step == ConsumerState::Step::kBatch) return WrapBatch(batch);
-    return nb::none();
+    return Result(*step, batch);
   }
 
   bool ended() {
@@ -314,6 +336,14 @@ class PyConsumer {
   }
 
  private:
+  /// What a read returns: a pyarrow.RecordBatch, or None (the end, or nothing yet).
+  static nb::object Result(const arrow::Result<ConsumerState::Step>& step,
+                           const std::shared_ptr<arrow::RecordBatch>& batch) {
+    if (!step.ok()) ThrowStatus(step.status(), "read");
+    if (*step == ConsumerState::Step::kBatch) return WrapBatch(batch);
+    return nb::none();
+  }
+
   std::shared_ptr<ConsumerState> state_;
 };
 

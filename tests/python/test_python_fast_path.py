@@ -39,10 +39,12 @@ def batch_of(schema: pa.Schema, i: int) -> pa.RecordBatch:
 
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
 @pytest.mark.parametrize("read", ["next", "try_next"])
-def test_every_batch_has_the_schema_it_was_published_with(mode, read):
+@pytest.mark.parametrize("validate", ["full", "basic"])  # basic: batches are taken with the GIL held
+def test_every_batch_has_the_schema_it_was_published_with(mode, read, validate):
     address = f"@py-fast-{uuid.uuid4().hex}"
     with Producer(address, BASE, mode=mode, block_timeout=TIMEOUT_S) as producer:
-        consumer = Consumer(address, read_timeout=TIMEOUT_S, busy_poll=0.001 if read == "try_next" else 0)
+        consumer = Consumer(address, read_timeout=TIMEOUT_S, validate=validate,
+                            busy_poll=0.001 if read == "try_next" else 0)
         producer.wait_for_consumers(1, timeout=TIMEOUT_S)
         sent = []
         for n, schema in enumerate(SCHEMAS):
@@ -84,12 +86,13 @@ def test_publish_refuses_a_batch_whose_schema_differs_only_after_the_first():
         consumer.close()
 
 
-def test_batches_read_on_several_threads_keep_their_schema():
+@pytest.mark.parametrize("validate", ["full", "basic"])
+def test_batches_read_on_several_threads_keep_their_schema(validate):
     """Threads reading one consumer while the schema changes: each batch as it was sent."""
     address = f"@py-fast-{uuid.uuid4().hex}"
     schemas = [BASE, BASE.with_metadata({"unit": "m"})] * 20
     with Producer(address, BASE, mode="ring", block_timeout=TIMEOUT_S) as producer:
-        consumer = Consumer(address, read_timeout=TIMEOUT_S)
+        consumer = Consumer(address, read_timeout=TIMEOUT_S, validate=validate)
         producer.wait_for_consumers(1, timeout=TIMEOUT_S)
         got, lock = [], threading.Lock()
 
