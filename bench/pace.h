@@ -56,8 +56,8 @@ inline bool WaitChange(PaceWord* word, uint32_t seen, bool busy) {
 inline void Advance(PaceWord* word, uint32_t value) {
   word->value.store(value, std::memory_order_seq_cst);
   if (word->sleeping.load(std::memory_order_seq_cst) != 0) {
-    ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word->value), FUTEX_WAKE, 1, nullptr,
-              nullptr, 0);
+    ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word->value), FUTEX_WAKE, 1, nullptr, nullptr,
+              0);
   }
 }
 
