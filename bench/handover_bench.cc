@@ -230,6 +230,7 @@ std::shared_ptr<arrow::Schema> SmallSchema() {
 
 arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* pool, int64_t id) {
   std::vector<std::shared_ptr<arrow::Array>> arrays;
+  arrays.reserve(3);
   for (int c = 0; c < 3; ++c) {
     ARROW_ASSIGN_OR_RAISE(auto buffer, arrow::AllocateBuffer(8, pool));
     if (c == 2) {
@@ -241,7 +242,7 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> MakeSmall(arrow::MemoryPool* 
         arrow::ArrayData::Make(c == 2 ? arrow::float64() : arrow::int64(), 1,
                                {nullptr, std::shared_ptr<arrow::Buffer>(std::move(buffer))}, 0)));
   }
-  return arrow::RecordBatch::Make(SmallSchema(), 1, arrays);
+  return arrow::RecordBatch::Make(SmallSchema(), 1, std::move(arrays));
 }
 
 // The same batch as a producer can write it in place: one 24-byte block of `pool` (the ring) holding

@@ -1,6 +1,7 @@
 #include "shmarrow/producer.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "deadline.h"
 #include "producer_impl.h"
@@ -138,15 +139,17 @@ void ProducerImpl::WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, P
 template <typename Predicate>
 arrow::Status ProducerImpl::WaitFor(std::unique_lock<std::mutex>& lock, int timeout_ms,
                                     Predicate ready, std::string_view what) {
-  const Deadline deadline(timeout_ms);
-  bool is_ready = false;
-  for (;;) {
-    DrainRegions();
-    is_ready = ready();
-    if (closed_ || is_ready || deadline.expired()) break;
+  DrainRegions();
+  bool is_ready = ready();
+  // The clock is read only when the first look finds it not ready (a Publish with room reads none).
+  std::optional<Deadline> deadline;
+  if (!closed_ && !is_ready) deadline.emplace(timeout_ms);
+  while (!closed_ && !is_ready && !deadline->expired()) {
     // In slices: a consumer's release that wakes nobody (it looked before the announcement,
     // or it is hostile) costs at most one slice.
-    WaitSlice(lock, deadline.Slice(kWaitSliceMs), [&] { return closed_ || ready(); });
+    WaitSlice(lock, deadline->Slice(kWaitSliceMs), [&] { return closed_ || ready(); });
+    DrainRegions();
+    is_ready = ready();
   }
   if (is_ready) return arrow::Status::OK();
   if (closed_) {

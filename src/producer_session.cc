@@ -120,8 +120,9 @@ arrow::Result<bool> Session::SendRun(SendTools& tools, OutgoingQueue::iterator f
   return Send(proto::EncodeBatches(tools.writer, first->stream, tools.run), {});
 }
 
-void Session::Sent(const Outgoing& out) {
-  held_.Add(out.batch->sequence, out.batch, /*response=*/out.stream != 0);
+void Session::Sent(Outgoing& out) {
+  const uint64_t sequence = out.batch->sequence;
+  held_.Add(sequence, std::move(out.batch), /*response=*/out.stream != 0);
   if (out.stream == 0) {
     --pending_batches_;
   } else {

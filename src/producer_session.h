@@ -163,8 +163,9 @@ class Session {
                               OutgoingQueue::iterator last);
   /// Where batch `out` is, as told to this consumer.
   arrow::Result<proto::Batch> Describe(SendTools& tools, const Outgoing& out);
-  /// Bookkeeping once batch `out` was sent.
-  void Sent(const Outgoing& out);
+  /// Bookkeeping once batch `out` was sent: its record moves to the held batches (`out` is
+  /// erased next).
+  void Sent(Outgoing& out);
   /// Appends to the queue in the ring (publishing the new count), counting the controls sent.
   void WriteEntry(proto::QueueEntry entry);
   /// Every datagram after the Welcome goes out here: 1.3 counts it in the queue header.

@@ -73,6 +73,13 @@ void Ring::Close() {
   space_freed_.notify_all();
 }
 
+void Ring::Reclaim() {
+  while (count_ > 0 && IsFreed(oldest())) {
+    first_ = (first_ + 1) % blocks_.size();
+    --count_;
+  }
+}
+
 int64_t Ring::FindSpace(int64_t need) const {
   const int64_t size = arena_size_;
   if (count_ == 0) return need <= size ? 0 : -1;
@@ -96,7 +103,7 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
   auto full = [&] {
     return MakeError(
         arrow::StatusCode::OutOfMemory, ErrorCode::kTimeout, "ring full: ", size,
-        " bytes requested, ", bytes_in_use_, " of ", arena_size_, " bytes held by ", count_,
+        " bytes requested, ", BytesInUse(), " of ", arena_size_, " bytes held by ", count_,
         " blocks after waiting ", wait_ms,
         " ms (consumers hold batches: raise the ring size, release batches, or use lossy)");
   };
@@ -104,6 +111,7 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
     return MakeError(arrow::StatusCode::Cancelled, ErrorCode::kClosed, "ring closed");
   };
   if (closed_) return closed();
+  Reclaim();
   int64_t at = FindSpace(need);
   if (at < 0) {
     if (wait_ms == 0) return full();
@@ -113,22 +121,28 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
     if (wait_hook_) {
       auto ready = [&] {
         std::lock_guard relock(mutex_);
+        Reclaim();
         return closed_ || FindSpace(need) >= 0;
       };
-      while (!closed_ && (at = FindSpace(need)) < 0 && !deadline.expired()) {
+      while (!closed_ && (Reclaim(), at = FindSpace(need)) < 0 && !deadline.expired()) {
         lock.unlock();
         wait_hook_(deadline.Slice(kWaitSliceMs), ready);
         lock.lock();
       }
     } else {
-      deadline.Wait(space_freed_, lock, [&] { return closed_ || (at = FindSpace(need)) >= 0; });
+      // Announced before the looks (both sequentially consistent, as a Free's mark and its look
+      // at the waiters): a Free either is seen by a look or sees the waiter and notifies it.
+      waiters_.fetch_add(1);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      deadline.Wait(space_freed_, lock,
+                    [&] { return closed_ || (Reclaim(), at = FindSpace(need)) >= 0; });
+      waiters_.fetch_sub(1);
     }
     if (at < 0) return closed_ ? closed() : full();
   }
   const size_t slot = (first_ + count_) % blocks_.size();
   blocks_[slot] = Block{at, at + need, false};
   ++count_;
-  bytes_in_use_ += need;
   const BlockHeader header{kHeaderMagic, static_cast<uint32_t>(slot)};
   std::memcpy(base() + at, &header, sizeof header);
   return at + kHeaderSize;
@@ -136,6 +150,7 @@ arrow::Result<int64_t> Ring::Allocate(int64_t size, int wait_ms) {
 
 bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
   std::lock_guard lock(mutex_);
+  Reclaim();
   if (count_ == 0) return false;
   Block& last = newest();
   if (last.start + kHeaderSize != offset) return new_size <= old_size;  // shrink keeps the block
@@ -143,7 +158,6 @@ bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
   const bool wrapped = count_ > 1 && last.start < oldest().start;
   const int64_t limit = wrapped ? oldest().start : arena_size_;
   if (end > limit) return false;
-  bytes_in_use_ += end - last.end;
   last.end = end;
   return true;
 }
@@ -151,26 +165,38 @@ bool Ring::ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size) {
 void Ring::Free(int64_t offset) {
   BlockHeader header;
   std::memcpy(&header, base() + offset - kHeaderSize, sizeof header);
-  std::lock_guard lock(mutex_);
   if (header.magic != kHeaderMagic || header.slot >= blocks_.size()) return;  // not ours
-  Block& block = blocks_[header.slot];
-  block.freed = true;
-  bytes_in_use_ -= block.end - block.start;
-  while (count_ > 0 && oldest().freed) {
-    first_ = (first_ + 1) % blocks_.size();
-    --count_;
+  // The slot is live (only a reclaimed one is reused), so no allocation writes it meanwhile.
+  std::atomic_ref<bool>(blocks_[header.slot].freed).store(true, std::memory_order_release);
+  if (wait_hook_) return;  // allocations wait in slices, looking again themselves
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (waiters_.load(std::memory_order_relaxed) > 0) {
+    std::lock_guard lock(mutex_);  // held by a waiter until it sleeps
+    space_freed_.notify_all();
   }
-  space_freed_.notify_all();
+}
+
+int64_t Ring::BytesInUse() const {
+  int64_t bytes = 0;
+  for (size_t i = 0; i < count_; ++i) {
+    const Block& block = blocks_[(first_ + i) % blocks_.size()];
+    if (!IsFreed(block)) bytes += block.end - block.start;
+  }
+  return bytes;
 }
 
 int64_t Ring::bytes_in_use() const {
   std::lock_guard lock(mutex_);
-  return bytes_in_use_;
+  return BytesInUse();
 }
 
 int64_t Ring::live_blocks() const {
   std::lock_guard lock(mutex_);
-  return static_cast<int64_t>(count_);
+  size_t freed_oldest = 0;  // reclaimed by the next allocation
+  while (freed_oldest < count_ && IsFreed(blocks_[(first_ + freed_oldest) % blocks_.size()])) {
+    ++freed_oldest;
+  }
+  return static_cast<int64_t>(count_ - freed_oldest);
 }
 
 arrow::Status RingPool::Allocate(int64_t size, int64_t /*alignment: always 64*/, uint8_t** out) {

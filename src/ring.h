@@ -5,6 +5,7 @@
 #include <arrow/memory_pool.h>
 #include <arrow/result.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <cstdint>
@@ -23,8 +24,9 @@ namespace shmarrow::internal {
 /// Allocation is circular: blocks are handed out at the head and come back, in any order, when
 /// their last reference dies; the space before the oldest live block is reused once everything
 /// older than it is free. Each block starts with a 64-byte header naming its slot, so a free is
-/// O(1) and nothing is allocated on the heap per block. A full ring blocks the allocating thread
-/// until space is released (back-pressure) for up to `wait_ms`, or fails at once when it is 0.
+/// O(1), takes no lock (it marks the slot; the next allocation reclaims the space), and nothing is
+/// allocated on the heap per block. A full ring blocks the allocating thread until space is
+/// released (back-pressure) for up to `wait_ms`, or fails at once when it is 0.
 class Ring {
  public:
   /// `reserved` bytes after the circular part belong to the producer (its consumers' queues).
@@ -62,6 +64,8 @@ class Ring {
   /// Before the first allocation.
   void SetWaitHook(WaitHook hook) { wait_hook_ = std::move(hook); }
   [[nodiscard]] bool ResizeInPlace(int64_t offset, int64_t old_size, int64_t new_size);
+  /// Any thread, without the ring's lock: a block freed while an allocation looks is seen by that
+  /// look or by its next one (a waiter on the condition variable is notified).
   void Free(int64_t offset);
 
   [[nodiscard]] int64_t bytes_in_use() const;
@@ -71,7 +75,7 @@ class Ring {
   struct Block {
     int64_t start = 0;  // header offset
     int64_t end = 0;
-    bool freed = false;
+    bool freed = false;  // set by Free (any thread, std::atomic_ref), read under the lock
   };
   Ring(Memfd memfd, Mapping mapping, int64_t arena_size, int64_t max_blocks, int64_t page_size)
       : memfd_(std::move(memfd)),
@@ -79,7 +83,14 @@ class Ring {
         arena_size_(arena_size),
         page_size_(page_size),
         blocks_(max_blocks) {}
-  /// Where a block of `need` bytes fits now, or -1.
+  static bool IsFreed(const Block& block) {
+    return std::atomic_ref<bool>(const_cast<bool&>(block.freed)).load(std::memory_order_acquire);
+  }
+  /// Moves the tail past the oldest blocks that were freed (under the lock).
+  void Reclaim();
+  /// The bytes of the blocks not freed, headers included (under the lock).
+  int64_t BytesInUse() const;
+  /// Where a block of `need` bytes fits now, or -1 (under the lock, after Reclaim).
   int64_t FindSpace(int64_t need) const;
   Block& oldest() { return blocks_[first_]; }
   Block& newest() { return blocks_[(first_ + count_ - 1) % blocks_.size()]; }
@@ -92,8 +103,9 @@ class Ring {
   std::condition_variable space_freed_;
   std::vector<Block> blocks_;  // circular, in allocation order
   size_t first_ = 0;
-  size_t count_ = 0;
-  int64_t bytes_in_use_ = 0;
+  size_t count_ = 0;  // blocks from the oldest not reclaimed to the newest, freed ones included
+  // Allocations waiting on space_freed_ (no wait hook): a Free then takes the lock to notify.
+  std::atomic<int> waiters_{0};
   bool closed_ = false;
   WaitHook wait_hook_;
 };
