@@ -9,7 +9,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -197,6 +199,65 @@ TEST(RingTest, BlockedAllocationSucceedsWhenAnotherThreadFrees) {
   EXPECT_EQ(*result, kBlockHeader);  // the freed first quarter
   ring->Free(*result);
   for (int i = 1; i < 4; ++i) ring->Free(q[i]);
+}
+
+// Frees come from another thread, without the ring's lock, while allocations reclaim and reuse
+// their space (and wait for it when the ring is full): no block is handed out twice, no free is
+// lost.
+TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlap) {
+  auto ring = MakeRing();
+  ASSERT_NE(ring, nullptr);
+  struct Held {
+    int64_t offset;
+    int64_t size;
+    uint8_t tag;
+  };
+  std::mutex mutex;
+  std::condition_variable handed;
+  std::vector<Held> to_free;
+  bool done = false;
+  std::atomic<int64_t> overlaps{0};
+  std::thread freer([&] {
+    for (;;) {
+      std::vector<Held> batch;
+      {
+        std::unique_lock lock(mutex);
+        handed.wait(lock, [&] { return done || !to_free.empty(); });
+        if (to_free.empty()) return;
+        batch.swap(to_free);
+      }
+      for (const Held& held : batch) {
+        const uint8_t* p = ring->base() + held.offset;
+        for (int64_t i = 0; i < held.size; ++i) {
+          if (p[i] != held.tag) {
+            overlaps.fetch_add(1);
+            break;
+          }
+        }
+        ring->Free(held.offset);
+      }
+    }
+  });
+  constexpr int kAllocations = 20000;
+  for (int n = 0; n < kAllocations; ++n) {
+    const int64_t size = 64 + (n * 4099) % (kRingSize / 8);
+    auto offset = ring->Allocate(size, 10000);  // a free never seen fails this
+    ASSERT_TRUE(offset.ok()) << offset.status().ToString();
+    const auto tag = static_cast<uint8_t>(n);
+    std::memset(ring->base() + *offset, tag, static_cast<size_t>(size));
+    std::lock_guard lock(mutex);
+    to_free.push_back({*offset, size, tag});
+    handed.notify_one();
+  }
+  {
+    std::lock_guard lock(mutex);
+    done = true;
+    handed.notify_one();
+  }
+  freer.join();
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(ring->live_blocks(), 0);
+  EXPECT_EQ(ring->bytes_in_use(), 0);
 }
 
 TEST(RingTest, TimedWaitOnAFullRingFailsWithOutOfMemory) {
