@@ -394,8 +394,9 @@ def notes(results):
                 "own bookkeeping.")
         parts.append(text)
     tps = results.get("throughput", [])
-    arrays = [r for r in tps if r.get("build") != "block"]
+    arrays = [r for r in tps if r.get("build", "arrays") == "arrays"]
     blocks = [r for r in tps if r.get("build") == "block"]
+    sockets = {r["consumers"]: r for r in tps if r.get("build") == "uds"}
     one = next((r for r in arrays if r["consumers"] == 1 and r["batch_bytes"] == 24), None)
     alone = next((r for r in arrays if r["consumers"] == 0), None)
     alone_block = next((r for r in blocks if r["consumers"] == 0), None)
@@ -431,13 +432,22 @@ def notes(results):
                 f"{one['consumer_cpu_us_per_batch']:.2f} µs in the consumer (user and system time "
                 "from `getrusage`); with two vCPUs for both, 500,000 batches/s would need the two "
                 "together under 4 µs, on a machine where nothing else runs.")
+        four = next((r for r in arrays if r["consumers"] == 4 and r["batch_bytes"] == 24), None)
+        if 1 in sockets:
+            text += (
+                f" The peer, Arrow IPC over a UNIX socket with the same batches, reached "
+                f"{sockets[1]['batches_per_s']:,.0f}/s to one reader (ring / socket "
+                f"{one['batches_per_s'] / sockets[1]['batches_per_s']:.2f})")
+            if four and 4 in sockets:
+                text += (f" and {sockets[4]['batches_per_s']:,.0f}/s to four (ring / socket "
+                         f"{four['batches_per_s'] / sockets[4]['batches_per_s']:.2f})")
+            text += "."
         text += (
-            " Batches travel through the consumer's queue in the ring and releases go back one "
-            "message per quarter of the credits while the consumer is behind (the system calls "
-            "per batch each side makes are counted in the table above); what is left per batch is "
-            "building the Arrow "
-            "objects on both sides (Arrow's allocations below), the queue's bookkeeping and, when "
-            "the producer gets ahead by its credits, waiting for releases.")
+            " Batches travel through the consumer's queue in the ring and releases come back "
+            "through the consumer's release region, without messages (the system calls per batch "
+            "each side makes are counted in the table above); what is left per batch is building "
+            "and freeing the Arrow objects on both sides (Arrow's allocations below), the queue's "
+            "bookkeeping and, when a consumer catches up, its sleep and wake-up.")
         parts.append(text)
     heap = {h["transport"]: h for h in results.get("heap", [])}
     floor = results.get("heap_floor")

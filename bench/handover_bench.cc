@@ -28,6 +28,7 @@
 // `--socket ADDRESS --warmup W --busy-poll-us U --kind K --transport T --bytes S` appended; it
 // measures as ShmConsume does and prints the consumer's JSON line (`shmarrow-rs bench-handover`).
 #include <arrow/api.h>
+#include <arrow/io/buffered.h>
 #include <arrow/io/file.h>
 #include <arrow/io/memory.h>
 #include <arrow/util/bit_util.h>
@@ -42,6 +43,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cerrno>
 #include <cstdint>
@@ -150,7 +152,7 @@ std::string Samples(const std::vector<int64_t>& v) {
 void Emit(const std::string& json) {
   std::fflush(stdout);
   const std::string line = json + "\n";
-  const shmarrow::UniqueFd own(::open("/proc/self/fd/1", O_WRONLY | O_CLOEXEC));
+  const shmarrow::UniqueFd own(::open("/proc/self/fd/1", O_WRONLY | O_APPEND | O_CLOEXEC));
   const int out = own ? own.get() : STDOUT_FILENO;
   ::flock(out, LOCK_EX);
   for (size_t done = 0; done < line.size();) {
@@ -812,6 +814,88 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       });
 }
 
+// The peer of the ring's throughput rows: Arrow IPC streams over UNIX sockets, the same 1-row batch
+// built the same way (Arrow's default pool), one socketpair per reader. Its fastest honest form:
+// each side buffered (the writer flushes once per batch, so every batch leaves at once — a
+// streaming system, not a batching one; the reader takes what arrived in 64 KiB reads), readers
+// checking each batch as the ring's consumers do by default (ValidateFull).
+int RunSocketThroughput(int consumers, int64_t batches) {
+  std::vector<std::array<int, 2>> pairs(static_cast<size_t>(consumers));
+  for (auto& sv : pairs) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv.data()) != 0) {
+      std::perror("socketpair");
+      return 1;
+    }
+  }
+  return ForkRun(
+      consumers,
+      [&](int index) {
+        for (int i = 0; i < consumers; ++i) {
+          ::close(pairs[i][0]);
+          if (i != index) ::close(pairs[i][1]);
+        }
+        auto st = [&]() -> arrow::Status {
+          auto socket = std::make_shared<SocketInputStream>(pairs[index][1], false);
+          ARROW_ASSIGN_OR_RAISE(auto in, arrow::io::BufferedInputStream::Create(
+                                             64 << 10, arrow::default_memory_pool(), socket));
+          ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(in));
+          int64_t n = 0, touch = 0, first_ns = 0;
+          for (;;) {
+            std::shared_ptr<arrow::RecordBatch> batch;
+            ARROW_RETURN_NOT_OK(reader->ReadNext(&batch));
+            if (batch == nullptr) break;
+            ARROW_RETURN_NOT_OK(batch->ValidateFull());
+            if (n == 0) first_ns = NowNs();
+            const int64_t* v = batch->column_data(0)->GetValues<int64_t>(1);
+            touch += v[0] + v[batch->num_rows() - 1];
+            ++n;
+          }
+          Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
+               ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
+               ",\"end_ns\":" + std::to_string(NowNs()) + ",\"touch\":" + std::to_string(touch) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) + "}");
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("consumer", st);
+      },
+      [&]() {
+        auto st = [&]() -> arrow::Status {
+          std::vector<std::shared_ptr<arrow::io::BufferedOutputStream>> outs;
+          std::vector<std::shared_ptr<arrow::ipc::RecordBatchWriter>> writers;
+          for (auto& sv : pairs) {
+            ::close(sv[1]);
+            ARROW_ASSIGN_OR_RAISE(auto out, arrow::io::BufferedOutputStream::Create(
+                                                64 << 10, arrow::default_memory_pool(),
+                                                std::make_shared<SocketOutputStream>(sv[0])));
+            ARROW_ASSIGN_OR_RAISE(auto writer, arrow::ipc::MakeStreamWriter(out, SmallSchema()));
+            outs.push_back(std::move(out));
+            writers.push_back(std::move(writer));
+          }
+          const int64_t start_ns = NowNs();
+          for (int64_t i = 0; i < batches; ++i) {
+            ARROW_ASSIGN_OR_RAISE(auto batch, MakeSmall(arrow::default_memory_pool(), i));
+            for (size_t k = 0; k < writers.size(); ++k) {
+              ARROW_RETURN_NOT_OK(writers[k]->WriteRecordBatch(*batch));
+              ARROW_RETURN_NOT_OK(outs[k]->Flush());
+            }
+          }
+          for (size_t k = 0; k < writers.size(); ++k) {
+            ARROW_RETURN_NOT_OK(writers[k]->Close());
+            ARROW_RETURN_NOT_OK(outs[k]->Close());
+          }
+          Emit(
+              "{\"role\":\"producer\",\"kind\":\"throughput\",\"transport\":\"uds\","
+              "\"consumers\":" +
+              std::to_string(consumers) + ",\"bytes\":0,\"batches\":" + std::to_string(batches) +
+              ",\"start_ns\":" + std::to_string(start_ns) +
+              ",\"published_ns\":" + std::to_string(NowNs()) +
+              ",\"cpu_ns\":" + std::to_string(CpuNs()) + ",\"bytes_copied\":0,\"build_ns\":0}");
+          return arrow::Status::OK();
+        }();
+        return st.ok() ? 0 : Fail("producer", st);
+      });
+}
+
 // Arrow's own heap allocations for the small batch, in one process and without shmarrow: the
 // producer side's GetRecordBatchPayload (what Publish asks of Arrow's writer), and the consumer
 // side's ReadRecordBatch plus ValidateFull (what a consumer asks of Arrow's reader). The floor
@@ -875,6 +959,9 @@ int main(int argc, char** argv) {
                   static_cast<int>(a.Int("cols", 4)), a.Int("iters", 3));
   }
   if (a.command == "heap-floor") return RunHeapFloor(a.Int("batches", 10000));
+  if (a.command == "throughput" && a.Get("transport", "ring") == "uds") {
+    return RunSocketThroughput(static_cast<int>(a.Int("consumers", 1)), a.Int("batches", 10000));
+  }
   if (a.command == "throughput" || a.command == "heap") {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000),
