@@ -38,7 +38,8 @@ arrow::Result<bool> FutexWaitAny(std::span<const FutexWatch> watches, int timeou
     for (size_t i = 0; i < count; ++i) {
       waiters[i].val = watches[i].seen;
       waiters[i].uaddr = reinterpret_cast<uintptr_t>(watches[i].word);
-      waiters[i].flags = FUTEX_32;  // shared, not _PRIVATE: the words are in other processes' memory
+      waiters[i].flags =
+          FUTEX_32;  // shared, not _PRIVATE: the words are in other processes' memory
     }
     // futex_waitv's timeout is absolute.
     timespec deadline{};

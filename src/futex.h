@@ -36,8 +36,7 @@ struct FutexWatch {
 };
 /// As FutexWait, but on several words at once (futex_waitv, Linux 5.16): returns as soon as any
 /// of them is woken or differs from its `seen`. Before 5.16 (ENOSYS), the first word alone.
-[[nodiscard]] arrow::Result<bool> FutexWaitAny(std::span<const FutexWatch> watches,
-                                               int timeout_ms);
+[[nodiscard]] arrow::Result<bool> FutexWaitAny(std::span<const FutexWatch> watches, int timeout_ms);
 
 /// How a sleeping consumer wants to be woken.
 enum class SleepMode : uint32_t {
