@@ -110,10 +110,10 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    woken with a futex on the queue's head (`FUTEX_WAIT`/`FUTEX_WAKE` on a shared mapping, the
    wake-up shmarrow's control plane uses) or spinning on it; no Arrow, no metadata, no release.
    Both ring rows and the floor pace with the same code (`bench/pace.h`): the producer sleeps
-   (`FUTEX_WAIT`) on a word in memory shared with the consumer until the consumer has taken the
-   message (the floor: its queue's tail cursor; shmarrow: a word the consumer advances once
-   `ReadNext` returned the batch and it let the batch go), and the consumer wakes it
-   (`FUTEX_WAKE`) only if it sleeps. The shmarrow producer then calls `stats()`, which takes the
+   (`FUTEX_WAIT_BITSET`, marked for 6.) on a word in memory shared with the consumer until the
+   consumer has taken the message (the floor: its queue's tail cursor; shmarrow: a word the
+   consumer advances once `ReadNext` returned the batch and it let the batch go), and the
+   consumer wakes it (`FUTEX_WAKE_BITSET`) only if it sleeps. The shmarrow producer then calls `stats()`, which takes the
    release from the consumer's region without a system call, before it stamps the next batch:
    as `WaitUntilDrained` did, the release is not in the timed path. The six routes run
    interleaved, three repetitions; each cell is the median (min–max)
@@ -174,10 +174,13 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    shmarrow ring paced with the consumer blocking and busy-polling, ring unpaced with one
    consumer (the consumer behind), Arrow IPC over a UNIX socket paced (reader blocking and
    busy-polling), and the SPSC floor paced (blocking and busy-polling). Paced, the producer
-   sleeps once per batch until the consumer is done with it, so even the floor makes a wait and
-   a wake per batch; the ring rows and the floor pace with the same code (3.), so what a ring
-   row counts above the floor's is shmarrow's own (the UNIX-socket rows pace with a pong, two
-   call per side per batch of their own). Tracing slows
+   waits after each batch until the consumer says it is done with it; the ring rows and the
+   floor pace with the same code (3.), whose futex calls are marked (`FUTEX_WAIT_BITSET` /
+   `FUTEX_WAKE_BITSET` with bitset `0x9ace`) and not counted: whether the producer sleeps there
+   depends on how soon the consumer says so, not on the route. What the ring and floor rows
+   count is the hand-over alone: a blocking consumer's sleep costs it a wait and the producer a
+   wake, a busy-polling consumer nothing (the UNIX-socket rows pace with a pong, two calls per
+   side per batch of their own, counted). Tracing slows
    every system call, so a busy-polling loop that makes system calls spins fewer times under
    `strace` than without it: such counts are lower bounds.
 

@@ -65,7 +65,7 @@ int Consume(Queue* q, int64_t total, int64_t warmup, bool busy) {
   std::vector<int64_t> samples;
   samples.reserve(static_cast<size_t>(total));
   for (uint32_t taken = 0; taken < total; ++taken) {
-    if (!bench::WaitChange(&q->head, taken, busy)) {
+    if (!bench::WaitChange(&q->head, taken, busy, bench::Role::kHandOver)) {
       std::cerr << "spsc_baseline: no message " << taken << " from the producer" << std::endl;
       return 1;
     }
@@ -93,7 +93,7 @@ bool Produce(Queue* q, int64_t total, int64_t settle_ms, int64_t cold_bytes) {
     Message& m = q->slots[sent % kSlots];
     m.sequence = sent;
     m.stamp_ns = NowNs();
-    bench::Advance(&q->head, sent + 1);
+    bench::Advance(&q->head, sent + 1, bench::Role::kHandOver);
     if (!bench::WaitChange(&q->tail, sent, false)) {  // paced: the consumer took it
       std::cerr << "spsc_baseline: the consumer did not take message " << sent << std::endl;
       return false;

@@ -34,6 +34,21 @@ constexpr int kSleepSliceMs = 100;
 // without an entry from the producer, for the same reason (entries say it is alive); otherwise
 // only when the producer's count of datagrams says there is one.
 constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
+// A blocking consumer that caught up polls the queue this long before it announces a sleep: a
+// producer publishing back to back writes its next entry within a few microseconds, while a
+// sleep costs both sides a system call (the producer's FUTEX_WAKE; the consumer's futex wait
+// and context switch). On the 2-vCPU development machine (perf stat, 2026-12-06) 10 µs took
+// most sleeps out of the unpaced 1- and 4-consumer runs, 5 µs about half of them.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);
+
+/// Tells the CPU this thread spins: a sibling hyperthread gets the core's resources meanwhile.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 /// The socket to the producer, as the session's outbox (and the batches', through the Channel,
 /// which may outlive the consumer).
@@ -215,6 +230,12 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   }
   channel_->SetDeferring(false, session_.release_batch());  // caught up
   if (timeout_ms == 0) return false;
+  const auto spin_until = now + kSpinBeforeSleep;
+  do {
+    CpuRelax();
+    ARROW_ASSIGN_OR_RAISE(bool took, PollQueue());
+    if (took || session_.SocketMessagesPending()) return true;
+  } while (std::chrono::steady_clock::now() < spin_until);
   const std::optional<uint32_t> wake = session_.AnnounceSleep(internal::SleepMode::kFutex);
   if (!wake) return true;  // news arrived meanwhile
   auto woke =

@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <climits>
 #include <ctime>
@@ -26,6 +28,38 @@ arrow::Result<bool> FutexWait(const uint32_t* word, uint32_t expected, int timeo
 void FutexWake(const uint32_t* word) {
   // Fails only for a bad address, which a mapped word is not.
   (void)::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+arrow::Result<bool> FutexWaitAny(std::span<const FutexWatch> watches, int timeout_ms) {
+#if defined(SYS_futex_waitv) && defined(FUTEX_WAITV_MAX)
+  if (watches.size() > 1) {
+    std::array<futex_waitv, FUTEX_WAITV_MAX> waiters{};
+    const size_t count = std::min<size_t>(watches.size(), FUTEX_WAITV_MAX);
+    for (size_t i = 0; i < count; ++i) {
+      waiters[i].val = watches[i].seen;
+      waiters[i].uaddr = reinterpret_cast<uintptr_t>(watches[i].word);
+      waiters[i].flags =
+          FUTEX_32;  // shared, not _PRIVATE: the words are in other processes' memory
+    }
+    // futex_waitv's timeout is absolute.
+    timespec deadline{};
+    ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += static_cast<long>(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      deadline.tv_sec += 1;
+      deadline.tv_nsec -= 1000000000L;
+    }
+    if (::syscall(SYS_futex_waitv, waiters.data(), count, 0, &deadline, CLOCK_MONOTONIC) >= 0) {
+      return true;
+    }
+    if (errno == ETIMEDOUT) return false;
+    if (errno == EAGAIN || errno == EINTR) return true;
+    if (errno != ENOSYS) return ErrnoStatus(errno, "futex_waitv on ", count, " words");
+  }
+#endif
+  if (watches.empty()) return arrow::Status::Invalid("futex wait on no word");
+  return FutexWait(watches.front().word, watches.front().seen, timeout_ms);
 }
 
 arrow::Result<RegionWriter> RegionWriter::Create() {

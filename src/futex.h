@@ -9,9 +9,11 @@
 #include <arrow/result.h>
 
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "mapping.h"
 #include "shmarrow/unique_fd.h"
@@ -25,6 +27,16 @@ namespace shmarrow::internal {
                                             int timeout_ms);
 /// FUTEX_WAKE of every waiter on `word`.
 void FutexWake(const uint32_t* word);
+
+/// A futex word and the value its waiter last saw there; `owner` keeps its mapping alive.
+struct FutexWatch {
+  const uint32_t* word = nullptr;
+  uint32_t seen = 0;
+  std::shared_ptr<const void> owner;
+};
+/// As FutexWait, but on several words at once (futex_waitv, Linux 5.16): returns as soon as any
+/// of them is woken or differs from its `seen`. Before 5.16 (ENOSYS), the first word alone.
+[[nodiscard]] arrow::Result<bool> FutexWaitAny(std::span<const FutexWatch> watches, int timeout_ms);
 
 /// How a sleeping consumer wants to be woken.
 enum class SleepMode : uint32_t {
@@ -118,6 +130,14 @@ class RegionReader {
   /// The consumer's count of releases written (acquire: the slots before it are written).
   uint64_t ReleasesWritten() const {
     return Word(kRegionReleasesOffset).load(std::memory_order_acquire);
+  }
+  /// The count's low 32 bits as a futex word, and its value now (sequentially consistent): a
+  /// producer thread that sleeps on it after it last drained the region cannot miss a release
+  /// written since, even when the consumer's wake of the wait block comes before the sleep.
+  FutexWatch ReleasesWatch() const {
+    constexpr int64_t kLowHalf = std::endian::native == std::endian::little ? 0 : 4;
+    return {reinterpret_cast<const uint32_t*>(mapping_->data() + kRegionReleasesOffset + kLowHalf),
+            static_cast<uint32_t>(Word(kRegionReleasesOffset).load()), mapping_};
   }
   /// Slot of release `n`, read once.
   uint64_t Released(uint64_t n) const {

@@ -127,12 +127,20 @@ void ProducerImpl::WaitSlice(std::unique_lock<std::mutex>& lock, int slice_ms, P
   // I/O thread and other producer threads change the word under the mutex held here. Each sleep
   // adds one to it, so that a consumer wakes each sleep once, not once per release.
   const uint32_t seen = std::atomic_ref<uint32_t>(wait_word_[0]).fetch_add(1) + 1;
+  // The regions' counts too, read before they are drained: a release written after that look
+  // ends the sleep at once, even if the consumer's wake came before the sleep began.
+  thread_local std::vector<FutexWatch> watches;
+  watches.assign(1, FutexWatch{wait_word_, seen, nullptr});
+  for (const auto& [id, s] : sessions_) {
+    if (auto watch = s->ReleasesWatch()) watches.push_back(*std::move(watch));
+  }
   if (!DrainRegions() && !ready()) {
     lock.unlock();
     // An error here (none is expected for a mapped word) only ends this slice early.
-    (void)FutexWait(wait_word_, seen, slice_ms);
+    (void)FutexWaitAny(watches, slice_ms);
     lock.lock();
   }
+  watches.clear();  // the regions' mappings are not kept past the wait
   waiters.fetch_sub(1);
 }
 

@@ -141,6 +141,11 @@ class Session {
   /// there are none). Any value there is untrusted: a count that goes backwards or past the
   /// ring, or a sequence this consumer does not hold, is a protocol error.
   [[nodiscard]] arrow::Status DrainRegion(std::vector<std::shared_ptr<Published>>* released);
+  /// The region's count of releases as a futex word to sleep on (futex.h), if it has one.
+  std::optional<FutexWatch> ReleasesWatch() const {
+    if (!region_.attached() || dead()) return std::nullopt;
+    return region_.ReleasesWatch();
+  }
   // What the consumer said after the handshake.
   [[nodiscard]] arrow::Status Release(std::span<const uint64_t> sequences,
                                       std::vector<std::shared_ptr<Published>>* released);
