@@ -93,6 +93,15 @@ class BatchLayout {
       const uint8_t* metadata, int64_t size, const std::shared_ptr<arrow::Schema>& schema,
       const std::shared_ptr<arrow::Buffer>& body);
 
+  /// True when `batch`, which Build made, passes every check of RecordBatch::ValidateFull. What
+  /// the layout fixes was proven when it was remembered (the number of columns, children and
+  /// buffers of each array, each array's type the schema's, no offsets, every buffer present), so
+  /// only what a batch's values decide is checked: lengths, null counts against the bitmaps,
+  /// buffer sizes, offsets (in order, within their data), UTF-8. False also for a layout holding
+  /// a type whose values ValidateFull checks beyond those (times, decimals): the caller then asks
+  /// ValidateFull, whose verdict stands (with its message).
+  [[nodiscard]] bool Valid(const arrow::RecordBatch& batch) const;
+
   /// Keeps `metadata`, a Message Arrow's reader accepted for a batch of `schema`, when Build can
   /// follow its layout: every type in the schema one whose buffers Arrow's reader takes as the
   /// Message gives them, and the patched values apart from the Message's structure.
@@ -104,6 +113,7 @@ class BatchLayout {
   struct Node {  // a field, children after their parent (the order of the Message's nodes)
     std::shared_ptr<arrow::DataType> type;
     Load load;
+    int value_bits;  // kFixedWidth, kFixedSizeBinary: the bits of a value (1 for booleans)
   };
   struct Cursor;
 
@@ -118,9 +128,12 @@ class BatchLayout {
                           int depth);
   /// The ArrayData of the field node at the cursor and its children.
   [[nodiscard]] std::shared_ptr<arrow::ArrayData> Make(Cursor* cursor);
+  /// Valid for the array of plan_[*node] (made by Make) and its children; advances *node past them.
+  [[nodiscard]] bool Valid(const arrow::ArrayData& data, size_t* node) const;
 
   std::shared_ptr<arrow::Schema> schema_;  // the schema plan_ was made for
   bool plannable_ = false;
+  bool checkable_ = false;  // Valid can judge the plan's every type
   std::vector<Node> plan_;
   int64_t num_buffers_ = 0;
   std::vector<uint8_t> message_;  // empty: none remembered
