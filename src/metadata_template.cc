@@ -301,6 +301,7 @@ const std::shared_ptr<arrow::Buffer>& EmptyBuffer() {
 struct BatchLayout::Cursor {
   const uint8_t* metadata;
   const std::shared_ptr<arrow::Buffer>* body;
+  BatchArena* arena;
   size_t node = 0;       // the next entry of plan_ (one per field node)
   int64_t buffer = 0;    // the next Buffer struct
   bool refused = false;  // a value Arrow's reader refuses: it is asked instead
@@ -373,12 +374,11 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     }
     // (Its memory manager passed on: Buffer's slicing constructor would also fetch the default
     // one, and both are shared_ptr copies.)
-    return std::make_shared<arrow::Buffer>(body->data() + offset, length, body->memory_manager(),
-                                           body);
+    return std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(cursor->arena),
+                                               body->data() + offset, length,
+                                               body->memory_manager(), body);
   };
-  // (std::make_shared: malloc's per-thread cache is faster for these than BlockCache's mutex:
-  // 53 against 74 ns an object, measured.)
-  auto data = std::make_shared<arrow::ArrayData>();
+  auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena));
   data->type = node.type;
   data->length = LoadInt64(field_node);
   data->null_count = LoadInt64(field_node + 8);
@@ -474,7 +474,8 @@ bool BatchLayout::Valid(const arrow::RecordBatch& batch) const {
 
 std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(const uint8_t* metadata, int64_t size,
                                                        const std::shared_ptr<arrow::Schema>& schema,
-                                                       const std::shared_ptr<arrow::Buffer>& body) {
+                                                       const std::shared_ptr<arrow::Buffer>& body,
+                                                       BatchArena* arena) {
   if (schema != schema_ || message_.empty() || size != static_cast<int64_t>(message_.size())) {
     return nullptr;
   }
@@ -490,7 +491,7 @@ std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(const uint8_t* metadata, 
     return nullptr;
   }
   const int64_t num_rows = LoadInt64(metadata + fields_.length_at);
-  Cursor cursor{metadata, &body};
+  Cursor cursor{metadata, &body, arena};
   std::vector<std::shared_ptr<arrow::ArrayData>> columns(static_cast<size_t>(schema->num_fields()));
   for (auto& column : columns) {
     column = Make(&cursor);

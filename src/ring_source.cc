@@ -20,6 +20,8 @@ namespace proto = protocol;
 
 namespace {
 constexpr uint32_t kMaxMetadata = 1 << 20;
+// Any object held keeps its batch's block: the objects of wide batches beyond this go to the heap.
+constexpr size_t kMaxArenaBytes = 16 << 10;
 }  // namespace
 
 arrow::Result<std::unique_ptr<RingSource>> RingSource::Open(int ring_fd,
@@ -45,7 +47,10 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
                                       std::vector<UniqueFd>& fds, EventQueue* out) {
   if (!fds.empty()) return proto::ProtocolError("ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
-  auto lease = LeaseBuffer::Make(ring_, message.sequence, channel_);
+  // The batch's objects in one block, sized as the batch before needed it.
+  auto arena = BatchArena::Create(arena_bytes_);
+  auto lease = std::allocate_shared<LeaseBuffer>(ArenaAllocator<LeaseBuffer>(arena.get()), ring_,
+                                                 message.sequence, channel_);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size ||
@@ -65,7 +70,8 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // The stream's layout again, with other values: built from them, with no flatbuffer parsed.
   std::shared_ptr<arrow::RecordBatch> batch =
-      layout_.Build(metadata.data(), metadata.size(), schema, lease);
+      layout_.Build(metadata.data(), metadata.size(), schema, lease, arena.get());
+  arena_bytes_ = std::min(arena->wanted(), kMaxArenaBytes);
   const bool remember = batch == nullptr;
   if (remember) {
     // Before Arrow reads it: decompression would allocate whatever size each buffer claims.

@@ -286,7 +286,10 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ArrowRead(
 std::shared_ptr<arrow::RecordBatch> Build(BatchLayout& layout, const std::vector<uint8_t>& message,
                                           const std::shared_ptr<arrow::Schema>& schema,
                                           const std::shared_ptr<arrow::Buffer>& body) {
-  return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, body);
+  // A block too small for every object: the rest come from the heap, as a consumer's may.
+  auto arena = internal::BatchArena::Create(256);
+  return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, body,
+                      arena.get());
 }
 
 /// The same objects: lengths, null counts, and buffers at the same bytes.

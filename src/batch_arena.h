@@ -1,0 +1,99 @@
+// One heap block for the small objects a received batch is made of (its lease, its arrays'
+// ArrayData, its buffers), allocated with std::allocate_shared instead of a malloc each: the
+// block is freed when the last of them is.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+
+namespace shmarrow::internal {
+
+/// A bump allocator over one block. Every object allocated through it (in the block, or on the
+/// heap once the block is full) holds a reference, as does the handle Create returns; the last
+/// reference frees the block. Allocation is for one thread (the one building the batch); the
+/// objects may die on any thread.
+class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, aligned alike
+ public:
+  struct Drop {
+    void operator()(BatchArena* arena) const { arena->Unref(); }
+  };
+  using Handle = std::unique_ptr<BatchArena, Drop>;
+
+  /// An arena of `capacity` bytes in one allocation.
+  static Handle Create(size_t capacity) {
+    void* block = ::operator new(sizeof(BatchArena) + capacity);
+    return Handle(new (block) BatchArena(capacity));
+  }
+
+  /// `bytes` aligned to `alignment` (at most that of std::max_align_t), from the block or, once
+  /// it is full, from the heap.
+  void* Allocate(size_t bytes, size_t alignment) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    const size_t at = (used_ + alignment - 1) & ~(alignment - 1);
+    wanted_ = (wanted_ + alignment - 1) & ~(alignment - 1);
+    wanted_ += bytes;
+    if (at + bytes <= capacity_) {
+      used_ = at + bytes;
+      return data() + at;
+    }
+    return ::operator new(bytes);
+  }
+
+  /// Returns what Allocate gave.
+  void Deallocate(void* p) {
+    const auto* byte = static_cast<const unsigned char*>(p);
+    if (byte < data() || byte >= data() + capacity_) ::operator delete(p);
+    Unref();
+  }
+
+  /// The bytes asked of this arena so far, the block's or not: what a block for the next batch
+  /// of the same kind needs.
+  size_t wanted() const { return wanted_; }
+
+ private:
+  explicit BatchArena(size_t capacity) : capacity_(capacity) {}
+
+  unsigned char* data() { return reinterpret_cast<unsigned char*>(this + 1); }
+  const unsigned char* data() const { return reinterpret_cast<const unsigned char*>(this + 1); }
+
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      this->~BatchArena();
+      ::operator delete(static_cast<void*>(this));
+    }
+  }
+
+  std::atomic<int64_t> refs_{1};
+  size_t used_ = 0;
+  size_t wanted_ = 0;
+  const size_t capacity_;
+};
+
+/// Allocates from a BatchArena (for std::allocate_shared).
+template <typename T>
+class ArenaAllocator {
+ public:
+  using value_type = T;
+  static_assert(alignof(T) <= alignof(std::max_align_t));
+
+  explicit ArenaAllocator(BatchArena* arena) : arena_(arena) {}
+  template <typename U>
+  ArenaAllocator(const ArenaAllocator<U>& other) : arena_(other.arena()) {}  // NOLINT: rebinding
+
+  T* allocate(size_t n) { return static_cast<T*>(arena_->Allocate(n * sizeof(T), alignof(T))); }
+  void deallocate(T* p, size_t) { arena_->Deallocate(p); }
+
+  BatchArena* arena() const { return arena_; }
+  template <typename U>
+  bool operator==(const ArenaAllocator<U>& other) const {
+    return arena_ == other.arena();
+  }
+
+ private:
+  BatchArena* arena_;
+};
+
+}  // namespace shmarrow::internal
