@@ -13,12 +13,14 @@ namespace shmarrow::internal {
 
 /// A bump allocator over one block. Every object allocated through it (in the block, or on the
 /// heap once the block is full) holds a reference, as does the handle Create returns; the last
-/// reference frees the block. Allocation is for one thread (the one building the batch); the
-/// objects may die on any thread.
+/// reference frees the block. Allocation is for one thread (the one building the batch) and
+/// counts without atomics; the objects may die on any thread.
 class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, aligned alike
  public:
   struct Drop {
-    void operator()(BatchArena* arena) const { arena->Unref(); }
+    // The handle's reference and the objects' counted in one go: refs_ then holds one per
+    // object still alive.
+    void operator()(BatchArena* arena) const { arena->Unref(kHandle - arena->objects_); }
   };
   using Handle = std::unique_ptr<BatchArena, Drop>;
 
@@ -31,7 +33,7 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
   /// `bytes` aligned to `alignment` (at most that of std::max_align_t), from the block or, once
   /// it is full, from the heap.
   void* Allocate(size_t bytes, size_t alignment) {
-    refs_.fetch_add(1, std::memory_order_relaxed);
+    ++objects_;
     const size_t at = (used_ + alignment - 1) & ~(alignment - 1);
     wanted_ = (wanted_ + alignment - 1) & ~(alignment - 1);
     wanted_ += bytes;
@@ -46,7 +48,7 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
   void Deallocate(void* p) {
     const auto* byte = static_cast<const unsigned char*>(p);
     if (byte < data() || byte >= data() + capacity_) ::operator delete(p);
-    Unref();
+    Unref(1);
   }
 
   /// The bytes asked of this arena so far, the block's or not: what a block for the next batch
@@ -59,14 +61,20 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
   unsigned char* data() { return reinterpret_cast<unsigned char*>(this + 1); }
   const unsigned char* data() const { return reinterpret_cast<const unsigned char*>(this + 1); }
 
-  void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  /// Drops `count` references; the last frees the block.
+  void Unref(int64_t count) {
+    if (refs_.fetch_sub(count, std::memory_order_acq_rel) == count) {
       this->~BatchArena();
       ::operator delete(static_cast<void*>(this));
     }
   }
 
-  std::atomic<int64_t> refs_{1};
+  /// What the handle holds, less one for each object allocated: more than any arena allocates,
+  /// so objects dying before the handle is dropped never bring refs_ to 0.
+  static constexpr int64_t kHandle = int64_t{1} << 62;
+
+  std::atomic<int64_t> refs_{kHandle};
+  int64_t objects_ = 0;  // allocated so far
   size_t used_ = 0;
   size_t wanted_ = 0;
   const size_t capacity_;
