@@ -46,7 +46,7 @@ arrow::Status Run(int64_t batches, int reps) {
   size_t arena_bytes = 0;  // as a consumer sizes each batch's arena: what the one before needed
   auto build = [&] {
     auto arena = shmarrow::internal::BatchArena::Create(arena_bytes);
-    auto built = layout.Build(metadata.data(), metadata.size(), schema, body, arena.get());
+    auto built = layout.Build(metadata.data(), metadata.size(), schema, *body, arena.get());
     arena_bytes = arena->wanted();
     return built;
   };

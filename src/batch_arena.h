@@ -1,6 +1,8 @@
-// One heap block for the small objects a received batch is made of (its lease, its arrays'
-// ArrayData, its buffers), allocated with std::allocate_shared instead of a malloc each: the
-// block is freed when the last of them is.
+// One heap block for the small objects a received batch is made of (its arrays' ArrayData, its
+// buffers), allocated with std::allocate_shared instead of a malloc each, which is also the
+// batch's lease: when the last of them is gone, the block tells the producer the batch is
+// released (one release hook for all of them, with no reference of their own to hold) and is
+// freed.
 #pragma once
 
 #include <atomic>
@@ -10,6 +12,8 @@
 #include <new>
 
 namespace shmarrow::internal {
+
+class Channel;
 
 /// A bump allocator over one block. Every object allocated through it (in the block, or on the
 /// heap once the block is full) holds a reference, as does the handle Create returns; the last
@@ -51,6 +55,15 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
     Unref(1);
   }
 
+  /// Makes the block batch `sequence`'s lease: freed, it releases the batch through `channel`,
+  /// and it keeps `memory` (what the batch's buffers point into) until then.
+  void Lease(std::shared_ptr<Channel> channel, uint64_t sequence,
+             std::shared_ptr<const void> memory) {
+    channel_ = std::move(channel);
+    sequence_ = sequence;
+    memory_ = std::move(memory);
+  }
+
   /// The bytes asked of this arena so far, the block's or not: what a block for the next batch
   /// of the same kind needs.
   size_t wanted() const { return wanted_; }
@@ -63,11 +76,10 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
 
   /// Drops `count` references; the last frees the block.
   void Unref(int64_t count) {
-    if (refs_.fetch_sub(count, std::memory_order_acq_rel) == count) {
-      this->~BatchArena();
-      ::operator delete(static_cast<void*>(this));
-    }
+    if (refs_.fetch_sub(count, std::memory_order_acq_rel) == count) Free();
   }
+  /// Releases the batch (if leased) and frees the block (consumer_channel.cc).
+  void Free();
 
   /// What the handle holds, less one for each object allocated: more than any arena allocates,
   /// so objects dying before the handle is dropped never bring refs_ to 0.
@@ -78,6 +90,9 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
   size_t used_ = 0;
   size_t wanted_ = 0;
   const size_t capacity_;
+  std::shared_ptr<Channel> channel_;  // with sequence_: the lease, if any
+  uint64_t sequence_ = 0;
+  std::shared_ptr<const void> memory_;
 };
 
 /// Allocates from a BatchArena (for std::allocate_shared).

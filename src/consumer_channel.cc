@@ -2,7 +2,15 @@
 
 #include <algorithm>
 
+#include "batch_arena.h"
+
 namespace shmarrow::internal {
+
+void BatchArena::Free() {
+  if (channel_ != nullptr) channel_->Release(sequence_);
+  this->~BatchArena();
+  ::operator delete(static_cast<void*>(this));
+}
 
 namespace proto = protocol;
 

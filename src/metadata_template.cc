@@ -300,7 +300,7 @@ const std::shared_ptr<arrow::Buffer>& EmptyBuffer() {
 /// Where Make is in the Message being built: its nodes and buffers, and the body they point into.
 struct BatchLayout::Cursor {
   const uint8_t* metadata;
-  const std::shared_ptr<arrow::Buffer>* body;
+  const arrow::Buffer* body;
   BatchArena* arena;
   size_t node = 0;       // the next entry of plan_ (one per field node)
   int64_t buffer = 0;    // the next Buffer struct
@@ -366,17 +366,16 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     const int64_t offset = LoadInt64(entry);
     const int64_t length = LoadInt64(entry + 8);
     if (length == 0) return EmptyBuffer();
-    const auto& body = *cursor->body;
-    if (offset < 0 || length < 0 || offset % 8 != 0 || offset > body->size() ||
-        length > body->size() - offset) {
+    const arrow::Buffer& body = *cursor->body;
+    if (offset < 0 || length < 0 || offset % 8 != 0 || offset > body.size() ||
+        length > body.size() - offset) {
       cursor->refused = true;
       return nullptr;
     }
-    // (Its memory manager passed on: Buffer's slicing constructor would also fetch the default
-    // one, and both are shared_ptr copies.)
+    // No parent: the arena keeps the memory (one reference for the batch, not one a buffer).
     return std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(cursor->arena),
-                                               body->data() + offset, length,
-                                               body->memory_manager(), body);
+                                               body.data() + offset, length,
+                                               body.memory_manager());
   };
   auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena));
   data->type = node.type;
@@ -474,7 +473,7 @@ bool BatchLayout::Valid(const arrow::RecordBatch& batch) const {
 
 std::shared_ptr<arrow::RecordBatch> BatchLayout::Build(const uint8_t* metadata, int64_t size,
                                                        const std::shared_ptr<arrow::Schema>& schema,
-                                                       const std::shared_ptr<arrow::Buffer>& body,
+                                                       const arrow::Buffer& body,
                                                        BatchArena* arena) {
   if (schema != schema_ || message_.empty() || size != static_cast<int64_t>(message_.size())) {
     return nullptr;

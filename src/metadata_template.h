@@ -86,14 +86,15 @@ class MetadataCache {
 class BatchLayout {
  public:
   /// The batch `metadata` (a RecordBatch Message copied out of the producer's reach) describes,
-  /// its buffers sliced from `body`, made as Arrow's reader would make it (not yet validated);
-  /// its ArrayData and buffers are allocated in `arena`.
+  /// its buffers in `body`, made as Arrow's reader would make it (not yet validated). Its
+  /// ArrayData and buffers are allocated in `arena`, which keeps `body`'s memory for them: the
+  /// buffers hold no reference to `body`.
   /// nullptr when `metadata` is not the remembered Message with other values patched in, or when
   /// a value is one Arrow's reader refuses (a buffer outside `body` or misaligned, a column
   /// shorter or longer than the batch): the caller then asks Arrow's reader, which says why.
   [[nodiscard]] std::shared_ptr<arrow::RecordBatch> Build(
       const uint8_t* metadata, int64_t size, const std::shared_ptr<arrow::Schema>& schema,
-      const std::shared_ptr<arrow::Buffer>& body, BatchArena* arena);
+      const arrow::Buffer& body, BatchArena* arena);
 
   /// True when `batch`, which Build made, passes every check of RecordBatch::ValidateFull. What
   /// the layout fixes was proven when it was remembered (the number of columns, children and

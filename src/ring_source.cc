@@ -47,10 +47,9 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
                                       std::vector<UniqueFd>& fds, EventQueue* out) {
   if (!fds.empty()) return proto::ProtocolError("ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
-  // The batch's objects in one block, sized as the batch before needed it.
+  // The batch's objects in one block, sized as the batch before needed it, which is its lease.
   auto arena = BatchArena::Create(arena_bytes_);
-  auto lease = std::allocate_shared<LeaseBuffer>(ArenaAllocator<LeaseBuffer>(arena.get()), ring_,
-                                                 message.sequence, channel_);
+  arena->Lease(channel_, message.sequence, ring_);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size ||
@@ -70,7 +69,7 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // The stream's layout again, with other values: built from them, with no flatbuffer parsed.
   std::shared_ptr<arrow::RecordBatch> batch =
-      layout_.Build(metadata.data(), metadata.size(), schema, lease, arena.get());
+      layout_.Build(metadata.data(), metadata.size(), schema, *ring_, arena.get());
   arena_bytes_ = std::min(arena->wanted(), kMaxArenaBytes);
   const bool remember = batch == nullptr;
   if (remember) {
@@ -78,7 +77,10 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
     if (auto plain = CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
       return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
     }
-    arrow::io::BufferReader body(lease);
+    // The ring as an object of the block: what Arrow's reader slices of it holds the lease.
+    arrow::io::BufferReader body(std::allocate_shared<arrow::Buffer>(
+        ArenaAllocator<arrow::Buffer>(arena.get()), ring_->data(), ring_->size(),
+        ring_->memory_manager()));
     auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                             arrow::ipc::IpcReadOptions::Defaults(), &body);
     if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
@@ -89,7 +91,7 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
     }
     batch = *std::move(read);
   }
-  lease.reset();
+  arena.reset();  // the batch's objects hold it now
   // A batch of the layout is checked for what its values decide; any doubt goes to ValidateFull,
   // which says what is wrong.
   if (remember || validation_ != Validation::kFull || !layout_.Valid(*batch)) {

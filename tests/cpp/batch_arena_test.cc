@@ -1,14 +1,17 @@
 // BatchArena / ArenaAllocator: a batch's objects share one block while it has room (the heap
-// beyond), live on after the arena's handle is gone, and may die on any thread, in any order.
+// beyond), live on after the arena's handle is gone, and may die on any thread, in any order;
+// the block, as the batch's lease, releases the batch once, when the last of them is gone.
 // (Whether the block is freed exactly once is for the sanitizer builds to see.)
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <thread>
 #include <vector>
 
 #include "batch_arena.h"
+#include "consumer_channel.h"
 
 namespace shmarrow::internal {
 namespace {
@@ -76,6 +79,47 @@ TEST(BatchArena, ObjectsOutliveTheHandleAndDieOnAnyThreadInAnyOrder) {
   objects.clear();
   other.join();
   EXPECT_EQ(alive, 0);
+}
+
+/// Counts the Release messages a channel sends (no region attached: every release is one).
+class CountingOutbox final : public Outbox {
+ public:
+  arrow::Result<bool> TrySend(std::span<const uint8_t>) override {
+    ++sent;
+    return true;
+  }
+  std::atomic<int> sent{0};
+};
+
+TEST(BatchArena, TheLastObjectGoneReleasesTheBatchOnce) {
+  auto outbox = std::make_shared<CountingOutbox>();
+  auto channel = std::make_shared<Channel>(outbox);
+  int alive = 0;
+  auto memory = std::make_shared<int>(0);
+  std::vector<std::shared_ptr<Tracked>> objects;
+  {
+    auto arena = BatchArena::Create(2 * 64);
+    arena->Lease(channel, 41, memory);
+    for (int i = 0; i < 4; ++i) objects.push_back(Make(arena.get(), &alive, i));
+  }
+  EXPECT_EQ(channel->released(), 0) << "objects still hold the batch";
+  EXPECT_EQ(memory.use_count(), 2) << "the block keeps the batch's memory";
+  std::thread other([last = std::move(objects.back())]() mutable { last.reset(); });
+  objects.pop_back();
+  objects.clear();
+  other.join();
+  EXPECT_EQ(alive, 0);
+  EXPECT_EQ(channel->released(), 1);
+  EXPECT_EQ(outbox->sent.load(), 1);
+  EXPECT_EQ(memory.use_count(), 1);
+  // An arena whose objects all died before its handle: released when the handle goes.
+  {
+    auto arena = BatchArena::Create(64);
+    arena->Lease(channel, 42, memory);
+    Make(arena.get(), &alive, 0).reset();
+    EXPECT_EQ(channel->released(), 1);
+  }
+  EXPECT_EQ(channel->released(), 2);
 }
 
 }  // namespace
