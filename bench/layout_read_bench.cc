@@ -83,8 +83,8 @@ arrow::Status Run(int64_t batches, int reps) {
     layout_checked_ns += (rep ? "," : "") + std::to_string(per_batch(start));
   }
   std::cout << "{\"batches\":" << batches << ",\"arrow_reader_ns\":[" << arrow_ns
-            << "],\"layout_ns\":[" << layout_ns << "],\"layout_checked_ns\":["
-            << layout_checked_ns << "]}" << std::endl;
+            << "],\"layout_ns\":[" << layout_ns << "],\"layout_checked_ns\":[" << layout_checked_ns
+            << "]}" << std::endl;
   return arrow::Status::OK();
 }
 

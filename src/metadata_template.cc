@@ -374,8 +374,7 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     }
     // No parent: the arena keeps the memory (one reference for the batch, not one a buffer).
     return std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(cursor->arena),
-                                               body.data() + offset, length,
-                                               body.memory_manager());
+                                               body.data() + offset, length, body.memory_manager());
   };
   auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena));
   data->type = node.type;
@@ -429,8 +428,7 @@ bool BatchLayout::Valid(const ArrayData& data, size_t* node_index) const {
       if (length == 0) return true;
       const int64_t bytes_per_value = node.value_bits / 8;
       if (node.value_bits != 1 && length > INT64_MAX / bytes_per_value) return false;
-      const int64_t needed =
-          node.value_bits == 1 ? BytesForBits(length) : length * bytes_per_value;
+      const int64_t needed = node.value_bits == 1 ? BytesForBits(length) : length * bytes_per_value;
       return data.buffers[1]->size() >= needed;
     }
     case Load::kBinary: {
@@ -442,8 +440,8 @@ bool BatchLayout::Valid(const ArrayData& data, size_t* node_index) const {
                   : OffsetsValid<int32_t>(offsets, length, limit))) {
         return false;
       }
-      const bool utf8 = node.type->id() == arrow::Type::STRING ||
-                        node.type->id() == arrow::Type::LARGE_STRING;
+      const bool utf8 =
+          node.type->id() == arrow::Type::STRING || node.type->id() == arrow::Type::LARGE_STRING;
       return !utf8 || arrow::internal::ValidateUTF8(data).ok();  // Arrow's own check of the text
     }
     case Load::kList: {

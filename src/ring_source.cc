@@ -78,9 +78,9 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
       return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
     }
     // The ring as an object of the block: what Arrow's reader slices of it holds the lease.
-    arrow::io::BufferReader body(std::allocate_shared<arrow::Buffer>(
-        ArenaAllocator<arrow::Buffer>(arena.get()), ring_->data(), ring_->size(),
-        ring_->memory_manager()));
+    arrow::io::BufferReader body(
+        std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(arena.get()),
+                                            ring_->data(), ring_->size(), ring_->memory_manager()));
     auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                             arrow::ipc::IpcReadOptions::Defaults(), &body);
     if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
