@@ -50,8 +50,9 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
 
   /// Returns what Allocate gave.
   void Deallocate(void* p) {
-    const auto* byte = static_cast<const unsigned char*>(p);
-    if (byte < data() || byte >= data() + capacity_) ::operator delete(p);
+    // (As integers: the heap's blocks are other objects than this one.)
+    const auto at = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(data());
+    if (at >= capacity_) ::operator delete(p);
     Unref(1);
   }
 
