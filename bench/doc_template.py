@@ -382,7 +382,9 @@ def notes(results):
                 "in the ring; the system calls each side still makes per batch are counted in the "
                 "table above. Besides them there is `Publish` "
                 "(a cached RecordBatch Message patched with the batch's lengths and offsets, the "
-                "queue entry) and on the consumer Arrow's `ReadRecordBatch` and `ValidateFull`. "
+                "queue entry) and on the consumer the batch's Arrow objects, made from the "
+                "stream's remembered layout, and the checks of `ValidateFull` that its values "
+                "decide (Arrow's `ReadRecordBatch` and `ValidateFull` for a stream's first batch). "
                 "Arrow's socket reader makes several `recv` calls a message (prefix, flatbuffer, "
                 "body) and copies the body. Busy-polling needs a CPU per waiting consumer: on this "
                 "two-vCPU machine the spinning consumer competes with the producer's threads, and "
@@ -470,8 +472,9 @@ def notes(results):
                 f"{h['producer_library_calls_per_batch'] - floor['write_calls_per_batch']:.2f} on "
                 f"the producer and "
                 f"{h['consumer_calls_per_batch'] - floor['read_calls_per_batch']:.2f} on the "
-                "consumer (its per-batch records, queue storage and leases reuse freed blocks: "
-                "`src/block_cache.h`). Zero in all would mean not handing out "
+                "consumer (the producer's per-batch records and queue storage reuse freed blocks: "
+                "`src/block_cache.h`; a consumer makes a batch's `ArrayData` and `Buffer` objects "
+                "in one block, `src/batch_arena.h`). Zero in all would mean not handing out "
                 "Arrow objects built per batch, or writing the IPC flatbuffer without Arrow's "
                 "writer; shmarrow does neither, by design: Arrow is the format.")
         parts.append(text)

@@ -102,6 +102,21 @@ inline std::shared_ptr<arrow::RecordBatch> CanonicalBatch() {
   return batch;
 }
 
+/// RingSchema's first four fields (number, string, list, struct of a number and booleans): types
+/// a consumer's remembered layout (src/metadata_template.h's BatchLayout) builds and checks
+/// itself, which ring_fuzz thus reaches; RingSchema's views and unions go to Arrow's reader.
+inline std::shared_ptr<arrow::Schema> LayoutSchema() {
+  const auto ring = RingSchema();
+  return arrow::schema(arrow::FieldVector(ring->fields().begin(), ring->fields().begin() + 4));
+}
+
+/// CanonicalBatch's first four columns. Arrow's writer lays a batch's buffers out column by
+/// column, so its body is a prefix of the canonical batch's, and its Message points into the ring
+/// as that batch's does.
+inline std::shared_ptr<arrow::RecordBatch> LayoutBatch() {
+  return Unwrap(CanonicalBatch()->SelectColumns({0, 1, 2, 3}), "layout batch");
+}
+
 /// A record batch as Arrow's writer encodes it: the Message flatbuffer and the body.
 struct EncodedBatch {
   std::shared_ptr<arrow::Buffer> metadata;  // without continuation marker and length prefix

@@ -294,6 +294,11 @@ int main(int argc, char** argv) {
   // After the canonical batch: the same Message (its layout, remembered), and a shorter batch.
   ring_seed(2, *shmarrow::fuzz::Encode(*canonical).metadata, "layout-again");
   ring_seed(2, *shmarrow::fuzz::Encode(*canonical->Slice(0, 1)).metadata, "layout-shorter");
+  // The layout schema, whose batches the consumer builds and checks itself after the first.
+  const auto layout = shmarrow::fuzz::LayoutBatch();
+  ring_seed(4 | 2, *shmarrow::fuzz::Encode(*layout).metadata, "checked-layout-again");
+  ring_seed(4 | 2, *shmarrow::fuzz::Encode(*layout->Slice(0, 1)).metadata,
+            "checked-layout-shorter");
   // Regressions: a dictionary schema (null DictionaryMemo crash) and a compressed body (allocation
   // of the claimed uncompressed sizes), both refused by the consumer since.
   ring_seed(1, *shmarrow::fuzz::Encode(*dictionary).metadata, "regression-dictionary");

@@ -2,11 +2,14 @@
 // its RingSource). The input is the record batch Message flatbuffer a Batch message points at: it
 // is written into the fixture ring (session_fixture.h; the canonical batch's body at offset 0,
 // then patterned bytes), and a session welcomed in ring mode is fed a Batch message pointing at
-// it; a batch it yields must be valid. The first input byte's lowest bit picks the announced
-// schema: the ring schema, or one with a dictionary column (which a correct producer never
-// announces, and which the session refuses since this target found that ReadRecordBatch crashes
-// on it). Its second bit sends the canonical batch first, so that the input is read against that
-// batch's remembered layout (src/metadata_template.h's BatchLayout) where it matches it.
+// it; a batch it yields must pass ValidateFull (whose checks the session makes, or proves, for
+// every batch it delivers). The first input byte's lowest bit picks the announced schema: the
+// ring schema, or one with a dictionary column (which a correct producer never announces, and
+// which the session refuses since this target found that ReadRecordBatch crashes on it); its
+// third bit overrides that with the layout schema (fixtures.h's LayoutSchema: only types whose
+// batches BatchLayout builds and checks itself). Its second bit sends the canonical batch (of
+// that schema) first, so that the input is read against that batch's remembered layout
+// (src/metadata_template.h's BatchLayout) where it matches it.
 #include <cstdint>
 #include <cstring>
 
@@ -30,10 +33,11 @@ std::string WelcomeFor(const std::shared_ptr<arrow::Schema>& schema) {
 }
 
 const std::string& Welcome(uint8_t selector) {
-  static const std::string* welcomes[2] = {
+  static const std::string* welcomes[3] = {
       new std::string(WelcomeFor(shmarrow::fuzz::RingSchema())),
-      new std::string(WelcomeFor(shmarrow::fuzz::DictionarySchema()))};
-  return *welcomes[selector % 2];
+      new std::string(WelcomeFor(shmarrow::fuzz::DictionarySchema())),
+      new std::string(WelcomeFor(shmarrow::fuzz::LayoutSchema()))};
+  return *welcomes[(selector & 4) != 0 ? 2 : selector % 2];
 }
 
 std::span<const uint8_t> Bytes(const std::string& s) {
@@ -59,8 +63,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if ((data[0] & 2) != 0) {
     // The canonical batch, read and released: the session then knows its layout. (Its Message
     // goes where the input's will, which the session copied out before reading.)
-    static const auto canonical =
-        shmarrow::fuzz::Encode(*shmarrow::fuzz::CanonicalBatch()).metadata;
+    static const std::shared_ptr<arrow::Buffer> canonicals[2] = {
+        shmarrow::fuzz::Encode(*shmarrow::fuzz::CanonicalBatch()).metadata,
+        shmarrow::fuzz::Encode(*shmarrow::fuzz::LayoutBatch()).metadata};
+    const auto& canonical = canonicals[(data[0] & 4) != 0 ? 1 : 0];
     proto::Batch first = batch;
     first.metadata_length = static_cast<uint32_t>(canonical->size());
     std::memcpy(fixture.ring.data() + shmarrow::fuzz::kMetadataOffset, canonical->data(),
@@ -72,8 +78,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     batch.sequence = 2;
   }
   if (!session->Feed(proto::Encode(writer, 0, batch), {}).ok()) return 0;
-  // A batch the session accepted is delivered.
+  // A batch the session accepted is delivered, and valid.
   if (!Unwrap(session->Take(0, &out), "take") || out == nullptr) std::abort();
+  shmarrow::fuzz::Check(out->ValidateFull(), "a delivered batch");
   (void)out->ToString();
   return 0;
 }

@@ -2,7 +2,15 @@
 
 #include <algorithm>
 
+#include "batch_arena.h"
+
 namespace shmarrow::internal {
+
+void BatchArena::Free() {
+  if (channel_ != nullptr) channel_->Release(sequence_);
+  this->~BatchArena();
+  ::operator delete(static_cast<void*>(this));
+}
 
 namespace proto = protocol;
 
@@ -35,19 +43,25 @@ void Channel::Release(uint64_t sequence) {
     // Deferred as messages are: a consumer that is behind wakes the producer once per `flush_at`
     // releases, or when it catches up.
     if (!deferring_ || ++unannounced_ >= flush_at_) AnnounceLocked();
+    NoteIdleLocked();
     return;
   }
   unsent_.push_back(sequence);
   if (!deferring_ || unsent_.size() >= flush_at_) FlushLocked();
+  NoteIdleLocked();
 }
 
 void Channel::AttachReleases(ReleaseWriter releases) {
   std::lock_guard lock(mutex_);
   if (unannounced_ > 0) AnnounceLocked();
   releases_ = std::move(releases);
+  NoteIdleLocked();
 }
 
 void Channel::SetDeferring(bool deferring, size_t flush_at) {
+  // (flush_at matters only while deferring.) A release that makes the channel busy meanwhile is
+  // sent at the next call, as one after this call would be.
+  if (!deferring && idle_.load(std::memory_order_acquire)) return;
   std::lock_guard lock(mutex_);
   deferring_ = deferring;
   flush_at_ = std::max<size_t>(flush_at, 1);
@@ -55,6 +69,11 @@ void Channel::SetDeferring(bool deferring, size_t flush_at) {
     FlushLocked();
     if (unannounced_ > 0) AnnounceLocked();
   }
+  NoteIdleLocked();
+}
+
+void Channel::NoteIdleLocked() {
+  idle_.store(!deferring_ && unsent_.empty() && unannounced_ == 0, std::memory_order_release);
 }
 
 void Channel::AnnounceLocked() {

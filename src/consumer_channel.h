@@ -7,6 +7,7 @@
 #include <arrow/result.h>
 #include <arrow/status.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -57,7 +58,8 @@ class Channel {
   /// it waits for the next Flush.
   void Release(uint64_t sequence);
   /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
-  /// then answers several batches. Stopping sends what waits.
+  /// then answers several batches. Stopping sends what waits. (A consumer that keeps up stops
+  /// deferring at every look at its queue: with nothing waiting, that takes no lock.)
   void SetDeferring(bool deferring, size_t flush_at);
   /// A message other than Release (with `fd` if not -1); an error if there is no room for it.
   [[nodiscard]] arrow::Status Send(std::span<const uint8_t> message, int fd = -1);
@@ -73,6 +75,8 @@ class Channel {
   void FlushLocked();
   /// Tells the producer of the releases written into the region since the last time.
   void AnnounceLocked();
+  /// Notes in idle_ whether anything waits (under mutex_, after a change).
+  void NoteIdleLocked();
 
   const std::shared_ptr<Outbox> outbox_;
   const std::shared_ptr<BlockCache> lease_cache_ = std::make_shared<BlockCache>();
@@ -83,6 +87,8 @@ class Channel {
   std::vector<uint64_t> unsent_;
   bool deferring_ = false;
   size_t flush_at_ = 1;
+  // Not deferring, no release unsent nor unannounced: SetDeferring(false) has nothing to do.
+  std::atomic<bool> idle_{true};
   int64_t released_ = 0;
   std::vector<Held> held_;
   size_t held_published_ = 0;

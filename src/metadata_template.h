@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "batch_arena.h"
 #include "flatbuffer_patch.h"
 
 namespace shmarrow::internal {
@@ -85,13 +86,24 @@ class MetadataCache {
 class BatchLayout {
  public:
   /// The batch `metadata` (a RecordBatch Message copied out of the producer's reach) describes,
-  /// its buffers sliced from `body`, made as Arrow's reader would make it (not yet validated).
+  /// its buffers in `body`, made as Arrow's reader would make it (not yet validated). Its
+  /// ArrayData and buffers are allocated in `arena`, which keeps `body`'s memory for them: the
+  /// buffers hold no reference to `body`.
   /// nullptr when `metadata` is not the remembered Message with other values patched in, or when
   /// a value is one Arrow's reader refuses (a buffer outside `body` or misaligned, a column
   /// shorter or longer than the batch): the caller then asks Arrow's reader, which says why.
   [[nodiscard]] std::shared_ptr<arrow::RecordBatch> Build(
       const uint8_t* metadata, int64_t size, const std::shared_ptr<arrow::Schema>& schema,
-      const std::shared_ptr<arrow::Buffer>& body);
+      const arrow::Buffer& body, BatchArena* arena);
+
+  /// True when `batch`, which Build made, passes every check of RecordBatch::ValidateFull. What
+  /// the layout fixes was proven when it was remembered (the number of columns, children and
+  /// buffers of each array, each array's type the schema's, no offsets, every buffer present), so
+  /// only what a batch's values decide is checked: lengths, null counts against the bitmaps,
+  /// buffer sizes, offsets (in order, within their data), UTF-8. False also for a layout holding
+  /// a type whose values ValidateFull checks beyond those (times, decimals): the caller then asks
+  /// ValidateFull, whose verdict stands (with its message).
+  [[nodiscard]] bool Valid(const arrow::RecordBatch& batch) const;
 
   /// Keeps `metadata`, a Message Arrow's reader accepted for a batch of `schema`, when Build can
   /// follow its layout: every type in the schema one whose buffers Arrow's reader takes as the
@@ -104,6 +116,7 @@ class BatchLayout {
   struct Node {  // a field, children after their parent (the order of the Message's nodes)
     std::shared_ptr<arrow::DataType> type;
     Load load;
+    int value_bits;  // kFixedWidth, kFixedSizeBinary: the bits of a value (1 for booleans)
   };
   struct Cursor;
 
@@ -118,9 +131,12 @@ class BatchLayout {
                           int depth);
   /// The ArrayData of the field node at the cursor and its children.
   [[nodiscard]] std::shared_ptr<arrow::ArrayData> Make(Cursor* cursor);
+  /// Valid for the array of plan_[*node] (made by Make) and its children; advances *node past them.
+  [[nodiscard]] bool Valid(const arrow::ArrayData& data, size_t* node) const;
 
   std::shared_ptr<arrow::Schema> schema_;  // the schema plan_ was made for
   bool plannable_ = false;
+  bool checkable_ = false;  // Valid can judge the plan's every type
   std::vector<Node> plan_;
   int64_t num_buffers_ = 0;
   std::vector<uint8_t> message_;  // empty: none remembered

@@ -20,6 +20,8 @@ namespace proto = protocol;
 
 namespace {
 constexpr uint32_t kMaxMetadata = 1 << 20;
+// Any object held keeps its batch's block: the objects of wide batches beyond this go to the heap.
+constexpr size_t kMaxArenaBytes = 16 << 10;
 }  // namespace
 
 arrow::Result<std::unique_ptr<RingSource>> RingSource::Open(int ring_fd,
@@ -45,7 +47,9 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
                                       std::vector<UniqueFd>& fds, EventQueue* out) {
   if (!fds.empty()) return proto::ProtocolError("ring Batch carries an fd");
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
-  auto lease = LeaseBuffer::Make(ring_, message.sequence, channel_);
+  // The batch's objects in one block, sized as the batch before needed it, which is its lease.
+  auto arena = BatchArena::Create(arena_bytes_);
+  arena->Lease(channel_, message.sequence, ring_);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size ||
@@ -65,14 +69,18 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // The stream's layout again, with other values: built from them, with no flatbuffer parsed.
   std::shared_ptr<arrow::RecordBatch> batch =
-      layout_.Build(metadata.data(), metadata.size(), schema, lease);
+      layout_.Build(metadata.data(), metadata.size(), schema, *ring_, arena.get());
+  arena_bytes_ = std::min(arena->wanted(), kMaxArenaBytes);
   const bool remember = batch == nullptr;
   if (remember) {
     // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
     if (auto plain = CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
       return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
     }
-    arrow::io::BufferReader body(lease);
+    // The ring as an object of the block: what Arrow's reader slices of it holds the lease.
+    arrow::io::BufferReader body(
+        std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(arena.get()),
+                                            ring_->data(), ring_->size(), ring_->memory_manager()));
     auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
                                             arrow::ipc::IpcReadOptions::Defaults(), &body);
     if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
@@ -83,8 +91,12 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
     }
     batch = *std::move(read);
   }
-  lease.reset();
-  ARROW_RETURN_NOT_OK(ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
+  arena.reset();  // the batch's objects hold it now
+  // A batch of the layout is checked for what its values decide; any doubt goes to ValidateFull,
+  // which says what is wrong.
+  if (remember || validation_ != Validation::kFull || !layout_.Valid(*batch)) {
+    ARROW_RETURN_NOT_OK(ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
+  }
   if (remember) layout_.Remember(metadata, schema);
   out->emplace_back(std::move(batch));
   return arrow::Status::OK();

@@ -40,6 +40,7 @@ class RingSource final : public BatchSource {
   const uint32_t credits_;
   const Validation validation_;
   std::vector<uint8_t> metadata_scratch_;  // the private copy of a batch's metadata
+  size_t arena_bytes_ = 0;                 // what the last batch's objects needed
   BatchLayout layout_;                     // the stream's last layout Arrow's reader accepted
 };
 

@@ -5,6 +5,7 @@
 #include <arrow/ipc/api.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -22,6 +23,7 @@ namespace proto = internal::protocol;
 class RecordingOutbox final : public internal::Outbox {
  public:
   arrow::Result<bool> TrySend(std::span<const uint8_t> message) override {
+    if (full) return false;
     std::lock_guard lock(mutex_);
     proto::Reader reader(message);
     ARROW_ASSIGN_OR_RAISE(auto header, reader.ReadHeader());
@@ -39,6 +41,7 @@ class RecordingOutbox final : public internal::Outbox {
     std::lock_guard lock(mutex_);
     return released_;
   }
+  std::atomic<bool> full{false};  // a socket with no room: nothing is sent
 
  private:
   std::mutex mutex_;
@@ -147,6 +150,29 @@ TEST_F(SessionTest, BatchBeyondTheCreditsIsAProtocolError) {
   EXPECT_NE(status.message().find("beyond this consumer's 2 credits"), std::string::npos)
       << status.ToString();
   EXPECT_EQ(ErrorCodeOf(status), ErrorCode::kProtocol);
+}
+
+// Releases a full socket refused wait for the consumer's next catching up, which sends them
+// (a consumer that keeps up calls SetDeferring(false) at every look, without a lock when nothing
+// waits); deferred ones go at `flush_at` or then.
+TEST(ChannelTest, ReleasesThatWaitAreSentWhenTheConsumerCatchesUp) {
+  auto outbox = std::make_shared<RecordingOutbox>();
+  internal::Channel channel(outbox);
+  channel.SetDeferring(false, 1);
+  outbox->full = true;
+  channel.Release(7);
+  EXPECT_TRUE(outbox->released().empty());
+  outbox->full = false;
+  channel.SetDeferring(false, 1);
+  EXPECT_EQ(outbox->released(), std::vector<uint64_t>{7});
+  EXPECT_EQ(channel.released(), 1);
+  channel.SetDeferring(true, 3);
+  channel.Release(8);
+  channel.Release(9);
+  EXPECT_EQ(outbox->released().size(), 1u);
+  channel.SetDeferring(false, 3);
+  EXPECT_EQ(outbox->released().size(), 3u);
+  EXPECT_EQ(channel.released(), 3);
 }
 
 }  // namespace

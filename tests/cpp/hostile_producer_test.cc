@@ -628,6 +628,21 @@ TEST_F(HostileProducer, RingLiesInTheLayoutOfTheBatchBeforeAreRefusedAsArrowsRea
          const auto offsets = at.body + static_cast<size_t>(image.BufferOffset(kSOffsets));
          image.Set<int32_t>(offsets + sizeof(int32_t), 5);
        }},
+      {"a negative first string offset",
+       [](RingImage& image, const Second& at) {
+         image.Set<int32_t>(at.body + static_cast<size_t>(image.BufferOffset(kSOffsets)), -1);
+       }},
+      {"string offsets past data of no bytes",
+       [](RingImage& image, const Second& at) {
+         image.Set<int64_t>(at.Buffer(image, kSData) + 8, 0);
+       }},
+      {"a negative null count",
+       [](RingImage& image, const Second& at) { image.Set<int64_t>(at.Node(image, 0) + 8, -2); }},
+      // Nodes: i, s, l, the lists' values.
+      {"list values fewer than the lists use",
+       [](RingImage& image, const Second& at) { image.Set<int64_t>(at.Node(image, 3), 1); }},
+      {"a child of negative length",
+       [](RingImage& image, const Second& at) { image.Set<int64_t>(at.Node(image, 3), -1); }},
       {"strings that are no UTF-8",
        [](RingImage& image, const Second& at) {
          image.bytes[at.body + static_cast<size_t>(image.BufferOffset(kSData))] = 0xff;

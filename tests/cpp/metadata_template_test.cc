@@ -286,7 +286,11 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> ArrowRead(
 std::shared_ptr<arrow::RecordBatch> Build(BatchLayout& layout, const std::vector<uint8_t>& message,
                                           const std::shared_ptr<arrow::Schema>& schema,
                                           const std::shared_ptr<arrow::Buffer>& body) {
-  return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, body);
+  // A block too small for every object: the rest come from the heap, as a consumer's may.
+  auto arena = internal::BatchArena::Create(256);
+  arena->Lease(nullptr, 0, body);  // the batch keeps the body, as a consumer's keeps the ring
+  return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, *body,
+                      arena.get());
 }
 
 /// The same objects: lengths, null counts, and buffers at the same bytes.
@@ -337,29 +341,54 @@ TEST(BatchLayout, BuildsEachBatchOfTheLayoutAsArrowsReaderDoes) {
                      "round " + std::to_string(round) + " column " + std::to_string(c));
     }
     EXPECT_OK(built->ValidateFull());
+    EXPECT_TRUE(layout.Valid(*built)) << "round " << round << ": a valid batch was doubted";
     EXPECT_TRUE(built->Equals(*batch));
   }
   EXPECT_EQ(remembered, 1) << "one Message describes every batch of the layout";
 }
 
-TEST(BatchLayout, LeavesEveryOtherMessageToArrowsReader) {
-  std::mt19937 rng(5);
+/// A layout remembered from a batch (10 rows, with nulls), and the Message `good` of the next
+/// batch of that layout (12 rows) in the same body, with helpers to write lies into it.
+struct NextOfLayout {
   Body body;
-  ASSERT_OK_AND_ASSIGN(auto first, RandomBatch(arrow::default_memory_pool(), rng, 10, 0.3));
-  const auto remembered = body.Place(*first);
-  ASSERT_OK_AND_ASSIGN(auto second, RandomBatch(arrow::default_memory_pool(), rng, 12, 0.3));
-  const auto good = body.Place(*second);
+  std::shared_ptr<arrow::RecordBatch> first, second;
+  std::vector<uint8_t> good;
   BatchLayout layout;
-  layout.Remember(arrow::Buffer(remembered.data(), remembered.size()), MixedSchema());
-  ASSERT_NE(Build(layout, good, MixedSchema(), body.bytes), nullptr);
-  ASSERT_OK_AND_ASSIGN(auto fields, internal::LocateMessageFields(good.data(), good.size()));
-  auto buffer_at = [&](int i) { return static_cast<size_t>(fields.buffers_at) + 16 * i; };
-  auto node_at = [&](int i) { return static_cast<size_t>(fields.nodes_at) + 16 * i; };
-  auto with = [&](size_t at, int64_t value) {
+  internal::MessageFields fields;
+
+  NextOfLayout() {
+    std::mt19937 rng(5);
+    first = RandomBatch(arrow::default_memory_pool(), rng, 10, 0.3).ValueOrDie();
+    const auto remembered = body.Place(*first);
+    second = RandomBatch(arrow::default_memory_pool(), rng, 12, 0.3).ValueOrDie();
+    good = body.Place(*second);
+    layout.Remember(arrow::Buffer(remembered.data(), remembered.size()), MixedSchema());
+    fields = internal::LocateMessageFields(good.data(), good.size()).ValueOrDie();
+  }
+  /// Where Buffer struct `i` and FieldNode struct `i` are in the Message.
+  size_t buffer_at(int i) const { return static_cast<size_t>(fields.buffers_at) + 16 * i; }
+  size_t node_at(int i) const { return static_cast<size_t>(fields.nodes_at) + 16 * i; }
+  /// The int64 of `good` at `at`.
+  int64_t load(size_t at) const {
+    int64_t value;
+    std::memcpy(&value, good.data() + at, sizeof value);
+    return value;
+  }
+  /// `good` with `value` written at `at`.
+  std::vector<uint8_t> with(size_t at, int64_t value) const {
     auto message = good;
     std::memcpy(message.data() + at, &value, sizeof value);
     return message;
-  };
+  }
+};
+
+TEST(BatchLayout, LeavesEveryOtherMessageToArrowsReader) {
+  NextOfLayout next;
+  auto& [body, first, second, good, layout, fields] = next;
+  auto buffer_at = [&](int i) { return next.buffer_at(i); };
+  auto node_at = [&](int i) { return next.node_at(i); };
+  auto with = [&](size_t at, int64_t value) { return next.with(at, value); };
+  ASSERT_NE(Build(layout, good, MixedSchema(), body.bytes), nullptr);
   // Not the layout: another schema object, a byte changed outside the values, another size.
   EXPECT_EQ(Build(layout, good, arrow::schema(MixedSchema()->fields()), body.bytes), nullptr);
   // (The root offset, a vtable's, the two vectors' counts.)
@@ -409,6 +438,101 @@ TEST(BatchLayout, LeavesEveryOtherMessageToArrowsReader) {
     EXPECT_FALSE(read_status.ok()) << what;
     EXPECT_EQ(built_status.ToString(), read_status.ToString()) << what;
   }
+}
+
+// What BatchLayout::Valid checks per batch in place of ValidateFull: a lie in each value it
+// checks is doubted (so the consumer asks ValidateFull), and ValidateFull refuses the batch built
+// from it with the very message it gives the batch Arrow's reader makes of the same Message.
+TEST(BatchLayout, ValidDoubtsEveryLieInWhatChangesPerBatch) {
+  NextOfLayout next;
+  auto& [body, first, second, good, layout, fields] = next;
+  auto buffer_at = [&](int i) { return next.buffer_at(i); };
+  auto node_at = [&](int i) { return next.node_at(i); };
+  auto load = [&](size_t at) { return next.load(at); };
+  auto with = [&](size_t at, int64_t value) { return next.with(at, value); };
+  // Nodes: i64, f64, i8, ts, s, ls, l, its values, st, st.a, st.b. Buffers: two each for i64,
+  // f64, i8, ts; three for s (8, 9, 10) and ls (11, 12, 13); l 14, 15; its values 16, 17; st 18;
+  // st.a 19, 20; st.b 21, 22, 23.
+  constexpr int kF64Bitmap = 2, kSOffsets = 9, kSData = 10, kLsData = 13, kLOffsets = 15;
+  ASSERT_GT(load(node_at(1) + 8), 0) << "f64 has nulls";
+  for (int b : {kSData, kLsData}) ASSERT_GT(load(buffer_at(b) + 8), 0) << "buffer " << b;
+  ASSERT_GT(load(node_at(7)), 0) << "the lists have values";
+  // Each case is judged with the Message and body as given, then the body is restored.
+  auto judge = [&](const std::string& what, const std::vector<uint8_t>& message,
+                   bool arrow_refuses = true) {
+    auto built = Build(layout, message, MixedSchema(), body.bytes);
+    auto read = ArrowRead(message, MixedSchema(), body.bytes);
+    ASSERT_NE(built, nullptr) << what;
+    ASSERT_TRUE(read.ok()) << what << ": " << read.status().ToString();
+    EXPECT_FALSE(layout.Valid(*built)) << what;
+    const auto read_status = (*read)->ValidateFull();
+    EXPECT_EQ(built->ValidateFull().ToString(), read_status.ToString()) << what;
+    if (arrow_refuses) EXPECT_FALSE(read_status.ok()) << what;
+  };
+  // Lies in the Message.
+  judge("more values than the buffer holds", with(node_at(9), 4000));
+  judge("more nulls than values", with(node_at(1) + 8, 13));
+  judge("a null count the bitmap does not have", with(node_at(1) + 8, load(node_at(1) + 8) + 1));
+  judge("a negative null count", with(node_at(1) + 8, -2));
+  judge("an unknown null count (-1)", with(node_at(1) + 8, -1), /*arrow_refuses=*/false);
+  judge("a negative length of a child", with(node_at(7), -1));
+  judge("a struct's child shorter than the struct", with(node_at(10), 5));
+  judge("string offsets past the data", with(buffer_at(kSData) + 8, 0));
+  judge("large string offsets past the data", with(buffer_at(kLsData) + 8, 0));
+  judge("list offsets past the values", with(node_at(7), 0));
+  judge("too few string offsets", with(buffer_at(kSOffsets) + 8, 8));
+  // Lies in the body: bytes of buffer `index` from `at` replaced by `bytes`, then restored.
+  auto in_body = [&](const std::string& what, int index, int64_t at, std::vector<uint8_t> bytes) {
+    uint8_t* where = body.bytes->mutable_data() + load(buffer_at(index)) + at;
+    std::vector<uint8_t> saved(where, where + bytes.size());
+    std::memcpy(where, bytes.data(), bytes.size());
+    judge(what, good);
+    std::memcpy(where, saved.data(), saved.size());
+  };
+  auto int32s = [](std::initializer_list<int32_t> values) {
+    std::vector<uint8_t> bytes(values.size() * 4);
+    std::memcpy(bytes.data(), std::data(values), bytes.size());
+    return bytes;
+  };
+  in_body("a bitmap with a null more", kF64Bitmap, 0,
+          {static_cast<uint8_t>(body.bytes->data()[load(buffer_at(kF64Bitmap))] ^ 1)});
+  in_body("a negative first string offset", kSOffsets, 0, int32s({-1}));
+  in_body("string offsets out of order", kSOffsets, 0, int32s({1, 0}));
+  in_body("list offsets out of order", kLOffsets, 0, int32s({1, 0}));
+  in_body("a string that is not UTF-8", kSData, 0, {0xff});
+  // Valid left the body as it was: the Message judged as a whole is valid again.
+  auto built = Build(layout, good, MixedSchema(), body.bytes);
+  ASSERT_NE(built, nullptr);
+  EXPECT_TRUE(layout.Valid(*built));
+}
+
+// ValidateFull checks each value of some types (a time within a day, a decimal within its
+// precision), which Valid leaves to it: a layout holding one is always doubted.
+TEST(BatchLayout, ValidLeavesTypesWithCheckedValuesToValidateFull) {
+  const auto schema = arrow::schema({arrow::field("t", arrow::time32(arrow::TimeUnit::SECOND)),
+                                     arrow::field("n", arrow::int64())});
+  auto make = [&](int32_t seconds) {
+    arrow::Time32Builder times(arrow::time32(arrow::TimeUnit::SECOND),
+                               arrow::default_memory_pool());
+    arrow::Int64Builder numbers;
+    EXPECT_OK(times.Append(seconds));
+    EXPECT_OK(numbers.Append(1));
+    return arrow::RecordBatch::Make(schema, 1,
+                                    {times.Finish().ValueOrDie(), numbers.Finish().ValueOrDie()});
+  };
+  Body body;
+  const auto valid = body.Place(*make(5));
+  const auto past_midnight = body.Place(*make(90000));
+  BatchLayout layout;
+  layout.Remember(arrow::Buffer(valid.data(), valid.size()), schema);
+  auto built = Build(layout, valid, schema, body.bytes);
+  ASSERT_NE(built, nullptr);
+  EXPECT_FALSE(layout.Valid(*built));
+  EXPECT_OK(built->ValidateFull());
+  built = Build(layout, past_midnight, schema, body.bytes);
+  ASSERT_NE(built, nullptr);
+  EXPECT_FALSE(layout.Valid(*built));
+  EXPECT_FALSE(built->ValidateFull().ok());
 }
 
 TEST(BatchLayout, OnlyMessagesWithNothingBesidesTheValuesAreRemembered) {
