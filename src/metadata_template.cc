@@ -165,8 +165,10 @@ bool ListBody(const arrow::RecordBatch& batch, BodyList* out) {
   out->Clear();
   out->num_rows = batch.num_rows();
   if (batch.num_rows() <= 0) return false;  // zero rows: Arrow leaves the length field out
-  for (int i = 0; i < batch.num_columns(); ++i) {
-    const ArrayData& column = *batch.column_data(i);
+  // By reference: column_data(i) would copy each column's shared_ptr.
+  const arrow::ArrayDataVector& columns = batch.column_data();
+  for (const auto& column_ptr : columns) {
+    const ArrayData& column = *column_ptr;
     if (column.length != batch.num_rows() || !ListArray(column, out, 0)) return false;
   }
   return true;

@@ -20,6 +20,10 @@ constexpr int64_t kHeaderSize = 64;  // keeps the block's data 64-byte aligned
 constexpr uint32_t kHeaderMagic = 0x52494E47;
 // A wait hook's slice: how long a release nobody announced can go unseen.
 constexpr int kWaitSliceMs = 5;
+// Allocation turns back to the ring's start at this offset while the blocks still held are few
+// and recent, instead of walking on through the whole ring: the headers a free reads and the
+// bytes a producer writes stay in the cache (and the TLB).
+constexpr int64_t kWarmWindow = int64_t{1} << 20;
 
 struct BlockHeader {
   uint32_t magic;
@@ -87,7 +91,11 @@ int64_t Ring::FindSpace(int64_t need) const {
   const int64_t tail = blocks_[first_].start;
   const int64_t head = blocks_[(first_ + count_ - 1) % blocks_.size()].end;
   if (head > tail) {  // live blocks in [tail, head)
-    if (head + need <= size) return head;
+    // Past the warm window, turn back early only if the held blocks span at most half of it:
+    // the start then has room for half a window even if the oldest of them is held for long.
+    const bool turn_back = head + need > kWarmWindow && need <= tail &&
+                           head - tail <= kWarmWindow / 2 && tail >= kWarmWindow / 2;
+    if (head + need <= size && !turn_back) return head;
     return need <= tail ? 0 : -1;  // wrap; [head, size) waits until the tail passes it
   }
   return head + need <= tail ? head : -1;  // wrapped: live in [tail, size) and [0, head)

@@ -25,7 +25,8 @@ namespace shmarrow::internal {
 /// their last reference dies; the space before the oldest live block is reused once everything
 /// older than it is free. Each block starts with a 64-byte header naming its slot, so a free is
 /// O(1), takes no lock (it marks the slot; the next allocation reclaims the space), and nothing is
-/// allocated on the heap per block. A full ring blocks the allocating thread until space is
+/// allocated on the heap per block. While the blocks held are few and recent, allocation stays in
+/// a warm window at the ring's start (src/ring.cc). A full ring blocks the allocating thread until space is
 /// released (back-pressure) for up to `wait_ms`, or fails at once when it is 0.
 class Ring {
  public:

@@ -7,10 +7,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -30,6 +32,9 @@ constexpr int64_t kRingSize = 64 * 1024;
 constexpr int64_t kBlockHeader = 64;
 // With its 64-byte header, a block of this many bytes takes exactly a quarter of the ring.
 constexpr int64_t kQuarter = kRingSize / 4 - kBlockHeader;
+// Allocation turns back to the ring's start at this offset when it can (src/ring.cc).
+constexpr int64_t kWarmWindow = int64_t{1} << 20;
+constexpr int64_t kLargeRing = 8 * kWarmWindow;
 
 std::unique_ptr<Ring> MakeRing(int64_t size = kRingSize, int64_t max_blocks = 1024) {
   auto ring = Ring::Create("ring-test", size, max_blocks);
@@ -203,9 +208,9 @@ TEST(RingTest, BlockedAllocationSucceedsWhenAnotherThreadFrees) {
 
 // Frees come from another thread, without the ring's lock, while allocations reclaim and reuse
 // their space (and wait for it when the ring is full): no block is handed out twice, no free is
-// lost.
-TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlap) {
-  auto ring = MakeRing();
+// lost. Blocks of up to `max_block` bytes.
+void AllocateWhileAnotherThreadFrees(int64_t ring_size, int64_t max_block) {
+  auto ring = MakeRing(ring_size, 4096);
   ASSERT_NE(ring, nullptr);
   struct Held {
     int64_t offset;
@@ -240,7 +245,7 @@ TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlap) {
   });
   constexpr int kAllocations = 20000;
   for (int n = 0; n < kAllocations; ++n) {
-    const int64_t size = 64 + (n * 4099) % (kRingSize / 8);
+    const int64_t size = 64 + (n * 4099) % max_block;
     auto offset = ring->Allocate(size, 10000);  // a free never seen fails this
     ASSERT_TRUE(offset.ok()) << offset.status().ToString();
     const auto tag = static_cast<uint8_t>(n);
@@ -257,6 +262,79 @@ TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlap) {
   freer.join();
   EXPECT_EQ(overlaps.load(), 0);
   EXPECT_EQ(ring->live_blocks(), 0);
+  EXPECT_EQ(ring->bytes_in_use(), 0);
+}
+
+TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlap) {
+  AllocateWhileAnotherThreadFrees(kRingSize, kRingSize / 8);
+}
+
+// A ring larger than the warm window: allocation turns back to the start early whenever the
+// held blocks allow it, and walks on when they do not.
+TEST(RingTest, BlocksFreedOnAnotherThreadAreReusedWithoutOverlapInALargeRing) {
+  AllocateWhileAnotherThreadFrees(kLargeRing, 8 * 1024);
+}
+
+// Small blocks released soon after they were allocated (a producer whose consumers keep up)
+// reuse the first megabyte of the ring instead of walking through all of it.
+TEST(RingTest, PromptlyFreedBlocksStayInTheWarmWindow) {
+  auto ring = MakeRing(kLargeRing, 4096);
+  ASSERT_NE(ring, nullptr);
+  constexpr int64_t kBlock = 4096 - kBlockHeader;
+  std::deque<std::pair<int64_t, uint8_t>> held;  // offset, tag
+  int64_t highest_end = 0;
+  for (int n = 0; n < 10000; ++n) {
+    ASSERT_OK_AND_ASSIGN(int64_t offset, ring->Allocate(kBlock, 0));
+    highest_end = std::max(highest_end, offset + kBlock);
+    std::memset(ring->base() + offset, static_cast<uint8_t>(n), kBlock);
+    held.emplace_back(offset, static_cast<uint8_t>(n));
+    if (held.size() > 8) {
+      auto [oldest, tag] = held.front();
+      for (int64_t i = 0; i < kBlock; ++i) ASSERT_EQ(ring->base()[oldest + i], tag) << n;
+      ring->Free(oldest);
+      held.pop_front();
+    }
+  }
+  EXPECT_LE(highest_end, kWarmWindow);
+  for (auto [offset, tag] : held) ring->Free(offset);
+  EXPECT_EQ(ring->bytes_in_use(), 0);
+}
+
+// A block held when allocation turned back to the start pins the ring's end until it is freed:
+// the start still has room for at least half the warm window, and the whole ring comes back once
+// the block goes.
+TEST(RingTest, ABlockHeldAcrossTheTurnLeavesHalfTheWindowAtTheStart) {
+  auto ring = MakeRing(kLargeRing, 4096);
+  ASSERT_NE(ring, nullptr);
+  constexpr int64_t kBlock = 4096 - kBlockHeader;
+  // Fill to just past half the window, freeing every block but the last.
+  ASSERT_OK_AND_ASSIGN(int64_t pinned, ring->Allocate(kBlock, 0));
+  while (pinned < kWarmWindow / 2) {
+    ASSERT_OK_AND_ASSIGN(const int64_t next, ring->Allocate(kBlock, 0));
+    ring->Free(pinned);
+    pinned = next;
+  }
+  // Walk on, freeing each block at once, until allocation turns back to the start.
+  int64_t offset = pinned;
+  int64_t previous = pinned;
+  while (offset >= previous) {
+    previous = offset;
+    ASSERT_OK_AND_ASSIGN(offset, ring->Allocate(kBlock, 0));
+    ring->Free(offset);
+  }
+  EXPECT_EQ(offset, kBlockHeader);
+  // From the start up to the pinned block, then the ring is full, though its end is unused.
+  int64_t allocated_from_start = kBlock + kBlockHeader;
+  arrow::Result<int64_t> next;
+  while ((next = ring->Allocate(kBlock, 0)).ok()) {
+    ring->Free(*next);
+    allocated_from_start += kBlock + kBlockHeader;
+  }
+  EXPECT_TRUE(next.status().IsOutOfMemory()) << next.status().ToString();
+  EXPECT_GE(allocated_from_start, kWarmWindow / 2);
+  ring->Free(pinned);
+  ASSERT_OK_AND_ASSIGN(int64_t after, ring->Allocate(kBlock, 0));
+  ring->Free(after);
   EXPECT_EQ(ring->bytes_in_use(), 0);
 }
 
