@@ -99,7 +99,7 @@ bool ProducerImpl::Drain(Session& s) {
   return drained_.size() > before;
 }
 
-bool ProducerImpl::DrainRegions(std::vector<std::shared_ptr<Published>>* free_later) {
+bool ProducerImpl::DrainRegions() {
   bool any = false;
   bool killed = false;
   for (auto& [id, s] : sessions_) {
@@ -111,9 +111,6 @@ bool ProducerImpl::DrainRegions(std::vector<std::shared_ptr<Published>>* free_la
       if (s->held_back()) Converse(*s, /*read_first=*/false);
     }
     killed |= !was_dead && s->dead();
-  }
-  if (free_later != nullptr) {
-    for (auto& record : drained_) free_later->push_back(std::move(record));
   }
   drained_.clear();  // the ring's blocks come back here, without a thread hop
   if (killed) Reap();
@@ -188,9 +185,6 @@ int64_t ProducerImpl::ActiveConsumers() const {
 arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& batch) {
   std::shared_ptr<Loan> loan;
   std::vector<std::vector<int>> projections;  // what consumers ask for, by column index
-  // What consumers released into their regions: the user's batches are destroyed after the
-  // mutex is released, not while every other thread waits for it.
-  thread_local std::vector<std::shared_ptr<Published>> released;
   {
     std::unique_lock lock(mutex_);
     if (closed_) {
@@ -205,14 +199,10 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
                        DescribeSchema(*batch->schema()), " differs from the announced schema ",
                        DescribeSchema(*schema_), "; call ChangeSchema first");
     }
-    DrainRegions(&released);
-    if (!HasRoom()) released.clear();  // a wait is ahead: what it held is not kept meanwhile
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
-    // (With room, WaitFor succeeds at its first look: no error leaves `released` filled.)
     ARROW_RETURN_NOT_OK(WaitFor(
         lock, options_.block_timeout_ms, [this] { return HasRoom(); },
         "room: a consumer is a full backlog behind"));
-    if (!released.empty()) ++records_dying_;
     loan = memory_->TakeStreamLoan();
     // Taken under this lock rather than a second one (a consumer joining before the batch is
     // delivered gets its projection placed then).
@@ -225,27 +215,13 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
       if (indices.ok()) projections.push_back(*std::move(indices));
     }
   }
-  const bool freed = !released.empty();
-  released.clear();  // first: their ring blocks may be needed for this batch
-  auto prepared = memory_->PrepareForStream(batch, std::move(loan), std::move(projections));
-  if (!prepared.ok()) {
-    if (freed) {
-      std::lock_guard lock(mutex_);
-      --records_dying_;
-      Notify();
-    }
-    return prepared.status();
-  }
-  std::shared_ptr<Published> published = *std::move(prepared);
+  ARROW_ASSIGN_OR_RAISE(auto published,
+                        memory_->PrepareForStream(batch, std::move(loan), std::move(projections)));
   // The sleeping consumers' futex wakes, made after the mutex is released; the buffers swap with
   // send_'s, so that neither allocates once grown.
   thread_local std::vector<const uint32_t*> wakes;
   {
     std::lock_guard lock(mutex_);
-    if (freed) {
-      --records_dying_;
-      Notify();  // WaitUntilDrained may wait for these
-    }
     published->sequence = next_sequence_++;
     stats_.published++;
     stats_.bytes_copied += published->bytes_copied;

@@ -63,9 +63,8 @@ class ProducerImpl final : public Producer {
   /// rules); true if there were any.
   bool Drain(Session& s);
   /// Takes the releases consumers wrote into their regions (a consumer whose region breaks the
-  /// rules is killed), and frees what they released, or moves it to `free_later` (the caller
-  /// counts it in records_dying_ and frees it without mutex_); true if anything was released.
-  bool DrainRegions(std::vector<std::shared_ptr<Published>>* free_later = nullptr);
+  /// rules is killed), and frees what they released; true if anything was released.
+  bool DrainRegions();
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
@@ -115,9 +114,7 @@ class ProducerImpl final : public Producer {
   const std::shared_ptr<BlockCache> block_cache_ = std::make_shared<BlockCache>();
   std::vector<std::shared_ptr<Published>> released_records_;  // by Release, under mutex_
   std::vector<std::shared_ptr<Published>> dying_;  // the I/O thread's, dropped without mutex_
-  // Threads freeing released records without mutex_ (the I/O thread its dying_, Publish what it
-  // drained); under mutex_.
-  int records_dying_ = 0;
+  bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
   std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, freed at once

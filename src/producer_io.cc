@@ -126,14 +126,14 @@ void ProducerImpl::IoLoop() {
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) Converse(s, /*read_first=*/true);
         dying_.swap(released_records_);
-        if (!dying_.empty()) ++records_dying_;
+        records_dying_ = !dying_.empty();
       }
       if (dying_.empty()) continue;
       // Released batches (their Arrow objects, their ring blocks) are freed without the mutex,
       // which Publish needs meanwhile; WaitUntilDrained waits for them.
       dying_.clear();
       std::lock_guard lock(mutex_);
-      --records_dying_;
+      records_dying_ = false;
       Notify();
     }
     std::lock_guard lock(mutex_);
