@@ -272,9 +272,11 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
                                  std::shared_ptr<arrow::RecordBatch>* batch) {
   batch->reset();
   const internal::Deadline deadline(timeout_ms);
-  // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency.
-  const auto spin_until = std::chrono::steady_clock::now() +
-                          std::chrono::microseconds(std::max(0, options_.busy_poll_us));
+  // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency. Its
+  // window starts at the first look that finds nothing; the clock is read every 16th round of
+  // the spin only (a round is a few loads of shared memory, a clock read costs as much).
+  std::chrono::steady_clock::time_point spin_until;
+  bool spinning = options_.busy_poll_us > 0, spin_started = false;
   for (int round = 0;; ++round) {
     ARROW_ASSIGN_OR_RAISE(bool decided, session_.Take(stream, batch));
     if (decided) {
@@ -284,12 +286,22 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     if (!session_.fatal().ok()) return session_.fatal();
     ARROW_ASSIGN_OR_RAISE(bool drained, PollQueue());
     if (drained) continue;
-    const bool spin = options_.busy_poll_us > 0 && std::chrono::steady_clock::now() < spin_until;
+    if (spinning && !std::exchange(spin_started, true)) {
+      spin_until =
+          std::chrono::steady_clock::now() + std::chrono::microseconds(options_.busy_poll_us);
+    } else if (spinning && round % 16 == 0) {
+      spinning = std::chrono::steady_clock::now() < spin_until;
+    }
     // A spinning consumer with a queue looks at the ring; the socket (requests' answers, the
-    // producer going away) every 64th round, or (1.3) when the producer's count says so.
-    if (spin && session_.has_queue() && !session_.wake_region() && round % 64 != 0) continue;
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spin ? 0 : deadline.remaining_ms()));
-    if (spin) continue;
+    // producer going away) every 64th round, or (1.3) when the producer's count says so (and
+    // every 16th round, for the socket look it makes every few milliseconds).
+    if (spinning && session_.has_queue() &&
+        (session_.wake_region() ? round % 16 != 0 && !session_.SocketMessagesPending()
+                                : round % 64 != 0)) {
+      continue;
+    }
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spinning ? 0 : deadline.remaining_ms()));
+    if (spinning) continue;
     if (!got && deadline.expired()) {
       return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
                        "no message from the producer within ", timeout_ms, " ms");

@@ -15,8 +15,9 @@ class Deadline {
  public:
   explicit Deadline(int64_t timeout_ms)
       : infinite_(timeout_ms < 0),
-        at_(std::chrono::steady_clock::now() +
-            std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms))) {}
+        // No clock read for a wait without end (every blocking read makes one of these).
+        at_(infinite_ ? std::chrono::steady_clock::time_point::max()
+                      : std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms)) {}
 
   /// Milliseconds left for poll() and friends: -1 when infinite, never negative otherwise.
   [[nodiscard]] int remaining_ms() const {
