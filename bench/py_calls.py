@@ -47,10 +47,12 @@ def main():
     with shmarrow.Producer(address, SCHEMA, mode="ring", ring_size=1 << 22) as producer:
         consumer = shmarrow.Consumer(address, connect_timeout=5)
         producer.wait_for_consumers(1, timeout=5)
+        # next() of the consumer (its Python __next__) and of iter(consumer) (the binding's, as a
+        # for loop calls it)
+        readers = {"next() right after a publish": consumer,
+                   "next() of iter(consumer) right after a publish": iter(consumer)}
         times = {"publish heap batch": [], "publish allocate()-built batch": [],
-                 "try_next() with a batch waiting": [], "next() right after a publish": [],
-                 "next() of iter(consumer) right after a publish": []}
-        batches = iter(consumer)
+                 "try_next() with a batch waiting": [], **{what: [] for what in readers}}
         gc.disable()
         for i in range(2 * n):
             heap_built = i % 2 == 0
@@ -67,18 +69,13 @@ def main():
                 t1 = time.perf_counter_ns()
             times["try_next() with a batch waiting"].append(t1 - t0)
             del got
-            producer.publish(heap)
-            t0 = time.perf_counter_ns()
-            got = next(consumer)
-            t1 = time.perf_counter_ns()
-            times["next() right after a publish"].append(t1 - t0)
-            del got
-            producer.publish(heap)
-            t0 = time.perf_counter_ns()
-            got = next(batches)
-            t1 = time.perf_counter_ns()
-            times["next() of iter(consumer) right after a publish"].append(t1 - t0)
-            del got
+            for what, reader in readers.items():
+                producer.publish(heap)
+                t0 = time.perf_counter_ns()
+                got = next(reader)
+                t1 = time.perf_counter_ns()
+                times[what].append(t1 - t0)
+                del got
         gc.enable()
         consumer.close()
     for what, samples in times.items():
