@@ -98,6 +98,27 @@ def test_iterating_reads_the_one_stream_honours_read_timeout_and_close():
             next(batches)
 
 
+def test_a_for_loop_over_an_unnamed_consumer_reads_every_batch():
+    """The loop holds only iter(consumer) (the native consumer): the Python object going away
+    closes nothing."""
+    address = f"@py-fast-{uuid.uuid4().hex}"
+    with Producer(address, BASE, mode="ring", block_timeout=TIMEOUT_S) as producer:
+        def publish():
+            producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+            for i in range(3):
+                producer.publish(batch_of(BASE, i))
+            producer.end()
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        got = []
+        for batch in Consumer(address, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S):
+            gc.collect()
+            got.append(batch.column(0)[0].as_py())
+        publisher.join(TIMEOUT_S)
+        assert got == [0, 1, 2]
+
+
 def test_publish_refuses_a_batch_whose_schema_differs_only_after_the_first():
     """The producer's reuse of the previous publish's schema never lets a different one through."""
     address = f"@py-fast-{uuid.uuid4().hex}"
