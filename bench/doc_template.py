@@ -136,13 +136,15 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    script runs three times (every route once per run, so the routes interleave); each cell is
    the median (min–max) of the runs' percentiles.
    *Python throughput* (the same script, unpaced): shmarrow `publish` of the same 1-row batch in
-   a loop, the receiver iterating the `Consumer` (blocking); pyarrow's `write_batch` plus one
-   flush per batch over the `socketpair`, the receiver iterating its reader and, on both routes,
+   a loop, the receiver calling `next` on `iter(consumer)` (blocking: the binding's own
+   `__next__`, as a `for` loop reads); pyarrow's `write_batch` plus one flush per batch over the
+   `socketpair`, the receiver calling `next` on `iter(reader)` and, on both routes,
    checking each batch's id (one pyarrow scalar). Batches per second from just before the first
    send to the receiver holding the last batch; three runs, median (min–max). Every process of
    the script runs with `OPENBLAS_NUM_THREADS=1` (numpy's idle BLAS threads took CPU from both).
    The binding's own cost per call, producer and consumer in one process (`publish` of a heap
-   batch and of one built in `allocate()`, `try_next`, `next`): `bench/py_calls.py`, run by hand
+   batch and of one built in `allocate()`, `try_next`, `next` of the consumer and of
+   `iter(consumer)`): `bench/py_calls.py`, run by hand
    (not by `bench/run`); under `perf record` it is the profile of the Python fast path.
 4. **Throughput** — ring mode, unpaced: the producer publishes as fast as credits and the ring
    allow; 1 or 4 consumer processes read every batch and touch its first and last value (the

@@ -7,7 +7,8 @@ mode), 1-row batches of 3 columns (t int64, id int64, value float64):
 - publish of a heap batch (built once with pa.array; copied into the ring),
 - publish of a batch built in allocate() (no copy; the building is not timed),
 - try_next() with a batch waiting (the call that returns it),
-- next() right after a publish (the batch may still be on its way).
+- next() right after a publish (the batch may still be on its way),
+- the same through iter(consumer), as a for loop reads (the binding's own __next__).
 
 Prints the median of each (time.perf_counter_ns around the call, the garbage collector off).
 For profiling: `perf record -F 4000 -- .venv/bin/python bench/py_calls.py`.
@@ -46,8 +47,12 @@ def main():
     with shmarrow.Producer(address, SCHEMA, mode="ring", ring_size=1 << 22) as producer:
         consumer = shmarrow.Consumer(address, connect_timeout=5)
         producer.wait_for_consumers(1, timeout=5)
+        # next() of the consumer (its Python __next__) and of iter(consumer) (the binding's, as a
+        # for loop calls it)
+        readers = {"next() right after a publish": consumer,
+                   "next() of iter(consumer) right after a publish": iter(consumer)}
         times = {"publish heap batch": [], "publish allocate()-built batch": [],
-                 "try_next() with a batch waiting": [], "next() right after a publish": []}
+                 "try_next() with a batch waiting": [], **{what: [] for what in readers}}
         gc.disable()
         for i in range(2 * n):
             heap_built = i % 2 == 0
@@ -64,12 +69,13 @@ def main():
                 t1 = time.perf_counter_ns()
             times["try_next() with a batch waiting"].append(t1 - t0)
             del got
-            producer.publish(heap)
-            t0 = time.perf_counter_ns()
-            got = next(consumer)
-            t1 = time.perf_counter_ns()
-            times["next() right after a publish"].append(t1 - t0)
-            del got
+            for what, reader in readers.items():
+                producer.publish(heap)
+                t0 = time.perf_counter_ns()
+                got = next(reader)
+                t1 = time.perf_counter_ns()
+                times[what].append(t1 - t0)
+                del got
         gc.enable()
         consumer.close()
     for what, samples in times.items():

@@ -243,7 +243,7 @@ def recv_ring(busy: bool, address: str, count: int, ack: int, paced: bool = True
                                  read_timeout=ACK_TIMEOUT_MS / 1000)
     os.write(ack, b"r")
     if not paced:
-        return recv_unpaced(consumer, count)
+        return recv_unpaced(iter(consumer), count)  # as the socket's reader: iter(), then next()
     samples = []
     for i in range(count):
         if busy:

@@ -47,6 +47,9 @@ class _Consumer:
     def next(self, timeout_ms: int) -> Optional[pa.RecordBatch]:
         """Next batch as a pyarrow.RecordBatch; None at the end. Blocks,
         interruptibly; raises a timeout error after timeout_ms (-1: never)."""
+    def __iter__(self) -> _Consumer: ...
+    def __next__(self) -> pa.RecordBatch:
+        """Next batch (blocking up to the read timeout); StopIteration at the end."""
     def try_next(self) -> Optional[pa.RecordBatch]:
         """Next batch if one has arrived, else None (see ended)."""
     @property

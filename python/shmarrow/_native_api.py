@@ -360,7 +360,8 @@ class Consumer:
     # -- reading
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        return self
+        # The native consumer, whose __next__ is this one's without a Python frame per batch.
+        return self._native
 
     def __next__(self) -> pa.RecordBatch:
         batch = self._native.next(self._timeout_ms)

@@ -155,8 +155,9 @@ class ResponseReader final : public arrow::RecordBatchReader {
 
 class PyConsumer {
  public:
-  PyConsumer(const std::string& address, ConsumerOptions options, int64_t connect_timeout_ms)
-      : state_(std::make_shared<ConsumerState>()) {
+  PyConsumer(const std::string& address, ConsumerOptions options, int64_t connect_timeout_ms,
+             int64_t read_timeout_ms)
+      : state_(std::make_shared<ConsumerState>()), read_timeout_ms_(read_timeout_ms) {
     const Deadline deadline(connect_timeout_ms);
     arrow::Result<std::shared_ptr<Consumer>> connected;
     RepeatInterruptibly(deadline, [&](int slice) {
@@ -186,35 +187,33 @@ class PyConsumer {
   /// the stream.
   nb::object Next(int64_t timeout_ms) {
     std::shared_ptr<arrow::RecordBatch> batch;
-    auto step = state_->TakeHoldingGil(&batch);  // a batch already there: returned at once
-    if (!step || (step->ok() && **step == ConsumerState::Step::kPending)) {
-      bool wait_first = step.has_value();  // nothing there just now: no second look before waiting
+    auto step = TakeNow(&batch);  // a batch already there: returned without reading a clock
+    if (step.ok() && *step == ConsumerState::Step::kPending) {
       const auto spin_until = state_->SpinUntil();
       const bool done = RepeatInterruptibly(Deadline(timeout_ms), [&](int slice) {
-        if (!std::exchange(wait_first, false)) {
-          step = state_->Take(&batch);
-          if (!step->ok() || **step != ConsumerState::Step::kPending) return true;
-        }
-        state_->Wait(spin_until, slice);
-        return false;
+        state_->Wait(spin_until, slice);  // nothing there just now: no second look before waiting
+        step = state_->Take(&batch);
+        return !step.ok() || *step != ConsumerState::Step::kPending;
       });
       if (!done) {
         ThrowError(arrow::StatusCode::IOError, ErrorCode::kTimeout, TimeoutMessage(timeout_ms),
                    "read");
       }
     }
-    return Result(*step, batch);
+    return Result(step, batch);
+  }
+
+  /// __next__: Next with the consumer's read timeout, StopIteration at the end.
+  nb::object Iterate() {
+    nb::object batch = Next(read_timeout_ms_);
+    if (batch.is_none()) throw nb::stop_iteration();
+    return batch;
   }
 
   /// Never blocks: the next batch, or None (nothing yet, or the end: see ended).
   nb::object TryNext() {
     std::shared_ptr<arrow::RecordBatch> batch;
-    auto step = state_->TakeHoldingGil(&batch);
-    if (!step) {
-      ReleaseGil release;
-      step = state_->Take(&batch);
-    }
-    return Result(*step, batch);
+    return Result(TakeNow(&batch), batch);
   }
 
   bool ended() {
@@ -344,7 +343,15 @@ class PyConsumer {
     return nb::none();
   }
 
+  /// Takes what has arrived without waiting: with the GIL held where TakeHoldingGil allows it.
+  arrow::Result<ConsumerState::Step> TakeNow(std::shared_ptr<arrow::RecordBatch>* batch) {
+    if (auto step = state_->TakeHoldingGil(batch)) return std::move(*step);
+    ReleaseGil release;
+    return state_->Take(batch);
+  }
+
   std::shared_ptr<ConsumerState> state_;
+  int64_t read_timeout_ms_;
 };
 
 }  // namespace
@@ -378,7 +385,7 @@ void BindConsumer(nb::module_& m) {
             options.remote.upgrade_to_shared_memory = upgrade;
             options.allowed_uids = std::move(allowed_uids);
             options.allow_any_uid = allow_any_uid;
-            new (self) PyConsumer(address, std::move(options), connect_timeout_ms);
+            new (self) PyConsumer(address, std::move(options), connect_timeout_ms, read_timeout_ms);
           },
           nb::arg("address"), nb::arg("lossy"), nb::arg("start_at_oldest"),
           nb::arg("max_in_flight"), nb::arg("columns"), nb::arg("expect_schema").none(),
@@ -389,6 +396,9 @@ void BindConsumer(nb::module_& m) {
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as a pyarrow.RecordBatch; None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")
+      .def("__iter__", [](nb::handle self) { return nb::borrow(self); })
+      .def("__next__", &PyConsumer::Iterate,
+           "Next batch (blocking up to the read timeout); StopIteration at the end.")
       .def("try_next", &PyConsumer::TryNext,
            "Next batch if one has arrived, else None (see ended).")
       .def_prop_ro("ended", &PyConsumer::ended)

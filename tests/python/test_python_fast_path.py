@@ -14,7 +14,7 @@ import pytest
 from conftest import TIMEOUT_S
 
 try:
-    from shmarrow import Consumer, InvalidError, Producer
+    from shmarrow import ClosedError, Consumer, InvalidError, Producer, ShmarrowTimeoutError
 except ImportError as error:  # pragma: no cover - depends on the build
     pytest.skip(f"the compiled extension shmarrow._native is not importable ({error})",
                 allow_module_level=True)
@@ -38,7 +38,8 @@ def batch_of(schema: pa.Schema, i: int) -> pa.RecordBatch:
 
 
 @pytest.mark.parametrize("mode", ["ring", "sealed"])
-@pytest.mark.parametrize("read", ["next", "try_next"])
+# iter: the binding's own __next__ (what a for loop calls)
+@pytest.mark.parametrize("read", ["next", "iter", "try_next"])
 @pytest.mark.parametrize("validate", ["full", "basic"])  # basic: batches are taken with the GIL held
 def test_every_batch_has_the_schema_it_was_published_with(mode, read, validate):
     address = f"@py-fast-{uuid.uuid4().hex}"
@@ -55,9 +56,12 @@ def test_every_batch_has_the_schema_it_was_published_with(mode, read, validate):
                 producer.publish(sent[-1])
         producer.end()
         got = []
+        batches = iter(consumer)
         while len(got) < len(sent):
             if read == "next":
                 got.append(next(consumer))
+            elif read == "iter":
+                got.append(next(batches))
             elif (batch := consumer.try_next()) is not None:
                 got.append(batch)
         for expected, batch in zip(sent, got):
@@ -68,6 +72,51 @@ def test_every_batch_has_the_schema_it_was_published_with(mode, read, validate):
         producer.wait_until_drained(timeout=TIMEOUT_S)
         assert producer.stats["in_flight"] == 0
         consumer.close()
+
+
+def test_iterating_reads_the_one_stream_honours_read_timeout_and_close():
+    """iter(consumer) and the consumer itself read the same stream; both wait up to read_timeout,
+    stop at the end, and refuse to read once the consumer is closed."""
+    address = f"@py-fast-{uuid.uuid4().hex}"
+    with Producer(address, BASE, mode="ring", block_timeout=TIMEOUT_S) as producer:
+        consumer = Consumer(address, read_timeout=0.05)
+        producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+        batches = iter(consumer)
+        with pytest.raises(ShmarrowTimeoutError):
+            next(batches)
+        for i in range(4):
+            producer.publish(batch_of(BASE, i))
+        producer.end()
+        got = [next(batches), next(consumer)]
+        got += list(consumer)
+        assert [b.column(0)[0].as_py() for b in got] == [0, 1, 2, 3]
+        with pytest.raises(StopIteration):
+            next(batches)
+        del got
+        consumer.close()
+        with pytest.raises(ClosedError):
+            next(batches)
+
+
+def test_a_for_loop_over_an_unnamed_consumer_reads_every_batch():
+    """The loop holds only iter(consumer) (the native consumer): the Python object going away
+    closes nothing."""
+    address = f"@py-fast-{uuid.uuid4().hex}"
+    with Producer(address, BASE, mode="ring", block_timeout=TIMEOUT_S) as producer:
+        def publish():
+            producer.wait_for_consumers(1, timeout=TIMEOUT_S)
+            for i in range(3):
+                producer.publish(batch_of(BASE, i))
+            producer.end()
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        got = []
+        for batch in Consumer(address, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S):
+            gc.collect()
+            got.append(batch.column(0)[0].as_py())
+        publisher.join(TIMEOUT_S)
+        assert got == [0, 1, 2]
 
 
 def test_publish_refuses_a_batch_whose_schema_differs_only_after_the_first():
