@@ -78,11 +78,9 @@ class QueueWriter {
     ++written_;
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_)).store(written_);
   }
-  /// A datagram went out on the socket (1.3).
-  void CountMessage() {
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
-        .store(++messages_);
-  }
+  /// A datagram goes out on the socket (1.3): counted before it is sent, taken back if it was not.
+  void CountMessage() { StoreMessages(++messages_); }
+  void UncountMessage() { StoreMessages(--messages_); }
   /// 1.3: the consumer's releases read so far from its region, and where the wait block is.
   void StoreReleasesRead(uint64_t count) {
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueReleasesReadOffset))
@@ -108,6 +106,11 @@ class QueueWriter {
   }
 
  private:
+  void StoreMessages(uint64_t count) {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
+        .store(count);
+  }
+
   uint8_t* queue_ = nullptr;
   uint32_t capacity_ = 0;
   uint64_t written_ = 0;
