@@ -341,8 +341,7 @@ TEST(WakeRegion, AWakeIsCountedBeforeItCanBeRead) {
   ASSERT_OK_AND_ASSIGN(auto peer, hostile::RegionPeer::Welcomed(address));
   GiveTheRegion(*producer, peer);
   const uint64_t counted_before = peer.Messages();
-  peer.region().Announce((uint64_t{static_cast<uint32_t>(internal::SleepMode::kSocket)} << 32) |
-                         peer.Wakes());
+  peer.region().Announce(internal::SleepWord(internal::SleepMode::kSocket, peer.Wakes()));
 
   std::promise<arrow::Result<UniqueFd>> stopping;
   auto stopping_set = stopping.get_future();
