@@ -317,7 +317,9 @@ std::optional<uint32_t> ConsumerSession::AnnounceSleep(SleepMode mode) {
   const uint32_t wake = queue_.wake();
   region_.Announce(SleepWord(mode, wake));
   const auto unread = queue_.Unread();
-  if (!unread.ok() || *unread > 0 || SocketMessagesPending()) {
+  // A datagram counted makes the fd readable once sent: a consumer that waits on its fd need
+  // not look again (it could only spin while the producer's sendmsg completes).
+  if (!unread.ok() || *unread > 0 || (mode != SleepMode::kSocket && SocketMessagesPending())) {
     AnnounceAwake();
     return std::nullopt;
   }

@@ -71,7 +71,8 @@ class ConsumerSession {
   bool SocketMessagesPending() const { return queue_.messages() != fed_; }
   /// Says this consumer sleeps, woken as `mode` says, then looks again (the producer's stores and
   /// this announcement are both sequentially consistent: one of them sees the other). The wake
-  /// word's value to wait on, or nothing if the queue or the socket has news (do not sleep).
+  /// word's value to wait on, or nothing if the queue (or, but for kSocket, the datagram count)
+  /// has news (do not sleep).
   std::optional<uint32_t> AnnounceSleep(SleepMode mode);
   void AnnounceAwake() { region_.Announce(SleepWord(SleepMode::kAwake, 0)); }
   const uint32_t* wake_word() const { return queue_.wake_word(); }

@@ -165,8 +165,12 @@ arrow::Result<bool> Session::SendOne(SendTools& tools, const Outgoing& out) {
 }
 
 arrow::Result<bool> Session::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
-  ARROW_ASSIGN_OR_RAISE(bool sent, socket_.TrySendDatagram(bytes, fds));
-  if (sent && region_agreed_) queue_.CountMessage();
+  // Counted before it can be read: a consumer that polls its fd and finds it readable must find
+  // the count moved too, or it neither reads nor sleeps until this thread (likely preempted by
+  // that very wake-up) runs again. A datagram that did not go out is taken back.
+  if (region_agreed_) queue_.CountMessage();
+  auto sent = socket_.TrySendDatagram(bytes, fds);
+  if (region_agreed_ && !(sent.ok() && *sent)) queue_.UncountMessage();
   return sent;
 }
 

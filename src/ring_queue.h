@@ -17,8 +17,8 @@ namespace shmarrow::internal::protocol {
 /// entries written so far, then `capacity` entries of 40 bytes; entry n is at slot n % capacity.
 /// Protocol 1.3 (kFeatureWakeRegion) uses five more header words: at byte 8 the u32 wake word
 /// (the futex a sleeping consumer waits on; the producer adds one to wake it), at byte 16 a u64
-/// count of the datagrams the producer sent on the socket since the Welcome (a busy-polling
-/// consumer reads its socket only when this moved), at byte 24 the u64 count of the releases the
+/// count of the datagrams the producer sent on the socket since the Welcome, each counted before
+/// it is sent (a busy-polling consumer reads its socket only when this moved), at byte 24 the u64 count of the releases the
 /// producer read from the consumer's region (futex.h), at byte 32 the u64 offset in the ring of
 /// the producer's wait block, and at byte 40 a u32, nonzero while batches for this consumer wait
 /// for its credits (a release then also needs a message, which wakes the producer's I/O thread).
@@ -78,11 +78,9 @@ class QueueWriter {
     ++written_;
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_)).store(written_);
   }
-  /// A datagram went out on the socket (1.3).
-  void CountMessage() {
-    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
-        .store(++messages_);
-  }
+  /// A datagram goes out on the socket (1.3): counted before it is sent, taken back if it was not.
+  void CountMessage() { StoreMessages(++messages_); }
+  void UncountMessage() { StoreMessages(--messages_); }
   /// 1.3: the consumer's releases read so far from its region, and where the wait block is.
   void StoreReleasesRead(uint64_t count) {
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueReleasesReadOffset))
@@ -108,6 +106,11 @@ class QueueWriter {
   }
 
  private:
+  void StoreMessages(uint64_t count) {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(queue_ + kQueueMessagesOffset))
+        .store(count);
+  }
+
   uint8_t* queue_ = nullptr;
   uint32_t capacity_ = 0;
   uint64_t written_ = 0;

@@ -119,6 +119,8 @@ class RegionPeer {
         .load();
   }
 
+  /// The producer's count of the datagrams it sent (queue header).
+  uint64_t Messages() const { return queue_.messages(); }
   /// The queue header's wake word: the producer adds one for each wake-up it makes.
   uint32_t Wakes() const { return queue_.wake(); }
   internal::UnixSocket& socket() { return socket_; }

@@ -6,8 +6,14 @@
 // region's fallbacks for older peers on either side.
 #include <arrow/api.h>
 #include <gtest/gtest.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -16,6 +22,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <chrono>
 #include <future>
 #include <random>
@@ -245,34 +252,42 @@ TEST(WakeRegion, GarbageInTheSleepWordCostsOthersNothing) {
   EXPECT_EQ(values, Iota(kBatches));
 }
 
+/// Takes the peer's next batch and releases it in the region (release number `n`), calling
+/// `before_release` in between.
+template <typename BeforeRelease>
+void TakeAndRelease(hostile::RegionPeer& peer, uint64_t n, BeforeRelease&& before_release) {
+  uint64_t sequence = 0;
+  ASSERT_TRUE(hostile::Eventually([&] {
+    auto next = peer.NextSequence(&sequence);
+    return next.ok() && *next;
+  }));
+  before_release();
+  peer.WriteRelease(n, sequence, n + 1);
+}
+
+/// Sends the peer's Region, then publishes value 0 and releases it (release number 0): once the
+/// producer took that release it has the region.
+void GiveTheRegion(Producer& producer, hostile::RegionPeer& peer) {
+  ASSERT_OK(peer.SendRegion());
+  ASSERT_OK(producer.WaitForConsumers(1, kTimeoutMs));
+  ASSERT_OK(test_util::PublishValue(producer, 0));
+  TakeAndRelease(peer, 0, [] {});
+  ASSERT_TRUE(hostile::Eventually([&] {
+    (void)producer.stats();  // takes the region's releases
+    return peer.ReleasesRead() == 1;
+  }));
+}
+
 TEST(WakeRegion, AReleaseDoesNotWakeTheSleepingConsumerOnlyANewEntryDoes) {
   const std::string address = NextAddress();
   ASSERT_OK_AND_ASSIGN(auto producer,
                        Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
   ASSERT_OK_AND_ASSIGN(auto peer, hostile::RegionPeer::Welcomed(address));
-  ASSERT_OK(peer.SendRegion());
-  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
-  // Takes the next batch and releases it in the region (release number `n`).
-  auto take_and_release = [&](uint64_t n, auto&& before_release) {
-    uint64_t sequence = 0;
-    ASSERT_TRUE(hostile::Eventually([&] {
-      auto next = peer.NextSequence(&sequence);
-      return next.ok() && *next;
-    }));
-    before_release();
-    peer.WriteRelease(n, sequence, n + 1);
-  };
-  // A first release, taken: from then on the producer has the region.
-  ASSERT_OK(test_util::PublishValue(*producer, 0));
-  take_and_release(0, [] {});
-  ASSERT_TRUE(hostile::Eventually([&] {
-    (void)producer->stats();  // takes the region's releases
-    return peer.ReleasesRead() == 1;
-  }));
+  GiveTheRegion(*producer, peer);
   // Asleep (futex) with nothing unread: a release drained is no news to it.
   ASSERT_OK(test_util::PublishValue(*producer, 1));
   uint32_t wakes = 0;
-  take_and_release(1, [&] {
+  TakeAndRelease(peer, 1, [&] {
     wakes = peer.Wakes();
     peer.region().Announce((uint64_t{static_cast<uint32_t>(internal::SleepMode::kFutex)} << 32) |
                            wakes);
@@ -282,6 +297,85 @@ TEST(WakeRegion, AReleaseDoesNotWakeTheSleepingConsumerOnlyANewEntryDoes) {
   EXPECT_EQ(peer.Wakes(), wakes);
   ASSERT_OK(test_util::PublishValue(*producer, 2));  // news: it is woken, once
   EXPECT_EQ(peer.Wakes(), wakes + 1);
+}
+
+/// Stops the calling thread at each of its sendmsg calls until the returned listener (a seccomp
+/// user-notification fd) lets it go on; the thread keeps the filter until it exits.
+arrow::Result<UniqueFd> StopAtEachSendmsg() {
+#if defined(__x86_64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_AARCH64;
+#else
+  constexpr uint32_t kArch = 0;
+#endif
+  if (kArch == 0) return arrow::Status::NotImplemented("no seccomp architecture for this machine");
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  const sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    return arrow::Status::IOError("prctl(PR_SET_NO_NEW_PRIVS): errno ", errno);
+  }
+  // The listener fd is close-on-exec.
+  const long fd = ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                            &program);
+  if (fd < 0) return arrow::Status::IOError("seccomp(SECCOMP_SET_MODE_FILTER): errno ", errno);
+  return UniqueFd(static_cast<int>(fd));
+}
+
+TEST(WakeRegion, AWakeIsCountedBeforeItCanBeRead) {
+  // A consumer waiting on its fd reads the socket when the producer's datagram count moved: a
+  // Wake readable before it is counted leaves that consumer spinning on a readable fd until the
+  // publishing thread runs again. Here the publishing thread is held inside the sendmsg of its
+  // Wake, where the count must already have moved.
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer,
+                       Producer::Listen(address, test_util::ValueSchema(), RingOptions()));
+  ASSERT_OK_AND_ASSIGN(auto peer, hostile::RegionPeer::Welcomed(address));
+  GiveTheRegion(*producer, peer);
+  const uint64_t counted_before = peer.Messages();
+  peer.region().Announce(internal::SleepWord(internal::SleepMode::kSocket, peer.Wakes()));
+
+  std::promise<arrow::Result<UniqueFd>> stopping;
+  auto stopping_set = stopping.get_future();
+  arrow::Status published;
+  std::thread publisher([&] {
+    auto listener = StopAtEachSendmsg();
+    const bool stops = listener.ok();
+    stopping.set_value(std::move(listener));
+    if (stops) published = test_util::PublishValue(*producer, 1);
+  });
+  auto listener = stopping_set.get();
+  if (!listener.ok()) {
+    publisher.join();
+    GTEST_SKIP() << "this kernel or sandbox refuses seccomp listeners: " << listener.status();
+  }
+  // The count at each sendmsg the publishing thread makes, until it exits.
+  std::vector<uint64_t> counted_at_send;
+  pollfd look{listener->get(), POLLIN, 0};
+  while (::poll(&look, 1, kTimeoutMs) == 1 && (look.revents & POLLIN) != 0) {
+    seccomp_notif stopped{};
+    if (::ioctl(listener->get(), SECCOMP_IOCTL_NOTIF_RECV, &stopped) != 0) break;
+    counted_at_send.push_back(peer.Messages());
+    seccomp_notif_resp go_on{};
+    go_on.id = stopped.id;
+    go_on.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    if (::ioctl(listener->get(), SECCOMP_IOCTL_NOTIF_SEND, &go_on) != 0) break;
+  }
+  *listener = UniqueFd();  // a sendmsg still held fails instead of hanging the thread
+  publisher.join();
+  ASSERT_OK(published);
+  EXPECT_EQ(counted_at_send, std::vector<uint64_t>{counted_before + 1});
+  ASSERT_OK_AND_ASSIGN(auto wake, hostile::Receive(peer.socket(), 1));
+  EXPECT_EQ(wake.header.type, proto::Type::kWake);
+  EXPECT_EQ(peer.Messages(), counted_before + 1);
 }
 
 /// Publishes 0..kBatches-1 to `consumers` readers and ends: what each read.
