@@ -80,7 +80,7 @@ def test_bench_quick(tmp_path):
 
     assert {(r["consumers"], r["batch_bytes"], r["build"]) for r in results["throughput"]} == {
         (0, 24, "arrays"), (0, 24, "block"), (1, 24, "arrays"), (1, 24, "block"), (4, 24, "arrays"),
-        (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays")}
+        (1, 24, "uds"), (4, 24, "uds"), (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays")}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
         assert _positive(r["producer_build_us_per_batch"]), r
