@@ -324,8 +324,8 @@ arrow::Result<UniqueFd> StopAtEachSendmsg() {
     return arrow::Status::IOError("prctl(PR_SET_NO_NEW_PRIVS): errno ", errno);
   }
   // The listener fd is close-on-exec.
-  const long fd = ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                            &program);
+  const long fd =
+      ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &program);
   if (fd < 0) return arrow::Status::IOError("seccomp(SECCOMP_SET_MODE_FILTER): errno ", errno);
   return UniqueFd(static_cast<int>(fd));
 }
