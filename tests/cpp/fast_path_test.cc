@@ -12,7 +12,10 @@
 #include <thread>
 #include <vector>
 
+#include "hostile_peer.h"
+#include "mapping.h"
 #include "protocol.h"
+#include "ring_queue.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/producer.h"
 #include "test_util.h"
@@ -228,6 +231,51 @@ TEST(FastPathTest, AQueueIsAgreedInRingModeAndWakesAWaitingConsumer) {
   ASSERT_OK(PublishValue(*producer, 7));
   ASSERT_OK_AND_ASSIGN(auto header, raw.Receive());
   EXPECT_EQ(header.type, proto::Type::kWake);
+  producer->Close();
+}
+
+// Each consumer gets the one queue slot its predecessor left, count and entries still there: the
+// producer resets it before the Welcome, or the consumer may read those entries as its own (whose
+// batches were released, their ring bytes reused). It looks at once, as a quick consumer would.
+TEST(FastPathTest, AReusedQueueSlotIsEmptyWhenTheNextConsumerIsWelcomed) {
+  const std::string address = NextAddress();
+  ProducerOptions options = RingOptions();
+  options.max_consumers = 1;  // one queue slot, so every consumer reuses it
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), options));
+  internal::Mapping ring;  // mapped once: the consumers that follow look at it without delay
+  std::vector<uint8_t> buffer(proto::kMaxMessageSize);
+  proto::Writer writer;
+  constexpr int kConsumers = 300;
+  for (int i = 0; i < kConsumers; ++i) {
+    // The one before is gone (its socket closed at the end of its turn): its batch and its queue
+    // slot returned.
+    ASSERT_TRUE(hostile::Eventually([&] { return producer->stats().consumers == 0; }));
+    ASSERT_OK_AND_ASSIGN(auto socket,
+                         internal::UnixSocket::Connect(address, SOCK_SEQPACKET, kTimeoutMs));
+    proto::Hello hello;
+    hello.max_in_flight = 4;
+    ASSERT_OK(socket.Send(proto::Encode(writer, hello), {}));
+    ASSERT_OK_AND_ASSIGN(auto received, socket.Receive(buffer, 1, kTimeoutMs));
+    ASSERT_GT(received.bytes, 0) << "consumer " << i << " got no Welcome";
+    proto::Reader reader(std::span<const uint8_t>(buffer.data(), received.bytes));
+    ASSERT_OK_AND_ASSIGN(auto header, reader.ReadHeader());
+    ASSERT_EQ(header.type, proto::Type::kWelcome);
+    ASSERT_OK_AND_ASSIGN(auto welcome, proto::DecodeWelcome(reader));
+    ASSERT_NE(welcome.queue_capacity, 0u) << "consumer " << i << " got no queue";
+    if (ring.data() == nullptr) {
+      ASSERT_EQ(received.fds.size(), 1u);
+      ASSERT_OK_AND_ASSIGN(ring, internal::Mapping::MapReadOnly(
+                                     received.fds[0].get(), static_cast<int64_t>(welcome.ring_size)));
+    }
+    ASSERT_OK_AND_ASSIGN(auto queue,
+                         proto::QueueReader::Attach(ring.data(), welcome.ring_size,
+                                                    welcome.queue_offset, welcome.queue_capacity));
+    ASSERT_OK_AND_ASSIGN(uint64_t unread, queue.Unread());
+    ASSERT_EQ(unread, 0u) << "consumer " << i << " finds its predecessor's entries in its queue";
+    // An entry for this consumer, which the next one must not see.
+    ASSERT_OK(PublishValue(*producer, i));
+    ASSERT_TRUE(hostile::Eventually([&] { return queue.Unread().ValueOr(0) == 1; }));
+  }
   producer->Close();
 }
 
