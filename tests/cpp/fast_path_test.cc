@@ -59,6 +59,7 @@ class RawConsumer {
     ARROW_ASSIGN_OR_RAISE(auto header, raw.Receive());
     if (header.type != proto::Type::kWelcome) return arrow::Status::Invalid("no Welcome");
     ARROW_ASSIGN_OR_RAISE(raw.welcome_, proto::DecodeWelcome(*raw.reader_));
+    if (!raw.fds_.empty()) raw.ring_fd_ = std::move(raw.fds_.front());
     return raw;
   }
 
@@ -66,6 +67,7 @@ class RawConsumer {
   arrow::Result<proto::Header> Receive() {
     ARROW_ASSIGN_OR_RAISE(auto received, socket_.Receive(buffer_, 1, kTimeoutMs));
     if (received.bytes <= 0) return arrow::Status::IOError("nothing received");
+    fds_ = std::move(received.fds);
     reader_.emplace(std::span<const uint8_t>(buffer_.data(), received.bytes));
     return reader_->ReadHeader();
   }
@@ -101,6 +103,8 @@ class RawConsumer {
     return error.message;
   }
   const proto::Welcome& welcome() const { return welcome_; }
+  /// The ring's fd, which came with the Welcome (ring mode).
+  int ring_fd() const { return ring_fd_.get(); }
 
  private:
   explicit RawConsumer(internal::UnixSocket socket) : socket_(std::move(socket)) {}
@@ -108,7 +112,9 @@ class RawConsumer {
   proto::Writer writer_;
   std::vector<uint8_t> buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::optional<proto::Reader> reader_;
+  std::vector<UniqueFd> fds_;  // those of the last message received
   proto::Welcome welcome_;
+  UniqueFd ring_fd_;
 };
 
 TEST(FastPathTest, ABacklogGoesOutAsOneBatchesMessageWhenAgreed) {
@@ -243,29 +249,17 @@ TEST(FastPathTest, AReusedQueueSlotIsEmptyWhenTheNextConsumerIsWelcomed) {
   options.max_consumers = 1;  // one queue slot, so every consumer reuses it
   ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), options));
   internal::Mapping ring;  // mapped once: the consumers that follow look at it without delay
-  std::vector<uint8_t> buffer(proto::kMaxMessageSize);
-  proto::Writer writer;
   constexpr int kConsumers = 300;
   for (int i = 0; i < kConsumers; ++i) {
-    // The one before is gone (its socket closed at the end of its turn): its batch and its queue
-    // slot returned.
+    // The one before is gone (closed at the end of its turn): its batch and its queue slot
+    // returned.
     ASSERT_TRUE(hostile::Eventually([&] { return producer->stats().consumers == 0; }));
-    ASSERT_OK_AND_ASSIGN(auto socket,
-                         internal::UnixSocket::Connect(address, SOCK_SEQPACKET, kTimeoutMs));
-    proto::Hello hello;
-    hello.max_in_flight = 4;
-    ASSERT_OK(socket.Send(proto::Encode(writer, hello), {}));
-    ASSERT_OK_AND_ASSIGN(auto received, socket.Receive(buffer, 1, kTimeoutMs));
-    ASSERT_GT(received.bytes, 0) << "consumer " << i << " got no Welcome";
-    proto::Reader reader(std::span<const uint8_t>(buffer.data(), received.bytes));
-    ASSERT_OK_AND_ASSIGN(auto header, reader.ReadHeader());
-    ASSERT_EQ(header.type, proto::Type::kWelcome);
-    ASSERT_OK_AND_ASSIGN(auto welcome, proto::DecodeWelcome(reader));
+    ASSERT_OK_AND_ASSIGN(auto raw, RawConsumer::Connect(address, proto::kAllFeatures, 4));
+    const proto::Welcome& welcome = raw.welcome();
     ASSERT_NE(welcome.queue_capacity, 0u) << "consumer " << i << " got no queue";
     if (ring.data() == nullptr) {
-      ASSERT_EQ(received.fds.size(), 1u);
       ASSERT_OK_AND_ASSIGN(ring, internal::Mapping::MapReadOnly(
-                                     received.fds[0].get(), static_cast<int64_t>(welcome.ring_size)));
+                                     raw.ring_fd(), static_cast<int64_t>(welcome.ring_size)));
     }
     ASSERT_OK_AND_ASSIGN(auto queue,
                          proto::QueueReader::Attach(ring.data(), welcome.ring_size,
