@@ -371,6 +371,10 @@ arrow::Status ProducerImpl::Admit(Session& s, Admission admission) {
   }
   terms.region_agreed = (welcome.features & proto::kFeatureWakeRegion) != 0;
   terms.wait_block = memory_->wait_block_offset();
+  // Before the Welcome: its queue slot may have served another consumer, whose count and entries
+  // this one would read as its own if it looked before the header is reset. (Not sent: the
+  // session is killed, and reaping it returns the slot.)
+  s.Welcomed(std::move(terms));
   auto sent = [&]() -> arrow::Result<bool> {
     ARROW_ASSIGN_OR_RAISE(UniqueFd ring_fd, memory_->ConsumerFd());
     const int fd = ring_fd.get();
@@ -379,11 +383,9 @@ arrow::Status ProducerImpl::Admit(Session& s, Admission admission) {
     return s.socket().TrySendDatagram(proto::Encode(send_.writer, welcome), fds);
   }();
   if (!sent.ok() || !*sent) {
-    if (terms.queue) memory_->ReleaseQueue(terms.queue->index);
     ARROW_RETURN_NOT_OK(sent);
     return arrow::Status::IOError("consumer's socket is full during the handshake");
   }
-  s.Welcomed(std::move(terms));
   ++stats_.consumers_total;
   std::shared_ptr<arrow::Schema> announced = admission.first_schema;
   auto announce = [&](const std::shared_ptr<arrow::Schema>& next) {

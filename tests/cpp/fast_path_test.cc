@@ -12,7 +12,10 @@
 #include <thread>
 #include <vector>
 
+#include "hostile_peer.h"
+#include "mapping.h"
 #include "protocol.h"
+#include "ring_queue.h"
 #include "shmarrow/consumer.h"
 #include "shmarrow/producer.h"
 #include "test_util.h"
@@ -56,6 +59,7 @@ class RawConsumer {
     ARROW_ASSIGN_OR_RAISE(auto header, raw.Receive());
     if (header.type != proto::Type::kWelcome) return arrow::Status::Invalid("no Welcome");
     ARROW_ASSIGN_OR_RAISE(raw.welcome_, proto::DecodeWelcome(*raw.reader_));
+    if (!raw.fds_.empty()) raw.ring_fd_ = std::move(raw.fds_.front());
     return raw;
   }
 
@@ -63,6 +67,7 @@ class RawConsumer {
   arrow::Result<proto::Header> Receive() {
     ARROW_ASSIGN_OR_RAISE(auto received, socket_.Receive(buffer_, 1, kTimeoutMs));
     if (received.bytes <= 0) return arrow::Status::IOError("nothing received");
+    fds_ = std::move(received.fds);
     reader_.emplace(std::span<const uint8_t>(buffer_.data(), received.bytes));
     return reader_->ReadHeader();
   }
@@ -98,6 +103,8 @@ class RawConsumer {
     return error.message;
   }
   const proto::Welcome& welcome() const { return welcome_; }
+  /// The ring's fd, which came with the Welcome (ring mode).
+  int ring_fd() const { return ring_fd_.get(); }
 
  private:
   explicit RawConsumer(internal::UnixSocket socket) : socket_(std::move(socket)) {}
@@ -105,7 +112,9 @@ class RawConsumer {
   proto::Writer writer_;
   std::vector<uint8_t> buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::optional<proto::Reader> reader_;
+  std::vector<UniqueFd> fds_;  // those of the last message received
   proto::Welcome welcome_;
+  UniqueFd ring_fd_;
 };
 
 TEST(FastPathTest, ABacklogGoesOutAsOneBatchesMessageWhenAgreed) {
@@ -228,6 +237,39 @@ TEST(FastPathTest, AQueueIsAgreedInRingModeAndWakesAWaitingConsumer) {
   ASSERT_OK(PublishValue(*producer, 7));
   ASSERT_OK_AND_ASSIGN(auto header, raw.Receive());
   EXPECT_EQ(header.type, proto::Type::kWake);
+  producer->Close();
+}
+
+// Each consumer gets the one queue slot its predecessor left, count and entries still there: the
+// producer resets it before the Welcome, or the consumer may read those entries as its own (whose
+// batches were released, their ring bytes reused). It looks at once, as a quick consumer would.
+TEST(FastPathTest, AReusedQueueSlotIsEmptyWhenTheNextConsumerIsWelcomed) {
+  const std::string address = NextAddress();
+  ProducerOptions options = RingOptions();
+  options.max_consumers = 1;  // one queue slot, so every consumer reuses it
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, ValueSchema(), options));
+  internal::Mapping ring;  // mapped once: the consumers that follow look at it without delay
+  constexpr int kConsumers = 300;
+  for (int i = 0; i < kConsumers; ++i) {
+    // The one before is gone (closed at the end of its turn): its batch and its queue slot
+    // returned.
+    ASSERT_TRUE(hostile::Eventually([&] { return producer->stats().consumers == 0; }));
+    ASSERT_OK_AND_ASSIGN(auto raw, RawConsumer::Connect(address, proto::kAllFeatures, 4));
+    const proto::Welcome& welcome = raw.welcome();
+    ASSERT_NE(welcome.queue_capacity, 0u) << "consumer " << i << " got no queue";
+    if (ring.data() == nullptr) {
+      ASSERT_OK_AND_ASSIGN(ring, internal::Mapping::MapReadOnly(
+                                     raw.ring_fd(), static_cast<int64_t>(welcome.ring_size)));
+    }
+    ASSERT_OK_AND_ASSIGN(auto queue,
+                         proto::QueueReader::Attach(ring.data(), welcome.ring_size,
+                                                    welcome.queue_offset, welcome.queue_capacity));
+    ASSERT_OK_AND_ASSIGN(uint64_t unread, queue.Unread());
+    ASSERT_EQ(unread, 0u) << "consumer " << i << " finds its predecessor's entries in its queue";
+    // An entry for this consumer, which the next one must not see.
+    ASSERT_OK(PublishValue(*producer, i));
+    ASSERT_TRUE(hostile::Eventually([&] { return queue.Unread().ValueOr(0) == 1; }));
+  }
   producer->Close();
 }
 
