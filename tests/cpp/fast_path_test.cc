@@ -261,9 +261,9 @@ TEST(FastPathTest, AReusedQueueSlotIsEmptyWhenTheNextConsumerIsWelcomed) {
       ASSERT_OK_AND_ASSIGN(ring, internal::Mapping::MapReadOnly(
                                      raw.ring_fd(), static_cast<int64_t>(welcome.ring_size)));
     }
-    ASSERT_OK_AND_ASSIGN(auto queue,
-                         proto::QueueReader::Attach(ring.data(), welcome.ring_size,
-                                                    welcome.queue_offset, welcome.queue_capacity));
+    ASSERT_OK_AND_ASSIGN(
+        auto queue, proto::QueueReader::Attach(ring.data(), welcome.ring_size, welcome.queue_offset,
+                                               welcome.queue_capacity));
     ASSERT_OK_AND_ASSIGN(uint64_t unread, queue.Unread());
     ASSERT_EQ(unread, 0u) << "consumer " << i << " finds its predecessor's entries in its queue";
     // An entry for this consumer, which the next one must not see.
