@@ -16,19 +16,22 @@
 namespace shmarrow::internal {
 namespace {
 
+// `alive` is atomic: objects die on several threads at once.
 struct Tracked {
-  explicit Tracked(int* alive, int64_t value) : alive(alive), value(value) { ++*alive; }
+  explicit Tracked(std::atomic<int>* alive, int64_t value) : alive(alive), value(value) {
+    ++*alive;
+  }
   ~Tracked() { --*alive; }
-  int* alive;
+  std::atomic<int>* alive;
   int64_t value;
 };
 
-std::shared_ptr<Tracked> Make(BatchArena* arena, int* alive, int64_t value) {
+std::shared_ptr<Tracked> Make(BatchArena* arena, std::atomic<int>* alive, int64_t value) {
   return std::allocate_shared<Tracked>(ArenaAllocator<Tracked>(arena), alive, value);
 }
 
 TEST(BatchArena, ObjectsShareTheBlockWhileItHasRoom) {
-  int alive = 0;
+  std::atomic<int> alive{0};
   auto arena = BatchArena::Create(4096);
   auto a = Make(arena.get(), &alive, 1);
   auto b = Make(arena.get(), &alive, 2);
@@ -39,11 +42,11 @@ TEST(BatchArena, ObjectsShareTheBlockWhileItHasRoom) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(a.get()) % alignof(Tracked), 0u);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(b.get()) % alignof(Tracked), 0u);
   EXPECT_GE(arena->wanted(), 2 * sizeof(Tracked));
-  EXPECT_EQ(alive, 2);
+  EXPECT_EQ(alive.load(), 2);
 }
 
 TEST(BatchArena, AFullBlockLeavesTheRestToTheHeapAndCountsItAsWanted) {
-  int alive = 0;
+  std::atomic<int> alive{0};
   auto arena = BatchArena::Create(0);
   std::vector<std::shared_ptr<Tracked>> objects;
   for (int i = 0; i < 5; ++i) objects.push_back(Make(arena.get(), &alive, i));
@@ -61,24 +64,24 @@ TEST(BatchArena, AFullBlockLeavesTheRestToTheHeapAndCountsItAsWanted) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(objects[i]->value, i);
   objects.clear();
   inside.clear();
-  EXPECT_EQ(alive, 0);
+  EXPECT_EQ(alive.load(), 0);
 }
 
 TEST(BatchArena, ObjectsOutliveTheHandleAndDieOnAnyThreadInAnyOrder) {
-  int alive = 0;
+  std::atomic<int> alive{0};
   std::vector<std::shared_ptr<Tracked>> objects;
   {
     auto arena = BatchArena::Create(3 * 64);  // some in the block, some on the heap
     for (int i = 0; i < 8; ++i) objects.push_back(Make(arena.get(), &alive, i));
   }
-  EXPECT_EQ(alive, 8);
+  EXPECT_EQ(alive.load(), 8);
   for (int i = 0; i < 8; ++i) EXPECT_EQ(objects[i]->value, i);
   std::vector<std::shared_ptr<Tracked>> odd;
   for (int i = 7; i >= 0; i -= 2) odd.push_back(std::move(objects[i]));
   std::thread other([&odd] { odd.clear(); });
   objects.clear();
   other.join();
-  EXPECT_EQ(alive, 0);
+  EXPECT_EQ(alive.load(), 0);
 }
 
 /// Counts the Release messages a channel sends (no region attached: every release is one).
@@ -94,7 +97,7 @@ class CountingOutbox final : public Outbox {
 TEST(BatchArena, TheLastObjectGoneReleasesTheBatchOnce) {
   auto outbox = std::make_shared<CountingOutbox>();
   auto channel = std::make_shared<Channel>(outbox);
-  int alive = 0;
+  std::atomic<int> alive{0};
   auto memory = std::make_shared<int>(0);
   std::vector<std::shared_ptr<Tracked>> objects;
   {
@@ -108,7 +111,7 @@ TEST(BatchArena, TheLastObjectGoneReleasesTheBatchOnce) {
   objects.pop_back();
   objects.clear();
   other.join();
-  EXPECT_EQ(alive, 0);
+  EXPECT_EQ(alive.load(), 0);
   EXPECT_EQ(channel->released(), 1);
   EXPECT_EQ(outbox->sent.load(), 1);
   EXPECT_EQ(memory.use_count(), 1);
