@@ -152,8 +152,22 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    Timed from the producer's first build to the last consumer reading end-of-stream. The
    "producer alone" row builds and publishes the same small batches with no consumer connected
    (no message is sent): the ceiling that building a batch and writing its metadata puts on
-   the rows below it. Every row runs three times, the rows interleaved; batches/s is the median
-   (min–max) of the three, the other columns come from the median run.
+   the rows below it. *The floor* (`bench/spsc_baseline throughput`, 1 and 4 consumers, 1,000,000
+   messages; quick: 20,000): what this machine does at all, without Arrow, with as many bytes a
+   batch as shmarrow writes into the ring for the 1-row batch: 256-byte messages, the 232-byte
+   RecordBatch Message flatbuffer Arrow's writer makes for that batch (the bytes shmarrow's cached
+   metadata reproduces, `src/metadata_template.h`) and its 24-byte body. One producer writes
+   every message into a ring of 64 slots in shared memory (as many batches as a consumer may
+   hold by default), and waits on the slowest consumer's cursor when the ring is full; each
+   consumer process reads every message (sums its 8-byte words, checked against what was
+   written) and advances a cursor of its own, on a cache line of its own. Waits are shmarrow's:
+   a consumer that caught up polls for 10 µs, then says it sleeps and sleeps on a futex word the
+   producer bumps and wakes (only the consumers that said so); the producer also polls 10 µs
+   before it sleeps on a cursor (shmarrow's producer sleeps at once; without the poll the floor's
+   producer, faster than its consumer, slept and was woken about once a message). The targets table sets the ring's batches/s beside the floor's
+   (ring / floor), with the absolute goal over the floor as the ratio it takes. Every row runs
+   three times, the rows interleaved (the floor after the ring's rows in each repetition);
+   batches/s is the median (min–max) of the three, the other columns come from the median run.
 5. **Heap allocations per batch** — `LD_PRELOAD=build/tests/proof/libmalloc_counter.so`,
    `ARROW_DEFAULT_MEMORY_POOL=system`, the throughput loop (small batches, one consumer) run twice
    with different lengths; (calls at exit of the long run − of the short run) / (difference in
@@ -173,8 +187,12 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    tear-down cancel out. A side is a process with all its threads: the traced process is the
    producer (every bench binary runs it in the parent), its forked children the consumers
    (threads are told from processes by `CLONE_THREAD` in the clone that made them). Routes:
-   shmarrow ring paced with the consumer blocking and busy-polling, ring unpaced with one
-   consumer (the consumer behind), Arrow IPC over a UNIX socket paced (reader blocking and
+   shmarrow ring paced with the consumer blocking and busy-polling; ring unpaced with one
+   consumer, twice: as fast as each side goes (the producer is the slower side: the consumer
+   catches up, polls, sleeps, and its producer wakes it) and with the consumer really behind
+   (`handover_bench throughput --consumer-work-ns 20000`: the consumer spins 20 µs per batch,
+   several times the producer's cost, so the producer waits for credits and the consumer always
+   finds a batch queued); Arrow IPC over a UNIX socket paced (reader blocking and
    busy-polling), and the SPSC floor paced (blocking and busy-polling). Paced, the producer
    waits after each batch until the consumer says it is done with it; the ring rows and the
    floor pace with the same code (3.), whose futex calls are marked (`FUTEX_WAIT_BITSET` /
@@ -448,6 +466,17 @@ def notes(results):
             if four and 4 in sockets:
                 text += (f" and {sockets[4]['batches_per_s']:,.0f}/s to four (ring / socket "
                          f"{four['batches_per_s'] / sockets[4]['batches_per_s']:.2f})")
+            text += "."
+        floors = {r["consumers"]: r for r in tps if r.get("build") == "floor"}
+        if 1 in floors:
+            text += (
+                f" The floor, {floors[1]['batch_bytes']}-byte messages through a shared-memory ring "
+                f"with no Arrow, reached {floors[1]['batches_per_s']:,.0f}/s to one consumer (ring / "
+                f"floor {one['batches_per_s'] / floors[1]['batches_per_s']:.2f})")
+            if four and 4 in floors:
+                text += (f" and {floors[4]['batches_per_s']:,.0f}/s to four, each reading every "
+                         f"message (ring / floor {four['batches_per_s'] / floors[4]['batches_per_s']:.2f}; "
+                         f"the goal of 500,000/s is {500_000 / floors[4]['batches_per_s']:.2f} of it)")
             text += "."
         text += (
             " Batches travel through the consumer's queue in the ring and releases come back "

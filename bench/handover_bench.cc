@@ -10,6 +10,8 @@
 //   (handover and e2e take --pages auto|hugetlb|off: the producer's page policy, default auto)
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
 //                             [--build arrays|block (small batches: three arrays, or one block; below)]
+//                             [--consumer-work-ns W (each consumer spins W ns a batch: slower than
+//                              the producer, so that it falls behind)]
 //   handover_bench heap       --transport ring|sealed --batches M
 //   handover_bench heap-floor --batches M   (Arrow's own allocations: write and read the small batch)
 //
@@ -726,7 +728,7 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
 // Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
 // and touch its first and last value; the producer publishes `batches` as fast as credits allow.
 int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
-              int64_t batches, int busy_poll_us, bool in_block) {
+              int64_t batches, int busy_poll_us, bool in_block, int64_t consumer_work_ns) {
   const bool small = bytes <= 0;
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   const std::string address = Address(kind.c_str());
@@ -744,6 +746,8 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
             const int64_t* v = batch->column_data(0)->GetValues<int64_t>(1);
             touch += v[0] + v[batch->num_rows() - 1];
             ++n;
+            for (const int64_t until = NowNs() + consumer_work_ns; NowNs() < until;) {
+            }
           }
           const int64_t end_ns = NowNs();
           consumer.reset();
@@ -969,7 +973,7 @@ int main(int argc, char** argv) {
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000),
                      static_cast<int>(a.Int("busy-poll-us", 0)),
-                     a.Get("build", "arrays") == "block");
+                     a.Get("build", "arrays") == "block", a.Int("consumer-work-ns", 0));
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;

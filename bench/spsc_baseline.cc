@@ -1,25 +1,44 @@
-// spsc_baseline: the floor of this machine for bench/run's small-batch latency rows (see
-// docs/benchmarks.md). A 64-byte message goes from one process to another through a
-// single-producer single-consumer queue in shared memory; a sleeping consumer is woken with a
-// futex on a word of that memory (FUTEX_WAIT / FUTEX_WAKE, not _PRIVATE: the mapping is shared
-// between processes), the mechanism shmarrow's control plane uses. Nothing else: no Arrow, no
-// metadata, no validation, no release.
+// spsc_baseline: the floor of this machine for bench/run's small-batch rows (see
+// docs/benchmarks.md): messages from one process to others through a queue in shared memory; a
+// sleeping consumer is woken with a futex on a word of that memory (FUTEX_WAIT / FUTEX_WAKE, not
+// _PRIVATE: the mapping is shared between processes), the mechanism shmarrow's control plane
+// uses. Nothing else: no Arrow, no metadata, no validation, no release.
 //
 //   spsc_baseline --iters N [--warmup W] [--busy 1] [--settle-ms P] [--cold-bytes C]
 //
-// Paced one-way latency, like handover_bench latency: the producer writes CLOCK_MONOTONIC into
-// the message just before publishing it, the consumer subtracts it from the time it holds the
-// message, and the producer sends the next message only once the consumer has taken this one
-// (it sleeps on the consumer's cursor, outside the timed path). --busy 1: the consumer spins on
-// the queue instead of sleeping. The controls for handover_bench's rows of the same names: before
-// stamping each message the producer sleeps P ms (--settle-ms: both processes idle) or writes C
-// bytes of memory of its own (--cold-bytes: the producer busy, as when it builds a large batch).
-// The consumer prints one JSON line on stdout,
+// Paced one-way latency of a 64-byte message, like handover_bench latency: the producer writes
+// CLOCK_MONOTONIC into the message just before publishing it, the consumer subtracts it from the
+// time it holds the message, and the producer sends the next message only once the consumer has
+// taken this one (it sleeps on the consumer's cursor, outside the timed path). --busy 1: the
+// consumer spins on the queue instead of sleeping. The controls for handover_bench's rows of the
+// same names: before stamping each message the producer sleeps P ms (--settle-ms: both processes
+// idle) or writes C bytes of memory of its own (--cold-bytes: the producer busy, as when it
+// builds a large batch). The consumer prints one JSON line on stdout,
 // {"role":"consumer","kind":"spsc","busy":B,"samples_ns":[...]}; the producer one with its role.
+//
+//   spsc_baseline throughput --consumers K [--bytes B] --messages N
+//
+// Unpaced throughput, the floor under handover_bench throughput: one producer writes N messages
+// of B bytes as fast as the ring lets it; K forked consumers each read every message (sum its
+// 8-byte words, checked against what the producer wrote). The ring holds 64 messages, as many as
+// a shmarrow consumer may hold by default (ProducerOptions::max_in_flight): when it is full the
+// producer sleeps on the slowest consumer's cursor, which that consumer wakes. A consumer that
+// caught up polls for 10 us, then announces its sleep on a word of its own and sleeps on its
+// futex word; the producer wakes only the consumers that announced a sleep, as shmarrow's
+// producer and blocking consumer do. B defaults to 256: the 232-byte RecordBatch Message
+// flatbuffer that Arrow's writer makes for handover_bench's 1-row batch of 3 int64/float64
+// columns (shmarrow writes those bytes into the ring, src/metadata_template.h) plus its 24-byte
+// body. Each process prints one JSON line, as handover_bench throughput does:
+// {"role":"consumer","index":i,"messages":n,"first_ns":..,"end_ns":..,"cpu_ns":..} and
+// {"role":"producer","consumers":K,"bytes":B,"messages":N,"start_ns":..,"published_ns":..,
+// "cpu_ns":..}; times are CLOCK_MONOTONIC, cpu_ns the process's CPU time.
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -55,9 +74,10 @@ struct Queue {
   alignas(64) Message slots[kSlots];
 };
 
-int64_t NowNs() {
+// CLOCK_MONOTONIC by default; CLOCK_PROCESS_CPUTIME_ID: the CPU time of this process.
+int64_t NowNs(clockid_t clock = CLOCK_MONOTONIC) {
   timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  ::clock_gettime(clock, &ts);
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
@@ -109,9 +129,246 @@ int64_t Arg(int argc, char** argv, const std::string& name, int64_t fallback) {
   return fallback;
 }
 
-}  // namespace
+// Throughput (see the top): the ring in shared memory, each part on cache lines of its own.
+constexpr uint32_t kRingSlots = 64;  // shmarrow's default credits (ProducerOptions::max_in_flight)
+constexpr int kMaxConsumers = 64;
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);  // as shmarrow's consumer
 
-int main(int argc, char** argv) {
+struct alignas(64) Counter {
+  std::atomic<uint32_t> value{0};
+};
+
+// A consumer's sleep, as in shmarrow's wake region: it says it sleeps (`asleep`) and sleeps on
+// `wake`, which the producer bumps before its FUTEX_WAKE.
+struct alignas(64) Bell {
+  std::atomic<uint32_t> wake{0};
+  std::atomic<uint32_t> asleep{0};
+};
+
+struct Ring {
+  Counter published;  // messages written (the consumers wait on it)
+  Counter ready;      // consumers started
+  bench::PaceWord taken[kMaxConsumers];  // each consumer's cursor (the producer waits on them)
+  Bell bells[kMaxConsumers];
+  // then kRingSlots messages, each `stride` bytes
+};
+
+struct RingView {
+  Ring* ring;
+  uint8_t* slots;
+  size_t stride;
+  size_t words;  // 8-byte words per message
+  const uint64_t* Message(uint32_t sequence) const {
+    return reinterpret_cast<const uint64_t*>(slots + (sequence % kRingSlots) * stride);
+  }
+};
+
+// Word i of message `sequence` holds sequence + i: the sum a consumer checks.
+uint64_t ExpectedSum(uint32_t sequence, size_t words) {
+  return words * uint64_t{sequence} + words * (words - 1) / 2;
+}
+
+void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Waits for a message after `taken`: polls kSpinBeforeSleep, then sleeps until the producer
+// wakes it (or 100 ms pass: look again). False: nothing for bench::kPaceGiveUp.
+bool AwaitMessage(Ring* ring, Bell* bell, uint32_t taken) {
+  const auto give_up = std::chrono::steady_clock::now() + bench::kPaceGiveUp;
+  for (;;) {
+    const auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+    do {
+      CpuRelax();
+      if (ring->published.value.load(std::memory_order_acquire) != taken) return true;
+    } while (std::chrono::steady_clock::now() < spin_until);
+    // Announced, then a last look (sequentially consistent, against the producer's store of
+    // `published` and its look at `asleep`): it sees the announcement or we see its message.
+    const uint32_t seen = bell->wake.load(std::memory_order_seq_cst);
+    bell->asleep.store(1, std::memory_order_seq_cst);
+    if (ring->published.value.load(std::memory_order_seq_cst) == taken) {
+      const timespec timeout{0, 100 * 1000 * 1000};
+      ::syscall(SYS_futex, &bell->wake, FUTEX_WAIT, seen, &timeout, nullptr, 0);
+    }
+    bell->asleep.store(0, std::memory_order_relaxed);
+    if (ring->published.value.load(std::memory_order_acquire) != taken) return true;
+    if (std::chrono::steady_clock::now() > give_up) return false;
+  }
+}
+
+int ConsumeAll(const RingView& view, int index, uint32_t total) {
+  Ring* ring = view.ring;
+  bench::PaceWord* cursor = &ring->taken[index];
+  ring->ready.value.fetch_add(1);
+  int64_t first_ns = 0;
+  for (uint32_t taken = 0; taken < total;) {
+    const uint32_t available = ring->published.value.load(std::memory_order_acquire);
+    if (available == taken) {
+      if (!AwaitMessage(ring, &ring->bells[index], taken)) {
+        std::cerr << "spsc_baseline: consumer " << index << ": no message " << taken << std::endl;
+        return 1;
+      }
+      continue;
+    }
+    if (taken == 0) first_ns = NowNs();
+    for (; taken != available; ++taken) {
+      const uint64_t* words = view.Message(taken);
+      uint64_t sum = 0;
+      for (size_t i = 0; i < view.words; ++i) sum += words[i];
+      if (sum != ExpectedSum(taken, view.words)) {
+        std::cerr << "spsc_baseline: consumer " << index << ": message " << taken
+                  << " does not hold what was written" << std::endl;
+        return 1;
+      }
+      bench::Advance(cursor, taken + 1, bench::Role::kHandOver);  // the slot may be reused now
+    }
+  }
+  const int64_t end_ns = NowNs();
+  std::printf(
+      "{\"role\":\"consumer\",\"kind\":\"spsc\",\"index\":%d,\"messages\":%u,\"first_ns\":%lld,"
+      "\"end_ns\":%lld,\"cpu_ns\":%lld}\n",
+      index, total, static_cast<long long>(first_ns), static_cast<long long>(end_ns),
+      static_cast<long long>(NowNs(CLOCK_PROCESS_CPUTIME_ID)));
+  return 0;
+}
+
+// The cursor of the consumer furthest behind `sent`.
+uint32_t Slowest(Ring* ring, int consumers, uint32_t sent) {
+  uint32_t slowest = sent;
+  for (int k = 0; k < consumers; ++k) {
+    const uint32_t taken = ring->taken[k].value.load(std::memory_order_acquire);
+    if (sent - taken > sent - slowest) slowest = taken;
+  }
+  return slowest;
+}
+
+// Sleeps on each consumer's cursor in turn until every one has taken `count` messages.
+bool WaitUntilTaken(Ring* ring, int consumers, uint32_t count) {
+  for (int k = 0; k < consumers; ++k) {
+    for (uint32_t seen = 0;
+         static_cast<int32_t>(count - (seen = ring->taken[k].value.load())) > 0;) {
+      if (!bench::WaitChange(&ring->taken[k], seen, false, bench::Role::kHandOver)) {
+        std::cerr << "spsc_baseline: consumer " << k << " stopped at message " << seen << std::endl;
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+bool ProduceAll(const RingView& view, int consumers, uint32_t total) {
+  Ring* ring = view.ring;
+  const auto give_up = std::chrono::steady_clock::now() + bench::kPaceGiveUp;
+  while (ring->ready.value.load() != static_cast<uint32_t>(consumers)) {
+    if (std::chrono::steady_clock::now() > give_up) {
+      std::cerr << "spsc_baseline: the consumers did not start" << std::endl;
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int64_t start_ns = NowNs();
+  uint32_t slowest_taken = 0;  // looked up again only when the ring seems full
+  for (uint32_t sent = 0; sent < total; ++sent) {
+    if (sent - slowest_taken == kRingSlots) {  // full, unless a consumer moved on since
+      slowest_taken = Slowest(ring, consumers, sent);
+      // As a consumer waits for a message: polls kSpinBeforeSleep, then sleeps.
+      const auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+      while (sent - slowest_taken == kRingSlots && std::chrono::steady_clock::now() < spin_until) {
+        CpuRelax();
+        slowest_taken = Slowest(ring, consumers, sent);
+      }
+      if (sent - slowest_taken == kRingSlots) {
+        if (!WaitUntilTaken(ring, consumers, sent - kRingSlots + 1)) return false;
+        slowest_taken = Slowest(ring, consumers, sent);
+      }
+    }
+    auto* words = const_cast<uint64_t*>(view.Message(sent));
+    for (size_t i = 0; i < view.words; ++i) words[i] = sent + i;
+    ring->published.value.store(sent + 1, std::memory_order_seq_cst);
+    for (int k = 0; k < consumers; ++k) {
+      Bell& bell = ring->bells[k];
+      if (bell.asleep.load(std::memory_order_seq_cst) != 0) {
+        bell.wake.fetch_add(1, std::memory_order_seq_cst);
+        ::syscall(SYS_futex, &bell.wake, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+      }
+    }
+  }
+  const int64_t published_ns = NowNs();
+  if (!WaitUntilTaken(ring, consumers, total)) return false;
+  std::printf(
+      "{\"role\":\"producer\",\"kind\":\"spsc\",\"consumers\":%d,\"bytes\":%zu,\"messages\":%u,"
+      "\"start_ns\":%lld,\"published_ns\":%lld,\"cpu_ns\":%lld}\n",
+      consumers, view.words * 8, total, static_cast<long long>(start_ns),
+      static_cast<long long>(published_ns), static_cast<long long>(NowNs(CLOCK_PROCESS_CPUTIME_ID)));
+  return true;
+}
+
+// Shared anonymous memory, mapped before fork so that every process shares it; it goes with the
+// processes.
+void* MapShared(size_t bytes) {
+  void* memory =
+      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) {
+    std::perror("spsc_baseline: mmap");
+    return nullptr;
+  }
+  return memory;
+}
+
+// Forks `consumers` processes running consume(index); the parent runs produce() and waits for
+// them. 0: every process succeeded.
+template <typename Consume, typename Produce>
+int ForkRun(int consumers, Consume consume, Produce produce) {
+  std::fflush(stdout);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < consumers; ++i) {
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      std::perror("spsc_baseline: fork");
+      return 1;  // the forked ones give up after bench::kPaceGiveUp
+    }
+    if (pid == 0) {
+      const int rc = consume(i);
+      std::fflush(stdout);
+      std::_Exit(rc);
+    }
+    pids.push_back(pid);
+  }
+  int rc = produce() ? 0 : 1;
+  for (const pid_t pid : pids) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) rc = 1;
+  }
+  return rc;
+}
+
+int RunThroughput(int argc, char** argv) {
+  const int64_t consumers = Arg(argc, argv, "consumers", 1);
+  const int64_t bytes = Arg(argc, argv, "bytes", 256);
+  const int64_t messages = Arg(argc, argv, "messages", 100000);
+  if (consumers < 1 || consumers > kMaxConsumers || bytes < 8 || bytes % 8 != 0 ||
+      bytes > (int64_t{1} << 20) || messages <= 0 || messages > INT32_MAX) {
+    std::cerr << "usage: spsc_baseline throughput --consumers K (1 to " << kMaxConsumers
+              << ") [--bytes B (a multiple of 8, up to 1 MiB)] --messages N\n";
+    return 2;
+  }
+  const size_t stride = (static_cast<size_t>(bytes) + 63) / 64 * 64;
+  void* memory = MapShared(sizeof(Ring) + kRingSlots * stride);
+  if (memory == nullptr) return 1;
+  const RingView view{new (memory) Ring, static_cast<uint8_t*>(memory) + sizeof(Ring), stride,
+                      static_cast<size_t>(bytes) / 8};
+  const auto total = static_cast<uint32_t>(messages);
+  return ForkRun(
+      static_cast<int>(consumers), [&](int index) { return ConsumeAll(view, index, total); },
+      [&] { return ProduceAll(view, static_cast<int>(consumers), total); });
+}
+
+int RunLatency(int argc, char** argv) {
   const int64_t iters = Arg(argc, argv, "iters", 10000);
   const int64_t warmup = Arg(argc, argv, "warmup", 100);
   const bool busy = Arg(argc, argv, "busy", 0) != 0;
@@ -122,29 +379,19 @@ int main(int argc, char** argv) {
                  "[--cold-bytes C]\n";
     return 2;
   }
-  // Mapped before fork, so both processes share it; it goes with the processes.
-  void* memory =
-      ::mmap(nullptr, sizeof(Queue), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) {
-    std::perror("spsc_baseline: mmap");
-    return 1;
-  }
+  void* memory = MapShared(sizeof(Queue));
+  if (memory == nullptr) return 1;
   auto* q = new (memory) Queue;
-  std::fflush(stdout);
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    std::perror("spsc_baseline: fork");
-    return 1;
-  }
-  if (pid == 0) {
-    const int rc = Consume(q, iters + warmup, warmup, busy);
-    std::fflush(stdout);
-    std::_Exit(rc);
-  }
-  const bool sent = Produce(q, iters + warmup, settle_ms, cold_bytes);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!sent || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
-  std::printf("{\"role\":\"producer\",\"kind\":\"spsc\"}\n");
-  return 0;
+  const int rc = ForkRun(
+      1, [&](int) { return Consume(q, iters + warmup, warmup, busy); },
+      [&] { return Produce(q, iters + warmup, settle_ms, cold_bytes); });
+  if (rc == 0) std::printf("{\"role\":\"producer\",\"kind\":\"spsc\"}\n");
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "throughput") return RunThroughput(argc, argv);
+  return RunLatency(argc, argv);
 }

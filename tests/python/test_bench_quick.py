@@ -80,11 +80,21 @@ def test_bench_quick(tmp_path):
 
     assert {(r["consumers"], r["batch_bytes"], r["build"]) for r in results["throughput"]} == {
         (0, 24, "arrays"), (0, 24, "block"), (1, 24, "arrays"), (1, 24, "block"), (4, 24, "arrays"),
-        (1, 24, "uds"), (4, 24, "uds"), (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays")}
+        (1, 24, "uds"), (4, 24, "uds"), (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays"),
+        (1, 256, "floor"), (4, 256, "floor")}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
-        assert _positive(r["producer_build_us_per_batch"]), r
+        assert _positive(r["producer_cpu_us_per_batch"]), r
+        if r["build"] == "floor":  # no Arrow batch is built, nothing is copied into a pool
+            assert r["producer_build_us_per_batch"] is None and r["bytes_copied"] is None, r
+            assert _positive(r["consumer_cpu_us_per_batch"]), r
+        else:
+            assert _positive(r["producer_build_us_per_batch"]), r
         assert r["reps"] == 3 and r["batches_per_s_min"] <= r["batches_per_s"] <= r["batches_per_s_max"], r
+    # Each small-batch goal beside the floor: ring / floor, with the goal over the floor.
+    floor_targets = [t for t in results["targets"] if "shmarrow ring / the floor" in t["target"]]
+    assert len(floor_targets) == 2 and all(_positive(t["measured"]) for t in floor_targets), floor_targets
+    assert "floor: SPSC ring of 256-byte messages, no Arrow" in (tmp_path / "latest.md").read_text()
 
     assert {h["transport"] for h in results["heap"]} == {"ring", "sealed"}
     floor = results["heap_floor"]
@@ -116,7 +126,8 @@ def _check_syscalls(results):
         assert "strace is not installed" in results["syscalls"]["unavailable"]
         return
     calls = {r["route"]: r for r in results["syscalls"]["rows"]}
-    assert set(calls) == {"ring", "ring_busy", "ring_throughput", "uds", "uds_busy", "spsc", "spsc_busy"}
+    assert set(calls) == {"ring", "ring_busy", "ring_throughput", "ring_behind", "uds", "uds_busy", "spsc",
+                          "spsc_busy"}
     for route, r in calls.items():
         assert _differenced(r["producer_per_batch"], -1), r
         # The socket consumer that busy-polls makes a system call per spin, as many as time allows
