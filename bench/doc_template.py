@@ -158,13 +158,14 @@ a waiting consumer, not a queue. One warm-up iteration per size is dropped; tabl
    RecordBatch Message flatbuffer Arrow's writer makes for that batch (the bytes shmarrow's cached
    metadata reproduces, `src/metadata_template.h`) and its 24-byte body. One producer writes
    every message into a ring of 64 slots in shared memory (as many batches as a consumer may
-   hold by default), and waits on the slowest consumer's cursor when the ring is full; each
+   hold by default); each
    consumer process reads every message (sums its 8-byte words, checked against what was
-   written) and advances a cursor of its own, on a cache line of its own. Waits are shmarrow's:
-   a consumer that caught up polls for 10 µs, then says it sleeps and sleeps on a futex word the
-   producer bumps and wakes (only the consumers that said so); the producer also polls 10 µs
-   before it sleeps on a cursor (shmarrow's producer sleeps at once; without the poll the floor's
-   producer, faster than its consumer, slept and was woken about once a message). The targets table sets the ring's batches/s beside the floor's
+   written) and advances a cursor of its own, on a cache line of its own. Wake-ups are
+   shmarrow's: a consumer that caught up polls for 10 µs, then says it sleeps and sleeps on a
+   futex word the producer bumps and wakes (only the consumers that said so). A producer that
+   finds the ring full sleeps on the slowest cursor until half the ring is free, and the consumer
+   wakes it then (woken at the first free slot, the floor's producer, faster than its consumer,
+   slept and was woken about once a message). The targets table sets the ring's batches/s beside the floor's
    (ring / floor), with the absolute goal over the floor as the ratio it takes. Every row runs
    three times, the rows interleaved (the floor after the ring's rows in each repetition);
    batches/s is the median (min–max) of the three, the other columns come from the median run.

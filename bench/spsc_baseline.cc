@@ -22,10 +22,10 @@
 // of B bytes as fast as the ring lets it; K forked consumers each read every message (sum its
 // 8-byte words, checked against what the producer wrote). The ring holds 64 messages, as many as
 // a shmarrow consumer may hold by default (ProducerOptions::max_in_flight): when it is full the
-// producer sleeps on the slowest consumer's cursor, which that consumer wakes. A consumer that
-// caught up polls for 10 us, then announces its sleep on a word of its own and sleeps on its
-// futex word; the producer wakes only the consumers that announced a sleep, as shmarrow's
-// producer and blocking consumer do. B defaults to 256: the 232-byte RecordBatch Message
+// producer sleeps on the slowest consumer's cursor until half of it is free, and that consumer
+// wakes it then. A consumer that caught up polls for 10 us, then announces its sleep on a word
+// of its own and sleeps on its futex word; the producer wakes only the consumers that announced
+// a sleep, as shmarrow's producer and blocking consumer do. B defaults to 256: the 232-byte RecordBatch Message
 // flatbuffer that Arrow's writer makes for handover_bench's 1-row batch of 3 int64/float64
 // columns (shmarrow writes those bytes into the ring, src/metadata_template.h) plus its 24-byte
 // body. Each process prints one JSON line, as handover_bench throughput does:
@@ -38,7 +38,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -138,17 +137,27 @@ struct alignas(64) Counter {
   std::atomic<uint32_t> value{0};
 };
 
-// A consumer's sleep, as in shmarrow's wake region: it says it sleeps (`asleep`) and sleeps on
-// `wake`, which the producer bumps before its FUTEX_WAKE.
+// A consumer's sleep, as in shmarrow's wake region: it sleeps on `wake`, having said so in
+// `asleep` (0: awake, else 1 << 32 | the value of `wake` it saw); the producer bumps `wake` and
+// wakes it, once per sleep.
 struct alignas(64) Bell {
   std::atomic<uint32_t> wake{0};
-  std::atomic<uint32_t> asleep{0};
+  std::atomic<uint64_t> asleep{0};
+};
+
+// A consumer's cursor: the messages it has taken. The producer waiting for room sleeps on it
+// until it reaches `wake_at`: the consumer wakes it when it gets there (once per sleep; the
+// values of `wake_at` only grow).
+struct alignas(64) Cursor {
+  std::atomic<uint32_t> taken{0};
+  std::atomic<uint32_t> producer_asleep{0};
+  std::atomic<uint32_t> wake_at{0};
 };
 
 struct Ring {
   Counter published;  // messages written (the consumers wait on it)
   Counter ready;      // consumers started
-  bench::PaceWord taken[kMaxConsumers];  // each consumer's cursor (the producer waits on them)
+  Cursor cursors[kMaxConsumers];
   Bell bells[kMaxConsumers];
   // then kRingSlots messages, each `stride` bytes
 };
@@ -189,7 +198,7 @@ bool AwaitMessage(Ring* ring, Bell* bell, uint32_t taken) {
     // Announced, then a last look (sequentially consistent, against the producer's store of
     // `published` and its look at `asleep`): it sees the announcement or we see its message.
     const uint32_t seen = bell->wake.load(std::memory_order_seq_cst);
-    bell->asleep.store(1, std::memory_order_seq_cst);
+    bell->asleep.store(uint64_t{1} << 32 | seen, std::memory_order_seq_cst);
     if (ring->published.value.load(std::memory_order_seq_cst) == taken) {
       const timespec timeout{0, 100 * 1000 * 1000};
       ::syscall(SYS_futex, &bell->wake, FUTEX_WAIT, seen, &timeout, nullptr, 0);
@@ -202,7 +211,7 @@ bool AwaitMessage(Ring* ring, Bell* bell, uint32_t taken) {
 
 int ConsumeAll(const RingView& view, int index, uint32_t total) {
   Ring* ring = view.ring;
-  bench::PaceWord* cursor = &ring->taken[index];
+  Cursor* cursor = &ring->cursors[index];
   ring->ready.value.fetch_add(1);
   int64_t first_ns = 0;
   for (uint32_t taken = 0; taken < total;) {
@@ -224,7 +233,13 @@ int ConsumeAll(const RingView& view, int index, uint32_t total) {
                   << " does not hold what was written" << std::endl;
         return 1;
       }
-      bench::Advance(cursor, taken + 1, bench::Role::kHandOver);  // the slot may be reused now
+      // The slot may be reused now. Stored, then a look at the producer's sleep (sequentially
+      // consistent, against its announcement and its last look at the cursor).
+      cursor->taken.store(taken + 1, std::memory_order_seq_cst);
+      if (cursor->producer_asleep.load(std::memory_order_seq_cst) != 0 &&
+          cursor->wake_at.load(std::memory_order_relaxed) == taken + 1) {
+        ::syscall(SYS_futex, &cursor->taken, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+      }
     }
   }
   const int64_t end_ns = NowNs();
@@ -240,7 +255,7 @@ int ConsumeAll(const RingView& view, int index, uint32_t total) {
 uint32_t Slowest(Ring* ring, int consumers, uint32_t sent) {
   uint32_t slowest = sent;
   for (int k = 0; k < consumers; ++k) {
-    const uint32_t taken = ring->taken[k].value.load(std::memory_order_acquire);
+    const uint32_t taken = ring->cursors[k].taken.load(std::memory_order_acquire);
     if (sent - taken > sent - slowest) slowest = taken;
   }
   return slowest;
@@ -248,14 +263,23 @@ uint32_t Slowest(Ring* ring, int consumers, uint32_t sent) {
 
 // Sleeps on each consumer's cursor in turn until every one has taken `count` messages.
 bool WaitUntilTaken(Ring* ring, int consumers, uint32_t count) {
+  const auto give_up = std::chrono::steady_clock::now() + bench::kPaceGiveUp;
   for (int k = 0; k < consumers; ++k) {
-    for (uint32_t seen = 0;
-         static_cast<int32_t>(count - (seen = ring->taken[k].value.load())) > 0;) {
-      if (!bench::WaitChange(&ring->taken[k], seen, false, bench::Role::kHandOver)) {
+    Cursor& cursor = ring->cursors[k];
+    cursor.wake_at.store(count, std::memory_order_relaxed);
+    for (;;) {
+      cursor.producer_asleep.store(1, std::memory_order_seq_cst);
+      const uint32_t seen = cursor.taken.load(std::memory_order_seq_cst);
+      if (static_cast<int32_t>(seen - count) >= 0) break;
+      if (std::chrono::steady_clock::now() > give_up) {
         std::cerr << "spsc_baseline: consumer " << k << " stopped at message " << seen << std::endl;
         return false;
       }
+      // EAGAIN (the cursor moved), EINTR, ETIMEDOUT: look again.
+      const timespec timeout{0, 100 * 1000 * 1000};
+      ::syscall(SYS_futex, &cursor.taken, FUTEX_WAIT, seen, &timeout, nullptr, 0);
     }
+    cursor.producer_asleep.store(0, std::memory_order_relaxed);
   }
   return true;
 }
@@ -275,14 +299,10 @@ bool ProduceAll(const RingView& view, int consumers, uint32_t total) {
   for (uint32_t sent = 0; sent < total; ++sent) {
     if (sent - slowest_taken == kRingSlots) {  // full, unless a consumer moved on since
       slowest_taken = Slowest(ring, consumers, sent);
-      // As a consumer waits for a message: polls kSpinBeforeSleep, then sleeps.
-      const auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
-      while (sent - slowest_taken == kRingSlots && std::chrono::steady_clock::now() < spin_until) {
-        CpuRelax();
-        slowest_taken = Slowest(ring, consumers, sent);
-      }
+      // Full: sleeps until half the ring is free, so that the consumers wake the producer once
+      // every kRingSlots / 2 messages, not once a message.
       if (sent - slowest_taken == kRingSlots) {
-        if (!WaitUntilTaken(ring, consumers, sent - kRingSlots + 1)) return false;
+        if (!WaitUntilTaken(ring, consumers, sent - kRingSlots / 2)) return false;
         slowest_taken = Slowest(ring, consumers, sent);
       }
     }
@@ -291,7 +311,8 @@ bool ProduceAll(const RingView& view, int consumers, uint32_t total) {
     ring->published.value.store(sent + 1, std::memory_order_seq_cst);
     for (int k = 0; k < consumers; ++k) {
       Bell& bell = ring->bells[k];
-      if (bell.asleep.load(std::memory_order_seq_cst) != 0) {
+      const uint64_t asleep = bell.asleep.load(std::memory_order_seq_cst);
+      if (asleep != 0 && static_cast<uint32_t>(asleep) == bell.wake.load()) {  // not woken yet
         bell.wake.fetch_add(1, std::memory_order_seq_cst);
         ::syscall(SYS_futex, &bell.wake, FUTEX_WAKE, 1, nullptr, nullptr, 0);
       }
@@ -303,15 +324,15 @@ bool ProduceAll(const RingView& view, int consumers, uint32_t total) {
       "{\"role\":\"producer\",\"kind\":\"spsc\",\"consumers\":%d,\"bytes\":%zu,\"messages\":%u,"
       "\"start_ns\":%lld,\"published_ns\":%lld,\"cpu_ns\":%lld}\n",
       consumers, view.words * 8, total, static_cast<long long>(start_ns),
-      static_cast<long long>(published_ns), static_cast<long long>(NowNs(CLOCK_PROCESS_CPUTIME_ID)));
+      static_cast<long long>(published_ns),
+      static_cast<long long>(NowNs(CLOCK_PROCESS_CPUTIME_ID)));
   return true;
 }
 
 // Shared anonymous memory, mapped before fork so that every process shares it; it goes with the
 // processes.
 void* MapShared(size_t bytes) {
-  void* memory =
-      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (memory == MAP_FAILED) {
     std::perror("spsc_baseline: mmap");
     return nullptr;
