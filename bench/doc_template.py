@@ -274,6 +274,17 @@ def _rss(results, transport, size):
     return "?"
 
 
+def _ring_against(what, short, rows, one, four, four_note=""):
+    """A sentence: what `rows` (by consumers) reached to one reader and to four, and the ring's
+    rows `one` and `four` over them."""
+    text = (f" {what} reached {rows[1]['batches_per_s']:,.0f}/s to one reader (ring / {short} "
+            f"{one['batches_per_s'] / rows[1]['batches_per_s']:.3g})")
+    if four and 4 in rows:
+        text += (f" and {rows[4]['batches_per_s']:,.0f}/s to four (ring / {short} "
+                 f"{four['batches_per_s'] / rows[4]['batches_per_s']:.3g}{four_note})")
+    return text + "."
+
+
 def _range(row):
     """A repeated row's p50: median (min–max) of its repetitions."""
     p50 = row["median"]
@@ -460,25 +471,15 @@ def notes(results):
                 "together under 4 µs, on a machine where nothing else runs.")
         four = next((r for r in arrays if r["consumers"] == 4 and r["batch_bytes"] == 24), None)
         if 1 in sockets:
-            text += (
-                f" The peer, Arrow IPC over a UNIX socket with the same batches, reached "
-                f"{sockets[1]['batches_per_s']:,.0f}/s to one reader (ring / socket "
-                f"{one['batches_per_s'] / sockets[1]['batches_per_s']:.2f})")
-            if four and 4 in sockets:
-                text += (f" and {sockets[4]['batches_per_s']:,.0f}/s to four (ring / socket "
-                         f"{four['batches_per_s'] / sockets[4]['batches_per_s']:.2f})")
-            text += "."
+            text += _ring_against("The peer, Arrow IPC over a UNIX socket with the same batches,",
+                                  "socket", sockets, one, four)
         floors = {r["consumers"]: r for r in tps if r.get("build") == "floor"}
         if 1 in floors:
-            text += (
-                f" The floor, {floors[1]['batch_bytes']}-byte messages through a shared-memory ring "
-                f"with no Arrow, reached {floors[1]['batches_per_s']:,.0f}/s to one consumer (ring / "
-                f"floor {one['batches_per_s'] / floors[1]['batches_per_s']:.2f})")
-            if four and 4 in floors:
-                text += (f" and {floors[4]['batches_per_s']:,.0f}/s to four, each reading every "
-                         f"message (ring / floor {four['batches_per_s'] / floors[4]['batches_per_s']:.2f}; "
-                         f"the goal of 500,000/s is {500_000 / floors[4]['batches_per_s']:.2f} of it)")
-            text += "."
+            goal = (f"; the goal of 500,000/s is {500_000 / floors[4]['batches_per_s']:.3g} times the floor"
+                    if 4 in floors else "")
+            text += _ring_against(f"The floor, {floors[1]['batch_bytes']}-byte messages through a "
+                                  "shared-memory ring with no Arrow, each reader reading every message,",
+                                  "floor", floors, one, four, goal)
         text += (
             " Batches travel through the consumer's queue in the ring and releases come back "
             "through the consumer's release region, without messages (the system calls per batch "
