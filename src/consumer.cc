@@ -4,6 +4,7 @@
 #include "shmarrow/consumer.h"
 
 #include <arrow/util/io_util.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -40,6 +41,11 @@ constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
 // and context switch). On the 2-vCPU development machine (perf stat, 2026-12-06) 10 µs took
 // most sleeps out of the unpaced 1- and 4-consumer runs, 5 µs about half of them.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);
+// Past this much of it the spin yields the CPU between looks: where processes outnumber CPUs (4
+// consumers and their producer on 2 vCPUs) a spinning consumer took the producer's CPU, which
+// the yield hands over, while on an idle CPU it returns at once. Before it the spin is plain:
+// a producer that keeps up, or a paced one, writes the next entry within a microsecond or two.
+constexpr auto kSpinBeforeYield = std::chrono::microseconds(2);
 
 /// Tells the CPU this thread spins: a sibling hyperthread gets the core's resources meanwhile.
 inline void CpuRelax() {
@@ -231,11 +237,18 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   channel_->SetDeferring(false, session_.release_batch());  // caught up
   if (timeout_ms == 0) return false;
   const auto spin_until = now + kSpinBeforeSleep;
-  do {
-    CpuRelax();
+  const auto yield_from = now + kSpinBeforeYield;
+  for (;;) {
     ARROW_ASSIGN_OR_RAISE(bool took, PollQueue());
     if (took || session_.SocketMessagesPending()) return true;
-  } while (std::chrono::steady_clock::now() < spin_until);
+    const auto spun = std::chrono::steady_clock::now();
+    if (spun >= spin_until) break;
+    if (spun >= yield_from) {
+      sched_yield();
+    } else {
+      CpuRelax();
+    }
+  }
   const std::optional<uint32_t> wake = session_.AnnounceSleep(internal::SleepMode::kFutex);
   if (!wake) return true;  // news arrived meanwhile
   auto woke =

@@ -181,7 +181,10 @@ arrow::Status ConsumerSession::Handle(std::span<const uint8_t> datagram,
                              proto::WireErrorCode(error.code), /*from_producer=*/true);
       if (header.stream == 0) {  // fatal, after what the queue holds that was sent before it
         // (a producer that ended and closed at once: the End is read, not lost to its Error)
-        if (queue_.attached()) (void)DrainQueue();
+        if (queue_.attached()) {
+          while (TakeFromQueue().ValueOr(false)) {
+          }
+        }
         return status;
       }
       stream.events.emplace_back(status);
@@ -220,12 +223,12 @@ arrow::Status ConsumerSession::CountDropped(const proto::Batch& message) {
 arrow::Result<bool> ConsumerSession::PollQueue() {
   if (!fatal_.ok()) return fatal_;
   if (!queue_.attached()) return false;
-  auto took = DrainQueue();
+  auto took = TakeFromQueue();
   if (!took.ok()) fatal_ = took.status();
   return took;
 }
 
-arrow::Result<bool> ConsumerSession::DrainQueue() {
+arrow::Result<bool> ConsumerSession::TakeFromQueue() {
   bool took = false;
   for (;;) {
     if (!pending_entry_.has_value()) {
@@ -261,6 +264,7 @@ arrow::Result<bool> ConsumerSession::DrainQueue() {
     message.metadata_length = entry.metadata_length;
     ARROW_RETURN_NOT_OK(CountDropped(message));
     ARROW_RETURN_NOT_OK(Materialize(message, 0, no_fds_));
+    return true;
   }
 }
 

@@ -51,9 +51,11 @@ class ConsumerSession {
 
   /// Ring mode with kFeatureQueue: stream 0's batches arrive through a queue in the ring.
   bool has_queue() const { return queue_.attached(); }
-  /// Takes the queue's unread entries into stream 0's events; false if there was none. An entry
-  /// whose control messages (Schema, End on the socket) were not all fed yet waits for them:
-  /// awaiting_controls() until more datagrams are fed (or ControlsMissing()).
+  /// Takes the queue's unread entries into stream 0's events, up to and including the first batch
+  /// (one at a time: a batch's objects are made just before it is read, and freed before the
+  /// next's are made, which keeps the allocator on its fast path); false if there was none. An
+  /// entry whose control messages (Schema, End on the socket) were not all fed yet waits for
+  /// them: awaiting_controls() until more datagrams are fed (or ControlsMissing()).
   [[nodiscard]] arrow::Result<bool> PollQueue();
   bool awaiting_controls() const { return pending_entry_.has_value(); }
   /// Ends the session: the producer did not send the control messages the waiting entry counts.
@@ -112,7 +114,8 @@ class ConsumerSession {
 
   arrow::Status Welcome(std::span<const uint8_t> datagram, std::vector<UniqueFd> fds);
   arrow::Status Handle(std::span<const uint8_t> datagram, std::vector<UniqueFd> fds);
-  arrow::Result<bool> DrainQueue();
+  /// PollQueue's work, without its keeping of errors.
+  arrow::Result<bool> TakeFromQueue();
   /// Appends the batches `message` describes to `stream`'s events.
   arrow::Status Materialize(const protocol::Batch& message, uint32_t stream,
                             std::vector<UniqueFd>& fds);
