@@ -41,11 +41,16 @@ constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
 // and context switch). On the 2-vCPU development machine (perf stat, 2026-12-06) 10 µs took
 // most sleeps out of the unpaced 1- and 4-consumer runs, 5 µs about half of them.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);
-// Past this much of it the spin yields the CPU between looks: where processes outnumber CPUs (4
-// consumers and their producer on 2 vCPUs) a spinning consumer took the producer's CPU, which
+// Past this much of it the spin may yield the CPU between looks: where processes outnumber CPUs
+// (4 consumers and their producer on 2 vCPUs) a spinning consumer took the producer's CPU, which
 // the yield hands over, while on an idle CPU it returns at once. Before it the spin is plain:
-// a producer that keeps up, or a paced one, writes the next entry within a microsecond or two.
+// a producer that keeps up writes the next entry within a microsecond or two. It yields only
+// while watches find batches in that late part at least as often as they end in a sleep (a
+// score: +kLateFindScore per find there, -1 per sleep, at most kLateScoreCap): a paced stream's
+// next batch comes after the watch, and yields there would only add system calls to each sleep.
 constexpr auto kSpinBeforeYield = std::chrono::microseconds(2);
+constexpr int kLateFindScore = 2;
+constexpr int kLateScoreCap = 8;
 
 /// Tells the CPU this thread spins: a sibling hyperthread gets the core's resources meanwhile.
 inline void CpuRelax() {
@@ -134,6 +139,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   std::chrono::steady_clock::time_point next_socket_look_;
   // An entry came from the queue since PumpWithRegion last ran: the producer is alive.
   bool heard_from_queue_ = false;
+  // Whether watches before a sleep find batches past kSpinBeforeYield (see there).
+  int late_score_ = 0;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -240,15 +247,19 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   const auto yield_from = now + kSpinBeforeYield;
   for (;;) {
     ARROW_ASSIGN_OR_RAISE(bool took, PollQueue());
-    if (took || session_.SocketMessagesPending()) return true;
     const auto spun = std::chrono::steady_clock::now();
+    if (took || session_.SocketMessagesPending()) {
+      if (spun >= yield_from) late_score_ = std::min(late_score_ + kLateFindScore, kLateScoreCap);
+      return true;
+    }
     if (spun >= spin_until) break;
-    if (spun >= yield_from) {
+    if (late_score_ > 0 && spun >= yield_from) {
       sched_yield();
     } else {
       CpuRelax();
     }
   }
+  late_score_ = std::max(late_score_ - 1, 0);
   const std::optional<uint32_t> wake = session_.AnnounceSleep(internal::SleepMode::kFutex);
   if (!wake) return true;  // news arrived meanwhile
   auto woke =
