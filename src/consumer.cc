@@ -45,7 +45,7 @@ constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);
 // (4 consumers and their producer on 2 vCPUs) a spinning consumer took the producer's CPU, which
 // the yield hands over, while on an idle CPU it returns at once. Before it the spin is plain:
 // a producer that keeps up writes the next entry within a microsecond or two. It yields only
-// while watches find batches in that late part at least as often as they end in a sleep (a
+// while watches find batches in that late part at least half as often as they end in a sleep (a
 // score: +kLateFindScore per find there, -1 per sleep, at most kLateScoreCap): a paced stream's
 // next batch comes after the watch, and yields there would only add system calls to each sleep.
 constexpr auto kSpinBeforeYield = std::chrono::microseconds(2);
