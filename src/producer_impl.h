@@ -65,6 +65,11 @@ class ProducerImpl final : public Producer {
   /// Takes the releases consumers wrote into their regions (a consumer whose region breaks the
   /// rules is killed), and frees what they released; true if anything was released.
   bool DrainRegions();
+  /// Moves what the regions released (drained_) to the records freed a few at a time.
+  void DeferReleased();
+  /// Drops released records, oldest first, until `records` of them were the last reference (or
+  /// none are left).
+  void FreeReleased(size_t records);
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
@@ -117,7 +122,12 @@ class ProducerImpl final : public Producer {
   bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
-  std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, freed at once
+  std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, then deferred
+  // Records the regions released, dropped a few per Publish (FreeReleased) rather than all at
+  // once: a burst of frees overflows malloc's per-thread cache, and the next batches' objects
+  // then take its slow path. Waits for ring space, stats() and WaitUntilDrained drop them all.
+  std::deque<std::shared_ptr<Published>, RecyclingAllocator<std::shared_ptr<Published>>>
+      releasing_{RecyclingAllocator<std::shared_ptr<Published>>(block_cache_)};
   // The wait block's futex word and its count of waiters: in the ring, where consumers can wake
   // it; sealed mode (no regions) waits on these two private words.
   uint32_t private_wait_block_[2] = {0, 0};

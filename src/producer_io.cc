@@ -242,7 +242,7 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
       if (s.held_back() && Drain(s)) continue;
     }
     if (!read || !ReadOne(s, &send)) {
-      drained_.clear();
+      DeferReleased();
       return;
     }
   }
