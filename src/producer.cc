@@ -14,8 +14,9 @@ namespace {
 
 // The longest a producer thread sleeps before it looks at the consumers' regions again.
 constexpr int kWaitSliceMs = 5;
-// Released records Publish drops: one for the record it makes, one to work off a burst.
-constexpr size_t kFreedPerPublish = 2;
+// Released records Publish drops: as many as it makes (malloc's cache then neither runs dry nor
+// overflows); a burst is worked off once it would pin too much.
+constexpr size_t kFreedPerPublish = 1;
 // Released records kept for later at most (each pins its batch's memory, in sealed mode an fd).
 constexpr size_t kMaxDeferredReleases = 256;
 
