@@ -180,6 +180,8 @@ class Session {
   /// returned, moved on, for the caller to FutexWake; nullptr when there is none to wake.
   [[nodiscard]] const uint32_t* WakeSleeper(proto::Writer& writer);
   void ForgetPending();
+  /// Erases [first, last) of pending_, entries of one stream.
+  OutgoingQueue::iterator ErasePending(OutgoingQueue::iterator first, OutgoingQueue::iterator last);
 
   UnixSocket socket_;
   const uint32_t id_;
@@ -195,6 +197,7 @@ class Session {
   // waiting for an answer while it leaves stream 0 unread must still get it.
   size_t pending_batches_ = 0;    // stream 0
   size_t pending_responses_ = 0;  // batches answering requests
+  size_t pending_other_streams_ = 0;  // entries of pending_ not on stream 0
   HeldBatches held_;
   uint64_t dropped_unreported_ = 0;
   bool waiting_writable_ = false;
