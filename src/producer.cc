@@ -197,6 +197,11 @@ bool ProducerImpl::HasRoom() const {
                       [](const auto& entry) { return entry.second->Backlogged(); });
 }
 
+bool ProducerImpl::ReleasesWanted() const {
+  return std::any_of(sessions_.begin(), sessions_.end(),
+                     [](const auto& entry) { return entry.second->ReleasesWanted(); });
+}
+
 int64_t ProducerImpl::ActiveConsumers() const {
   return std::count_if(sessions_.begin(), sessions_.end(),
                        [](const auto& entry) { return entry.second->active(); });
@@ -220,9 +225,13 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
                        DescribeSchema(*schema_), "; call ChangeSchema first");
     }
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
-    ARROW_RETURN_NOT_OK(WaitFor(
-        lock, options_.block_timeout_ms, [this] { return HasRoom(); },
-        "room: a consumer is a full backlog behind"));
+    // The regions are read (by WaitFor) only when room or credits run short: a ring that fills
+    // meanwhile reads them as it waits.
+    if (!HasRoom() || ReleasesWanted()) {
+      ARROW_RETURN_NOT_OK(WaitFor(
+          lock, options_.block_timeout_ms, [this] { return HasRoom(); },
+          "room: a consumer is a full backlog behind"));
+    }
     // Just before this batch's own allocations, which reuse what this frees.
     FreeReleased(kFreedPerPublish);
     loan = memory_->TakeStreamLoan();

@@ -71,6 +71,7 @@ class ProducerImpl final : public Producer {
   /// none are left).
   void FreeReleased(size_t records);
   bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
+  bool ReleasesWanted() const;  // a consumer's releases are worth reading (Session::ReleasesWanted)
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
   void Deliver(Session& s, Outgoing out);

@@ -141,6 +141,11 @@ class Session {
   /// there are none). Any value there is untrusted: a count that goes backwards or past the
   /// ring, or a sequence this consumer does not hold, is a protocol error.
   [[nodiscard]] arrow::Status DrainRegion(std::vector<std::shared_ptr<Published>>* released);
+  /// Its releases are worth reading on a Publish: batches wait for its credits, or it holds half
+  /// of them. (Each look at a region the consumer writes to is a cache miss.)
+  bool ReleasesWanted() const {
+    return region_.attached() && !dead() && (held_back_ || held_.published() * 2 >= credits_);
+  }
   /// The region's count of releases as a futex word to sleep on (futex.h), if it has one.
   std::optional<FutexWatch> ReleasesWatch() const {
     if (!region_.attached() || dead()) return std::nullopt;
