@@ -70,7 +70,7 @@ class ProducerImpl final : public Producer {
   /// Drops released records, oldest first, until `records` of them were the last reference (or
   /// none are left).
   void FreeReleased(size_t records);
-  bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
+  bool HasRoom() const;         // no non-lossy consumer is a full backlog behind
   bool ReleasesWanted() const;  // a consumer's releases are worth reading (Session::ReleasesWanted)
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
@@ -127,8 +127,8 @@ class ProducerImpl final : public Producer {
   // Records the regions released, dropped a few per Publish (FreeReleased) rather than all at
   // once: a burst of frees overflows malloc's per-thread cache, and the next batches' objects
   // then take its slow path. Waits for ring space, stats() and WaitUntilDrained drop them all.
-  std::deque<std::shared_ptr<Published>, RecyclingAllocator<std::shared_ptr<Published>>>
-      releasing_{RecyclingAllocator<std::shared_ptr<Published>>(block_cache_)};
+  std::deque<std::shared_ptr<Published>, RecyclingAllocator<std::shared_ptr<Published>>> releasing_{
+      RecyclingAllocator<std::shared_ptr<Published>>(block_cache_)};
   // The wait block's futex word and its count of waiters: in the ring, where consumers can wake
   // it; sealed mode (no regions) waits on these two private words.
   uint32_t private_wait_block_[2] = {0, 0};

@@ -200,8 +200,8 @@ class Session {
   OutgoingQueue pending_;
   // Stream 0 and the answers to requests have credits of their own (`credits_` each): a consumer
   // waiting for an answer while it leaves stream 0 unread must still get it.
-  size_t pending_batches_ = 0;    // stream 0
-  size_t pending_responses_ = 0;  // batches answering requests
+  size_t pending_batches_ = 0;        // stream 0
+  size_t pending_responses_ = 0;      // batches answering requests
   size_t pending_other_streams_ = 0;  // entries of pending_ not on stream 0
   HeldBatches held_;
   uint64_t dropped_unreported_ = 0;
