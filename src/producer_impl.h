@@ -63,9 +63,9 @@ class ProducerImpl final : public Producer {
   /// rules); true if there were any.
   bool Drain(Session& s);
   /// Takes the releases consumers wrote into their regions (a consumer whose region breaks the
-  /// rules is killed), and frees what they released; true if anything was released.
+  /// rules is killed); what they released goes to releasing_. True if anything was released.
   bool DrainRegions();
-  /// Moves what the regions released (drained_) to the records freed a few at a time.
+  /// Moves what the regions released (drained_) to releasing_, freed one per Publish.
   void DeferReleased();
   /// Drops released records, oldest first, until `records` of them were the last reference (or
   /// none are left).
@@ -124,7 +124,7 @@ class ProducerImpl final : public Producer {
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
   std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, then deferred
-  // Records the regions released, dropped a few per Publish (FreeReleased) rather than all at
+  // Records the regions released, dropped one per Publish (FreeReleased) rather than all at
   // once: a burst of frees overflows malloc's per-thread cache, and the next batches' objects
   // then take its slow path. Waits for ring space, stats() and WaitUntilDrained drop them all.
   std::deque<std::shared_ptr<Published>, RecyclingAllocator<std::shared_ptr<Published>>> releasing_{
