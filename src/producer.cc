@@ -14,6 +14,11 @@ namespace {
 
 // The longest a producer thread sleeps before it looks at the consumers' regions again.
 constexpr int kWaitSliceMs = 5;
+// Released records Publish drops: as many as it makes (malloc's cache then neither runs dry nor
+// overflows); a burst is worked off once it would pin too much.
+constexpr size_t kFreedPerPublish = 1;
+// Released records kept for later at most (each pins its batch's memory, in sealed mode an fd).
+constexpr size_t kMaxDeferredReleases = 256;
 
 /// Hands one request's answers to the producer: built in the handler's memory, sent on its
 /// stream.
@@ -60,6 +65,7 @@ arrow::Status ProducerImpl::Start() {
   // A full ring waits as Publish does, looking at the release regions.
   memory_->SetWaitHook([this](int slice_ms, const std::function<bool()>& ready) {
     std::unique_lock lock(mutex_);
+    FreeReleased(SIZE_MAX);  // the space waited for
     if (!closed_) WaitSlice(lock, slice_ms, ready);
   });
   stats_.page_size = memory_->page_size();
@@ -112,10 +118,24 @@ bool ProducerImpl::DrainRegions() {
     }
     killed |= !was_dead && s->dead();
   }
-  drained_.clear();  // the ring's blocks come back here, without a thread hop
+  DeferReleased();
   if (killed) Reap();
   if (any) Notify();  // other threads may wait for the room or the drain this made
   return any;
+}
+
+void ProducerImpl::DeferReleased() {
+  for (auto& record : drained_) releasing_.push_back(std::move(record));
+  drained_.clear();
+}
+
+void ProducerImpl::FreeReleased(size_t records) {
+  size_t freed = 0;
+  while (!releasing_.empty() && (freed < records || releasing_.size() > kMaxDeferredReleases)) {
+    // Only a count of the work done: the I/O thread may drop another copy meanwhile.
+    freed += releasing_.front().use_count() == 1;
+    releasing_.pop_front();  // the ring's blocks come back here, without a thread hop
+  }
 }
 
 template <typename Predicate>
@@ -177,6 +197,11 @@ bool ProducerImpl::HasRoom() const {
                       [](const auto& entry) { return entry.second->Backlogged(); });
 }
 
+bool ProducerImpl::ReleasesWanted() const {
+  return std::any_of(sessions_.begin(), sessions_.end(),
+                     [](const auto& entry) { return entry.second->ReleasesWanted(); });
+}
+
 int64_t ProducerImpl::ActiveConsumers() const {
   return std::count_if(sessions_.begin(), sessions_.end(),
                        [](const auto& entry) { return entry.second->active(); });
@@ -200,9 +225,15 @@ arrow::Status ProducerImpl::Publish(const std::shared_ptr<arrow::RecordBatch>& b
                        DescribeSchema(*schema_), "; call ChangeSchema first");
     }
     // Back-pressure: a consumer that does not keep up holds the producer back (unless lossy).
-    ARROW_RETURN_NOT_OK(WaitFor(
-        lock, options_.block_timeout_ms, [this] { return HasRoom(); },
-        "room: a consumer is a full backlog behind"));
+    // The regions are read (by WaitFor) only when room or credits run short: a ring that fills
+    // meanwhile reads them as it waits.
+    if (!HasRoom() || ReleasesWanted()) {
+      ARROW_RETURN_NOT_OK(WaitFor(
+          lock, options_.block_timeout_ms, [this] { return HasRoom(); },
+          "room: a consumer is a full backlog behind"));
+    }
+    // Just before this batch's own allocations, which reuse what this frees.
+    FreeReleased(kFreedPerPublish);
     loan = memory_->TakeStreamLoan();
     // Taken under this lock rather than a second one (a consumer joining before the batch is
     // delivered gets its projection placed then).
@@ -386,6 +417,7 @@ arrow::Status ProducerImpl::WaitUntilDrained(int timeout_ms) {
       [&] {
         auto drained = [&] {
           Reap();  // a connection that just died returns what it held now, not on the I/O thread
+          FreeReleased(SIZE_MAX);
           return !records_dying_ &&
                  std::all_of(sessions_.begin(), sessions_.end(),
                              [](const auto& entry) { return entry.second->in_flight() == 0; });
@@ -404,6 +436,7 @@ ProducerStats ProducerImpl::stats() const {
   std::lock_guard lock(mutex_);
   // Releases written into regions count as soon as they are there: taken now, as a wait would.
   const_cast<ProducerImpl*>(this)->DrainRegions();
+  const_cast<ProducerImpl*>(this)->FreeReleased(SIZE_MAX);  // ring_bytes_in_use counts them
   ProducerStats out = stats_;
   out.consumers = ActiveConsumers();
   out.in_flight = 0;
@@ -429,6 +462,7 @@ void ProducerImpl::Close() {
   std::lock_guard lock(mutex_);
   sessions_.clear();
   retained_.clear();
+  releasing_.clear();
   if (memory_ != nullptr) memory_->ForgetStreamLoan();
   poller_.CloseListener();  // removes the socket file
 }

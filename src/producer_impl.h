@@ -63,9 +63,15 @@ class ProducerImpl final : public Producer {
   /// rules); true if there were any.
   bool Drain(Session& s);
   /// Takes the releases consumers wrote into their regions (a consumer whose region breaks the
-  /// rules is killed), and frees what they released; true if anything was released.
+  /// rules is killed); what they released goes to releasing_. True if anything was released.
   bool DrainRegions();
-  bool HasRoom() const;  // no non-lossy consumer is a full backlog behind
+  /// Moves what the regions released (drained_) to releasing_, freed one per Publish.
+  void DeferReleased();
+  /// Drops released records, oldest first, until `records` of them were the last reference (or
+  /// none are left).
+  void FreeReleased(size_t records);
+  bool HasRoom() const;         // no non-lossy consumer is a full backlog behind
+  bool ReleasesWanted() const;  // a consumer's releases are worth reading (Session::ReleasesWanted)
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
   void Deliver(Session& s, Outgoing out);
@@ -117,7 +123,12 @@ class ProducerImpl final : public Producer {
   bool records_dying_ = false;                     // dying_ is being emptied (under mutex_)
   std::vector<uint8_t> receive_buffer_ = std::vector<uint8_t>(proto::kMaxMessageSize);
   std::vector<uint64_t> released_;
-  std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, freed at once
+  std::vector<std::shared_ptr<Published>> drained_;  // by DrainRegions, then deferred
+  // Records the regions released, dropped one per Publish (FreeReleased) rather than all at
+  // once: a burst of frees overflows malloc's per-thread cache, and the next batches' objects
+  // then take its slow path. Waits for ring space, stats() and WaitUntilDrained drop them all.
+  std::deque<std::shared_ptr<Published>, RecyclingAllocator<std::shared_ptr<Published>>> releasing_{
+      RecyclingAllocator<std::shared_ptr<Published>>(block_cache_)};
   // The wait block's futex word and its count of waiters: in the ring, where consumers can wake
   // it; sealed mode (no regions) waits on these two private words.
   uint32_t private_wait_block_[2] = {0, 0};

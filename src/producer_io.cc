@@ -228,7 +228,7 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
   bool send = !read_first;
   for (;;) {
     if (send) {
-      Drain(s);  // credits first
+      if (s.ReleasesWanted()) Drain(s);  // credits first, if they run short
       const Pumped pumped = s.Pump(send_);
       if (pumped == Pumped::kWaitWritable) WatchWritable(s);
       // A consumer that held nothing has most likely read everything and said Waiting (or is
@@ -242,7 +242,7 @@ void ProducerImpl::Converse(Session& s, bool read_first) {
       if (s.held_back() && Drain(s)) continue;
     }
     if (!read || !ReadOne(s, &send)) {
-      drained_.clear();
+      DeferReleased();
       return;
     }
   }

@@ -57,11 +57,19 @@ void Session::ForgetPending() {
   pending_.clear();
   pending_batches_ = 0;
   pending_responses_ = 0;
+  pending_other_streams_ = 0;
+}
+
+OutgoingQueue::iterator Session::ErasePending(OutgoingQueue::iterator first,
+                                              OutgoingQueue::iterator last) {
+  if (first->stream != 0) pending_other_streams_ -= static_cast<size_t>(std::distance(first, last));
+  return pending_.erase(first, last);
 }
 
 size_t Session::Enqueue(SendTools& tools, Outgoing out) {
   const bool is_batch = out.type == proto::Type::kBatch;
   const bool stream0 = out.stream == 0;
+  pending_other_streams_ += !stream0;
   pending_.push_back(std::move(out));
   if (!is_batch) {
     const size_t controls = pending_.size() - pending_batches_ - pending_responses_;
@@ -215,6 +223,8 @@ Pumped Session::Pump(SendTools& tools) {
       const size_t holding = out.stream == 0 ? held_.published() : held_.responses();
       if (holding >= credits_) {  // out of credits until a release
         blocked.push_back(out.stream);
+        // Nothing after it is on another stream: all of it waits too (no walk through a backlog).
+        if (out.stream == 0 && pending_other_streams_ == 0) break;
         ++it;
         continue;
       }
@@ -240,7 +250,7 @@ Pumped Session::Pump(SendTools& tools) {
         WriteEntry(written);
         Sent(*entry);
       }
-      it = pending_.erase(it, last);
+      it = ErasePending(it, last);
       continue;
     }
     auto sent = std::next(it) == last ? SendOne(tools, out) : SendRun(tools, it, last);
@@ -264,7 +274,7 @@ Pumped Session::Pump(SendTools& tools) {
         WriteEntry(end);
       }
     }
-    it = pending_.erase(it, last);
+    it = ErasePending(it, last);
   }
   held_back_ = !blocked.empty();
   if (region_agreed_) queue_.StoreHeldBack(held_back_);

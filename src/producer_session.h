@@ -141,6 +141,11 @@ class Session {
   /// there are none). Any value there is untrusted: a count that goes backwards or past the
   /// ring, or a sequence this consumer does not hold, is a protocol error.
   [[nodiscard]] arrow::Status DrainRegion(std::vector<std::shared_ptr<Published>>* released);
+  /// Its releases are worth reading on a Publish: batches wait for its credits, or it holds half
+  /// of them. (Each look at a region the consumer writes to is a cache miss.)
+  bool ReleasesWanted() const {
+    return region_.attached() && !dead() && (held_back_ || held_.published() * 2 >= credits_);
+  }
   /// The region's count of releases as a futex word to sleep on (futex.h), if it has one.
   std::optional<FutexWatch> ReleasesWatch() const {
     if (!region_.attached() || dead()) return std::nullopt;
@@ -180,6 +185,8 @@ class Session {
   /// returned, moved on, for the caller to FutexWake; nullptr when there is none to wake.
   [[nodiscard]] const uint32_t* WakeSleeper(proto::Writer& writer);
   void ForgetPending();
+  /// Erases [first, last) of pending_, entries of one stream.
+  OutgoingQueue::iterator ErasePending(OutgoingQueue::iterator first, OutgoingQueue::iterator last);
 
   UnixSocket socket_;
   const uint32_t id_;
@@ -193,8 +200,9 @@ class Session {
   OutgoingQueue pending_;
   // Stream 0 and the answers to requests have credits of their own (`credits_` each): a consumer
   // waiting for an answer while it leaves stream 0 unread must still get it.
-  size_t pending_batches_ = 0;    // stream 0
-  size_t pending_responses_ = 0;  // batches answering requests
+  size_t pending_batches_ = 0;        // stream 0
+  size_t pending_responses_ = 0;      // batches answering requests
+  size_t pending_other_streams_ = 0;  // entries of pending_ not on stream 0
   HeldBatches held_;
   uint64_t dropped_unreported_ = 0;
   bool waiting_writable_ = false;

@@ -619,6 +619,29 @@ TEST_P(ProducerConsumerTest, RequestsAreAnsweredOnTheirOwnStreams) {
   EXPECT_TRUE(consumer->schema()->Equals(*TestSchema()));  // the published stream's, unchanged
 }
 
+TEST_P(ProducerConsumerTest, AnswersPassBatchesWaitingForTheConsumersCredits) {
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, TestSchema(), Options()));
+  producer->SetRequestHandler(AnswerRequest);
+  ConsumerOptions options = ConsumerOpts();
+  options.max_in_flight = 1;
+  ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, options));
+  ASSERT_OK(producer->WaitForConsumers(1, kTimeoutMs));
+  // Stream 0 out of credits, unread: the second batch waits at the producer, ahead of the answer.
+  ASSERT_OK(PublishPooled(*producer, 0));
+  ASSERT_OK(PublishPooled(*producer, 1));
+  ASSERT_OK_AND_ASSIGN(auto answer, consumer->Request("6"));
+  ExpectAnswer(*answer, 6);
+  BatchPtr published;
+  ASSERT_OK(consumer->ReadNext(&published));
+  ASSERT_NE(published, nullptr);
+  EXPECT_EQ(SeedOf(*published), 0);
+  published.reset();
+  ASSERT_OK(consumer->ReadNext(&published));
+  ASSERT_NE(published, nullptr);
+  EXPECT_EQ(SeedOf(*published), 1);
+}
+
 TEST_P(ProducerConsumerTest, HandlerInTheOptionsAnswersTheFirstRequest) {
   const std::string address = NextAddress();
   ProducerOptions options = Options();
