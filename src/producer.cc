@@ -88,6 +88,8 @@ std::shared_ptr<arrow::Schema> ProducerImpl::schema() const {
 }
 
 arrow::MemoryPool* ProducerImpl::pool() {
+  // Asked for once per batch built: no lock where the answer never changes.
+  if (arrow::MemoryPool* fixed = memory_->FixedStreamPool()) return fixed;
   std::lock_guard lock(mutex_);
   return memory_->StreamPool(schema_);
 }

@@ -140,6 +140,7 @@ class RingMemory final : public ProducerMemory {
   arrow::MemoryPool* StreamPool(const std::shared_ptr<arrow::Schema>&) override {
     return stream_pool_.get();
   }
+  arrow::MemoryPool* FixedStreamPool() override { return stream_pool_.get(); }
   std::shared_ptr<Loan> TakeStreamLoan() override { return nullptr; }
   void ForgetStreamLoan() override {}
 
@@ -223,12 +224,15 @@ class RingMemory final : public ProducerMemory {
     const bool listed = cache != nullptr && ListBody(*p.batch, &body);
     const size_t copies_before = p.copies.size();
     const int64_t copied_before = p.bytes_copied;
-    if (listed && cache->Fits(*p.batch, body)) {
+    // A body built in the ring goes straight to Write, whose look at the cache says whether it
+    // fits; Fits is asked first only where a miss would waste the copies PlaceBuffers makes.
+    if (listed && (AllInPlace(body) || cache->Fits(*p.batch, body))) {
       ARROW_RETURN_NOT_OK(PlaceBuffers(p, body.buffer_data, body.buffer_lengths, pool, &offsets));
       if (cache->Write(*p.batch, body, offsets, ring_->size(), &message)) {
         return PlaceMetadata(message.data(), static_cast<int64_t>(message.size()), pool);
       }
-      // Another thread replaced the cached layout meanwhile: Arrow's writer, from the start.
+      // No Message of this layout is cached (or another thread replaced it meanwhile): Arrow's
+      // writer, from the start.
       p.copies.resize(copies_before);
       p.bytes_copied = copied_before;
     }
@@ -260,15 +264,26 @@ class RingMemory final : public ProducerMemory {
     return placement;
   }
 
-  /// Sets `offsets` to where each buffer lies in the ring, copying those outside it (or not
-  /// 8-byte aligned in it) into `pool`.
+  /// A buffer consumers can read where it is: empty, or in the ring and 8-byte aligned there.
+  bool InPlace(const uint8_t* data, int64_t length) const {
+    return length == 0 || (ring_->Contains(data, length) && ring_->OffsetOf(data) % 8 == 0);
+  }
+  bool AllInPlace(const BodyList& body) const {
+    for (size_t i = 0; i < body.buffer_data.size(); ++i) {
+      if (!InPlace(body.buffer_data[i], body.buffer_lengths[i])) return false;
+    }
+    return true;
+  }
+
+  /// Sets `offsets` to where each buffer lies in the ring, copying those not in place into
+  /// `pool`.
   arrow::Status PlaceBuffers(Published& p, const std::vector<const uint8_t*>& data,
                              const std::vector<int64_t>& lengths, RingPool* pool,
                              std::vector<int64_t>* offsets) {
     offsets->assign(data.size(), 0);
     for (size_t i = 0; i < data.size(); ++i) {
       if (lengths[i] == 0) continue;
-      if (ring_->Contains(data[i], lengths[i]) && ring_->OffsetOf(data[i]) % 8 == 0) {
+      if (InPlace(data[i], lengths[i])) {
         (*offsets)[i] = ring_->OffsetOf(data[i]);
         continue;
       }

@@ -95,6 +95,8 @@ class ProducerMemory {
 
   /// Where the published stream's next batch is built (under the producer's mutex).
   virtual arrow::MemoryPool* StreamPool(const std::shared_ptr<arrow::Schema>& schema) = 0;
+  /// StreamPool's answer where it never changes (ring mode), else nullptr; thread-safe.
+  virtual arrow::MemoryPool* FixedStreamPool() { return nullptr; }
   /// Publish takes the arena the next batch was built in; StreamPool starts a new one (under
   /// the producer's mutex).
   virtual std::shared_ptr<Loan> TakeStreamLoan() = 0;
