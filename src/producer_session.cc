@@ -62,8 +62,12 @@ void Session::ForgetPending() {
 
 OutgoingQueue::iterator Session::ErasePending(OutgoingQueue::iterator first,
                                               OutgoingQueue::iterator last) {
-  if (first->stream != 0) pending_other_streams_ -= static_cast<size_t>(std::distance(first, last));
-  return pending_.erase(first, last);
+  const auto count = std::distance(first, last);
+  if (first->stream != 0) pending_other_streams_ -= static_cast<size_t>(count);
+  if (first != pending_.begin()) return pending_.erase(first, last);
+  // Usually the oldest entries go (those sent): popped, cheaper than erase's general case.
+  for (auto n = count; n > 0; --n) pending_.pop_front();
+  return pending_.begin();
 }
 
 size_t Session::Enqueue(SendTools& tools, Outgoing out) {
