@@ -321,11 +321,11 @@ arrow::Status ProducerImpl::End() {
   return arrow::Status::OK();
 }
 
-void ProducerImpl::Enqueue(Session& s, Outgoing out) {
+void ProducerImpl::Enqueue(Session& s, Outgoing&& out) {
   stats_.dropped += static_cast<int64_t>(s.Enqueue(send_, std::move(out)));
 }
 
-void ProducerImpl::Deliver(Session& s, Outgoing out) {
+void ProducerImpl::Deliver(Session& s, Outgoing&& out) {
   Enqueue(s, std::move(out));
   Converse(s, /*read_first=*/false);
 }

@@ -74,8 +74,8 @@ class ProducerImpl final : public Producer {
   bool ReleasesWanted() const;  // a consumer's releases are worth reading (Session::ReleasesWanted)
   int64_t ActiveConsumers() const;
   /// Queues `out` for `s` and sends what can go.
-  void Deliver(Session& s, Outgoing out);
-  void Enqueue(Session& s, Outgoing out);
+  void Deliver(Session& s, Outgoing&& out);
+  void Enqueue(Session& s, Outgoing&& out);
   void Kill(Session& s, const std::string& why, proto::ErrorCode code);
   void Reap();
   /// The request pool's runner: runs the handler, then sends its last answer (End or Error).

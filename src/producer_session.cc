@@ -70,7 +70,7 @@ OutgoingQueue::iterator Session::ErasePending(OutgoingQueue::iterator first,
   return pending_.begin();
 }
 
-size_t Session::Enqueue(SendTools& tools, Outgoing out) {
+size_t Session::Enqueue(SendTools& tools, Outgoing&& out) {
   const bool is_batch = out.type == proto::Type::kBatch;
   const bool stream0 = out.stream == 0;
   pending_other_streams_ += !stream0;

@@ -121,7 +121,7 @@ class Session {
 
   /// Queues a message; the oldest batches a lossy consumer gets no credit for are dropped (the
   /// count is returned). A consumer that lets too many controls pile up is killed.
-  size_t Enqueue(SendTools& tools, Outgoing out);
+  size_t Enqueue(SendTools& tools, Outgoing&& out);
   /// Sends what its credits and its socket allow.
   Pumped Pump(SendTools& tools);
   /// A Wake for a consumer that said Waiting (a full socket means it has messages to read).
