@@ -7,7 +7,7 @@
 namespace shmarrow::internal {
 
 void BatchArena::Free() {
-  if (channel_ != nullptr) channel_->Release(sequence_);
+  if (target_ != nullptr && target_->channel != nullptr) target_->channel->Release(sequence_);
   this->~BatchArena();
   ::operator delete(static_cast<void*>(this));
 }
