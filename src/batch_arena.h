@@ -15,6 +15,13 @@ namespace shmarrow::internal {
 
 class Channel;
 
+/// Whom a batch's lease tells of its release, and what it keeps (what the batch's buffers point
+/// into) until then: the same for every batch of a ring, so that a batch holds one reference.
+struct LeaseTarget {
+  std::shared_ptr<Channel> channel;  // none: nobody to tell
+  std::shared_ptr<const void> memory;
+};
+
 /// A bump allocator over one block. Every object allocated through it (in the block, or on the
 /// heap once the block is full) holds a reference, as does the handle Create returns; the last
 /// reference frees the block. Allocation is for one thread (the one building the batch) and
@@ -56,13 +63,11 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
     Unref(1);
   }
 
-  /// Makes the block batch `sequence`'s lease: freed, it releases the batch through `channel`,
-  /// and it keeps `memory` (what the batch's buffers point into) until then.
-  void Lease(std::shared_ptr<Channel> channel, uint64_t sequence,
-             std::shared_ptr<const void> memory) {
-    channel_ = std::move(channel);
+  /// Makes the block batch `sequence`'s lease: freed, it releases the batch to `target`, whose
+  /// memory it keeps until then.
+  void Lease(std::shared_ptr<const LeaseTarget> target, uint64_t sequence) {
+    target_ = std::move(target);
     sequence_ = sequence;
-    memory_ = std::move(memory);
   }
 
   /// The bytes asked of this arena so far, the block's or not: what a block for the next batch
@@ -91,9 +96,8 @@ class alignas(alignof(std::max_align_t)) BatchArena {  // the block follows it, 
   size_t used_ = 0;
   size_t wanted_ = 0;
   const size_t capacity_;
-  std::shared_ptr<Channel> channel_;  // with sequence_: the lease, if any
+  std::shared_ptr<const LeaseTarget> target_;  // with sequence_: the lease, if any
   uint64_t sequence_ = 0;
-  std::shared_ptr<const void> memory_;
 };
 
 /// Allocates from a BatchArena (for std::allocate_shared).

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -295,7 +296,8 @@ void ConsumerImpl::SettleReleases() {
 arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
                                  std::shared_ptr<arrow::RecordBatch>* batch) {
   batch->reset();
-  const internal::Deadline deadline(timeout_ms);
+  // Set when a look first finds nothing: a batch that is there already costs no clock read.
+  std::optional<internal::Deadline> deadline;
   // Busy-polling spins on non-blocking receives before it sleeps: no wake-up latency. Its
   // window starts at the first look that finds nothing; the clock is read every 16th round of
   // the spin only (a round is a few loads of shared memory, a clock read costs as much).
@@ -310,6 +312,7 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
     if (!session_.fatal().ok()) return session_.fatal();
     ARROW_ASSIGN_OR_RAISE(bool drained, PollQueue());
     if (drained) continue;
+    if (!deadline.has_value()) deadline.emplace(timeout_ms);
     if (spinning && !std::exchange(spin_started, true)) {
       spin_until =
           std::chrono::steady_clock::now() + std::chrono::microseconds(options_.busy_poll_us);
@@ -324,9 +327,9 @@ arrow::Status ConsumerImpl::Next(uint32_t stream, int timeout_ms,
                                 : round % 64 != 0)) {
       continue;
     }
-    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spinning ? 0 : deadline.remaining_ms()));
+    ARROW_ASSIGN_OR_RAISE(bool got, Pump(spinning ? 0 : deadline->remaining_ms()));
     if (spinning) continue;
-    if (!got && deadline.expired()) {
+    if (!got && deadline->expired()) {
       return MakeError(arrow::StatusCode::IOError, ErrorCode::kTimeout,
                        "no message from the producer within ", timeout_ms, " ms");
     }

@@ -7,7 +7,7 @@
 namespace shmarrow::internal {
 
 void BatchArena::Free() {
-  if (channel_ != nullptr) channel_->Release(sequence_);
+  if (target_ != nullptr && target_->channel != nullptr) target_->channel->Release(sequence_);
   this->~BatchArena();
   ::operator delete(static_cast<void*>(this));
 }
@@ -59,12 +59,17 @@ void Channel::AttachReleases(ReleaseWriter releases) {
 }
 
 void Channel::SetDeferring(bool deferring, size_t flush_at) {
+  flush_at = std::max<size_t>(flush_at, 1);
   // (flush_at matters only while deferring.) A release that makes the channel busy meanwhile is
-  // sent at the next call, as one after this call would be.
-  if (!deferring && idle_.load(std::memory_order_acquire)) return;
+  // sent at the next call, as one after this call would be. Deferring as already is no change
+  // either: deferring_ and flush_at_ are written only here, by the consumer's thread, so that
+  // thread reads them without the lock.
+  if (deferring ? deferring_ && flush_at_ == flush_at : idle_.load(std::memory_order_acquire)) {
+    return;
+  }
   std::lock_guard lock(mutex_);
   deferring_ = deferring;
-  flush_at_ = std::max<size_t>(flush_at, 1);
+  flush_at_ = flush_at;
   if (!deferring_) {
     FlushLocked();
     if (unannounced_ > 0) AnnounceLocked();

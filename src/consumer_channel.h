@@ -59,7 +59,8 @@ class Channel {
   void Release(uint64_t sequence);
   /// Deferring is for a consumer that is behind (batches wait to be read): one Release message
   /// then answers several batches. Stopping sends what waits. (A consumer that keeps up stops
-  /// deferring at every look at its queue: with nothing waiting, that takes no lock.)
+  /// deferring at every look at its queue: with nothing waiting, that takes no lock; nor does
+  /// deferring as already.) For the consumer's thread only, unlike Release.
   void SetDeferring(bool deferring, size_t flush_at);
   /// A message other than Release (with `fd` if not -1); an error if there is no room for it.
   [[nodiscard]] arrow::Status Send(std::span<const uint8_t> message, int fd = -1);
@@ -85,7 +86,7 @@ class Channel {
   ReleaseWriter releases_;
   size_t unannounced_ = 0;  // releases in the region the producer was not told of yet
   std::vector<uint64_t> unsent_;
-  bool deferring_ = false;
+  bool deferring_ = false;  // with flush_at_: written by SetDeferring only
   size_t flush_at_ = 1;
   // Not deferring, no release unsent nor unannounced: SetDeferring(false) has nothing to do.
   std::atomic<bool> idle_{true};

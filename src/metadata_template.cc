@@ -381,10 +381,12 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
   auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena));
   data->type = node.type;
   data->length = LoadInt64(field_node);
-  data->null_count = LoadInt64(field_node + 8);
-  data->offset = 0;
+  // Relaxed: nothing else sees the array yet (a sequentially consistent store is a locked
+  // exchange); handing the batch to another thread orders it. offset is 0 as constructed.
+  const int64_t null_count = LoadInt64(field_node + 8);
+  data->null_count.store(null_count, std::memory_order_relaxed);
   data->buffers.resize(static_cast<size_t>(BuffersOf(node.load)));
-  if (data->null_count != 0) data->buffers[0] = buffer(cursor->buffer);
+  if (null_count != 0) data->buffers[0] = buffer(cursor->buffer);
   ++cursor->buffer;
   switch (node.load) {
     case Load::kFixedWidth:

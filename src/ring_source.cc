@@ -49,7 +49,7 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   ARROW_RETURN_NOT_OK(channel_->Hold(message.sequence, stream != 0, credits_));
   // The batch's objects in one block, sized as the batch before needed it, which is its lease.
   auto arena = BatchArena::Create(arena_bytes_);
-  arena->Lease(channel_, message.sequence, ring_);
+  arena->Lease(lease_target_, message.sequence);
   const auto ring_size = static_cast<uint64_t>(ring_->size());
   if (message.metadata_length == 0 || message.metadata_length > kMaxMetadata ||
       message.metadata_offset > ring_size ||

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "batch_arena.h"
 #include "batch_source.h"
 #include "consumer_channel.h"
 #include "metadata_template.h"
@@ -32,11 +33,13 @@ class RingSource final : public BatchSource {
              uint32_t credits, Validation validation)
       : ring_(std::move(ring)),
         channel_(std::move(channel)),
+        lease_target_(std::make_shared<const LeaseTarget>(LeaseTarget{channel_, ring_})),
         credits_(credits),
         validation_(validation) {}
 
   const std::shared_ptr<arrow::Buffer> ring_;
   const std::shared_ptr<Channel> channel_;
+  const std::shared_ptr<const LeaseTarget> lease_target_;  // the channel and the ring, for leases
   const uint32_t credits_;
   const Validation validation_;
   std::vector<uint8_t> metadata_scratch_;  // the private copy of a batch's metadata

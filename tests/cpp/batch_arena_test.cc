@@ -98,15 +98,16 @@ TEST(BatchArena, TheLastObjectGoneReleasesTheBatchOnce) {
   auto outbox = std::make_shared<CountingOutbox>();
   auto channel = std::make_shared<Channel>(outbox);
   std::atomic<int> alive{0};
-  auto memory = std::make_shared<int>(0);
+  // What a ring's batches share: the channel, and the memory their buffers point into.
+  auto target = std::make_shared<const LeaseTarget>(LeaseTarget{channel, std::make_shared<int>(0)});
   std::vector<std::shared_ptr<Tracked>> objects;
   {
     auto arena = BatchArena::Create(2 * 64);
-    arena->Lease(channel, 41, memory);
+    arena->Lease(target, 41);
     for (int i = 0; i < 4; ++i) objects.push_back(Make(arena.get(), &alive, i));
   }
   EXPECT_EQ(channel->released(), 0) << "objects still hold the batch";
-  EXPECT_EQ(memory.use_count(), 2) << "the block keeps the batch's memory";
+  EXPECT_EQ(target.use_count(), 2) << "the block keeps the batch's memory";
   std::thread other([last = std::move(objects.back())]() mutable { last.reset(); });
   objects.pop_back();
   objects.clear();
@@ -114,11 +115,11 @@ TEST(BatchArena, TheLastObjectGoneReleasesTheBatchOnce) {
   EXPECT_EQ(alive.load(), 0);
   EXPECT_EQ(channel->released(), 1);
   EXPECT_EQ(outbox->sent.load(), 1);
-  EXPECT_EQ(memory.use_count(), 1);
+  EXPECT_EQ(target.use_count(), 1);
   // An arena whose objects all died before its handle: released when the handle goes.
   {
     auto arena = BatchArena::Create(64);
-    arena->Lease(channel, 42, memory);
+    arena->Lease(target, 42);
     Make(arena.get(), &alive, 0).reset();
     EXPECT_EQ(channel->released(), 1);
   }

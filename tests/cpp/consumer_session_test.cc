@@ -154,7 +154,7 @@ TEST_F(SessionTest, BatchBeyondTheCreditsIsAProtocolError) {
 
 // Releases a full socket refused wait for the consumer's next catching up, which sends them
 // (a consumer that keeps up calls SetDeferring(false) at every look, without a lock when nothing
-// waits); deferred ones go at `flush_at` or then.
+// waits); deferred ones go at `flush_at` or then, however often deferring is asked again.
 TEST(ChannelTest, ReleasesThatWaitAreSentWhenTheConsumerCatchesUp) {
   auto outbox = std::make_shared<RecordingOutbox>();
   internal::Channel channel(outbox);
@@ -168,6 +168,7 @@ TEST(ChannelTest, ReleasesThatWaitAreSentWhenTheConsumerCatchesUp) {
   EXPECT_EQ(channel.released(), 1);
   channel.SetDeferring(true, 3);
   channel.Release(8);
+  channel.SetDeferring(true, 3);  // no change (and no lock)
   channel.Release(9);
   EXPECT_EQ(outbox->released().size(), 1u);
   channel.SetDeferring(false, 3);

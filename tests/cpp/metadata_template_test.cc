@@ -288,7 +288,9 @@ std::shared_ptr<arrow::RecordBatch> Build(BatchLayout& layout, const std::vector
                                           const std::shared_ptr<arrow::Buffer>& body) {
   // A block too small for every object: the rest come from the heap, as a consumer's may.
   auto arena = internal::BatchArena::Create(256);
-  arena->Lease(nullptr, 0, body);  // the batch keeps the body, as a consumer's keeps the ring
+  // The batch keeps the body, as a consumer's keeps the ring.
+  arena->Lease(std::make_shared<const internal::LeaseTarget>(internal::LeaseTarget{nullptr, body}),
+               0);
   return layout.Build(message.data(), static_cast<int64_t>(message.size()), schema, *body,
                       arena.get());
 }
