@@ -406,7 +406,17 @@ def notes(results):
             "consumer (protocol 1.2) that goes to sleep says so in its own wake region and waits on "
             "a futex in its queue's header; the publishing thread wakes it itself (one FUTEX_WAKE, "
             "no message, no hop through the producer's I/O thread). The ranges are the "
-            "p50 of each interleaved repetition: how idle the vCPUs were moves them.")
+            "p50 of each interleaved repetition: how idle the vCPUs were moves them. Where the "
+            "two processes sleep and wake on different vCPUs, that wake-up decides the figure: "
+            "measured separately (2026-12-06, `handover_bench latency --iters 20000`, one run "
+            "each), the ring's blocking p50 was 33-37 µs in most runs and 1.8 µs in others, "
+            "1.8 µs in every run with both processes on one vCPU (`taskset -c 0`; the socket 7.2 "
+            "µs there); in an earlier `bench/run` (2026-12-06 03:26 UTC, "
+            "`bench/results/2026-12-06T033357Z.json`, busy-polling floor 0.96 µs instead of the "
+            "0.2 µs below) it was 1.9 µs against the socket's 8.4 µs. In the five latest runs "
+            "(2026-12-05 21:23 to 2026-12-06 06:03 UTC), the slow blocking figures came with a "
+            "busy-polling floor near 0.2 µs: how the host "
+            "placed this virtual machine's two vCPUs, which no transport chooses.")
         if ring_busy and uds_busy:
             text += (
                 f" Busy-polling: p50 ring {_range(ring_busy)}, UNIX socket "
