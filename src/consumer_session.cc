@@ -70,8 +70,10 @@ arrow::Status ConsumerSession::Welcome(std::span<const uint8_t> datagram,
   credits_ = welcome.max_in_flight;
   batch_runs_ = welcome.minor >= 1 && (welcome.features & proto::kFeatureBatchRuns) &&
                 welcome.mode == proto::Mode::kRing;
-  // Bounded by what one Release message carries, whatever credits the producer grants.
-  release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 4, 1, proto::kMaxRun);
+  // Half the credits: a consumer that is behind wakes a producer waiting for its releases once per
+  // this many, with as many batches still to read meanwhile (each wake costs both a context
+  // switch). Bounded by what one Release message carries, whatever credits the producer grants.
+  release_batch_ = std::clamp<size_t>(welcome.max_in_flight / 2, 1, proto::kMaxRun);
   if (welcome.mode == proto::Mode::kSealed) {
     mode_ = "sealed";
     if (!fds.empty()) return proto::ProtocolError("sealed Welcome with an fd");
