@@ -82,10 +82,19 @@ void Channel::NoteIdleLocked() {
 }
 
 void Channel::AnnounceLocked() {
+  if (!releases_.Announce()) {
+    unannounced_ = 0;
+    return;
+  }
+  // Batches wait for these credits and no producer thread sleeps. A publishing thread takes the
+  // region's releases itself; the I/O thread needs this message. A consumer still behind sends
+  // it when it catches up (the releases stay unannounced until then), not while it has batches
+  // to read: with a busy publisher, that woke the I/O thread for nothing.
+  if (deferring_) return;
   unannounced_ = 0;
   // A full socket holds messages of this consumer, and the producer looks at the region when it
   // reads them; a producer gone has nobody to tell.
-  if (releases_.Announce()) (void)outbox_->TrySend(proto::EncodeRelease(writer_, {}));
+  (void)outbox_->TrySend(proto::EncodeRelease(writer_, {}));
 }
 
 arrow::Status Channel::Send(std::span<const uint8_t> message, int fd) {
