@@ -413,8 +413,8 @@ def notes(results):
             "1.8 µs in every run with both processes on one vCPU (`taskset -c 0`; the socket 7.2 "
             "µs there); in an earlier `bench/run` (2026-12-06 03:26 UTC, "
             "`bench/results/2026-12-06T033357Z.json`, busy-polling floor 0.96 µs instead of the "
-            "0.2 µs below) it was 1.9 µs against the socket's 8.4 µs. In the five latest runs "
-            "(2026-12-05 21:23 to 2026-12-06 06:03 UTC), the slow blocking figures came with a "
+            "0.2 µs below) it was 1.9 µs against the socket's 8.4 µs. In the six latest runs "
+            "(2026-12-05 21:23 to 2026-12-06 06:46 UTC), the slow blocking figures came with a "
             "busy-polling floor near 0.2 µs: how the host "
             "placed this virtual machine's two vCPUs, which no transport chooses.")
         if ring_busy and uds_busy:
