@@ -230,13 +230,6 @@ on HEAD against itself.
 """
 
 
-def _target(results, prefix):
-    for t in results["targets"]:
-        if t["target"].startswith(prefix):
-            return t
-    return None
-
-
 def findings(results):
     """The reading of the targets; the numbers are interpolated from the run."""
     out = ["## Targets met and missed, and why", ""]
