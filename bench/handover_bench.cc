@@ -737,6 +737,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
       [&](int index) {
         auto st = [&]() -> arrow::Status {
           ARROW_ASSIGN_OR_RAISE(auto consumer, ConnectConsumer(address, busy_poll_us));
+          const int64_t cpu_start_ns = CpuNs();
           int64_t n = 0, touch = 0, first_ns = 0;
           for (;;) {
             std::shared_ptr<arrow::RecordBatch> batch;
@@ -754,8 +755,9 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
           Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
                ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
                ",\"end_ns\":" + std::to_string(end_ns) + ",\"touch\":" + std::to_string(touch) +
-               ",\"cpu_ns\":" + std::to_string(CpuNs()) + ",\"heap_calls\":" +
-               std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
+               ",\"cpu_start_ns\":" + std::to_string(cpu_start_ns) + ",\"cpu_ns\":" +
+               std::to_string(CpuNs()) + ",\"heap_calls\":" + std::to_string(HeapCalls()) +
+               ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
                ",\"vmhwm_kb\":" + std::to_string(VmHwmKb()) + "}");
           return arrow::Status::OK();
         }();
@@ -767,7 +769,7 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
               auto producer,
               ListenProducer(address, schema, transport, std::max<int64_t>(bytes, 1 << 20) * 4));
           ARROW_RETURN_NOT_OK(producer->WaitForConsumers(consumers, 20000));
-          const int64_t start_ns = NowNs();
+          const int64_t start_ns = NowNs(), cpu_start_ns = CpuNs();
           // Heap used while the bench builds each batch (Arrow's objects for buffers, arrays and
           // the batch), told apart from what publishing costs.
           long long build_calls = 0, build_bytes = 0;
@@ -806,7 +808,8 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
                "\",\"consumers\":" + std::to_string(consumers) +
                ",\"bytes\":" + std::to_string(bytes) + ",\"batches\":" + std::to_string(batches) +
                ",\"start_ns\":" + std::to_string(start_ns) + ",\"published_ns\":" +
-               std::to_string(published_ns) + ",\"cpu_ns\":" + std::to_string(CpuNs()) +
+               std::to_string(published_ns) + ",\"cpu_start_ns\":" + std::to_string(cpu_start_ns) +
+               ",\"cpu_ns\":" + std::to_string(CpuNs()) +
                ",\"bytes_copied\":" + std::to_string(stats.bytes_copied) + ",\"heap_calls\":" +
                std::to_string(HeapCalls()) + ",\"heap_bytes\":" + std::to_string(HeapBytes()) +
                ",\"build_ns\":" + std::to_string(build_ns) + ",\"build_calls\":" +
@@ -843,6 +846,7 @@ int RunSocketThroughput(int consumers, int64_t batches) {
           ARROW_ASSIGN_OR_RAISE(auto in, arrow::io::BufferedInputStream::Create(
                                              64 << 10, arrow::default_memory_pool(), socket));
           ARROW_ASSIGN_OR_RAISE(auto reader, arrow::ipc::RecordBatchStreamReader::Open(in));
+          const int64_t cpu_start_ns = CpuNs();
           int64_t n = 0, touch = 0, first_ns = 0;
           for (;;) {
             std::shared_ptr<arrow::RecordBatch> batch;
@@ -857,6 +861,7 @@ int RunSocketThroughput(int consumers, int64_t batches) {
           Emit("{\"role\":\"consumer\",\"index\":" + std::to_string(index) +
                ",\"batches\":" + std::to_string(n) + ",\"first_ns\":" + std::to_string(first_ns) +
                ",\"end_ns\":" + std::to_string(NowNs()) + ",\"touch\":" + std::to_string(touch) +
+               ",\"cpu_start_ns\":" + std::to_string(cpu_start_ns) +
                ",\"cpu_ns\":" + std::to_string(CpuNs()) + "}");
           return arrow::Status::OK();
         }();
@@ -875,7 +880,7 @@ int RunSocketThroughput(int consumers, int64_t batches) {
             outs.push_back(std::move(out));
             writers.push_back(std::move(writer));
           }
-          const int64_t start_ns = NowNs();
+          const int64_t start_ns = NowNs(), cpu_start_ns = CpuNs();
           int64_t build_ns = 0;  // as the ring's rows count it: wall time building, of the loop's
           for (int64_t i = 0; i < batches; ++i) {
             const int64_t build0 = NowNs();
@@ -895,7 +900,8 @@ int RunSocketThroughput(int consumers, int64_t batches) {
               "\"consumers\":" +
               std::to_string(consumers) + ",\"bytes\":0,\"batches\":" + std::to_string(batches) +
               ",\"start_ns\":" + std::to_string(start_ns) + ",\"published_ns\":" +
-              std::to_string(NowNs()) + ",\"cpu_ns\":" + std::to_string(CpuNs()) +
+              std::to_string(NowNs()) + ",\"cpu_start_ns\":" + std::to_string(cpu_start_ns) +
+              ",\"cpu_ns\":" + std::to_string(CpuNs()) +
               ",\"bytes_copied\":0,\"build_ns\":" + std::to_string(build_ns) + "}");
           return arrow::Status::OK();
         }();
