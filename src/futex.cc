@@ -88,13 +88,9 @@ std::atomic_ref<uint32_t> ReadOnlyWord32(const uint8_t* at) {
 }  // namespace
 
 bool ReleaseWriter::TryWrite(uint64_t sequence) {
-  // The producer's count is any value: one that claims more than was written means no room. It
-  // only grows, so it is read again only when the count last read leaves no room: the producer's
-  // cache line is not taken back for every release.
-  if (written_ - read_ >= kRegionSlots) {
-    read_ = ReadOnlyWord(header_ + protocol::kQueueReleasesReadOffset).load();
-    if (read_ > written_ || written_ - read_ >= kRegionSlots) return false;
-  }
+  // The producer's count is any value: one that claims more than was written means no room.
+  const uint64_t read = ReadOnlyWord(header_ + protocol::kQueueReleasesReadOffset).load();
+  if (read > written_ || written_ - read >= kRegionSlots) return false;
   uint8_t* region = region_->data();
   std::atomic_ref<uint64_t>(
       *reinterpret_cast<uint64_t*>(region + kRegionSlotsOffset + (written_ % kRegionSlots) * 8))

@@ -116,7 +116,6 @@ class ReleaseWriter {
   uint64_t ring_size_ = 0;
   const uint8_t* header_ = nullptr;
   uint64_t written_ = 0;
-  uint64_t read_ = 0;  // the producer's count of releases read, when TryWrite last looked
   std::optional<uint32_t> last_woken_;  // the wait block's futex word at this writer's last wake
 };
 
