@@ -27,6 +27,14 @@
 namespace shmarrow::python {
 namespace {
 
+/// The calling thread (holding the GIL) is its interpreter's only one: nobody else waits for the
+/// GIL. A thread that starts meanwhile needs the GIL to run Python, so it waits at most one take.
+bool OnlyPythonThread() {
+  PyThreadState* self = PyThreadState_Get();
+  PyThreadState* head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(self));
+  return head == self && PyThreadState_Next(head) == nullptr;
+}
+
 /// What the Python object and every reader exported from it share. Consumer is not thread-safe:
 /// every use takes `mutex` (with the GIL released).
 struct ConsumerState {
@@ -58,10 +66,11 @@ struct ConsumerState {
 
   /// Take with the GIL held, sparing a release and re-acquisition of the GIL per batch, where
   /// that cannot deadlock or stall other threads: the lock is free (try_lock: a thread holding
-  /// the GIL never waits for it) and TryNext's work is short (basic validation; full validation
-  /// of a large batch would hold the GIL for long). nullopt: take it with the GIL released.
+  /// the GIL never waits for it) and either TryNext's work is short (basic validation; full
+  /// validation of a large batch would hold the GIL for long) or no other Python thread exists
+  /// to wait for the GIL meanwhile. nullopt: take it with the GIL released.
   std::optional<arrow::Result<Step>> TakeHoldingGil(std::shared_ptr<arrow::RecordBatch>* batch) {
-    if (!take_holding_gil) return std::nullopt;
+    if (!take_holding_gil && !OnlyPythonThread()) return std::nullopt;
     std::unique_lock lock(mutex, std::try_to_lock);
     if (!lock.owns_lock()) return std::nullopt;
     return TakeLocked(batch);
