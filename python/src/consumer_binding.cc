@@ -30,9 +30,13 @@ namespace {
 /// The calling thread (holding the GIL) is its interpreter's only one: nobody else waits for the
 /// GIL. A thread that starts meanwhile needs the GIL to run Python, so it waits at most one take.
 bool OnlyPythonThread() {
+#if defined(Py_LIMITED_API)  // (the thread list is not in the limited API: assume others)
+  return false;
+#else
   PyThreadState* self = PyThreadState_Get();
   PyThreadState* head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(self));
   return head == self && PyThreadState_Next(head) == nullptr;
+#endif
 }
 
 /// What the Python object and every reader exported from it share. Consumer is not thread-safe:
