@@ -27,6 +27,18 @@
 namespace shmarrow::python {
 namespace {
 
+/// The calling thread (holding the GIL) is its interpreter's only one: nobody else waits for the
+/// GIL. A thread that starts meanwhile needs the GIL to run Python, so it waits at most one take.
+bool OnlyPythonThread() {
+#if defined(Py_LIMITED_API)  // (the thread list is not in the limited API: assume others)
+  return false;
+#else
+  PyThreadState* self = PyThreadState_Get();
+  PyThreadState* head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(self));
+  return head == self && PyThreadState_Next(head) == nullptr;
+#endif
+}
+
 /// What the Python object and every reader exported from it share. Consumer is not thread-safe:
 /// every use takes `mutex` (with the GIL released).
 struct ConsumerState {
@@ -58,10 +70,11 @@ struct ConsumerState {
 
   /// Take with the GIL held, sparing a release and re-acquisition of the GIL per batch, where
   /// that cannot deadlock or stall other threads: the lock is free (try_lock: a thread holding
-  /// the GIL never waits for it) and TryNext's work is short (basic validation; full validation
-  /// of a large batch would hold the GIL for long). nullopt: take it with the GIL released.
+  /// the GIL never waits for it) and either TryNext's work is short (basic validation; full
+  /// validation of a large batch would hold the GIL for long) or no other Python thread exists
+  /// to wait for the GIL meanwhile. nullopt: take it with the GIL released.
   std::optional<arrow::Result<Step>> TakeHoldingGil(std::shared_ptr<arrow::RecordBatch>* batch) {
-    if (!take_holding_gil) return std::nullopt;
+    if (!take_holding_gil && !OnlyPythonThread()) return std::nullopt;
     std::unique_lock lock(mutex, std::try_to_lock);
     if (!lock.owns_lock()) return std::nullopt;
     return TakeLocked(batch);
@@ -203,12 +216,8 @@ class PyConsumer {
     return Result(step, batch);
   }
 
-  /// __next__: Next with the consumer's read timeout, StopIteration at the end.
-  nb::object Iterate() {
-    nb::object batch = Next(read_timeout_ms_);
-    if (batch.is_none()) throw nb::stop_iteration();
-    return batch;
-  }
+  /// Next with the consumer's read timeout (for next()).
+  nb::object Iterate() { return Next(read_timeout_ms_); }
 
   /// Never blocks: the next batch, or None (nothing yet, or the end: see ended).
   nb::object TryNext() {
@@ -354,11 +363,41 @@ class PyConsumer {
   int64_t read_timeout_ms_;
 };
 
+/// _Consumer's tp_iternext, which Python calls directly for next(): a __next__ defined as a
+/// method would cost a method lookup and nanobind's dispatch per batch (a few percent of reading
+/// a small one). NULL with no exception set is the end of the stream.
+PyObject* ConsumerIterNext(PyObject* self) {
+  if (!nb::inst_ready(self)) {
+    PyErr_SetString(PyExc_TypeError, "uninitialized shmarrow._native._Consumer");
+    return nullptr;
+  }
+  try {
+    nb::object batch = nb::inst_ptr<PyConsumer>(self)->Iterate();
+    return batch.is_none() ? nullptr : batch.release().ptr();
+  } catch (nb::python_error& error) {
+    error.restore();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& error) {  // as nanobind translates it for the other methods
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+  }
+  return nullptr;
+}
+
+PyObject* ConsumerIter(PyObject* self) { return Py_NewRef(self); }
+
+PyType_Slot consumer_slots[] = {
+    {Py_tp_iter, reinterpret_cast<void*>(ConsumerIter)},
+    {Py_tp_iternext, reinterpret_cast<void*>(ConsumerIterNext)},
+    {0, nullptr},
+};
+
 }  // namespace
 
 void BindConsumer(nb::module_& m) {
   nb::class_<PyConsumer>(m, "_Consumer",
-                         "shmarrow::Consumer (use shmarrow.Consumer, which wraps it)")
+                         "shmarrow::Consumer (use shmarrow.Consumer, which wraps it)",
+                         nb::type_slots(consumer_slots))
       .def(
           "__init__",
           [](PyConsumer* self, const std::string& address, bool lossy, bool start_at_oldest,
@@ -396,9 +435,6 @@ void BindConsumer(nb::module_& m) {
       .def("next", &PyConsumer::Next, nb::arg("timeout_ms"),
            "Next batch as a pyarrow.RecordBatch; None at the end. Blocks, "
            "interruptibly; raises a timeout error after timeout_ms (-1: never).")
-      .def("__iter__", [](nb::handle self) { return nb::borrow(self); })
-      .def("__next__", &PyConsumer::Iterate,
-           "Next batch (blocking up to the read timeout); StopIteration at the end.")
       .def("try_next", &PyConsumer::TryNext,
            "Next batch if one has arrived, else None (see ended).")
       .def_prop_ro("ended", &PyConsumer::ended)

@@ -98,6 +98,16 @@ def test_iterating_reads_the_one_stream_honours_read_timeout_and_close():
             next(batches)
 
 
+def test_next_on_a_native_consumer_never_initialized_raises():
+    """The native consumer's next() is a type slot of its own, outside nanobind's checks: on an
+    object whose __init__ never ran it raises instead of reading freed memory."""
+    from shmarrow import _native
+
+    native = _native._Consumer.__new__(_native._Consumer)
+    with pytest.raises(TypeError, match="uninitialized"):
+        next(native)
+
+
 def test_a_for_loop_over_an_unnamed_consumer_reads_every_batch():
     """The loop holds only iter(consumer) (the native consumer): the Python object going away
     closes nothing."""
