@@ -18,6 +18,7 @@
 #include <arrow/record_batch.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -52,9 +53,12 @@ struct BodyList {
 [[nodiscard]] bool ListBody(const arrow::RecordBatch& batch, BodyList* out);
 
 /// The RecordBatch Message Arrow's writer produced for the stream's layout (one schema), patched
-/// for each batch of that layout; thread-safe.
+/// for each batch of that layout; thread-safe. Each thread reads its own copy of what was
+/// remembered, refreshed under the lock only after a Remember: a batch of the layout takes no lock.
 class MetadataCache {
  public:
+  MetadataCache();
+
   /// True when a Message of `batch`'s layout (its body listed by ListBody) is cached.
   [[nodiscard]] bool Fits(const arrow::RecordBatch& batch, const BodyList& body);
 
@@ -72,10 +76,20 @@ class MetadataCache {
                 const arrow::Buffer& metadata);
 
  private:
-  /// `batch` has the cached Message's schema (under mutex_).
-  [[nodiscard]] bool SameSchema(const arrow::RecordBatch& batch) const;
+  /// What was remembered, as one thread last copied it.
+  struct Copy {
+    uint64_t cache = 0;  // the id_ of the cache it copies
+    uint64_t version = 0;
+    std::shared_ptr<arrow::Schema> schema;
+    std::vector<uint8_t> message;
+    MessageFields fields;
+  };
+  /// The calling thread's copy of what is remembered now.
+  const Copy& Current();
 
-  std::mutex mutex_;
+  const uint64_t id_;  // unique per cache: a thread's copy is never taken for another cache's
+  std::atomic<uint64_t> version_{0};  // how many Remembers changed what is remembered
+  std::mutex mutex_;                  // what is remembered (below), and version_'s changes
   std::shared_ptr<arrow::Schema> schema_;
   std::vector<uint8_t> message_;
   MessageFields fields_;
