@@ -221,11 +221,12 @@ const MetadataCache::Copy& MetadataCache::Current() {
   return copy;
 }
 
-bool MetadataCache::Fits(const arrow::RecordBatch& batch, const BodyList& body) {
+int64_t MetadataCache::MessageSize(const arrow::RecordBatch& batch, const BodyList& body) {
   // Only how many buffer offsets there are matters here: the lengths stand in for them.
   const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);
   const Copy& current = Current();
-  return SameSchema(current.schema, batch) && CanPatch(current.fields, values);
+  if (!SameSchema(current.schema, batch) || !CanPatch(current.fields, values)) return -1;
+  return static_cast<int64_t>(current.message.size());
 }
 
 bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
@@ -246,7 +247,7 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   if (!fields.ok()) return;
   // Arrow's writer must have listed the same nodes and buffer lengths as ListBody: then the
   // Message can describe every later batch of the layout.
-  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);  // as in Fits
+  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);  // as in MessageSize
   if (!CanPatch(*fields, values)) return;
   for (int64_t i = 0; i < fields->num_nodes; ++i) {
     int64_t node[2];

@@ -59,13 +59,14 @@ class MetadataCache {
  public:
   MetadataCache();
 
-  /// True when a Message of `batch`'s layout (its body listed by ListBody) is cached.
-  [[nodiscard]] bool Fits(const arrow::RecordBatch& batch, const BodyList& body);
+  /// The size of the Message Write makes for `batch` (its body listed by ListBody), or -1 when
+  /// none of its layout is cached.
+  [[nodiscard]] int64_t MessageSize(const arrow::RecordBatch& batch, const BodyList& body);
 
   /// Writes the Message of `batch` (its body listed by ListBody) into `out` (whose capacity is
   /// reused) with buffer i at buffer_offsets[i] and a body `body_length` long. False when no
   /// Message of this layout is cached: the caller then asks Arrow's writer and offers its Message
-  /// to Remember.
+  /// to Remember. (Another thread's Remember may change the size MessageSize said.)
   [[nodiscard]] bool Write(const arrow::RecordBatch& batch, const BodyList& body,
                            std::span<const int64_t> buffer_offsets, int64_t body_length,
                            std::vector<uint8_t>* out);
