@@ -180,12 +180,11 @@ class BlockCache {
       }
       static void Empty(Lane* lane) {
         State* state = std::exchange(lane->state, nullptr);
+        // A retired state deletes itself with the last block out: only then, after the lane's
+        // last block, so nothing of it is read afterwards.
         for (Slot& slot : lane->slots) {
-          // The state may delete itself with its last block: the sizes are read first.
-          const size_t size = slot.size;
-          const size_t count = std::exchange(slot.count, 0);
-          slot.size = 0;
-          for (size_t i = 0; i < count; ++i) state->GiveToBins(slot.blocks[i], size);
+          for (size_t i = 0; i < slot.count; ++i) state->GiveToBins(slot.blocks[i], slot.size);
+          slot = Slot{};
         }
       }
 
