@@ -190,28 +190,54 @@ BatchValues ValuesOf(const BodyList& body, std::span<const int64_t> buffer_offse
 
 }  // namespace
 
-bool MetadataCache::SameSchema(const arrow::RecordBatch& batch) const {
+namespace {
+
+/// `batch` has `schema`, the one of a cached Message.
+bool SameSchema(const std::shared_ptr<arrow::Schema>& schema, const arrow::RecordBatch& batch) {
   // Usually the very object; bindings may import an equal one with each batch. (The Message does
   // not hold the schema: the field names and metadata do not matter, only the types.)
-  return schema_ != nullptr &&
-         (schema_ == batch.schema() || schema_->Equals(*batch.schema(), /*check_metadata=*/false));
+  return schema != nullptr &&
+         (schema == batch.schema() || schema->Equals(*batch.schema(), /*check_metadata=*/false));
 }
 
-bool MetadataCache::Fits(const arrow::RecordBatch& batch, const BodyList& body) {
+std::atomic<uint64_t> next_metadata_cache_id{1};
+
+}  // namespace
+
+MetadataCache::MetadataCache() : id_(next_metadata_cache_id.fetch_add(1)) {}
+
+const MetadataCache::Copy& MetadataCache::Current() {
+  // One copy per thread, of the cache it used last (threads publishing to several producers in
+  // turn refresh it at each change, as they took the lock before).
+  thread_local Copy copy;
+  if (copy.cache != id_ || copy.version != version_.load(std::memory_order_acquire)) {
+    std::lock_guard lock(mutex_);
+    copy.cache = id_;
+    copy.version = version_.load(std::memory_order_relaxed);
+    copy.schema = schema_;
+    copy.message.assign(message_.begin(), message_.end());
+    copy.fields = fields_;
+  }
+  return copy;
+}
+
+int64_t MetadataCache::MessageSize(const arrow::RecordBatch& batch, const BodyList& body) {
   // Only how many buffer offsets there are matters here: the lengths stand in for them.
   const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);
-  std::lock_guard lock(mutex_);
-  return SameSchema(batch) && CanPatch(fields_, values);
+  const Copy& current = Current();
+  if (!SameSchema(current.schema, batch) || !CanPatch(current.fields, values)) return -1;
+  return static_cast<int64_t>(current.message.size());
 }
 
 bool MetadataCache::Write(const arrow::RecordBatch& batch, const BodyList& body,
                           std::span<const int64_t> buffer_offsets, int64_t body_length,
                           std::vector<uint8_t>* out) {
   const BatchValues values = ValuesOf(body, buffer_offsets, body_length);
-  std::lock_guard lock(mutex_);
-  if (!SameSchema(batch) || !CanPatch(fields_, values)) return false;
-  out->assign(message_.begin(), message_.end());
-  PatchBatchValues(out->data(), fields_, values);
+  // A copy made before another thread's Remember still describes every batch it fits.
+  const Copy& current = Current();
+  if (!SameSchema(current.schema, batch) || !CanPatch(current.fields, values)) return false;
+  out->assign(current.message.begin(), current.message.end());
+  PatchBatchValues(out->data(), current.fields, values);
   return true;
 }
 
@@ -221,7 +247,7 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   if (!fields.ok()) return;
   // Arrow's writer must have listed the same nodes and buffer lengths as ListBody: then the
   // Message can describe every later batch of the layout.
-  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);  // as in Fits
+  const BatchValues values = ValuesOf(body, body.buffer_lengths, 0);  // as in MessageSize
   if (!CanPatch(*fields, values)) return;
   for (int64_t i = 0; i < fields->num_nodes; ++i) {
     int64_t node[2];
@@ -238,6 +264,7 @@ void MetadataCache::Remember(const arrow::RecordBatch& batch, const BodyList& bo
   schema_ = batch.schema();
   message_.assign(metadata.data(), metadata.data() + metadata.size());
   fields_ = *fields;
+  version_.fetch_add(1, std::memory_order_release);
 }
 
 }  // namespace shmarrow::internal

@@ -18,6 +18,7 @@
 #include <arrow/record_batch.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -52,16 +53,20 @@ struct BodyList {
 [[nodiscard]] bool ListBody(const arrow::RecordBatch& batch, BodyList* out);
 
 /// The RecordBatch Message Arrow's writer produced for the stream's layout (one schema), patched
-/// for each batch of that layout; thread-safe.
+/// for each batch of that layout; thread-safe. Each thread reads its own copy of what was
+/// remembered, refreshed under the lock only after a Remember: a batch of the layout takes no lock.
 class MetadataCache {
  public:
-  /// True when a Message of `batch`'s layout (its body listed by ListBody) is cached.
-  [[nodiscard]] bool Fits(const arrow::RecordBatch& batch, const BodyList& body);
+  MetadataCache();
+
+  /// The size of the Message Write makes for `batch` (its body listed by ListBody), or -1 when
+  /// none of its layout is cached.
+  [[nodiscard]] int64_t MessageSize(const arrow::RecordBatch& batch, const BodyList& body);
 
   /// Writes the Message of `batch` (its body listed by ListBody) into `out` (whose capacity is
   /// reused) with buffer i at buffer_offsets[i] and a body `body_length` long. False when no
   /// Message of this layout is cached: the caller then asks Arrow's writer and offers its Message
-  /// to Remember.
+  /// to Remember. (Another thread's Remember may change the size MessageSize said.)
   [[nodiscard]] bool Write(const arrow::RecordBatch& batch, const BodyList& body,
                            std::span<const int64_t> buffer_offsets, int64_t body_length,
                            std::vector<uint8_t>* out);
@@ -72,10 +77,20 @@ class MetadataCache {
                 const arrow::Buffer& metadata);
 
  private:
-  /// `batch` has the cached Message's schema (under mutex_).
-  [[nodiscard]] bool SameSchema(const arrow::RecordBatch& batch) const;
+  /// What was remembered, as one thread last copied it.
+  struct Copy {
+    uint64_t cache = 0;  // the id_ of the cache it copies
+    uint64_t version = 0;
+    std::shared_ptr<arrow::Schema> schema;
+    std::vector<uint8_t> message;
+    MessageFields fields;
+  };
+  /// The calling thread's copy of what is remembered now.
+  const Copy& Current();
 
-  std::mutex mutex_;
+  const uint64_t id_;  // unique per cache: a thread's copy is never taken for another cache's
+  std::atomic<uint64_t> version_{0};  // how many Remembers changed what is remembered
+  std::mutex mutex_;                  // what is remembered (below), and version_'s changes
   std::shared_ptr<arrow::Schema> schema_;
   std::vector<uint8_t> message_;
   MessageFields fields_;

@@ -2,6 +2,7 @@
 
 #include <arrow/buffer.h>
 #include <arrow/ipc/writer.h>
+#include <arrow/util/bit_util.h>
 
 #include <algorithm>
 #include <atomic>
@@ -222,19 +223,21 @@ class RingMemory final : public ProducerMemory {
     thread_local std::vector<int64_t> offsets;
     thread_local std::vector<uint8_t> message;
     const bool listed = cache != nullptr && ListBody(*p.batch, &body);
-    const size_t copies_before = p.copies.size();
-    const int64_t copied_before = p.bytes_copied;
-    // A body built in the ring goes straight to Write, whose look at the cache says whether it
-    // fits; Fits is asked first only where a miss would waste the copies PlaceBuffers makes.
-    if (listed && (AllInPlace(body) || cache->Fits(*p.batch, body))) {
-      ARROW_RETURN_NOT_OK(PlaceBuffers(p, body.buffer_data, body.buffer_lengths, pool, &offsets));
-      if (cache->Write(*p.batch, body, offsets, ring_->size(), &message)) {
-        return PlaceMetadata(message.data(), static_cast<int64_t>(message.size()), pool);
+    if (listed) {
+      const int64_t message_size = cache->MessageSize(*p.batch, body);
+      if (message_size >= 0) {
+        const int64_t copied_before = p.bytes_copied;
+        ARROW_ASSIGN_OR_RAISE(auto placement,
+                              PlaceWithCopies(p, message_size, body, pool, &offsets));
+        if (cache->Write(*p.batch, body, offsets, ring_->size(), &message) &&
+            static_cast<int64_t>(message.size()) == message_size) {
+          std::memcpy(placement.metadata.data(), message.data(), message.size());
+          return placement;
+        }
+        // Another thread replaced the cached Message meanwhile: Arrow's writer, from the start
+        // (the block goes back to the ring with `placement`).
+        p.bytes_copied = copied_before;
       }
-      // No Message of this layout is cached (or another thread replaced it meanwhile): Arrow's
-      // writer, from the start.
-      p.copies.resize(copies_before);
-      p.bytes_copied = copied_before;
     }
     std::shared_ptr<arrow::RecordBatch> target = p.batch;
     if (!projection.empty()) {
@@ -295,6 +298,39 @@ class RingMemory final : public ProducerMemory {
       p.bytes_copied += lengths[i];
     }
     return arrow::Status::OK();
+  }
+
+  /// One ring block for a Message of `message_size` bytes (at its start; written by the caller)
+  /// and copies of the buffers of `body` that are not in place, each 64-byte aligned after it:
+  /// one allocation, however many buffers are copied. Sets `offsets` to where each buffer lies.
+  arrow::Result<Placement> PlaceWithCopies(Published& p, int64_t message_size, const BodyList& body,
+                                           RingPool* pool, std::vector<int64_t>* offsets) {
+    const size_t count = body.buffer_data.size();
+    int64_t size = arrow::bit_util::RoundUpToMultipleOf64(message_size);
+    for (size_t i = 0; i < count; ++i) {
+      if (!InPlace(body.buffer_data[i], body.buffer_lengths[i])) {
+        size += arrow::bit_util::RoundUpToMultipleOf64(body.buffer_lengths[i]);
+      }
+    }
+    Placement placement;
+    ARROW_ASSIGN_OR_RAISE(placement.metadata, RingBlock::Allocate(pool, size));
+    uint8_t* block = placement.metadata.data();
+    placement.location = {ring_->OffsetOf(block), message_size};
+    int64_t at = arrow::bit_util::RoundUpToMultipleOf64(message_size);
+    offsets->assign(count, 0);
+    for (size_t i = 0; i < count; ++i) {
+      const uint8_t* data = body.buffer_data[i];
+      const int64_t length = body.buffer_lengths[i];
+      if (InPlace(data, length)) {
+        if (length > 0) (*offsets)[i] = ring_->OffsetOf(data);
+        continue;
+      }
+      std::memcpy(block + at, data, static_cast<size_t>(length));
+      (*offsets)[i] = ring_->OffsetOf(block + at);
+      p.bytes_copied += length;
+      at += arrow::bit_util::RoundUpToMultipleOf64(length);
+    }
+    return placement;
   }
 
   /// Copies a Message flatbuffer into a ring block of its own.

@@ -51,7 +51,8 @@ struct Published {
   uint64_t sequence = 0;
   std::shared_ptr<arrow::RecordBatch> batch;
   // Ring mode: the metadata for all columns, for each projection (column indices) consumers
-  // asked for, and the buffers that had to be copied into the ring.
+  // asked for, and the buffers that had to be copied into the ring (those of a batch of the
+  // cached layout share the block of its metadata for all columns instead).
   Placement all_columns;
   std::vector<std::pair<std::vector<int>, Placement>> projected;
   std::vector<std::shared_ptr<arrow::Buffer>> copies;

@@ -1,9 +1,13 @@
-// BlockCache / RecyclingAllocator: freed blocks come back for the next allocation of their size,
-// and blocks returned after every owner let go of the cache still find it.
+// BlockCache / RecyclingAllocator: freed blocks come back for the next allocation of their size
+// (through the thread's front, then the shared bins), and blocks returned after every owner let
+// go of the cache, or kept in a thread's front, still find it.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -27,17 +31,58 @@ TEST(BlockCacheTest, AFreedBlockServesTheNextRequestOfItsSize) {
   cache.Give(b, 64);
 }
 
-TEST(BlockCacheTest, AtMostMaxPerSizeBlocksAreKept) {
+TEST(BlockCacheTest, AtMostMaxPerSizeBlocksAreKeptInTheFrontAndTheBins) {
   BlockCache cache(/*max_per_size=*/1);
   void* a = cache.Take(32);
   void* b = cache.Take(32);
-  cache.Give(a, 32);
-  cache.Give(b, 32);  // over the limit: freed
-  EXPECT_EQ(cache.Take(32), a);
   void* c = cache.Take(32);
-  EXPECT_NE(c, a);
+  cache.Give(a, 32);  // this thread's front
+  cache.Give(b, 32);  // the shared bins
+  cache.Give(c, 32);  // over both limits: freed
+  EXPECT_EQ(cache.Take(32), a);
+  EXPECT_EQ(cache.Take(32), b);
+  void* d = cache.Take(32);
+  EXPECT_NE(d, a);
+  EXPECT_NE(d, b);
   cache.Give(a, 32);
-  cache.Give(c, 32);
+  cache.Give(b, 32);
+  cache.Give(d, 32);
+}
+
+TEST(BlockCacheTest, AThreadsFrontReturnsItsBlocksWhenTheThreadExits) {
+  BlockCache cache(/*max_per_size=*/4);
+  void* a = cache.Take(48);
+  std::thread([&] { cache.Give(a, 48); }).join();  // kept in that thread's front, then returned
+  EXPECT_EQ(cache.Take(48), a);                     // from the bins
+  cache.Give(a, 48);
+}
+
+TEST(BlockCacheTest, BlocksInAnotherThreadsFrontOutliveTheCache) {
+  // The state lives until a thread that still keeps its blocks exits (ASan and the leak checker
+  // see the state or a block never freed, or freed twice).
+  auto cache = std::make_unique<BlockCache>();
+  void* a = cache->Take(64);
+  std::mutex mutex;
+  std::condition_variable changed;
+  int step = 0;
+  std::thread keeper([&] {
+    cache->Give(a, 64);  // into this thread's front
+    std::unique_lock lock(mutex);
+    step = 1;
+    changed.notify_all();
+    changed.wait(lock, [&] { return step == 2; });
+  });  // exits: its front returns `a` to the retired state, which then deletes itself
+  {
+    std::unique_lock lock(mutex);
+    changed.wait(lock, [&] { return step == 1; });
+  }
+  cache.reset();
+  {
+    std::lock_guard lock(mutex);
+    step = 2;
+  }
+  changed.notify_all();
+  keeper.join();
 }
 
 TEST(BlockCacheTest, SharedObjectsOutliveTheOwnerOfTheCache) {

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "flatbuffer_patch.h"
 #include "metadata_template.h"
@@ -181,6 +182,38 @@ TEST(MetadataTemplate, ExactlySizedBuffersAndLongerOnesBothMatch) {
       EXPECT_EQ(message, expected) << rows << " rows, " << spare << " spare bytes";
     }
   }
+}
+
+TEST(MetadataTemplate, AThreadSeesWhatAnotherThreadRemembered) {
+  // Each thread patches its own copy of the cached Message: another thread's Remember (a schema
+  // change) replaces it there before the next batch.
+  auto batch_of = [](const std::shared_ptr<arrow::DataType>& type) {
+    auto values = arrow::MakeArrayOfNull(type, 3).ValueOrDie();
+    return arrow::RecordBatch::Make(arrow::schema({arrow::field("v", type)}), 3, {values});
+  };
+  auto remember = [](MetadataCache& cache, const arrow::RecordBatch& batch, BodyList* body) {
+    arrow::ipc::IpcPayload payload;
+    ASSERT_OK(arrow::ipc::GetRecordBatchPayload(batch, arrow::ipc::IpcWriteOptions::Defaults(),
+                                                &payload));
+    cache.Remember(batch, *body, *payload.metadata);
+  };
+  const auto ints = batch_of(arrow::int64());
+  const auto doubles = batch_of(arrow::float64());
+  MetadataCache cache;
+  BodyList int_body;
+  BodyList double_body;
+  ASSERT_TRUE(ListBody(*ints, &int_body));
+  ASSERT_TRUE(ListBody(*doubles, &double_body));
+  remember(cache, *ints, &int_body);
+  const std::vector<int64_t> offsets(int_body.buffer_lengths.size(), 64);
+  std::vector<uint8_t> message;
+  ASSERT_TRUE(cache.Write(*ints, int_body, offsets, 4096, &message));  // this thread's copy
+  std::thread([&] { remember(cache, *doubles, &double_body); }).join();
+  EXPECT_FALSE(cache.Write(*ints, int_body, offsets, 4096, &message));
+  EXPECT_EQ(cache.MessageSize(*ints, int_body), -1);
+  ASSERT_TRUE(cache.Write(*doubles, double_body, offsets, 4096, &message));
+  EXPECT_EQ(cache.MessageSize(*doubles, double_body), static_cast<int64_t>(message.size()));
+  EXPECT_EQ(message, ArrowMessage(*doubles, offsets, double_body.buffer_lengths, 4096));
 }
 
 TEST(MetadataTemplate, BatchesArrowRewritesAreLeftToArrow) {

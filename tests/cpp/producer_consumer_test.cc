@@ -527,6 +527,71 @@ TEST_P(ProducerConsumerTest, FanOutDeliversTheSamePagesToEveryConsumer) {
   ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
 }
 
+TEST_P(ProducerConsumerTest, SeveralThreadsPublishAtOnceWhileConsumersRead) {
+  // Publishing threads share the producer's caches (the metadata template, the records' blocks)
+  // and its ring: each batch arrives whole, each thread's in its order, and everything returns.
+  const std::string address = NextAddress();
+  ASSERT_OK_AND_ASSIGN(auto producer, Producer::Listen(address, TestSchema(), Options()));
+  constexpr int kConsumers = 2;
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 200;
+  std::vector<std::shared_ptr<Consumer>> consumers;
+  for (int c = 0; c < kConsumers; ++c) {
+    ASSERT_OK_AND_ASSIGN(auto consumer, Consumer::Connect(address, ConsumerOpts()));
+    consumers.push_back(consumer);
+  }
+  ASSERT_OK(producer->WaitForConsumers(kConsumers, kTimeoutMs));
+  // Thread t publishes seeds t * 10000 + i with 1 + t rows (a layout of its own lengths). In ring
+  // mode every other batch is built on the heap, so that it is copied in (sealed mode's pool()
+  // serves one batch at a time: all are heap batches there).
+  auto rows_of = [](int64_t seed) { return 1 + seed / 10000; };
+  std::vector<std::string> failures(kThreads + kConsumers);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kConsumers; ++c) {
+    threads.emplace_back([&, c] {
+      std::vector<int64_t> last(kThreads, -1);
+      for (int n = 0; n < kThreads * kPerThread; ++n) {
+        BatchPtr batch;
+        auto status = consumers[c]->ReadNext(&batch);
+        if (!status.ok() || batch == nullptr) {
+          failures[kThreads + c] = "read " + std::to_string(n) + ": " + status.ToString();
+          return;
+        }
+        const int64_t seed = SeedOf(*batch);
+        const int64_t t = seed / 10000;
+        if (t < 0 || t >= kThreads || seed % 10000 <= last[t] ||
+            !batch->Equals(*Expected(seed, rows_of(seed)))) {
+          failures[kThreads + c] = "batch " + std::to_string(n) + " (seed " +
+                                   std::to_string(seed) + ") is not the next one of its thread";
+          return;
+        }
+        last[t] = seed % 10000;
+      }
+    });
+  }
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int64_t i = 0; i < kPerThread; ++i) {
+        const int64_t seed = t * 10000 + i;
+        auto batch = MakeBatch(ring() && i % 2 == 0 ? producer->pool() : arrow::default_memory_pool(),
+                               seed, rows_of(seed));
+        auto status = batch.ok() ? producer->Publish(*batch) : batch.status();
+        if (!status.ok()) {
+          failures[t] = "publish " + std::to_string(seed) + ": " + status.ToString();
+          return;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const auto& failure : failures) EXPECT_EQ(failure, "");
+  ASSERT_OK(producer->WaitUntilDrained(kTimeoutMs));
+  const ProducerStats stats = producer->stats();
+  EXPECT_EQ(stats.published, kThreads * kPerThread);
+  EXPECT_EQ(stats.in_flight, 0);
+  EXPECT_EQ(stats.ring_bytes_in_use, 0);
+}
+
 TEST_P(ProducerConsumerTest, LateJoinerStartsAtTheOldestRetainedBatchIfAsked) {
   const std::string address = NextAddress();
   ProducerOptions options = Options();
