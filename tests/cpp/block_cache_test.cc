@@ -53,7 +53,7 @@ TEST(BlockCacheTest, AThreadsFrontReturnsItsBlocksWhenTheThreadExits) {
   BlockCache cache(/*max_per_size=*/4);
   void* a = cache.Take(48);
   std::thread([&] { cache.Give(a, 48); }).join();  // kept in that thread's front, then returned
-  EXPECT_EQ(cache.Take(48), a);                     // from the bins
+  EXPECT_EQ(cache.Take(48), a);                    // from the bins
   cache.Give(a, 48);
 }
 

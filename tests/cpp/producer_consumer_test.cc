@@ -561,8 +561,8 @@ TEST_P(ProducerConsumerTest, SeveralThreadsPublishAtOnceWhileConsumersRead) {
         const int64_t t = seed / 10000;
         if (t < 0 || t >= kThreads || seed % 10000 <= last[t] ||
             !batch->Equals(*Expected(seed, rows_of(seed)))) {
-          failures[kThreads + c] = "batch " + std::to_string(n) + " (seed " +
-                                   std::to_string(seed) + ") is not the next one of its thread";
+          failures[kThreads + c] = "batch " + std::to_string(n) + " (seed " + std::to_string(seed) +
+                                   ") is not the next one of its thread";
           return;
         }
         last[t] = seed % 10000;
@@ -573,8 +573,9 @@ TEST_P(ProducerConsumerTest, SeveralThreadsPublishAtOnceWhileConsumersRead) {
     threads.emplace_back([&, t] {
       for (int64_t i = 0; i < kPerThread; ++i) {
         const int64_t seed = t * 10000 + i;
-        auto batch = MakeBatch(ring() && i % 2 == 0 ? producer->pool() : arrow::default_memory_pool(),
-                               seed, rows_of(seed));
+        auto batch =
+            MakeBatch(ring() && i % 2 == 0 ? producer->pool() : arrow::default_memory_pool(), seed,
+                      rows_of(seed));
         auto status = batch.ok() ? producer->Publish(*batch) : batch.status();
         if (!status.ok()) {
           failures[t] = "publish " + std::to_string(seed) + ": " + status.ToString();
