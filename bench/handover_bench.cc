@@ -9,7 +9,8 @@
 //   handover_bench e2e        --mode two|one --bytes S --cols C --iters N
 //   (handover and e2e take --pages auto|hugetlb|off: the producer's page policy, default auto)
 //   handover_bench throughput --consumers K --bytes S (0: 1 row x 3 columns) --batches M [--busy-poll-us U]
-//                             [--build arrays|block (small batches: three arrays, or one block; below)]
+//                             [--build arrays|block|heap (small batches: three arrays in the ring,
+//                              one block of the ring, or three arrays on the heap, copied by Publish)]
 //                             [--consumer-work-ns W (each consumer spins W ns a batch: slower than
 //                              the producer, so that it falls behind)]
 //   handover_bench heap       --transport ring|sealed --batches M
@@ -727,8 +728,12 @@ int RunE2e(const std::string& mode, int64_t bytes, int cols, int64_t iters) {
 
 // Throughput (ring, unpaced) and heap cost per batch (ring or sealed). Consumers read every batch
 // and touch its first and last value; the producer publishes `batches` as fast as credits allow.
+// How the throughput rows build a 1-row batch: three arrays in the producer's pool (the ring),
+// one block of it (MakeSmallInBlock), or three arrays on the heap (Publish copies them).
+enum class Build { kArrays, kBlock, kHeap };
+
 int RunStream(const std::string& kind, const std::string& transport, int consumers, int64_t bytes,
-              int64_t batches, int busy_poll_us, bool in_block, int64_t consumer_work_ns) {
+              int64_t batches, int busy_poll_us, Build build, int64_t consumer_work_ns) {
   const bool small = bytes <= 0;
   auto schema = small ? SmallSchema() : ColumnsSchema(1);
   const std::string address = Address(kind.c_str());
@@ -779,8 +784,12 @@ int RunStream(const std::string& kind, const std::string& transport, int consume
             const int64_t build0 = NowNs();
             std::shared_ptr<arrow::RecordBatch> batch;
             if (small) {
-              ARROW_ASSIGN_OR_RAISE(batch, in_block ? MakeSmallInBlock(producer->pool(), i)
-                                                    : MakeSmall(producer->pool(), i));
+              ARROW_ASSIGN_OR_RAISE(
+                  batch, build == Build::kBlock
+                             ? MakeSmallInBlock(producer->pool(), i)
+                             : MakeSmall(build == Build::kHeap ? arrow::default_memory_pool()
+                                                               : producer->pool(),
+                                         i));
             } else {
               ARROW_ASSIGN_OR_RAISE(auto buffer,
                                     arrow::AllocateBuffer(bytes / 8 * 8, producer->pool()));
@@ -976,10 +985,17 @@ int main(int argc, char** argv) {
     return RunSocketThroughput(static_cast<int>(a.Int("consumers", 1)), a.Int("batches", 10000));
   }
   if (a.command == "throughput" || a.command == "heap") {
+    const std::map<std::string, Build> builds = {
+        {"arrays", Build::kArrays}, {"block", Build::kBlock}, {"heap", Build::kHeap}};
+    const auto build = builds.find(a.Get("build", "arrays"));
+    if (build == builds.end()) {
+      std::cerr << "handover_bench: --build is arrays, block or heap\n";
+      return 2;
+    }
     return RunStream(a.command, a.Get("transport", "ring"), static_cast<int>(a.Int("consumers", 1)),
                      a.Int("bytes", 0), a.Int("batches", 10000),
-                     static_cast<int>(a.Int("busy-poll-us", 0)),
-                     a.Get("build", "arrays") == "block", a.Int("consumer-work-ns", 0));
+                     static_cast<int>(a.Int("busy-poll-us", 0)), build->second,
+                     a.Int("consumer-work-ns", 0));
   }
   std::cerr << "usage: handover_bench handover|latency|e2e|throughput|heap --key value ...\n";
   return 2;
