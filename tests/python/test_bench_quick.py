@@ -79,8 +79,8 @@ def test_bench_quick(tmp_path):
     _check_small_latency(results)
 
     assert {(r["consumers"], r["batch_bytes"], r["build"]) for r in results["throughput"]} == {
-        (0, 24, "arrays"), (0, 24, "block"), (1, 24, "arrays"), (1, 24, "block"), (4, 24, "arrays"),
-        (1, 24, "uds"), (4, 24, "uds"), (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays"),
+        (0, 24, "arrays"), (0, 24, "block"), (0, 24, "heap"), (1, 24, "arrays"), (1, 24, "block"),
+        (1, 24, "heap"), (4, 24, "arrays"), (1, 24, "uds"), (4, 24, "uds"), (1, 1 << 20, "arrays"), (4, 1 << 20, "arrays"),
         (1, 256, "floor"), (4, 256, "floor")}
     for r in results["throughput"]:
         assert _positive(r["batches_per_s"]) and _positive(r["gb_per_s"])
@@ -90,6 +90,11 @@ def test_bench_quick(tmp_path):
             assert _positive(r["consumer_cpu_us_per_batch"]), r
         else:
             assert _positive(r["producer_build_us_per_batch"]), r
+        # Built in the ring: published where it lies; on the heap: each batch's 24 bytes copied.
+        if r["build"] in ("arrays", "block"):
+            assert r["bytes_copied"] == 0, r
+        if r["build"] == "heap":
+            assert r["bytes_copied"] == 24 * r["batches"], r
         assert r["reps"] == 3 and r["batches_per_s_min"] <= r["batches_per_s"] <= r["batches_per_s_max"], r
     # Each small-batch goal beside the floor: ring / floor, with the goal over the floor.
     floor_targets = [t for t in results["targets"] if "shmarrow ring / the floor" in t["target"]]
