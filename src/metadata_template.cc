@@ -417,8 +417,13 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
   ++cursor->buffer;
   switch (node.load) {
     case Load::kFixedWidth:
-      // Arrow's reader leaves an empty array's values alone.
-      data->buffers[1] = data->length > 0 ? buffer(cursor->buffer) : EmptyBuffer();
+      // Arrow's reader leaves an empty array's values alone. (Not as one conditional expression:
+      // its type would be a const shared_ptr, copied into place with two more atomic operations.)
+      if (data->length > 0) {
+        data->buffers[1] = buffer(cursor->buffer);
+      } else {
+        data->buffers[1] = EmptyBuffer();
+      }
       ++cursor->buffer;
       break;
     case Load::kFixedSizeBinary:
