@@ -405,8 +405,7 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     return std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(cursor->arena),
                                                body.data() + offset, length, body.memory_manager());
   };
-  // Constructed with its values (no atomic store of the null count, no zeroing of the object
-  // first, as a value-initialized ArrayData gets); offset 0.
+  // Constructed with its values: a value-initialized ArrayData is zeroed first. offset is 0.
   const int64_t null_count = LoadInt64(field_node + 8);
   auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena),
                                                      node.type, LoadInt64(field_node), null_count);
