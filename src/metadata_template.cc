@@ -405,20 +405,22 @@ std::shared_ptr<arrow::ArrayData> BatchLayout::Make(Cursor* cursor) {
     return std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(cursor->arena),
                                                body.data() + offset, length, body.memory_manager());
   };
-  auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena));
-  data->type = node.type;
-  data->length = LoadInt64(field_node);
-  // Relaxed: nothing else sees the array yet (a sequentially consistent store is a locked
-  // exchange); handing the batch to another thread orders it. offset is 0 as constructed.
+  // Constructed with its values: a value-initialized ArrayData is zeroed first. offset is 0.
   const int64_t null_count = LoadInt64(field_node + 8);
-  data->null_count.store(null_count, std::memory_order_relaxed);
+  auto data = std::allocate_shared<arrow::ArrayData>(ArenaAllocator<ArrayData>(cursor->arena),
+                                                     node.type, LoadInt64(field_node), null_count);
   data->buffers.resize(static_cast<size_t>(BuffersOf(node.load)));
   if (null_count != 0) data->buffers[0] = buffer(cursor->buffer);
   ++cursor->buffer;
   switch (node.load) {
     case Load::kFixedWidth:
-      // Arrow's reader leaves an empty array's values alone.
-      data->buffers[1] = data->length > 0 ? buffer(cursor->buffer) : EmptyBuffer();
+      // Arrow's reader leaves an empty array's values alone. (Not as one conditional expression:
+      // its type would be a const shared_ptr, copied into place with two more atomic operations.)
+      if (data->length > 0) {
+        data->buffers[1] = buffer(cursor->buffer);
+      } else {
+        data->buffers[1] = EmptyBuffer();
+      }
       ++cursor->buffer;
       break;
     case Load::kFixedSizeBinary:

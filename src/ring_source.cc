@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "errno_status.h"
 #include "flatbuffer_patch.h"
@@ -66,22 +67,25 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   }
   std::memcpy(metadata_scratch_.data(), ring_->data() + message.metadata_offset,
               message.metadata_length);
-  const arrow::Buffer metadata(metadata_scratch_.data(), message.metadata_length);
   // The stream's layout again, with other values: built from them, with no flatbuffer parsed.
   std::shared_ptr<arrow::RecordBatch> batch =
-      layout_.Build(metadata.data(), metadata.size(), schema, *ring_, arena.get());
+      layout_.Build(metadata_scratch_.data(), message.metadata_length, schema, *ring_, arena.get());
   arena_bytes_ = std::min(arena->wanted(), kMaxArenaBytes);
   const bool remember = batch == nullptr;
+  // Only Arrow's reader needs the copy as a Buffer (whose constructor takes a reference to the
+  // CPU memory manager: two atomic operations a batch).
+  std::optional<arrow::Buffer> metadata;
   if (remember) {
+    metadata.emplace(metadata_scratch_.data(), message.metadata_length);
     // Before Arrow reads it: decompression would allocate whatever size each buffer claims.
-    if (auto plain = CheckNotCompressed(metadata.data(), metadata.size()); !plain.ok()) {
+    if (auto plain = CheckNotCompressed(metadata->data(), metadata->size()); !plain.ok()) {
       return plain.WithMessage("batch ", message.sequence, ": ", plain.message());
     }
     // The ring as an object of the block: what Arrow's reader slices of it holds the lease.
     arrow::io::BufferReader body(
         std::allocate_shared<arrow::Buffer>(ArenaAllocator<arrow::Buffer>(arena.get()),
                                             ring_->data(), ring_->size(), ring_->memory_manager()));
-    auto read = arrow::ipc::ReadRecordBatch(metadata, schema, nullptr,
+    auto read = arrow::ipc::ReadRecordBatch(*metadata, schema, nullptr,
                                             arrow::ipc::IpcReadOptions::Defaults(), &body);
     if (!read.ok()) {  // Arrow's message names the buffer, not the batch nor where it is
       return read.status().WithMessage("batch ", message.sequence, " (metadata at [",
@@ -97,7 +101,7 @@ arrow::Status RingSource::Materialize(const proto::Batch& message, uint32_t stre
   if (remember || validation_ != Validation::kFull || !layout_.Valid(*batch)) {
     ARROW_RETURN_NOT_OK(ValidateBatch(*batch, validation_, static_cast<int64_t>(message.sequence)));
   }
-  if (remember) layout_.Remember(metadata, schema);
+  if (remember) layout_.Remember(*metadata, schema);
   out->emplace_back(std::move(batch));
   return arrow::Status::OK();
 }
