@@ -42,13 +42,19 @@ constexpr auto kSocketLookInterval = std::chrono::milliseconds(2);
 // and context switch). On the 2-vCPU development machine (perf stat, 2026-12-06) 10 µs took
 // most sleeps out of the unpaced 1- and 4-consumer runs, 5 µs about half of them.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(10);
+// A consumer whose last sleep ended within this long watches this long before the next one: its
+// batches come a little too far apart for the watch above, and each sleep then costs a wake-up
+// (on the development VM, 30-40 µs where the consumer's vCPU idles; the batch itself, 1-2 µs).
+// At most this much CPU per batch, and only while sleeps stay this short: one longer sleep (or
+// a sleep slice that ends with nothing) brings the watch back to kSpinBeforeSleep.
+constexpr auto kLongestSpinBeforeSleep = std::chrono::microseconds(50);
 // Past this much of it the spin may yield the CPU between looks: where processes outnumber CPUs
 // (4 consumers and their producer on 2 vCPUs) a spinning consumer took the producer's CPU, which
 // the yield hands over, while on an idle CPU it returns at once. Before it the spin is plain:
 // a producer that keeps up writes the next entry within a microsecond or two. It yields only
-// while watches find batches in that late part at least half as often as they end in a sleep (a
-// score: +kLateFindScore per find there, -1 per sleep, at most kLateScoreCap): a paced stream's
-// next batch comes after the watch, and yields there would only add system calls to each sleep.
+// while watches find batches in that late part (up to kSpinBeforeSleep) at least half as often as
+// they end in a sleep (a score: +kLateFindScore per find there, -1 per sleep, at most
+// kLateScoreCap): a paced stream's next batch comes later, and yields would only add system calls.
 constexpr auto kSpinBeforeYield = std::chrono::microseconds(2);
 constexpr int kLateFindScore = 2;
 constexpr int kLateScoreCap = 8;
@@ -142,6 +148,8 @@ class ConsumerImpl final : public Consumer, public std::enable_shared_from_this<
   bool heard_from_queue_ = false;
   // Whether watches before a sleep find batches past kSpinBeforeYield (see there).
   int late_score_ = 0;
+  // How long the next watch before a sleep lasts (kSpinBeforeSleep or kLongestSpinBeforeSleep).
+  std::chrono::steady_clock::duration spin_before_sleep_ = kSpinBeforeSleep;
 };
 
 /// The answer to one request, read through the consumer that sent it.
@@ -244,13 +252,18 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   }
   channel_->SetDeferring(false, session_.release_batch());  // caught up
   if (timeout_ms == 0) return false;
-  const auto spin_until = now + kSpinBeforeSleep;
+  const auto spin_until = now + spin_before_sleep_;
   const auto yield_from = now + kSpinBeforeYield;
+  const auto late_until = now + kSpinBeforeSleep;
+  auto spun = now;
   for (;;) {
     ARROW_ASSIGN_OR_RAISE(bool took, PollQueue());
-    const auto spun = std::chrono::steady_clock::now();
+    spun = std::chrono::steady_clock::now();
     if (took || session_.SocketMessagesPending()) {
-      if (spun >= yield_from) late_score_ = std::min(late_score_ + kLateFindScore, kLateScoreCap);
+      // Finds past the plain watch are a paced stream's, whose yields would only be system calls.
+      if (spun >= yield_from && spun < late_until) {
+        late_score_ = std::min(late_score_ + kLateFindScore, kLateScoreCap);
+      }
       return true;
     }
     if (spun >= spin_until) break;
@@ -267,6 +280,9 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
       internal::FutexWait(session_.wake_word(), *wake,
                           timeout_ms < 0 ? kSleepSliceMs : std::min(timeout_ms, kSleepSliceMs));
   session_.AnnounceAwake();
+  const bool short_sleep =
+      woke.ok() && *woke && std::chrono::steady_clock::now() - spun <= kLongestSpinBeforeSleep;
+  spin_before_sleep_ = short_sleep ? kLongestSpinBeforeSleep : kSpinBeforeSleep;
   return woke;
 }
 
