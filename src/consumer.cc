@@ -252,7 +252,8 @@ arrow::Result<bool> ConsumerImpl::PumpWithRegion(int timeout_ms) {
   }
   channel_->SetDeferring(false, session_.release_batch());  // caught up
   if (timeout_ms == 0) return false;
-  const auto spin_until = now + spin_before_sleep_;
+  // Not while late finds say CPUs are short: there the longer watch takes the producer's CPU.
+  const auto spin_until = now + (late_score_ == 0 ? spin_before_sleep_ : kSpinBeforeSleep);
   const auto yield_from = now + kSpinBeforeYield;
   const auto late_until = now + kSpinBeforeSleep;
   auto spun = now;
