@@ -393,23 +393,17 @@ def notes(results):
     if ring and uds:
         text = (
             f"- **Small-batch latency.** Blocking: p50 ring {_range(ring)}, UNIX socket "
-            f"{_range(uds)}. Both pay the wake-up of a blocked process, which is of the same "
-            "order as the in-process thread hand-over here; a 1-row batch has only a few hundred "
-            "bytes that ring mode does not copy, so the socket's copies cost little. A ring "
-            "consumer (protocol 1.2) that goes to sleep says so in its own wake region and waits on "
-            "a futex in its queue's header; the publishing thread wakes it itself (one FUTEX_WAKE, "
-            "no message, no hop through the producer's I/O thread). The ranges are the "
-            "p50 of each interleaved repetition: how idle the vCPUs were moves them. Where the "
-            "two processes sleep and wake on different vCPUs, that wake-up decides the figure: "
-            "measured separately (2026-12-06, `handover_bench latency --iters 20000`, one run "
-            "each), the ring's blocking p50 was 33-37 µs in most runs and 1.8 µs in others, "
-            "1.8 µs in every run with both processes on one vCPU (`taskset -c 0`; the socket 7.2 "
-            "µs there); in an earlier `bench/run` (2026-12-06 03:26 UTC, "
-            "`bench/results/2026-12-06T033357Z.json`, busy-polling floor 0.96 µs instead of the "
-            "0.2 µs below) it was 1.9 µs against the socket's 8.4 µs. In the six latest runs "
-            "(2026-12-05 21:23 to 2026-12-06 06:46 UTC), the slow blocking figures came with a "
-            "busy-polling floor near 0.2 µs: how the host "
-            "placed this virtual machine's two vCPUs, which no transport chooses.")
+            f"{_range(uds)}. The socket's reader pays the wake-up of a blocked process each "
+            "message: where the two processes run on different vCPUs of this virtual machine and "
+            "the reader's vCPU idles, that wake-up is some 30-40 µs (2026-12-06; in runs where "
+            "the host keeps the vCPUs busier, a few µs). A blocking ring consumer that caught up "
+            "watches its queue before it sleeps: 10 µs, or up to 50 µs while its sleeps end "
+            "within 50 µs (`docs/design.md`); the paced producer here takes longer than 10 µs to "
+            "be woken by the pacing word and build the next batch, so the longer watch catches "
+            "it and the sleep and wake-up are left to the tail (p99). A ring consumer that does "
+            "sleep says so in its own wake region and waits on a futex in its queue's header; the "
+            "publishing thread wakes it itself (one FUTEX_WAKE, no message, no hop through the "
+            "producer's I/O thread). The ranges are the p50 of each interleaved repetition.")
         if ring_busy and uds_busy:
             text += (
                 f" Busy-polling: p50 ring {_range(ring_busy)}, UNIX socket "
@@ -441,6 +435,7 @@ def notes(results):
     alone = next((r for r in arrays if r["consumers"] == 0), None)
     alone_block = next((r for r in blocks if r["consumers"] == 0), None)
     one_block = next((r for r in blocks if r["consumers"] == 1), None)
+    heaps = {r["consumers"]: r for r in tps if r.get("build") == "heap"}
     if one:
         per = 1e9 / one["batches_per_s"]
         text = f"- **Batches per second** ({one['batches_per_s']:,.0f}/s to one consumer, {per / 1e3:.1f} µs a batch)."
@@ -465,6 +460,12 @@ def notes(results):
                 f"ArrayData) builds in {alone_block['producer_build_us_per_batch']:.2f} µs and "
                 f"reaches {alone_block['batches_per_s']:,.0f}/s alone, "
                 f"{one_block['batches_per_s']:,.0f}/s to one consumer.")
+        if 0 in heaps and 1 in heaps:
+            text += (
+                f" Built on the heap with Arrow's default pool, as batches made elsewhere are, and "
+                f"copied into the ring by `Publish` (its cached Message and the 24 bytes in one "
+                f"ring block): {heaps[0]['batches_per_s']:,.0f}/s alone, "
+                f"{heaps[1]['batches_per_s']:,.0f}/s to one consumer.")
         if one.get("consumer_cpu_us_per_batch"):
             text += (
                 f" Each batch cost {one['producer_cpu_us_per_batch']:.2f} µs of CPU in the producer "
