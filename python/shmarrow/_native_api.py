@@ -309,7 +309,8 @@ class Consumer:
     :param connect_timeout: seconds to keep retrying while nobody listens yet (None: forever).
     :param read_timeout: seconds a blocking read waits for a message before raising
         :class:`ShmarrowTimeoutError` (None: forever).
-    :param busy_poll: seconds a read polls without sleeping before it blocks (0: sleep at once).
+    :param busy_poll: seconds a read polls without sleeping before it blocks (0: none beyond the
+        up to 50 µs a read polls while its last waits ended that soon).
         A batch published meanwhile is taken without waking a sleeping process, which is most of
         the latency of a small batch; the cost is a busy CPU while waiting.
     :param allow_unsealed: single hand-over (``shmarrow send``): accept a memfd that is not
