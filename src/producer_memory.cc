@@ -271,12 +271,6 @@ class RingMemory final : public ProducerMemory {
   bool InPlace(const uint8_t* data, int64_t length) const {
     return length == 0 || (ring_->Contains(data, length) && ring_->OffsetOf(data) % 8 == 0);
   }
-  bool AllInPlace(const BodyList& body) const {
-    for (size_t i = 0; i < body.buffer_data.size(); ++i) {
-      if (!InPlace(body.buffer_data[i], body.buffer_lengths[i])) return false;
-    }
-    return true;
-  }
 
   /// Sets `offsets` to where each buffer lies in the ring, copying those not in place into
   /// `pool`.
